@@ -1,0 +1,19 @@
+//! Boot-time data formats shared by the build tools, the root partition and
+//! hv-core:
+//!
+//! - [`pvh`]: the PVH `hvm_start_info` QEMU hands the root kernel
+//!   (Xen `include/public/arch-x86/hvm/start_info.h`);
+//! - [`bundle`]: the boot bundle passed as the single `-initrd` module
+//!   (format documented in `docs/boot.md`);
+//! - [`handoff`]: the block the root passes to hv-core's entry point.
+//!
+//! Everything here parses untrusted bytes with bounds checks and no `unsafe`.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod bundle;
+pub mod handoff;
+pub mod pvh;

@@ -1,0 +1,18 @@
+//! The Hyper-V "HV#1" guest ABI as defined by the TLFS and the Hyper-V headers
+//! (Linux `include/asm-generic/hyperv-tlfs.h`, `arch/x86/include/asm/hyperv-tlfs.h`;
+//! see `shared/docs/reference/tlfs-linux-guest.md` §1–§3).
+//!
+//! Shared by hv-core, the root partition and (later) children. Values that come
+//! from a guest are *open* newtypes ([`HvStatus`], [`HvCallCode`]): an unknown
+//! value is data, never undefined behaviour.
+//!
+//! (rust-analyzer builds with `cfg(test)`, so a `no_std` break can hide from it:
+//! the kernel builds catch it.)
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cpuid;
+pub mod hypercall;
+pub mod msr;
+
+pub use hypercall::{HvCallCode, HvStatus, HypercallControl, HypercallResult};

@@ -1,0 +1,48 @@
+//! Synthetic MSR numbers (TLFS; Linux `arch/x86/include/asm/hyperv-tlfs.h`).
+
+/// HV_X64_MSR_GUEST_OS_ID.
+pub const GUEST_OS_ID: u32 = 0x4000_0000;
+/// HV_X64_MSR_HYPERCALL: bit 0 enable, bit 1 locked, bits 63:12 GPFN.
+pub const HYPERCALL: u32 = 0x4000_0001;
+/// HV_X64_MSR_VP_INDEX (read-only).
+pub const VP_INDEX: u32 = 0x4000_0002;
+/// HV_X64_MSR_RESET.
+pub const RESET: u32 = 0x4000_0003;
+/// HV_X64_MSR_VP_RUNTIME.
+pub const VP_RUNTIME: u32 = 0x4000_0010;
+/// HV_X64_MSR_TIME_REF_COUNT.
+pub const TIME_REF_COUNT: u32 = 0x4000_0020;
+/// HV_X64_MSR_REFERENCE_TSC.
+pub const REFERENCE_TSC: u32 = 0x4000_0021;
+/// HV_X64_MSR_TSC_FREQUENCY.
+pub const TSC_FREQUENCY: u32 = 0x4000_0022;
+/// HV_X64_MSR_APIC_FREQUENCY.
+pub const APIC_FREQUENCY: u32 = 0x4000_0023;
+/// HV_X64_MSR_VP_ASSIST_PAGE.
+pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
+/// HV_X64_MSR_SCONTROL.
+pub const SCONTROL: u32 = 0x4000_0080;
+/// HV_X64_MSR_SVERSION.
+pub const SVERSION: u32 = 0x4000_0081;
+/// HV_X64_MSR_SIEFP.
+pub const SIEFP: u32 = 0x4000_0082;
+/// HV_X64_MSR_SIMP.
+pub const SIMP: u32 = 0x4000_0083;
+/// HV_X64_MSR_EOM.
+pub const EOM: u32 = 0x4000_0084;
+/// HV_X64_MSR_SINT0 (SINTn = SINT0 + n).
+pub const SINT0: u32 = 0x4000_0090;
+
+/// The synthetic MSR range the hypervisor owns.
+pub const SYNTHETIC_RANGE: core::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_FFFF;
+
+/// HYPERCALL MSR: enable bit.
+pub const HYPERCALL_ENABLE: u64 = 1 << 0;
+/// HYPERCALL MSR: locked bit.
+pub const HYPERCALL_LOCKED: u64 = 1 << 1;
+/// HYPERCALL MSR: the GPA page-number field (bits 63:12).
+pub const HYPERCALL_GPFN_MASK: u64 = !0xFFF;
+
+/// The bytes of the hypercall page on AMD: `VMMCALL; RET` (KVM writes the same;
+/// TLFS "Hypercall Interface").
+pub const HYPERCALL_PAGE_SVM: [u8; 4] = [0x0F, 0x01, 0xD9, 0xC3];

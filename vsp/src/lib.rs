@@ -1,0 +1,7 @@
+//! Virtual service providers (root side of VMBus devices: storvsp, netvsp,
+//! integration services).
+//!
+//! Nothing is implemented here yet; the crate reserves its place in the layout
+//! (DESIGN.md §7) and exports nothing until the VMBus work lands.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
