@@ -1,1 +1,11 @@
-//! stub
+//! AMD SVM definitions (APM vol. 2 ch. 15; Linux `arch/x86/include/asm/svm.h`;
+//! facts for QEMU TCG in `shared/docs/reference/svm-qemu-tcg.md`):
+//! the VMCB layout with offset asserts, intercept bits, exit codes, and the
+//! instruction-length decoding hv-core needs because TCG has no NRIP save.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod insn;
+pub mod vmcb;
+
+pub use vmcb::{ExitCode, Segment, Vmcb};
