@@ -14,5 +14,10 @@
 pub mod cpuid;
 pub mod hypercall;
 pub mod msr;
+pub mod private;
 
 pub use hypercall::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
+
+/// The root partition's partition id (0 is HV_PARTITION_ID_INVALID in the TLFS;
+/// children get ids from 2 up).
+pub const ROOT_PARTITION_ID: u64 = 1;

@@ -1,0 +1,63 @@
+//! Project-private hypercalls. Hyper-V defines no call codes in
+//! `0xC000..=0xC0FF`; ours live only there, and only where Hyper-V has no
+//! equivalent (docs/hypercall-abi.md).
+
+use crate::HvCallCode;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The private call-code range.
+pub const RANGE: core::ops::RangeInclusive<u16> = 0xC000..=0xC0FF;
+
+/// HvPrivGetCoreStats (root only): writes a [`CoreStats`] to the output GPA.
+pub const GET_CORE_STATS: HvCallCode = HvCallCode(0xC001);
+
+/// Exit-reason buckets counted by hv-core, in [`CoreStats::exits`] order.
+pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] =
+    ["cpuid", "msr_read", "msr_write", "vmmcall", "npf", "hlt", "ioio", "shutdown", "intr", "other"];
+/// Number of buckets.
+pub const EXIT_REASON_COUNT: usize = 10;
+
+/// Index of each bucket.
+pub mod reason {
+    /// CPUID.
+    pub const CPUID: usize = 0;
+    /// RDMSR.
+    pub const MSR_READ: usize = 1;
+    /// WRMSR.
+    pub const MSR_WRITE: usize = 2;
+    /// VMMCALL (hypercalls).
+    pub const VMMCALL: usize = 3;
+    /// Nested page fault.
+    pub const NPF: usize = 4;
+    /// HLT.
+    pub const HLT: usize = 5;
+    /// I/O port.
+    pub const IOIO: usize = 6;
+    /// Shutdown (triple fault).
+    pub const SHUTDOWN: usize = 7;
+    /// Physical interrupt.
+    pub const INTR: usize = 8;
+    /// Anything else.
+    pub const OTHER: usize = 9;
+}
+
+/// Output of [`GET_CORE_STATS`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CoreStats {
+    /// Physical base of hv-core's region.
+    pub region_base: u64,
+    /// Its size.
+    pub region_size: u64,
+    /// Bytes of the region hv-core has allocated (image, tables, VMCBs, stacks).
+    pub region_used: u64,
+    /// All exits since launch.
+    pub total_exits: u64,
+    /// Exits by reason ([`EXIT_REASONS`]).
+    pub exits: [u64; EXIT_REASON_COUNT],
+    /// Exceptions hv-core injected into the root (e.g. #GP for its region).
+    pub injected_exceptions: u64,
+    /// Hypercalls that returned a status other than success.
+    pub failed_hypercalls: u64,
+}
+const _: () = assert!(size_of::<CoreStats>() == 4 * 8 + 8 * EXIT_REASON_COUNT + 16);

@@ -1,0 +1,277 @@
+//! Launching the root partition: validate the handoff, capture the caller's
+//! CPU state, take over the machine (own tables, stack, GDT/IDT), enable SVM,
+//! build the root's VMCB and nested page tables, and run it.
+
+use crate::entry::root_resume;
+use crate::exits::{Partition, SyntheticMsrs};
+use crate::memory::{self, GuestRam, RegionAllocator};
+use crate::vmrun::{self, GuestRegs};
+use boot_proto::handoff::Handoff;
+use core::arch::asm;
+use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
+use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
+use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm};
+use svm::{Segment, Vmcb};
+use zerocopy::FromBytes;
+
+/// Errors returned to the root when it cannot be launched (nothing changed).
+#[repr(u64)]
+#[derive(Debug, Clone, Copy)]
+pub enum LaunchRefused {
+    /// The handoff block failed validation.
+    BadHandoff = 1,
+    /// CPUID reports no SVM.
+    NoSvm = 2,
+    /// CPUID reports no nested paging.
+    NoNestedPaging = 3,
+    /// VM_CR.SVMDIS is set (firmware disabled SVM).
+    SvmDisabled = 4,
+    /// The root called with paging or long mode off.
+    NotLongMode = 5,
+}
+
+const MSR_EFER: u32 = 0xC000_0080;
+const MSR_VM_CR: u32 = 0xC001_0114;
+const MSR_VM_HSAVE_PA: u32 = 0xC001_0117;
+const MSR_PAT: u32 = 0x277;
+const EFER_LMA: u64 = 1 << 10;
+
+/// The root's control registers and descriptor tables at the call.
+struct CapturedState {
+    cr0: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+    gdtr: (u16, u64),
+    idtr: (u16, u64),
+    cs: u16,
+    ss: u16,
+    ds: u16,
+    es: u16,
+}
+
+fn capture() -> CapturedState {
+    let (cr0, cr3, cr4): (u64, u64, u64);
+    let (cs, ss, ds, es): (u16, u16, u16, u16);
+    let mut gdtr = [0u8; 10];
+    let mut idtr = [0u8; 10];
+    // SAFETY: reads of control registers, selectors and descriptor-table
+    // registers into local buffers; no side effects.
+    unsafe {
+        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
+        asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
+        asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
+        asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
+             out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, options(nomem, nostack));
+        asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
+        asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
+    }
+    let split = |b: [u8; 10]| {
+        (u16::from_le_bytes([b[0], b[1]]), u64::from_le_bytes(b[2..10].try_into().expect("8 bytes")))
+    };
+    // SAFETY: EFER exists on every x86-64 CPU.
+    let efer = unsafe { rdmsr(MSR_EFER) };
+    CapturedState { cr0, cr3, cr4, efer, gdtr: split(gdtr), idtr: split(idtr), cs, ss, ds, es }
+}
+
+/// Read the root's descriptor for `selector` from its GDT (still mapped: we
+/// run on the root's page tables when this is called).
+fn root_segment(state: &CapturedState, selector: u16) -> Segment {
+    let index = (selector >> 3) as u64;
+    if selector & !3 == 0 || index * 8 + 7 > state.gdtr.0 as u64 {
+        return Segment { selector, ..Default::default() };
+    }
+    // SAFETY: the entry lies inside the root's live GDT (limit checked above),
+    // mapped by the root's page tables, which are active during capture.
+    let desc = unsafe { ((state.gdtr.1 + index * 8) as *const u64).read_volatile() };
+    Segment::from_descriptor(selector, desc)
+}
+
+/// Called by the entry asm on hv-core's boot stack with the root's page tables.
+pub extern "sysv64" fn hv_core_main(handoff_phys: u64) -> u64 {
+    match launch(handoff_phys) {
+        Ok(never) => match never {},
+        Err(refused) => {
+            hvlog!("launch refused: {refused:?}");
+            refused as u64
+        }
+    }
+}
+
+fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused> {
+    // SAFETY: the root passes the physical (== virtual, identity) address of a
+    // handoff block it owns; it is copied before use.
+    let bytes = unsafe { core::slice::from_raw_parts(handoff_phys as *const u8, size_of::<Handoff>()) };
+    let handoff = Handoff::read_from_bytes(bytes).map_err(|_| LaunchRefused::BadHandoff)?;
+    handoff.validate().map_err(|_| LaunchRefused::BadHandoff)?;
+    crate::log::set_port(handoff.log_port);
+    hvlog!(
+        "hv-core {} starting: region {:#x}..{:#x}, image {} KiB at {:#x}",
+        env!("CARGO_PKG_VERSION"),
+        handoff.region_base,
+        handoff.region_base + handoff.region_size,
+        handoff.image_size / 1024,
+        handoff.image_va
+    );
+
+    // Feature checks before touching anything (reference/svm-qemu-tcg.md §1).
+    if cpuid(0x8000_0001, 0).ecx & (1 << 2) == 0 {
+        return Err(LaunchRefused::NoSvm);
+    }
+    let svm_features = cpuid(0x8000_000A, 0);
+    if svm_features.edx & 1 == 0 {
+        return Err(LaunchRefused::NoNestedPaging);
+    }
+    // SAFETY: VM_CR exists when CPUID reports SVM (QEMU returns 0).
+    if unsafe { rdmsr(MSR_VM_CR) } & (1 << 4) != 0 {
+        return Err(LaunchRefused::SvmDisabled);
+    }
+    let state = capture();
+    if state.efer & EFER_LMA == 0 || state.cr0 & (1 << 31) == 0 {
+        return Err(LaunchRefused::NotLongMode);
+    }
+    hvlog!(
+        "SVM rev {} with NPT, {} ASIDs, nRIP save {}, decode assists {}",
+        svm_features.eax & 0xFF,
+        svm_features.ebx,
+        if svm_features.edx & (1 << 3) != 0 { "yes" } else { "no" },
+        if svm_features.edx & (1 << 7) != 0 { "yes" } else { "no" }
+    );
+
+    // From here on the launch cannot be refused: failures are fatal.
+    let region = handoff.region_base..handoff.region_base + handoff.region_size;
+    let mut alloc = RegionAllocator::new(region.clone(), handoff.image_size);
+    let gib_pages = cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
+
+    // Enable SVM and capture the root's hidden segment state with VMSAVE
+    // before hv-core loads its own GDT/TR.
+    // SAFETY: SVM is present and enabled by firmware (checked above); setting
+    // EFER.SVME changes nothing else.
+    unsafe { wrmsr(MSR_EFER, state.efer | EFER_SVME) };
+    let vmcb_pa = alloc.alloc_pages(1).expect("region has room for the root VMCB");
+    // SAFETY: `vmcb_pa` is a zeroed, 4 KiB-aligned page of hv-core's region;
+    // VMSAVE writes FS/GS/TR/LDTR/KernelGsBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER
+    // there, which is exactly the root's live state.
+    unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack)) };
+
+    let resume = root_resume();
+    let cs = root_segment(&state, state.cs);
+    let ss = root_segment(&state, state.ss);
+    let ds = root_segment(&state, state.ds);
+    let es = root_segment(&state, state.es);
+
+    // hv-core's own world: page tables, GDT/TSS/IDT, then SVM's host pages.
+    let host_cr3 = memory::build_host_tables(&mut alloc, &handoff, gib_pages);
+    // SAFETY: the new tables identity-map all physical memory (the boot stack,
+    // the handoff copy's source, every page hv-core uses) and map the image at
+    // its link address exactly as the root's tables did.
+    unsafe { asm!("mov cr3, {}", in(reg) host_cr3, options(nostack)) };
+    let tables_pa = alloc.alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64).expect("room for GDT/IDT");
+    // SAFETY: fresh zeroed pages of hv-core's region, used for nothing else,
+    // large and aligned enough for `CpuTables`, whose all-zero pattern is
+    // immediately overwritten with a valid value.
+    let tables: &'static mut CpuTables = unsafe {
+        let p = tables_pa as *mut CpuTables;
+        p.write(CpuTables::new());
+        &mut *p
+    };
+    traps::init(tables, hv_exception);
+
+    let hsave = alloc.alloc_pages(1).expect("room for HSAVE");
+    let host_save = alloc.alloc_pages(1).expect("room for the host save area");
+    // SAFETY: `hsave` is a zeroed page of hv-core's region never touched by software.
+    unsafe { wrmsr(MSR_VM_HSAVE_PA, hsave) };
+
+    let iopm = alloc.alloc_pages(3).expect("room for the IOPM");
+    let msrpm_pa = alloc.alloc_pages(2).expect("room for the MSRPM");
+    // SAFETY: two zeroed pages of hv-core's region, exclusively ours.
+    let msrpm_map: &mut [u8; msrpm::SIZE] = unsafe { &mut *(msrpm_pa as *mut [u8; msrpm::SIZE]) };
+    // EFER writes are checked (the root must not clear SVME); the SVM control
+    // MSRs belong to hv-core. Synthetic MSRs (0x4000_xxxx) always exit.
+    msrpm::intercept(msrpm_map, MSR_EFER, false, true);
+    msrpm::intercept(msrpm_map, MSR_VM_HSAVE_PA, true, true);
+    msrpm::intercept(msrpm_map, MSR_VM_CR, true, true);
+
+    let npt = memory::build_root_npt(&mut alloc, region.clone(), gib_pages);
+    hvlog!("root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded", npt, memory::ROOT_GPA_LIMIT >> 30);
+
+    // SAFETY: a zeroed page of hv-core's region, 4 KiB aligned, exclusively ours.
+    let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+    let c = &mut vmcb.control;
+    c.intercept_misc1 = intercept::CPUID | intercept::MSR_PROT | intercept::SHUTDOWN | intercept::INVLPGA;
+    c.intercept_misc2 = intercept::VMRUN
+        | intercept::VMMCALL
+        | intercept::VMLOAD
+        | intercept::VMSAVE
+        | intercept::STGI
+        | intercept::CLGI
+        | intercept::SKINIT;
+    c.iopm_base_pa = iopm;
+    c.msrpm_base_pa = msrpm_pa;
+    c.guest_asid = 1;
+    c.tlb_control = TLB_FLUSH_ALL;
+    c.nested_ctl = NP_ENABLE;
+    c.nested_cr3 = npt;
+    // Passthrough interrupts: no INTR intercept, V_INTR_MASKING = 0, so the
+    // root's IF gates its own devices' interrupts (svm-qemu-tcg.md §5).
+    c.int_ctl = 0;
+
+    let s = &mut vmcb.save;
+    s.cs = cs;
+    s.ss = ss;
+    s.ds = ds;
+    s.es = es;
+    s.gdtr = Segment { selector: 0, attrib: 0, limit: state.gdtr.0 as u32, base: state.gdtr.1 };
+    s.idtr = Segment { selector: 0, attrib: 0, limit: state.idtr.0 as u32, base: state.idtr.1 };
+    s.cpl = ss.dpl();
+    s.efer = state.efer | EFER_SVME;
+    s.cr0 = state.cr0;
+    s.cr3 = state.cr3;
+    s.cr4 = state.cr4;
+    s.dr7 = 0x400;
+    s.dr6 = 0xFFFF_0FF0;
+    s.rflags = resume.rflags;
+    s.rip = resume.rip;
+    s.rsp = resume.rsp;
+    s.rax = 0; // the launch call returns 0: "you are the root partition now"
+    // SAFETY: PAT exists on every x86-64 CPU.
+    s.g_pat = unsafe { rdmsr(MSR_PAT) };
+
+    let mut regs = GuestRegs {
+        rbx: resume.rbx,
+        rbp: resume.rbp,
+        r12: resume.r12,
+        r13: resume.r13,
+        r14: resume.r14,
+        r15: resume.r15,
+        ..Default::default()
+    };
+    let mut root = Partition {
+        id: hv1_abi::ROOT_PARTITION_ID,
+        ram: GuestRam::for_root(&handoff, region.clone()),
+        hv_region: region,
+        msrs: SyntheticMsrs::default(),
+        stats: Default::default(),
+        alloc,
+    };
+    hvlog!(
+        "launching the root partition at rip {:#x} rsp {:#x} (cs {:#x}, cpl {}); hv-core uses {} KiB",
+        resume.rip,
+        resume.rsp,
+        cs.selector,
+        s.cpl,
+        root.alloc.used() / 1024
+    );
+    loop {
+        // SAFETY: the VMCB, IOPM, MSRPM and NPT were set up above in hv-core's
+        // region; this CPU alone runs it; SVME and VM_HSAVE_PA are set.
+        unsafe { vmrun::run(&mut regs, vmcb_pa, host_save) };
+        root.handle_exit(vmcb, &mut regs);
+    }
+}
+
+/// Any exception in hv-core is a hypervisor bug: report and stop the machine.
+fn hv_exception(frame: &ExceptionFrame) -> ! {
+    crate::log::emergency(format_args!("FATAL {frame}"));
+    crate::log::fatal_stop()
+}

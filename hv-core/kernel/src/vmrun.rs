@@ -1,0 +1,121 @@
+//! The world switch. VMRUN loads and saves only RAX, RSP, RIP, RFLAGS and the
+//! segment/control state; hv-core keeps the other guest GPRs in [`GuestRegs`]
+//! and moves FS/GS/TR/LDTR and the syscall MSRs with VMLOAD/VMSAVE
+//! (reference/svm-qemu-tcg.md §1 "Host loop").
+
+use core::arch::global_asm;
+
+/// Guest general-purpose registers other than RAX and RSP (those are in the VMCB).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuestRegs {
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// R8.
+    pub r8: u64,
+    /// R9.
+    pub r9: u64,
+    /// R10.
+    pub r10: u64,
+    /// R11.
+    pub r11: u64,
+    /// R12.
+    pub r12: u64,
+    /// R13.
+    pub r13: u64,
+    /// R14.
+    pub r14: u64,
+    /// R15.
+    pub r15: u64,
+}
+
+global_asm!(
+    r#"
+    .section .text
+    /* hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64) */
+    .global hv_vmrun
+hv_vmrun:
+    push rbp
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    push rdx                /* [rsp+16]: host save area */
+    push rdi                /* [rsp+8]:  regs */
+    push rsi                /* [rsp+0]:  vmcb */
+    mov rax, rdx
+    vmsave rax              /* hv-core's FS/GS/TR/LDTR and syscall MSRs */
+    mov rbx, [rdi + 0x00]
+    mov rcx, [rdi + 0x08]
+    mov rdx, [rdi + 0x10]
+    mov rsi, [rdi + 0x18]
+    mov rbp, [rdi + 0x28]
+    mov r8,  [rdi + 0x30]
+    mov r9,  [rdi + 0x38]
+    mov r10, [rdi + 0x40]
+    mov r11, [rdi + 0x48]
+    mov r12, [rdi + 0x50]
+    mov r13, [rdi + 0x58]
+    mov r14, [rdi + 0x60]
+    mov r15, [rdi + 0x68]
+    mov rdi, [rdi + 0x20]
+    mov rax, [rsp]
+    clgi
+    vmload rax
+    vmrun rax
+    vmsave rax
+    push rdi                /* guest RDI; regs now at [rsp+16] */
+    mov rdi, [rsp + 16]
+    mov [rdi + 0x00], rbx
+    mov [rdi + 0x08], rcx
+    mov [rdi + 0x10], rdx
+    mov [rdi + 0x18], rsi
+    mov [rdi + 0x28], rbp
+    mov [rdi + 0x30], r8
+    mov [rdi + 0x38], r9
+    mov [rdi + 0x40], r10
+    mov [rdi + 0x48], r11
+    mov [rdi + 0x50], r12
+    mov [rdi + 0x58], r13
+    mov [rdi + 0x60], r14
+    mov [rdi + 0x68], r15
+    pop rax
+    mov [rdi + 0x20], rax
+    mov rax, [rsp + 16]
+    vmload rax              /* back to hv-core's own segment state */
+    add rsp, 24
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
+    pop rbp
+    ret
+    "#
+);
+
+unsafe extern "sysv64" {
+    fn hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64);
+}
+
+/// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
+///
+/// # Safety
+/// `vmcb_pa` is a valid, initialised VMCB (with its IOPM, MSRPM and NPT) that
+/// no other CPU runs; `host_save_pa` is this CPU's host save page; EFER.SVME
+/// and VM_HSAVE_PA are set up.
+pub unsafe fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_save_pa: u64) {
+    // SAFETY: forwarded to the caller; `regs` is a valid exclusive reference.
+    unsafe { hv_vmrun(regs, vmcb_pa, host_save_pa) }
+}

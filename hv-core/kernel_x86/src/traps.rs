@@ -1,0 +1,423 @@
+//! GDT, TSS and IDT, exception entry and reports, and "probes": memory
+//! accesses that are expected to fault and come back as an error instead
+//! (the root uses them to show that hv-core's region is out of its reach).
+//!
+//! Each kernel calls [`init`] with storage that lives forever and a handler
+//! for exceptions no probe expected; the handler reports and stops.
+
+use core::arch::{asm, global_asm};
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Kernel code selector.
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector.
+pub const KERNEL_DS: u16 = 0x10;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0x18;
+
+/// The 64-bit TSS.
+#[repr(C, packed(4))]
+struct Tss {
+    reserved0: u32,
+    rsp: [u64; 3],
+    reserved1: u64,
+    ist: [u64; 7],
+    reserved2: u64,
+    reserved3: u16,
+    iomap_base: u16,
+}
+const _: () = assert!(size_of::<Tss>() == 104);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IdtEntry {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+/// Saved state on entry to an exception handler (see `exception_common`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct ExceptionFrame {
+    /// General-purpose registers.
+    pub rax: u64,
+    /// RBX.
+    pub rbx: u64,
+    /// RCX.
+    pub rcx: u64,
+    /// RDX.
+    pub rdx: u64,
+    /// RSI.
+    pub rsi: u64,
+    /// RDI.
+    pub rdi: u64,
+    /// RBP.
+    pub rbp: u64,
+    /// R8..R15.
+    pub r: [u64; 8],
+    /// Vector number.
+    pub vector: u64,
+    /// Error code (0 when the exception has none).
+    pub error: u64,
+    /// Interrupted RIP.
+    pub rip: u64,
+    /// CS.
+    pub cs: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+    /// RSP.
+    pub rsp: u64,
+    /// SS.
+    pub ss: u64,
+}
+
+const EXCEPTION_NAMES: [&str; 32] = [
+    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range",
+    "#UD invalid opcode", "#NM device not available", "#DF double fault", "coprocessor overrun",
+    "#TS invalid TSS", "#NP segment not present", "#SS stack fault", "#GP general protection",
+    "#PF page fault", "reserved", "#MF x87 error", "#AC alignment check", "#MC machine check",
+    "#XM SIMD error", "#VE virtualization", "#CP control protection", "reserved", "reserved",
+    "reserved", "reserved", "reserved", "reserved", "#HV hypervisor injection", "#VC VMM communication",
+    "#SX security", "reserved",
+];
+
+// Stubs: vectors 0-31 push a dummy error code where the CPU does not, then the
+// vector, and join `exception_common`, which saves the GPRs and calls Rust.
+// Vectors 32-255 are unexpected (the root runs with interrupts off for now)
+// and report through the same path with vector 32+.
+global_asm!(
+    r#"
+    .section .text
+    .macro EXC_NOERR n
+    .balign 16
+exc_stub_\n:
+    push 0
+    push \n
+    jmp exception_common
+    .endm
+    .macro EXC_ERR n
+    .balign 16
+exc_stub_\n:
+    push \n
+    jmp exception_common
+    .endm
+
+    EXC_NOERR 0
+    EXC_NOERR 1
+    EXC_NOERR 2
+    EXC_NOERR 3
+    EXC_NOERR 4
+    EXC_NOERR 5
+    EXC_NOERR 6
+    EXC_NOERR 7
+    EXC_ERR   8
+    EXC_NOERR 9
+    EXC_ERR   10
+    EXC_ERR   11
+    EXC_ERR   12
+    EXC_ERR   13
+    EXC_ERR   14
+    EXC_NOERR 15
+    EXC_NOERR 16
+    EXC_ERR   17
+    EXC_NOERR 18
+    EXC_NOERR 19
+    EXC_NOERR 20
+    EXC_ERR   21
+    EXC_NOERR 22
+    EXC_NOERR 23
+    EXC_NOERR 24
+    EXC_NOERR 25
+    EXC_NOERR 26
+    EXC_NOERR 27
+    EXC_NOERR 28
+    EXC_ERR   29
+    EXC_ERR   30
+    EXC_NOERR 31
+    EXC_NOERR 32
+
+exception_common:
+    push r15
+    push r14
+    push r13
+    push r12
+    push r11
+    push r10
+    push r9
+    push r8
+    push rbp
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rbx
+    push rax
+    mov rdi, rsp
+    cld
+    call {dispatch}
+    pop rax
+    pop rbx
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    pop rbp
+    pop r8
+    pop r9
+    pop r10
+    pop r11
+    pop r12
+    pop r13
+    pop r14
+    pop r15
+    add rsp, 16
+    iretq
+
+    .section .rodata
+    .balign 8
+    .global exc_stub_table
+exc_stub_table:
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+    .quad exc_stub_\n
+    .endr
+
+    .section .text
+    /* probe_read_u64(addr) -> (rax = value, rdx = 0 or fault info) */
+    .global probe_read_u64_asm
+probe_read_u64_asm:
+    xor edx, edx
+    xor eax, eax
+probe_read_insn:
+    mov rax, [rdi]
+probe_read_done:
+    ret
+
+    /* probe_write_u64(addr, value) -> rdx = 0 or fault info */
+    .global probe_write_u64_asm
+probe_write_u64_asm:
+    xor edx, edx
+probe_write_insn:
+    mov [rdi], rsi
+probe_write_done:
+    ret
+    "#,
+    dispatch = sym exception_dispatch,
+);
+
+unsafe extern "C" {
+    static exc_stub_table: [u64; 33];
+    static probe_read_insn: u8;
+    static probe_read_done: u8;
+    static probe_write_insn: u8;
+    static probe_write_done: u8;
+}
+
+/// A fault caught by a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeFault {
+    /// Exception vector.
+    pub vector: u8,
+    /// Its error code.
+    pub error: u32,
+}
+
+impl ProbeFault {
+    fn decode(rdx: u64) -> Result<(), Self> {
+        if rdx == 0 {
+            Ok(())
+        } else {
+            Err(Self { vector: (rdx & 0xFF) as u8 - 1, error: (rdx >> 32) as u32 })
+        }
+    }
+
+    /// Name of the exception.
+    pub fn name(&self) -> &'static str {
+        EXCEPTION_NAMES.get(self.vector as usize).copied().unwrap_or("interrupt")
+    }
+}
+
+/// Read 8 bytes at `addr`, turning a fault into an error.
+pub fn probe_read_u64(addr: u64) -> Result<u64, ProbeFault> {
+    let (value, info): (u64, u64);
+    // SAFETY: the asm reads one u64 at `addr`; a fault there resumes at
+    // `probe_read_done` through the fixup in `exception_dispatch` with RDX set.
+    // The caller uses it only on identity-mapped physical addresses, where a
+    // read has no side effect on memory the kernel relies on.
+    unsafe {
+        asm!("call probe_read_u64_asm", in("rdi") addr, out("rax") value, out("rdx") info, clobber_abi("C"))
+    };
+    ProbeFault::decode(info).map(|()| value)
+}
+
+/// Write 8 bytes at `addr`, turning a fault into an error.
+///
+/// # Safety
+/// `addr` must not hold anything the kernel relies on (only addresses the root
+/// does not own are probed).
+pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), ProbeFault> {
+    let info: u64;
+    // SAFETY: as for `probe_read_u64`, plus the caller's promise about `addr`.
+    unsafe {
+        asm!("call probe_write_u64_asm", in("rdi") addr, in("rsi") value, out("rdx") info, clobber_abi("C"))
+    };
+    ProbeFault::decode(info)
+}
+
+extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
+    // The four labels are code addresses defined in the asm above.
+    let probes = [
+        (&raw const probe_read_insn as u64, &raw const probe_read_done as u64),
+        (&raw const probe_write_insn as u64, &raw const probe_write_done as u64),
+    ];
+    for (insn, done) in probes {
+        if frame.rip == insn {
+            frame.rip = done;
+            frame.rdx = (frame.vector + 1) | ((frame.error & 0xFFFF_FFFF) << 32);
+            return;
+        }
+    }
+    let handler = HANDLER.load(Ordering::Acquire);
+    if handler != 0 {
+        // SAFETY: HANDLER only ever holds a `fn(&ExceptionFrame) -> !` stored by `init`.
+        let handler: fn(&ExceptionFrame) -> ! = unsafe { core::mem::transmute(handler) };
+        handler(frame);
+    }
+    crate::arch::halt_forever();
+}
+
+static HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+impl fmt::Display for ExceptionFrame {
+    /// A multi-line report: what, where, and every register.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = EXCEPTION_NAMES.get(self.vector as usize).copied().unwrap_or("unexpected interrupt");
+        writeln!(f, "exception {} ({name}) error={:#x}", self.vector, self.error)?;
+        writeln!(f, "    rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}", self.rip, self.cs, self.rflags, self.rsp, self.ss)?;
+        if self.vector == 14 {
+            writeln!(f, "    cr2={:#018x} ({})", crate::arch::read_cr2(), page_fault_reason(self.error))?;
+        }
+        writeln!(f, "    rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}", self.rax, self.rbx, self.rcx, self.rdx)?;
+        writeln!(f, "    rsi={:#018x} rdi={:#018x} rbp={:#018x}", self.rsi, self.rdi, self.rbp)?;
+        writeln!(f, "    r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}", self.r[0], self.r[1], self.r[2], self.r[3])?;
+        write!(f, "    r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}", self.r[4], self.r[5], self.r[6], self.r[7])
+    }
+}
+
+fn page_fault_reason(error: u64) -> &'static str {
+    match (error & 1 != 0, error & 2 != 0, error & 16 != 0) {
+        (false, false, false) => "read of a non-present page",
+        (false, true, _) => "write to a non-present page",
+        (false, false, true) => "fetch from a non-present page",
+        (true, true, _) => "write to a read-only page",
+        (true, false, true) => "fetch from a no-execute page",
+        (true, false, false) => "protection violation on read",
+    }
+}
+
+/// Everything `init` installs; must live forever.
+#[repr(C, align(4096))]
+pub struct CpuTables {
+    gdt: [u64; 5],
+    tss: Tss,
+    idt: [IdtEntry; 256],
+    fault_stack: [u8; 16 * 1024],
+}
+
+impl CpuTables {
+    /// Zeroed tables (filled by [`init`]).
+    pub const fn new() -> Self {
+        const EMPTY: IdtEntry =
+            IdtEntry { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+        Self {
+            gdt: [0; 5],
+            tss: Tss { reserved0: 0, rsp: [0; 3], reserved1: 0, ist: [0; 7], reserved2: 0, reserved3: 0, iomap_base: 0 },
+            idt: [EMPTY; 256],
+            fault_stack: [0; 16 * 1024],
+        }
+    }
+}
+
+impl Default for CpuTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Load a fresh GDT (flat code/data and a TSS whose IST1 serves #DF and NMI)
+/// and an IDT routing every vector to the exception entry; exceptions no probe
+/// expected go to `handler`.
+pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
+    HANDLER.store(handler as usize, Ordering::Release);
+    let stack_top = tables.fault_stack.as_ptr() as u64 + tables.fault_stack.len() as u64;
+    tables.tss.ist[0] = stack_top & !0xF;
+    tables.tss.iomap_base = size_of::<Tss>() as u16;
+    let tss_base = &tables.tss as *const Tss as u64;
+    let tss_limit = size_of::<Tss>() as u64 - 1;
+    let tss_low = (tss_limit & 0xFFFF)
+        | ((tss_base & 0xFF_FFFF) << 16)
+        | (0x89 << 40)
+        | (((tss_limit >> 16) & 0xF) << 48)
+        | (((tss_base >> 24) & 0xFF) << 56);
+    tables.gdt = [
+        0,
+        0x00AF_9A00_0000_FFFF, // 0x08 code
+        0x00CF_9200_0000_FFFF, // 0x10 data
+        tss_low,               // 0x18 TSS (low)
+        tss_base >> 32,        // TSS (high)
+    ];
+
+    // SAFETY: `exc_stub_table` is a read-only table of code addresses in the asm above.
+    let stubs = unsafe { &*(&raw const exc_stub_table) };
+    for (vector, entry) in tables.idt.iter_mut().enumerate() {
+        let handler = stubs[vector.min(32)];
+        *entry = IdtEntry {
+            offset_low: handler as u16,
+            selector: KERNEL_CS,
+            ist: if vector == 8 || vector == 2 { 1 } else { 0 },
+            type_attr: 0x8E, // present, DPL 0, 64-bit interrupt gate
+            offset_mid: (handler >> 16) as u16,
+            offset_high: (handler >> 32) as u32,
+            reserved: 0,
+        };
+    }
+
+    #[repr(C, packed)]
+    struct Pointer {
+        limit: u16,
+        base: u64,
+    }
+    let gdt_ptr = Pointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: tables.gdt.as_ptr() as u64 };
+    let idt_ptr = Pointer { limit: (size_of::<[IdtEntry; 256]>() - 1) as u16, base: tables.idt.as_ptr() as u64 };
+    // SAFETY: the tables live forever (`&'static mut`); the new GDT has flat
+    // code/data descriptors at the selectors the kernels already use, CS is
+    // reloaded with a far return and the data segments with the data selector;
+    // the TSS descriptor is fresh (not busy), so LTR succeeds.
+    unsafe {
+        asm!(
+            "lgdt [{gdt}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov {tmp:e}, {ds}",
+            "mov ds, {tmp:e}",
+            "mov es, {tmp:e}",
+            "mov ss, {tmp:e}",
+            "ltr {tss:x}",
+            "lidt [{idt}]",
+            gdt = in(reg) &gdt_ptr,
+            idt = in(reg) &idt_ptr,
+            cs = const KERNEL_CS as u64,
+            ds = const KERNEL_DS as u32,
+            tss = in(reg) TSS_SEL,
+            tmp = out(reg) _,
+        )
+    };
+}

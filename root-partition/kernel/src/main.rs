@@ -1,0 +1,56 @@
+//! The root-partition kernel.
+//!
+//! Boots under PVH (`boot.rs`), brings up its console, memory map, frame
+//! allocator, page tables, heap, GDT/IDT/TSS, then carves a region out of its
+//! own memory for hv-core, loads hv-core there and calls it: when the call
+//! returns, this kernel is running as the root partition in SVM guest mode
+//! (docs/boot.md). It keeps its devices (COM1, PCI, virtio-blk) and ends in the
+//! management shell, or runs the self-test named by `test=` on the command line.
+#![cfg_attr(target_os = "none", no_std)]
+#![cfg_attr(target_os = "none", no_main)]
+// UNSAFETY: a kernel touches hardware: port I/O, MSRs, control registers,
+// physical memory through its identity map, inline asm for entry and traps.
+#![cfg_attr(target_os = "none", allow(unsafe_code))]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+#[macro_use]
+mod serial;
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod disk;
+#[cfg(target_os = "none")]
+mod hv;
+#[cfg(target_os = "none")]
+mod memory;
+#[cfg(target_os = "none")]
+mod qemu;
+#[cfg(target_os = "none")]
+mod scenarios;
+#[cfg(target_os = "none")]
+mod shell;
+#[cfg(target_os = "none")]
+mod start;
+
+#[cfg(target_os = "none")]
+pub use start::root_main;
+
+/// Built for the host (e.g. `cargo clippy --workspace`), this is not a kernel.
+#[cfg(not(target_os = "none"))]
+fn main() {
+    eprintln!("root-partition is a bare-metal kernel: build it with `cargo xtask build`.");
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // The console lock may be held by the panicking code: write raw.
+    // SAFETY: we are about to stop the machine; no one else uses COM1 after this.
+    let mut uart = unsafe { serial::Uart::new(serial::COM1) };
+    use core::fmt::Write;
+    let _ = writeln!(uart, "\n*** root kernel panic: {info}");
+    qemu::exit(qemu::EXIT_FAILURE)
+}

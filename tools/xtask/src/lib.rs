@@ -1,0 +1,244 @@
+//! Build and boot logic shared by `cargo xtask` and the QEMU integration
+//! tests: compiling the two kernels, packing the boot bundle, choosing an
+//! accelerator and assembling the QEMU command line.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The bare-metal target both kernels build for.
+pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
+
+/// Anything that stops a build or boot, with what to do about it.
+#[derive(Debug)]
+pub enum XtaskError {
+    /// A command could not be started or failed.
+    Command {
+        /// What was being done.
+        what: String,
+        /// Details (exit status or I/O error).
+        detail: String,
+    },
+    /// A required tool is missing.
+    Missing {
+        /// The tool.
+        tool: &'static str,
+        /// How to install it.
+        install: &'static str,
+    },
+    /// An I/O error on a file.
+    Io(PathBuf, std::io::Error),
+    /// Bundle packing failed.
+    Bundle(boot_proto::bundle::BundleError),
+}
+
+impl fmt::Display for XtaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Command { what, detail } => write!(f, "{what} failed: {detail}"),
+            Self::Missing { tool, install } => write!(f, "{tool} is not installed; install it with: {install}"),
+            Self::Io(path, e) => write!(f, "{}: {e}", path.display()),
+            Self::Bundle(e) => write!(f, "packing the boot bundle: {e:?}"),
+        }
+    }
+}
+
+impl std::error::Error for XtaskError {}
+
+/// The workspace root (this crate lives in `tools/xtask`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("tools/xtask is two levels down").to_path_buf()
+}
+
+/// Where built images go.
+pub fn build_dir() -> PathBuf {
+    workspace_root().join("target").join("images")
+}
+
+/// Built artefacts.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// The root-partition kernel (PVH ELF, `-kernel`).
+    pub root_kernel: PathBuf,
+    /// The boot bundle (`-initrd`).
+    pub bundle: PathBuf,
+    /// A small demo disk for the root's passthrough virtio-blk.
+    pub disk: PathBuf,
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
+    let status = cmd.status().map_err(|e| XtaskError::Command { what: what.into(), detail: e.to_string() })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(XtaskError::Command { what: what.into(), detail: status.to_string() })
+    }
+}
+
+/// Compile hv-core and the root kernel, pack the bundle, make the demo disk.
+pub fn build_images() -> Result<Images, XtaskError> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        "building the kernels",
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--target", KERNEL_TARGET, "-p", "hv_core", "-p", "root_partition"])
+            // Tests run this from inside `cargo test`; keep its flags out.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+    let bin = root.join("target").join(KERNEL_TARGET).join("release");
+    let out = build_dir();
+    std::fs::create_dir_all(&out).map_err(|e| XtaskError::Io(out.clone(), e))?;
+
+    let hv_core_path = bin.join("hv-core");
+    let hv_core = std::fs::read(&hv_core_path).map_err(|e| XtaskError::Io(hv_core_path.clone(), e))?;
+    let bundle = boot_proto::bundle::build(&[(boot_proto::bundle::HV_CORE_ENTRY, &hv_core)]).map_err(XtaskError::Bundle)?;
+    let bundle_path = out.join("boot-bundle.img");
+    write_if_changed(&bundle_path, &bundle)?;
+
+    let root_kernel = out.join("root-partition.elf");
+    let kernel_bytes = std::fs::read(bin.join("root-partition")).map_err(|e| XtaskError::Io(bin.join("root-partition"), e))?;
+    write_if_changed(&root_kernel, &kernel_bytes)?;
+
+    let disk = out.join("demo-disk.img");
+    write_if_changed(&disk, &demo_disk())?;
+    Ok(Images { root_kernel, bundle: bundle_path, disk })
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), XtaskError> {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    std::fs::write(path, bytes).map_err(|e| XtaskError::Io(path.to_path_buf(), e))
+}
+
+/// A 1 MiB disk whose first sector says what it is.
+pub fn demo_disk() -> Vec<u8> {
+    let mut disk = vec![0u8; 1 << 20];
+    let label = b"hv demo disk: sector 0 read by the root partition through virtio-blk after demotion\n";
+    disk[..label.len()].copy_from_slice(label);
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM on an AMD host that offers nested SVM.
+    Kvm,
+    /// Pure emulation.
+    Tcg,
+}
+
+/// Use KVM only when it can give the guest SVM (DESIGN.md §2): `/dev/kvm` is
+/// usable, the host CPU has `svm`, and kvm_amd's `nested` is on. A PVM
+/// `/dev/kvm` without SVM would hang, so anything less means TCG.
+pub fn choose_accel() -> (Accel, String) {
+    if std::env::var("HV_ACCEL").as_deref() == Ok("tcg") {
+        return (Accel::Tcg, "TCG (HV_ACCEL=tcg)".into());
+    }
+    let kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let svm = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "svm")))
+        .unwrap_or(false);
+    let nested = std::fs::read_to_string("/sys/module/kvm_amd/parameters/nested")
+        .map(|s| matches!(s.trim(), "1" | "Y" | "y"))
+        .unwrap_or(false);
+    match (kvm_usable, svm, nested) {
+        (true, true, true) => (Accel::Kvm, "KVM (host has SVM with nested virtualization)".into()),
+        (false, _, _) => (Accel::Tcg, "TCG (no usable /dev/kvm)".into()),
+        (true, false, _) => (Accel::Tcg, "TCG (/dev/kvm has no SVM to offer a guest)".into()),
+        (true, true, false) => (Accel::Tcg, "TCG (kvm_amd nested virtualization is off)".into()),
+    }
+}
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Make sure QEMU is installed: install it with apt when running as root on
+/// Debian/Ubuntu, otherwise say exactly how.
+pub fn ensure_qemu() -> Result<(), XtaskError> {
+    if Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let missing = XtaskError::Missing { tool: QEMU, install: "sudo apt-get install -y qemu-system-x86" };
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !is_root || Command::new("apt-get").arg("--version").output().is_err() {
+        return Err(missing);
+    }
+    eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
+    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run(
+        "apt-get install qemu-system-x86",
+        Command::new("apt-get").args(["install", "-y", "-qq", "qemu-system-x86"]).env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+/// How to boot.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// Kernel command line (e.g. `test=cpuid`).
+    pub cmdline: String,
+    /// Disk image for the root's virtio-blk (none: no disk).
+    pub disk: Option<PathBuf>,
+    /// hv-core's log file (debugcon).
+    pub hv_log: PathBuf,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+}
+
+/// QEMU arguments for booting `images` with `opts`; the caller picks how the
+/// serial console is connected (`-serial stdio` or `-nographic`).
+pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |a: &str| args.push(a.to_string());
+    push("-machine");
+    push("pc");
+    match opts.accel {
+        Accel::Kvm => {
+            push("-accel");
+            push("kvm");
+            push("-cpu");
+            push("host");
+        }
+        Accel::Tcg => {
+            push("-accel");
+            push("tcg");
+            push("-cpu");
+            push("max");
+        }
+    }
+    push("-m");
+    push(&format!("{}M", opts.memory_mib));
+    push("-smp");
+    push("1");
+    push("-no-reboot");
+    push("-kernel");
+    push(&images.root_kernel.display().to_string());
+    push("-initrd");
+    push(&images.bundle.display().to_string());
+    push("-append");
+    push(&opts.cmdline);
+    push("-debugcon");
+    push(&format!("file:{}", opts.hv_log.display()));
+    push("-device");
+    push("isa-debug-exit,iobase=0xf4,iosize=0x04");
+    if let Some(disk) = &opts.disk {
+        push("-drive");
+        push(&format!("file={},if=none,id=disk0,format=raw", disk.display()));
+        push("-device");
+        push("virtio-blk-pci,drive=disk0");
+    }
+    args
+}
+
+/// QEMU's exit status when the root wrote `EXIT_SUCCESS` (0x10) to isa-debug-exit.
+pub const QEMU_EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
+/// QEMU's exit status for `EXIT_FAILURE` (0x11).
+pub const QEMU_EXIT_FAILURE: i32 = (0x11 << 1) | 1;

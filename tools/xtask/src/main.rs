@@ -1,0 +1,139 @@
+//! `cargo xtask <command>`: the project's two front doors and their helpers.
+//!
+//! - `run`   build everything and boot the root partition in QEMU, landing in
+//!           its management shell (Ctrl-A X quits QEMU);
+//! - `test`  every test: host unit/property tests and the QEMU integration tests;
+//! - `build` only build the images (into `target/images/`);
+//! - `lint`  `cargo fmt --check` and clippy (`-D warnings`) for host and kernels.
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+use xtask::{BootOptions, KERNEL_TARGET, QEMU, XtaskError};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("build") => xtask::build_images().map(|i| {
+            println!("images: {} {} {}", i.root_kernel.display(), i.bundle.display(), i.disk.display());
+        }),
+        Some("lint") => lint(),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            usage();
+            Ok(())
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command '{other}'");
+            usage();
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() {
+    eprintln!("usage: cargo xtask <command>");
+    eprintln!("  run [--tcg] [--no-disk] [KERNEL ARGS...]  build and boot root + hv-core in QEMU (Ctrl-A X quits)");
+    eprintln!("  test [CARGO TEST ARGS...]                 run every test (host and QEMU)");
+    eprintln!("  build                                     build the images into target/images/");
+    eprintln!("  lint                                      cargo fmt --check and clippy -D warnings");
+}
+
+fn run(args: &[String]) -> Result<(), XtaskError> {
+    xtask::ensure_qemu()?;
+    let images = xtask::build_images()?;
+    let (mut accel, why) = xtask::choose_accel();
+    let mut why = why;
+    let mut disk = Some(images.disk.clone());
+    let mut cmdline = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "--tcg" => {
+                accel = xtask::Accel::Tcg;
+                why = "TCG (--tcg)".into();
+            }
+            "--no-disk" => disk = None,
+            other => cmdline.push(other.to_string()),
+        }
+    }
+    let hv_log = xtask::build_dir().join("hv-core.log");
+    let _ = std::fs::write(&hv_log, b"");
+    let opts = BootOptions { cmdline: cmdline.join(" "), disk, hv_log: hv_log.clone(), memory_mib: 512, accel };
+    eprintln!("xtask: accelerator: {why}");
+    eprintln!("xtask: root console below; hv-core's log lines are prefixed [hv-core]; Ctrl-A X quits QEMU");
+    let tail = std::thread::spawn(move || tail_log(&hv_log));
+    let status = Command::new(QEMU)
+        .args(xtask::qemu_args(&images, &opts))
+        .arg("-nographic")
+        .status()
+        .map_err(|e| XtaskError::Command { what: "starting QEMU".into(), detail: e.to_string() })?;
+    drop(tail);
+    match status.code() {
+        Some(0) | Some(xtask::QEMU_EXIT_SUCCESS) => Ok(()),
+        _ => Err(XtaskError::Command { what: "QEMU".into(), detail: status.to_string() }),
+    }
+}
+
+/// Follow hv-core's debugcon log and copy it to stderr beside the console.
+fn tail_log(path: &std::path::Path) {
+    let Ok(file) = std::fs::File::open(path) else { return };
+    let mut reader = BufReader::new(file);
+    let _ = reader.seek(SeekFrom::Start(0));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(_) if line.ends_with('\n') => eprint!("{}", line.replace('\n', "\r\n")),
+            Ok(_) => {
+                // Partial line: wait for the rest.
+                std::thread::sleep(Duration::from_millis(20));
+                let mut rest = String::new();
+                let _ = reader.read_line(&mut rest);
+                eprint!("{}{}", line, rest.replace('\n', "\r\n"));
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(xtask::workspace_root());
+    c
+}
+
+fn check(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
+    let status = cmd.status().map_err(|e| XtaskError::Command { what: what.into(), detail: e.to_string() })?;
+    if status.success() { Ok(()) } else { Err(XtaskError::Command { what: what.into(), detail: status.to_string() }) }
+}
+
+fn test(extra: &[String]) -> Result<(), XtaskError> {
+    xtask::ensure_qemu()?;
+    // Build the images once up front so build errors surface here, not as a
+    // failure inside the first QEMU test.
+    xtask::build_images()?;
+    let (_, why) = xtask::choose_accel();
+    eprintln!("xtask: QEMU tests use {why}");
+    check("cargo test", cargo().args(["test", "--workspace", "--exclude", "hv_core", "--exclude", "root_partition", "--exclude", "kernel_x86"]).args(extra))
+}
+
+fn lint() -> Result<(), XtaskError> {
+    check("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    check(
+        "clippy (host crates)",
+        cargo().args(["clippy", "--workspace", "--exclude", "hv_core", "--exclude", "root_partition", "--exclude", "kernel_x86", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    check(
+        "clippy (kernels)",
+        cargo().args(["clippy", "--release", "--target", KERNEL_TARGET, "-p", "hv_core", "-p", "root_partition", "-p", "kernel_x86", "--", "-D", "warnings"]),
+    )
+}
