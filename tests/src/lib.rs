@@ -1,0 +1,175 @@
+//! A small harness for booting the real images in QEMU from tests: every boot
+//! has a deadline, QEMU is killed when a test fails or the deadline passes,
+//! and the serial console and hv-core's debugcon log are kept for the
+//! assertion messages.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use xtask::{QEMU_EXIT_FAILURE, QEMU_EXIT_SUCCESS};
+
+/// Deadline for one boot to reach a given point (TCG is slow; CI has 2 cores).
+pub const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Images are built once per test binary.
+pub fn images() -> &'static xtask::Images {
+    static IMAGES: OnceLock<xtask::Images> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    IMAGES.get_or_init(|| {
+        xtask::ensure_qemu().unwrap_or_else(|e| panic!("{e}"));
+        xtask::build_images().unwrap_or_else(|e| panic!("building images: {e}"))
+    })
+}
+
+/// A scratch directory for one test's files.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hv-qemu-{}-{}-{}",
+        std::process::id(),
+        name,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A running QEMU.
+pub struct Machine {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    output: Receiver<u8>,
+    console: String,
+    hv_log: PathBuf,
+}
+
+impl Machine {
+    /// Boot with kernel command line `cmdline` and an optional disk image.
+    pub fn boot(name: &str, cmdline: &str, disk: Option<PathBuf>) -> Self {
+        let images = images();
+        let dir = scratch(name);
+        let hv_log = dir.join("hv-core.log");
+        let (accel, _) = xtask::choose_accel();
+        let opts = xtask::BootOptions { cmdline: cmdline.into(), disk, hv_log: hv_log.clone(), memory_mib: 512, accel };
+        let mut child = Command::new(xtask::QEMU)
+            .args(xtask::qemu_args(images, &opts))
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for &b in &buf[..n] {
+                    if tx.send(b).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self { child, stdin, output: rx, console: String::new(), hv_log }
+    }
+
+    /// Everything the console printed so far.
+    pub fn console(&self) -> &str {
+        &self.console
+    }
+
+    /// hv-core's log so far.
+    pub fn hv_log(&self) -> String {
+        std::fs::read_to_string(&self.hv_log).unwrap_or_default()
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("{why}\n--- console ---\n{}\n--- hv-core log ---\n{}", self.console, self.hv_log());
+    }
+
+    /// Wait until the console contains `needle` (after what was consumed), or fail.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let start = Instant::now();
+        let from = self.console.len();
+        loop {
+            if let Some(at) = self.console[from..].find(needle) {
+                return self.console[from..from + at + needle.len()].to_string();
+            }
+            let left = BOOT_DEADLINE.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                self.fail(&format!("timed out after {BOOT_DEADLINE:?} waiting for {needle:?}"));
+            }
+            match self.output.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(b) => self.console.push(b as char),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    self.fail(&format!("QEMU exited while waiting for {needle:?}"));
+                }
+            }
+        }
+    }
+
+    /// Type `line` and Enter on the console.
+    pub fn send_line(&mut self, line: &str) {
+        let ok = self.stdin.as_mut().is_some_and(|s| s.write_all(format!("{line}\r").as_bytes()).and_then(|_| s.flush()).is_ok());
+        if !ok {
+            self.fail("could not write to QEMU's console");
+        }
+    }
+
+    /// Wait for QEMU to exit and return its status code (killing it at the deadline).
+    pub fn wait_exit(&mut self) -> i32 {
+        let start = Instant::now();
+        loop {
+            while let Ok(b) = self.output.try_recv() {
+                self.console.push(b as char);
+            }
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    // Drain what is left.
+                    while let Ok(b) = self.output.recv_timeout(Duration::from_millis(100)) {
+                        self.console.push(b as char);
+                    }
+                    return status.code().unwrap_or(-1);
+                }
+                Ok(None) if start.elapsed() > BOOT_DEADLINE => self.fail("QEMU did not exit before the deadline"),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => self.fail(&format!("waiting for QEMU: {e}")),
+            }
+        }
+    }
+
+    /// Boot-to-exit for a self-test: returns the console; fails unless the
+    /// scenario printed PASS and QEMU exited with the success status.
+    pub fn run_scenario(name: &str, disk: Option<PathBuf>) -> (String, String) {
+        let mut m = Self::boot(name, &format!("test={name}"), disk);
+        m.expect(&format!("TEST {name}: "));
+        let code = m.wait_exit();
+        let console = m.console.clone();
+        if !console.contains(&format!("TEST {name}: PASS")) || code != QEMU_EXIT_SUCCESS {
+            m.fail(&format!("scenario {name} failed (QEMU exit status {code})"));
+        }
+        (console, m.hv_log())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
