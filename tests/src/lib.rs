@@ -56,7 +56,13 @@ impl Machine {
         let dir = scratch(name);
         let hv_log = dir.join("hv-core.log");
         let (accel, _) = xtask::choose_accel();
-        let opts = xtask::BootOptions { cmdline: cmdline.into(), disk, hv_log: hv_log.clone(), memory_mib: 512, accel };
+        let opts = xtask::BootOptions {
+            cmdline: cmdline.into(),
+            disk,
+            hv_log: hv_log.clone(),
+            memory_mib: 512,
+            accel,
+        };
         let mut child = Command::new(xtask::QEMU)
             .args(xtask::qemu_args(images, &opts))
             .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
@@ -81,7 +87,13 @@ impl Machine {
             }
         });
         let stdin = child.stdin.take();
-        Self { child, stdin, output: rx, console: String::new(), hv_log }
+        Self {
+            child,
+            stdin,
+            output: rx,
+            console: String::new(),
+            hv_log,
+        }
     }
 
     /// Everything the console printed so far.
@@ -97,7 +109,11 @@ impl Machine {
     fn fail(&mut self, why: &str) -> ! {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        panic!("{why}\n--- console ---\n{}\n--- hv-core log ---\n{}", self.console, self.hv_log());
+        panic!(
+            "{why}\n--- console ---\n{}\n--- hv-core log ---\n{}",
+            self.console,
+            self.hv_log()
+        );
     }
 
     /// Wait until the console contains `needle` (after what was consumed), or fail.
@@ -110,7 +126,9 @@ impl Machine {
             }
             let left = BOOT_DEADLINE.saturating_sub(start.elapsed());
             if left.is_zero() {
-                self.fail(&format!("timed out after {BOOT_DEADLINE:?} waiting for {needle:?}"));
+                self.fail(&format!(
+                    "timed out after {BOOT_DEADLINE:?} waiting for {needle:?}"
+                ));
             }
             match self.output.recv_timeout(left.min(Duration::from_millis(200))) {
                 Ok(b) => self.console.push(b as char),
@@ -125,7 +143,11 @@ impl Machine {
 
     /// Type `line` and Enter on the console.
     pub fn send_line(&mut self, line: &str) {
-        let ok = self.stdin.as_mut().is_some_and(|s| s.write_all(format!("{line}\r").as_bytes()).and_then(|_| s.flush()).is_ok());
+        let ok = self.stdin.as_mut().is_some_and(|s| {
+            s.write_all(format!("{line}\r").as_bytes())
+                .and_then(|_| s.flush())
+                .is_ok()
+        });
         if !ok {
             self.fail("could not write to QEMU's console");
         }
@@ -146,7 +168,9 @@ impl Machine {
                     }
                     return status.code().unwrap_or(-1);
                 }
-                Ok(None) if start.elapsed() > BOOT_DEADLINE => self.fail("QEMU did not exit before the deadline"),
+                Ok(None) if start.elapsed() > BOOT_DEADLINE => {
+                    self.fail("QEMU did not exit before the deadline")
+                }
                 Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) => self.fail(&format!("waiting for QEMU: {e}")),
             }

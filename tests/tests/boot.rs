@@ -9,15 +9,24 @@ use qemu_tests::{Machine, QEMU_EXIT_SUCCESS, scratch};
 #[test]
 fn cpuid_shows_hv1_only_after_launch() {
     let (console, hv_log) = Machine::run_scenario("cpuid", None);
-    let before = console.lines().find(|l| l.starts_with("cpuid: before:")).expect("before line");
+    let before = console
+        .lines()
+        .find(|l| l.starts_with("cpuid: before:"))
+        .expect("before line");
     assert!(!before.contains("Microsoft Hv"), "{before}");
     assert!(before.contains("interface=0x0"), "{before}");
-    let after = console.lines().find(|l| l.starts_with("cpuid: after:")).expect("after line");
+    let after = console
+        .lines()
+        .find(|l| l.starts_with("cpuid: after:"))
+        .expect("after line");
     assert!(after.contains("vendor='Microsoft Hv'"), "{after}");
     assert!(after.contains("interface=0x31237648"), "{after}");
     // hv-core really launched the root in guest mode, on its own log channel.
     assert!(hv_log.contains("launching the root partition"), "{hv_log}");
-    assert!(!console.contains("[hv-core]"), "hv-core must not write to the root's console");
+    assert!(
+        !console.contains("[hv-core]"),
+        "hv-core must not write to the root's console"
+    );
 }
 
 /// (b) Reading and writing hv-core's region from the root faults (#GP,
@@ -25,9 +34,17 @@ fn cpuid_shows_hv1_only_after_launch() {
 #[test]
 fn root_cannot_touch_hv_core_region() {
     let (console, hv_log) = Machine::run_scenario("hv-region", None);
-    assert_eq!(console.matches(": #GP general protection").count(), 8, "{console}");
+    assert_eq!(
+        console.matches(": #GP general protection").count(),
+        8,
+        "{console}"
+    );
     assert!(console.contains("hv-core alive: partition id 1"), "{console}");
-    assert_eq!(hv_log.matches("of hv-core's region at GPA").count(), 8, "{hv_log}");
+    assert_eq!(
+        hv_log.matches("of hv-core's region at GPA").count(),
+        8,
+        "{hv_log}"
+    );
 }
 
 /// (c) The hypercall page: HvCallGetPartitionId returns the root's id, an
@@ -35,9 +52,18 @@ fn root_cannot_touch_hv_core_region() {
 #[test]
 fn hypercall_page_works() {
     let (console, hv_log) = Machine::run_scenario("hypercall", None);
-    assert!(console.contains("hypercall: HvCallGetPartitionId -> 1"), "{console}");
-    assert!(console.contains("hypercall: unknown call code 0x7777: INVALID_HYPERCALL_CODE"), "{console}");
-    assert!(console.contains("misaligned output GPA: INVALID_ALIGNMENT"), "{console}");
+    assert!(
+        console.contains("hypercall: HvCallGetPartitionId -> 1"),
+        "{console}"
+    );
+    assert!(
+        console.contains("hypercall: unknown call code 0x7777: INVALID_HYPERCALL_CODE"),
+        "{console}"
+    );
+    assert!(
+        console.contains("misaligned output GPA: INVALID_ALIGNMENT"),
+        "{console}"
+    );
     assert!(hv_log.contains("hypercall page enabled at"), "{hv_log}");
 }
 
@@ -48,7 +74,11 @@ fn virtio_blk_sector_matches_image_after_demotion() {
     let dir = scratch("disk");
     let disk = dir.join("disk.img");
     // Sector 0 from a small PRNG seeded per run, so a stale or fake read cannot match.
-    let mut state = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     let mut bytes = vec![0u8; 64 * 1024];
     for b in bytes.iter_mut() {
         state ^= state << 13;
@@ -59,7 +89,10 @@ fn virtio_blk_sector_matches_image_after_demotion() {
     std::fs::write(&disk, &bytes).unwrap();
     let (console, _) = Machine::run_scenario("disk", Some(disk));
     let expected: String = bytes[..512].iter().map(|b| format!("{b:02x}")).collect();
-    let line = console.lines().find(|l| l.starts_with("DISK sector0 ")).expect("sector line");
+    let line = console
+        .lines()
+        .find(|l| l.starts_with("DISK sector0 "))
+        .expect("sector line");
     assert_eq!(line.trim_end().trim_start_matches("DISK sector0 "), expected);
     assert!(console.contains("disk: 128 sectors"), "{console}");
 }

@@ -98,8 +98,11 @@ impl<'a> Bundle<'a> {
         for index in 0..count {
             let e = bundle.raw_entry(index);
             name_str(&e.name).ok_or(BundleError::BadName(index))?;
-            let end = e.offset.checked_add(e.size).ok_or(BundleError::BadExtent(index))?;
-            if e.offset % PAYLOAD_ALIGN != 0 || end > bytes.len() as u64 {
+            let end = e
+                .offset
+                .checked_add(e.size)
+                .ok_or(BundleError::BadExtent(index))?;
+            if !e.offset.is_multiple_of(PAYLOAD_ALIGN) || end > bytes.len() as u64 {
                 return Err(BundleError::BadExtent(index));
             }
         }
@@ -157,7 +160,11 @@ pub fn build(items: &[(&str, &[u8])]) -> Result<alloc_vec::Vec<u8>, BundleError>
     }
     let dir_end = size_of::<Header>() + items.len() * size_of::<Entry>();
     let mut out: Vec<u8> = Vec::new();
-    let header = Header { magic: MAGIC, version: VERSION, count: items.len() as u32 };
+    let header = Header {
+        magic: MAGIC,
+        version: VERSION,
+        count: items.len() as u32,
+    };
     out.extend_from_slice(header.as_bytes());
     out.resize(dir_end, 0);
     let mut entries = Vec::new();
@@ -170,7 +177,11 @@ pub fn build(items: &[(&str, &[u8])]) -> Result<alloc_vec::Vec<u8>, BundleError>
         let offset = out.len().next_multiple_of(PAYLOAD_ALIGN as usize);
         out.resize(offset, 0);
         out.extend_from_slice(payload);
-        entries.push(Entry { name: raw_name, offset: offset as u64, size: payload.len() as u64 });
+        entries.push(Entry {
+            name: raw_name,
+            offset: offset as u64,
+            size: payload.len() as u64,
+        });
     }
     for (index, entry) in entries.iter().enumerate() {
         let at = size_of::<Header>() + index * size_of::<Entry>();
@@ -213,7 +224,10 @@ mod tests {
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::BadVersion(9));
         let mut bad = good.clone();
         bad[12..16].copy_from_slice(&1000u32.to_le_bytes());
-        assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::TooManyEntries(1000));
+        assert_eq!(
+            Bundle::parse(&bad).unwrap_err(),
+            BundleError::TooManyEntries(1000)
+        );
         // Size runs past the end.
         let mut bad = good.clone();
         bad[16 + 40..16 + 48].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -223,7 +237,10 @@ mod tests {
         bad[16 + 32..16 + 40].copy_from_slice(&1u64.to_le_bytes());
         assert_eq!(Bundle::parse(&bad).unwrap_err(), BundleError::BadExtent(0));
         // Truncated payload.
-        assert_eq!(Bundle::parse(&good[..good.len() - 1]).unwrap_err(), BundleError::BadExtent(0));
+        assert_eq!(
+            Bundle::parse(&good[..good.len() - 1]).unwrap_err(),
+            BundleError::BadExtent(0)
+        );
         // Name with garbage after the NUL.
         let mut bad = good.clone();
         bad[16 + 20] = b'x';

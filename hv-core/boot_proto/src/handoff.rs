@@ -93,7 +93,8 @@ impl Handoff {
         if self.memmap_count as usize > MAX_RANGES {
             return Err(HandoffError::BadMemmapCount(self.memmap_count));
         }
-        let aligned = self.region_base % REGION_ALIGN == 0 && self.region_size % REGION_ALIGN == 0;
+        let aligned =
+            self.region_base.is_multiple_of(REGION_ALIGN) && self.region_size.is_multiple_of(REGION_ALIGN);
         if !aligned || self.region_size == 0 || self.image_size > self.region_size {
             return Err(HandoffError::BadRegion);
         }

@@ -106,7 +106,11 @@ pub fn parse_table<T: FromBytes + KnownLayout + Immutable + Copy>(
 ) -> Option<impl Iterator<Item = T> + '_> {
     let need = count.checked_mul(size_of::<T>())?;
     let slice = bytes.get(..need)?;
-    Some(slice.chunks_exact(size_of::<T>()).filter_map(|c| T::read_from_bytes(c).ok()))
+    Some(
+        slice
+            .chunks_exact(size_of::<T>())
+            .filter_map(|c| T::read_from_bytes(c).ok()),
+    )
 }
 
 #[cfg(test)]
@@ -122,17 +126,31 @@ mod tests {
         info.memmap_entries = 3;
         let bytes = info.as_bytes();
         assert_eq!(StartInfo::parse(bytes).unwrap().memmap_entries, 3);
-        assert_eq!(StartInfo::parse(&bytes[..55]).unwrap_err(), StartInfoError::Truncated);
+        assert_eq!(
+            StartInfo::parse(&bytes[..55]).unwrap_err(),
+            StartInfoError::Truncated
+        );
         info.magic = 1;
-        assert_eq!(StartInfo::parse(info.as_bytes()).unwrap_err(), StartInfoError::BadMagic(1));
+        assert_eq!(
+            StartInfo::parse(info.as_bytes()).unwrap_err(),
+            StartInfoError::BadMagic(1)
+        );
         info.magic = START_MAGIC;
         info.version = 0;
-        assert_eq!(StartInfo::parse(info.as_bytes()).unwrap_err(), StartInfoError::NoMemoryMap);
+        assert_eq!(
+            StartInfo::parse(info.as_bytes()).unwrap_err(),
+            StartInfoError::NoMemoryMap
+        );
     }
 
     #[test]
     fn memmap_table_parse_checks_length() {
-        let e = MemmapEntry { addr: 0, size: 0x9fc00, kind: MEMMAP_TYPE_RAM, reserved: 0 };
+        let e = MemmapEntry {
+            addr: 0,
+            size: 0x9fc00,
+            kind: MEMMAP_TYPE_RAM,
+            reserved: 0,
+        };
         let mut bytes = Vec::new();
         bytes.extend_from_slice(e.as_bytes());
         bytes.extend_from_slice(e.as_bytes());

@@ -159,8 +159,14 @@ pub fn plan(file: &[u8], max_span: u64) -> Result<LoadPlan, ElfError> {
         if ph.kind != PT_LOAD || ph.memsz == 0 {
             continue;
         }
-        let file_end = ph.offset.checked_add(ph.filesz).ok_or(ElfError::BadSegment(index))?;
-        let mem_end = ph.vaddr.checked_add(ph.memsz).ok_or(ElfError::BadSegment(index))?;
+        let file_end = ph
+            .offset
+            .checked_add(ph.filesz)
+            .ok_or(ElfError::BadSegment(index))?;
+        let mem_end = ph
+            .vaddr
+            .checked_add(ph.memsz)
+            .ok_or(ElfError::BadSegment(index))?;
         if file_end > file.len() as u64 || ph.filesz > ph.memsz || mem_end.checked_add(PAGE).is_none() {
             return Err(ElfError::BadSegment(index));
         }
@@ -198,7 +204,13 @@ pub fn plan(file: &[u8], max_span: u64) -> Result<LoadPlan, ElfError> {
     if !entry_ok {
         return Err(ElfError::BadEntry);
     }
-    Ok(LoadPlan { entry: header.entry, base_va, span, segments, count })
+    Ok(LoadPlan {
+        entry: header.entry,
+        base_va,
+        span,
+        segments,
+        count,
+    })
 }
 
 /// Copy the image described by `plan` out of `file` into `dest`, which stands
@@ -259,7 +271,10 @@ mod tests {
 
     #[test]
     fn plans_and_loads_with_bss_zeroed() {
-        let file = image(&[(BASE, b"code", 4, PF_X | 4), (BASE + 0x2000, b"data", 0x1800, 6)], BASE);
+        let file = image(
+            &[(BASE, b"code", 4, PF_X | 4), (BASE + 0x2000, b"data", 0x1800, 6)],
+            BASE,
+        );
         let plan = plan(&file, 1 << 20).unwrap();
         assert_eq!(plan.base_va, BASE);
         assert_eq!(plan.span, 0x4000);
@@ -286,11 +301,17 @@ mod tests {
         let bad = image(&[(BASE, b"code", 2, PF_X)], BASE);
         assert_eq!(plan(&bad, 1 << 20).unwrap_err(), ElfError::BadSegment(0));
         // Overlapping segments.
-        let bad = image(&[(BASE, b"code", 0x2000, PF_X), (BASE + 0x1000, b"x", 1, 4)], BASE);
+        let bad = image(
+            &[(BASE, b"code", 0x2000, PF_X), (BASE + 0x1000, b"x", 1, 4)],
+            BASE,
+        );
         assert_eq!(plan(&bad, 1 << 20).unwrap_err(), ElfError::Overlap);
         // Too large for the region.
         let big = image(&[(BASE, b"code", 0x20_0000, PF_X)], BASE);
-        assert_eq!(plan(&big, 0x1000).unwrap_err(), ElfError::TooLarge { needed: 0x20_0000 });
+        assert_eq!(
+            plan(&big, 0x1000).unwrap_err(),
+            ElfError::TooLarge { needed: 0x20_0000 }
+        );
         // Segment data past the end of the file.
         let mut bad = good.clone();
         bad.truncate(bad.len() - 1);

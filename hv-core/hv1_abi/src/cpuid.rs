@@ -154,7 +154,10 @@ impl HvCpuidProfile {
                 ecx: VENDOR_MICROSOFT_HV[1],
                 edx: VENDOR_MICROSOFT_HV[2],
             },
-            LEAF_INTERFACE => CpuidResult { eax: INTERFACE_HV1, ..Default::default() },
+            LEAF_INTERFACE => CpuidResult {
+                eax: INTERFACE_HV1,
+                ..Default::default()
+            },
             LEAF_VERSION => CpuidResult {
                 eax: 1,
                 ebx: (HV_VERSION_MAJOR << 16) | HV_VERSION_MINOR,
@@ -168,7 +171,10 @@ impl HvCpuidProfile {
             },
             // Recommend no enlightenments yet; EBX = 0xFFFF_FFFF: never notify
             // about long spin waits.
-            LEAF_ENLIGHTENMENTS => CpuidResult { ebx: 0xFFFF_FFFF, ..Default::default() },
+            LEAF_ENLIGHTENMENTS => CpuidResult {
+                ebx: 0xFFFF_FFFF,
+                ..Default::default()
+            },
             LEAF_LIMITS => CpuidResult {
                 eax: self.vp_count,
                 ebx: self.lp_count,
@@ -187,7 +193,11 @@ mod tests {
     use super::*;
 
     fn as_ascii(words: [u32; 3]) -> String {
-        words.iter().flat_map(|w| w.to_le_bytes()).map(char::from).collect()
+        words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .map(char::from)
+            .collect()
     }
 
     #[test]
@@ -198,7 +208,11 @@ mod tests {
 
     #[test]
     fn root_profile_has_linux_mandatory_bits_and_cpu_management() {
-        let p = HvCpuidProfile { privileges: PartitionPrivileges::ROOT, vp_count: 1, lp_count: 1 };
+        let p = HvCpuidProfile {
+            privileges: PartitionPrivileges::ROOT,
+            vp_count: 1,
+            lp_count: 1,
+        };
         let v = p.leaf(LEAF_VENDOR).unwrap();
         assert!((0x4000_0005..=0x4000_FFFF).contains(&v.eax));
         let f = p.leaf(LEAF_FEATURES).unwrap();
@@ -206,7 +220,10 @@ mod tests {
         assert_eq!(f.eax & 0x60, 0x60);
         assert_ne!(f.ebx & (1 << 12), 0, "root has CpuManagement");
         assert_ne!(f.ebx & 1, 0, "root has CreatePartitions");
-        assert_eq!(PartitionPrivileges::from_cpuid(f.eax, f.ebx), PartitionPrivileges::ROOT);
+        assert_eq!(
+            PartitionPrivileges::from_cpuid(f.eax, f.ebx),
+            PartitionPrivileges::ROOT
+        );
         assert_eq!(p.leaf(0x4000_0081), Some(CpuidResult::default()));
         assert_eq!(p.leaf(0x3FFF_FFFF), None);
         assert_eq!(p.leaf(0x4001_0000), None);

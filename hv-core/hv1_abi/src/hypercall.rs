@@ -210,7 +210,13 @@ impl HypercallControl {
 
     /// A simple (non-rep, slow) call of `code`.
     pub const fn simple(code: HvCallCode) -> Self {
-        Self { code, fast: false, variable_header_qwords: 0, rep_count: 0, rep_start: 0 }
+        Self {
+            code,
+            fast: false,
+            variable_header_qwords: 0,
+            rep_count: 0,
+            rep_start: 0,
+        }
     }
 }
 
@@ -231,12 +237,18 @@ impl HypercallResult {
 
     /// Decode a RAX value.
     pub const fn decode(raw: u64) -> Self {
-        Self { status: HvStatus(raw as u16), reps_completed: ((raw >> 32) & 0xFFF) as u16 }
+        Self {
+            status: HvStatus(raw as u16),
+            reps_completed: ((raw >> 32) & 0xFFF) as u16,
+        }
     }
 
     /// A result with only a status.
     pub const fn status(status: HvStatus) -> Self {
-        Self { status, reps_completed: 0 }
+        Self {
+            status,
+            reps_completed: 0,
+        }
     }
 }
 
@@ -278,7 +290,10 @@ mod tests {
                 "bit {bit}"
             );
         }
-        assert_eq!(ControlError::ReservedBitsSet.status(), HvStatus::INVALID_HYPERCALL_INPUT);
+        assert_eq!(
+            ControlError::ReservedBitsSet.status(),
+            HvStatus::INVALID_HYPERCALL_INPUT
+        );
     }
 
     #[test]
@@ -289,7 +304,10 @@ mod tests {
 
     #[test]
     fn result_encoding() {
-        let r = HypercallResult { status: HvStatus::INVALID_HYPERCALL_CODE, reps_completed: 7 };
+        let r = HypercallResult {
+            status: HvStatus::INVALID_HYPERCALL_CODE,
+            reps_completed: 7,
+        };
         assert_eq!(r.encode(), 2 | (7 << 32));
         assert_eq!(HypercallResult::decode(r.encode()), r);
     }

@@ -12,8 +12,18 @@ pub const RANGE: core::ops::RangeInclusive<u16> = 0xC000..=0xC0FF;
 pub const GET_CORE_STATS: HvCallCode = HvCallCode(0xC001);
 
 /// Exit-reason buckets counted by hv-core, in [`CoreStats::exits`] order.
-pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] =
-    ["cpuid", "msr_read", "msr_write", "vmmcall", "npf", "hlt", "ioio", "shutdown", "intr", "other"];
+pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] = [
+    "cpuid",
+    "msr_read",
+    "msr_write",
+    "vmmcall",
+    "npf",
+    "hlt",
+    "ioio",
+    "shutdown",
+    "intr",
+    "other",
+];
 /// Number of buckets.
 pub const EXIT_REASON_COUNT: usize = 10;
 

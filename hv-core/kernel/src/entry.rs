@@ -39,8 +39,18 @@ pub struct RootResume {
 
 /// Written once by the entry asm before any Rust runs.
 #[unsafe(no_mangle)]
-static mut ROOT_RESUME: RootResume =
-    RootResume { rbx: 0, rbp: 0, r12: 0, r13: 0, r14: 0, r15: 0, rsp: 0, rip: 0, rflags: 0, entry_rsp: 0 };
+static mut ROOT_RESUME: RootResume = RootResume {
+    rbx: 0,
+    rbp: 0,
+    r12: 0,
+    r13: 0,
+    r14: 0,
+    r15: 0,
+    rsp: 0,
+    rip: 0,
+    rflags: 0,
+    entry_rsp: 0,
+};
 
 /// A copy of what the entry asm saved.
 pub fn root_resume() -> RootResume {

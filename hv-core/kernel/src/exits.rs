@@ -17,7 +17,8 @@ const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
 const MSR_EFER: u32 = 0xC000_0080;
 /// EFER bits a guest may set: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE.
-const EFER_ALLOWED: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
+const EFER_ALLOWED: u64 =
+    (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
 
 /// Per-partition synthetic MSR state (TLFS partition-wide MSRs).
 #[derive(Debug, Default)]
@@ -68,7 +69,11 @@ enum Outcome {
 impl Partition {
     /// The CPUID profile this partition sees.
     pub fn cpuid_profile(&self) -> HvCpuidProfile {
-        HvCpuidProfile { privileges: PartitionPrivileges::ROOT, vp_count: 1, lp_count: 1 }
+        HvCpuidProfile {
+            privileges: PartitionPrivileges::ROOT,
+            vp_count: 1,
+            lp_count: 1,
+        }
     }
 
     /// Handle one exit of the VP whose VMCB is `vmcb`.
@@ -76,7 +81,9 @@ impl Partition {
         let code = ExitCode(vmcb.control.exit_code);
         self.stats.total += 1;
         if code.is_invalid() {
-            crate::log::emergency(format_args!("FATAL: VMRUN failed (VMEXIT_INVALID): inconsistent root VMCB"));
+            crate::log::emergency(format_args!(
+                "FATAL: VMRUN failed (VMEXIT_INVALID): inconsistent root VMCB"
+            ));
             dump(vmcb, regs);
             crate::log::fatal_stop();
         }
@@ -109,7 +116,10 @@ impl Partition {
             // SVM instructions are not offered to partitions (no nested virtualization).
             ExitCode(0x80..=0x86) | ExitCode(0x76) => Outcome::Inject(event::exception(VECTOR_UD), 0),
             other => {
-                crate::log::emergency(format_args!("FATAL: unexpected exit {other:?} from partition {}", self.id));
+                crate::log::emergency(format_args!(
+                    "FATAL: unexpected exit {other:?} from partition {}",
+                    self.id
+                ));
                 dump(vmcb, regs);
                 crate::log::fatal_stop()
             }
@@ -145,7 +155,10 @@ impl Partition {
             Err(e) => {
                 // The bytes at RIP are not what the CPU said it executed: a
                 // self-modifying race or a hypervisor bug. Refuse to guess.
-                hvlog!("partition {}: cannot step over {kind:?} at {rip:#x}: {e:?}; injecting #UD", self.id);
+                hvlog!(
+                    "partition {}: cannot step over {kind:?} at {rip:#x}: {e:?}; injecting #UD",
+                    self.id
+                );
                 vmcb.control.event_inj = event::exception(VECTOR_UD);
                 self.stats.injected += 1;
             }
@@ -156,7 +169,9 @@ impl Partition {
     fn read_guest_virt_u8(&self, vmcb: &Vmcb, va: u64) -> Option<u8> {
         let paging = vmcb.save.cr0 & (1 << 31) != 0;
         let gpa = if paging {
-            x86_paging::walk(|gpa| self.ram.read_u64(gpa), vmcb.save.cr3, va).ok()?.phys
+            x86_paging::walk(|gpa| self.ram.read_u64(gpa), vmcb.save.cr3, va)
+                .ok()?
+                .phys
         } else {
             va
         };
@@ -227,7 +242,10 @@ impl Partition {
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
             _ => {
-                hvlog!("partition {}: wrmsr {index:#x} <- {value:#x} refused: #GP", self.id);
+                hvlog!(
+                    "partition {}: wrmsr {index:#x} <- {value:#x} refused: #GP",
+                    self.id
+                );
                 return gp;
             }
         }
@@ -244,13 +262,19 @@ impl Partition {
         if value & msr::HYPERCALL_ENABLE != 0 {
             if self.msrs.guest_os_id == 0 {
                 // TLFS: the page cannot be enabled before the guest identifies itself.
-                hvlog!("partition {}: hypercall page enable ignored: GUEST_OS_ID is 0", self.id);
+                hvlog!(
+                    "partition {}: hypercall page enable ignored: GUEST_OS_ID is 0",
+                    self.id
+                );
                 self.msrs.hypercall = value & !msr::HYPERCALL_ENABLE;
                 return Outcome::Advance(Intercepted::Wrmsr);
             }
             let page = value & msr::HYPERCALL_GPFN_MASK;
             if self.ram.write(page, &msr::HYPERCALL_PAGE_SVM, 1).is_err() {
-                hvlog!("partition {}: hypercall page GPA {page:#x} is not its RAM: #GP", self.id);
+                hvlog!(
+                    "partition {}: hypercall page GPA {page:#x} is not its RAM: #GP",
+                    self.id
+                );
                 return gp;
             }
             hvlog!("partition {}: hypercall page enabled at {page:#x}", self.id);
@@ -279,11 +303,19 @@ impl Partition {
     fn nested_page_fault(&mut self, vmcb: &mut Vmcb) -> Outcome {
         let gpa = vmcb.control.exit_info2;
         let info = vmcb.control.exit_info1;
-        let what = if self.hv_region.contains(&gpa) { "hv-core's region" } else { "unmapped memory" };
+        let what = if self.hv_region.contains(&gpa) {
+            "hv-core's region"
+        } else {
+            "unmapped memory"
+        };
         hvlog!(
             "partition {}: {} of {what} at GPA {gpa:#x} (rip {:#x}, npf info {info:#x}): #GP",
             self.id,
-            if info & svm::vmcb::npf::WRITE != 0 { "write" } else { "read" },
+            if info & svm::vmcb::npf::WRITE != 0 {
+                "write"
+            } else {
+                "read"
+            },
             vmcb.save.rip
         );
         Outcome::Inject(event::exception_with_error(VECTOR_GP), 0)

@@ -21,7 +21,11 @@ pub struct RegionAllocator {
 impl RegionAllocator {
     /// Allocate from `region` after the first `used` bytes.
     pub fn new(region: Range<u64>, used: u64) -> Self {
-        Self { next: region.start + used.next_multiple_of(PAGE_SIZE), end: region.end, base: region.start }
+        Self {
+            next: region.start + used.next_multiple_of(PAGE_SIZE),
+            end: region.end,
+            base: region.start,
+        }
     }
 
     /// `count` zeroed pages.
@@ -78,12 +82,24 @@ pub fn physical_top(handoff: &Handoff) -> u64 {
 /// Build hv-core's own address space: identity map of physical memory plus the
 /// image at its link address. Returns the PML4.
 pub fn build_host_tables(alloc: &mut RegionAllocator, handoff: &Handoff, gib_pages: bool) -> u64 {
-    let max = if gib_pages { MaxPage::Size1G } else { MaxPage::Size2M };
+    let max = if gib_pages {
+        MaxPage::Size1G
+    } else {
+        MaxPage::Size2M
+    };
     let top = physical_top(handoff);
     let mut tables = PageTables::new(HvTableMemory(alloc)).expect("region has room for a PML4");
-    tables.identity_map_except(0..top, &[], flags::KERNEL_RW, max).expect("identity map fits the region");
     tables
-        .map(handoff.image_va, handoff.region_base, handoff.image_size, flags::KERNEL_RW, MaxPage::Size4K)
+        .identity_map_except(0..top, &[], flags::KERNEL_RW, max)
+        .expect("identity map fits the region");
+    tables
+        .map(
+            handoff.image_va,
+            handoff.region_base,
+            handoff.image_size,
+            flags::KERNEL_RW,
+            MaxPage::Size4K,
+        )
         .expect("image mapping fits the region");
     tables.root()
 }
@@ -91,7 +107,11 @@ pub fn build_host_tables(alloc: &mut RegionAllocator, handoff: &Handoff, gib_pag
 /// The root's nested page tables: identity over `[0, 512 GiB)` — all RAM and
 /// every MMIO window the root may use (passthrough) — except hv-core's region.
 pub fn build_root_npt(alloc: &mut RegionAllocator, region: Range<u64>, gib_pages: bool) -> u64 {
-    let max = if gib_pages { MaxPage::Size1G } else { MaxPage::Size2M };
+    let max = if gib_pages {
+        MaxPage::Size1G
+    } else {
+        MaxPage::Size2M
+    };
     let mut npt = PageTables::new(HvTableMemory(alloc)).expect("region has room for the NPT root");
     npt.identity_map_except(0..ROOT_GPA_LIMIT, &[region], flags::NPT_RWX, max)
         .expect("the root's NPT fits the region");
@@ -132,7 +152,7 @@ impl GuestRam {
 
     /// Check `[gpa, gpa+len)`: aligned to `align`, RAM, and within one page.
     pub fn check(&self, gpa: u64, len: u64, align: u64) -> Result<u64, GpaError> {
-        if gpa % align != 0 {
+        if !gpa.is_multiple_of(align) {
             return Err(GpaError::Misaligned);
         }
         let end = gpa.checked_add(len).ok_or(GpaError::OutOfRange)?;
@@ -163,10 +183,5 @@ impl GuestRam {
         let at = self.check(gpa, 1, 1).ok()?;
         // SAFETY: as for `write`.
         Some(unsafe { (at as *const u8).read_volatile() })
-    }
-
-    /// True if `r` is entirely guest RAM.
-    pub fn contains(&self, r: Range<u64>) -> bool {
-        self.ram.contains(r)
     }
 }

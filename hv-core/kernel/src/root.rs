@@ -67,11 +67,25 @@ fn capture() -> CapturedState {
         asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
     }
     let split = |b: [u8; 10]| {
-        (u16::from_le_bytes([b[0], b[1]]), u64::from_le_bytes(b[2..10].try_into().expect("8 bytes")))
+        (
+            u16::from_le_bytes([b[0], b[1]]),
+            u64::from_le_bytes(b[2..10].try_into().expect("8 bytes")),
+        )
     };
     // SAFETY: EFER exists on every x86-64 CPU.
     let efer = unsafe { rdmsr(MSR_EFER) };
-    CapturedState { cr0, cr3, cr4, efer, gdtr: split(gdtr), idtr: split(idtr), cs, ss, ds, es }
+    CapturedState {
+        cr0,
+        cr3,
+        cr4,
+        efer,
+        gdtr: split(gdtr),
+        idtr: split(idtr),
+        cs,
+        ss,
+        ds,
+        es,
+    }
 }
 
 /// Read the root's descriptor for `selector` from its GDT (still mapped: we
@@ -79,7 +93,10 @@ fn capture() -> CapturedState {
 fn root_segment(state: &CapturedState, selector: u16) -> Segment {
     let index = (selector >> 3) as u64;
     if selector & !3 == 0 || index * 8 + 7 > state.gdtr.0 as u64 {
-        return Segment { selector, ..Default::default() };
+        return Segment {
+            selector,
+            ..Default::default()
+        };
     }
     // SAFETY: the entry lies inside the root's live GDT (limit checked above),
     // mapped by the root's page tables, which are active during capture.
@@ -134,8 +151,16 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         "SVM rev {} with NPT, {} ASIDs, nRIP save {}, decode assists {}",
         svm_features.eax & 0xFF,
         svm_features.ebx,
-        if svm_features.edx & (1 << 3) != 0 { "yes" } else { "no" },
-        if svm_features.edx & (1 << 7) != 0 { "yes" } else { "no" }
+        if svm_features.edx & (1 << 3) != 0 {
+            "yes"
+        } else {
+            "no"
+        },
+        if svm_features.edx & (1 << 7) != 0 {
+            "yes"
+        } else {
+            "no"
+        }
     );
 
     // From here on the launch cannot be refused: failures are fatal.
@@ -166,7 +191,9 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // the handoff copy's source, every page hv-core uses) and map the image at
     // its link address exactly as the root's tables did.
     unsafe { asm!("mov cr3, {}", in(reg) host_cr3, options(nostack)) };
-    let tables_pa = alloc.alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64).expect("room for GDT/IDT");
+    let tables_pa = alloc
+        .alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64)
+        .expect("room for GDT/IDT");
     // SAFETY: fresh zeroed pages of hv-core's region, used for nothing else,
     // large and aligned enough for `CpuTables`, whose all-zero pattern is
     // immediately overwritten with a valid value.
@@ -193,7 +220,11 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     msrpm::intercept(msrpm_map, MSR_VM_CR, true, true);
 
     let npt = memory::build_root_npt(&mut alloc, region.clone(), gib_pages);
-    hvlog!("root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded", npt, memory::ROOT_GPA_LIMIT >> 30);
+    hvlog!(
+        "root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded",
+        npt,
+        memory::ROOT_GPA_LIMIT >> 30
+    );
 
     // SAFETY: a zeroed page of hv-core's region, 4 KiB aligned, exclusively ours.
     let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
@@ -221,8 +252,18 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     s.ss = ss;
     s.ds = ds;
     s.es = es;
-    s.gdtr = Segment { selector: 0, attrib: 0, limit: state.gdtr.0 as u32, base: state.gdtr.1 };
-    s.idtr = Segment { selector: 0, attrib: 0, limit: state.idtr.0 as u32, base: state.idtr.1 };
+    s.gdtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: state.gdtr.0 as u32,
+        base: state.gdtr.1,
+    };
+    s.idtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: state.idtr.0 as u32,
+        base: state.idtr.1,
+    };
     s.cpl = ss.dpl();
     s.efer = state.efer | EFER_SVME;
     s.cr0 = state.cr0;

@@ -33,14 +33,18 @@ impl Port {
     pub fn read32(self) -> u32 {
         let v: u32;
         // SAFETY: as for `read8`.
-        unsafe { asm!("in eax, dx", in("dx") self.0, out("eax") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("in eax, dx", in("dx") self.0, out("eax") v, options(nomem, nostack, preserves_flags))
+        };
         v
     }
 
     /// Write a dword.
     pub fn write32(self, v: u32) {
         // SAFETY: as for `read8`.
-        unsafe { asm!("out dx, eax", in("dx") self.0, in("eax") v, options(nomem, nostack, preserves_flags)) };
+        unsafe {
+            asm!("out dx, eax", in("dx") self.0, in("eax") v, options(nomem, nostack, preserves_flags))
+        };
     }
 }
 
@@ -71,7 +75,9 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> hv1_abi::cpuid::CpuidResult {
 pub unsafe fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: forwarded to the caller.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     ((hi as u64) << 32) | lo as u64
 }
 

@@ -78,13 +78,38 @@ pub struct ExceptionFrame {
 }
 
 const EXCEPTION_NAMES: [&str; 32] = [
-    "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow", "#BR bound range",
-    "#UD invalid opcode", "#NM device not available", "#DF double fault", "coprocessor overrun",
-    "#TS invalid TSS", "#NP segment not present", "#SS stack fault", "#GP general protection",
-    "#PF page fault", "reserved", "#MF x87 error", "#AC alignment check", "#MC machine check",
-    "#XM SIMD error", "#VE virtualization", "#CP control protection", "reserved", "reserved",
-    "reserved", "reserved", "reserved", "reserved", "#HV hypervisor injection", "#VC VMM communication",
-    "#SX security", "reserved",
+    "#DE divide error",
+    "#DB debug",
+    "NMI",
+    "#BP breakpoint",
+    "#OF overflow",
+    "#BR bound range",
+    "#UD invalid opcode",
+    "#NM device not available",
+    "#DF double fault",
+    "coprocessor overrun",
+    "#TS invalid TSS",
+    "#NP segment not present",
+    "#SS stack fault",
+    "#GP general protection",
+    "#PF page fault",
+    "reserved",
+    "#MF x87 error",
+    "#AC alignment check",
+    "#MC machine check",
+    "#XM SIMD error",
+    "#VE virtualization",
+    "#CP control protection",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "reserved",
+    "#HV hypervisor injection",
+    "#VC VMM communication",
+    "#SX security",
+    "reserved",
 ];
 
 // Stubs: vectors 0-31 push a dummy error code where the CPU does not, then the
@@ -232,13 +257,19 @@ impl ProbeFault {
         if rdx == 0 {
             Ok(())
         } else {
-            Err(Self { vector: (rdx & 0xFF) as u8 - 1, error: (rdx >> 32) as u32 })
+            Err(Self {
+                vector: (rdx & 0xFF) as u8 - 1,
+                error: (rdx >> 32) as u32,
+            })
         }
     }
 
     /// Name of the exception.
     pub fn name(&self) -> &'static str {
-        EXCEPTION_NAMES.get(self.vector as usize).copied().unwrap_or("interrupt")
+        EXCEPTION_NAMES
+            .get(self.vector as usize)
+            .copied()
+            .unwrap_or("interrupt")
     }
 }
 
@@ -272,8 +303,14 @@ pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), ProbeFault> {
 extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
     // The four labels are code addresses defined in the asm above.
     let probes = [
-        (&raw const probe_read_insn as u64, &raw const probe_read_done as u64),
-        (&raw const probe_write_insn as u64, &raw const probe_write_done as u64),
+        (
+            &raw const probe_read_insn as u64,
+            &raw const probe_read_done as u64,
+        ),
+        (
+            &raw const probe_write_insn as u64,
+            &raw const probe_write_done as u64,
+        ),
     ];
     for (insn, done) in probes {
         if frame.rip == insn {
@@ -296,16 +333,44 @@ static HANDLER: AtomicUsize = AtomicUsize::new(0);
 impl fmt::Display for ExceptionFrame {
     /// A multi-line report: what, where, and every register.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = EXCEPTION_NAMES.get(self.vector as usize).copied().unwrap_or("unexpected interrupt");
+        let name = EXCEPTION_NAMES
+            .get(self.vector as usize)
+            .copied()
+            .unwrap_or("unexpected interrupt");
         writeln!(f, "exception {} ({name}) error={:#x}", self.vector, self.error)?;
-        writeln!(f, "    rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}", self.rip, self.cs, self.rflags, self.rsp, self.ss)?;
+        writeln!(
+            f,
+            "    rip={:#018x} cs={:#x} rflags={:#x} rsp={:#018x} ss={:#x}",
+            self.rip, self.cs, self.rflags, self.rsp, self.ss
+        )?;
         if self.vector == 14 {
-            writeln!(f, "    cr2={:#018x} ({})", crate::arch::read_cr2(), page_fault_reason(self.error))?;
+            writeln!(
+                f,
+                "    cr2={:#018x} ({})",
+                crate::arch::read_cr2(),
+                page_fault_reason(self.error)
+            )?;
         }
-        writeln!(f, "    rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}", self.rax, self.rbx, self.rcx, self.rdx)?;
-        writeln!(f, "    rsi={:#018x} rdi={:#018x} rbp={:#018x}", self.rsi, self.rdi, self.rbp)?;
-        writeln!(f, "    r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}", self.r[0], self.r[1], self.r[2], self.r[3])?;
-        write!(f, "    r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}", self.r[4], self.r[5], self.r[6], self.r[7])
+        writeln!(
+            f,
+            "    rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}",
+            self.rax, self.rbx, self.rcx, self.rdx
+        )?;
+        writeln!(
+            f,
+            "    rsi={:#018x} rdi={:#018x} rbp={:#018x}",
+            self.rsi, self.rdi, self.rbp
+        )?;
+        writeln!(
+            f,
+            "    r8 ={:#018x} r9 ={:#018x} r10={:#018x} r11={:#018x}",
+            self.r[0], self.r[1], self.r[2], self.r[3]
+        )?;
+        write!(
+            f,
+            "    r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}",
+            self.r[4], self.r[5], self.r[6], self.r[7]
+        )
     }
 }
 
@@ -332,11 +397,26 @@ pub struct CpuTables {
 impl CpuTables {
     /// Zeroed tables (filled by [`init`]).
     pub const fn new() -> Self {
-        const EMPTY: IdtEntry =
-            IdtEntry { offset_low: 0, selector: 0, ist: 0, type_attr: 0, offset_mid: 0, offset_high: 0, reserved: 0 };
+        const EMPTY: IdtEntry = IdtEntry {
+            offset_low: 0,
+            selector: 0,
+            ist: 0,
+            type_attr: 0,
+            offset_mid: 0,
+            offset_high: 0,
+            reserved: 0,
+        };
         Self {
             gdt: [0; 5],
-            tss: Tss { reserved0: 0, rsp: [0; 3], reserved1: 0, ist: [0; 7], reserved2: 0, reserved3: 0, iomap_base: 0 },
+            tss: Tss {
+                reserved0: 0,
+                rsp: [0; 3],
+                reserved1: 0,
+                ist: [0; 7],
+                reserved2: 0,
+                reserved3: 0,
+                iomap_base: 0,
+            },
             idt: [EMPTY; 256],
             fault_stack: [0; 16 * 1024],
         }
@@ -373,7 +453,7 @@ pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
     ];
 
     // SAFETY: `exc_stub_table` is a read-only table of code addresses in the asm above.
-    let stubs = unsafe { &*(&raw const exc_stub_table) };
+    let stubs = unsafe { &exc_stub_table };
     for (vector, entry) in tables.idt.iter_mut().enumerate() {
         let handler = stubs[vector.min(32)];
         *entry = IdtEntry {
@@ -392,8 +472,14 @@ pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
         limit: u16,
         base: u64,
     }
-    let gdt_ptr = Pointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: tables.gdt.as_ptr() as u64 };
-    let idt_ptr = Pointer { limit: (size_of::<[IdtEntry; 256]>() - 1) as u16, base: tables.idt.as_ptr() as u64 };
+    let gdt_ptr = Pointer {
+        limit: (size_of::<[u64; 5]>() - 1) as u16,
+        base: tables.gdt.as_ptr() as u64,
+    };
+    let idt_ptr = Pointer {
+        limit: (size_of::<[IdtEntry; 256]>() - 1) as u16,
+        base: tables.idt.as_ptr() as u64,
+    };
     // SAFETY: the tables live forever (`&'static mut`); the new GDT has flat
     // code/data descriptors at the selectors the kernels already use, CS is
     // reloaded with a far return and the data segments with the data selector;

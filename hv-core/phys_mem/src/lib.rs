@@ -37,7 +37,10 @@ impl<const N: usize> Default for RangeSet<N> {
 impl<const N: usize> RangeSet<N> {
     /// An empty set.
     pub const fn new() -> Self {
-        Self { ranges: [const { 0..0 }; N], len: 0 }
+        Self {
+            ranges: [const { 0..0 }; N],
+            len: 0,
+        }
     }
 
     /// The ranges, sorted.

@@ -34,7 +34,10 @@ pub enum DecodeError {
 pub const MAX_LEN: usize = 15;
 
 fn is_legacy_prefix(b: u8) -> bool {
-    matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3)
+    matches!(
+        b,
+        0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3
+    )
 }
 
 /// Length of the instruction at the start of `bytes`, which must be `expected`
@@ -60,7 +63,11 @@ pub fn length(bytes: &[u8], expected: Intercepted) -> Result<usize, DecodeError>
     let rest = &bytes[i..];
     if rest.len() < opcode.len() {
         // Could still be a prefix of the opcode: say which.
-        return if opcode.starts_with(rest) { Err(DecodeError::Truncated) } else { Err(DecodeError::Mismatch) };
+        return if opcode.starts_with(rest) {
+            Err(DecodeError::Truncated)
+        } else {
+            Err(DecodeError::Mismatch)
+        };
     }
     if &rest[..opcode.len()] != opcode {
         return Err(DecodeError::Mismatch);
@@ -93,8 +100,14 @@ mod tests {
 
     #[test]
     fn mismatch_truncation_and_overlong() {
-        assert_eq!(length(&[0x0F, 0x31], Intercepted::Rdmsr), Err(DecodeError::Mismatch));
-        assert_eq!(length(&[0x0F, 0x01], Intercepted::Vmmcall), Err(DecodeError::Truncated));
+        assert_eq!(
+            length(&[0x0F, 0x31], Intercepted::Rdmsr),
+            Err(DecodeError::Mismatch)
+        );
+        assert_eq!(
+            length(&[0x0F, 0x01], Intercepted::Vmmcall),
+            Err(DecodeError::Truncated)
+        );
         assert_eq!(length(&[0x90], Intercepted::Hlt), Err(DecodeError::Mismatch));
         let mut long = [0x66u8; 20];
         long[19] = 0xF4;

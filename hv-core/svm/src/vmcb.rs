@@ -24,14 +24,26 @@ impl Segment {
     /// code/data segment the base of the low descriptor is used).
     pub fn from_descriptor(selector: u16, desc: u64) -> Self {
         if selector & !3 == 0 {
-            return Self { selector, ..Default::default() };
+            return Self {
+                selector,
+                ..Default::default()
+            };
         }
         let attrib = (((desc >> 40) & 0xFF) | ((desc >> 44) & 0xF00)) as u16;
         let raw_limit = ((desc & 0xFFFF) | ((desc >> 32) & 0xF_0000)) as u32;
         let granular = attrib & (1 << 11) != 0;
-        let limit = if granular { (raw_limit << 12) | 0xFFF } else { raw_limit };
+        let limit = if granular {
+            (raw_limit << 12) | 0xFFF
+        } else {
+            raw_limit
+        };
         let base = ((desc >> 16) & 0xFF_FFFF) | (((desc >> 56) & 0xFF) << 24);
-        Self { selector, attrib, limit, base }
+        Self {
+            selector,
+            attrib,
+            limit,
+            base,
+        }
     }
 
     /// Descriptor privilege level.
@@ -410,7 +422,9 @@ pub mod msrpm {
 
     /// Mark `msr` as intercepted for reads and/or writes.
     pub fn intercept(map: &mut [u8; SIZE], msr: u32, read: bool, write: bool) -> bool {
-        let Some((byte, bit)) = position(msr) else { return false };
+        let Some((byte, bit)) = position(msr) else {
+            return false;
+        };
         if read {
             map[byte] |= 1 << bit;
         }

@@ -125,11 +125,7 @@ fn index(va: u64, level: u8) -> usize {
 
 /// Walk a 4-level table rooted at `cr3` for `va`. `read_phys_u64` returns the
 /// 8 bytes at a physical address, or `None` if that address may not be read.
-pub fn walk(
-    read_phys_u64: impl Fn(u64) -> Option<u64>,
-    cr3: u64,
-    va: u64,
-) -> Result<Translation, WalkError> {
+pub fn walk(read_phys_u64: impl Fn(u64) -> Option<u64>, cr3: u64, va: u64) -> Result<Translation, WalkError> {
     let mut table = cr3 & flags::ADDR_MASK;
     let mut combined = flags::WRITABLE | flags::USER;
     let mut nx = 0;
@@ -150,10 +146,12 @@ pub fn walk(
         };
         if let Some(size) = leaf_size {
             let base = entry & flags::ADDR_MASK & !(size - 1);
-            let leaf_flags = (entry & !flags::ADDR_MASK & !(flags::WRITABLE | flags::USER))
-                | combined
-                | nx;
-            return Ok(Translation { phys: base + (va & (size - 1)), flags: leaf_flags, page_size: size });
+            let leaf_flags = (entry & !flags::ADDR_MASK & !(flags::WRITABLE | flags::USER)) | combined | nx;
+            return Ok(Translation {
+                phys: base + (va & (size - 1)),
+                flags: leaf_flags,
+                page_size: size,
+            });
         }
         table = entry & flags::ADDR_MASK;
     }
@@ -310,7 +308,8 @@ mod tests {
     #[test]
     fn identity_map_uses_large_pages_and_translates() {
         let mut pt = PageTables::new(MapMemory::default()).unwrap();
-        pt.identity_map_except(0..4 * SIZE_1G, &[], flags::NPT_RWX, MaxPage::Size1G).unwrap();
+        pt.identity_map_except(0..4 * SIZE_1G, &[], flags::NPT_RWX, MaxPage::Size1G)
+            .unwrap();
         // Five tables: PML4 + one PDPT with four 1 GiB leaves.
         assert_eq!(pt.memory().tables.len(), 2);
         let t = pt.translate(0xFEE0_0123).unwrap();
@@ -324,7 +323,13 @@ mod tests {
     fn hole_for_hv_core_region_is_really_absent() {
         let region = 0x1e00_0000..0x1f00_0000; // 16 MiB at 480 MiB
         let mut pt = PageTables::new(MapMemory::default()).unwrap();
-        pt.identity_map_except(0..4 * SIZE_1G, &[region.clone()], flags::NPT_RWX, MaxPage::Size1G).unwrap();
+        pt.identity_map_except(
+            0..4 * SIZE_1G,
+            std::slice::from_ref(&region),
+            flags::NPT_RWX,
+            MaxPage::Size1G,
+        )
+        .unwrap();
         for addr in (region.start..region.end).step_by(SIZE_4K as usize) {
             assert!(pt.translate(addr).is_err(), "{addr:#x} mapped");
         }
@@ -339,7 +344,13 @@ mod tests {
     #[test]
     fn unaligned_hole_edges_use_4k_pages() {
         let mut pt = PageTables::new(MapMemory::default()).unwrap();
-        pt.identity_map_except(0..SIZE_1G, &[0x20_3000..0x20_5000], flags::KERNEL_RW, MaxPage::Size2M).unwrap();
+        pt.identity_map_except(
+            0..SIZE_1G,
+            std::slice::from_ref(&(0x20_3000..0x20_5000)),
+            flags::KERNEL_RW,
+            MaxPage::Size2M,
+        )
+        .unwrap();
         assert_eq!(pt.translate(0x20_2fff).unwrap().page_size, SIZE_4K);
         assert!(pt.translate(0x20_3000).is_err());
         assert!(pt.translate(0x20_4fff).is_err());
@@ -351,20 +362,29 @@ mod tests {
     fn high_half_mapping_and_double_map_refused() {
         let mut pt = PageTables::new(MapMemory::default()).unwrap();
         let va = 0xFFFF_FFFF_8000_0000;
-        pt.map(va, 0x1e00_0000, 0x3000, flags::KERNEL_RW, MaxPage::Size4K).unwrap();
+        pt.map(va, 0x1e00_0000, 0x3000, flags::KERNEL_RW, MaxPage::Size4K)
+            .unwrap();
         assert_eq!(pt.translate(va + 0x2abc).unwrap().phys, 0x1e00_2abc);
         assert_eq!(
             pt.map(va + 0x1000, 0, 0x1000, flags::KERNEL_RW, MaxPage::Size4K),
             Err(MapError::AlreadyMapped(va + 0x1000))
         );
-        assert_eq!(pt.map(1, 0, 0x1000, 0, MaxPage::Size4K), Err(MapError::Misaligned));
+        assert_eq!(
+            pt.map(1, 0, 0x1000, 0, MaxPage::Size4K),
+            Err(MapError::Misaligned)
+        );
     }
 
     #[test]
     fn walker_refuses_unreadable_tables() {
         // A CR3 whose PML4 is outside readable memory.
         let r = walk(|_| None, 0xdead_b000, 0x1000);
-        assert_eq!(r, Err(WalkError::Unreadable { entry_phys: 0xdead_b000 }));
+        assert_eq!(
+            r,
+            Err(WalkError::Unreadable {
+                entry_phys: 0xdead_b000
+            })
+        );
         // A PML4E with PS set is reserved.
         let r = walk(|_| Some(flags::PRESENT | flags::HUGE), 0, 0);
         assert_eq!(r, Err(WalkError::Reserved { level: 4 }));
@@ -376,7 +396,10 @@ mod tests {
         let entries: HashMap<u64, u64> = [
             (0x1000, 0x2000 | flags::PRESENT | flags::WRITABLE | flags::USER),
             (0x2000, 0x3000 | flags::PRESENT | flags::USER),
-            (0x3000, 0x40_0000 | flags::PRESENT | flags::WRITABLE | flags::USER | flags::HUGE),
+            (
+                0x3000,
+                0x40_0000 | flags::PRESENT | flags::WRITABLE | flags::USER | flags::HUGE,
+            ),
         ]
         .into_iter()
         .collect();

@@ -4,13 +4,13 @@
 //! identity-mapped frames (the root's NPT is an identity map, so guest
 //! physical addresses are what the device sees).
 
-use kernel_x86::arch::Port;
 use crate::memory;
 use core::ptr::NonNull;
+use kernel_x86::arch::Port;
 use virtio_drivers::device::blk::{SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::transport::DeviceType;
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, virtio_device_type};
-use virtio_drivers::transport::DeviceType;
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 /// PCI configuration mechanism #1 (ports 0xCF8/0xCFC).
@@ -59,7 +59,10 @@ pub struct RootHal;
 unsafe impl Hal for RootHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let phys = memory::alloc_frames(pages as u64).expect("frames for virtio DMA");
-        (phys, NonNull::new(phys as *mut u8).expect("frames are never at address 0"))
+        (
+            phys,
+            NonNull::new(phys as *mut u8).expect("frames are never at address 0"),
+        )
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
@@ -89,6 +92,16 @@ pub enum DiskError {
     Device(virtio_drivers::Error),
 }
 
+impl core::fmt::Display for DiskError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotFound => f.write_str("no virtio-blk device on PCI bus 0"),
+            Self::Transport(e) => write!(f, "virtio-pci transport: {e}"),
+            Self::Device(e) => write!(f, "virtio-blk: {e}"),
+        }
+    }
+}
+
 /// A found disk.
 pub struct Disk {
     /// Where it sits.
@@ -110,18 +123,26 @@ impl Disk {
         root.set_command(location, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
         let transport = PciTransport::new::<RootHal, _>(&mut root, location).map_err(DiskError::Transport)?;
         let blk = VirtIOBlk::<RootHal, _>::new(transport).map_err(DiskError::Device)?;
-        Ok(Self { location, capacity: blk.capacity(), blk })
+        Ok(Self {
+            location,
+            capacity: blk.capacity(),
+            blk,
+        })
     }
 
     /// Read sector `index`.
     pub fn read_sector(&mut self, index: u64) -> Result<[u8; SECTOR_SIZE], DiskError> {
         let mut buf = [0u8; SECTOR_SIZE];
-        self.blk.read_blocks(index as usize, &mut buf).map_err(DiskError::Device)?;
+        self.blk
+            .read_blocks(index as usize, &mut buf)
+            .map_err(DiskError::Device)?;
         Ok(buf)
     }
 }
 
 /// FNV-1a, to print a short fingerprint of what was read.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }

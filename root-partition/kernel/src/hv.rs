@@ -2,7 +2,6 @@
 //! (docs/boot.md), then using the HV#1 interface from inside the partition:
 //! CPUID discovery, the hypercall page and hypercalls.
 
-use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
 use crate::memory;
 use alloc::boxed::Box;
 use boot_proto::handoff::{Handoff, PhysRange, REGION_ALIGN};
@@ -10,49 +9,43 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv1_abi::cpuid::{self as hvcpuid, PartitionPrivileges};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult, msr};
+use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
 
 /// Size of the region given to hv-core.
 pub const HV_REGION_SIZE: u64 = 16 << 20;
 /// Upper bound on hv-core's loaded image inside its region.
 pub const HV_IMAGE_MAX: u64 = 4 << 20;
 
-/// Where hv-core lives (set once at launch).
+/// Where hv-core lives.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HvRegion {
     /// Physical base.
     pub base: u64,
     /// Size.
     pub size: u64,
-    /// Bytes used by the image.
-    pub image_size: u64,
 }
 
-static REGION_BASE: AtomicU64 = AtomicU64::new(0);
-static REGION_SIZE: AtomicU64 = AtomicU64::new(0);
-static IMAGE_SIZE: AtomicU64 = AtomicU64::new(0);
 static HYPERCALL_PAGE: AtomicU64 = AtomicU64::new(0);
-
-/// The region hv-core was loaded into, if it was.
-pub fn region() -> Option<HvRegion> {
-    let base = REGION_BASE.load(Ordering::Relaxed);
-    (base != 0).then(|| HvRegion {
-        base,
-        size: REGION_SIZE.load(Ordering::Relaxed),
-        image_size: IMAGE_SIZE.load(Ordering::Relaxed),
-    })
-}
 
 /// Why hv-core could not be launched.
 #[derive(Debug)]
 pub enum LaunchError {
-    /// The boot bundle has no hv-core entry.
-    NoImage,
     /// The image is not a loadable ELF.
     BadImage(elf_load::ElfError),
     /// Mapping the image failed.
     Map(x86_paging::MapError),
     /// hv-core returned without launching the root (its error code).
     Refused(u64),
+}
+
+impl core::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadImage(e) => write!(f, "the hv-core image is not loadable: {e:?}"),
+            Self::Map(e) => write!(f, "mapping the hv-core image failed: {e:?}"),
+            Self::Refused(code) => write!(f, "hv-core refused to launch (code {code}; see its log)"),
+        }
+    }
 }
 
 /// What the HV#1 CPUID leaves say.
@@ -151,10 +144,10 @@ pub fn launch(image: &[u8], firmware_map: &[PhysRange]) -> Result<HvRegion, Laun
     if status != 0 {
         return Err(LaunchError::Refused(status));
     }
-    REGION_BASE.store(base, Ordering::Relaxed);
-    REGION_SIZE.store(HV_REGION_SIZE, Ordering::Relaxed);
-    IMAGE_SIZE.store(plan.span, Ordering::Relaxed);
-    Ok(HvRegion { base, size: HV_REGION_SIZE, image_size: plan.span })
+    Ok(HvRegion {
+        base,
+        size: HV_REGION_SIZE,
+    })
 }
 
 /// Our GUEST_OS_ID: open source (bit 63), OS type 0x7E ("other"; TLFS leaves
@@ -170,6 +163,16 @@ pub enum HypercallSetupError {
     NotEnabled(u64),
     /// The page does not hold `VMMCALL; RET`.
     UnexpectedPage([u8; 4]),
+}
+
+impl core::fmt::Display for HypercallSetupError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoHypervisor => f.write_str("no HV#1 interface in CPUID"),
+            Self::NotEnabled(v) => write!(f, "HYPERCALL MSR reads back {v:#x}: not enabled at our page"),
+            Self::UnexpectedPage(b) => write!(f, "hypercall page holds {b:02x?}, not VMMCALL; RET"),
+        }
+    }
 }
 
 /// Register GUEST_OS_ID and enable the hypercall page (TLFS "Hypercall Interface").
@@ -189,7 +192,9 @@ pub fn setup_hypercall_page() -> Result<u64, HypercallSetupError> {
         return Err(HypercallSetupError::NotEnabled(readback));
     }
     // SAFETY: the page is ours and identity-mapped.
-    let bytes: [u8; 4] = unsafe { memory::phys_slice(page, 4) }.try_into().expect("4 bytes");
+    let bytes: [u8; 4] = unsafe { memory::phys_slice(page, 4) }
+        .try_into()
+        .expect("4 bytes");
     if bytes != msr::HYPERCALL_PAGE_SVM {
         return Err(HypercallSetupError::UnexpectedPage(bytes));
     }
@@ -215,21 +220,37 @@ pub fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
 /// HvCallGetPartitionId: this partition's id.
 pub fn get_partition_id() -> Result<u64, HvStatus> {
     let out = memory::alloc_frames(1).expect("a frame for hypercall output");
-    let r = hypercall(HypercallControl::simple(HvCallCode::GET_PARTITION_ID).encode(), 0, out);
+    let r = hypercall(
+        HypercallControl::simple(HvCallCode::GET_PARTITION_ID).encode(),
+        0,
+        out,
+    );
     // SAFETY: `out` is our frame; the hypervisor has finished writing it.
     let id = u64::from_le_bytes(unsafe { memory::phys_slice(out, 8) }.try_into().expect("8 bytes"));
     memory::free_frames(out, 1);
-    if r.status == HvStatus::SUCCESS { Ok(id) } else { Err(r.status) }
+    if r.status == HvStatus::SUCCESS {
+        Ok(id)
+    } else {
+        Err(r.status)
+    }
 }
 
 /// hv-core's statistics (project-private call, docs/hypercall-abi.md).
 pub fn core_stats() -> Result<hv1_abi::private::CoreStats, HvStatus> {
     use zerocopy::FromBytes;
     let out = memory::alloc_frames(1).expect("a frame for hypercall output");
-    let r = hypercall(HypercallControl::simple(hv1_abi::private::GET_CORE_STATS).encode(), 0, out);
+    let r = hypercall(
+        HypercallControl::simple(hv1_abi::private::GET_CORE_STATS).encode(),
+        0,
+        out,
+    );
     // SAFETY: `out` is our frame; the hypervisor has finished writing it.
     let bytes = unsafe { memory::phys_slice(out, size_of::<hv1_abi::private::CoreStats>()) };
     let stats = hv1_abi::private::CoreStats::read_from_bytes(bytes).expect("exact size");
     memory::free_frames(out, 1);
-    if r.status == HvStatus::SUCCESS { Ok(stats) } else { Err(r.status) }
+    if r.status == HvStatus::SUCCESS {
+        Ok(stats)
+    } else {
+        Err(r.status)
+    }
 }

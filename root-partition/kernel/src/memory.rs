@@ -6,7 +6,6 @@
 //! is also a pointer; that is what lets DMA buffers and hypercall pages be
 //! handed to devices and hv-core without translation.
 
-use core::ops::Range;
 use linked_list_allocator::LockedHeap;
 use phys_mem::{PAGE_SIZE, RangeSet};
 use spin::Mutex;
@@ -90,7 +89,11 @@ impl TableMemory for RootTableMemory {
 /// Build the root's own identity page tables for `[0, top)` and switch to them.
 pub fn init_paging(top: u64) {
     let gib_pages = kernel_x86::arch::cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
-    let max = if gib_pages { MaxPage::Size1G } else { MaxPage::Size2M };
+    let max = if gib_pages {
+        MaxPage::Size1G
+    } else {
+        MaxPage::Size2M
+    };
     let top = top.next_multiple_of(x86_paging::SIZE_2M);
     let mut tables = PageTables::new(RootTableMemory).expect("frames for the PML4");
     tables
@@ -131,9 +134,4 @@ pub fn free_bytes() -> u64 {
 pub fn heap_usage() -> (usize, usize) {
     let heap = HEAP.lock();
     (heap.used(), heap.size())
-}
-
-/// Is `r` (fully) in the free set? For tests of the carving.
-pub fn is_free(r: Range<u64>) -> bool {
-    FREE.lock().contains(r)
 }

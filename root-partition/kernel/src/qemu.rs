@@ -2,7 +2,7 @@
 //! exit status `(v << 1) | 1`. Tests read the status; on real hardware the
 //! write goes nowhere and the CPU halts.
 
-use kernel_x86::arch::{halt_forever, Port};
+use kernel_x86::arch::{Port, halt_forever};
 
 /// Written on success: QEMU exits with 33.
 pub const EXIT_SUCCESS: u8 = 0x10;

@@ -2,13 +2,13 @@
 //! Each prints `TEST <name>: PASS` or `TEST <name>: FAIL: <why>`, and the
 //! machine exits through isa-debug-exit; the host tests in `tests/` check both.
 
-use kernel_x86::traps::{probe_read_u64, probe_write_u64};
 use crate::start::BootReport;
 use crate::{disk, hv, memory};
 use alloc::format;
 use alloc::string::String;
 use hv1_abi::cpuid::PartitionPrivileges;
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl};
+use kernel_x86::traps::{probe_read_u64, probe_write_u64};
 
 /// Run scenario `name`; true if it passed.
 pub fn run(name: &str, boot: &BootReport) -> bool {
@@ -55,7 +55,9 @@ fn cpuid(boot: &BootReport) -> Result<(), String> {
         PartitionPrivileges::ACCESS_HYPERCALL_MSRS,
         PartitionPrivileges::ACCESS_VP_INDEX,
     ] {
-        check(a.privileges.contains(needed), || format!("root lacks privilege {needed:?}"))?;
+        check(a.privileges.contains(needed), || {
+            format!("root lacks privilege {needed:?}")
+        })?;
     }
     // VP_INDEX reads 0 on the boot processor.
     // SAFETY: HV#1 with AccessVpIndex: the MSR exists.
@@ -73,7 +75,9 @@ fn hv_region(boot: &BootReport) -> Result<(), String> {
             Ok(v) => return Err(format!("read of hv-core memory at {addr:#x} returned {v:#x}")),
             Err(f) => {
                 println!("hv-region: read  {addr:#x}: {} (error {:#x})", f.name(), f.error);
-                check(f.vector == 13, || format!("expected #GP, got vector {}", f.vector))?;
+                check(f.vector == 13, || {
+                    format!("expected #GP, got vector {}", f.vector)
+                })?;
             }
         }
         // SAFETY: the address is in hv-core's region, which the root does not own.
@@ -81,13 +85,16 @@ fn hv_region(boot: &BootReport) -> Result<(), String> {
             Ok(()) => return Err(format!("write to hv-core memory at {addr:#x} succeeded")),
             Err(f) => {
                 println!("hv-region: write {addr:#x}: {}", f.name());
-                check(f.vector == 13, || format!("expected #GP, got vector {}", f.vector))?;
+                check(f.vector == 13, || {
+                    format!("expected #GP, got vector {}", f.vector)
+                })?;
             }
         }
     }
     // Neighbours are plain RAM the root may read (the region was carved exactly).
     for addr in [r.base - 8, r.base + r.size] {
-        probe_read_u64(addr).map_err(|f| format!("read at {addr:#x} next to the region faulted: {}", f.name()))?;
+        probe_read_u64(addr)
+            .map_err(|f| format!("read at {addr:#x} next to the region faulted: {}", f.name()))?;
     }
     // hv-core survived: hypercalls still work and it counted the faults.
     let id = hv::get_partition_id().map_err(|s| format!("hypercall after faults: {s:?}"))?;
@@ -97,21 +104,39 @@ fn hv_region(boot: &BootReport) -> Result<(), String> {
         stats.exits[hv1_abi::private::reason::NPF],
         stats.injected_exceptions
     );
-    check(stats.injected_exceptions >= 2 * probes.len() as u64, || "hv-core did not count the injected faults".into())?;
-    check(stats.region_base == r.base && stats.region_size == r.size, || "hv-core reports a different region".into())
+    check(stats.injected_exceptions >= 2 * probes.len() as u64, || {
+        "hv-core did not count the injected faults".into()
+    })?;
+    check(stats.region_base == r.base && stats.region_size == r.size, || {
+        "hv-core reports a different region".into()
+    })
 }
 
 /// (c) The hypercall page: HvCallGetPartitionId, unknown codes, bad inputs.
 fn hypercall(boot: &BootReport) -> Result<(), String> {
-    let id = boot.partition_id.map_err(|s| format!("HvCallGetPartitionId: {s:?}"))?;
+    let id = boot
+        .partition_id
+        .map_err(|s| format!("HvCallGetPartitionId: {s:?}"))?;
     println!("hypercall: HvCallGetPartitionId -> {id}");
-    check(id == hv1_abi::ROOT_PARTITION_ID, || format!("root partition id {id}, expected {}", hv1_abi::ROOT_PARTITION_ID))?;
+    check(id == hv1_abi::ROOT_PARTITION_ID, || {
+        format!("root partition id {id}, expected {}", hv1_abi::ROOT_PARTITION_ID)
+    })?;
 
     let out = memory::alloc_frames(1).ok_or("no frame")?;
     let call = |control: u64, output: u64| hv::hypercall(control, 0, output).status;
     let cases: [(&str, u64, u64, HvStatus); 6] = [
-        ("unknown call code 0x7777", 0x7777, out, HvStatus::INVALID_HYPERCALL_CODE),
-        ("unknown private code 0xC0FF", 0xC0FF, out, HvStatus::INVALID_HYPERCALL_CODE),
+        (
+            "unknown call code 0x7777",
+            0x7777,
+            out,
+            HvStatus::INVALID_HYPERCALL_CODE,
+        ),
+        (
+            "unknown private code 0xC0FF",
+            0xC0FF,
+            out,
+            HvStatus::INVALID_HYPERCALL_CODE,
+        ),
         (
             "reserved control bits",
             HypercallControl::simple(HvCallCode::GET_PARTITION_ID).encode() | (1 << 31),
@@ -140,7 +165,9 @@ fn hypercall(boot: &BootReport) -> Result<(), String> {
     for (what, control, output, expected) in cases {
         let got = call(control, output);
         println!("hypercall: {what}: {got:?}");
-        check(got == expected, || format!("{what}: got {got:?}, expected {expected:?}"))?;
+        check(got == expected, || {
+            format!("{what}: got {got:?}, expected {expected:?}")
+        })?;
     }
     memory::free_frames(out, 1);
     Ok(())
@@ -148,13 +175,15 @@ fn hypercall(boot: &BootReport) -> Result<(), String> {
 
 /// (d) The passthrough disk, read after demotion: print sector 0 in full.
 fn disk_read() -> Result<(), String> {
-    let mut d = disk::Disk::open().map_err(|e| format!("{e:?}"))?;
-    let sector = d.read_sector(0).map_err(|e| format!("{e:?}"))?;
+    let mut d = disk::Disk::open().map_err(|e| format!("{e}"))?;
+    let sector = d.read_sector(0).map_err(|e| format!("{e}"))?;
     let mut hex = String::with_capacity(1024);
     for b in sector {
         hex.push_str(&format!("{b:02x}"));
     }
     println!("disk: {} sectors at {}", d.capacity, d.location);
     println!("DISK sector0 {hex}");
-    check(crate::hv::Discovery::read().is_hv1(), || "read was not made from inside the root partition".into())
+    check(crate::hv::Discovery::read().is_hv1(), || {
+        "read was not made from inside the root partition".into()
+    })
 }

@@ -1,7 +1,7 @@
 //! The root's console: a polled 16550 UART on COM1.
 
-use kernel_x86::arch::Port;
 use core::fmt;
+use kernel_x86::arch::Port;
 use spin::Mutex;
 
 /// COM1 base port.

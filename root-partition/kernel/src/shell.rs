@@ -60,11 +60,7 @@ fn read_line(history: &[String]) -> String {
                 println!();
                 return line;
             }
-            0x08 | 0x7F => {
-                if line.pop().is_some() {
-                    print!("\x08 \x08");
-                }
-            }
+            0x08 | 0x7F if line.pop().is_some() => print!("\x08 \x08"),
             0x15 => replace(&mut line, ""),
             0x03 => {
                 println!("^C");
@@ -82,7 +78,11 @@ fn read_line(history: &[String]) -> String {
                     }
                     b'B' if back > 0 => {
                         back -= 1;
-                        let new = if back == 0 { "" } else { &history[history.len() - back] };
+                        let new = if back == 0 {
+                            ""
+                        } else {
+                            &history[history.len() - back]
+                        };
                         replace(&mut line, new);
                     }
                     _ => {}
@@ -145,8 +145,10 @@ fn hv_status(boot: &BootReport, json: bool) {
             d.version.0,
             d.version.1,
             d.privileges.bits(),
-            d.privileges.contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT),
-            boot.partition_id.map_or_else(|_| "null".into(), |id| format!("{id}")),
+            d.privileges
+                .contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT),
+            boot.partition_id
+                .map_or_else(|_| "null".into(), |id| format!("{id}")),
         );
         match stats {
             Ok(s) => {
@@ -165,14 +167,33 @@ fn hv_status(boot: &BootReport, json: bool) {
         return;
     }
     println!("hypervisor:    {}", if d.is_hv1() { "present" } else { "absent" });
-    println!("vendor:        {} (max leaf {:#x})", d.vendor.escape_ascii(), d.max_leaf);
-    println!("interface:     {} ({:#010x})", d.interface.to_le_bytes().escape_ascii(), d.interface);
+    println!(
+        "vendor:        {} (max leaf {:#x})",
+        d.vendor.escape_ascii(),
+        d.max_leaf
+    );
+    println!(
+        "interface:     {} ({:#010x})",
+        d.interface.to_le_bytes().escape_ascii(),
+        d.interface
+    );
     println!("version:       {}.{}", d.version.0, d.version.1);
-    println!("privileges:    {:#018x} {}", d.privileges.bits(), privilege_names(d.privileges));
+    println!(
+        "privileges:    {:#018x} {}",
+        d.privileges.bits(),
+        privilege_names(d.privileges)
+    );
     println!(
         "partition:     {} (root{})",
-        boot.partition_id.map_or_else(|s| format!("{s:?}"), |id| format!("{id}")),
-        if d.privileges.contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT) { ", CpuManagement" } else { "" }
+        boot.partition_id
+            .map_or_else(|s| format!("{s:?}"), |id| format!("{id}")),
+        if d.privileges
+            .contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT)
+        {
+            ", CpuManagement"
+        } else {
+            ""
+        }
     );
     match stats {
         Ok(s) => {
@@ -202,11 +223,20 @@ fn hv_disk(json: bool) {
             disk::fnv1a(&sector)
         ),
         Ok((d, sector)) => {
-            println!("disk {}: {} sectors ({} KiB)", d.location, d.capacity, d.capacity / 2);
-            println!("sector 0: fnv1a {:#018x}, first bytes {:02x?}", disk::fnv1a(&sector), &sector[..16]);
+            println!(
+                "disk {}: {} sectors ({} KiB)",
+                d.location,
+                d.capacity,
+                d.capacity / 2
+            );
+            println!(
+                "sector 0: fnv1a {:#018x}, first bytes {:02x?}",
+                disk::fnv1a(&sector),
+                &sector[..16]
+            );
         }
-        Err(e) if json => println!("{{\"error\":\"{e:?}\"}}"),
-        Err(e) => println!("error: disk: {e:?}"),
+        Err(e) if json => println!("{{\"error\":\"{e}\"}}"),
+        Err(e) => println!("error: disk: {e}"),
     }
 }
 
@@ -219,7 +249,11 @@ fn mem(boot: &BootReport, json: bool) {
             boot.free_after_boot
         );
     } else {
-        println!("free frames:   {} KiB (after boot: {} KiB)", free >> 10, boot.free_after_boot >> 10);
+        println!(
+            "free frames:   {} KiB (after boot: {} KiB)",
+            free >> 10,
+            boot.free_after_boot >> 10
+        );
         println!("heap:          {} KiB used of {} KiB", used >> 10, size >> 10);
     }
 }

@@ -3,12 +3,12 @@
 use crate::hv::{self, Discovery, HvRegion};
 use crate::{disk, memory, qemu, scenarios, shell};
 use alloc::boxed::Box;
-use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
 use alloc::string::String;
 use boot_proto::bundle::{self, Bundle};
 use boot_proto::handoff::{MAX_RANGES, PhysRange};
 use boot_proto::pvh::{self, MemmapEntry, ModlistEntry, StartInfo};
 use hv1_abi::HvStatus;
+use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
 use phys_mem::{PAGE_SIZE, page_align_inward};
 
 unsafe extern "C" {
@@ -39,7 +39,10 @@ fn page_round_out(base: u64, len: u64) -> core::ops::Range<u64> {
 /// Rust entry from `boot.rs`, on the boot stack with the boot page tables.
 pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
     crate::serial::CONSOLE.lock().init();
-    println!("\nroot: root-partition kernel {} starting (PVH)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "\nroot: root-partition kernel {} starting (PVH)",
+        env!("CARGO_PKG_VERSION")
+    );
 
     // The boot tables identity-map the first 4 GiB, where QEMU puts the PVH data.
     // SAFETY: QEMU's PVH loader passes a valid hvm_start_info in EBX.
@@ -57,9 +60,23 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
     let mut ram_top = 0;
     {
         let mut free = memory::FREE.lock();
-        for (slot, e) in firmware.iter_mut().zip(pvh::parse_table::<MemmapEntry>(table, entries).into_iter().flatten()) {
-            *slot = PhysRange { base: e.addr, size: e.size, kind: e.kind, reserved: 0 };
-            println!("root:   e820 {:#012x}..{:#012x} type {}", e.addr, e.addr.saturating_add(e.size), e.kind);
+        for (slot, e) in firmware.iter_mut().zip(
+            pvh::parse_table::<MemmapEntry>(table, entries)
+                .into_iter()
+                .flatten(),
+        ) {
+            *slot = PhysRange {
+                base: e.addr,
+                size: e.size,
+                kind: e.kind,
+                reserved: 0,
+            };
+            println!(
+                "root:   e820 {:#012x}..{:#012x} type {}",
+                e.addr,
+                e.addr.saturating_add(e.size),
+                e.kind
+            );
             if e.kind == pvh::MEMMAP_TYPE_RAM {
                 let r = page_align_inward(e.addr..e.addr.saturating_add(e.size));
                 if r.start < r.end {
@@ -74,17 +91,26 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
         reserve(0..0x10_0000);
         reserve(page_round_out(image.start, image.end - image.start));
         reserve(page_round_out(start_info_phys, size_of::<StartInfo>() as u64));
-        reserve(page_round_out(info.memmap_paddr, (entries * size_of::<MemmapEntry>()) as u64));
+        reserve(page_round_out(
+            info.memmap_paddr,
+            (entries * size_of::<MemmapEntry>()) as u64,
+        ));
         if info.cmdline_paddr != 0 {
             reserve(page_round_out(info.cmdline_paddr, 4096));
         }
         if info.nr_modules != 0 {
-            reserve(page_round_out(info.modlist_paddr, info.nr_modules as u64 * size_of::<ModlistEntry>() as u64));
+            reserve(page_round_out(
+                info.modlist_paddr,
+                info.nr_modules as u64 * size_of::<ModlistEntry>() as u64,
+            ));
         }
     }
     let modules = read_modules(&info);
     for m in &modules {
-        memory::FREE.lock().remove(page_round_out(m.paddr, m.size)).expect("carving fits the range set");
+        memory::FREE
+            .lock()
+            .remove(page_round_out(m.paddr, m.size))
+            .expect("carving fits the range set");
     }
     let firmware = &firmware[..entries];
 
@@ -94,19 +120,28 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
     println!(
         "root: memory: {} MiB free of {} MiB RAM; own page tables, GDT/IDT/TSS and {} MiB heap up",
         memory::free_bytes() >> 20,
-        firmware.iter().filter(|r| r.kind == pvh::MEMMAP_TYPE_RAM).map(|r| r.size).sum::<u64>() >> 20,
+        firmware
+            .iter()
+            .filter(|r| r.kind == pvh::MEMMAP_TYPE_RAM)
+            .map(|r| r.size)
+            .sum::<u64>()
+            >> 20,
         memory::HEAP_SIZE >> 20
     );
     let cmdline = read_cmdline(info.cmdline_paddr);
     println!("root: command line: '{cmdline}'");
 
     // The boot bundle (the single PVH module).
-    let Some(module) = modules.first() else { panic!("no boot bundle: pass one with -initrd") };
+    let Some(module) = modules.first() else {
+        panic!("no boot bundle: pass one with -initrd")
+    };
     // SAFETY: the module's memory was removed from the free set above and is
     // never written.
     let bundle_bytes = unsafe { memory::phys_slice(module.paddr, module.size as usize) };
     let bundle = Bundle::parse(bundle_bytes).unwrap_or_else(|e| panic!("bad boot bundle: {e:?}"));
-    let image = bundle.find(bundle::HV_CORE_ENTRY).unwrap_or_else(|| panic!("boot bundle lacks '{}'", bundle::HV_CORE_ENTRY));
+    let image = bundle
+        .find(bundle::HV_CORE_ENTRY)
+        .unwrap_or_else(|| panic!("boot bundle lacks '{}'", bundle::HV_CORE_ENTRY));
 
     let before = Discovery::read();
     println!(
@@ -116,7 +151,7 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
         if before.is_hv1() { "present" } else { "absent" }
     );
 
-    let region = hv::launch(image, firmware).unwrap_or_else(|e| panic!("hv-core launch failed: {e:?}"));
+    let region = hv::launch(image, firmware).unwrap_or_else(|e| panic!("hv-core launch failed: {e}"));
     let after = Discovery::read();
     println!(
         "root: demoted: now the root partition in SVM guest mode; CPUID says '{}' interface {:#x}, privileges {:#x}",
@@ -130,7 +165,7 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
             println!("root: hypercall page at {page:#x}");
             hv::get_partition_id()
         }
-        Err(e) => panic!("hypercall page setup failed: {e:?}"),
+        Err(e) => panic!("hypercall page setup failed: {e}"),
     };
     match partition_id {
         Ok(id) => println!("root: HvCallGetPartitionId -> {id}"),
@@ -144,13 +179,28 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
             d.capacity,
             disk::fnv1a(&sector)
         ),
-        Err(e) => println!("root: no passthrough disk: {e:?}"),
+        Err(e) => println!("root: no passthrough disk: {e}"),
     }
 
-    let report = BootReport { before, after, region, partition_id, free_after_boot: memory::free_bytes(), cmdline };
-    if let Some(name) = report.cmdline.split_whitespace().find_map(|w| w.strip_prefix("test=")) {
+    let report = BootReport {
+        before,
+        after,
+        region,
+        partition_id,
+        free_after_boot: memory::free_bytes(),
+        cmdline,
+    };
+    if let Some(name) = report
+        .cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("test="))
+    {
         let passed = scenarios::run(name, &report);
-        qemu::exit(if passed { qemu::EXIT_SUCCESS } else { qemu::EXIT_FAILURE });
+        qemu::exit(if passed {
+            qemu::EXIT_SUCCESS
+        } else {
+            qemu::EXIT_FAILURE
+        });
     }
     shell::run(&report)
 }
@@ -163,7 +213,10 @@ fn read_modules(info: &StartInfo) -> alloc_free::Modules {
     }
     // SAFETY: the start info says the list has `nr_modules` entries.
     let bytes = unsafe { memory::phys_slice(info.modlist_paddr, count * size_of::<ModlistEntry>()) };
-    for m in pvh::parse_table::<ModlistEntry>(bytes, count).into_iter().flatten() {
+    for m in pvh::parse_table::<ModlistEntry>(bytes, count)
+        .into_iter()
+        .flatten()
+    {
         out.push(m);
     }
     out
@@ -180,7 +233,10 @@ mod alloc_free {
 
     impl Modules {
         pub fn new() -> Self {
-            Self { items: [None; 4], len: 0 }
+            Self {
+                items: [None; 4],
+                len: 0,
+            }
         }
         pub fn capacity(&self) -> usize {
             self.items.len()

@@ -36,7 +36,9 @@ impl fmt::Display for XtaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Command { what, detail } => write!(f, "{what} failed: {detail}"),
-            Self::Missing { tool, install } => write!(f, "{tool} is not installed; install it with: {install}"),
+            Self::Missing { tool, install } => {
+                write!(f, "{tool} is not installed; install it with: {install}")
+            }
             Self::Io(path, e) => write!(f, "{}: {e}", path.display()),
             Self::Bundle(e) => write!(f, "packing the boot bundle: {e:?}"),
         }
@@ -47,7 +49,11 @@ impl std::error::Error for XtaskError {}
 
 /// The workspace root (this crate lives in `tools/xtask`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("tools/xtask is two levels down").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tools/xtask is two levels down")
+        .to_path_buf()
 }
 
 /// Where built images go.
@@ -67,11 +73,17 @@ pub struct Images {
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
-    let status = cmd.status().map_err(|e| XtaskError::Command { what: what.into(), detail: e.to_string() })?;
+    let status = cmd.status().map_err(|e| XtaskError::Command {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(XtaskError::Command { what: what.into(), detail: status.to_string() })
+        Err(XtaskError::Command {
+            what: what.into(),
+            detail: status.to_string(),
+        })
     }
 }
 
@@ -83,7 +95,16 @@ pub fn build_images() -> Result<Images, XtaskError> {
         "building the kernels",
         Command::new(&cargo)
             .current_dir(&root)
-            .args(["build", "--release", "--target", KERNEL_TARGET, "-p", "hv_core", "-p", "root_partition"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                KERNEL_TARGET,
+                "-p",
+                "hv_core",
+                "-p",
+                "root_partition",
+            ])
             // Tests run this from inside `cargo test`; keep its flags out.
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
@@ -94,17 +115,23 @@ pub fn build_images() -> Result<Images, XtaskError> {
 
     let hv_core_path = bin.join("hv-core");
     let hv_core = std::fs::read(&hv_core_path).map_err(|e| XtaskError::Io(hv_core_path.clone(), e))?;
-    let bundle = boot_proto::bundle::build(&[(boot_proto::bundle::HV_CORE_ENTRY, &hv_core)]).map_err(XtaskError::Bundle)?;
+    let bundle = boot_proto::bundle::build(&[(boot_proto::bundle::HV_CORE_ENTRY, &hv_core)])
+        .map_err(XtaskError::Bundle)?;
     let bundle_path = out.join("boot-bundle.img");
     write_if_changed(&bundle_path, &bundle)?;
 
     let root_kernel = out.join("root-partition.elf");
-    let kernel_bytes = std::fs::read(bin.join("root-partition")).map_err(|e| XtaskError::Io(bin.join("root-partition"), e))?;
+    let kernel_bytes = std::fs::read(bin.join("root-partition"))
+        .map_err(|e| XtaskError::Io(bin.join("root-partition"), e))?;
     write_if_changed(&root_kernel, &kernel_bytes)?;
 
     let disk = out.join("demo-disk.img");
     write_if_changed(&disk, &demo_disk())?;
-    Ok(Images { root_kernel, bundle: bundle_path, disk })
+    Ok(Images {
+        root_kernel,
+        bundle: bundle_path,
+        disk,
+    })
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), XtaskError> {
@@ -140,9 +167,16 @@ pub fn choose_accel() -> (Accel, String) {
     if std::env::var("HV_ACCEL").as_deref() == Ok("tcg") {
         return (Accel::Tcg, "TCG (HV_ACCEL=tcg)".into());
     }
-    let kvm_usable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     let svm = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "svm")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "svm"))
+        })
         .unwrap_or(false);
     let nested = std::fs::read_to_string("/sys/module/kvm_amd/parameters/nested")
         .map(|s| matches!(s.trim(), "1" | "Y" | "y"))
@@ -161,11 +195,21 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// Make sure QEMU is installed: install it with apt when running as root on
 /// Debian/Ubuntu, otherwise say exactly how.
 pub fn ensure_qemu() -> Result<(), XtaskError> {
-    if Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if Command::new(QEMU)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         return Ok(());
     }
-    let missing = XtaskError::Missing { tool: QEMU, install: "sudo apt-get install -y qemu-system-x86" };
-    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let missing = XtaskError::Missing {
+        tool: QEMU,
+        install: "sudo apt-get install -y qemu-system-x86",
+    };
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
     if !is_root || Command::new("apt-get").arg("--version").output().is_err() {
         return Err(missing);
     }
@@ -173,7 +217,9 @@ pub fn ensure_qemu() -> Result<(), XtaskError> {
     run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
     run(
         "apt-get install qemu-system-x86",
-        Command::new("apt-get").args(["install", "-y", "-qq", "qemu-system-x86"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "qemu-system-x86"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask <command>`: the project's two front doors and their helpers.
 //!
-//! - `run`   build everything and boot the root partition in QEMU, landing in
-//!           its management shell (Ctrl-A X quits QEMU);
+//! - `run`   build everything and boot the root partition in QEMU, landing
+//!   in its management shell (Ctrl-A X quits QEMU);
 //! - `test`  every test: host unit/property tests and the QEMU integration tests;
 //! - `build` only build the images (into `target/images/`);
 //! - `lint`  `cargo fmt --check` and clippy (`-D warnings`) for host and kernels.
@@ -17,7 +17,12 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("build") => xtask::build_images().map(|i| {
-            println!("images: {} {} {}", i.root_kernel.display(), i.bundle.display(), i.disk.display());
+            println!(
+                "images: {} {} {}",
+                i.root_kernel.display(),
+                i.bundle.display(),
+                i.disk.display()
+            );
         }),
         Some("lint") => lint(),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -41,7 +46,9 @@ fn main() -> ExitCode {
 
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
-    eprintln!("  run [--tcg] [--no-disk] [KERNEL ARGS...]  build and boot root + hv-core in QEMU (Ctrl-A X quits)");
+    eprintln!(
+        "  run [--tcg] [--no-disk] [KERNEL ARGS...]  build and boot root + hv-core in QEMU (Ctrl-A X quits)"
+    );
     eprintln!("  test [CARGO TEST ARGS...]                 run every test (host and QEMU)");
     eprintln!("  build                                     build the images into target/images/");
     eprintln!("  lint                                      cargo fmt --check and clippy -D warnings");
@@ -66,7 +73,13 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
     }
     let hv_log = xtask::build_dir().join("hv-core.log");
     let _ = std::fs::write(&hv_log, b"");
-    let opts = BootOptions { cmdline: cmdline.join(" "), disk, hv_log: hv_log.clone(), memory_mib: 512, accel };
+    let opts = BootOptions {
+        cmdline: cmdline.join(" "),
+        disk,
+        hv_log: hv_log.clone(),
+        memory_mib: 512,
+        accel,
+    };
     eprintln!("xtask: accelerator: {why}");
     eprintln!("xtask: root console below; hv-core's log lines are prefixed [hv-core]; Ctrl-A X quits QEMU");
     let tail = std::thread::spawn(move || tail_log(&hv_log));
@@ -74,17 +87,25 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
         .args(xtask::qemu_args(&images, &opts))
         .arg("-nographic")
         .status()
-        .map_err(|e| XtaskError::Command { what: "starting QEMU".into(), detail: e.to_string() })?;
+        .map_err(|e| XtaskError::Command {
+            what: "starting QEMU".into(),
+            detail: e.to_string(),
+        })?;
     drop(tail);
     match status.code() {
         Some(0) | Some(xtask::QEMU_EXIT_SUCCESS) => Ok(()),
-        _ => Err(XtaskError::Command { what: "QEMU".into(), detail: status.to_string() }),
+        _ => Err(XtaskError::Command {
+            what: "QEMU".into(),
+            detail: status.to_string(),
+        }),
     }
 }
 
 /// Follow hv-core's debugcon log and copy it to stderr beside the console.
 fn tail_log(path: &std::path::Path) {
-    let Ok(file) = std::fs::File::open(path) else { return };
+    let Ok(file) = std::fs::File::open(path) else {
+        return;
+    };
     let mut reader = BufReader::new(file);
     let _ = reader.seek(SeekFrom::Start(0));
     let mut line = String::new();
@@ -112,8 +133,18 @@ fn cargo() -> Command {
 }
 
 fn check(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
-    let status = cmd.status().map_err(|e| XtaskError::Command { what: what.into(), detail: e.to_string() })?;
-    if status.success() { Ok(()) } else { Err(XtaskError::Command { what: what.into(), detail: status.to_string() }) }
+    let status = cmd.status().map_err(|e| XtaskError::Command {
+        what: what.into(),
+        detail: e.to_string(),
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(XtaskError::Command {
+            what: what.into(),
+            detail: status.to_string(),
+        })
+    }
 }
 
 fn test(extra: &[String]) -> Result<(), XtaskError> {
@@ -123,17 +154,61 @@ fn test(extra: &[String]) -> Result<(), XtaskError> {
     xtask::build_images()?;
     let (_, why) = xtask::choose_accel();
     eprintln!("xtask: QEMU tests use {why}");
-    check("cargo test", cargo().args(["test", "--workspace", "--exclude", "hv_core", "--exclude", "root_partition", "--exclude", "kernel_x86"]).args(extra))
+    check(
+        "cargo test",
+        cargo()
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "hv_core",
+                "--exclude",
+                "root_partition",
+                "--exclude",
+                "kernel_x86",
+            ])
+            .args(extra),
+    )
 }
 
 fn lint() -> Result<(), XtaskError> {
-    check("cargo fmt --check", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    check(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    )?;
     check(
         "clippy (host crates)",
-        cargo().args(["clippy", "--workspace", "--exclude", "hv_core", "--exclude", "root_partition", "--exclude", "kernel_x86", "--all-targets", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "hv_core",
+            "--exclude",
+            "root_partition",
+            "--exclude",
+            "kernel_x86",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )?;
     check(
         "clippy (kernels)",
-        cargo().args(["clippy", "--release", "--target", KERNEL_TARGET, "-p", "hv_core", "-p", "root_partition", "-p", "kernel_x86", "--", "-D", "warnings"]),
+        cargo().args([
+            "clippy",
+            "--release",
+            "--target",
+            KERNEL_TARGET,
+            "-p",
+            "hv_core",
+            "-p",
+            "root_partition",
+            "-p",
+            "kernel_x86",
+            "--",
+            "-D",
+            "warnings",
+        ]),
     )
 }
