@@ -72,7 +72,9 @@ pub struct Images {
     pub disk: PathBuf,
 }
 
-fn run(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
+/// Run `cmd`, turning a failure to start or a non-zero exit into an error
+/// that says what was being done.
+pub fn run_command(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
     let status = cmd.status().map_err(|e| XtaskError::Command {
         what: what.into(),
         detail: e.to_string(),
@@ -91,7 +93,7 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
 pub fn build_images() -> Result<Images, XtaskError> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(
+    run_command(
         "building the kernels",
         Command::new(&cargo)
             .current_dir(&root)
@@ -214,8 +216,8 @@ pub fn ensure_qemu() -> Result<(), XtaskError> {
         return Err(missing);
     }
     eprintln!("xtask: {QEMU} not found; installing qemu-system-x86 with apt-get");
-    run("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
-    run(
+    run_command("apt-get update", Command::new("apt-get").args(["update", "-qq"]))?;
+    run_command(
         "apt-get install qemu-system-x86",
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "qemu-system-x86"])

@@ -11,6 +11,9 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 use xtask::{BootOptions, KERNEL_TARGET, QEMU, XtaskError};
 
+/// Crates that only build for the bare-metal target.
+const KERNEL_CRATES: [&str; 3] = ["hv_core", "root_partition", "kernel_x86"];
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -132,21 +135,6 @@ fn cargo() -> Command {
     c
 }
 
-fn check(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
-    let status = cmd.status().map_err(|e| XtaskError::Command {
-        what: what.into(),
-        detail: e.to_string(),
-    })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(XtaskError::Command {
-            what: what.into(),
-            detail: status.to_string(),
-        })
-    }
-}
-
 fn test(extra: &[String]) -> Result<(), XtaskError> {
     xtask::ensure_qemu()?;
     // Build the images once up front so build errors surface here, not as a
@@ -154,61 +142,32 @@ fn test(extra: &[String]) -> Result<(), XtaskError> {
     xtask::build_images()?;
     let (_, why) = xtask::choose_accel();
     eprintln!("xtask: QEMU tests use {why}");
-    check(
+    xtask::run_command(
         "cargo test",
         cargo()
-            .args([
-                "test",
-                "--workspace",
-                "--exclude",
-                "hv_core",
-                "--exclude",
-                "root_partition",
-                "--exclude",
-                "kernel_x86",
-            ])
+            .args(["test", "--workspace"])
+            .args(KERNEL_CRATES.iter().flat_map(|c| ["--exclude", c]))
             .args(extra),
     )
 }
 
 fn lint() -> Result<(), XtaskError> {
-    check(
+    xtask::run_command(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
     )?;
-    check(
+    xtask::run_command(
         "clippy (host crates)",
-        cargo().args([
-            "clippy",
-            "--workspace",
-            "--exclude",
-            "hv_core",
-            "--exclude",
-            "root_partition",
-            "--exclude",
-            "kernel_x86",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        cargo()
+            .args(["clippy", "--workspace", "--all-targets"])
+            .args(KERNEL_CRATES.iter().flat_map(|c| ["--exclude", c]))
+            .args(["--", "-D", "warnings"]),
     )?;
-    check(
+    xtask::run_command(
         "clippy (kernels)",
-        cargo().args([
-            "clippy",
-            "--release",
-            "--target",
-            KERNEL_TARGET,
-            "-p",
-            "hv_core",
-            "-p",
-            "root_partition",
-            "-p",
-            "kernel_x86",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+        cargo()
+            .args(["clippy", "--release", "--target", KERNEL_TARGET])
+            .args(KERNEL_CRATES.iter().flat_map(|c| ["-p", c]))
+            .args(["--", "-D", "warnings"]),
     )
 }
