@@ -140,3 +140,21 @@ fn hv_status_in_the_management_shell() {
     m.send_line("poweroff");
     assert_eq!(m.wait_exit(), QEMU_EXIT_SUCCESS);
 }
+
+/// Synthetic MSRs and EFER: read-only and unknown MSRs fault, EFER keeps SVME
+/// set underneath the root (hidden from it), a hypercall page in hv-core's
+/// region is refused, and GUEST_OS_ID = 0 disables hypercalls until re-enabled.
+#[test]
+fn synthetic_msrs_and_efer_are_policed() {
+    let (console, hv_log) = Machine::run_scenario("msr", None);
+    for needle in [
+        "msr: write VP_INDEX (read-only): #GP",
+        "msr: clear EFER.LME with paging on: #GP",
+        "SVME hidden, hypercalls unaffected",
+        "msr: hypercall page inside hv-core's region: #GP",
+        "msr: GUEST_OS_ID = 0: VMMCALL raises #UD",
+    ] {
+        assert!(console.contains(needle), "missing {needle:?}:\n{console}");
+    }
+    assert!(hv_log.contains("is not its RAM: #GP"), "{hv_log}");
+}

@@ -252,6 +252,17 @@ impl HypercallResult {
     }
 }
 
+/// Output of HvCallGetPartitionId (`struct hv_get_partition_id`).
+#[repr(C)]
+#[derive(
+    Debug, Clone, Copy, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout,
+)]
+pub struct HvOutputGetPartitionId {
+    /// The caller's partition id.
+    pub partition_id: u64,
+}
+const _: () = assert!(size_of::<HvOutputGetPartitionId>() == 8);
+
 /// Hypercall input and output GPAs must be 8-byte aligned (TLFS).
 pub const HYPERCALL_PARAM_ALIGN: u64 = 8;
 

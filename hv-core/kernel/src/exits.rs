@@ -16,6 +16,8 @@ use svm::{ExitCode, Vmcb};
 const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
 const MSR_EFER: u32 = 0xC000_0080;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
 /// EFER bits a guest may set: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE.
 const EFER_ALLOWED: u64 =
     (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
@@ -46,6 +48,10 @@ pub struct ExitStats {
 pub struct Partition {
     /// Partition id.
     pub id: u64,
+    /// What the partition may do (CPUID 0x4000_0003 tells it the same).
+    pub privileges: PartitionPrivileges,
+    /// EFER as the guest believes it is (the VMCB copy always has SVME set).
+    pub guest_efer: u64,
     /// Guest RAM hv-core may access on its behalf.
     pub ram: GuestRam,
     /// hv-core's own region (never mapped for guests).
@@ -208,6 +214,7 @@ impl Partition {
             msr::GUEST_OS_ID => self.msrs.guest_os_id,
             msr::HYPERCALL => self.msrs.hypercall,
             msr::VP_INDEX => 0,
+            MSR_EFER => self.guest_efer,
             // The SVM control MSRs belong to hv-core: the partition sees SVM off.
             0xC001_0117 | 0xC001_0114 => 0,
             _ => {
@@ -226,11 +233,16 @@ impl Partition {
         let gp = Outcome::Inject(event::exception_with_error(VECTOR_GP), 0);
         match index {
             MSR_EFER => {
-                if value & !EFER_ALLOWED != 0 {
+                let paging = vmcb.save.cr0 & (1 << 31) != 0;
+                let lme_changed = (value ^ self.guest_efer) & EFER_LME != 0;
+                if value & !EFER_ALLOWED != 0 || (paging && lme_changed) {
                     return gp;
                 }
-                // The root may not turn SVM off underneath hv-core: SVME stays set
-                // in the guest EFER (the guest never uses it: SVM is hidden).
+                // LMA is read-only. SVME stays set in the VMCB whatever the guest
+                // writes (VMRUN requires it, and QEMU turns VMMCALL into #UD
+                // without it); the guest reads back what it wrote.
+                let value = (value & !EFER_LMA) | (self.guest_efer & EFER_LMA);
+                self.guest_efer = value;
                 vmcb.save.efer = value | EFER_SVME;
             }
             msr::GUEST_OS_ID => {

@@ -3,7 +3,8 @@
 
 use crate::exits::Partition;
 use crate::memory::GpaError;
-use hv1_abi::hypercall::HYPERCALL_PARAM_ALIGN;
+use hv1_abi::cpuid::PartitionPrivileges;
+use hv1_abi::hypercall::{HYPERCALL_PARAM_ALIGN, HvOutputGetPartitionId};
 use hv1_abi::private::{self, CoreStats};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
 use zerocopy::IntoBytes;
@@ -24,7 +25,13 @@ pub fn dispatch(p: &mut Partition, control: u64, input: u64, output: u64) -> Hyp
         Err(e) => return HypercallResult::status(e.status()),
     };
     let status = match control.code {
-        HvCallCode::GET_PARTITION_ID => simple_output(p, &control, output, p.id.as_bytes()),
+        HvCallCode::GET_PARTITION_ID => {
+            let out = HvOutputGetPartitionId { partition_id: p.id };
+            simple_output(p, &control, output, out.as_bytes())
+        }
+        private::GET_CORE_STATS if !p.privileges.contains(PartitionPrivileges::CPU_MANAGEMENT) => {
+            HvStatus::ACCESS_DENIED
+        }
         private::GET_CORE_STATS => {
             let stats = CoreStats {
                 region_base: p.hv_region.start,

@@ -213,9 +213,9 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     let msrpm_pa = alloc.alloc_pages(2).expect("room for the MSRPM");
     // SAFETY: two zeroed pages of hv-core's region, exclusively ours.
     let msrpm_map: &mut [u8; msrpm::SIZE] = unsafe { &mut *(msrpm_pa as *mut [u8; msrpm::SIZE]) };
-    // EFER writes are checked (the root must not clear SVME); the SVM control
+    // EFER is shadowed (the root must not clear SVME, nor see it); the SVM control
     // MSRs belong to hv-core. Synthetic MSRs (0x4000_xxxx) always exit.
-    msrpm::intercept(msrpm_map, MSR_EFER, false, true);
+    msrpm::intercept(msrpm_map, MSR_EFER, true, true);
     msrpm::intercept(msrpm_map, MSR_VM_HSAVE_PA, true, true);
     msrpm::intercept(msrpm_map, MSR_VM_CR, true, true);
 
@@ -289,6 +289,8 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     };
     let mut root = Partition {
         id: hv1_abi::ROOT_PARTITION_ID,
+        privileges: hv1_abi::cpuid::PartitionPrivileges::ROOT,
+        guest_efer: state.efer,
         ram: GuestRam::for_root(&handoff, region.clone()),
         hv_region: region,
         msrs: SyntheticMsrs::default(),

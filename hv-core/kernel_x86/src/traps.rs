@@ -213,34 +213,68 @@ exc_stub_table:
     .endr
 
     .section .text
-    /* probe_read_u64(addr) -> (rax = value, rdx = 0 or fault info) */
+    /* Probes: one instruction that may fault. On a fault the dispatcher
+     * resumes at the matching "done" label with R11 = fault info; otherwise
+     * R11 stays 0. Each (insn, done) pair is listed in probe_fixups. */
     .global probe_read_u64_asm
-probe_read_u64_asm:
-    xor edx, edx
+probe_read_u64_asm:             /* rdi = addr -> rax */
+    xor r11d, r11d
     xor eax, eax
 probe_read_insn:
     mov rax, [rdi]
 probe_read_done:
     ret
 
-    /* probe_write_u64(addr, value) -> rdx = 0 or fault info */
     .global probe_write_u64_asm
-probe_write_u64_asm:
-    xor edx, edx
+probe_write_u64_asm:            /* rdi = addr, rsi = value */
+    xor r11d, r11d
 probe_write_insn:
     mov [rdi], rsi
 probe_write_done:
     ret
+
+    .global probe_rdmsr_asm
+probe_rdmsr_asm:                /* ecx = msr -> edx:eax */
+    xor r11d, r11d
+    xor eax, eax
+    xor edx, edx
+probe_rdmsr_insn:
+    rdmsr
+probe_rdmsr_done:
+    ret
+
+    .global probe_wrmsr_asm
+probe_wrmsr_asm:                /* ecx = msr, edx:eax = value */
+    xor r11d, r11d
+probe_wrmsr_insn:
+    wrmsr
+probe_wrmsr_done:
+    ret
+
+    .global probe_vmmcall_asm
+probe_vmmcall_asm:              /* rcx, rdx, r8 per the TLFS -> rax */
+    xor r11d, r11d
+probe_vmmcall_insn:
+    vmmcall
+probe_vmmcall_done:
+    ret
+
+    .section .rodata
+    .balign 8
+    .global probe_fixups
+probe_fixups:
+    .quad probe_read_insn, probe_read_done
+    .quad probe_write_insn, probe_write_done
+    .quad probe_rdmsr_insn, probe_rdmsr_done
+    .quad probe_wrmsr_insn, probe_wrmsr_done
+    .quad probe_vmmcall_insn, probe_vmmcall_done
     "#,
     dispatch = sym exception_dispatch,
 );
 
 unsafe extern "C" {
     static exc_stub_table: [u64; 33];
-    static probe_read_insn: u8;
-    static probe_read_done: u8;
-    static probe_write_insn: u8;
-    static probe_write_done: u8;
+    static probe_fixups: [[u64; 2]; 5];
 }
 
 /// A fault caught by a probe.
@@ -253,13 +287,13 @@ pub struct ProbeFault {
 }
 
 impl ProbeFault {
-    fn decode(rdx: u64) -> Result<(), Self> {
-        if rdx == 0 {
+    fn decode(info: u64) -> Result<(), Self> {
+        if info == 0 {
             Ok(())
         } else {
             Err(Self {
-                vector: (rdx & 0xFF) as u8 - 1,
-                error: (rdx >> 32) as u32,
+                vector: (info & 0xFF) as u8 - 1,
+                error: (info >> 32) as u32,
             })
         }
     }
@@ -276,12 +310,12 @@ impl ProbeFault {
 /// Read 8 bytes at `addr`, turning a fault into an error.
 pub fn probe_read_u64(addr: u64) -> Result<u64, ProbeFault> {
     let (value, info): (u64, u64);
-    // SAFETY: the asm reads one u64 at `addr`; a fault there resumes at
-    // `probe_read_done` through the fixup in `exception_dispatch` with RDX set.
-    // The caller uses it only on identity-mapped physical addresses, where a
-    // read has no side effect on memory the kernel relies on.
+    // SAFETY: the asm reads one u64 at `addr`; a fault there resumes after it
+    // through `probe_fixups` with R11 set. The caller uses it only on
+    // identity-mapped physical addresses, where a read has no side effect on
+    // memory the kernel relies on.
     unsafe {
-        asm!("call probe_read_u64_asm", in("rdi") addr, out("rax") value, out("rdx") info, clobber_abi("C"))
+        asm!("call probe_read_u64_asm", in("rdi") addr, out("rax") value, out("r11") info, clobber_abi("C"))
     };
     ProbeFault::decode(info).map(|()| value)
 }
@@ -295,29 +329,61 @@ pub unsafe fn probe_write_u64(addr: u64, value: u64) -> Result<(), ProbeFault> {
     let info: u64;
     // SAFETY: as for `probe_read_u64`, plus the caller's promise about `addr`.
     unsafe {
-        asm!("call probe_write_u64_asm", in("rdi") addr, in("rsi") value, out("rdx") info, clobber_abi("C"))
+        asm!("call probe_write_u64_asm", in("rdi") addr, in("rsi") value, out("r11") info, clobber_abi("C"))
     };
     ProbeFault::decode(info)
 }
 
+/// RDMSR, turning #GP into an error.
+///
+/// # Safety
+/// Reading `msr` must have no side effect the kernel relies on.
+pub unsafe fn probe_rdmsr(msr: u32) -> Result<u64, ProbeFault> {
+    let (lo, hi, info): (u32, u32, u64);
+    // SAFETY: forwarded to the caller; a fault resumes after the RDMSR.
+    unsafe {
+        asm!("call probe_rdmsr_asm", in("ecx") msr, out("eax") lo, out("edx") hi, out("r11") info, clobber_abi("C"))
+    };
+    ProbeFault::decode(info).map(|()| ((hi as u64) << 32) | lo as u64)
+}
+
+/// WRMSR, turning #GP into an error.
+///
+/// # Safety
+/// If the write succeeds it takes effect: the caller must be ready for that.
+pub unsafe fn probe_wrmsr(msr: u32, value: u64) -> Result<(), ProbeFault> {
+    let info: u64;
+    // SAFETY: forwarded to the caller; a fault resumes after the WRMSR.
+    unsafe {
+        asm!("call probe_wrmsr_asm", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             out("r11") info, clobber_abi("C"))
+    };
+    ProbeFault::decode(info)
+}
+
+/// A raw VMMCALL with the TLFS register convention (RCX control, RDX input,
+/// R8 output; result in RAX), turning #UD into an error. Unlike a call through
+/// the hypercall page it works (and fails) whatever that page's state.
+///
+/// # Safety
+/// The hypervisor may write the output GPA: the caller must own it.
+pub unsafe fn probe_vmmcall(control: u64, input: u64, output: u64) -> Result<u64, ProbeFault> {
+    let (result, info): (u64, u64);
+    // SAFETY: forwarded to the caller; a fault resumes after the VMMCALL.
+    unsafe {
+        asm!("call probe_vmmcall_asm", in("rcx") control, in("rdx") input, in("r8") output,
+             out("rax") result, out("r11") info, clobber_abi("C"))
+    };
+    ProbeFault::decode(info).map(|()| result)
+}
+
 extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
-    // The four labels are code addresses defined in the asm above.
-    let probes = [
-        (
-            &raw const probe_read_insn as u64,
-            &raw const probe_read_done as u64,
-        ),
-        (
-            &raw const probe_write_insn as u64,
-            &raw const probe_write_done as u64,
-        ),
-    ];
-    for (insn, done) in probes {
-        if frame.rip == insn {
-            frame.rip = done;
-            frame.rdx = (frame.vector + 1) | ((frame.error & 0xFFFF_FFFF) << 32);
-            return;
-        }
+    // SAFETY: `probe_fixups` is a read-only table of code addresses in the asm above.
+    let fixups = unsafe { &probe_fixups };
+    if let Some([_, done]) = fixups.iter().find(|[insn, _]| *insn == frame.rip) {
+        frame.rip = *done;
+        frame.r[3] = (frame.vector + 1) | ((frame.error & 0xFFFF_FFFF) << 32); // R11
+        return;
     }
     let handler = HANDLER.load(Ordering::Acquire);
     if handler != 0 {

@@ -8,7 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use hv1_abi::cpuid::PartitionPrivileges;
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl};
-use kernel_x86::traps::{probe_read_u64, probe_write_u64};
+use kernel_x86::traps::{probe_rdmsr, probe_read_u64, probe_vmmcall, probe_write_u64, probe_wrmsr};
 
 /// Run scenario `name`; true if it passed.
 pub fn run(name: &str, boot: &BootReport) -> bool {
@@ -17,6 +17,7 @@ pub fn run(name: &str, boot: &BootReport) -> bool {
         "hv-region" => hv_region(boot),
         "hypercall" => hypercall(boot),
         "disk" => disk_read(),
+        "msr" => synthetic_msrs(boot),
         other => Err(format!("unknown scenario '{other}'")),
     };
     match &result {
@@ -186,4 +187,94 @@ fn disk_read() -> Result<(), String> {
     check(crate::hv::Discovery::read().is_hv1(), || {
         "read was not made from inside the root partition".into()
     })
+}
+
+/// Synthetic MSRs and EFER: what the root may and may not do, and that a
+/// refused write changes nothing.
+fn synthetic_msrs(boot: &BootReport) -> Result<(), String> {
+    use hv1_abi::msr;
+    const EFER: u32 = 0xC000_0080;
+    const SVME: u64 = 1 << 12;
+    let gp = |r: Result<(), kernel_x86::traps::ProbeFault>, what: &str| match r {
+        Err(f) if f.vector == 13 => {
+            println!("msr: {what}: #GP");
+            Ok(())
+        }
+        other => Err(format!("{what}: expected #GP, got {other:?}")),
+    };
+    // SAFETY (all probes below): the MSRs are hv-core's synthetic ones or EFER
+    // with its current value; refused writes fault, accepted ones are undone.
+    unsafe {
+        gp(probe_wrmsr(msr::VP_INDEX, 5), "write VP_INDEX (read-only)")?;
+        gp(
+            probe_rdmsr(0x4000_00FF).map(|_| ()),
+            "read unknown synthetic MSR 0x400000ff",
+        )?;
+        gp(
+            probe_wrmsr(0x4000_00FF, 1),
+            "write unknown synthetic MSR 0x400000ff",
+        )?;
+
+        // EFER: the root reads back what it wrote, without SVME; clearing SVME
+        // does not disturb hv-core (a raw VMMCALL still works).
+        let efer = probe_rdmsr(EFER).map_err(|f| format!("read EFER: {f:?}"))?;
+        check(efer & SVME == 0, || {
+            format!("EFER reads {efer:#x}: SVME visible to the root")
+        })?;
+        probe_wrmsr(EFER, efer & !SVME).map_err(|f| format!("write EFER: {f:?}"))?;
+        gp(
+            probe_wrmsr(EFER, efer | (1 << 20)),
+            "write EFER with a reserved bit",
+        )?;
+        gp(
+            probe_wrmsr(EFER, efer & !(1 << 8)),
+            "clear EFER.LME with paging on",
+        )?;
+        let again = probe_rdmsr(EFER).map_err(|f| format!("read EFER: {f:?}"))?;
+        check(again == efer, || {
+            format!("EFER changed to {again:#x} from {efer:#x}")
+        })?;
+        let id_call = HypercallControl::simple(HvCallCode::GET_PARTITION_ID).encode();
+        let out = memory::alloc_frames(1).ok_or("no frame")?;
+        let raw =
+            probe_vmmcall(id_call, 0, out).map_err(|f| format!("VMMCALL after EFER write: {}", f.name()))?;
+        check(raw & 0xFFFF == 0, || {
+            format!("VMMCALL after EFER write: status {raw:#x}")
+        })?;
+        println!("msr: EFER {efer:#x} round-trips, SVME hidden, hypercalls unaffected");
+
+        // HYPERCALL MSR: a page in hv-core's region is refused, the old page stays.
+        let before = probe_rdmsr(msr::HYPERCALL).map_err(|f| format!("read HYPERCALL: {f:?}"))?;
+        gp(
+            probe_wrmsr(msr::HYPERCALL, boot.region.base | 1),
+            "hypercall page inside hv-core's region",
+        )?;
+        let after = probe_rdmsr(msr::HYPERCALL).map_err(|f| format!("read HYPERCALL: {f:?}"))?;
+        check(after == before, || {
+            format!("HYPERCALL MSR changed from {before:#x} to {after:#x}")
+        })?;
+        hv::get_partition_id().map_err(|s| format!("hypercall page after refused move: {s:?}"))?;
+
+        // Clearing GUEST_OS_ID disables the hypercall interface (VMMCALL #UD)
+        // until the guest identifies itself and enables the page again.
+        probe_wrmsr(msr::GUEST_OS_ID, 0).map_err(|f| format!("clear GUEST_OS_ID: {f:?}"))?;
+        match probe_vmmcall(id_call, 0, out) {
+            Err(f) if f.vector == 6 => println!("msr: GUEST_OS_ID = 0: VMMCALL raises #UD"),
+            other => {
+                return Err(format!(
+                    "VMMCALL with GUEST_OS_ID = 0: expected #UD, got {other:?}"
+                ));
+            }
+        }
+        let disabled = probe_rdmsr(msr::HYPERCALL).map_err(|f| format!("read HYPERCALL: {f:?}"))?;
+        check(disabled & 1 == 0, || {
+            format!("HYPERCALL still enabled: {disabled:#x}")
+        })?;
+        probe_wrmsr(msr::GUEST_OS_ID, hv::GUEST_OS_ID).map_err(|f| format!("set GUEST_OS_ID: {f:?}"))?;
+        probe_wrmsr(msr::HYPERCALL, before).map_err(|f| format!("re-enable HYPERCALL: {f:?}"))?;
+        memory::free_frames(out, 1);
+    }
+    let id = hv::get_partition_id().map_err(|s| format!("hypercall after re-enable: {s:?}"))?;
+    println!("msr: hypercall page re-enabled; partition id {id}");
+    Ok(())
 }
