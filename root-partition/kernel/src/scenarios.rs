@@ -202,8 +202,8 @@ fn synthetic_msrs(boot: &BootReport) -> Result<(), String> {
         }
         other => Err(format!("{what}: expected #GP, got {other:?}")),
     };
-    // SAFETY: the probes below touch only the hv-core's synthetic ones or EFER
-    // with its current value; refused writes fault, accepted ones are undone.
+    // SAFETY: the probes below touch only hv-core's synthetic MSRs and EFER
+    // (written with its current value); refused writes fault, accepted ones are undone.
     unsafe {
         gp(probe_wrmsr(msr::VP_INDEX, 5), "write VP_INDEX (read-only)")?;
         gp(
