@@ -174,9 +174,8 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // EFER.SVME changes nothing else.
     unsafe { wrmsr(MSR_EFER, state.efer | EFER_SVME) };
     let vmcb_pa = alloc.alloc_pages(1).expect("region has room for the root VMCB");
-    // SAFETY: `vmcb_pa` is a zeroed, 4 KiB-aligned page of hv-core's region;
-    // VMSAVE writes FS/GS/TR/LDTR/KernelGsBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER
-    // there, which is exactly the root's live state.
+    // VMSAVE stores FS/GS/TR/LDTR/KernelGsBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER:
+    // SAFETY: `vmcb_pa` is a zeroed, 4 KiB-aligned page of hv-core's region.
     unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack)) };
 
     let resume = root_resume();
@@ -187,16 +186,14 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
 
     // hv-core's own world: page tables, GDT/TSS/IDT, then SVM's host pages.
     let host_cr3 = memory::build_host_tables(&mut alloc, &handoff, gib_pages);
-    // SAFETY: the new tables identity-map all physical memory (the boot stack,
-    // the handoff copy's source, every page hv-core uses) and map the image at
-    // its link address exactly as the root's tables did.
+    // The new tables identity-map all physical memory (boot stack, every page hv-core uses).
+    // SAFETY: they also map the image at its link address, as the root's tables did.
     unsafe { asm!("mov cr3, {}", in(reg) host_cr3, options(nostack)) };
     let tables_pa = alloc
         .alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64)
         .expect("room for GDT/IDT");
-    // SAFETY: fresh zeroed pages of hv-core's region, used for nothing else,
-    // large and aligned enough for `CpuTables`, whose all-zero pattern is
-    // immediately overwritten with a valid value.
+    // SAFETY: fresh pages of hv-core's region, used for nothing else, large and
+    // aligned enough for `CpuTables`; a valid value is written before the borrow.
     let tables: &'static mut CpuTables = unsafe {
         let p = tables_pa as *mut CpuTables;
         p.write(CpuTables::new());

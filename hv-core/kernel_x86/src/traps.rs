@@ -310,10 +310,8 @@ impl ProbeFault {
 /// Read 8 bytes at `addr`, turning a fault into an error.
 pub fn probe_read_u64(addr: u64) -> Result<u64, ProbeFault> {
     let (value, info): (u64, u64);
-    // SAFETY: the asm reads one u64 at `addr`; a fault there resumes after it
-    // through `probe_fixups` with R11 set. The caller uses it only on
-    // identity-mapped physical addresses, where a read has no side effect on
-    // memory the kernel relies on.
+    // A fault resumes after the read through `probe_fixups` with R11 set.
+    // SAFETY: one u64 read at `addr`, an identity-mapped address with no read side effects.
     unsafe {
         asm!("call probe_read_u64_asm", in("rdi") addr, out("rax") value, out("r11") info, clobber_abi("C"))
     };
@@ -546,10 +544,9 @@ pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
         limit: (size_of::<[IdtEntry; 256]>() - 1) as u16,
         base: tables.idt.as_ptr() as u64,
     };
-    // SAFETY: the tables live forever (`&'static mut`); the new GDT has flat
-    // code/data descriptors at the selectors the kernels already use, CS is
-    // reloaded with a far return and the data segments with the data selector;
-    // the TSS descriptor is fresh (not busy), so LTR succeeds.
+    // The new GDT has flat code/data at the selectors in use; CS is reloaded by a
+    // far return, data segments by the data selector; the fresh TSS is not busy.
+    // SAFETY: the tables live forever (`&'static mut`) and hold valid descriptors.
     unsafe {
         asm!(
             "lgdt [{gdt}]",

@@ -132,11 +132,10 @@ pub fn launch(image: &[u8], firmware_map: &[PhysRange]) -> Result<HvRegion, Laun
         plan.span / 1024,
         plan.entry
     );
-    // SAFETY: `plan.entry` lies in the executable segment just loaded and mapped
-    // at its link address; hv-core's entry follows the SysV ABI, takes the
-    // handoff's physical address (== its address, identity map) and returns 0
-    // once this very stack frame resumes as the root partition, or an error
-    // code without having changed the root's state.
+    // hv-core's entry (SysV ABI) takes the handoff's address (identity map) and
+    // returns 0 once this frame resumes as the root partition, or an error code
+    // having changed nothing.
+    // SAFETY: `plan.entry` lies in the executable segment just loaded and mapped.
     let status = unsafe {
         let entry: extern "sysv64" fn(u64) -> u64 = core::mem::transmute(plan.entry as usize);
         entry(&*handoff as *const Handoff as u64)
@@ -207,9 +206,8 @@ pub fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
     let page = HYPERCALL_PAGE.load(Ordering::Acquire);
     assert!(page != 0, "hypercall page not set up");
     let result: u64;
-    // SAFETY: the page holds `VMMCALL; RET` (checked in setup); the hypervisor
-    // follows the TLFS register convention and writes only the output GPA the
-    // caller passed, which the caller owns.
+    // The hypervisor follows the TLFS convention and writes only the output GPA.
+    // SAFETY: the page holds `VMMCALL; RET` (checked in setup); the caller owns `output`.
     unsafe {
         asm!("call {page}", page = in(reg) page, in("rcx") control, in("rdx") input, in("r8") output,
              lateout("rax") result, clobber_abi("C"))

@@ -99,9 +99,8 @@ pub fn init_paging(top: u64) {
     tables
         .identity_map_except(0..top, &[], flags::KERNEL_RW, max)
         .expect("identity map of physical memory");
-    // SAFETY: the new tables identity-map all of physical memory below `top`,
-    // which includes the kernel image, its stack, the heap and every device
-    // window the kernel uses, exactly as the boot tables did.
+    // The kernel image, its stack, the heap and every device window are below `top`.
+    // SAFETY: the new tables identity-map all of it, as the boot tables did.
     unsafe { kernel_x86::arch::write_cr3(tables.root()) };
     *TABLES.lock() = Some(tables);
 }
