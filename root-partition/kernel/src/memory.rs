@@ -94,7 +94,13 @@ pub fn init_paging(top: u64) {
     } else {
         MaxPage::Size2M
     };
-    let top = top.next_multiple_of(x86_paging::SIZE_2M);
+    // With 1 GiB pages, cover 512 GiB (what the root's NPT maps): 64-bit PCI
+    // BARs may sit above RAM. Without, only what RAM and the 4 GiB hole need.
+    let top = if gib_pages {
+        top.max(512 << 30)
+    } else {
+        top.next_multiple_of(x86_paging::SIZE_2M)
+    };
     let mut tables = PageTables::new(RootTableMemory).expect("frames for the PML4");
     tables
         .identity_map_except(0..top, &[], flags::KERNEL_RW, max)
