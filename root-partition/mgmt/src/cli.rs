@@ -1,0 +1,398 @@
+//! The management shell's command language. Every command validates its
+//! arguments and a refused line says why (the caller prints it and changes
+//! nothing).
+
+use crate::size;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// Limits on `create`.
+pub mod limits {
+    /// Smallest child memory (the test OS needs its image, stack and tables).
+    pub const MIN_MEMORY: u64 = 4 << 20;
+    /// Largest child memory.
+    pub const MAX_MEMORY: u64 = 256 << 20;
+    /// Most VPs per child.
+    pub const MAX_VPS: u32 = 4;
+    /// Longest partition name.
+    pub const MAX_NAME: usize = 15;
+}
+
+/// Options for `create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateSpec {
+    /// Partition name.
+    pub name: String,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Virtual processors.
+    pub vps: u32,
+    /// Image name in the boot bundle.
+    pub image: String,
+    /// Mode string passed to the image (the test OS's behaviour).
+    pub mode: String,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `help [command]`.
+    Help(Option<String>),
+    /// `list [--json]`.
+    List {
+        /// JSON output.
+        json: bool,
+    },
+    /// `info ID [--json]`.
+    Info {
+        /// Partition id.
+        id: u64,
+        /// JSON output.
+        json: bool,
+    },
+    /// `console ID`.
+    Console {
+        /// Partition id.
+        id: u64,
+    },
+    /// `start|pause|resume|stop|destroy ID`.
+    Lifecycle {
+        /// What to do.
+        action: crate::lifecycle::Action,
+        /// Partition id.
+        id: u64,
+    },
+    /// `create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]`.
+    Create {
+        /// What to build.
+        spec: CreateSpec,
+        /// Start it right away.
+        start: bool,
+    },
+    /// `hv status [--json]`.
+    HvStatus {
+        /// JSON output.
+        json: bool,
+    },
+    /// `hv disk [--json]`.
+    HvDisk {
+        /// JSON output.
+        json: bool,
+    },
+    /// `mem [--json]`.
+    Mem {
+        /// JSON output.
+        json: bool,
+    },
+    /// `poweroff`.
+    Poweroff,
+}
+
+/// Why a line was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not a command.
+    UnknownCommand(String),
+    /// `hv` without a known subcommand.
+    UnknownSubcommand(String),
+    /// A required argument is missing.
+    Missing(&'static str),
+    /// An argument that is not a partition id.
+    BadId(String),
+    /// Arguments left over.
+    Unexpected(String),
+    /// An option this command does not take.
+    UnknownOption(String),
+    /// An option given twice.
+    Duplicate(&'static str),
+    /// An option without its value.
+    NoValue(&'static str),
+    /// A bad value for an option.
+    BadValue {
+        /// The option.
+        option: &'static str,
+        /// What was given.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownCommand(c) => write!(f, "unknown command '{c}'; type 'help'"),
+            Self::UnknownSubcommand(c) => write!(f, "unknown hv subcommand '{c}' (try: status, disk)"),
+            Self::Missing(what) => write!(f, "missing {what}"),
+            Self::BadId(s) => write!(f, "'{s}' is not a partition id (a number, see 'list')"),
+            Self::Unexpected(s) => write!(f, "unexpected argument '{s}'"),
+            Self::UnknownOption(o) => write!(f, "unknown option '{o}'"),
+            Self::Duplicate(o) => write!(f, "option {o} given twice"),
+            Self::NoValue(o) => write!(f, "option {o} needs a value"),
+            Self::BadValue { option, value, expected } => {
+                write!(f, "bad value '{value}' for {option}: expected {expected}")
+            }
+        }
+    }
+}
+
+/// One-line help for each command, in `help` order.
+pub const HELP: &[(&str, &str)] = &[
+    ("list [--json]", "partitions with state, VPs, memory, uptime and exits"),
+    ("info ID [--json]", "one partition: exits by reason, memory map, VP registers, crash reason"),
+    ("console ID", "attach to a child's console (Ctrl-] detaches)"),
+    ("create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]", "build a child partition"),
+    ("start ID", "boot a created, stopped or crashed child from its image"),
+    ("pause ID", "stop scheduling a running child"),
+    ("resume ID", "schedule a paused child again"),
+    ("stop ID", "power a child off (memory kept)"),
+    ("destroy ID", "remove a stopped child and return all its memory"),
+    ("hv status [--json]", "hypervisor presence, privileges, hv-core region, exits by reason"),
+    ("hv disk [--json]", "read sector 0 of the passthrough virtio-blk disk"),
+    ("mem [--json]", "root memory: free frames and heap"),
+    ("poweroff", "stop the machine"),
+    ("help [COMMAND]", "this list, or one command"),
+];
+
+struct Words<'a> {
+    words: Vec<&'a str>,
+    json: bool,
+}
+
+impl<'a> Words<'a> {
+    fn id(&mut self) -> Result<u64, ParseError> {
+        if self.words.is_empty() {
+            return Err(ParseError::Missing("partition id"));
+        }
+        let w = self.words.remove(0);
+        w.parse().map_err(|_| ParseError::BadId(w.to_string()))
+    }
+
+    fn done<T>(self, value: T) -> Result<T, ParseError> {
+        match self.words.first() {
+            None => Ok(value),
+            Some(w) if w.starts_with("--") => Err(ParseError::UnknownOption(w.to_string())),
+            Some(w) => Err(ParseError::Unexpected(w.to_string())),
+        }
+    }
+}
+
+/// Parse one shell line. An empty line is `Ok(None)`.
+pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
+    let mut all: Vec<&str> = line.split_whitespace().collect();
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let cmd = all.remove(0);
+    let json = all.contains(&"--json");
+    // `--json` is accepted only by commands with a JSON form (checked below).
+    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv");
+    if takes_json {
+        all.retain(|w| *w != "--json");
+    }
+    let mut w = Words { words: all, json };
+    use crate::lifecycle::Action;
+    let parsed = match cmd {
+        "help" | "?" => {
+            let topic = if w.words.is_empty() { None } else { Some(w.words.remove(0).to_string()) };
+            w.done(Command::Help(topic))?
+        }
+        "list" | "ls" => {
+            let json = w.json;
+            w.done(Command::List { json })?
+        }
+        "info" => {
+            let id = w.id()?;
+            let json = w.json;
+            w.done(Command::Info { id, json })?
+        }
+        "console" => {
+            let id = w.id()?;
+            w.done(Command::Console { id })?
+        }
+        "start" | "pause" | "resume" | "stop" | "destroy" => {
+            let action = match cmd {
+                "start" => Action::Start,
+                "pause" => Action::Pause,
+                "resume" => Action::Resume,
+                "stop" => Action::Stop,
+                _ => Action::Destroy,
+            };
+            let id = w.id()?;
+            w.done(Command::Lifecycle { action, id })?
+        }
+        "create" => parse_create(w)?,
+        "hv" => {
+            if w.words.is_empty() {
+                return Err(ParseError::Missing("hv subcommand (status, disk)"));
+            }
+            let sub = w.words.remove(0);
+            let json = w.json;
+            match sub {
+                "status" => w.done(Command::HvStatus { json })?,
+                "disk" => w.done(Command::HvDisk { json })?,
+                other => return Err(ParseError::UnknownSubcommand(other.to_string())),
+            }
+        }
+        "mem" => {
+            let json = w.json;
+            w.done(Command::Mem { json })?
+        }
+        "poweroff" | "shutdown" => w.done(Command::Poweroff)?,
+        other => return Err(ParseError::UnknownCommand(other.to_string())),
+    };
+    Ok(Some(parsed))
+}
+
+fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
+    use limits::*;
+    if w.words.is_empty() || w.words[0].starts_with("--") {
+        return Err(ParseError::Missing("partition name"));
+    }
+    let name = w.words.remove(0);
+    let name_ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(ParseError::BadValue {
+            option: "NAME",
+            value: name.to_string(),
+            expected: "1-15 characters: a letter, then letters, digits, '-' or '_'",
+        });
+    }
+    let (mut memory, mut vps, mut image, mut mode, mut start) = (None, None, None, None, false);
+    while !w.words.is_empty() {
+        let opt = w.words.remove(0);
+        let key: &'static str = match opt {
+            "--memory" => "--memory",
+            "--vps" => "--vps",
+            "--image" => "--image",
+            "--mode" => "--mode",
+            "--start" => {
+                if start {
+                    return Err(ParseError::Duplicate("--start"));
+                }
+                start = true;
+                continue;
+            }
+            o if o.starts_with("--") => return Err(ParseError::UnknownOption(o.to_string())),
+            o => return Err(ParseError::Unexpected(o.to_string())),
+        };
+        if w.words.is_empty() || w.words[0].starts_with("--") {
+            return Err(ParseError::NoValue(key));
+        }
+        let value = w.words.remove(0);
+        let bad = |expected| ParseError::BadValue { option: key, value: value.to_string(), expected };
+        match key {
+            "--memory" => {
+                if memory.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                let bytes = size::parse(value).map_err(|_| bad("a size like 16M"))?;
+                if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) || bytes % (1 << 20) != 0 {
+                    return Err(bad("a whole number of MiB from 4M to 256M"));
+                }
+                memory = Some(bytes);
+            }
+            "--vps" => {
+                if vps.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                let n: u32 = value.parse().map_err(|_| bad("1 to 4"))?;
+                if !(1..=MAX_VPS).contains(&n) {
+                    return Err(bad("1 to 4"));
+                }
+                vps = Some(n);
+            }
+            "--image" => {
+                if image.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                image = Some(value.to_string());
+            }
+            _ => {
+                if mode.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                mode = Some(value.to_string());
+            }
+        }
+    }
+    let spec = CreateSpec {
+        name: name.to_string(),
+        memory: memory.ok_or(ParseError::Missing("--memory SIZE"))?,
+        vps: vps.unwrap_or(1),
+        image: image.ok_or(ParseError::Missing("--image IMAGE"))?,
+        mode: mode.unwrap_or_else(|| "hello".to_string()),
+    };
+    Ok(Command::Create { spec, start })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Action;
+
+    fn ok(line: &str) -> Command {
+        parse(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn simple_commands() {
+        assert_eq!(parse("   "), Ok(None));
+        assert_eq!(ok("list"), Command::List { json: false });
+        assert_eq!(ok("list --json"), Command::List { json: true });
+        assert_eq!(ok("info 2 --json"), Command::Info { id: 2, json: true });
+        assert_eq!(ok("console 3"), Command::Console { id: 3 });
+        assert_eq!(ok("resume 2"), Command::Lifecycle { action: Action::Resume, id: 2 });
+        assert_eq!(ok("destroy 9"), Command::Lifecycle { action: Action::Destroy, id: 9 });
+        assert_eq!(ok("hv status --json"), Command::HvStatus { json: true });
+        assert_eq!(ok("help create"), Command::Help(Some("create".into())));
+        assert_eq!(ok("poweroff"), Command::Poweroff);
+    }
+
+    #[test]
+    fn create_with_all_options() {
+        let c = ok("create gamma --memory 16M --vps 2 --image testos --mode spin --start");
+        let Command::Create { spec, start } = c else { panic!() };
+        assert!(start);
+        assert_eq!(spec.name, "gamma");
+        assert_eq!(spec.memory, 16 << 20);
+        assert_eq!(spec.vps, 2);
+        assert_eq!(spec.image, "testos");
+        assert_eq!(spec.mode, "spin");
+        let Command::Create { spec, start } = ok("create a --memory 8M --image testos") else { panic!() };
+        assert!(!start);
+        assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
+    }
+
+    #[test]
+    fn refusals() {
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(e("frob"), "unknown command 'frob'; type 'help'");
+        assert_eq!(e("info"), "missing partition id");
+        assert_eq!(e("info x"), "'x' is not a partition id (a number, see 'list')");
+        assert_eq!(e("start 1 2"), "unexpected argument '2'");
+        assert_eq!(e("start 1 --json"), "unknown option '--json'");
+        assert_eq!(e("hv"), "missing hv subcommand (status, disk)");
+        assert_eq!(e("hv bogus"), "unknown hv subcommand 'bogus' (try: status, disk)");
+        assert_eq!(e("create"), "missing partition name");
+        assert_eq!(e("create 9x --memory 8M --image t"), "bad value '9x' for NAME: expected 1-15 characters: a letter, then letters, digits, '-' or '_'");
+        assert_eq!(e("create g --image t"), "missing --memory SIZE");
+        assert_eq!(e("create g --memory 8M"), "missing --image IMAGE");
+        assert_eq!(e("create g --memory"), "option --memory needs a value");
+        assert_eq!(e("create g --memory 1M --image t"), "bad value '1M' for --memory: expected a whole number of MiB from 4M to 256M");
+        assert_eq!(e("create g --memory 8M --memory 8M --image t"), "option --memory given twice");
+        assert_eq!(e("create g --memory 8M --vps 9 --image t"), "bad value '9' for --vps: expected 1 to 4");
+        assert_eq!(e("create g --memory 8M --image t --color red"), "unknown option '--color'");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(line in "[ -~]{0,60}") {
+            let _ = parse(&line);
+        }
+    }
+}
