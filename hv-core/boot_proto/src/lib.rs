@@ -15,5 +15,6 @@
 extern crate alloc;
 
 pub mod bundle;
+pub mod child;
 pub mod handoff;
 pub mod pvh;

@@ -79,8 +79,12 @@ open_enum! {
         INSUFFICIENT_BUFFERS = 0x0013,
         /// The VP is not in a state to accept it.
         INVALID_VP_STATE = 0x0015,
+        /// The object was not found.
+        NOT_FOUND = 0x0010,
         /// The SynIC is not enabled.
         INVALID_SYNIC_STATE = 0x0018,
+        /// A register value is invalid.
+        INVALID_REGISTER_VALUE = 0x0050,
     }
 }
 
@@ -141,6 +145,12 @@ open_enum! {
         POST_MESSAGE = 0x005C,
         /// HvCallSignalEvent.
         SIGNAL_EVENT = 0x005D,
+        /// HvCallDispatchVp (root scheduler).
+        DISPATCH_VP = 0x00C2,
+        /// HvCallMapVpStatePage.
+        MAP_VP_STATE_PAGE = 0x00E1,
+        /// HvCallUnmapVpStatePage.
+        UNMAP_VP_STATE_PAGE = 0x00E2,
     }
 }
 
@@ -262,6 +272,13 @@ pub struct HvOutputGetPartitionId {
     pub partition_id: u64,
 }
 const _: () = assert!(size_of::<HvOutputGetPartitionId>() == 8);
+
+/// How many reps of `element_size` bytes, after a `header_size`-byte header,
+/// fit in the rest of the page holding `gpa` (rep lists may not cross a page).
+pub const fn reps_fitting(gpa: u64, header_size: u64, element_size: u64) -> u64 {
+    let room = 4096 - (gpa & 0xFFF);
+    if room < header_size || element_size == 0 { 0 } else { (room - header_size) / element_size }
+}
 
 /// Hypercall input and output GPAs must be 8-byte aligned (TLFS).
 pub const HYPERCALL_PARAM_ALIGN: u64 = 8;

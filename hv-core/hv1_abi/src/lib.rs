@@ -13,7 +13,9 @@
 
 pub mod cpuid;
 pub mod hypercall;
+pub mod message;
 pub mod msr;
+pub mod partition;
 pub mod private;
 
 pub use hypercall::{HvCallCode, HvStatus, HypercallControl, HypercallResult};

@@ -62,6 +62,8 @@ pub trait TableMemory {
     fn read_entry(&self, table: u64, index: usize) -> u64;
     /// Write entry `index` of the table at `table`.
     fn write_entry(&mut self, table: u64, index: usize, value: u64);
+    /// Give back a table obtained from [`TableMemory::alloc_table`].
+    fn free_table(&mut self, table: u64);
 }
 
 /// Which leaf sizes the builder may use.
@@ -86,6 +88,15 @@ pub enum MapError {
     Misaligned,
     /// The VA range overflows.
     Overflow,
+}
+
+/// Why an unmap failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmapError {
+    /// Nothing is mapped at this address.
+    NotMapped(u64),
+    /// The address is inside a 2 MiB or 1 GiB leaf.
+    LargePage(u64),
 }
 
 /// A completed translation.
@@ -243,6 +254,56 @@ impl<M: TableMemory> PageTables<M> {
         Ok(())
     }
 
+    /// Remove the 4 KiB leaf mapping `va`, returning the physical page it
+    /// mapped. Tables that become empty stay (they are freed by [`Self::teardown`]).
+    pub fn unmap_4k(&mut self, va: u64) -> Result<u64, UnmapError> {
+        let mut table = self.root;
+        for level in (2..=4u8).rev() {
+            let entry = self.mem.read_entry(table, index(va, level));
+            if entry & flags::PRESENT == 0 {
+                return Err(UnmapError::NotMapped(va));
+            }
+            if entry & flags::HUGE != 0 {
+                return Err(UnmapError::LargePage(va));
+            }
+            table = entry & flags::ADDR_MASK;
+        }
+        let i = index(va, 1);
+        let entry = self.mem.read_entry(table, i);
+        if entry & flags::PRESENT == 0 {
+            return Err(UnmapError::NotMapped(va));
+        }
+        self.mem.write_entry(table, i, 0);
+        Ok(entry & flags::ADDR_MASK)
+    }
+
+    /// Free every table, calling `leaf(va, pa, size)` for each mapping first.
+    /// The hierarchy (root included) is gone afterwards.
+    pub fn teardown(mut self, mut leaf: impl FnMut(u64, u64, u64)) -> M {
+        let root = self.root;
+        self.teardown_table(root, 4, 0, &mut leaf);
+        self.mem
+    }
+
+    fn teardown_table(&mut self, table: u64, level: u8, va_base: u64, leaf: &mut impl FnMut(u64, u64, u64)) {
+        let span = 1u64 << (12 + 9 * (level as u32 - 1));
+        for i in 0..512 {
+            let entry = self.mem.read_entry(table, i);
+            if entry & flags::PRESENT == 0 {
+                continue;
+            }
+            // Sign-extend bit 47 for canonical high-half addresses.
+            let raw = va_base + i as u64 * span;
+            let va = if level == 4 && i >= 256 { raw | 0xFFFF_0000_0000_0000 } else { raw };
+            if level == 1 || entry & flags::HUGE != 0 {
+                leaf(va, entry & flags::ADDR_MASK & !(span - 1), span);
+            } else {
+                self.teardown_table(entry & flags::ADDR_MASK, level - 1, va, leaf);
+            }
+        }
+        self.mem.free_table(table);
+    }
+
     /// Identity-map `range` except the bytes in `holes`, which stay unmapped.
     /// Boundaries must be 4 KiB aligned.
     pub fn identity_map_except(
@@ -303,6 +364,36 @@ mod tests {
         fn write_entry(&mut self, table: u64, index: usize, value: u64) {
             self.tables.get_mut(&table).expect("table exists")[index] = value;
         }
+        fn free_table(&mut self, table: u64) {
+            assert!(self.tables.remove(&table).is_some(), "double free of {table:#x}");
+        }
+    }
+
+    #[test]
+    fn unmap_and_teardown_return_everything() {
+        let mut pt = PageTables::new(MapMemory::default()).unwrap();
+        pt.map(0x10_0000, 0x7_0000_0000, 0x4000, flags::NPT_RWX, MaxPage::Size4K).unwrap();
+        pt.map(0x4000_0000, 0x8000_0000, SIZE_2M, flags::NPT_RWX, MaxPage::Size2M).unwrap();
+        pt.map(0xFFFF_FFFF_8000_0000, 0x1000, 0x1000, flags::KERNEL_RW, MaxPage::Size4K).unwrap();
+        assert_eq!(pt.unmap_4k(0x10_1000), Ok(0x7_0000_1000));
+        assert_eq!(pt.unmap_4k(0x10_1000), Err(UnmapError::NotMapped(0x10_1000)));
+        assert_eq!(pt.unmap_4k(0x4000_1000), Err(UnmapError::LargePage(0x4000_1000)));
+        assert!(pt.translate(0x10_1000).is_err());
+        assert_eq!(pt.translate(0x10_2000).unwrap().phys, 0x7_0000_2000);
+        let mut leaves = Vec::new();
+        let mem = pt.teardown(|va, pa, size| leaves.push((va, pa, size)));
+        assert!(mem.tables.is_empty(), "every table freed");
+        leaves.sort();
+        assert_eq!(
+            leaves,
+            vec![
+                (0x10_0000, 0x7_0000_0000, SIZE_4K),
+                (0x10_2000, 0x7_0000_2000, SIZE_4K),
+                (0x10_3000, 0x7_0000_3000, SIZE_4K),
+                (0x4000_0000, 0x8000_0000, SIZE_2M),
+                (0xFFFF_FFFF_8000_0000, 0x1000, SIZE_4K),
+            ]
+        );
     }
 
     #[test]

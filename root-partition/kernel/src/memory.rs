@@ -84,6 +84,9 @@ impl TableMemory for RootTableMemory {
         // SAFETY: as for `read_entry`; the tables are only changed under `TABLES`.
         unsafe { ((table + index as u64 * 8) as *mut u64).write_volatile(value) };
     }
+    fn free_table(&mut self, table: u64) {
+        free_frames(table, 1);
+    }
 }
 
 /// Build the root's own identity page tables for `[0, top)` and switch to them.

@@ -1,0 +1,7 @@
+//! Device models for child partitions, emulated by the root's partition
+//! workers from I/O-port intercepts (DESIGN.md §4: device emulation lives in
+//! the root, hv-core stays thin). Pure logic, tested on the host.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod uart16550;
