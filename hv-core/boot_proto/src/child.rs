@@ -88,7 +88,15 @@ mod tests {
 
     #[test]
     fn layout_does_not_overlap_the_image() {
-        let low = [BOOT_INFO_GPA, PML4_GPA, PDPT_GPA, PD_GPA, PD_GPA + 0x3000, GDT_GPA, HYPERCALL_PAGE_GPA];
+        let low = [
+            BOOT_INFO_GPA,
+            PML4_GPA,
+            PDPT_GPA,
+            PD_GPA,
+            PD_GPA + 0x3000,
+            GDT_GPA,
+            HYPERCALL_PAGE_GPA,
+        ];
         assert!(low.iter().all(|&p| p + 0x1000 <= IMAGE_BASE && p % 0x1000 == 0));
         assert!(HYPERCALL_OUTPUT_GPA + 0x1000 <= IMAGE_BASE);
         let name: [u8; 16] = pad("alpha");

@@ -277,7 +277,11 @@ const _: () = assert!(size_of::<HvOutputGetPartitionId>() == 8);
 /// fit in the rest of the page holding `gpa` (rep lists may not cross a page).
 pub const fn reps_fitting(gpa: u64, header_size: u64, element_size: u64) -> u64 {
     let room = 4096 - (gpa & 0xFFF);
-    if room < header_size || element_size == 0 { 0 } else { (room - header_size) / element_size }
+    if room < header_size || element_size == 0 {
+        0
+    } else {
+        (room - header_size) / element_size
+    }
 }
 
 /// Hypercall input and output GPAs must be 8-byte aligned (TLFS).

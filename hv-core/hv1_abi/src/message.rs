@@ -176,7 +176,13 @@ impl Message {
 
     fn new_zeroed_message() -> Self {
         Self {
-            header: MessageHeader { message_type: 0, payload_size: 0, message_flags: 0, reserved: [0; 2], sender: 0 },
+            header: MessageHeader {
+                message_type: 0,
+                payload_size: 0,
+                message_flags: 0,
+                reserved: [0; 2],
+                sender: 0,
+            },
             payload: [0; 240],
         }
     }

@@ -46,7 +46,8 @@ pub mod creation_flags {
     /// X2APIC_CAPABLE.
     pub const X2APIC_CAPABLE: u64 = 1 << 22;
     /// All of the above.
-    pub const SUPPORTED: u64 = GPA_SUPER_PAGES | EXO_PARTITION | LAPIC_ENABLED | INTERCEPT_MESSAGE_PAGE | X2APIC_CAPABLE;
+    pub const SUPPORTED: u64 =
+        GPA_SUPER_PAGES | EXO_PARTITION | LAPIC_ENABLED | INTERCEPT_MESSAGE_PAGE | X2APIC_CAPABLE;
 }
 
 /// A bare partition id (Initialize/Finalize/Delete, fast or slow).
@@ -373,7 +374,10 @@ mod tests {
         assert_eq!(SegmentRegister::attributes_from_svm(0xA9B), 0xA09B);
         assert_eq!(SegmentRegister::attributes_to_svm(0xA09B), 0xA9B);
         for svm in 0..0x1000u16 {
-            assert_eq!(SegmentRegister::attributes_to_svm(SegmentRegister::attributes_from_svm(svm)), svm);
+            assert_eq!(
+                SegmentRegister::attributes_to_svm(SegmentRegister::attributes_from_svm(svm)),
+                svm
+            );
         }
     }
 

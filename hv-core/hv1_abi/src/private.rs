@@ -11,6 +11,10 @@ pub const RANGE: core::ops::RangeInclusive<u16> = 0xC000..=0xC0FF;
 /// HvPrivGetCoreStats (root only): writes a [`CoreStats`] to the output GPA.
 pub const GET_CORE_STATS: HvCallCode = HvCallCode(0xC001);
 
+/// HvPrivGetPartitionStats (root only): input a partition id (8 bytes),
+/// output a [`PartitionStats`].
+pub const GET_PARTITION_STATS: HvCallCode = HvCallCode(0xC002);
+
 /// Exit-reason buckets counted by hv-core, in [`CoreStats::exits`] order.
 pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] = [
     "cpuid",
@@ -69,5 +73,32 @@ pub struct CoreStats {
     pub injected_exceptions: u64,
     /// Hypercalls that returned a status other than success.
     pub failed_hypercalls: u64,
+    /// Child partitions that exist.
+    pub partitions: u64,
+    /// Root pages currently lent to children.
+    pub lent_pages: u64,
 }
-const _: () = assert!(size_of::<CoreStats>() == 4 * 8 + 8 * EXIT_REASON_COUNT + 16);
+const _: () = assert!(size_of::<CoreStats>() == 4 * 8 + 8 * EXIT_REASON_COUNT + 32);
+
+/// Output of [`GET_PARTITION_STATS`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct PartitionStats {
+    /// 0 created, 1 initialized, 2 finalized.
+    pub state: u32,
+    /// VPs.
+    pub vp_count: u32,
+    /// Root pages mapped into it.
+    pub mapped_pages: u64,
+    /// All exits.
+    pub total_exits: u64,
+    /// Exits by reason ([`EXIT_REASONS`]).
+    pub exits: [u64; EXIT_REASON_COUNT],
+    /// Exceptions hv-core injected into it.
+    pub injected_exceptions: u64,
+    /// Its hypercalls that did not succeed.
+    pub failed_hypercalls: u64,
+    /// Its GUEST_OS_ID.
+    pub guest_os_id: u64,
+}
+const _: () = assert!(size_of::<PartitionStats>() == 8 * 6 + 8 * EXIT_REASON_COUNT);

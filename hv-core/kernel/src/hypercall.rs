@@ -1,13 +1,19 @@
 //! Hypercall dispatch (TLFS "Hypercall Interface"): decode the control word,
-//! check privileges and every GPA, then run the call.
+//! check the caller's privileges and every GPA, then run the call. The root's
+//! partition-management calls live here; children get their own small set.
 
-use crate::exits::Partition;
-use crate::memory::GpaError;
-use hv1_abi::cpuid::PartitionPrivileges;
-use hv1_abi::hypercall::{HYPERCALL_PARAM_ALIGN, HvOutputGetPartitionId};
-use hv1_abi::private::{self, CoreStats};
+use crate::child::Child;
+use crate::hv::Hv;
+use crate::memory::{GpaError, GuestMemory};
+use hv1_abi::hypercall::{HYPERCALL_PARAM_ALIGN, HvOutputGetPartitionId, reps_fitting};
+use hv1_abi::partition::{
+    self as abi, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
+    MapVpStatePageInput, MapVpStatePageOutput, PartitionIdInput, PartitionPropertyInput, RegisterAssoc,
+    RegisterName, VpRegistersHeader, creation_flags, property,
+};
+use hv1_abi::private::{self, CoreStats, PartitionStats};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 impl From<GpaError> for HvStatus {
     fn from(e: GpaError) -> Self {
@@ -18,45 +24,428 @@ impl From<GpaError> for HvStatus {
     }
 }
 
-/// Run the hypercall `control` with slow-call GPAs `input` and `output`.
-pub fn dispatch(p: &mut Partition, control: u64, input: u64, output: u64) -> HypercallResult {
+type CallResult = Result<(), HvStatus>;
+
+/// Calls only the root (CpuManagement) may make.
+fn root_only(code: HvCallCode) -> bool {
+    matches!(
+        code,
+        HvCallCode::CREATE_PARTITION
+            | HvCallCode::INITIALIZE_PARTITION
+            | HvCallCode::FINALIZE_PARTITION
+            | HvCallCode::DELETE_PARTITION
+            | HvCallCode::GET_PARTITION_PROPERTY
+            | HvCallCode::SET_PARTITION_PROPERTY
+            | HvCallCode::MAP_GPA_PAGES
+            | HvCallCode::UNMAP_GPA_PAGES
+            | HvCallCode::CREATE_VP
+            | HvCallCode::DELETE_VP
+            | HvCallCode::GET_VP_REGISTERS
+            | HvCallCode::SET_VP_REGISTERS
+            | HvCallCode::DISPATCH_VP
+            | HvCallCode::MAP_VP_STATE_PAGE
+            | HvCallCode::UNMAP_VP_STATE_PAGE
+            | private::GET_CORE_STATS
+            | private::GET_PARTITION_STATS
+    )
+}
+
+fn read_input<T: FromBytes + KnownLayout + Immutable>(
+    mem: &dyn GuestMemory,
+    gpa: u64,
+) -> Result<T, HvStatus> {
+    let mut buf = [0u8; 64];
+    let n = size_of::<T>();
+    mem.read(gpa, &mut buf[..n], HYPERCALL_PARAM_ALIGN)?;
+    T::read_from_bytes(&buf[..n]).map_err(|_| HvStatus::INVALID_PARAMETER)
+}
+
+fn write_output(mem: &dyn GuestMemory, gpa: u64, bytes: &[u8]) -> CallResult {
+    mem.write(gpa, bytes, HYPERCALL_PARAM_ALIGN)
+        .map_err(HvStatus::from)
+}
+
+/// A simple (non-rep) call: no reps, no variable header.
+fn simple(control: &HypercallControl) -> CallResult {
+    if control.rep_count != 0 || control.variable_header_qwords != 0 {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    Ok(())
+}
+
+/// A slow simple call.
+fn slow(control: &HypercallControl) -> CallResult {
+    simple(control)?;
+    if control.fast {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    Ok(())
+}
+
+/// Run reps `rep_start..rep_count` of a rep call whose lists allow at most
+/// `fit` elements in their page; stop at the first failure.
+fn reps(control: &HypercallControl, fit: u64, mut each: impl FnMut(u64) -> CallResult) -> HypercallResult {
+    if control.fast || control.variable_header_qwords != 0 || control.rep_count == 0 {
+        return HypercallResult::status(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    if control.rep_count as u64 > fit {
+        // The list would run past the end of its page.
+        return HypercallResult::status(HvStatus::INVALID_PARAMETER);
+    }
+    for i in control.rep_start..control.rep_count {
+        if let Err(status) = each(i as u64) {
+            return HypercallResult {
+                status,
+                reps_completed: i,
+            };
+        }
+    }
+    HypercallResult {
+        status: HvStatus::SUCCESS,
+        reps_completed: control.rep_count,
+    }
+}
+
+/// A call made by a child partition.
+pub fn child_call(id: u64, control: u64, _input: u64, output: u64, mem: &dyn GuestMemory) -> HypercallResult {
     let control = match HypercallControl::decode(control) {
         Ok(c) => c,
         Err(e) => return HypercallResult::status(e.status()),
     };
-    let status = match control.code {
-        HvCallCode::GET_PARTITION_ID => {
-            let out = HvOutputGetPartitionId { partition_id: p.id };
-            simple_output(p, &control, output, out.as_bytes())
-        }
-        private::GET_CORE_STATS if !p.privileges.contains(PartitionPrivileges::CPU_MANAGEMENT) => {
-            HvStatus::ACCESS_DENIED
-        }
-        private::GET_CORE_STATS => {
-            let stats = CoreStats {
-                region_base: p.hv_region.start,
-                region_size: p.hv_region.end - p.hv_region.start,
-                region_used: p.alloc.used(),
-                total_exits: p.stats.total,
-                exits: p.stats.by_reason,
-                injected_exceptions: p.stats.injected,
-                failed_hypercalls: p.stats.failed_hypercalls,
-            };
-            simple_output(p, &control, output, stats.as_bytes())
-        }
-        _ => HvStatus::INVALID_HYPERCALL_CODE,
+    let result = match control.code {
+        HvCallCode::GET_PARTITION_ID => slow(&control).and_then(|()| {
+            write_output(
+                mem,
+                output,
+                HvOutputGetPartitionId { partition_id: id }.as_bytes(),
+            )
+        }),
+        code if root_only(code) => Err(HvStatus::ACCESS_DENIED),
+        _ => Err(HvStatus::INVALID_HYPERCALL_CODE),
     };
-    let _ = input; // no call implemented so far takes input
-    HypercallResult::status(status)
+    HypercallResult::status(result.err().unwrap_or(HvStatus::SUCCESS))
 }
 
-/// A simple (non-rep, slow) call whose whole output is `bytes`.
-fn simple_output(p: &Partition, control: &HypercallControl, output: u64, bytes: &[u8]) -> HvStatus {
-    if control.rep_count != 0 || control.fast || control.variable_header_qwords != 0 {
-        return HvStatus::INVALID_HYPERCALL_INPUT;
+/// A call made by the root partition.
+pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> HypercallResult {
+    let control = match HypercallControl::decode(control) {
+        Ok(c) => c,
+        Err(e) => return HypercallResult::status(e.status()),
+    };
+    let code = control.code;
+    match code {
+        HvCallCode::MAP_GPA_PAGES => return map_gpa_pages(hv, &control, input),
+        HvCallCode::UNMAP_GPA_PAGES => return unmap_gpa_pages(hv, &control, input),
+        HvCallCode::GET_VP_REGISTERS => return get_vp_registers(hv, &control, input, output),
+        HvCallCode::SET_VP_REGISTERS => return set_vp_registers(hv, &control, input),
+        _ => {}
     }
-    match p.ram.write(output, bytes, HYPERCALL_PARAM_ALIGN) {
-        Ok(()) => HvStatus::SUCCESS,
-        Err(e) => e.into(),
+    let result = match code {
+        HvCallCode::GET_PARTITION_ID => slow(&control).and_then(|()| {
+            let out = HvOutputGetPartitionId {
+                partition_id: hv1_abi::ROOT_PARTITION_ID,
+            };
+            write_output(&hv.root_ram, output, out.as_bytes())
+        }),
+        HvCallCode::CREATE_PARTITION => slow(&control).and_then(|()| create_partition(hv, input, output)),
+        HvCallCode::INITIALIZE_PARTITION | HvCallCode::FINALIZE_PARTITION | HvCallCode::DELETE_PARTITION => {
+            simple(&control).and_then(|()| {
+                let id = if control.fast {
+                    input
+                } else {
+                    read_input::<PartitionIdInput>(&hv.root_ram, input)?.partition_id
+                };
+                partition_lifecycle(hv, code, id)
+            })
+        }
+        HvCallCode::GET_PARTITION_PROPERTY => slow(&control).and_then(|()| {
+            let p: PartitionPropertyInput = {
+                let mut buf = [0u8; 16];
+                hv.root_ram.read(input, &mut buf, HYPERCALL_PARAM_ALIGN)?;
+                let mut full = [0u8; 24];
+                full[..16].copy_from_slice(&buf);
+                PartitionPropertyInput::read_from_bytes(&full).map_err(|_| HvStatus::INVALID_PARAMETER)?
+            };
+            let value = get_property(hv, p.partition_id, p.property_code)?;
+            write_output(&hv.root_ram, output, &value.to_le_bytes())
+        }),
+        HvCallCode::SET_PARTITION_PROPERTY => slow(&control).and_then(|()| {
+            let p: PartitionPropertyInput = read_input(&hv.root_ram, input)?;
+            set_property(hv, p.partition_id, p.property_code, p.property_value)
+        }),
+        HvCallCode::CREATE_VP => slow(&control).and_then(|()| {
+            let p: CreateVpInput = read_input(&hv.root_ram, input)?;
+            if p.flags != 0 {
+                return Err(HvStatus::INVALID_PARAMETER);
+            }
+            let maps = hv.maps;
+            let child = child_mut(hv, p.partition_id)?;
+            // Children share ASID 2 and flush on every entry (QEMU flushes anyway).
+            child.create_vp(p.vp_index, 2, &maps)
+        }),
+        HvCallCode::DELETE_VP => simple(&control).and_then(|()| {
+            let (id, vp) = if control.fast {
+                (input, output as u32)
+            } else {
+                let mut buf = [0u8; 16];
+                hv.root_ram.read(input, &mut buf, HYPERCALL_PARAM_ALIGN)?;
+                (
+                    u64::from_le_bytes(buf[..8].try_into().expect("8")),
+                    u32::from_le_bytes(buf[8..12].try_into().expect("4")),
+                )
+            };
+            child_mut(hv, id)?.delete_vp(vp)
+        }),
+        HvCallCode::MAP_VP_STATE_PAGE => slow(&control).and_then(|()| {
+            let p: MapVpStatePageInput = read_input(&hv.root_ram, input)?;
+            if p.page_type != abi::VP_STATE_PAGE_INTERCEPT_MESSAGE || p.input_vtl != 0 {
+                return Err(HvStatus::INVALID_PARAMETER);
+            }
+            // hv-core lends none of its own pages: the root provides the page.
+            if p.flags & 1 == 0 || p.flags & !1 != 0 {
+                return Err(HvStatus::INVALID_PARAMETER);
+            }
+            let page = p
+                .requested_map_location
+                .checked_mul(4096)
+                .ok_or(HvStatus::INVALID_PARAMETER)?;
+            hv.root_ram.check(page, 4096, 4096)?;
+            child_mut(hv, p.partition_id)?.set_message_page(p.vp_index, Some(page))?;
+            write_output(
+                &hv.root_ram,
+                output,
+                MapVpStatePageOutput {
+                    map_location: page >> 12,
+                }
+                .as_bytes(),
+            )
+        }),
+        HvCallCode::UNMAP_VP_STATE_PAGE => slow(&control).and_then(|()| {
+            let mut buf = [0u8; 16];
+            hv.root_ram.read(input, &mut buf, HYPERCALL_PARAM_ALIGN)?;
+            let id = u64::from_le_bytes(buf[..8].try_into().expect("8"));
+            let vp = u32::from_le_bytes(buf[8..12].try_into().expect("4"));
+            child_mut(hv, id)?.set_message_page(vp, None)
+        }),
+        HvCallCode::DISPATCH_VP => slow(&control).and_then(|()| {
+            let p: DispatchVpInput = read_input(&hv.root_ram, input)?;
+            // Check the output before running anything.
+            hv.root_ram.check(
+                output,
+                size_of::<DispatchVpOutput>() as u64,
+                HYPERCALL_PARAM_ALIGN,
+            )?;
+            let host_save = hv.host_save;
+            let child = hv
+                .children
+                .get_mut(p.partition_id)
+                .ok_or(HvStatus::INVALID_PARTITION_ID)?;
+            let (state, event) =
+                child.dispatch(p.partition_id, p.vp_index, p.flags, &hv.root_ram, host_save)?;
+            let out = DispatchVpOutput {
+                dispatch_state: state,
+                dispatch_event: event,
+            };
+            write_output(&hv.root_ram, output, out.as_bytes())
+        }),
+        private::GET_CORE_STATS => slow(&control).and_then(|()| {
+            let s = &hv.root_stats;
+            let stats = CoreStats {
+                region_base: hv.hv_region.start,
+                region_size: hv.hv_region.end - hv.hv_region.start,
+                region_used: crate::memory::region_used(),
+                total_exits: s.total,
+                exits: s.by_reason,
+                injected_exceptions: s.injected,
+                failed_hypercalls: s.failed_hypercalls,
+                partitions: hv.children.len() as u64,
+                lent_pages: crate::memory::lent_pages(),
+            };
+            write_output(&hv.root_ram, output, stats.as_bytes())
+        }),
+        private::GET_PARTITION_STATS => slow(&control).and_then(|()| {
+            let id: PartitionIdInput = read_input(&hv.root_ram, input)?;
+            let child = hv
+                .children
+                .get(id.partition_id)
+                .ok_or(HvStatus::INVALID_PARTITION_ID)?;
+            let s = &child.stats;
+            let stats = PartitionStats {
+                state: match child.state {
+                    partitions::PartitionState::Created => 0,
+                    partitions::PartitionState::Initialized => 1,
+                    partitions::PartitionState::Finalized => 2,
+                },
+                vp_count: child.vp_count(),
+                mapped_pages: child.mapped_pages,
+                total_exits: s.total,
+                exits: s.by_reason,
+                injected_exceptions: s.injected,
+                failed_hypercalls: s.failed_hypercalls,
+                guest_os_id: child.msrs.guest_os_id,
+            };
+            write_output(&hv.root_ram, output, stats.as_bytes())
+        }),
+        _ => Err(HvStatus::INVALID_HYPERCALL_CODE),
+    };
+    HypercallResult::status(result.err().unwrap_or(HvStatus::SUCCESS))
+}
+
+fn child_mut(hv: &mut Hv, id: u64) -> Result<&mut Child, HvStatus> {
+    hv.children.get_mut(id).ok_or(HvStatus::INVALID_PARTITION_ID)
+}
+
+fn create_partition(hv: &mut Hv, input: u64, output: u64) -> CallResult {
+    let p: CreatePartitionInput = read_input(&hv.root_ram, input)?;
+    hv.root_ram.check(output, 8, HYPERCALL_PARAM_ALIGN)?;
+    if p.flags & !creation_flags::SUPPORTED != 0 || p.isolation_properties & 0x1F != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
     }
+    let id = hv
+        .children
+        .insert(Child::new(p.flags))
+        .map_err(|_| HvStatus::INSUFFICIENT_MEMORY)?;
+    hvlog!("partition {id} created (flags {:#x})", p.flags);
+    write_output(&hv.root_ram, output, &id.to_le_bytes())
+}
+
+fn partition_lifecycle(hv: &mut Hv, code: HvCallCode, id: u64) -> CallResult {
+    let child = child_mut(hv, id)?;
+    match code {
+        HvCallCode::INITIALIZE_PARTITION => child.initialize(),
+        HvCallCode::FINALIZE_PARTITION => {
+            child.finalize()?;
+            hvlog!("partition {id} finalized: memory and VPs returned");
+            Ok(())
+        }
+        _ => {
+            child.state.check_delete().map_err(|e| e.status())?;
+            let mut child = hv.children.remove(id).ok_or(HvStatus::INVALID_PARTITION_ID)?;
+            child.release();
+            hvlog!("partition {id} deleted");
+            Ok(())
+        }
+    }
+}
+
+fn get_property(hv: &mut Hv, id: u64, code: u32) -> Result<u64, HvStatus> {
+    let child = child_mut(hv, id)?;
+    Ok(match code {
+        property::PRIVILEGE_FLAGS => Child::PRIVILEGES.bits(),
+        property::SUSPEND => child.suspended as u64,
+        property::UNIMPLEMENTED_MSR_ACTION => child.ignore_unknown_msrs as u64,
+        property::GUEST_OS_ID => child.msrs.guest_os_id,
+        _ => return Err(HvStatus::UNKNOWN_PROPERTY),
+    })
+}
+
+fn set_property(hv: &mut Hv, id: u64, code: u32, value: u64) -> CallResult {
+    let child = child_mut(hv, id)?;
+    match code {
+        property::SUSPEND => {
+            if value > 1 {
+                return Err(HvStatus::PROPERTY_VALUE_OUT_OF_RANGE);
+            }
+            child.suspended = value == 1;
+        }
+        property::UNIMPLEMENTED_MSR_ACTION => {
+            child.state.check_set_property().map_err(|e| e.status())?;
+            if value > 1 {
+                return Err(HvStatus::PROPERTY_VALUE_OUT_OF_RANGE);
+            }
+            child.ignore_unknown_msrs = value == 1;
+        }
+        property::PRIVILEGE_FLAGS | property::GUEST_OS_ID => return Err(HvStatus::ACCESS_DENIED),
+        _ => return Err(HvStatus::UNKNOWN_PROPERTY),
+    }
+    Ok(())
+}
+
+fn map_gpa_pages(hv: &mut Hv, control: &HypercallControl, input: u64) -> HypercallResult {
+    let header: MapGpaPagesHeader = match read_input(&hv.root_ram, input) {
+        Ok(h) => h,
+        Err(s) => return HypercallResult::status(s),
+    };
+    let fit = reps_fitting(input, size_of::<MapGpaPagesHeader>() as u64, 8);
+    let Hv {
+        root_ram, children, ..
+    } = hv;
+    let Some(child) = children.get_mut(header.target_partition_id) else {
+        return HypercallResult::status(HvStatus::INVALID_PARTITION_ID);
+    };
+    reps(control, fit, |i| {
+        let pfn = root_ram
+            .read_u64(input + 24 + 8 * i)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        let gfn = header
+            .target_gpa_base
+            .checked_add(i)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        child.map_page(gfn, pfn, header.map_flags, root_ram)
+    })
+}
+
+fn unmap_gpa_pages(hv: &mut Hv, control: &HypercallControl, input: u64) -> HypercallResult {
+    let header: MapGpaPagesHeader = match read_input(&hv.root_ram, input) {
+        Ok(h) => h,
+        Err(s) => return HypercallResult::status(s),
+    };
+    if header.map_flags != 0 {
+        return HypercallResult::status(HvStatus::INVALID_PARAMETER);
+    }
+    let Some(child) = hv.children.get_mut(header.target_partition_id) else {
+        return HypercallResult::status(HvStatus::INVALID_PARTITION_ID);
+    };
+    // No element list: the reps are pages.
+    reps(control, u64::MAX, |i| {
+        let gfn = header
+            .target_gpa_base
+            .checked_add(i)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        child.unmap_page(gfn)
+    })
+}
+
+fn get_vp_registers(hv: &mut Hv, control: &HypercallControl, input: u64, output: u64) -> HypercallResult {
+    let header: VpRegistersHeader = match read_input(&hv.root_ram, input) {
+        Ok(h) => h,
+        Err(s) => return HypercallResult::status(s),
+    };
+    if header.input_vtl != 0 {
+        return HypercallResult::status(HvStatus::INVALID_PARAMETER);
+    }
+    let fit = reps_fitting(input, 16, 4).min(reps_fitting(output, 0, 16));
+    let Hv {
+        root_ram, children, ..
+    } = hv;
+    let Some(child) = children.get_mut(header.partition_id) else {
+        return HypercallResult::status(HvStatus::INVALID_PARTITION_ID);
+    };
+    reps(control, fit, |i| {
+        let mut name = [0u8; 4];
+        root_ram.read(input + 16 + 4 * i, &mut name, 4)?;
+        let value = child.get_register(header.vp_index, RegisterName(u32::from_le_bytes(name)))?;
+        write_output(root_ram, output + 16 * i, value.as_bytes())
+    })
+}
+
+fn set_vp_registers(hv: &mut Hv, control: &HypercallControl, input: u64) -> HypercallResult {
+    let header: VpRegistersHeader = match read_input(&hv.root_ram, input) {
+        Ok(h) => h,
+        Err(s) => return HypercallResult::status(s),
+    };
+    if header.input_vtl != 0 {
+        return HypercallResult::status(HvStatus::INVALID_PARAMETER);
+    }
+    let fit = reps_fitting(input, 16, 32);
+    let Hv {
+        root_ram, children, ..
+    } = hv;
+    let Some(child) = children.get_mut(header.partition_id) else {
+        return HypercallResult::status(HvStatus::INVALID_PARTITION_ID);
+    };
+    reps(control, fit, |i| {
+        let assoc: RegisterAssoc = read_input(root_ram, input + 16 + 32 * i)?;
+        child.set_register(header.vp_index, RegisterName(assoc.name), assoc.value)
+    })
 }

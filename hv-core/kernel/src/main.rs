@@ -17,15 +17,19 @@
 #[macro_use]
 mod log;
 #[cfg(target_os = "none")]
+mod child;
+#[cfg(target_os = "none")]
 mod entry;
 #[cfg(target_os = "none")]
-mod exits;
+mod hv;
 #[cfg(target_os = "none")]
 mod hypercall;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
 mod root;
+#[cfg(target_os = "none")]
+mod vcpu;
 #[cfg(target_os = "none")]
 mod vmrun;
 

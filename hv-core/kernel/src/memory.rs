@@ -1,69 +1,117 @@
-//! hv-core's memory: a bump allocator over its own region (everything after
-//! the loaded image), its own page tables, and access to guest-physical memory.
+//! hv-core's memory: a page allocator over its own region (everything after
+//! the loaded image), its own page tables, the record of which root pages are
+//! lent to children, and checked access to guest memory.
 //!
 //! hv-core identity-maps all physical memory (so a physical address is a
 //! pointer) and maps its image at its link address. Guest memory is only ever
-//! touched through [`GuestRam`], which checks every address first.
+//! touched through [`GuestMemory`], which checks every address first.
 
 use boot_proto::handoff::Handoff;
 use core::ops::Range;
+use partitions::PageBitmap;
 use phys_mem::{PAGE_SIZE, RangeSet};
+use spin::Mutex;
 use x86_paging::{MaxPage, PageTables, TableMemory, flags};
 
-/// Bump allocator over hv-core's region. Nothing is ever freed yet: the root's
-/// structures live as long as the machine.
-pub struct RegionAllocator {
-    next: u64,
-    end: u64,
-    base: u64,
-}
+/// hv-core's region pages (VMCBs, page tables, bitmaps). Freed pages return.
+static REGION: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
 
-impl RegionAllocator {
-    /// Allocate from `region` after the first `used` bytes.
-    pub fn new(region: Range<u64>, used: u64) -> Self {
-        Self {
-            next: region.start + used.next_multiple_of(PAGE_SIZE),
-            end: region.end,
-            base: region.start,
-        }
-    }
+/// Root RAM pages currently mapped into some child: a page is lent to at most
+/// one partition at a time.
+static LENT: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
 
-    /// `count` zeroed pages.
-    pub fn alloc_pages(&mut self, count: u64) -> Option<u64> {
-        let phys = self.next;
-        let end = phys.checked_add(count * PAGE_SIZE)?;
-        if end > self.end {
-            return None;
-        }
-        self.next = end;
-        // SAFETY: the pages are inside hv-core's own region, identity-mapped,
-        // and handed out once.
-        unsafe { core::ptr::write_bytes(phys as *mut u8, 0, (count * PAGE_SIZE) as usize) };
-        Some(phys)
-    }
-
-    /// Bytes of the region in use (image included).
-    pub fn used(&self) -> u64 {
-        self.next - self.base
+/// Carve a zeroed, `'static` slice of `words` u64s from `*next` (bootstrap,
+/// before the region allocator exists).
+fn bootstrap_words(next: &mut u64, words: usize) -> &'static mut [u64] {
+    let at = *next;
+    let bytes = (words * 8) as u64;
+    *next = (at + bytes).next_multiple_of(PAGE_SIZE);
+    // SAFETY: `at..at+bytes` lies in hv-core's region right after the image
+    // (the caller checked the region is large enough); it is handed out once
+    // and lives as long as hv-core.
+    unsafe {
+        core::ptr::write_bytes(at as *mut u64, 0, words);
+        core::slice::from_raw_parts_mut(at as *mut u64, words)
     }
 }
 
-/// Page-table memory from the region allocator.
-pub struct HvTableMemory<'a>(pub &'a mut RegionAllocator);
+/// Set up the region allocator over `region` (the first `image` bytes are
+/// the loaded image) and the lent-page record over RAM below `ram_top`.
+pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
+    let mut next = region.start + image.next_multiple_of(PAGE_SIZE);
+    let region_pages = (region.end - region.start) / PAGE_SIZE;
+    let region_words = bootstrap_words(&mut next, PageBitmap::words_for(region_pages));
+    let ram_pages = ram_top.div_ceil(PAGE_SIZE);
+    let lent_words = bootstrap_words(&mut next, PageBitmap::words_for(ram_pages));
+    let mut bitmap = PageBitmap::new(region.start, region_pages, region_words).expect("region bitmap fits");
+    // The image and the two bitmaps are in use for good.
+    let mut page = region.start;
+    while page < next {
+        bitmap.set(page).expect("fresh bitmap");
+        page += PAGE_SIZE;
+    }
+    *REGION.lock() = Some(bitmap);
+    *LENT.lock() = Some(PageBitmap::new(0, ram_pages, lent_words).expect("lent bitmap fits"));
+}
 
-impl TableMemory for HvTableMemory<'_> {
+/// `count` contiguous zeroed pages of hv-core's region.
+pub fn alloc_pages(count: u64) -> Option<u64> {
+    let phys = REGION.lock().as_mut()?.alloc(count).ok()?;
+    // SAFETY: the pages were just allocated from hv-core's own region.
+    unsafe { core::ptr::write_bytes(phys as *mut u8, 0, (count * PAGE_SIZE) as usize) };
+    Some(phys)
+}
+
+/// Give back pages from [`alloc_pages`].
+pub fn free_pages(phys: u64, count: u64) {
+    let result = REGION.lock().as_mut().map(|b| b.free(phys, count));
+    if !matches!(result, Some(Ok(()))) {
+        panic!("hv-core freed pages it does not own: {phys:#x} x{count}: {result:?}");
+    }
+}
+
+/// Bytes of the region in use (image included).
+pub fn region_used() -> u64 {
+    REGION.lock().as_ref().map_or(0, |b| b.set_pages() * PAGE_SIZE)
+}
+
+/// Record that root page `spa` is now lent to a child; false if it already is
+/// (or is outside RAM).
+pub fn lend(spa: u64) -> bool {
+    LENT.lock().as_mut().is_some_and(|b| b.set(spa).is_ok())
+}
+
+/// Record that `spa` is back with the root.
+pub fn unlend(spa: u64) {
+    if let Some(b) = LENT.lock().as_mut() {
+        let _ = b.clear(spa);
+    }
+}
+
+/// Root pages currently lent to children.
+pub fn lent_pages() -> u64 {
+    LENT.lock().as_ref().map_or(0, |b| b.set_pages())
+}
+
+/// Page-table memory from hv-core's region (host tables and every NPT).
+pub struct RegionTables;
+
+impl TableMemory for RegionTables {
     fn alloc_table(&mut self) -> Option<u64> {
-        self.0.alloc_pages(1)
+        alloc_pages(1)
     }
     fn read_entry(&self, table: u64, index: usize) -> u64 {
         assert!(index < 512);
-        // SAFETY: `table` is a table frame from hv-core's region, identity-mapped.
+        // SAFETY: `table` is a table page from hv-core's region, identity-mapped.
         unsafe { ((table + 8 * index as u64) as *const u64).read_volatile() }
     }
     fn write_entry(&mut self, table: u64, index: usize, value: u64) {
         assert!(index < 512);
-        // SAFETY: as for `read_entry`; only the single hv-core CPU builds tables.
+        // SAFETY: as for `read_entry`; only the single hv-core CPU edits tables.
         unsafe { ((table + 8 * index as u64) as *mut u64).write_volatile(value) };
+    }
+    fn free_table(&mut self, table: u64) {
+        free_pages(table, 1);
     }
 }
 
@@ -79,16 +127,27 @@ pub fn physical_top(handoff: &Handoff) -> u64 {
         .next_multiple_of(x86_paging::SIZE_1G)
 }
 
+/// End of RAM in the memory map.
+pub fn ram_top(handoff: &Handoff) -> u64 {
+    handoff
+        .ranges()
+        .iter()
+        .filter(|r| r.kind == boot_proto::pvh::MEMMAP_TYPE_RAM)
+        .map(|r| r.base.saturating_add(r.size))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Build hv-core's own address space: identity map of physical memory plus the
 /// image at its link address. Returns the PML4.
-pub fn build_host_tables(alloc: &mut RegionAllocator, handoff: &Handoff, gib_pages: bool) -> u64 {
+pub fn build_host_tables(handoff: &Handoff, gib_pages: bool) -> u64 {
     let max = if gib_pages {
         MaxPage::Size1G
     } else {
         MaxPage::Size2M
     };
     let top = physical_top(handoff);
-    let mut tables = PageTables::new(HvTableMemory(alloc)).expect("region has room for a PML4");
+    let mut tables = PageTables::new(RegionTables).expect("region has room for a PML4");
     tables
         .identity_map_except(0..top, &[], flags::KERNEL_RW, max)
         .expect("identity map fits the region");
@@ -106,13 +165,13 @@ pub fn build_host_tables(alloc: &mut RegionAllocator, handoff: &Handoff, gib_pag
 
 /// The root's nested page tables: identity over `[0, 512 GiB)` — all RAM and
 /// every MMIO window the root may use (passthrough) — except hv-core's region.
-pub fn build_root_npt(alloc: &mut RegionAllocator, region: Range<u64>, gib_pages: bool) -> u64 {
+pub fn build_root_npt(region: Range<u64>, gib_pages: bool) -> u64 {
     let max = if gib_pages {
         MaxPage::Size1G
     } else {
         MaxPage::Size2M
     };
-    let mut npt = PageTables::new(HvTableMemory(alloc)).expect("region has room for the NPT root");
+    let mut npt = PageTables::new(RegionTables).expect("region has room for the NPT root");
     npt.identity_map_except(0..ROOT_GPA_LIMIT, &[region], flags::NPT_RWX, max)
         .expect("the root's NPT fits the region");
     npt.root()
@@ -121,25 +180,74 @@ pub fn build_root_npt(alloc: &mut RegionAllocator, region: Range<u64>, gib_pages
 /// The root's guest-physical address space ends here.
 pub const ROOT_GPA_LIMIT: u64 = 512 << 30;
 
-/// Guest RAM hv-core may read and write on a partition's behalf (hypercall
-/// parameters, the hypercall page): RAM ranges of the memory map, minus
-/// hv-core's region. Everything a guest names is checked against it.
-pub struct GuestRam {
-    ram: RangeSet<{ boot_proto::handoff::MAX_RANGES + 4 }>,
-}
-
 /// A guest-supplied address that may not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpaError {
     /// Not aligned as required.
     Misaligned,
-    /// Not (entirely) guest RAM, or crosses a page where that is not allowed.
+    /// Not (entirely) the partition's RAM, or crosses a page.
     OutOfRange,
 }
 
-impl GuestRam {
-    /// The root's RAM from the firmware map, minus `hv_region`.
-    pub fn for_root(handoff: &Handoff, hv_region: Range<u64>) -> Self {
+/// A partition's guest-physical memory as hv-core may touch it.
+pub trait GuestMemory {
+    /// The system-physical address of guest page `gpa` (any offset kept), if
+    /// that page is the partition's RAM.
+    fn translate(&self, gpa: u64) -> Option<u64>;
+
+    /// Check `[gpa, gpa+len)`: aligned to `align`, within one page, RAM.
+    fn check(&self, gpa: u64, len: u64, align: u64) -> Result<u64, GpaError> {
+        if !gpa.is_multiple_of(align) {
+            return Err(GpaError::Misaligned);
+        }
+        let end = gpa.checked_add(len).ok_or(GpaError::OutOfRange)?;
+        if len == 0 || (gpa & !0xFFF) != ((end - 1) & !0xFFF) {
+            return Err(GpaError::OutOfRange);
+        }
+        self.translate(gpa).ok_or(GpaError::OutOfRange)
+    }
+
+    /// Copy `bytes` to guest memory at `gpa` (one page at most).
+    fn write(&self, gpa: u64, bytes: &[u8], align: u64) -> Result<(), GpaError> {
+        let at = self.check(gpa, bytes.len() as u64, align)?;
+        // SAFETY: `check` proved the range is the partition's RAM (never
+        // hv-core's region) within one page; the identity map covers it.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
+        Ok(())
+    }
+
+    /// Copy guest memory at `gpa` (one page at most) into `out`.
+    fn read(&self, gpa: u64, out: &mut [u8], align: u64) -> Result<(), GpaError> {
+        let at = self.check(gpa, out.len() as u64, align)?;
+        // SAFETY: as for `write`.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), out.len()) };
+        Ok(())
+    }
+
+    /// Read 8 aligned bytes (page walks).
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b, 8).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// Read one byte.
+    fn read_u8(&self, gpa: u64) -> Option<u8> {
+        let mut b = [0u8; 1];
+        self.read(gpa, &mut b, 1).ok()?;
+        Some(b[0])
+    }
+}
+
+/// The root's RAM: the memory map's RAM ranges minus hv-core's region
+/// (GPA == system-physical for the root).
+pub struct RootRam {
+    ram: RangeSet<{ boot_proto::handoff::MAX_RANGES + 4 }>,
+}
+
+impl RootRam {
+    /// From the firmware map.
+    pub fn new(handoff: &Handoff, hv_region: Range<u64>) -> Self {
         let mut ram = RangeSet::new();
         for r in handoff.ranges() {
             if r.kind == boot_proto::pvh::MEMMAP_TYPE_RAM && r.size != 0 {
@@ -149,39 +257,28 @@ impl GuestRam {
         let _ = ram.remove(hv_region);
         Self { ram }
     }
+}
 
-    /// Check `[gpa, gpa+len)`: aligned to `align`, RAM, and within one page.
-    pub fn check(&self, gpa: u64, len: u64, align: u64) -> Result<u64, GpaError> {
-        if !gpa.is_multiple_of(align) {
-            return Err(GpaError::Misaligned);
-        }
-        let end = gpa.checked_add(len).ok_or(GpaError::OutOfRange)?;
-        if len == 0 || (gpa & !0xFFF) != ((end - 1) & !0xFFF) || !self.ram.contains(gpa..end) {
-            return Err(GpaError::OutOfRange);
-        }
-        Ok(gpa)
+impl GuestMemory for RootRam {
+    fn translate(&self, gpa: u64) -> Option<u64> {
+        self.ram.contains(gpa..gpa.checked_add(1)?).then_some(gpa)
     }
+}
 
-    /// Copy `bytes` to guest memory at `gpa` (root: GPA == host physical).
-    pub fn write(&self, gpa: u64, bytes: &[u8], align: u64) -> Result<(), GpaError> {
-        let at = self.check(gpa, bytes.len() as u64, align)?;
-        // SAFETY: `check` proved the range is guest RAM outside hv-core's region
-        // within one page; hv-core's identity map covers it.
-        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
-        Ok(())
-    }
+/// A child's memory: whatever its NPT maps (only root RAM lent to it).
+pub struct ChildRam {
+    /// The child's NPT root.
+    pub npt_root: u64,
+}
 
-    /// Read 8 bytes of guest memory at `gpa` (for page walks), if it is RAM.
-    pub fn read_u64(&self, gpa: u64) -> Option<u64> {
-        let at = self.check(gpa, 8, 8).ok()?;
-        // SAFETY: as for `write`.
-        Some(unsafe { (at as *const u64).read_volatile() })
-    }
-
-    /// Read one byte of guest memory.
-    pub fn read_u8(&self, gpa: u64) -> Option<u8> {
-        let at = self.check(gpa, 1, 1).ok()?;
-        // SAFETY: as for `write`.
-        Some(unsafe { (at as *const u8).read_volatile() })
+impl GuestMemory for ChildRam {
+    fn translate(&self, gpa: u64) -> Option<u64> {
+        let t = x86_paging::walk(
+            |phys| Some(RegionTables.read_entry(phys & !0xFFF, ((phys & 0xFFF) / 8) as usize)),
+            self.npt_root,
+            gpa,
+        )
+        .ok()?;
+        Some(t.phys)
     }
 }

@@ -2,14 +2,17 @@
 //! CPU state, take over the machine (own tables, stack, GDT/IDT), enable SVM,
 //! build the root's VMCB and nested page tables, and run it.
 
+use crate::child::SharedMaps;
 use crate::entry::root_resume;
-use crate::exits::{Partition, SyntheticMsrs};
-use crate::memory::{self, GuestRam, RegionAllocator};
+use crate::hv::Hv;
+use crate::memory::{self, RootRam};
+use crate::vcpu::{ExitStats, SyntheticMsrs};
 use crate::vmrun::{self, GuestRegs};
 use boot_proto::handoff::Handoff;
 use core::arch::asm;
 use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
 use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
+use partitions::Table;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm};
 use svm::{Segment, Vmcb};
 use zerocopy::FromBytes;
@@ -165,7 +168,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
 
     // From here on the launch cannot be refused: failures are fatal.
     let region = handoff.region_base..handoff.region_base + handoff.region_size;
-    let mut alloc = RegionAllocator::new(region.clone(), handoff.image_size);
+    memory::init(region.clone(), handoff.image_size, memory::ram_top(&handoff));
     let gib_pages = cpuid(0x8000_0001, 0).edx & (1 << 26) != 0;
 
     // Enable SVM and capture the root's hidden segment state with VMSAVE
@@ -173,7 +176,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // SAFETY: SVM is present and enabled by firmware (checked above); setting
     // EFER.SVME changes nothing else.
     unsafe { wrmsr(MSR_EFER, state.efer | EFER_SVME) };
-    let vmcb_pa = alloc.alloc_pages(1).expect("region has room for the root VMCB");
+    let vmcb_pa = memory::alloc_pages(1).expect("region has room for the root VMCB");
     // VMSAVE stores FS/GS/TR/LDTR/KernelGsBase/STAR/LSTAR/CSTAR/SFMASK/SYSENTER:
     // SAFETY: `vmcb_pa` is a zeroed, 4 KiB-aligned page of hv-core's region.
     unsafe { asm!("vmsave rax", in("rax") vmcb_pa, options(nostack)) };
@@ -185,13 +188,12 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     let es = root_segment(&state, state.es);
 
     // hv-core's own world: page tables, GDT/TSS/IDT, then SVM's host pages.
-    let host_cr3 = memory::build_host_tables(&mut alloc, &handoff, gib_pages);
+    let host_cr3 = memory::build_host_tables(&handoff, gib_pages);
     // The new tables identity-map all physical memory (boot stack, every page hv-core uses).
     // SAFETY: they also map the image at its link address, as the root's tables did.
     unsafe { asm!("mov cr3, {}", in(reg) host_cr3, options(nostack)) };
-    let tables_pa = alloc
-        .alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64)
-        .expect("room for GDT/IDT");
+    let tables_pa =
+        memory::alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64).expect("room for GDT/IDT");
     // SAFETY: fresh pages of hv-core's region, used for nothing else, large and
     // aligned enough for `CpuTables`; a valid value is written before the borrow.
     let tables: &'static mut CpuTables = unsafe {
@@ -201,13 +203,13 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     };
     traps::init(tables, hv_exception);
 
-    let hsave = alloc.alloc_pages(1).expect("room for HSAVE");
-    let host_save = alloc.alloc_pages(1).expect("room for the host save area");
+    let hsave = memory::alloc_pages(1).expect("room for HSAVE");
+    let host_save = memory::alloc_pages(1).expect("room for the host save area");
     // SAFETY: `hsave` is a zeroed page of hv-core's region never touched by software.
     unsafe { wrmsr(MSR_VM_HSAVE_PA, hsave) };
 
-    let iopm = alloc.alloc_pages(3).expect("room for the IOPM");
-    let msrpm_pa = alloc.alloc_pages(2).expect("room for the MSRPM");
+    let iopm = memory::alloc_pages(3).expect("room for the IOPM");
+    let msrpm_pa = memory::alloc_pages(2).expect("room for the MSRPM");
     // SAFETY: two zeroed pages of hv-core's region, exclusively ours.
     let msrpm_map: &mut [u8; msrpm::SIZE] = unsafe { &mut *(msrpm_pa as *mut [u8; msrpm::SIZE]) };
     // EFER is shadowed (the root must not clear SVME, nor see it); the SVM control
@@ -216,7 +218,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     msrpm::intercept(msrpm_map, MSR_VM_HSAVE_PA, true, true);
     msrpm::intercept(msrpm_map, MSR_VM_CR, true, true);
 
-    let npt = memory::build_root_npt(&mut alloc, region.clone(), gib_pages);
+    let npt = memory::build_root_npt(region.clone(), gib_pages);
     hvlog!(
         "root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded",
         npt,
@@ -284,15 +286,15 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         r15: resume.r15,
         ..Default::default()
     };
-    let mut root = Partition {
-        id: hv1_abi::ROOT_PARTITION_ID,
-        privileges: hv1_abi::cpuid::PartitionPrivileges::ROOT,
-        guest_efer: state.efer,
-        ram: GuestRam::for_root(&handoff, region.clone()),
+    let mut hv = Hv {
+        root_ram: RootRam::new(&handoff, region.clone()),
+        root_msrs: SyntheticMsrs::default(),
+        root_efer: state.efer,
+        root_stats: ExitStats::default(),
         hv_region: region,
-        msrs: SyntheticMsrs::default(),
-        stats: Default::default(),
-        alloc,
+        children: Table::new(2),
+        maps: SharedMaps::new(),
+        host_save,
     };
     hvlog!(
         "launching the root partition at rip {:#x} rsp {:#x} (cs {:#x}, cpl {}); hv-core uses {} KiB",
@@ -300,13 +302,14 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         resume.rsp,
         cs.selector,
         s.cpl,
-        root.alloc.used() / 1024
+        memory::region_used() / 1024
     );
     loop {
         // SAFETY: the VMCB, IOPM, MSRPM and NPT were set up above in hv-core's
-        // region; this CPU alone runs it; SVME and VM_HSAVE_PA are set.
-        unsafe { vmrun::run(&mut regs, vmcb_pa, host_save) };
-        root.handle_exit(vmcb, &mut regs);
+        // region; this CPU alone runs it; SVME and VM_HSAVE_PA are set. The
+        // root's VMCB passes interrupts through, so hv-core's IF stays clear.
+        unsafe { vmrun::run(&mut regs, vmcb_pa, host_save, false) };
+        hv.handle_root_exit(vmcb, &mut regs);
     }
 }
 

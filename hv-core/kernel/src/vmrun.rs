@@ -42,7 +42,10 @@ pub struct GuestRegs {
 global_asm!(
     r#"
     .section .text
-    /* hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64) */
+    /* hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64, host_if: u64)
+     * host_if != 0: run with the host's IF set (HIF = 1), so that with the INTR
+     * intercept a physical interrupt ends the guest's run; GIF = 0 keeps it
+     * pending until hv-core hands control back to the root. */
     .global hv_vmrun
 hv_vmrun:
     push rbp
@@ -56,6 +59,11 @@ hv_vmrun:
     push rsi                /* [rsp+0]:  vmcb */
     mov rax, rdx
     vmsave rax              /* hv-core's FS/GS/TR/LDTR and syscall MSRs */
+    clgi
+    test rcx, rcx
+    jz 1f
+    sti                     /* GIF = 0: nothing is delivered until VMRUN */
+1:
     mov rbx, [rdi + 0x00]
     mov rcx, [rdi + 0x08]
     mov rdx, [rdi + 0x10]
@@ -71,10 +79,10 @@ hv_vmrun:
     mov r15, [rdi + 0x68]
     mov rdi, [rdi + 0x20]
     mov rax, [rsp]
-    clgi
     vmload rax
     vmrun rax
     vmsave rax
+    cli                     /* GIF = 0 after #VMEXIT: no interrupt got in */
     push rdi                /* guest RDI; regs now at [rsp+16] */
     mov rdi, [rsp + 16]
     mov [rdi + 0x00], rbx
@@ -106,7 +114,7 @@ hv_vmrun:
 );
 
 unsafe extern "sysv64" {
-    fn hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64);
+    fn hv_vmrun(regs: *mut GuestRegs, vmcb_pa: u64, host_save_pa: u64, host_if: u64);
 }
 
 /// Run the guest described by the VMCB at `vmcb_pa` until its next #VMEXIT.
@@ -114,8 +122,9 @@ unsafe extern "sysv64" {
 /// # Safety
 /// `vmcb_pa` is a valid, initialised VMCB (with its IOPM, MSRPM and NPT) that
 /// no other CPU runs; `host_save_pa` is this CPU's host save page; EFER.SVME
-/// and VM_HSAVE_PA are set up.
-pub unsafe fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_save_pa: u64) {
+/// and VM_HSAVE_PA are set up. With `host_if`, the VMCB must intercept INTR
+/// with V_INTR_MASKING set (never the root's passthrough VMCB).
+pub unsafe fn run(regs: &mut GuestRegs, vmcb_pa: u64, host_save_pa: u64, host_if: bool) {
     // SAFETY: forwarded to the caller; `regs` is a valid exclusive reference.
-    unsafe { hv_vmrun(regs, vmcb_pa, host_save_pa) }
+    unsafe { hv_vmrun(regs, vmcb_pa, host_save_pa, host_if as u64) }
 }

@@ -31,7 +31,12 @@ impl<'a> PageBitmap<'a> {
             return None;
         }
         words.fill(0);
-        Some(Self { base, pages, words, set_count: 0 })
+        Some(Self {
+            base,
+            pages,
+            words,
+            set_count: 0,
+        })
     }
 
     /// Words needed for `pages` pages.
@@ -118,7 +123,10 @@ impl<'a> PageBitmap<'a> {
     /// bad free changes nothing).
     pub fn free(&mut self, addr: u64, count: u64) -> Result<(), BitmapError> {
         let first = self.index(addr)?;
-        let last = first.checked_add(count).filter(|&e| e <= self.pages).ok_or(BitmapError::OutOfRange)?;
+        let last = first
+            .checked_add(count)
+            .filter(|&e| e <= self.pages)
+            .ok_or(BitmapError::OutOfRange)?;
         if (first..last).any(|i| !self.bit(i)) {
             return Err(BitmapError::NotSet);
         }
@@ -156,7 +164,11 @@ mod tests {
         assert_eq!(b.set_pages(), 4);
         b.free(a, 3).unwrap();
         assert_eq!(b.free(a, 3), Err(BitmapError::NotSet));
-        assert_eq!(b.free(c, 2), Err(BitmapError::NotSet), "partially set: refused whole");
+        assert_eq!(
+            b.free(c, 2),
+            Err(BitmapError::NotSet),
+            "partially set: refused whole"
+        );
         assert_eq!(b.is_set(c), Some(true));
         assert_eq!(b.alloc(4).unwrap(), 0x10_4000, "the 3-page hole is too small");
         assert_eq!(b.alloc(3).unwrap(), 0x10_0000);

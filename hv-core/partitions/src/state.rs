@@ -33,7 +33,14 @@ impl StateError {
 
 impl PartitionState {
     fn require(self, ok: bool, operation: &'static str) -> Result<(), StateError> {
-        if ok { Ok(()) } else { Err(StateError { state: self, operation }) }
+        if ok {
+            Ok(())
+        } else {
+            Err(StateError {
+                state: self,
+                operation,
+            })
+        }
     }
 
     /// HvCallInitializePartition.
@@ -92,7 +99,10 @@ mod tests {
 
     #[test]
     fn illegal_steps_are_refused_with_invalid_partition_state() {
-        assert_eq!(Initialized.initialize().unwrap_err().status(), HvStatus::INVALID_PARTITION_STATE);
+        assert_eq!(
+            Initialized.initialize().unwrap_err().status(),
+            HvStatus::INVALID_PARTITION_STATE
+        );
         assert!(Finalized.initialize().is_err());
         assert!(Finalized.finalize().is_err());
         assert!(Created.check_active("dispatch").is_err());

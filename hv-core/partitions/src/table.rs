@@ -19,12 +19,19 @@ pub struct Table<T, const N: usize> {
 impl<T, const N: usize> Table<T, N> {
     /// An empty table handing out ids from `first_id`.
     pub const fn new(first_id: u64) -> Self {
-        Self { slots: [const { None }; N], next_id: first_id }
+        Self {
+            slots: [const { None }; N],
+            next_id: first_id,
+        }
     }
 
     /// Insert, returning the new id.
     pub fn insert(&mut self, value: T) -> Result<u64, TableError> {
-        let slot = self.slots.iter_mut().find(|s| s.is_none()).ok_or(TableError::Full)?;
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.is_none())
+            .ok_or(TableError::Full)?;
         let id = self.next_id;
         self.next_id = id.checked_add(1).ok_or(TableError::IdsExhausted)?;
         *slot = Some((id, value));
@@ -33,17 +40,28 @@ impl<T, const N: usize> Table<T, N> {
 
     /// The value under `id`.
     pub fn get(&self, id: u64) -> Option<&T> {
-        self.slots.iter().flatten().find(|(i, _)| *i == id).map(|(_, v)| v)
+        self.slots
+            .iter()
+            .flatten()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v)
     }
 
     /// The value under `id`, mutably.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut T> {
-        self.slots.iter_mut().flatten().find(|(i, _)| *i == id).map(|(_, v)| v)
+        self.slots
+            .iter_mut()
+            .flatten()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v)
     }
 
     /// Remove and return the value under `id`.
     pub fn remove(&mut self, id: u64) -> Option<T> {
-        let slot = self.slots.iter_mut().find(|s| matches!(s, Some((i, _)) if *i == id))?;
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s, Some((i, _)) if *i == id))?;
         slot.take().map(|(_, v)| v)
     }
 

@@ -294,7 +294,11 @@ impl<M: TableMemory> PageTables<M> {
             }
             // Sign-extend bit 47 for canonical high-half addresses.
             let raw = va_base + i as u64 * span;
-            let va = if level == 4 && i >= 256 { raw | 0xFFFF_0000_0000_0000 } else { raw };
+            let va = if level == 4 && i >= 256 {
+                raw | 0xFFFF_0000_0000_0000
+            } else {
+                raw
+            };
             if level == 1 || entry & flags::HUGE != 0 {
                 leaf(va, entry & flags::ADDR_MASK & !(span - 1), span);
             } else {
@@ -372,9 +376,18 @@ mod tests {
     #[test]
     fn unmap_and_teardown_return_everything() {
         let mut pt = PageTables::new(MapMemory::default()).unwrap();
-        pt.map(0x10_0000, 0x7_0000_0000, 0x4000, flags::NPT_RWX, MaxPage::Size4K).unwrap();
-        pt.map(0x4000_0000, 0x8000_0000, SIZE_2M, flags::NPT_RWX, MaxPage::Size2M).unwrap();
-        pt.map(0xFFFF_FFFF_8000_0000, 0x1000, 0x1000, flags::KERNEL_RW, MaxPage::Size4K).unwrap();
+        pt.map(0x10_0000, 0x7_0000_0000, 0x4000, flags::NPT_RWX, MaxPage::Size4K)
+            .unwrap();
+        pt.map(0x4000_0000, 0x8000_0000, SIZE_2M, flags::NPT_RWX, MaxPage::Size2M)
+            .unwrap();
+        pt.map(
+            0xFFFF_FFFF_8000_0000,
+            0x1000,
+            0x1000,
+            flags::KERNEL_RW,
+            MaxPage::Size4K,
+        )
+        .unwrap();
         assert_eq!(pt.unmap_4k(0x10_1000), Ok(0x7_0000_1000));
         assert_eq!(pt.unmap_4k(0x10_1000), Err(UnmapError::NotMapped(0x10_1000)));
         assert_eq!(pt.unmap_4k(0x4000_1000), Err(UnmapError::LargePage(0x4000_1000)));

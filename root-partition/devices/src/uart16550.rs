@@ -168,7 +168,10 @@ impl Uart16550 {
         let start = (self.out_start + skip) % OUTPUT_CAPACITY;
         let len = self.out_len - skip;
         let first = (OUTPUT_CAPACITY - start).min(len);
-        ([&self.out[start..start + first], &self.out[..len - first]], self.written)
+        (
+            [&self.out[start..start + first], &self.out[..len - first]],
+            self.written,
+        )
     }
 
     /// Forget all output and input (power cycle), keeping the byte counter.
@@ -222,7 +225,10 @@ mod tests {
         for i in 0..20u8 {
             u.push_rx(i);
         }
-        assert_eq!(u.read(5) & (LSR_DATA_READY | LSR_OVERRUN), LSR_DATA_READY | LSR_OVERRUN);
+        assert_eq!(
+            u.read(5) & (LSR_DATA_READY | LSR_OVERRUN),
+            LSR_DATA_READY | LSR_OVERRUN
+        );
         assert_eq!(u.read(5) & LSR_OVERRUN, 0, "overrun clears on read");
         for i in 0..16u8 {
             assert_eq!(u.read(0), i);

@@ -130,7 +130,11 @@ impl fmt::Display for ParseError {
             Self::UnknownOption(o) => write!(f, "unknown option '{o}'"),
             Self::Duplicate(o) => write!(f, "option {o} given twice"),
             Self::NoValue(o) => write!(f, "option {o} needs a value"),
-            Self::BadValue { option, value, expected } => {
+            Self::BadValue {
+                option,
+                value,
+                expected,
+            } => {
                 write!(f, "bad value '{value}' for {option}: expected {expected}")
             }
         }
@@ -139,17 +143,35 @@ impl fmt::Display for ParseError {
 
 /// One-line help for each command, in `help` order.
 pub const HELP: &[(&str, &str)] = &[
-    ("list [--json]", "partitions with state, VPs, memory, uptime and exits"),
-    ("info ID [--json]", "one partition: exits by reason, memory map, VP registers, crash reason"),
+    (
+        "list [--json]",
+        "partitions with state, VPs, memory, uptime and exits",
+    ),
+    (
+        "info ID [--json]",
+        "one partition: exits by reason, memory map, VP registers, crash reason",
+    ),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
-    ("create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]", "build a child partition"),
-    ("start ID", "boot a created, stopped or crashed child from its image"),
+    (
+        "create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]",
+        "build a child partition",
+    ),
+    (
+        "start ID",
+        "boot a created, stopped or crashed child from its image",
+    ),
     ("pause ID", "stop scheduling a running child"),
     ("resume ID", "schedule a paused child again"),
     ("stop ID", "power a child off (memory kept)"),
     ("destroy ID", "remove a stopped child and return all its memory"),
-    ("hv status [--json]", "hypervisor presence, privileges, hv-core region, exits by reason"),
-    ("hv disk [--json]", "read sector 0 of the passthrough virtio-blk disk"),
+    (
+        "hv status [--json]",
+        "hypervisor presence, privileges, hv-core region, exits by reason",
+    ),
+    (
+        "hv disk [--json]",
+        "read sector 0 of the passthrough virtio-blk disk",
+    ),
     ("mem [--json]", "root memory: free frames and heap"),
     ("poweroff", "stop the machine"),
     ("help [COMMAND]", "this list, or one command"),
@@ -195,7 +217,11 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     use crate::lifecycle::Action;
     let parsed = match cmd {
         "help" | "?" => {
-            let topic = if w.words.is_empty() { None } else { Some(w.words.remove(0).to_string()) };
+            let topic = if w.words.is_empty() {
+                None
+            } else {
+                Some(w.words.remove(0).to_string())
+            };
             w.done(Command::Help(topic))?
         }
         "list" | "ls" => {
@@ -254,7 +280,9 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     let name_ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !name_ok {
         return Err(ParseError::BadValue {
             option: "NAME",
@@ -284,7 +312,11 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             return Err(ParseError::NoValue(key));
         }
         let value = w.words.remove(0);
-        let bad = |expected| ParseError::BadValue { option: key, value: value.to_string(), expected };
+        let bad = |expected| ParseError::BadValue {
+            option: key,
+            value: value.to_string(),
+            expected,
+        };
         match key {
             "--memory" => {
                 if memory.is_some() {
@@ -346,8 +378,20 @@ mod tests {
         assert_eq!(ok("list --json"), Command::List { json: true });
         assert_eq!(ok("info 2 --json"), Command::Info { id: 2, json: true });
         assert_eq!(ok("console 3"), Command::Console { id: 3 });
-        assert_eq!(ok("resume 2"), Command::Lifecycle { action: Action::Resume, id: 2 });
-        assert_eq!(ok("destroy 9"), Command::Lifecycle { action: Action::Destroy, id: 9 });
+        assert_eq!(
+            ok("resume 2"),
+            Command::Lifecycle {
+                action: Action::Resume,
+                id: 2
+            }
+        );
+        assert_eq!(
+            ok("destroy 9"),
+            Command::Lifecycle {
+                action: Action::Destroy,
+                id: 9
+            }
+        );
         assert_eq!(ok("hv status --json"), Command::HvStatus { json: true });
         assert_eq!(ok("help create"), Command::Help(Some("create".into())));
         assert_eq!(ok("poweroff"), Command::Poweroff);
@@ -356,14 +400,18 @@ mod tests {
     #[test]
     fn create_with_all_options() {
         let c = ok("create gamma --memory 16M --vps 2 --image testos --mode spin --start");
-        let Command::Create { spec, start } = c else { panic!() };
+        let Command::Create { spec, start } = c else {
+            panic!()
+        };
         assert!(start);
         assert_eq!(spec.name, "gamma");
         assert_eq!(spec.memory, 16 << 20);
         assert_eq!(spec.vps, 2);
         assert_eq!(spec.image, "testos");
         assert_eq!(spec.mode, "spin");
-        let Command::Create { spec, start } = ok("create a --memory 8M --image testos") else { panic!() };
+        let Command::Create { spec, start } = ok("create a --memory 8M --image testos") else {
+            panic!()
+        };
         assert!(!start);
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
     }
@@ -379,14 +427,29 @@ mod tests {
         assert_eq!(e("hv"), "missing hv subcommand (status, disk)");
         assert_eq!(e("hv bogus"), "unknown hv subcommand 'bogus' (try: status, disk)");
         assert_eq!(e("create"), "missing partition name");
-        assert_eq!(e("create 9x --memory 8M --image t"), "bad value '9x' for NAME: expected 1-15 characters: a letter, then letters, digits, '-' or '_'");
+        assert_eq!(
+            e("create 9x --memory 8M --image t"),
+            "bad value '9x' for NAME: expected 1-15 characters: a letter, then letters, digits, '-' or '_'"
+        );
         assert_eq!(e("create g --image t"), "missing --memory SIZE");
         assert_eq!(e("create g --memory 8M"), "missing --image IMAGE");
         assert_eq!(e("create g --memory"), "option --memory needs a value");
-        assert_eq!(e("create g --memory 1M --image t"), "bad value '1M' for --memory: expected a whole number of MiB from 4M to 256M");
-        assert_eq!(e("create g --memory 8M --memory 8M --image t"), "option --memory given twice");
-        assert_eq!(e("create g --memory 8M --vps 9 --image t"), "bad value '9' for --vps: expected 1 to 4");
-        assert_eq!(e("create g --memory 8M --image t --color red"), "unknown option '--color'");
+        assert_eq!(
+            e("create g --memory 1M --image t"),
+            "bad value '1M' for --memory: expected a whole number of MiB from 4M to 256M"
+        );
+        assert_eq!(
+            e("create g --memory 8M --memory 8M --image t"),
+            "option --memory given twice"
+        );
+        assert_eq!(
+            e("create g --memory 8M --vps 9 --image t"),
+            "bad value '9' for --vps: expected 1 to 4"
+        );
+        assert_eq!(
+            e("create g --memory 8M --image t --color red"),
+            "unknown option '--color'"
+        );
     }
 
     proptest::proptest! {

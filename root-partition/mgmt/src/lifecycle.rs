@@ -73,7 +73,13 @@ pub struct Refusal {
 pub fn transition(state: ChildState, action: Action) -> Result<Option<ChildState>, Refusal> {
     use Action::*;
     use ChildState::*;
-    let refuse = |reason| Err(Refusal { state, action, reason });
+    let refuse = |reason| {
+        Err(Refusal {
+            state,
+            action,
+            reason,
+        })
+    };
     match (action, state) {
         (Start, Created | Stopped | Crashed) => Ok(Some(Running)),
         (Start, Running) => refuse("it is already running"),
@@ -113,7 +119,10 @@ mod tests {
     fn refusals_say_why() {
         let r = transition(Running, Resume).unwrap_err();
         assert_eq!(r.reason, "it is already running");
-        assert_eq!(transition(Running, Destroy).unwrap_err().reason, "it is running: 'stop' it first");
+        assert_eq!(
+            transition(Running, Destroy).unwrap_err().reason,
+            "it is running: 'stop' it first"
+        );
         assert!(transition(Stopped, Pause).is_err());
         assert!(transition(Created, Stop).is_err());
         assert!(transition(Paused, Start).is_err());

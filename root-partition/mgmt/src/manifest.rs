@@ -76,6 +76,9 @@ mod tests {
     fn reports_the_bad_line() {
         let e = parse("alpha --memory 32M --image testos\nbeta --memory lots --image t\n").unwrap_err();
         assert_eq!(e.line, 2);
-        assert!(e.to_string().starts_with("manifest line 2: bad value 'lots' for --memory"));
+        assert!(
+            e.to_string()
+                .starts_with("manifest line 2: bad value 'lots' for --memory")
+        );
     }
 }

@@ -1,0 +1,863 @@
+//! Child partitions: their lifecycle, memory (lent root pages mapped through
+//! a per-child NPT), VPs (one VMCB each), register access, and running a VP
+//! on the root's behalf until something needs the root (DispatchVp).
+//!
+//! A child sees nothing but its own pages: its NPT maps only what the root
+//! lent it (each root page to one child at most), it intercepts every I/O
+//! port, every MSR hv-core does not pass through, INTR (so the root's timer
+//! always gets control back), HLT, shutdown and the SVM instructions.
+
+use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam};
+use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
+use crate::vmrun::{self, GuestRegs};
+use hv1_abi::HvStatus;
+use hv1_abi::cpuid::{HvCpuidProfile, PartitionPrivileges};
+use hv1_abi::message::{
+    InterceptHeader, IoPortIntercept, MemoryIntercept, Message, access, execution_state, io_access,
+    message_type,
+};
+use hv1_abi::partition::{
+    DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
+    DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, TableRegister, dispatch_flags,
+    map_flags,
+};
+use partitions::PartitionState;
+use svm::insn::Intercepted;
+use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm, npf};
+use svm::{ExitCode, Segment, Vmcb};
+use x86_paging::{MaxPage, PageTables, flags};
+use zerocopy::IntoBytes;
+
+/// Most VPs per child.
+pub const MAX_VPS: usize = 4;
+/// A child's guest-physical space ends here (its worker maps 4 GiB of page tables).
+pub const CHILD_GPA_LIMIT: u64 = 4 << 30;
+/// Internal exits (CPUID, MSRs, hypercalls) handled in one dispatch before
+/// hv-core hands control back to the root anyway.
+const MAX_INTERNAL_EXITS: u32 = 100_000;
+
+/// Pages shared by every child VP: an IOPM that intercepts every port and an
+/// MSRPM that intercepts every MSR except those VMLOAD/VMSAVE switch.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedMaps {
+    /// IOPM (3 pages).
+    pub iopm: u64,
+    /// MSRPM (2 pages).
+    pub msrpm: u64,
+}
+
+impl SharedMaps {
+    /// Build them in hv-core's region.
+    pub fn new() -> Self {
+        let iopm = memory::alloc_pages(3).expect("room for the child IOPM");
+        let msrpm_pa = memory::alloc_pages(2).expect("room for the child MSRPM");
+        // SAFETY: fresh pages of hv-core's region, exclusively ours.
+        unsafe {
+            core::ptr::write_bytes(iopm as *mut u8, 0xFF, 3 * 4096);
+            core::ptr::write_bytes(msrpm_pa as *mut u8, 0xFF, 2 * 4096);
+        }
+        // SAFETY: as above; two pages, exactly `msrpm::SIZE` bytes.
+        let map: &mut [u8; msrpm::SIZE] = unsafe { &mut *(msrpm_pa as *mut [u8; msrpm::SIZE]) };
+        // FS/GS/KernelGS bases, STAR/LSTAR/CSTAR/SFMASK and SYSENTER_* are
+        // switched per guest by VMLOAD/VMSAVE: the child owns them outright.
+        for m in [
+            0xC000_0100,
+            0xC000_0101,
+            0xC000_0102,
+            0xC000_0081,
+            0xC000_0082,
+            0xC000_0083,
+            0xC000_0084,
+            0x174,
+            0x175,
+            0x176,
+        ] {
+            if let Some((byte, bit)) = msrpm::position(m) {
+                map[byte] &= !(0b11 << bit);
+            }
+        }
+        Self {
+            iopm,
+            msrpm: msrpm_pa,
+        }
+    }
+}
+
+/// One virtual processor.
+pub struct Vp {
+    vmcb_pa: u64,
+    /// GPRs other than RAX/RSP.
+    pub regs: GuestRegs,
+    /// EFER as the guest sees it.
+    pub guest_efer: u64,
+    /// Root page receiving this VP's intercept messages.
+    pub message_page: Option<u64>,
+    /// Stopped at an intercept until the root dispatches with
+    /// CLEAR_INTERCEPT_SUSPEND.
+    pub intercept_suspended: bool,
+    /// HV_REGISTER_EXPLICIT_SUSPEND.
+    pub explicit_suspend: bool,
+    /// Cannot run until the root sets its registers again (triple fault,
+    /// invalid state).
+    pub unrecoverable: bool,
+}
+
+impl Vp {
+    fn vmcb(&mut self) -> &mut Vmcb {
+        // SAFETY: `vmcb_pa` is this VP's VMCB page in hv-core's region; the
+        // borrow of `self` makes this the only reference.
+        unsafe { &mut *(self.vmcb_pa as *mut Vmcb) }
+    }
+}
+
+/// A child partition.
+pub struct Child {
+    /// Lifecycle.
+    pub state: PartitionState,
+    /// Creation flags.
+    pub flags: u64,
+    npt: Option<PageTables<RegionTables>>,
+    vps: [Option<Vp>; MAX_VPS],
+    /// Synthetic MSRs.
+    pub msrs: SyntheticMsrs,
+    /// Partition property SUSPEND.
+    pub suspended: bool,
+    /// Partition property UNIMPLEMENTED_MSR_ACTION (1 = ignore).
+    pub ignore_unknown_msrs: bool,
+    /// Root pages lent to it.
+    pub mapped_pages: u64,
+    /// Exit counters.
+    pub stats: ExitStats,
+}
+
+/// Why an operation on a child failed.
+pub type ChildResult<T> = Result<T, HvStatus>;
+
+impl Child {
+    /// A freshly created partition.
+    pub fn new(flags: u64) -> Self {
+        Self {
+            state: PartitionState::Created,
+            flags,
+            npt: None,
+            vps: [const { None }; MAX_VPS],
+            msrs: SyntheticMsrs::default(),
+            suspended: false,
+            ignore_unknown_msrs: false,
+            mapped_pages: 0,
+            stats: ExitStats::default(),
+        }
+    }
+
+    /// Privileges a child gets: the guest interface, nothing to manage others.
+    pub const PRIVILEGES: PartitionPrivileges = PartitionPrivileges::ACCESS_VP_RUNTIME
+        .union(PartitionPrivileges::ACCESS_HYPERCALL_MSRS)
+        .union(PartitionPrivileges::ACCESS_VP_INDEX)
+        .union(PartitionPrivileges::POST_MESSAGES)
+        .union(PartitionPrivileges::SIGNAL_EVENTS);
+
+    /// HvCallInitializePartition: build the (empty) NPT.
+    pub fn initialize(&mut self) -> ChildResult<()> {
+        let next = self.state.initialize().map_err(|e| e.status())?;
+        let npt = PageTables::new(RegionTables).map_err(|_| HvStatus::INSUFFICIENT_MEMORY)?;
+        self.npt = Some(npt);
+        self.state = next;
+        Ok(())
+    }
+
+    /// HvCallFinalizePartition: stop for good, return every lent page and VMCB.
+    pub fn finalize(&mut self) -> ChildResult<()> {
+        self.state = self.state.finalize().map_err(|e| e.status())?;
+        self.release();
+        Ok(())
+    }
+
+    /// Free everything (also used when deleting).
+    pub fn release(&mut self) {
+        if let Some(npt) = self.npt.take() {
+            npt.teardown(|_, spa, size| {
+                let mut page = spa;
+                while page < spa + size {
+                    memory::unlend(page);
+                    page += 4096;
+                }
+            });
+        }
+        self.mapped_pages = 0;
+        for slot in self.vps.iter_mut() {
+            if let Some(vp) = slot.take() {
+                memory::free_pages(vp.vmcb_pa, 1);
+            }
+        }
+    }
+
+    fn vp_mut(&mut self, index: u32) -> ChildResult<&mut Vp> {
+        self.vps
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+            .ok_or(HvStatus::INVALID_VP_INDEX)
+    }
+
+    /// Number of VPs.
+    pub fn vp_count(&self) -> u32 {
+        self.vps.iter().flatten().count() as u32
+    }
+
+    /// The guest memory view hv-core uses for this child.
+    pub fn ram(&self) -> Option<ChildRam> {
+        self.npt.as_ref().map(|npt| ChildRam { npt_root: npt.root() })
+    }
+
+    /// One rep of HvCallMapGpaPages: lend root page `source_pfn` at child GFN `gfn`.
+    pub fn map_page(
+        &mut self,
+        gfn: u64,
+        source_pfn: u64,
+        map_flags_value: u32,
+        root: &RootRam,
+    ) -> ChildResult<()> {
+        self.state.check_active("map").map_err(|e| e.status())?;
+        if map_flags_value & !map_flags::SUPPORTED != 0 || map_flags_value & map_flags::READABLE == 0 {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        let gpa = gfn
+            .checked_mul(4096)
+            .filter(|&g| g < CHILD_GPA_LIMIT)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        let spa = source_pfn.checked_mul(4096).ok_or(HvStatus::INVALID_PARAMETER)?;
+        // The source must be the root's RAM (never hv-core's region, never MMIO).
+        root.check(spa, 4096, 4096)
+            .map_err(|_| HvStatus::INVALID_PARAMETER)?;
+        let npt = self.npt.as_mut().ok_or(HvStatus::INVALID_PARTITION_STATE)?;
+        if npt.translate(gpa).is_ok() {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        // One owner per page: a page already lent (to any child) is refused.
+        if !memory::lend(spa) {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        let mut leaf = flags::PRESENT | flags::USER;
+        if map_flags_value & map_flags::WRITABLE != 0 {
+            leaf |= flags::WRITABLE;
+        }
+        if map_flags_value & map_flags::EXECUTABLE == 0 {
+            leaf |= flags::NO_EXECUTE;
+        }
+        if let Err(e) = npt.map(gpa, spa, 4096, leaf, MaxPage::Size4K) {
+            memory::unlend(spa);
+            return Err(match e {
+                x86_paging::MapError::OutOfTables => HvStatus::INSUFFICIENT_MEMORY,
+                _ => HvStatus::INVALID_PARAMETER,
+            });
+        }
+        self.mapped_pages += 1;
+        Ok(())
+    }
+
+    /// One rep of HvCallUnmapGpaPages.
+    pub fn unmap_page(&mut self, gfn: u64) -> ChildResult<()> {
+        self.state.check_active("unmap").map_err(|e| e.status())?;
+        let gpa = gfn
+            .checked_mul(4096)
+            .filter(|&g| g < CHILD_GPA_LIMIT)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        let npt = self.npt.as_mut().ok_or(HvStatus::INVALID_PARTITION_STATE)?;
+        let spa = npt.unmap_4k(gpa).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+        memory::unlend(spa);
+        self.mapped_pages -= 1;
+        Ok(())
+    }
+
+    /// HvCallCreateVp: a VP in the architectural reset state.
+    pub fn create_vp(&mut self, index: u32, asid: u32, maps: &SharedMaps) -> ChildResult<()> {
+        self.state.check_active("create vp").map_err(|e| e.status())?;
+        let slot = self
+            .vps
+            .get_mut(index as usize)
+            .ok_or(HvStatus::INVALID_VP_INDEX)?;
+        if slot.is_some() {
+            return Err(HvStatus::INVALID_VP_STATE);
+        }
+        let npt_root = self.npt.as_ref().ok_or(HvStatus::INVALID_PARTITION_STATE)?.root();
+        let vmcb_pa = memory::alloc_pages(1).ok_or(HvStatus::INSUFFICIENT_MEMORY)?;
+        let mut vp = Vp {
+            vmcb_pa,
+            regs: GuestRegs::default(),
+            guest_efer: 0,
+            message_page: None,
+            intercept_suspended: false,
+            explicit_suspend: false,
+            unrecoverable: false,
+        };
+        let v = vp.vmcb();
+        let c = &mut v.control;
+        c.intercept_misc1 = intercept::INTR
+            | intercept::NMI
+            | intercept::SHUTDOWN
+            | intercept::HLT
+            | intercept::IOIO_PROT
+            | intercept::MSR_PROT
+            | intercept::CPUID
+            | intercept::INVLPGA;
+        c.intercept_misc2 = intercept::VMRUN
+            | intercept::VMMCALL
+            | intercept::VMLOAD
+            | intercept::VMSAVE
+            | intercept::STGI
+            | intercept::CLGI
+            | intercept::SKINIT;
+        c.iopm_base_pa = maps.iopm;
+        c.msrpm_base_pa = maps.msrpm;
+        c.guest_asid = asid;
+        c.tlb_control = TLB_FLUSH_ALL;
+        c.nested_ctl = NP_ENABLE;
+        c.nested_cr3 = npt_root;
+        // With the INTR intercept, V_INTR_MASKING must be set (svm-qemu-tcg.md §5).
+        c.int_ctl = 1 << 24;
+        reset_state(v);
+        *slot = Some(vp);
+        Ok(())
+    }
+
+    /// HvCallDeleteVp.
+    pub fn delete_vp(&mut self, index: u32) -> ChildResult<()> {
+        let slot = self
+            .vps
+            .get_mut(index as usize)
+            .ok_or(HvStatus::INVALID_VP_INDEX)?;
+        let vp = slot.take().ok_or(HvStatus::INVALID_VP_INDEX)?;
+        memory::free_pages(vp.vmcb_pa, 1);
+        Ok(())
+    }
+
+    /// HvCallMapVpStatePage with a root-provided page for intercept messages.
+    pub fn set_message_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
+        self.vp_mut(index)?.message_page = page;
+        Ok(())
+    }
+
+    /// One register of HvCallGetVpRegisters.
+    pub fn get_register(&mut self, index: u32, name: RegisterName) -> ChildResult<RegisterValue> {
+        let msrs = self.msrs;
+        let vp = self.vp_mut(index)?;
+        let (explicit, intercept_suspended, efer, regs) = (
+            vp.explicit_suspend,
+            vp.intercept_suspended,
+            vp.guest_efer,
+            vp.regs,
+        );
+        let v = vp.vmcb();
+        let s = &v.save;
+        let r64 = |x: u64| RegisterValue { low: x, high: 0 };
+        let seg = |g: &Segment| {
+            let hv = SegmentRegister {
+                base: g.base,
+                limit: g.limit,
+                selector: g.selector,
+                attributes: SegmentRegister::attributes_from_svm(g.attrib),
+            };
+            let b = hv.as_bytes();
+            RegisterValue {
+                low: u64::from_le_bytes(b[..8].try_into().expect("8")),
+                high: u64::from_le_bytes(b[8..].try_into().expect("8")),
+            }
+        };
+        let table = |g: &Segment| {
+            let t = TableRegister {
+                pad: [0; 3],
+                limit: g.limit as u16,
+                base: g.base,
+            };
+            let b = t.as_bytes();
+            RegisterValue {
+                low: u64::from_le_bytes(b[..8].try_into().expect("8")),
+                high: u64::from_le_bytes(b[8..].try_into().expect("8")),
+            }
+        };
+        let value = match name {
+            RegisterName::EXPLICIT_SUSPEND => r64(explicit as u64),
+            RegisterName::INTERCEPT_SUSPEND => r64(intercept_suspended as u64),
+            RegisterName::RAX => r64(s.rax),
+            RegisterName::RSP => r64(s.rsp),
+            RegisterName::RIP => r64(s.rip),
+            RegisterName::RFLAGS => r64(s.rflags),
+            RegisterName(n @ 0x0002_0001..=0x0002_000F) => {
+                r64(gpr(&regs, n).ok_or(HvStatus::INVALID_PARAMETER)?)
+            }
+            RegisterName::CR0 => r64(s.cr0),
+            RegisterName::CR2 => r64(s.cr2),
+            RegisterName::CR3 => r64(s.cr3),
+            RegisterName::CR4 => r64(s.cr4),
+            RegisterName::CR8 => r64((v.control.int_ctl & 0xF) as u64),
+            RegisterName::DR6 => r64(s.dr6),
+            RegisterName::DR7 => r64(s.dr7),
+            RegisterName::ES => seg(&s.es),
+            RegisterName::CS => seg(&s.cs),
+            RegisterName::SS => seg(&s.ss),
+            RegisterName::DS => seg(&s.ds),
+            RegisterName::FS => seg(&s.fs),
+            RegisterName::GS => seg(&s.gs),
+            RegisterName::LDTR => seg(&s.ldtr),
+            RegisterName::TR => seg(&s.tr),
+            RegisterName::IDTR => table(&s.idtr),
+            RegisterName::GDTR => table(&s.gdtr),
+            RegisterName::EFER => r64(efer),
+            RegisterName::KERNEL_GS_BASE => r64(s.kernel_gs_base),
+            RegisterName::PAT => r64(s.g_pat),
+            RegisterName::SYSENTER_CS => r64(s.sysenter_cs),
+            RegisterName::SYSENTER_EIP => r64(s.sysenter_eip),
+            RegisterName::SYSENTER_ESP => r64(s.sysenter_esp),
+            RegisterName::STAR => r64(s.star),
+            RegisterName::LSTAR => r64(s.lstar),
+            RegisterName::CSTAR => r64(s.cstar),
+            RegisterName::SFMASK => r64(s.sfmask),
+            RegisterName::GUEST_OS_ID => r64(msrs.guest_os_id),
+            RegisterName::VP_INDEX => r64(index as u64),
+            _ => return Err(HvStatus::INVALID_PARAMETER),
+        };
+        Ok(value)
+    }
+
+    /// One register of HvCallSetVpRegisters. Values the CPU would refuse at
+    /// VMRUN are caught there and reported as an intercept, not trusted here.
+    pub fn set_register(&mut self, index: u32, name: RegisterName, value: RegisterValue) -> ChildResult<()> {
+        let vp = self.vp_mut(index)?;
+        let x = value.low;
+        let to_seg = |value: RegisterValue| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&value.low.to_le_bytes());
+            b[8..].copy_from_slice(&value.high.to_le_bytes());
+            let hv = <SegmentRegister as zerocopy::FromBytes>::read_from_bytes(&b).expect("16 bytes");
+            Segment {
+                selector: hv.selector,
+                attrib: SegmentRegister::attributes_to_svm(hv.attributes),
+                limit: hv.limit,
+                base: hv.base,
+            }
+        };
+        let to_table = |value: RegisterValue| Segment {
+            selector: 0,
+            attrib: 0,
+            limit: ((value.low >> 48) & 0xFFFF) as u32,
+            base: value.high,
+        };
+        match name {
+            RegisterName::EXPLICIT_SUSPEND => vp.explicit_suspend = x & 1 != 0,
+            RegisterName::INTERCEPT_SUSPEND => vp.intercept_suspended = x & 1 != 0,
+            RegisterName(n @ 0x0002_0001..=0x0002_000F) if n != RegisterName::RSP.0 => {
+                *gpr_mut(&mut vp.regs, n).ok_or(HvStatus::INVALID_PARAMETER)? = x
+            }
+            RegisterName::EFER => {
+                if x & !0xFD01 != 0 {
+                    return Err(HvStatus::INVALID_REGISTER_VALUE);
+                }
+                vp.guest_efer = x;
+                vp.vmcb().save.efer = x | EFER_SVME;
+            }
+            _ => {
+                let v = vp.vmcb();
+                let s = &mut v.save;
+                match name {
+                    RegisterName::RAX => s.rax = x,
+                    RegisterName::RSP => s.rsp = x,
+                    RegisterName::RIP => s.rip = x,
+                    RegisterName::RFLAGS => s.rflags = x | 2,
+                    RegisterName::CR0 => s.cr0 = x,
+                    RegisterName::CR2 => s.cr2 = x,
+                    RegisterName::CR3 => s.cr3 = x,
+                    RegisterName::CR4 => s.cr4 = x,
+                    RegisterName::CR8 => v.control.int_ctl = (v.control.int_ctl & !0xF) | (x as u32 & 0xF),
+                    RegisterName::DR6 => s.dr6 = x,
+                    RegisterName::DR7 => s.dr7 = x,
+                    RegisterName::ES => s.es = to_seg(value),
+                    RegisterName::CS => {
+                        s.cs = to_seg(value);
+                    }
+                    RegisterName::SS => {
+                        s.ss = to_seg(value);
+                        // QEMU takes CPL from SS.DPL; keep the VMCB field equal.
+                        s.cpl = s.ss.dpl();
+                    }
+                    RegisterName::DS => s.ds = to_seg(value),
+                    RegisterName::FS => s.fs = to_seg(value),
+                    RegisterName::GS => s.gs = to_seg(value),
+                    RegisterName::LDTR => s.ldtr = to_seg(value),
+                    RegisterName::TR => s.tr = to_seg(value),
+                    RegisterName::IDTR => s.idtr = to_table(value),
+                    RegisterName::GDTR => s.gdtr = to_table(value),
+                    RegisterName::KERNEL_GS_BASE => s.kernel_gs_base = x,
+                    RegisterName::PAT => s.g_pat = x,
+                    RegisterName::SYSENTER_CS => s.sysenter_cs = x,
+                    RegisterName::SYSENTER_EIP => s.sysenter_eip = x,
+                    RegisterName::SYSENTER_ESP => s.sysenter_esp = x,
+                    RegisterName::STAR => s.star = x,
+                    RegisterName::LSTAR => s.lstar = x,
+                    RegisterName::CSTAR => s.cstar = x,
+                    RegisterName::SFMASK => s.sfmask = x,
+                    _ => return Err(HvStatus::INVALID_PARAMETER),
+                }
+            }
+        }
+        // New state: the VP may run again.
+        vp.unrecoverable = false;
+        Ok(())
+    }
+
+    /// HvCallDispatchVp: run VP `index` until something needs the root.
+    /// Returns (dispatch state, dispatch event).
+    pub fn dispatch(
+        &mut self,
+        id: u64,
+        index: u32,
+        flags_value: u32,
+        root: &RootRam,
+        host_save: u64,
+    ) -> ChildResult<(u32, u32)> {
+        self.state.check_active("dispatch").map_err(|e| e.status())?;
+        if flags_value
+            & !(dispatch_flags::CLEAR_INTERCEPT_SUSPEND
+                | dispatch_flags::ENABLE_CALLER_INTERRUPTS
+                | dispatch_flags::SPECULATION_MASK)
+            != 0
+        {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        let ram = self.ram().ok_or(HvStatus::INVALID_PARTITION_STATE)?;
+        let suspended = self.suspended;
+        let ignore_unknown_msrs = self.ignore_unknown_msrs;
+        let vp_count = self.vp_count();
+        let (msrs, stats) = (&mut self.msrs, &mut self.stats);
+        let vp = self
+            .vps
+            .get_mut(index as usize)
+            .and_then(Option::as_mut)
+            .ok_or(HvStatus::INVALID_VP_INDEX)?;
+        let message_page = vp.message_page.ok_or(HvStatus::INVALID_VP_STATE)?;
+        if vp.unrecoverable {
+            return Err(HvStatus::INVALID_VP_STATE);
+        }
+        if vp.intercept_suspended {
+            if flags_value & dispatch_flags::CLEAR_INTERCEPT_SUSPEND == 0 {
+                return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
+            }
+            vp.intercept_suspended = false;
+        }
+        if vp.explicit_suspend || suspended {
+            return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
+        }
+        let host_if = flags_value & dispatch_flags::ENABLE_CALLER_INTERRUPTS != 0;
+        let profile = HvCpuidProfile {
+            privileges: Self::PRIVILEGES,
+            vp_count,
+            lp_count: 1,
+        };
+        let vmcb_pa = vp.vmcb_pa;
+        for _ in 0..MAX_INTERNAL_EXITS {
+            // Children may share ASIDs: flush on every entry (TCG flushes anyway).
+            vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
+            // SAFETY: the VMCB was set up by `create_vp` in hv-core's region
+            // with the shared IOPM/MSRPM and this child's NPT; it intercepts
+            // INTR with V_INTR_MASKING, so running with the host's IF set is
+            // allowed; this CPU alone runs it.
+            unsafe { vmrun::run(&mut vp.regs, vmcb_pa, host_save, host_if) };
+            // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
+            let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+            let code = ExitCode(vmcb.control.exit_code);
+            stats.count(code, vmcb.control.exit_info1);
+            let mut cpu = Vcpu {
+                vmcb,
+                regs: &mut vp.regs,
+                guest_efer: &mut vp.guest_efer,
+                mem: &ram,
+                msrs,
+                partition: id,
+                vp_index: index,
+                profile,
+                ignore_unknown_msrs,
+            };
+            let outcome = match code {
+                c if c.is_invalid() => {
+                    hvlog!("partition {id} VP {index}: VMRUN refused its state (VMEXIT_INVALID)");
+                    vp.unrecoverable = true;
+                    let mut payload = [0u8; 8];
+                    payload[..4].copy_from_slice(&index.to_le_bytes());
+                    let m = Message::new(message_type::INVALID_VP_REGISTER_VALUE, &payload);
+                    return deliver(root, message_page, &m);
+                }
+                ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
+                ExitCode::CPUID => cpu.cpuid(),
+                ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
+                ExitCode::MSR => cpu.wrmsr(),
+                ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
+                ExitCode::VMMCALL => {
+                    let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
+                    let result = crate::hypercall::child_call(id, control, input, output, &ram);
+                    if result.status != HvStatus::SUCCESS {
+                        stats.failed_hypercalls += 1;
+                    }
+                    cpu.vmcb.save.rax = result.encode();
+                    Outcome::Advance(Intercepted::Vmmcall)
+                }
+                ExitCode(0x80..=0x86) | ExitCode(0x76) => Outcome::UD,
+                ExitCode::IOIO => {
+                    vp.intercept_suspended = true;
+                    return deliver(root, message_page, &io_message(&cpu, index));
+                }
+                ExitCode::HLT => {
+                    vp.intercept_suspended = true;
+                    let header = intercept_header(&cpu, index, 1, access::EXECUTE);
+                    return deliver(
+                        root,
+                        message_page,
+                        &Message::new(message_type::X64_HALT, header.as_bytes()),
+                    );
+                }
+                ExitCode::NPF => {
+                    vp.intercept_suspended = true;
+                    return deliver(root, message_page, &memory_message(&cpu, index));
+                }
+                ExitCode::SHUTDOWN => {
+                    hvlog!(
+                        "partition {id} VP {index}: shutdown (triple fault) at rip {:#x}",
+                        cpu.vmcb.save.rip
+                    );
+                    vp.unrecoverable = true;
+                    let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                    let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
+                    return deliver(root, message_page, &m);
+                }
+                other => {
+                    hvlog!("partition {id} VP {index}: unexpected exit {other:?}: VP stopped");
+                    crate::vcpu::dump(cpu.vmcb, cpu.regs);
+                    vp.unrecoverable = true;
+                    let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                    let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
+                    return deliver(root, message_page, &m);
+                }
+            };
+            if cpu.finish(outcome) {
+                stats.injected += 1;
+            }
+        }
+        Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE))
+    }
+}
+
+/// Write `m` to the VP's message page in root memory.
+fn deliver(root: &RootRam, page: u64, m: &Message) -> ChildResult<(u32, u32)> {
+    root.write(page, m.as_bytes(), 8).map_err(|e: GpaError| match e {
+        GpaError::Misaligned => HvStatus::INVALID_ALIGNMENT,
+        GpaError::OutOfRange => HvStatus::INVALID_PARAMETER,
+    })?;
+    Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT))
+}
+
+fn intercept_header(cpu: &Vcpu<'_>, vp_index: u32, length: u8, access_type: u8) -> InterceptHeader {
+    let s = &cpu.vmcb.save;
+    let mut state = s.cpl as u16 & execution_state::CPL_MASK;
+    if s.cr0 & 1 != 0 {
+        state |= execution_state::CR0_PE;
+    }
+    if s.efer & (1 << 10) != 0 {
+        state |= execution_state::EFER_LMA;
+    }
+    if cpu.vmcb.control.int_state & 1 != 0 {
+        state |= execution_state::INTERRUPT_SHADOW;
+    }
+    InterceptHeader {
+        vp_index,
+        instruction_length_cr8: length & 0xF,
+        intercept_access_type: access_type,
+        execution_state: state,
+        cs: SegmentRegister {
+            base: s.cs.base,
+            limit: s.cs.limit,
+            selector: s.cs.selector,
+            attributes: SegmentRegister::attributes_from_svm(s.cs.attrib),
+        },
+        rip: s.rip,
+        rflags: s.rflags,
+    }
+}
+
+fn hv_segment(g: &Segment) -> SegmentRegister {
+    SegmentRegister {
+        base: g.base,
+        limit: g.limit,
+        selector: g.selector,
+        attributes: SegmentRegister::attributes_from_svm(g.attrib),
+    }
+}
+
+/// IOIO: EXITINFO1 bit 0 = IN, bit 2 string, bit 3 REP, bits 6:4 size (one-hot
+/// 1/2/4), bits 31:16 port; EXITINFO2 = next RIP (APM 15.10.2).
+fn io_message(cpu: &Vcpu<'_>, vp_index: u32) -> Message {
+    let info = cpu.vmcb.control.exit_info1;
+    let length = cpu
+        .vmcb
+        .control
+        .exit_info2
+        .wrapping_sub(cpu.vmcb.save.rip)
+        .min(15) as u8;
+    let size = match (info >> 4) & 0x7 {
+        0b001 => 1,
+        0b010 => 2,
+        _ => 4,
+    };
+    let mut access_info = size & io_access::SIZE_MASK;
+    if info & (1 << 2) != 0 {
+        access_info |= io_access::STRING_OP;
+    }
+    if info & (1 << 3) != 0 {
+        access_info |= io_access::REP_PREFIX;
+    }
+    let is_in = info & 1 != 0;
+    let (bytes, fetched) = cpu.fetch_instruction();
+    let mut instruction_bytes = [0u8; 16];
+    instruction_bytes[..fetched].copy_from_slice(&bytes[..fetched]);
+    let m = IoPortIntercept {
+        header: intercept_header(
+            cpu,
+            vp_index,
+            length,
+            if is_in { access::READ } else { access::WRITE },
+        ),
+        port_number: (info >> 16) as u16,
+        access_info,
+        instruction_byte_count: fetched as u8,
+        reserved: 0,
+        rax: cpu.vmcb.save.rax,
+        instruction_bytes,
+        ds: hv_segment(&cpu.vmcb.save.ds),
+        es: hv_segment(&cpu.vmcb.save.es),
+        rcx: cpu.regs.rcx,
+        rsi: cpu.regs.rsi,
+        rdi: cpu.regs.rdi,
+    };
+    Message::new(message_type::X64_IO_PORT_INTERCEPT, m.as_bytes())
+}
+
+/// NPF on a GPA the child's NPT does not map.
+fn memory_message(cpu: &Vcpu<'_>, vp_index: u32) -> Message {
+    let info = cpu.vmcb.control.exit_info1;
+    let access_type = if info & npf::FETCH != 0 {
+        access::EXECUTE
+    } else if info & npf::WRITE != 0 {
+        access::WRITE
+    } else {
+        access::READ
+    };
+    let (bytes, fetched) = cpu.fetch_instruction();
+    let mut instruction_bytes = [0u8; 16];
+    instruction_bytes[..fetched].copy_from_slice(&bytes[..fetched]);
+    let m = MemoryIntercept {
+        header: intercept_header(cpu, vp_index, 0, access_type),
+        cache_type: 6, // write-back
+        instruction_byte_count: fetched as u8,
+        memory_access_info: 0,
+        tpr_priority: 0,
+        reserved: 0,
+        guest_virtual_address: 0,
+        guest_physical_address: cpu.vmcb.control.exit_info2,
+        instruction_bytes,
+    };
+    Message::new(message_type::UNMAPPED_GPA, m.as_bytes())
+}
+
+fn gpr(regs: &GuestRegs, name: u32) -> Option<u64> {
+    Some(match name {
+        0x0002_0001 => regs.rcx,
+        0x0002_0002 => regs.rdx,
+        0x0002_0003 => regs.rbx,
+        0x0002_0005 => regs.rbp,
+        0x0002_0006 => regs.rsi,
+        0x0002_0007 => regs.rdi,
+        0x0002_0008 => regs.r8,
+        0x0002_0009 => regs.r9,
+        0x0002_000A => regs.r10,
+        0x0002_000B => regs.r11,
+        0x0002_000C => regs.r12,
+        0x0002_000D => regs.r13,
+        0x0002_000E => regs.r14,
+        0x0002_000F => regs.r15,
+        _ => return None,
+    })
+}
+
+fn gpr_mut(regs: &mut GuestRegs, name: u32) -> Option<&mut u64> {
+    Some(match name {
+        0x0002_0001 => &mut regs.rcx,
+        0x0002_0002 => &mut regs.rdx,
+        0x0002_0003 => &mut regs.rbx,
+        0x0002_0005 => &mut regs.rbp,
+        0x0002_0006 => &mut regs.rsi,
+        0x0002_0007 => &mut regs.rdi,
+        0x0002_0008 => &mut regs.r8,
+        0x0002_0009 => &mut regs.r9,
+        0x0002_000A => &mut regs.r10,
+        0x0002_000B => &mut regs.r11,
+        0x0002_000C => &mut regs.r12,
+        0x0002_000D => &mut regs.r13,
+        0x0002_000E => &mut regs.r14,
+        0x0002_000F => &mut regs.r15,
+        _ => return None,
+    })
+}
+
+/// The x86 power-on state (APM vol. 2 §14.1.3): real mode at F000:FFF0.
+fn reset_state(v: &mut Vmcb) {
+    let s = &mut v.save;
+    let data = Segment {
+        selector: 0,
+        attrib: 0x93,
+        limit: 0xFFFF,
+        base: 0,
+    };
+    s.cs = Segment {
+        selector: 0xF000,
+        attrib: 0x9B,
+        limit: 0xFFFF,
+        base: 0xFFFF_0000,
+    };
+    s.ds = data;
+    s.es = data;
+    s.ss = data;
+    s.fs = data;
+    s.gs = data;
+    s.gdtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: 0xFFFF,
+        base: 0,
+    };
+    s.idtr = Segment {
+        selector: 0,
+        attrib: 0,
+        limit: 0xFFFF,
+        base: 0,
+    };
+    s.ldtr = Segment {
+        selector: 0,
+        attrib: 0x82,
+        limit: 0xFFFF,
+        base: 0,
+    };
+    s.tr = Segment {
+        selector: 0,
+        attrib: 0x8B,
+        limit: 0xFFFF,
+        base: 0,
+    };
+    s.cpl = 0;
+    s.efer = EFER_SVME;
+    s.cr0 = 0x6000_0010;
+    s.cr3 = 0;
+    s.cr4 = 0;
+    s.rflags = 2;
+    s.rip = 0xFFF0;
+    s.rsp = 0;
+    s.rax = 0;
+    s.dr6 = 0xFFFF_0FF0;
+    s.dr7 = 0x400;
+    s.g_pat = 0x0007_0406_0007_0406;
+}

@@ -1,0 +1,331 @@
+//! What every VP's exits share, root or child: CPUID, the synthetic and
+//! shadowed MSRs, stepping over an emulated instruction (TCG has no NRIP
+//! save) and fetching instruction bytes through the guest's page tables.
+//! Every value read from the guest is checked before use.
+
+use crate::memory::GuestMemory;
+use crate::vmrun::GuestRegs;
+use hv1_abi::cpuid::{CPUID1_ECX_HYPERVISOR, HvCpuidProfile};
+use hv1_abi::msr;
+use svm::Vmcb;
+use svm::insn::{self, Intercepted};
+use svm::vmcb::{EFER_SVME, event};
+
+/// #UD.
+pub const VECTOR_UD: u8 = 6;
+/// #GP.
+pub const VECTOR_GP: u8 = 13;
+/// EFER.
+pub const MSR_EFER: u32 = 0xC000_0080;
+const MSR_PAT: u32 = 0x277;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// EFER bits a guest may set: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE.
+const EFER_ALLOWED: u64 =
+    (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
+
+/// Per-partition synthetic MSR state (TLFS partition-wide MSRs).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyntheticMsrs {
+    /// HV_X64_MSR_GUEST_OS_ID.
+    pub guest_os_id: u64,
+    /// HV_X64_MSR_HYPERCALL as last accepted.
+    pub hypercall: u64,
+}
+
+/// What emulating an instruction came to.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    /// Done: step over the instruction.
+    Advance(Intercepted),
+    /// Deliver an exception instead (RIP stays on the instruction).
+    Inject(u32, u32),
+}
+
+impl Outcome {
+    /// #GP(0).
+    pub const GP: Self = Self::Inject(event::exception_with_error(VECTOR_GP), 0);
+    /// #UD.
+    pub const UD: Self = Self::Inject(event::exception(VECTOR_UD), 0);
+}
+
+/// One VP's exit, with everything needed to emulate it.
+pub struct Vcpu<'a> {
+    /// Its VMCB.
+    pub vmcb: &'a mut Vmcb,
+    /// Its GPRs.
+    pub regs: &'a mut GuestRegs,
+    /// EFER as the guest believes it is (the VMCB copy always has SVME set).
+    pub guest_efer: &'a mut u64,
+    /// Its partition's memory.
+    pub mem: &'a dyn GuestMemory,
+    /// Its partition's synthetic MSRs.
+    pub msrs: &'a mut SyntheticMsrs,
+    /// Partition id (for logs).
+    pub partition: u64,
+    /// VP index (VP_INDEX MSR).
+    pub vp_index: u32,
+    /// What CPUID's hypervisor leaves say.
+    pub profile: HvCpuidProfile,
+    /// Partition property UNIMPLEMENTED_MSR_ACTION: unknown MSRs read 0 and
+    /// ignore writes instead of #GP.
+    pub ignore_unknown_msrs: bool,
+}
+
+impl Vcpu<'_> {
+    /// Apply an outcome: step over the instruction or queue the exception.
+    /// Returns true if an exception was injected.
+    pub fn finish(&mut self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Advance(kind) => self.advance_rip(kind),
+            Outcome::Inject(event, error) => {
+                self.vmcb.control.event_inj = event;
+                self.vmcb.control.event_inj_err = error;
+                true
+            }
+        }
+    }
+
+    /// Up to 15 bytes at the guest's CS:RIP, through its page tables.
+    pub fn fetch_instruction(&self) -> ([u8; insn::MAX_LEN], usize) {
+        let mut bytes = [0u8; insn::MAX_LEN];
+        let mut fetched = 0;
+        let start = self.vmcb.save.cs.base.wrapping_add(self.vmcb.save.rip);
+        for (i, slot) in bytes.iter_mut().enumerate() {
+            match self.read_virt_u8(start.wrapping_add(i as u64)) {
+                Some(b) => {
+                    *slot = b;
+                    fetched += 1;
+                }
+                None => break,
+            }
+        }
+        (bytes, fetched)
+    }
+
+    /// Step over the intercepted instruction. Without NRIP save (QEMU TCG) the
+    /// length comes from decoding the bytes at RIP, which also confirms they
+    /// are the instruction the exit reported. Returns true if that failed and
+    /// #UD was injected instead.
+    fn advance_rip(&mut self, kind: Intercepted) -> bool {
+        let (bytes, fetched) = self.fetch_instruction();
+        let rip = self.vmcb.save.rip;
+        match insn::length(&bytes[..fetched], kind) {
+            Ok(len) => {
+                self.vmcb.save.rip = rip.wrapping_add(len as u64);
+                false
+            }
+            Err(e) => {
+                hvlog!(
+                    "partition {}: cannot step over {kind:?} at {rip:#x}: {e:?}; injecting #UD",
+                    self.partition
+                );
+                self.vmcb.control.event_inj = event::exception(VECTOR_UD);
+                true
+            }
+        }
+    }
+
+    /// Read a byte at a guest virtual address through the guest's page tables.
+    fn read_virt_u8(&self, va: u64) -> Option<u8> {
+        let paging = self.vmcb.save.cr0 & (1 << 31) != 0;
+        let gpa = if paging {
+            x86_paging::walk(|gpa| self.mem.read_u64(gpa), self.vmcb.save.cr3, va)
+                .ok()?
+                .phys
+        } else {
+            va
+        };
+        self.mem.read_u8(gpa)
+    }
+
+    /// CPUID: hypervisor leaves from the profile, the rest from the CPU with
+    /// the hypervisor bit set and SVM hidden (no nested virtualization).
+    pub fn cpuid(&mut self) -> Outcome {
+        let leaf = self.vmcb.save.rax as u32;
+        let subleaf = self.regs.rcx as u32;
+        let r = match self.profile.leaf(leaf) {
+            Some(r) => r,
+            None => {
+                let mut r = kernel_x86::arch::cpuid(leaf, subleaf);
+                match leaf {
+                    1 => r.ecx |= CPUID1_ECX_HYPERVISOR,
+                    0x8000_0001 => r.ecx &= !(1 << 2),
+                    0x8000_000A => r = Default::default(),
+                    _ => {}
+                }
+                r
+            }
+        };
+        self.vmcb.save.rax = r.eax as u64;
+        self.regs.rbx = r.ebx as u64;
+        self.regs.rcx = r.ecx as u64;
+        self.regs.rdx = r.edx as u64;
+        Outcome::Advance(Intercepted::Cpuid)
+    }
+
+    /// RDMSR of an intercepted MSR.
+    pub fn rdmsr(&mut self) -> Outcome {
+        let index = self.regs.rcx as u32;
+        let value = match index {
+            msr::GUEST_OS_ID => self.msrs.guest_os_id,
+            msr::HYPERCALL => self.msrs.hypercall,
+            msr::VP_INDEX => self.vp_index as u64,
+            MSR_EFER => *self.guest_efer,
+            MSR_PAT => self.vmcb.save.g_pat,
+            // The SVM control MSRs belong to hv-core: the partition sees SVM off.
+            0xC001_0117 | 0xC001_0114 => 0,
+            _ if self.ignore_unknown_msrs => 0,
+            _ => {
+                hvlog!("partition {}: rdmsr {index:#x} not provided: #GP", self.partition);
+                return Outcome::GP;
+            }
+        };
+        self.vmcb.save.rax = value & 0xFFFF_FFFF;
+        self.regs.rdx = value >> 32;
+        Outcome::Advance(Intercepted::Rdmsr)
+    }
+
+    /// WRMSR of an intercepted MSR.
+    pub fn wrmsr(&mut self) -> Outcome {
+        let index = self.regs.rcx as u32;
+        let value = (self.vmcb.save.rax & 0xFFFF_FFFF) | (self.regs.rdx << 32);
+        match index {
+            MSR_EFER => return self.write_efer(value),
+            // Guest PAT lives in the VMCB (on hardware it is G_PAT under NPT).
+            MSR_PAT => {
+                let valid = (0..8).all(|i| matches!((value >> (i * 8)) & 0xFF, 0 | 1 | 4 | 5 | 6 | 7));
+                if !valid {
+                    return Outcome::GP;
+                }
+                self.vmcb.save.g_pat = value;
+            }
+            msr::GUEST_OS_ID => {
+                self.msrs.guest_os_id = value;
+                if value == 0 {
+                    // TLFS: clearing the guest OS id disables the hypercall page.
+                    self.msrs.hypercall &= !msr::HYPERCALL_ENABLE;
+                }
+            }
+            msr::HYPERCALL => return self.write_hypercall_msr(value),
+            _ if self.ignore_unknown_msrs && !hv1_abi::msr::SYNTHETIC_RANGE.contains(&index) => {}
+            _ => {
+                hvlog!(
+                    "partition {}: wrmsr {index:#x} <- {value:#x} refused: #GP",
+                    self.partition
+                );
+                return Outcome::GP;
+            }
+        }
+        Outcome::Advance(Intercepted::Wrmsr)
+    }
+
+    /// EFER: reserved bits and toggling LME with paging on fault; LMA is
+    /// read-only. SVME stays set in the VMCB whatever the guest writes (VMRUN
+    /// requires it, and QEMU turns VMMCALL into #UD without it); the guest
+    /// reads back what it wrote.
+    pub fn write_efer(&mut self, value: u64) -> Outcome {
+        let paging = self.vmcb.save.cr0 & (1 << 31) != 0;
+        let lme_changed = (value ^ *self.guest_efer) & EFER_LME != 0;
+        if value & !EFER_ALLOWED != 0 || (paging && lme_changed) {
+            return Outcome::GP;
+        }
+        let value = (value & !EFER_LMA) | (*self.guest_efer & EFER_LMA);
+        *self.guest_efer = value;
+        self.vmcb.save.efer = value | EFER_SVME;
+        Outcome::Advance(Intercepted::Wrmsr)
+    }
+
+    /// HV_X64_MSR_HYPERCALL: bit 0 enable, bit 1 locked, bits 11:2 reserved
+    /// (preserved), 63:12 the GPA page where hv-core writes the call stub.
+    fn write_hypercall_msr(&mut self, value: u64) -> Outcome {
+        if self.msrs.hypercall & msr::HYPERCALL_LOCKED != 0 {
+            return Outcome::GP;
+        }
+        if value & msr::HYPERCALL_ENABLE != 0 {
+            if self.msrs.guest_os_id == 0 {
+                // TLFS: the page cannot be enabled before the guest identifies itself.
+                hvlog!(
+                    "partition {}: hypercall page enable ignored: GUEST_OS_ID is 0",
+                    self.partition
+                );
+                self.msrs.hypercall = value & !msr::HYPERCALL_ENABLE;
+                return Outcome::Advance(Intercepted::Wrmsr);
+            }
+            let page = value & msr::HYPERCALL_GPFN_MASK;
+            if self.mem.write(page, &msr::HYPERCALL_PAGE_SVM, 1).is_err() {
+                hvlog!(
+                    "partition {}: hypercall page GPA {page:#x} is not its RAM: #GP",
+                    self.partition
+                );
+                return Outcome::GP;
+            }
+            hvlog!(
+                "partition {}: hypercall page enabled at {page:#x}",
+                self.partition
+            );
+        }
+        self.msrs.hypercall = value;
+        Outcome::Advance(Intercepted::Wrmsr)
+    }
+
+    /// May this VP make a hypercall now? TLFS: from CPL > 0 or outside long
+    /// mode VMMCALL raises #UD; so does a disabled hypercall interface.
+    pub fn hypercall_allowed(&self) -> bool {
+        let long_mode = self.vmcb.save.efer & EFER_LMA != 0 && self.vmcb.save.cs.attrib & (1 << 9) != 0;
+        self.vmcb.save.cpl == 0 && long_mode && self.msrs.hypercall & msr::HYPERCALL_ENABLE != 0
+    }
+}
+
+/// A one-line dump of a VMCB for fatal logs.
+pub fn dump(vmcb: &Vmcb, regs: &GuestRegs) {
+    let (c, s) = (&vmcb.control, &vmcb.save);
+    crate::log::emergency(format_args!(
+        "  exit {:#x} info1 {:#x} info2 {:#x} intinfo {:#x}",
+        c.exit_code, c.exit_info1, c.exit_info2, c.exit_int_info
+    ));
+    crate::log::emergency(format_args!(
+        "  rip {:#x} rsp {:#x} rax {:#x} rflags {:#x} cpl {} efer {:#x}",
+        s.rip, s.rsp, s.rax, s.rflags, s.cpl, s.efer
+    ));
+    crate::log::emergency(format_args!(
+        "  cr0 {:#x} cr3 {:#x} cr4 {:#x} cs {:#x}/{:#x} ss {:#x}/{:#x}",
+        s.cr0, s.cr3, s.cr4, s.cs.selector, s.cs.attrib, s.ss.selector, s.ss.attrib
+    ));
+    crate::log::emergency(format_args!("  {regs:x?}"));
+}
+
+/// What hv-core counts per partition.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExitStats {
+    /// All exits.
+    pub total: u64,
+    /// Exits by reason (`hv1_abi::private::EXIT_REASONS`).
+    pub by_reason: [u64; hv1_abi::private::EXIT_REASON_COUNT],
+    /// Exceptions injected into the partition.
+    pub injected: u64,
+    /// Hypercalls that did not succeed.
+    pub failed_hypercalls: u64,
+}
+
+impl ExitStats {
+    /// Count one exit of `code` (`info1` tells MSR reads from writes).
+    pub fn count(&mut self, code: svm::ExitCode, info1: u64) {
+        use hv1_abi::private::reason;
+        use svm::ExitCode;
+        self.total += 1;
+        let bucket = match code {
+            ExitCode::CPUID => reason::CPUID,
+            ExitCode::MSR if info1 == 0 => reason::MSR_READ,
+            ExitCode::MSR => reason::MSR_WRITE,
+            ExitCode::VMMCALL => reason::VMMCALL,
+            ExitCode::NPF => reason::NPF,
+            ExitCode::HLT => reason::HLT,
+            ExitCode::IOIO => reason::IOIO,
+            ExitCode::SHUTDOWN => reason::SHUTDOWN,
+            ExitCode::INTR => reason::INTR,
+            _ => reason::OTHER,
+        };
+        self.by_reason[bucket] += 1;
+    }
+}
