@@ -47,6 +47,8 @@ pub struct Machine {
     output: Receiver<u8>,
     console: String,
     hv_log: PathBuf,
+    mgmt_socket: PathBuf,
+    mgmt: Option<hvctl::Client>,
 }
 
 impl Machine {
@@ -175,6 +177,64 @@ impl Machine {
                 Err(e) => self.fail(&format!("waiting for QEMU: {e}")),
             }
         }
+    }
+
+    /// Wait for the root's shell, then run `command` on the management
+    /// channel (COM2) and return its response.
+    pub fn hvctl(&mut self, command: &str) -> String {
+        if self.mgmt.is_none() {
+            if !self.console.contains("management shell ready") {
+                self.expect("management shell ready");
+            }
+            match hvctl::Client::connect(&self.mgmt_socket, Duration::from_secs(20)) {
+                Ok(c) => self.mgmt = Some(c),
+                Err(e) => self.fail(&format!("hvctl: {e}")),
+            }
+        }
+        let client = self.mgmt.as_mut().expect("connected above");
+        match client.run(command, BOOT_DEADLINE) {
+            Ok(out) => out,
+            Err(e) => self.fail(&format!("hvctl {command:?}: {e}")),
+        }
+    }
+
+    /// `hvctl` for a `--json` command, parsed.
+    pub fn hvctl_json(&mut self, command: &str) -> serde_json::Value {
+        let out = self.hvctl(command);
+        match serde_json::from_str(out.trim()) {
+            Ok(v) => v,
+            Err(e) => self.fail(&format!("{command:?} returned bad JSON ({e}): {out}")),
+        }
+    }
+
+    /// Poll `command` (JSON) until `pred` holds, or fail at the deadline.
+    pub fn wait_json(
+        &mut self,
+        command: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            let v = self.hvctl_json(command);
+            if pred(&v) {
+                return v;
+            }
+            if start.elapsed() > BOOT_DEADLINE {
+                self.fail(&format!("timed out waiting for {what}; last {command:?}: {v}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The socket of the management channel.
+    pub fn mgmt_socket(&self) -> &std::path::Path {
+        &self.mgmt_socket
+    }
+
+    /// Fail the test with `why`, showing the console and hv-core's log.
+    pub fn fail_with(&mut self, why: &str) -> ! {
+        self.fail(why)
     }
 
     /// Boot-to-exit for a self-test: returns the console; fails unless the

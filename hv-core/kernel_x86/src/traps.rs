@@ -165,7 +165,6 @@ exc_stub_\n:
     EXC_ERR   29
     EXC_ERR   30
     EXC_NOERR 31
-    EXC_NOERR 32
 
 exception_common:
     push r15
@@ -208,7 +207,7 @@ exception_common:
     .balign 8
     .global exc_stub_table
 exc_stub_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     .quad exc_stub_\n
     .endr
 
@@ -272,8 +271,29 @@ probe_fixups:
     dispatch = sym exception_dispatch,
 );
 
+// Vectors 32-255: one 16-byte stub each (push 0, push vector, join the
+// common path), so the IDT entry of vector v is irq_stubs + 16 * (v - 32).
+global_asm!(
+    r#"
+    .section .text
+    .balign 16
+    .global irq_stubs
+irq_stubs:
+    .set vec, 32
+    .rept 224
+    .balign 16
+    pushq $0
+    pushq $vec
+    jmp exception_common
+    .set vec, vec + 1
+    .endr
+    "#,
+    options(att_syntax)
+);
+
 unsafe extern "C" {
-    static exc_stub_table: [u64; 33];
+    static irq_stubs: u8;
+    static exc_stub_table: [u64; 32];
     static probe_fixups: [[u64; 2]; 5];
 }
 
@@ -383,6 +403,15 @@ extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
         frame.r[3] = (frame.vector + 1) | ((frame.error & 0xFFFF_FFFF) << 32); // R11
         return;
     }
+    if frame.vector >= 32 {
+        let irq = IRQ_HANDLERS[frame.vector as usize & 0xFF].load(Ordering::Acquire);
+        if irq != 0 {
+            // SAFETY: IRQ_HANDLERS only ever holds `fn()` values stored by `set_irq_handler`.
+            let irq: fn() = unsafe { core::mem::transmute(irq) };
+            irq();
+            return;
+        }
+    }
     let handler = HANDLER.load(Ordering::Acquire);
     if handler != 0 {
         // SAFETY: HANDLER only ever holds a `fn(&ExceptionFrame) -> !` stored by `init`.
@@ -393,6 +422,14 @@ extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
 }
 
 static HANDLER: AtomicUsize = AtomicUsize::new(0);
+static IRQ_HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+
+/// Route interrupt `vector` (32..=255) to `handler`, which runs with
+/// interrupts off and must acknowledge the interrupt itself (e.g. EOI).
+pub fn set_irq_handler(vector: u8, handler: fn()) {
+    assert!(vector >= 32, "vectors below 32 are exceptions");
+    IRQ_HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
+}
 
 impl fmt::Display for ExceptionFrame {
     /// A multi-line report: what, where, and every register.
@@ -518,8 +555,13 @@ pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
 
     // SAFETY: `exc_stub_table` is a read-only table of code addresses in the asm above.
     let stubs = unsafe { &exc_stub_table };
+    let irq_base = &raw const irq_stubs as u64;
     for (vector, entry) in tables.idt.iter_mut().enumerate() {
-        let handler = stubs[vector.min(32)];
+        let handler = if vector < 32 {
+            stubs[vector]
+        } else {
+            irq_base + 16 * (vector as u64 - 32)
+        };
         *entry = IdtEntry {
             offset_low: handler as u16,
             selector: KERNEL_CS,

@@ -8,8 +8,14 @@ use boot_proto::handoff::{Handoff, PhysRange, REGION_ALIGN};
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv1_abi::cpuid::{self as hvcpuid, PartitionPrivileges};
+use hv1_abi::partition::{
+    CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
+    MapVpStatePageInput, PartitionPropertyInput, RegisterAssoc, RegisterName, RegisterValue,
+    VP_STATE_PAGE_INTERCEPT_MESSAGE, VpRegistersHeader,
+};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult, msr};
 use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Size of the region given to hv-core.
 pub const HV_REGION_SIZE: u64 = 16 << 20;
@@ -26,6 +32,10 @@ pub struct HvRegion {
 }
 
 static HYPERCALL_PAGE: AtomicU64 = AtomicU64::new(0);
+/// Scratch pages for hypercall input and output (the root is single-threaded
+/// and never makes hypercalls from interrupt handlers).
+static INPUT_PAGE: AtomicU64 = AtomicU64::new(0);
+static OUTPUT_PAGE: AtomicU64 = AtomicU64::new(0);
 
 /// Why hv-core could not be launched.
 #[derive(Debug)]
@@ -198,6 +208,14 @@ pub fn setup_hypercall_page() -> Result<u64, HypercallSetupError> {
         return Err(HypercallSetupError::UnexpectedPage(bytes));
     }
     HYPERCALL_PAGE.store(page, Ordering::Release);
+    INPUT_PAGE.store(
+        memory::alloc_frames(1).expect("a frame for hypercall input"),
+        Ordering::Release,
+    );
+    OUTPUT_PAGE.store(
+        memory::alloc_frames(1).expect("a frame for hypercall output"),
+        Ordering::Release,
+    );
     Ok(page)
 }
 
@@ -213,6 +231,301 @@ pub fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
              lateout("rax") result, clobber_abi("C"))
     };
     HypercallResult::decode(result)
+}
+
+fn scratch(page: &AtomicU64) -> &'static mut [u8] {
+    let phys = page.load(Ordering::Acquire);
+    assert!(phys != 0, "hypercall pages not set up");
+    // SAFETY: a frame the root set aside for hypercall parameters; the root is
+    // single-threaded and never makes hypercalls from interrupt handlers, so
+    // this is the only live reference.
+    unsafe { memory::phys_slice_mut(phys, 4096) }
+}
+
+/// Issue `code` as a slow simple call with `input` in the input page;
+/// returns the output page.
+fn simple_call(code: HvCallCode, input: &[u8]) -> Result<&'static [u8], HvStatus> {
+    let (inp, out) = (scratch(&INPUT_PAGE), scratch(&OUTPUT_PAGE));
+    inp[..input.len()].copy_from_slice(input);
+    out[..64].fill(0);
+    let r = hypercall(
+        HypercallControl::simple(code).encode(),
+        INPUT_PAGE.load(Ordering::Relaxed),
+        OUTPUT_PAGE.load(Ordering::Relaxed),
+    );
+    if r.status == HvStatus::SUCCESS {
+        Ok(out)
+    } else {
+        Err(r.status)
+    }
+}
+
+/// A fast call with one 8-byte argument.
+fn fast_call(code: HvCallCode, arg: u64, arg2: u64) -> Result<(), HvStatus> {
+    let control = HypercallControl {
+        fast: true,
+        ..HypercallControl::simple(code)
+    }
+    .encode();
+    let r = hypercall(control, arg, arg2);
+    if r.status == HvStatus::SUCCESS {
+        Ok(())
+    } else {
+        Err(r.status)
+    }
+}
+
+/// A rep call: `header` then `count` elements written by `element(i, out)`
+/// (each `element_size` bytes), re-issued until every rep is done (TLFS: the
+/// caller resumes at the reps completed). Output rep elements land in the
+/// output page, `output_size` bytes each, in call-sized batches handed to `done`.
+fn rep_call(
+    code: HvCallCode,
+    header: &[u8],
+    element_size: usize,
+    count: usize,
+    mut element: impl FnMut(usize, &mut [u8]),
+    output_size: usize,
+    mut done: impl FnMut(usize, &[u8]),
+) -> Result<(), (HvStatus, usize)> {
+    let per_call_in = if element_size == 0 {
+        4095
+    } else {
+        (4096 - header.len()) / element_size
+    };
+    let per_call_out = if output_size == 0 {
+        usize::MAX
+    } else {
+        4096 / output_size
+    };
+    let batch = per_call_in.min(per_call_out).min(0xFFF);
+    let mut first = 0;
+    while first < count {
+        let n = batch.min(count - first);
+        let (inp, out) = (scratch(&INPUT_PAGE), scratch(&OUTPUT_PAGE));
+        inp[..header.len()].copy_from_slice(header);
+        for i in 0..n {
+            let at = header.len() + i * element_size;
+            element(first + i, &mut inp[at..at + element_size]);
+        }
+        let mut completed = 0u16;
+        while (completed as usize) < n {
+            let control = HypercallControl {
+                rep_count: n as u16,
+                rep_start: completed,
+                ..HypercallControl::simple(code)
+            };
+            let r = hypercall(
+                control.encode(),
+                INPUT_PAGE.load(Ordering::Relaxed),
+                OUTPUT_PAGE.load(Ordering::Relaxed),
+            );
+            if r.status != HvStatus::SUCCESS {
+                return Err((r.status, first + r.reps_completed as usize));
+            }
+            completed = r.reps_completed;
+        }
+        done(first, &out[..n * output_size]);
+        first += n;
+    }
+    Ok(())
+}
+
+/// Patch a header's first field (a GFN base) for each batch of a map call.
+fn map_header(partition: u64, gfn: u64, flags: u32) -> [u8; 24] {
+    let h = MapGpaPagesHeader {
+        target_partition_id: partition,
+        target_gpa_base: gfn,
+        map_flags: flags,
+        padding: 0,
+    };
+    let mut b = [0u8; 24];
+    b.copy_from_slice(h.as_bytes());
+    b
+}
+
+/// HvCallCreatePartition.
+pub fn create_partition() -> Result<u64, HvStatus> {
+    let input = CreatePartitionInput {
+        flags: 0,
+        proximity_domain_info: 0,
+        compatibility_version: 0x0609,
+        padding: 0,
+        disabled_processor_features: [0; 2],
+        disabled_xsave_features: 0,
+        isolation_properties: 0,
+    };
+    let out = simple_call(HvCallCode::CREATE_PARTITION, input.as_bytes())?;
+    Ok(u64::from_le_bytes(out[..8].try_into().expect("8 bytes")))
+}
+
+/// HvCallInitializePartition (fast).
+pub fn initialize_partition(id: u64) -> Result<(), HvStatus> {
+    fast_call(HvCallCode::INITIALIZE_PARTITION, id, 0)
+}
+
+/// HvCallFinalizePartition (fast).
+pub fn finalize_partition(id: u64) -> Result<(), HvStatus> {
+    fast_call(HvCallCode::FINALIZE_PARTITION, id, 0)
+}
+
+/// HvCallDeletePartition (fast).
+pub fn delete_partition(id: u64) -> Result<(), HvStatus> {
+    fast_call(HvCallCode::DELETE_PARTITION, id, 0)
+}
+
+/// HvCallSetPartitionProperty.
+pub fn set_partition_property(id: u64, code: u32, value: u64) -> Result<(), HvStatus> {
+    let input = PartitionPropertyInput {
+        partition_id: id,
+        property_code: code,
+        padding: 0,
+        property_value: value,
+    };
+    simple_call(HvCallCode::SET_PARTITION_PROPERTY, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallMapGpaPages: `pfns[i]` at child page `gfn + i`.
+pub fn map_gpa_pages(id: u64, gfn: u64, pfns: &[u64], flags: u32) -> Result<(), (HvStatus, usize)> {
+    // Batches share one header, so map each batch with its own base.
+    let per_call = (4096 - 24) / 8;
+    for (chunk_index, chunk) in pfns.chunks(per_call).enumerate() {
+        let base = gfn + (chunk_index * per_call) as u64;
+        rep_call(
+            HvCallCode::MAP_GPA_PAGES,
+            &map_header(id, base, flags),
+            8,
+            chunk.len(),
+            |i, out| out.copy_from_slice(&chunk[i].to_le_bytes()),
+            0,
+            |_, _| {},
+        )
+        .map_err(|(s, done)| (s, chunk_index * per_call + done))?;
+    }
+    Ok(())
+}
+
+/// HvCallUnmapGpaPages: `count` pages from child page `gfn`.
+pub fn unmap_gpa_pages(id: u64, gfn: u64, count: usize) -> Result<(), (HvStatus, usize)> {
+    rep_call(
+        HvCallCode::UNMAP_GPA_PAGES,
+        &map_header(id, gfn, 0),
+        0,
+        count,
+        |_, _| {},
+        0,
+        |_, _| {},
+    )
+}
+
+/// HvCallCreateVp.
+pub fn create_vp(id: u64, vp: u32) -> Result<(), HvStatus> {
+    let input = CreateVpInput {
+        partition_id: id,
+        vp_index: vp,
+        padding: [0; 3],
+        subnode_type: 0,
+        subnode_id: 0,
+        proximity_domain_info: 0,
+        flags: 0,
+    };
+    simple_call(HvCallCode::CREATE_VP, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallMapVpStatePage: intercept messages of (`id`, `vp`) go to root page `page`.
+pub fn map_intercept_message_page(id: u64, vp: u32, page: u64) -> Result<(), HvStatus> {
+    let input = MapVpStatePageInput {
+        partition_id: id,
+        vp_index: vp,
+        page_type: VP_STATE_PAGE_INTERCEPT_MESSAGE,
+        input_vtl: 0,
+        flags: 1,
+        requested_map_location: page >> 12,
+    };
+    simple_call(HvCallCode::MAP_VP_STATE_PAGE, input.as_bytes()).map(|_| ())
+}
+
+fn registers_header(id: u64, vp: u32) -> [u8; 16] {
+    let h = VpRegistersHeader {
+        partition_id: id,
+        vp_index: vp,
+        input_vtl: 0,
+        reserved8: 0,
+        reserved16: 0,
+    };
+    let mut b = [0u8; 16];
+    b.copy_from_slice(h.as_bytes());
+    b
+}
+
+/// HvCallSetVpRegisters.
+pub fn set_vp_registers(
+    id: u64,
+    vp: u32,
+    regs: &[(RegisterName, RegisterValue)],
+) -> Result<(), (HvStatus, usize)> {
+    rep_call(
+        HvCallCode::SET_VP_REGISTERS,
+        &registers_header(id, vp),
+        32,
+        regs.len(),
+        |i, out| {
+            let assoc = RegisterAssoc {
+                name: regs[i].0.0,
+                reserved1: 0,
+                reserved2: 0,
+                value: regs[i].1,
+            };
+            out.copy_from_slice(assoc.as_bytes());
+        },
+        0,
+        |_, _| {},
+    )
+}
+
+/// HvCallGetVpRegisters.
+pub fn get_vp_registers(
+    id: u64,
+    vp: u32,
+    names: &[RegisterName],
+    values: &mut [RegisterValue],
+) -> Result<(), (HvStatus, usize)> {
+    rep_call(
+        HvCallCode::GET_VP_REGISTERS,
+        &registers_header(id, vp),
+        4,
+        names.len(),
+        |i, out| out.copy_from_slice(&names[i].0.to_le_bytes()),
+        16,
+        |first, out| {
+            for (i, chunk) in out.chunks_exact(16).enumerate() {
+                values[first + i] = RegisterValue::read_from_bytes(chunk).expect("16 bytes");
+            }
+        },
+    )
+}
+
+/// HvCallDispatchVp: (dispatch state, dispatch event).
+pub fn dispatch_vp(id: u64, vp: u32, flags: u32) -> Result<(u32, u32), HvStatus> {
+    let input = DispatchVpInput {
+        partition_id: id,
+        vp_index: vp,
+        flags,
+        time_slice: 0,
+        spec_ctrl: 0,
+    };
+    let out = simple_call(HvCallCode::DISPATCH_VP, input.as_bytes())?;
+    let o = DispatchVpOutput::read_from_bytes(&out[..8]).expect("8 bytes");
+    Ok((o.dispatch_state, o.dispatch_event))
+}
+
+/// hv-core's counters for a child (project-private call).
+pub fn partition_stats(id: u64) -> Result<hv1_abi::private::PartitionStats, HvStatus> {
+    let out = simple_call(hv1_abi::private::GET_PARTITION_STATS, &id.to_le_bytes())?;
+    Ok(hv1_abi::private::PartitionStats::read_from_bytes(
+        &out[..size_of::<hv1_abi::private::PartitionStats>()],
+    )
+    .expect("exact size"))
 }
 
 /// HvCallGetPartitionId: this partition's id.

@@ -21,9 +21,13 @@ mod serial;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+mod commands;
+#[cfg(target_os = "none")]
 mod disk;
 #[cfg(target_os = "none")]
 mod hv;
+#[cfg(target_os = "none")]
+mod manager;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
@@ -34,6 +38,10 @@ mod scenarios;
 mod shell;
 #[cfg(target_os = "none")]
 mod start;
+#[cfg(target_os = "none")]
+mod timer;
+#[cfg(target_os = "none")]
+mod worker;
 
 #[cfg(target_os = "none")]
 pub use start::root_main;

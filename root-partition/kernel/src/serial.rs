@@ -4,8 +4,10 @@ use core::fmt;
 use kernel_x86::arch::Port;
 use spin::Mutex;
 
-/// COM1 base port.
+/// COM1 base port: the interactive console.
 pub const COM1: u16 = 0x3F8;
+/// COM2 base port: the management channel for host tools (hvctl).
+pub const COM2: u16 = 0x2F8;
 
 /// A polled 16550.
 pub struct Uart {
@@ -43,6 +45,15 @@ impl Uart {
         self.reg(0).write8(b);
     }
 
+    /// Is a UART there? (The scratch register holds what is written to it;
+    /// a missing device reads 0xFF.)
+    pub fn present(&mut self) -> bool {
+        self.reg(7).write8(0x5A);
+        let a = self.reg(7).read8();
+        self.reg(7).write8(0xA5);
+        a == 0x5A && self.reg(7).read8() == 0xA5
+    }
+
     /// A received byte, if one is waiting.
     pub fn try_read_byte(&mut self) -> Option<u8> {
         (self.reg(5).read8() & 1 != 0).then(|| self.reg(0).read8())
@@ -63,6 +74,9 @@ impl fmt::Write for Uart {
 
 // SAFETY: COM1 belongs to the root kernel alone (hv-core logs on debugcon).
 pub static CONSOLE: Mutex<Uart> = Mutex::new(unsafe { Uart::new(COM1) });
+
+// SAFETY: COM2 belongs to the root kernel alone.
+pub static MGMT: Mutex<Uart> = Mutex::new(unsafe { Uart::new(COM2) });
 
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {

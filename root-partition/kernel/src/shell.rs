@@ -1,259 +1,257 @@
-//! The root's management shell on COM1. For now it knows the hypervisor's
-//! status, the passthrough disk and memory; partition commands arrive with
-//! child partitions. Every listing has a `--json` form.
+//! The root's management sessions and its main loop.
+//!
+//! Two sessions share one command language: the interactive console on COM1
+//! (echo, line editing, history, `console N` attaches to a child) and the
+//! management channel on COM2 for host tools like `hvctl` (no echo; each
+//! response ends with an EOT line). Between keystrokes the loop dispatches
+//! child VPs round-robin; the timer interrupt ends each slice.
 
+use crate::commands::{self, Effect};
+use crate::manager::Manager;
+use crate::serial::{CONSOLE, MGMT, Uart};
 use crate::start::BootReport;
-use crate::{disk, hv, memory, qemu};
-use alloc::format;
+use crate::{qemu, timer};
 use alloc::string::String;
 use alloc::vec::Vec;
-use hv1_abi::private::{CoreStats, EXIT_REASONS};
+use spin::Mutex;
 
 const PROMPT: &str = "root> ";
 const HISTORY: usize = 32;
+/// Ends every response on the management channel.
+pub const END_OF_RESPONSE: &str = "\x04\n";
+/// Detaches an attached console (Ctrl-]).
+const DETACH: u8 = 0x1D;
 
-/// Read-eval-print forever.
-pub fn run(boot: &BootReport) -> ! {
-    println!("root: management shell ready; type 'help'");
-    let mut history: Vec<String> = Vec::new();
-    loop {
-        print!("{PROMPT}");
-        let line = read_line(&history);
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+/// One command session on a UART.
+struct Session {
+    uart: &'static Mutex<Uart>,
+    interactive: bool,
+    line: String,
+    history: Vec<String>,
+    back: usize,
+    escape: u8,
+    /// Attached to a child's console: (partition, output bytes already shown).
+    attached: Option<(u64, u64)>,
+}
+
+impl Session {
+    fn new(uart: &'static Mutex<Uart>, interactive: bool) -> Self {
+        Self {
+            uart,
+            interactive,
+            line: String::new(),
+            history: Vec::new(),
+            back: 0,
+            escape: 0,
+            attached: None,
         }
-        if history.last().map(String::as_str) != Some(line) {
-            if history.len() == HISTORY {
-                history.remove(0);
+    }
+
+    fn write(&self, s: &str) {
+        use core::fmt::Write;
+        let _ = self.uart.lock().write_str(s);
+    }
+
+    fn replace_line(&mut self, new: &str) {
+        let mut erase = String::new();
+        for _ in 0..self.line.len() {
+            erase.push_str("\x08 \x08");
+        }
+        self.write(&erase);
+        self.line.clear();
+        self.line.push_str(new);
+        self.write(new);
+    }
+
+    /// Handle waiting input; false if the machine should stop.
+    fn poll(&mut self, m: &mut Manager, boot: &BootReport) {
+        for _ in 0..64 {
+            let Some(b) = self.uart.lock().try_read_byte() else {
+                break;
+            };
+            if let Some((id, _)) = self.attached {
+                if b == DETACH {
+                    self.attached = None;
+                    self.write("\n[detached]\n");
+                    self.write(PROMPT);
+                } else if let Some(w) = m.workers.iter_mut().find(|w| w.id == id) {
+                    w.uart.push_rx(b);
+                }
+                continue;
             }
-            history.push(line.into());
+            self.key(b, m, boot);
         }
-        execute(line, boot);
+        self.forward_console(m);
     }
-}
 
-fn read_byte() -> u8 {
-    loop {
-        if let Some(b) = crate::serial::CONSOLE.lock().try_read_byte() {
-            return b;
+    fn key(&mut self, b: u8, m: &mut Manager, boot: &BootReport) {
+        if self.escape == 1 {
+            self.escape = if b == b'[' { 2 } else { 0 };
+            return;
         }
-        core::hint::spin_loop();
-    }
-}
-
-/// Line editing: backspace, Ctrl-U (kill line), Ctrl-C (cancel), up/down for history.
-fn read_line(history: &[String]) -> String {
-    let mut line = String::new();
-    let mut back = 0usize; // how far up the history we are
-    let replace = |line: &mut String, new: &str| {
-        for _ in 0..line.len() {
-            print!("\x08 \x08");
+        if self.escape == 2 {
+            self.escape = 0;
+            match b {
+                b'A' if self.back < self.history.len() => {
+                    self.back += 1;
+                    let h = self.history[self.history.len() - self.back].clone();
+                    self.replace_line(&h);
+                }
+                b'B' if self.back > 0 => {
+                    self.back -= 1;
+                    let h = if self.back == 0 {
+                        String::new()
+                    } else {
+                        self.history[self.history.len() - self.back].clone()
+                    };
+                    self.replace_line(&h);
+                }
+                _ => {}
+            }
+            return;
         }
-        line.clear();
-        line.push_str(new);
-        print!("{line}");
-    };
-    loop {
-        match read_byte() {
+        match b {
             b'\r' | b'\n' => {
-                println!();
-                return line;
-            }
-            0x08 | 0x7F if line.pop().is_some() => print!("\x08 \x08"),
-            0x15 => replace(&mut line, ""),
-            0x03 => {
-                println!("^C");
-                return String::new();
-            }
-            0x1B => {
-                // ESC [ A / ESC [ B
-                if read_byte() != b'[' {
-                    continue;
+                if self.interactive {
+                    self.write("\n");
                 }
-                match read_byte() {
-                    b'A' if back < history.len() => {
-                        back += 1;
-                        replace(&mut line, &history[history.len() - back]);
-                    }
-                    b'B' if back > 0 => {
-                        back -= 1;
-                        let new = if back == 0 {
-                            ""
-                        } else {
-                            &history[history.len() - back]
-                        };
-                        replace(&mut line, new);
-                    }
-                    _ => {}
+                let line = core::mem::take(&mut self.line);
+                self.back = 0;
+                self.run(line.trim(), m, boot);
+            }
+            0x08 | 0x7F if self.interactive => {
+                if self.line.pop().is_some() {
+                    self.write("\x08 \x08");
                 }
             }
-            b if (0x20..0x7F).contains(&b) && line.len() < 256 => {
-                line.push(b as char);
-                print!("{}", b as char);
+            0x15 if self.interactive => self.replace_line(""),
+            0x03 if self.interactive => {
+                self.line.clear();
+                self.write("^C\n");
+                self.write(PROMPT);
+            }
+            0x1B if self.interactive => self.escape = 1,
+            b if (0x20..0x7F).contains(&b) && self.line.len() < 256 => {
+                self.line.push(b as char);
+                if self.interactive {
+                    let mut c = [0u8; 4];
+                    self.write((b as char).encode_utf8(&mut c));
+                }
             }
             _ => {}
         }
     }
-}
 
-fn execute(line: &str, boot: &BootReport) {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let json = words.contains(&"--json");
-    let args: Vec<&str> = words.iter().copied().filter(|w| *w != "--json").collect();
-    match args.as_slice() {
-        ["help"] | ["?"] => help(),
-        ["hv", "status"] => hv_status(boot, json),
-        ["hv", "disk"] => hv_disk(json),
-        ["mem"] => mem(boot, json),
-        ["poweroff"] | ["shutdown"] => {
-            println!("root: powering off");
-            qemu::exit(qemu::EXIT_SUCCESS)
+    fn run(&mut self, line: &str, m: &mut Manager, boot: &BootReport) {
+        if self.interactive && !line.is_empty() && self.history.last().map(String::as_str) != Some(line) {
+            if self.history.len() == HISTORY {
+                self.history.remove(0);
+            }
+            self.history.push(line.into());
         }
-        ["hv"] => println!("error: 'hv' needs a subcommand: status, disk"),
-        ["hv", other, ..] => println!("error: unknown hv subcommand '{other}' (try: status, disk)"),
-        [cmd, ..] => println!("error: unknown command '{cmd}'; type 'help'"),
-        [] => {}
-    }
-}
-
-fn help() {
-    println!("commands (add --json for machine-readable output):");
-    println!("  hv status    hypervisor presence, interface, privileges, hv-core region, exits by reason");
-    println!("  hv disk      read sector 0 of the passthrough virtio-blk disk");
-    println!("  mem          root memory: free frames and heap");
-    println!("  poweroff     stop the machine");
-    println!("  help         this list");
-    println!("keys: backspace, Ctrl-U clear line, Ctrl-C cancel, up/down history");
-}
-
-fn privilege_names(p: hv1_abi::cpuid::PartitionPrivileges) -> String {
-    let names: Vec<&str> = p.iter_names().map(|(n, _)| n).collect();
-    names.join(" ")
-}
-
-fn hv_status(boot: &BootReport, json: bool) {
-    let d = hv::Discovery::read();
-    let stats: Result<CoreStats, _> = hv::core_stats();
-    if json {
-        let mut out = format!(
-            "{{\"present\":{},\"vendor\":\"{}\",\"max_leaf\":{},\"interface\":\"{}\",\"version\":\"{}.{}\",\"privileges\":{},\"cpu_management\":{},\"partition_id\":{}",
-            d.is_hv1(),
-            d.vendor.escape_ascii(),
-            d.max_leaf,
-            d.interface.to_le_bytes().escape_ascii(),
-            d.version.0,
-            d.version.1,
-            d.privileges.bits(),
-            d.privileges
-                .contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT),
-            boot.partition_id
-                .map_or_else(|_| "null".into(), |id| format!("{id}")),
-        );
-        match stats {
-            Ok(s) => {
-                out.push_str(&format!(
-                    ",\"region\":{{\"base\":{},\"size\":{},\"used\":{}}},\"exits\":{{\"total\":{}",
-                    s.region_base, s.region_size, s.region_used, s.total_exits
-                ));
-                for (name, count) in EXIT_REASONS.iter().zip(s.exits) {
-                    out.push_str(&format!(",\"{name}\":{count}"));
+        let mut out = String::new();
+        let effect = match mgmt::cli::parse(line) {
+            Ok(Some(cmd)) => commands::execute(cmd, m, boot, &mut out),
+            Ok(None) => Effect::Done,
+            Err(e) => {
+                out.push_str(&alloc::format!("error: {e}\n"));
+                Effect::Done
+            }
+        };
+        match effect {
+            Effect::Done => {}
+            Effect::Poweroff => {
+                self.write("root: powering off\n");
+                if !self.interactive {
+                    self.write(END_OF_RESPONSE);
                 }
-                out.push_str(&format!("}},\"injected_exceptions\":{}}}", s.injected_exceptions));
+                qemu::exit(qemu::EXIT_SUCCESS)
             }
-            Err(e) => out.push_str(&format!(",\"error\":\"{e:?}\"}}")),
+            Effect::Attach(id) if self.interactive => {
+                self.write(&alloc::format!(
+                    "[attached to partition {id}'s console; Ctrl-] detaches]\n"
+                ));
+                self.attached = Some((id, 0));
+                self.forward_console(m);
+                return;
+            }
+            Effect::Attach(id) => {
+                // Host tools get a snapshot of what the console holds.
+                if let Some(w) = m.workers.iter().find(|w| w.id == id) {
+                    let (parts, _) = w.uart.output_since(0);
+                    for part in parts {
+                        out.extend(part.iter().map(|&c| printable(c)));
+                    }
+                    if !out.ends_with('\n') {
+                        out.push('\n');
+                    }
+                }
+            }
         }
-        println!("{out}");
-        return;
-    }
-    println!("hypervisor:    {}", if d.is_hv1() { "present" } else { "absent" });
-    println!(
-        "vendor:        {} (max leaf {:#x})",
-        d.vendor.escape_ascii(),
-        d.max_leaf
-    );
-    println!(
-        "interface:     {} ({:#010x})",
-        d.interface.to_le_bytes().escape_ascii(),
-        d.interface
-    );
-    println!("version:       {}.{}", d.version.0, d.version.1);
-    println!(
-        "privileges:    {:#018x} {}",
-        d.privileges.bits(),
-        privilege_names(d.privileges)
-    );
-    println!(
-        "partition:     {} (root{})",
-        boot.partition_id
-            .map_or_else(|s| format!("{s:?}"), |id| format!("{id}")),
-        if d.privileges
-            .contains(hv1_abi::cpuid::PartitionPrivileges::CPU_MANAGEMENT)
-        {
-            ", CpuManagement"
+        self.write(&out);
+        if self.interactive {
+            self.write(PROMPT);
         } else {
-            ""
+            self.write(END_OF_RESPONSE);
         }
-    );
-    match stats {
-        Ok(s) => {
-            println!(
-                "hv-core:       region {:#x}..{:#x} ({} MiB, {} KiB used), hidden from the root",
-                s.region_base,
-                s.region_base + s.region_size,
-                s.region_size >> 20,
-                s.region_used >> 10
-            );
-            println!("exits:         {} total", s.total_exits);
-            for (name, count) in EXIT_REASONS.iter().zip(s.exits) {
-                println!("  {name:<12} {count}");
-            }
-            println!("injected:      {} exceptions", s.injected_exceptions);
+    }
+
+    /// Copy new output of the attached child to this session.
+    fn forward_console(&mut self, m: &Manager) {
+        let Some((id, shown)) = self.attached else { return };
+        let Some(w) = m.workers.iter().find(|w| w.id == id) else {
+            self.attached = None;
+            self.write("\n[partition is gone; detached]\n");
+            self.write(PROMPT);
+            return;
+        };
+        let (parts, end) = w.uart.output_since(shown);
+        if end == shown {
+            return;
         }
-        Err(e) => println!("hv-core:       statistics unavailable: {e:?}"),
+        let mut text = String::new();
+        for part in parts {
+            text.extend(part.iter().map(|&c| printable(c)));
+        }
+        self.write(&text);
+        self.attached = Some((id, end));
     }
 }
 
-fn hv_disk(json: bool) {
-    match disk::Disk::open().and_then(|mut d| d.read_sector(0).map(|s| (d, s))) {
-        Ok((d, sector)) if json => println!(
-            "{{\"location\":\"{}\",\"sectors\":{},\"sector0_fnv1a\":{}}}",
-            d.location,
-            d.capacity,
-            disk::fnv1a(&sector)
-        ),
-        Ok((d, sector)) => {
-            println!(
-                "disk {}: {} sectors ({} KiB)",
-                d.location,
-                d.capacity,
-                d.capacity / 2
-            );
-            println!(
-                "sector 0: fnv1a {:#018x}, first bytes {:02x?}",
-                disk::fnv1a(&sector),
-                &sector[..16]
-            );
-        }
-        Err(e) if json => println!("{{\"error\":\"{e}\"}}"),
-        Err(e) => println!("error: disk: {e}"),
+/// Keep child output from driving the terminal or the EOT framing.
+fn printable(c: u8) -> char {
+    match c {
+        b'\n' | b'\t' => c as char,
+        0x20..=0x7E => c as char,
+        _ => '?',
     }
 }
 
-fn mem(boot: &BootReport, json: bool) {
-    let free = memory::free_bytes();
-    let (used, size) = memory::heap_usage();
-    if json {
-        println!(
-            "{{\"free\":{free},\"free_after_boot\":{},\"heap_used\":{used},\"heap_size\":{size}}}",
-            boot.free_after_boot
-        );
-    } else {
-        println!(
-            "free frames:   {} KiB (after boot: {} KiB)",
-            free >> 10,
-            boot.free_after_boot >> 10
-        );
-        println!("heap:          {} KiB used of {} KiB", used >> 10, size >> 10);
+/// The root's main loop: sessions, then one dispatch, forever.
+pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
+    let mut sessions = Vec::new();
+    sessions.push(Session::new(&CONSOLE, true));
+    let mgmt_present = {
+        let mut u = MGMT.lock();
+        let present = u.present();
+        if present {
+            u.init();
+        }
+        present
+    };
+    if mgmt_present {
+        sessions.push(Session::new(&MGMT, false));
+        crate::println!("root: management channel on COM2 (for hvctl)");
+    }
+    crate::println!("root: management shell ready; type 'help'");
+    crate::print!("{PROMPT}");
+    loop {
+        for s in sessions.iter_mut() {
+            s.poll(manager, boot);
+        }
+        if !manager.schedule_one() {
+            // Nothing to run: sleep until the next tick.
+            timer::idle();
+        }
     }
 }

@@ -1,15 +1,20 @@
 //! The boot sequence, from the PVH entry to the shell.
 
 use crate::hv::{self, Discovery, HvRegion};
-use crate::{disk, memory, qemu, scenarios, shell};
+use crate::manager::Manager;
+use crate::{disk, memory, qemu, scenarios, shell, timer};
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::vec::Vec;
 use boot_proto::bundle::{self, Bundle};
 use boot_proto::handoff::{MAX_RANGES, PhysRange};
 use boot_proto::pvh::{self, MemmapEntry, ModlistEntry, StartInfo};
 use hv1_abi::HvStatus;
 use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
 use phys_mem::{PAGE_SIZE, page_align_inward};
+
+/// The bundle entry holding the partition manifest.
+pub const MANIFEST_ENTRY: &str = "manifest";
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -30,6 +35,8 @@ pub struct BootReport {
     pub cmdline: String,
     /// Free memory right after boot.
     pub free_after_boot: u64,
+    /// RAM in the firmware map.
+    pub ram_total: u64,
 }
 
 fn page_round_out(base: u64, len: u64) -> core::ops::Range<u64> {
@@ -137,7 +144,7 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
     };
     // SAFETY: the module's memory was removed from the free set above and is
     // never written.
-    let bundle_bytes = unsafe { memory::phys_slice(module.paddr, module.size as usize) };
+    let bundle_bytes: &'static [u8] = unsafe { memory::phys_slice(module.paddr, module.size as usize) };
     let bundle = Bundle::parse(bundle_bytes).unwrap_or_else(|e| panic!("bad boot bundle: {e:?}"));
     let image = bundle
         .find(bundle::HV_CORE_ENTRY)
@@ -182,6 +189,11 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
         Err(e) => println!("root: no passthrough disk: {e}"),
     }
 
+    let ram_total = firmware
+        .iter()
+        .filter(|r| r.kind == pvh::MEMMAP_TYPE_RAM)
+        .map(|r| r.size)
+        .sum();
     let report = BootReport {
         before,
         after,
@@ -189,6 +201,7 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
         partition_id,
         free_after_boot: memory::free_bytes(),
         cmdline,
+        ram_total,
     };
     if let Some(name) = report
         .cmdline
@@ -202,7 +215,44 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
             qemu::EXIT_FAILURE
         });
     }
-    shell::run(&report)
+
+    // Child partitions: images and the manifest come from the boot bundle.
+    timer::init();
+    let images: Vec<(&'static str, &'static [u8])> = bundle
+        .entries()
+        .filter(|(name, _)| *name != bundle::HV_CORE_ENTRY && *name != MANIFEST_ENTRY)
+        .collect();
+    let canary = memory::FREE
+        .lock()
+        .alloc_top(PAGE_SIZE, PAGE_SIZE)
+        .expect("a canary page");
+    // SAFETY: a fresh root frame, identity-mapped, kept for good.
+    unsafe { memory::phys_slice_mut(canary, PAGE_SIZE as usize) }.fill(0xC5);
+    let mut manager = Manager::new(images, region, canary);
+    if let Some(text) = bundle.find(MANIFEST_ENTRY) {
+        let parsed = core::str::from_utf8(text)
+            .map_err(|_| String::from("not UTF-8"))
+            .and_then(|t| mgmt::manifest::parse(t).map_err(|e| alloc::format!("{e}")));
+        match parsed {
+            Ok(entries) => {
+                for e in entries {
+                    let name = e.spec.name.clone();
+                    let started = if e.start { " and started" } else { "" };
+                    match manager.create(e.spec, e.start) {
+                        Ok(id) => println!("root: partition {id} ({name}) created{started}"),
+                        Err(why) => println!("root: manifest: cannot create '{name}': {why}"),
+                    }
+                }
+            }
+            Err(why) => println!("root: ignoring the partition manifest: {why}"),
+        }
+    }
+    let report = BootReport {
+        free_after_boot: memory::free_bytes(),
+        ..report
+    };
+    timer::enable_interrupts();
+    shell::run(&report, &mut manager)
 }
 
 fn read_modules(info: &StartInfo) -> alloc_free::Modules {

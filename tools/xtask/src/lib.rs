@@ -70,6 +70,8 @@ pub struct Images {
     pub bundle: PathBuf,
     /// A small demo disk for the root's passthrough virtio-blk.
     pub disk: PathBuf,
+    /// The host tool `hvctl`.
+    pub hvctl: PathBuf,
 }
 
 /// Run `cmd`, turning a failure to start or a non-zero exit into an error
@@ -106,6 +108,8 @@ pub fn build_images() -> Result<Images, XtaskError> {
                 "hv_core",
                 "-p",
                 "root_partition",
+                "-p",
+                "testos",
             ])
             // Tests run this from inside `cargo test`; keep its flags out.
             .env_remove("RUSTFLAGS")
@@ -117,8 +121,14 @@ pub fn build_images() -> Result<Images, XtaskError> {
 
     let hv_core_path = bin.join("hv-core");
     let hv_core = std::fs::read(&hv_core_path).map_err(|e| XtaskError::Io(hv_core_path.clone(), e))?;
-    let bundle = boot_proto::bundle::build(&[(boot_proto::bundle::HV_CORE_ENTRY, &hv_core)])
-        .map_err(XtaskError::Bundle)?;
+    let testos_path = bin.join("testos");
+    let testos = std::fs::read(&testos_path).map_err(|e| XtaskError::Io(testos_path.clone(), e))?;
+    let bundle = boot_proto::bundle::build(&[
+        (boot_proto::bundle::HV_CORE_ENTRY, &hv_core),
+        ("testos", &testos),
+        ("manifest", DEFAULT_MANIFEST.as_bytes()),
+    ])
+    .map_err(XtaskError::Bundle)?;
     let bundle_path = out.join("boot-bundle.img");
     write_if_changed(&bundle_path, &bundle)?;
 
@@ -129,10 +139,20 @@ pub fn build_images() -> Result<Images, XtaskError> {
 
     let disk = out.join("demo-disk.img");
     write_if_changed(&disk, &demo_disk())?;
+    run_command(
+        "building hvctl",
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "hvctl"])
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+    let hvctl = root.join("target").join("debug").join("hvctl");
     Ok(Images {
         root_kernel,
         bundle: bundle_path,
         disk,
+        hvctl,
     })
 }
 
@@ -142,6 +162,15 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), XtaskError> {
     }
     std::fs::write(path, bytes).map_err(|e| XtaskError::Io(path.to_path_buf(), e))
 }
+
+/// The partition manifest in the default bundle: two test OS children,
+/// started at boot (format: `mgmt::manifest`).
+pub const DEFAULT_MANIFEST: &str = "\
+# Child partitions the root builds at boot. One per line, options as for the
+# shell's `create` command.
+alpha --memory 32M --vps 1 --image testos --mode hello --start
+beta  --memory 32M --vps 1 --image testos --mode hello --start
+";
 
 /// A 1 MiB disk whose first sector says what it is.
 pub fn demo_disk() -> Vec<u8> {
@@ -239,10 +268,22 @@ pub struct BootOptions {
     pub memory_mib: u32,
     /// Accelerator.
     pub accel: Accel,
+    /// How COM1 (the root's console) is connected.
+    pub console: Console,
+    /// Unix socket for COM2, the management channel `hvctl` talks to.
+    pub mgmt_socket: Option<PathBuf>,
 }
 
-/// QEMU arguments for booting `images` with `opts`; the caller picks how the
-/// serial console is connected (`-serial stdio` or `-nographic`).
+/// Where the root's console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Console {
+    /// The terminal, with QEMU's monitor muxed in (Ctrl-A X quits).
+    Terminal,
+    /// Plain stdin/stdout (tests).
+    Pipes,
+}
+
+/// QEMU arguments for booting `images` with `opts`.
 pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |a: &str| args.push(a.to_string());
@@ -273,6 +314,21 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     push(&images.bundle.display().to_string());
     push("-append");
     push(&opts.cmdline);
+    push("-display");
+    push("none");
+    push("-serial");
+    push(match opts.console {
+        Console::Terminal => "mon:stdio",
+        Console::Pipes => "stdio",
+    });
+    if opts.console == Console::Pipes {
+        push("-monitor");
+        push("none");
+    }
+    if let Some(sock) = &opts.mgmt_socket {
+        push("-serial");
+        push(&format!("unix:{},server=on,wait=off", sock.display()));
+    }
     push("-debugcon");
     push(&format!("file:{}", opts.hv_log.display()));
     push("-device");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use xtask::{BootOptions, KERNEL_TARGET, QEMU, XtaskError};
 
 /// Crates that only build for the bare-metal target.
-const KERNEL_CRATES: [&str; 3] = ["hv_core", "root_partition", "kernel_x86"];
+const KERNEL_CRATES: [&str; 4] = ["hv_core", "root_partition", "kernel_x86", "testos"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,19 +76,26 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
     }
     let hv_log = xtask::build_dir().join("hv-core.log");
     let _ = std::fs::write(&hv_log, b"");
+    let mgmt_socket = xtask::build_dir().join("mgmt.sock");
+    let _ = std::fs::remove_file(&mgmt_socket);
     let opts = BootOptions {
         cmdline: cmdline.join(" "),
         disk,
         hv_log: hv_log.clone(),
         memory_mib: 512,
         accel,
+        console: xtask::Console::Terminal,
+        mgmt_socket: Some(mgmt_socket.clone()),
     };
     eprintln!("xtask: accelerator: {why}");
     eprintln!("xtask: root console below; hv-core's log lines are prefixed [hv-core]; Ctrl-A X quits QEMU");
+    eprintln!(
+        "xtask: scripts can drive it with: cargo run -q -p hvctl -- --socket {} list --json",
+        mgmt_socket.display()
+    );
     let tail = std::thread::spawn(move || tail_log(&hv_log));
     let status = Command::new(QEMU)
         .args(xtask::qemu_args(&images, &opts))
-        .arg("-nographic")
         .status()
         .map_err(|e| XtaskError::Command {
             what: "starting QEMU".into(),

@@ -65,7 +65,11 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         say!("testos: bad boot info magic {:#x}", info.magic);
         halt_forever();
     }
-    say!("testos {name}: booted on VP 0 of {} (mode {mode}, {} MiB)", info.vp_count, info.memory_size >> 20);
+    say!(
+        "testos {name}: booted on VP 0 of {} (mode {mode}, {} MiB)",
+        info.vp_count,
+        info.memory_size >> 20
+    );
     match mode {
         "hello" => {
             say!("testos {name}: hello from a child partition");
@@ -75,7 +79,13 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "spin" => spin(name),
         "hypercalls" => bad_hypercalls(name),
         "rootonly" => root_only_hypercalls(name),
-        "read-hv" => touch(name, "read", "hv-core's region", info.targets[target::HV_CORE], false),
+        "read-hv" => touch(
+            name,
+            "read",
+            "hv-core's region",
+            info.targets[target::HV_CORE],
+            false,
+        ),
         "write-root" => touch(name, "write", "root memory", info.targets[target::ROOT], true),
         "read-peer" => touch(name, "read", "a peer's memory", info.targets[target::PEER], false),
         "write-peer" => touch(name, "write", "a peer's memory", info.targets[target::PEER], true),
@@ -172,7 +182,11 @@ fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
 }
 
 fn report(name: &str, what: &str, r: HypercallResult) {
-    say!("testos {name}: hc {what}: {:?} reps {}", r.status, r.reps_completed);
+    say!(
+        "testos {name}: hc {what}: {:?} reps {}",
+        r.status,
+        r.reps_completed
+    );
 }
 
 fn simple(code: HvCallCode) -> u64 {
@@ -187,16 +201,39 @@ fn bad_hypercalls(name: &str) -> ! {
     // SAFETY: the output page is ours and the call has returned.
     let id = unsafe { (out as *const u64).read_volatile() };
     say!("testos {name}: partition id {id} ({:?})", r.status);
-    report(name, "misaligned output", hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, out + 3));
-    report(name, "output beyond memory", hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, 0x7FFF_F000));
-    report(name, "output in hv-core", hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, 0x1EE0_0000));
-    report(name, "reserved bits", hypercall(simple(HvCallCode::GET_PARTITION_ID) | (1 << 63), 0, out));
+    report(
+        name,
+        "misaligned output",
+        hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, out + 3),
+    );
+    report(
+        name,
+        "output beyond memory",
+        hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, 0x7FFF_F000),
+    );
+    report(
+        name,
+        "output in hv-core",
+        hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, 0x1EE0_0000),
+    );
+    report(
+        name,
+        "reserved bits",
+        hypercall(simple(HvCallCode::GET_PARTITION_ID) | (1 << 63), 0, out),
+    );
     report(name, "unknown code", hypercall(0x7777, 0, out));
-    let huge_reps = HypercallControl { rep_count: 0xFFF, ..HypercallControl::simple(HvCallCode::GET_VP_REGISTERS) };
+    let huge_reps = HypercallControl {
+        rep_count: 0xFFF,
+        ..HypercallControl::simple(HvCallCode::GET_VP_REGISTERS)
+    };
     report(name, "huge rep count", hypercall(huge_reps.encode(), input, out));
     let bad_start = (0xFFF << 48) | (5u64 << 32) | HvCallCode::MAP_GPA_PAGES.0 as u64;
     report(name, "rep start beyond count", hypercall(bad_start, input, out));
-    report(name, "input beyond memory", hypercall(simple(HvCallCode::CREATE_PARTITION), 0xFFFF_FFFF_F000, out));
+    report(
+        name,
+        "input beyond memory",
+        hypercall(simple(HvCallCode::CREATE_PARTITION), 0xFFFF_FFFF_F000, out),
+    );
     say!("testos {name}: hypercalls done");
     halt_forever()
 }
@@ -210,9 +247,23 @@ fn root_only_hypercalls(name: &str) -> ! {
         ("CreatePartition", simple(HvCallCode::CREATE_PARTITION)),
         ("InitializePartition", simple(HvCallCode::INITIALIZE_PARTITION)),
         ("DeletePartition", simple(HvCallCode::DELETE_PARTITION)),
-        ("MapGpaPages", HypercallControl { rep_count: 1, ..HypercallControl::simple(HvCallCode::MAP_GPA_PAGES) }.encode()),
+        (
+            "MapGpaPages",
+            HypercallControl {
+                rep_count: 1,
+                ..HypercallControl::simple(HvCallCode::MAP_GPA_PAGES)
+            }
+            .encode(),
+        ),
         ("CreateVp", simple(HvCallCode::CREATE_VP)),
-        ("SetVpRegisters", HypercallControl { rep_count: 1, ..HypercallControl::simple(HvCallCode::SET_VP_REGISTERS) }.encode()),
+        (
+            "SetVpRegisters",
+            HypercallControl {
+                rep_count: 1,
+                ..HypercallControl::simple(HvCallCode::SET_VP_REGISTERS)
+            }
+            .encode(),
+        ),
         ("DispatchVp", simple(HvCallCode::DISPATCH_VP)),
         ("GetCoreStats", simple(hv1_abi::private::GET_CORE_STATS)),
     ];
@@ -224,7 +275,10 @@ fn root_only_hypercalls(name: &str) -> ! {
             denied += 1;
         }
     }
-    say!("testos {name}: root-only calls denied: {denied} of {}", calls.len());
+    say!(
+        "testos {name}: root-only calls denied: {denied} of {}",
+        calls.len()
+    );
     halt_forever()
 }
 

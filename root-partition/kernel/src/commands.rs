@@ -1,0 +1,481 @@
+//! What each management command does. Output goes to a string the session
+//! prints; a refused command prints `error: <why>` and changes nothing.
+
+use crate::manager::Manager;
+use crate::start::BootReport;
+use crate::{disk, hv, memory, timer};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use hv1_abi::cpuid::PartitionPrivileges;
+use hv1_abi::private::EXIT_REASONS;
+use mgmt::cli::{self, Command};
+use mgmt::json::{self, Object};
+
+/// What the session must do after a command.
+pub enum Effect {
+    /// Nothing more.
+    Done,
+    /// Attach the console to this partition.
+    Attach(u64),
+    /// Stop the machine.
+    Poweroff,
+}
+
+/// Run one parsed command.
+pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut String) -> Effect {
+    let result = match cmd {
+        Command::Help(topic) => help(topic.as_deref(), out),
+        Command::List { json } => list(m, boot, json, out),
+        Command::Info { id, json } => info(m, id, json, out),
+        Command::Console { id } => {
+            return match m.get(id) {
+                Ok(_) => Effect::Attach(id),
+                Err(e) => {
+                    let _ = writeln!(out, "error: {e}");
+                    Effect::Done
+                }
+            };
+        }
+        Command::Lifecycle { action, id } => m.apply(id, action).map(|msg| {
+            let _ = writeln!(out, "{msg}");
+        }),
+        Command::Create { spec, start } => {
+            let name = spec.name.clone();
+            m.create(spec, start).map(|id| {
+                let _ = writeln!(
+                    out,
+                    "partition {id} ({name}) created{}",
+                    if start { " and started" } else { "" }
+                );
+            })
+        }
+        Command::HvStatus { json } => {
+            hv_status(boot, json, out);
+            Ok(())
+        }
+        Command::HvDisk { json } => {
+            hv_disk(json, out);
+            Ok(())
+        }
+        Command::Mem { json } => {
+            mem(boot, m, json, out);
+            Ok(())
+        }
+        Command::Poweroff => return Effect::Poweroff,
+    };
+    if let Err(e) = result {
+        let _ = writeln!(out, "error: {e}");
+    }
+    Effect::Done
+}
+
+fn help(topic: Option<&str>, out: &mut String) -> Result<(), String> {
+    match topic {
+        None => {
+            let _ = writeln!(
+                out,
+                "commands (add --json where shown for machine-readable output):"
+            );
+            for (usage, what) in cli::HELP {
+                let _ = writeln!(out, "  {usage:<34} {what}");
+            }
+            let _ = writeln!(
+                out,
+                "keys: backspace, Ctrl-U clear line, Ctrl-C cancel, up/down history"
+            );
+            Ok(())
+        }
+        Some(t) => {
+            let entry = cli::HELP
+                .iter()
+                .find(|(usage, _)| usage.split_whitespace().next() == Some(t));
+            match entry {
+                Some((usage, what)) => {
+                    let _ = writeln!(out, "{usage}\n  {what}");
+                    Ok(())
+                }
+                None => Err(format!("no command '{t}'; type 'help'")),
+            }
+        }
+    }
+}
+
+fn root_memory(boot: &BootReport) -> u64 {
+    boot.ram_total - boot.region.size
+}
+
+fn list(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Result<(), String> {
+    let root_exits = hv::core_stats().map(|s| s.total_exits).unwrap_or(0);
+    let uptime = timer::ticks() / timer::HZ;
+    if json {
+        let mut rows: Vec<String> = Vec::new();
+        let mut r = String::new();
+        Object::new(&mut r)
+            .num("id", hv1_abi::ROOT_PARTITION_ID)
+            .str("name", "root")
+            .str("state", "running")
+            .num("vps", 1)
+            .num("memory", root_memory(boot))
+            .num("uptime", uptime)
+            .num("exits", root_exits)
+            .end();
+        rows.push(r);
+        for w in &m.workers {
+            let exits = hv::partition_stats(w.id).map(|s| s.total_exits).unwrap_or(0);
+            let mut r = String::new();
+            let obj = Object::new(&mut r)
+                .num("id", w.id)
+                .str("name", &w.spec.name)
+                .str("state", w.state.name())
+                .num("vps", w.vp_count() as u64)
+                .num("memory", w.spec.memory)
+                .num("uptime", w.uptime_secs())
+                .num("exits", exits)
+                .str("image", &w.spec.image)
+                .str("mode", &w.spec.mode);
+            match &w.crash {
+                Some(c) => obj.str("crash", c).end(),
+                None => obj.null("crash").end(),
+            }
+            rows.push(r);
+        }
+        json::array(out, rows.iter().map(String::as_str));
+        out.push('\n');
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{:<4}{:<16}{:<10}{:<5}{:<10}{:<9}{}",
+        "ID", "NAME", "STATE", "VPS", "MEMORY", "UPTIME", "EXITS"
+    );
+    let row =
+        |out: &mut String, id: u64, name: &str, state: &str, vps: usize, mem: u64, up: u64, exits: u64| {
+            let mut size = String::new();
+            let _ = mgmt::size::format(mem, &mut size);
+            let _ = writeln!(
+                out,
+                "{id:<4}{name:<16}{state:<10}{vps:<5}{size:<10}{:<9}{exits}",
+                format!("{up}s")
+            );
+        };
+    row(
+        out,
+        1,
+        "root",
+        "running",
+        1,
+        root_memory(boot),
+        uptime,
+        root_exits,
+    );
+    for w in &m.workers {
+        let exits = hv::partition_stats(w.id).map(|s| s.total_exits).unwrap_or(0);
+        row(
+            out,
+            w.id,
+            &w.spec.name,
+            w.state.name(),
+            w.vp_count(),
+            w.spec.memory,
+            w.uptime_secs(),
+            exits,
+        );
+    }
+    Ok(())
+}
+
+fn info(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String> {
+    let w = m.get(id)?;
+    let stats = hv::partition_stats(id).map_err(|s| format!("hv-core has no partition {id}: {s:?}"))?;
+    let (lo, hi) = w.frame_span();
+    let checksum = w.checksum();
+    let regs: Vec<_> = (0..w.vp_count() as u32).map(|vp| (vp, w.registers(vp))).collect();
+    if json {
+        let mut exits = String::new();
+        let mut o = Object::new(&mut exits).num("total", stats.total_exits);
+        for (name, count) in EXIT_REASONS.iter().zip(stats.exits) {
+            o = o.num(name, count);
+        }
+        o.end();
+        let mut vps: Vec<String> = Vec::new();
+        for (vp, r) in &regs {
+            let mut s = String::new();
+            let mut o = Object::new(&mut s).num("index", *vp as u64);
+            match r {
+                Ok(values) => {
+                    for (name, v) in values {
+                        o = o.num(name, *v);
+                    }
+                }
+                Err(e) => o = o.str("error", &format!("{e:?}")),
+            }
+            o.end();
+            vps.push(s);
+        }
+        let mut vp_json = String::new();
+        json::array(&mut vp_json, vps.iter().map(String::as_str));
+        let mut s = String::new();
+        let o = Object::new(&mut s)
+            .num("id", id)
+            .str("name", &w.spec.name)
+            .str("state", w.state.name())
+            .num("memory", w.spec.memory)
+            .num("mapped_pages", stats.mapped_pages)
+            .num("frames_low", lo)
+            .num("frames_high", hi)
+            .num("memory_fnv1a", checksum)
+            .num("uptime", w.uptime_secs())
+            .num("guest_os_id", stats.guest_os_id)
+            .num("console_bytes", w.uart.written())
+            .num("intercepts", w.intercepts)
+            .num("stray_io", w.stray_io)
+            .num("injected_exceptions", stats.injected_exceptions)
+            .num("failed_hypercalls", stats.failed_hypercalls)
+            .raw("exits", &exits)
+            .raw("vps", &vp_json);
+        match &w.crash {
+            Some(c) => o.str("crash", c).end(),
+            None => o.null("crash").end(),
+        }
+        let _ = writeln!(out, "{s}");
+        return Ok(());
+    }
+    let _ = writeln!(out, "partition {id} ({}): {}", w.spec.name, w.state.name());
+    if let Some(c) = &w.crash {
+        let _ = writeln!(out, "crash:        {c}");
+    }
+    let _ = writeln!(out, "image:        {} (mode {})", w.spec.image, w.spec.mode);
+    let _ = writeln!(
+        out,
+        "memory:       GPA 0x0..{:#x} ({} pages lent by the root, frames {lo:#x}..{:#x}), fnv1a {checksum:#018x}",
+        w.spec.memory,
+        stats.mapped_pages,
+        hi + 0x1000
+    );
+    let _ = writeln!(
+        out,
+        "uptime:       {}s; console {} bytes; {} intercepts handled, {} stray port accesses",
+        w.uptime_secs(),
+        w.uart.written(),
+        w.intercepts,
+        w.stray_io
+    );
+    let _ = writeln!(
+        out,
+        "exits:        {} total ({} injected exceptions, {} failed hypercalls)",
+        stats.total_exits, stats.injected_exceptions, stats.failed_hypercalls
+    );
+    for (name, count) in EXIT_REASONS.iter().zip(stats.exits) {
+        if count != 0 {
+            let _ = writeln!(out, "  {name:<12} {count}");
+        }
+    }
+    for (vp, r) in regs {
+        match r {
+            Ok(values) => {
+                let _ = write!(out, "vp {vp}:");
+                for (name, v) in values {
+                    let _ = write!(out, " {name}={v:#x}");
+                }
+                let _ = writeln!(out);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "vp {vp}: registers unavailable: {e:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn privilege_names(p: PartitionPrivileges) -> String {
+    let names: Vec<&str> = p.iter_names().map(|(n, _)| n).collect();
+    names.join(" ")
+}
+
+fn hv_status(boot: &BootReport, json: bool, out: &mut String) {
+    let d = hv::Discovery::read();
+    let stats = hv::core_stats();
+    let cpu_management = d.privileges.contains(PartitionPrivileges::CPU_MANAGEMENT);
+    if json {
+        let vendor = String::from_utf8_lossy(&d.vendor).into_owned();
+        let interface = String::from_utf8_lossy(&d.interface.to_le_bytes()).into_owned();
+        let mut s = String::new();
+        let mut o = Object::new(&mut s)
+            .bool("present", d.is_hv1())
+            .str("vendor", &vendor)
+            .num("max_leaf", d.max_leaf as u64)
+            .str("interface", &interface)
+            .str("version", &format!("{}.{}", d.version.0, d.version.1))
+            .num("privileges", d.privileges.bits())
+            .bool("cpu_management", cpu_management);
+        o = match boot.partition_id {
+            Ok(id) => o.num("partition_id", id),
+            Err(_) => o.null("partition_id"),
+        };
+        match stats {
+            Ok(st) => {
+                let mut region = String::new();
+                Object::new(&mut region)
+                    .num("base", st.region_base)
+                    .num("size", st.region_size)
+                    .num("used", st.region_used)
+                    .end();
+                let mut exits = String::new();
+                let mut e = Object::new(&mut exits).num("total", st.total_exits);
+                for (name, count) in EXIT_REASONS.iter().zip(st.exits) {
+                    e = e.num(name, count);
+                }
+                e.end();
+                o.raw("region", &region)
+                    .raw("exits", &exits)
+                    .num("injected_exceptions", st.injected_exceptions)
+                    .num("partitions", st.partitions)
+                    .num("lent_pages", st.lent_pages)
+                    .end();
+            }
+            Err(e) => o.str("error", &format!("{e:?}")).end(),
+        }
+        let _ = writeln!(out, "{s}");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "hypervisor:    {}",
+        if d.is_hv1() { "present" } else { "absent" }
+    );
+    let _ = writeln!(
+        out,
+        "vendor:        {} (max leaf {:#x})",
+        d.vendor.escape_ascii(),
+        d.max_leaf
+    );
+    let _ = writeln!(
+        out,
+        "interface:     {} ({:#010x})",
+        d.interface.to_le_bytes().escape_ascii(),
+        d.interface
+    );
+    let _ = writeln!(out, "version:       {}.{}", d.version.0, d.version.1);
+    let _ = writeln!(
+        out,
+        "privileges:    {:#018x} {}",
+        d.privileges.bits(),
+        privilege_names(d.privileges)
+    );
+    let _ = writeln!(
+        out,
+        "partition:     {} (root{})",
+        boot.partition_id
+            .map_or_else(|s| format!("{s:?}"), |id| format!("{id}")),
+        if cpu_management { ", CpuManagement" } else { "" }
+    );
+    match stats {
+        Ok(s) => {
+            let _ = writeln!(
+                out,
+                "hv-core:       region {:#x}..{:#x} ({} MiB, {} KiB used), hidden from the root",
+                s.region_base,
+                s.region_base + s.region_size,
+                s.region_size >> 20,
+                s.region_used >> 10
+            );
+            let _ = writeln!(
+                out,
+                "children:      {} partitions, {} root pages lent",
+                s.partitions, s.lent_pages
+            );
+            let _ = writeln!(out, "exits:         {} total", s.total_exits);
+            for (name, count) in EXIT_REASONS.iter().zip(s.exits) {
+                let _ = writeln!(out, "  {name:<12} {count}");
+            }
+            let _ = writeln!(out, "injected:      {} exceptions", s.injected_exceptions);
+        }
+        Err(e) => {
+            let _ = writeln!(out, "hv-core:       statistics unavailable: {e:?}");
+        }
+    }
+}
+
+fn hv_disk(json: bool, out: &mut String) {
+    match disk::Disk::open().and_then(|mut d| d.read_sector(0).map(|s| (d, s))) {
+        Ok((d, sector)) if json => {
+            let mut s = String::new();
+            Object::new(&mut s)
+                .str("location", &format!("{}", d.location))
+                .num("sectors", d.capacity)
+                .num("sector0_fnv1a", disk::fnv1a(&sector))
+                .end();
+            let _ = writeln!(out, "{s}");
+        }
+        Ok((d, sector)) => {
+            let _ = writeln!(
+                out,
+                "disk {}: {} sectors ({} KiB)",
+                d.location,
+                d.capacity,
+                d.capacity / 2
+            );
+            let _ = writeln!(
+                out,
+                "sector 0: fnv1a {:#018x}, first bytes {:02x?}",
+                disk::fnv1a(&sector),
+                &sector[..16]
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "error: disk: {e}");
+        }
+    }
+}
+
+fn mem(boot: &BootReport, m: &Manager, json: bool, out: &mut String) {
+    let free = memory::free_bytes();
+    let (used, size) = memory::heap_usage();
+    let lent: u64 = m.workers.iter().map(|w| w.spec.memory).sum();
+    let hv = hv::core_stats().ok();
+    if json {
+        let mut s = String::new();
+        let o = Object::new(&mut s)
+            .num("free", free)
+            .num("free_after_boot", boot.free_after_boot)
+            .num("lent_to_children", lent)
+            .num("heap_used", used as u64)
+            .num("heap_size", size as u64);
+        match hv {
+            Some(st) => o
+                .num("hv_region_used", st.region_used)
+                .num("hv_lent_pages", st.lent_pages)
+                .end(),
+            None => o.end(),
+        }
+        let _ = writeln!(out, "{s}");
+    } else {
+        let _ = writeln!(
+            out,
+            "free frames:   {} KiB (after boot: {} KiB)",
+            free >> 10,
+            boot.free_after_boot >> 10
+        );
+        let _ = writeln!(
+            out,
+            "children:      {} KiB lent to {} partitions",
+            lent >> 10,
+            m.workers.len()
+        );
+        let _ = writeln!(
+            out,
+            "heap:          {} KiB used of {} KiB",
+            used >> 10,
+            size >> 10
+        );
+        if let Some(st) = hv {
+            let _ = writeln!(
+                out,
+                "hv-core:       {} KiB of its region in use",
+                st.region_used >> 10
+            );
+        }
+    }
+}

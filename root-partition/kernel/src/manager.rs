@@ -1,0 +1,188 @@
+//! The partition manager: every child's worker, the images it can boot, and
+//! the scheduler that shares the CPU between child VPs and the root's own
+//! work (round-robin, one dispatch at a time; the root's timer preempts).
+
+use crate::hv::HvRegion;
+use crate::worker::{Slice, Worker};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use boot_proto::child::target;
+use mgmt::cli::CreateSpec;
+use mgmt::lifecycle::{self, Action, ChildState};
+
+/// All children and the scheduler's position.
+pub struct Manager {
+    /// Workers, in id order.
+    pub workers: Vec<Worker>,
+    images: Vec<(&'static str, &'static [u8])>,
+    last: (u64, u32),
+    hv_region: HvRegion,
+    /// A root page hostile children aim at (never lent).
+    pub canary: u64,
+    /// Dispatches made.
+    pub dispatches: u64,
+}
+
+impl Manager {
+    /// A manager that can boot `images` (name, ELF).
+    pub fn new(images: Vec<(&'static str, &'static [u8])>, hv_region: HvRegion, canary: u64) -> Self {
+        Self {
+            workers: Vec::new(),
+            images,
+            last: (0, 0),
+            hv_region,
+            canary,
+            dispatches: 0,
+        }
+    }
+
+    /// Image names, for error messages.
+    pub fn image_names(&self) -> String {
+        let names: Vec<&str> = self.images.iter().map(|(n, _)| *n).collect();
+        names.join(", ")
+    }
+
+    /// The worker for `id`.
+    pub fn get(&self, id: u64) -> Result<&Worker, String> {
+        self.workers
+            .iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| no_such(id))
+    }
+
+    fn get_mut(&mut self, id: u64) -> Result<&mut Worker, String> {
+        self.workers
+            .iter_mut()
+            .find(|w| w.id == id)
+            .ok_or_else(|| no_such(id))
+    }
+
+    /// Build a child (and start it if asked); returns its id.
+    pub fn create(&mut self, spec: CreateSpec, start: bool) -> Result<u64, String> {
+        if self.workers.iter().any(|w| w.spec.name == spec.name) || spec.name == "root" {
+            return Err(format!("a partition named '{}' already exists", spec.name));
+        }
+        let image = self
+            .images
+            .iter()
+            .find(|(n, _)| *n == spec.image)
+            .map(|(_, i)| *i)
+            .ok_or_else(|| {
+                format!(
+                    "no image '{}' in the boot bundle (have: {})",
+                    spec.image,
+                    self.image_names()
+                )
+            })?;
+        let targets = self.targets(&spec);
+        let mut w = Worker::create(spec, image, targets).map_err(|e| format!("{e}"))?;
+        if start {
+            if let Err(e) = w.start() {
+                w.destroy();
+                return Err(format!("{e}"));
+            }
+        }
+        let id = w.id;
+        self.workers.push(w);
+        self.workers.sort_by_key(|w| w.id);
+        Ok(id)
+    }
+
+    /// Addresses a hostile child aims at: hv-core's region, a root canary
+    /// page, the highest page of another child, the local APIC.
+    fn targets(&self, spec: &CreateSpec) -> [u64; 4] {
+        let mut t = [0u64; 4];
+        t[target::HV_CORE] = self.hv_region.base + self.hv_region.size / 2;
+        t[target::ROOT] = self.canary;
+        t[target::PEER] = self.workers.iter().map(|w| w.frame_span().1).max().unwrap_or(0);
+        t[target::MMIO] = 0xFEE0_0000;
+        // Targets inside the child's own GPA range would hit its own memory.
+        for x in t.iter_mut() {
+            if *x < spec.memory {
+                *x = 0;
+            }
+        }
+        t
+    }
+
+    /// Apply a lifecycle command; returns what to print.
+    pub fn apply(&mut self, id: u64, action: Action) -> Result<String, String> {
+        if id == hv1_abi::ROOT_PARTITION_ID {
+            return Err(format!(
+                "partition {id} is the root: it cannot be {}ed from its own shell",
+                action.name()
+            ));
+        }
+        let w = self.get_mut(id)?;
+        let next = lifecycle::transition(w.state, action).map_err(|r| {
+            format!(
+                "cannot {} partition {id} ({}): {}",
+                action.name(),
+                w.spec.name,
+                r.reason
+            )
+        })?;
+        let name = w.spec.name.clone();
+        match (action, next) {
+            (Action::Destroy, _) => {
+                let pos = self.workers.iter().position(|w| w.id == id).expect("found above");
+                let mut w = self.workers.remove(pos);
+                w.destroy();
+                Ok(format!(
+                    "partition {id} ({name}) destroyed; its memory is back with the root"
+                ))
+            }
+            (Action::Start, _) => {
+                w.start().map_err(|e| format!("start failed: {e}"))?;
+                Ok(format!("partition {id} ({name}) started"))
+            }
+            (Action::Pause, _) => {
+                w.set_paused(true).map_err(|e| format!("{e}"))?;
+                Ok(format!("partition {id} ({name}) paused"))
+            }
+            (Action::Resume, _) => {
+                w.set_paused(false).map_err(|e| format!("{e}"))?;
+                Ok(format!("partition {id} ({name}) resumed"))
+            }
+            (Action::Stop, _) => {
+                w.stop();
+                Ok(format!("partition {id} ({name}) stopped"))
+            }
+        }
+    }
+
+    /// Dispatch the next runnable VP after the last one (round-robin by
+    /// (partition, VP)). Returns false if nothing is runnable.
+    pub fn schedule_one(&mut self) -> bool {
+        let mut first: Option<(usize, u32)> = None;
+        let mut next: Option<(usize, u32)> = None;
+        for (i, w) in self.workers.iter().enumerate() {
+            for vp in w.runnable_vps() {
+                if first.is_none() {
+                    first = Some((i, vp));
+                }
+                if next.is_none() && (w.id, vp) > self.last {
+                    next = Some((i, vp));
+                }
+            }
+        }
+        let Some((i, vp)) = next.or(first) else {
+            return false;
+        };
+        let w = &mut self.workers[i];
+        self.last = (w.id, vp);
+        self.dispatches += 1;
+        let _: Slice = w.run_slice(vp);
+        true
+    }
+
+    /// Children in each state.
+    pub fn count(&self, state: ChildState) -> usize {
+        self.workers.iter().filter(|w| w.state == state).count()
+    }
+}
+
+fn no_such(id: u64) -> String {
+    format!("no partition {id} (see 'list')")
+}

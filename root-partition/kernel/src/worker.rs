@@ -1,0 +1,558 @@
+//! The partition worker: the root's agent for one child partition (the
+//! analogue of Hyper-V's VMWP). It builds the child through hv-core's
+//! partition-management hypercalls, loads its image, emulates its COM1, and
+//! turns intercept messages into device emulation, halts or a crash report.
+
+use crate::{hv, memory, timer};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use boot_proto::child::{self as layout, BootInfo};
+use devices::uart16550::Uart16550;
+use hv1_abi::HvStatus;
+use hv1_abi::message::{IoPortIntercept, MemoryIntercept, Message, access, io_access, message_type};
+use hv1_abi::partition::{
+    DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
+    DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, dispatch_flags, map_flags, property,
+};
+use mgmt::cli::CreateSpec;
+use mgmt::lifecycle::ChildState;
+use phys_mem::PAGE_SIZE;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// COM1's ports.
+const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;
+
+/// Why a worker could not build or run its child.
+#[derive(Debug)]
+pub enum WorkerError {
+    /// hv-core refused a call.
+    Hypervisor(&'static str, HvStatus),
+    /// The root is out of memory for the child.
+    OutOfMemory,
+    /// The image does not fit or does not load.
+    BadImage(String),
+}
+
+impl core::fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Hypervisor(what, s) => write!(f, "hv-core refused {what}: {s:?}"),
+            Self::OutOfMemory => f.write_str("not enough free memory in the root"),
+            Self::BadImage(why) => write!(f, "image: {why}"),
+        }
+    }
+}
+
+/// One VP as the worker tracks it.
+struct VpState {
+    /// Root page where hv-core puts this VP's intercept messages.
+    message_page: u64,
+    /// The next dispatch tells hv-core the last intercept was handled.
+    clear_intercept: bool,
+    /// Stopped in HLT (children get no interrupts yet, so it stays there).
+    halted: bool,
+}
+
+/// What one dispatch came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slice {
+    /// A physical interrupt for the root ended it.
+    Preempted,
+    /// An intercept was handled; the VP can run again.
+    Handled,
+    /// The VP halted.
+    Halted,
+    /// The child crashed.
+    Crashed,
+    /// hv-core holds the VP suspended.
+    Suspended,
+}
+
+/// A child partition and everything the root keeps for it.
+pub struct Worker {
+    /// hv-core's partition id.
+    pub id: u64,
+    /// How it was created.
+    pub spec: CreateSpec,
+    /// Lifecycle state.
+    pub state: ChildState,
+    /// Why it crashed.
+    pub crash: Option<String>,
+    /// Root frames backing guest pages 0.., in order.
+    pages: Vec<u64>,
+    vps: Vec<VpState>,
+    /// Its COM1.
+    pub uart: Box<Uart16550>,
+    image: &'static [u8],
+    /// Tick of the last start.
+    started: u64,
+    /// Addresses hostile test modes aim at.
+    targets: [u64; 4],
+    /// Port accesses to devices that do not exist.
+    pub stray_io: u64,
+    /// Intercepts handled.
+    pub intercepts: u64,
+}
+
+fn hvfail(what: &'static str) -> impl Fn(HvStatus) -> WorkerError {
+    move |s| WorkerError::Hypervisor(what, s)
+}
+
+impl Worker {
+    /// Build a child: partition, memory, VPs, message pages, image. On any
+    /// failure everything done so far is undone.
+    pub fn create(spec: CreateSpec, image: &'static [u8], targets: [u64; 4]) -> Result<Self, WorkerError> {
+        let pages_needed = spec.memory / PAGE_SIZE;
+        let stacks = spec.vps as u64 * layout::STACK_SIZE;
+        let plan = elf_load::plan(image, spec.memory.saturating_sub(layout::IMAGE_BASE + stacks))
+            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
+        if plan.base_va < layout::IMAGE_BASE {
+            return Err(WorkerError::BadImage(format!(
+                "linked at {:#x}, below {:#x}",
+                plan.base_va,
+                layout::IMAGE_BASE
+            )));
+        }
+        let id = hv::create_partition().map_err(hvfail("CreatePartition"))?;
+        let mut w = Self {
+            id,
+            spec,
+            state: ChildState::Created,
+            crash: None,
+            pages: Vec::new(),
+            vps: Vec::new(),
+            uart: Box::new(Uart16550::new()),
+            image,
+            started: 0,
+            targets,
+            stray_io: 0,
+            intercepts: 0,
+        };
+        match w.build(pages_needed) {
+            Ok(()) => Ok(w),
+            Err(e) => {
+                w.destroy();
+                Err(e)
+            }
+        }
+    }
+
+    fn build(&mut self, pages_needed: u64) -> Result<(), WorkerError> {
+        hv::initialize_partition(self.id).map_err(hvfail("InitializePartition"))?;
+        // Child memory comes from the top of free RAM, one page at a time
+        // (it need not be contiguous: the child's NPT makes it so).
+        self.pages.reserve(pages_needed as usize);
+        for _ in 0..pages_needed {
+            let page = memory::FREE
+                .lock()
+                .alloc_top(PAGE_SIZE, PAGE_SIZE)
+                .ok_or(WorkerError::OutOfMemory)?;
+            self.pages.push(page);
+        }
+        let pfns: Vec<u64> = self.pages.iter().map(|p| p >> 12).collect();
+        hv::map_gpa_pages(
+            self.id,
+            0,
+            &pfns,
+            map_flags::READABLE | map_flags::WRITABLE | map_flags::EXECUTABLE,
+        )
+        .map_err(|(s, _)| WorkerError::Hypervisor("MapGpaPages", s))?;
+        for vp in 0..self.spec.vps {
+            hv::create_vp(self.id, vp).map_err(hvfail("CreateVp"))?;
+            let message_page = memory::alloc_frames(1).ok_or(WorkerError::OutOfMemory)?;
+            self.vps.push(VpState {
+                message_page,
+                clear_intercept: false,
+                halted: false,
+            });
+            hv::map_intercept_message_page(self.id, vp, message_page).map_err(hvfail("MapVpStatePage"))?;
+        }
+        self.load()
+    }
+
+    /// Root frame backing guest page `gpa` (`gpa` must be below memory size).
+    fn frame(&self, gpa: u64) -> u64 {
+        self.pages[(gpa / PAGE_SIZE) as usize]
+    }
+
+    /// Copy `bytes` into the child's memory at `gpa`.
+    fn write(&self, gpa: u64, bytes: &[u8]) {
+        let mut done = 0;
+        while done < bytes.len() {
+            let at = gpa + done as u64;
+            let in_page = (PAGE_SIZE - at % PAGE_SIZE) as usize;
+            let n = in_page.min(bytes.len() - done);
+            // SAFETY: the frame belongs to this child's memory, which the root
+            // allocated and keeps until destroy; identity-mapped.
+            let dst = unsafe { memory::phys_slice_mut(self.frame(at) + at % PAGE_SIZE, n) };
+            dst.copy_from_slice(&bytes[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// FNV-1a over the child's whole memory (to show it is untouched).
+    pub fn checksum(&self) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for &page in &self.pages {
+            // SAFETY: as in `write`; read only.
+            let bytes = unsafe { memory::phys_slice(page, PAGE_SIZE as usize) };
+            for &b in bytes {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// (lowest, highest) root frame backing the child.
+    pub fn frame_span(&self) -> (u64, u64) {
+        let lo = self.pages.iter().copied().min().unwrap_or(0);
+        let hi = self.pages.iter().copied().max().unwrap_or(0);
+        (lo, hi)
+    }
+
+    /// Zero memory, lay out page tables, GDT and boot info, load the image and
+    /// put every VP at its entry in 64-bit mode.
+    fn load(&mut self) -> Result<(), WorkerError> {
+        for &page in &self.pages {
+            // SAFETY: the child's own frames, identity-mapped, not running.
+            unsafe { memory::phys_slice_mut(page, PAGE_SIZE as usize) }.fill(0);
+        }
+        // Identity page tables for the first 4 GiB with 2 MiB pages.
+        self.write(layout::PML4_GPA, &(layout::PDPT_GPA | 3).to_le_bytes());
+        for i in 0..4u64 {
+            self.write(
+                layout::PDPT_GPA + 8 * i,
+                &((layout::PD_GPA + i * PAGE_SIZE) | 3).to_le_bytes(),
+            );
+        }
+        let mut pd = [0u8; 4 * 4096];
+        for (i, entry) in pd.chunks_exact_mut(8).enumerate() {
+            entry.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());
+        }
+        self.write(layout::PD_GPA, &pd);
+        let mut gdt = [0u8; 24];
+        for (i, d) in layout::GDT.iter().enumerate() {
+            gdt[i * 8..i * 8 + 8].copy_from_slice(&d.to_le_bytes());
+        }
+        self.write(layout::GDT_GPA, &gdt);
+        let info = BootInfo {
+            magic: layout::BOOT_INFO_MAGIC,
+            memory_size: self.spec.memory,
+            vp_count: self.spec.vps,
+            reserved: 0,
+            name: layout::pad(&self.spec.name),
+            mode: layout::pad(&self.spec.mode),
+            targets: self.targets,
+        };
+        self.write(layout::BOOT_INFO_GPA, info.as_bytes());
+        let stacks = self.spec.vps as u64 * layout::STACK_SIZE;
+        let plan = elf_load::plan(self.image, self.spec.memory - layout::IMAGE_BASE - stacks)
+            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
+        let mut staged = alloc::vec![0u8; plan.span as usize];
+        elf_load::load(&plan, self.image, &mut staged)
+            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
+        self.write(plan.base_va, &staged);
+
+        for vp in 0..self.spec.vps {
+            let regs = initial_registers(plan.entry, self.spec.memory - vp as u64 * layout::STACK_SIZE, vp);
+            hv::set_vp_registers(self.id, vp, &regs)
+                .map_err(|(s, _)| WorkerError::Hypervisor("SetVpRegisters", s))?;
+            let v = &mut self.vps[vp as usize];
+            v.halted = false;
+            // A VP stopped at an intercept must be released on its next dispatch.
+            v.clear_intercept = true;
+        }
+        Ok(())
+    }
+
+    /// Boot (or reboot) from the image and mark it running.
+    pub fn start(&mut self) -> Result<(), WorkerError> {
+        if self.state != ChildState::Created {
+            self.load()?;
+        }
+        hv::set_partition_property(self.id, property::SUSPEND, 0).map_err(hvfail("SetPartitionProperty"))?;
+        self.crash = None;
+        self.started = timer::ticks();
+        self.state = ChildState::Running;
+        Ok(())
+    }
+
+    /// Pause or resume through hv-core's SUSPEND property.
+    pub fn set_paused(&mut self, paused: bool) -> Result<(), WorkerError> {
+        hv::set_partition_property(self.id, property::SUSPEND, paused as u64)
+            .map_err(hvfail("SetPartitionProperty"))?;
+        self.state = if paused {
+            ChildState::Paused
+        } else {
+            ChildState::Running
+        };
+        Ok(())
+    }
+
+    /// Power off (memory kept).
+    pub fn stop(&mut self) {
+        self.state = ChildState::Stopped;
+    }
+
+    /// Return everything: hv-core unmaps and frees its side (finalize,
+    /// delete), then the root frees the frames it lent.
+    pub fn destroy(&mut self) {
+        // Finalize may be refused for a never-initialized partition; delete
+        // then succeeds directly.
+        let _ = hv::finalize_partition(self.id);
+        if let Err(s) = hv::delete_partition(self.id) {
+            crate::println!("root: hv-core refused to delete partition {}: {s:?}", self.id);
+        }
+        for page in self.pages.drain(..) {
+            memory::free_frames(page, 1);
+        }
+        for vp in self.vps.drain(..) {
+            memory::free_frames(vp.message_page, 1);
+        }
+    }
+
+    /// Seconds since the last start (0 unless running or paused).
+    pub fn uptime_secs(&self) -> u64 {
+        match self.state {
+            ChildState::Running | ChildState::Paused => (timer::ticks() - self.started) / timer::HZ,
+            _ => 0,
+        }
+    }
+
+    /// VP indices the scheduler may dispatch now.
+    pub fn runnable_vps(&self) -> impl Iterator<Item = u32> + '_ {
+        let running = self.state == ChildState::Running;
+        self.vps
+            .iter()
+            .enumerate()
+            .filter(move |(_, v)| running && !v.halted)
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Number of VPs halted.
+    pub fn halted_vps(&self) -> usize {
+        self.vps.iter().filter(|v| v.halted).count()
+    }
+
+    fn crash_with(&mut self, reason: String) -> Slice {
+        crate::println!(
+            "\nroot: partition {} ({}) crashed: {reason}",
+            self.id,
+            self.spec.name
+        );
+        self.crash = Some(reason);
+        self.state = ChildState::Crashed;
+        Slice::Crashed
+    }
+
+    /// Run VP `vp` for one slice and handle what stopped it.
+    pub fn run_slice(&mut self, vp: u32) -> Slice {
+        let v = &mut self.vps[vp as usize];
+        let mut flags = dispatch_flags::ENABLE_CALLER_INTERRUPTS;
+        if v.clear_intercept {
+            flags |= dispatch_flags::CLEAR_INTERCEPT_SUSPEND;
+        }
+        let message_page = v.message_page;
+        match hv::dispatch_vp(self.id, vp, flags) {
+            Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)) => {
+                self.vps[vp as usize].clear_intercept = false;
+                Slice::Preempted
+            }
+            Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND)) => Slice::Suspended,
+            Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT)) => {
+                self.intercepts += 1;
+                self.vps[vp as usize].clear_intercept = true;
+                // SAFETY: the message page is a root frame hv-core just wrote
+                // and is idle until the next dispatch of this VP.
+                let bytes = unsafe { memory::phys_slice(message_page, size_of::<Message>()) };
+                let message = Message::read_from_bytes(bytes).expect("256 bytes");
+                self.handle(vp, &message)
+            }
+            Ok((state, event)) => self.crash_with(format!("unexpected dispatch result {state}/{event}")),
+            Err(s) => self.crash_with(format!("DispatchVp failed: {s:?}")),
+        }
+    }
+
+    fn handle(&mut self, vp: u32, m: &Message) -> Slice {
+        match m.header.message_type {
+            message_type::X64_IO_PORT_INTERCEPT => {
+                let io = IoPortIntercept::read_from_prefix(&m.payload)
+                    .expect("payload is large enough")
+                    .0;
+                self.port_io(vp, &io)
+            }
+            message_type::X64_HALT => {
+                let h = hv1_abi::message::InterceptHeader::read_from_prefix(&m.payload)
+                    .expect("40 bytes")
+                    .0;
+                let next = h.rip + (h.instruction_length_cr8 & 0xF) as u64;
+                if let Err((s, _)) = hv::set_vp_registers(self.id, vp, &[(RegisterName::RIP, reg(next))]) {
+                    return self.crash_with(format!("completing HLT: {s:?}"));
+                }
+                self.vps[vp as usize].halted = true;
+                Slice::Halted
+            }
+            message_type::UNMAPPED_GPA => {
+                let mem = MemoryIntercept::read_from_prefix(&m.payload)
+                    .expect("payload is large enough")
+                    .0;
+                let how = match mem.header.intercept_access_type {
+                    access::WRITE => "write",
+                    access::EXECUTE => "execute",
+                    _ => "read",
+                };
+                self.crash_with(format!(
+                    "{how} of unmapped GPA {:#x} at rip {:#x}",
+                    mem.guest_physical_address, mem.header.rip
+                ))
+            }
+            message_type::UNRECOVERABLE_EXCEPTION => {
+                let h = hv1_abi::message::InterceptHeader::read_from_prefix(&m.payload)
+                    .expect("40 bytes")
+                    .0;
+                self.crash_with(format!("triple fault (shutdown) at rip {:#x}", h.rip))
+            }
+            message_type::INVALID_VP_REGISTER_VALUE => self.crash_with(String::from(
+                "VP state rejected by the CPU (invalid register values)",
+            )),
+            other => self.crash_with(format!("unexpected intercept message {other:#x}")),
+        }
+    }
+
+    /// Emulate an IN/OUT and complete the instruction (RIP past it, RAX for IN).
+    fn port_io(&mut self, vp: u32, io: &IoPortIntercept) -> Slice {
+        let port = io.port_number;
+        if io.access_info & (io_access::STRING_OP | io_access::REP_PREFIX) != 0 {
+            return self.crash_with(format!("string I/O (INS/OUTS) on port {port:#x} is not emulated"));
+        }
+        let size = (io.access_info & io_access::SIZE_MASK) as u32;
+        let mask: u64 = match size {
+            1 => 0xFF,
+            2 => 0xFFFF,
+            _ => 0xFFFF_FFFF,
+        };
+        let is_in = io.header.intercept_access_type == access::READ;
+        let value = if COM1.contains(&port) {
+            let offset = port - *COM1.start();
+            if is_in {
+                self.uart.read(offset) as u64
+            } else {
+                self.uart.write(offset, io.rax as u8);
+                0
+            }
+        } else {
+            // No such device: reads float high, writes go nowhere. The root's
+            // own devices are never reachable from a child.
+            self.stray_io += 1;
+            mask
+        };
+        let next = io.header.rip + (io.header.instruction_length_cr8 & 0xF) as u64;
+        let mut regs = [(RegisterName::RIP, reg(next)), (RegisterName::RAX, reg(0))];
+        let count = if is_in {
+            // A 32-bit IN zero-extends into RAX; 8/16-bit INs keep the rest.
+            let rax = if size == 4 {
+                value & mask
+            } else {
+                (io.rax & !mask) | (value & mask)
+            };
+            regs[1].1 = reg(rax);
+            2
+        } else {
+            1
+        };
+        match hv::set_vp_registers(self.id, vp, &regs[..count]) {
+            Ok(()) => Slice::Handled,
+            Err((s, _)) => self.crash_with(format!("completing port I/O: {s:?}")),
+        }
+    }
+
+    /// A few registers of VP `vp`, for `info`.
+    pub fn registers(&self, vp: u32) -> Result<[(&'static str, u64); 8], HvStatus> {
+        let names = [
+            RegisterName::RIP,
+            RegisterName::RSP,
+            RegisterName::RFLAGS,
+            RegisterName::CR0,
+            RegisterName::CR3,
+            RegisterName::CR4,
+            RegisterName::EFER,
+            RegisterName::CS,
+        ];
+        let mut values = [RegisterValue::default(); 8];
+        hv::get_vp_registers(self.id, vp, &names, &mut values).map_err(|(s, _)| s)?;
+        let labels = ["rip", "rsp", "rflags", "cr0", "cr3", "cr4", "efer", "cs"];
+        let mut out = [("", 0u64); 8];
+        for (i, slot) in out.iter_mut().enumerate() {
+            // CS: report the selector (bits 111:96 of the segment register).
+            let v = if i == 7 {
+                (values[i].high >> 32) & 0xFFFF
+            } else {
+                values[i].low
+            };
+            *slot = (labels[i], v);
+        }
+        Ok(out)
+    }
+
+    /// VP count.
+    pub fn vp_count(&self) -> usize {
+        self.vps.len()
+    }
+}
+
+fn reg(v: u64) -> RegisterValue {
+    RegisterValue { low: v, high: 0 }
+}
+
+fn segment(selector: u16, svm_attrib: u16, limit: u32) -> RegisterValue {
+    let s = SegmentRegister {
+        base: 0,
+        limit,
+        selector,
+        attributes: SegmentRegister::attributes_from_svm(svm_attrib),
+    };
+    RegisterValue::read_from_bytes(s.as_bytes()).expect("16 bytes")
+}
+
+/// 64-bit mode at `entry` with the worker's page tables and GDT; RDI = VP
+/// index, RSI = &BootInfo (the test OS's entry ABI).
+fn initial_registers(entry: u64, stack_top: u64, vp: u32) -> [(RegisterName, RegisterValue); 20] {
+    let gdtr = hv1_abi::partition::TableRegister {
+        pad: [0; 3],
+        limit: 23,
+        base: layout::GDT_GPA,
+    };
+    let idtr = hv1_abi::partition::TableRegister {
+        pad: [0; 3],
+        limit: 0,
+        base: 0,
+    };
+    let table =
+        |t: hv1_abi::partition::TableRegister| RegisterValue::read_from_bytes(t.as_bytes()).expect("16");
+    let code = segment(layout::CODE_SELECTOR, 0xA9B, 0xFFFF_FFFF);
+    let data = segment(layout::DATA_SELECTOR, 0xC93, 0xFFFF_FFFF);
+    [
+        (RegisterName::CR0, reg(0x8005_0033)), // PG WP NE ET MP PE
+        (RegisterName::CR3, reg(layout::PML4_GPA)),
+        (RegisterName::CR4, reg(0x20)),   // PAE
+        (RegisterName::EFER, reg(0x500)), // LME LMA
+        (RegisterName::CS, code),
+        (RegisterName::SS, data),
+        (RegisterName::DS, data),
+        (RegisterName::ES, data),
+        (RegisterName::FS, data),
+        (RegisterName::GS, data),
+        (RegisterName::TR, segment(0, 0x8B, 0x67)),
+        (RegisterName::LDTR, segment(0, 0x82, 0xFFFF)),
+        (RegisterName::GDTR, table(gdtr)),
+        (RegisterName::IDTR, table(idtr)),
+        (RegisterName::RIP, reg(entry)),
+        (RegisterName::RSP, reg(stack_top)),
+        (RegisterName::RFLAGS, reg(2)),
+        (RegisterName::RDI, reg(vp as u64)),
+        (RegisterName::RSI, reg(layout::BOOT_INFO_GPA)),
+        (RegisterName::RAX, reg(0)),
+    ]
+}
