@@ -58,16 +58,18 @@ impl Machine {
         let dir = scratch(name);
         let hv_log = dir.join("hv-core.log");
         let (accel, _) = xtask::choose_accel();
+        let mgmt_socket = dir.join("mgmt.sock");
         let opts = xtask::BootOptions {
             cmdline: cmdline.into(),
             disk,
             hv_log: hv_log.clone(),
             memory_mib: 512,
             accel,
+            console: xtask::Console::Pipes,
+            mgmt_socket: Some(mgmt_socket.clone()),
         };
         let mut child = Command::new(xtask::QEMU)
             .args(xtask::qemu_args(images, &opts))
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -95,6 +97,8 @@ impl Machine {
             output: rx,
             console: String::new(),
             hv_log,
+            mgmt_socket,
+            mgmt: None,
         }
     }
 
@@ -109,6 +113,10 @@ impl Machine {
     }
 
     fn fail(&mut self, why: &str) -> ! {
+        // Show everything the console printed, not only what was awaited.
+        while let Ok(b) = self.output.recv_timeout(Duration::from_millis(200)) {
+            self.console.push(b as char);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         panic!(
@@ -150,6 +158,17 @@ impl Machine {
                 .and_then(|_| s.flush())
                 .is_ok()
         });
+        if !ok {
+            self.fail("could not write to QEMU's console");
+        }
+    }
+
+    /// Send raw bytes to the console (control keys).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let ok = self
+            .stdin
+            .as_mut()
+            .is_some_and(|s| s.write_all(bytes).and_then(|_| s.flush()).is_ok());
         if !ok {
             self.fail("could not write to QEMU's console");
         }
@@ -222,6 +241,23 @@ impl Machine {
             }
             if start.elapsed() > BOOT_DEADLINE {
                 self.fail(&format!("timed out waiting for {what}; last {command:?}: {v}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Poll `command` until its output contains `needle`, or fail at the deadline.
+    pub fn wait_text(&mut self, command: &str, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.hvctl(command);
+            if out.contains(needle) {
+                return out;
+            }
+            if start.elapsed() > BOOT_DEADLINE {
+                self.fail(&format!(
+                    "timed out waiting for {needle:?} in {command:?}; last: {out}"
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

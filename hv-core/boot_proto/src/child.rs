@@ -98,7 +98,7 @@ mod tests {
             HYPERCALL_PAGE_GPA,
         ];
         assert!(low.iter().all(|&p| p + 0x1000 <= IMAGE_BASE && p % 0x1000 == 0));
-        assert!(HYPERCALL_OUTPUT_GPA + 0x1000 <= IMAGE_BASE);
+        const { assert!(HYPERCALL_OUTPUT_GPA + 0x1000 <= IMAGE_BASE) };
         let name: [u8; 16] = pad("alpha");
         assert_eq!(unpad(&name), "alpha");
         let long: [u8; 4] = pad("toolong");

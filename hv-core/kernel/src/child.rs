@@ -114,8 +114,6 @@ impl Vp {
 pub struct Child {
     /// Lifecycle.
     pub state: PartitionState,
-    /// Creation flags.
-    pub flags: u64,
     npt: Option<PageTables<RegionTables>>,
     vps: [Option<Vp>; MAX_VPS],
     /// Synthetic MSRs.
@@ -134,11 +132,10 @@ pub struct Child {
 pub type ChildResult<T> = Result<T, HvStatus>;
 
 impl Child {
-    /// A freshly created partition.
-    pub fn new(flags: u64) -> Self {
+    /// A freshly created partition (its creation flags were validated by the caller).
+    pub fn new() -> Self {
         Self {
             state: PartitionState::Created,
-            flags,
             npt: None,
             vps: [const { None }; MAX_VPS],
             msrs: SyntheticMsrs::default(),

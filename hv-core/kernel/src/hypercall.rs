@@ -303,7 +303,7 @@ fn create_partition(hv: &mut Hv, input: u64, output: u64) -> CallResult {
     }
     let id = hv
         .children
-        .insert(Child::new(p.flags))
+        .insert(Child::new())
         .map_err(|_| HvStatus::INSUFFICIENT_MEMORY)?;
     hvlog!("partition {id} created (flags {:#x})", p.flags);
     write_output(&hv.root_ram, output, &id.to_le_bytes())

@@ -27,7 +27,7 @@ impl<'a> PageBitmap<'a> {
     /// A bitmap for `pages` pages from `base`, all clear; `words` must hold
     /// at least `pages` bits (it is cleared).
     pub fn new(base: u64, pages: u64, words: &'a mut [u64]) -> Option<Self> {
-        if base % PAGE != 0 || (words.len() as u64) * 64 < pages {
+        if !base.is_multiple_of(PAGE) || (words.len() as u64) * 64 < pages {
             return None;
         }
         words.fill(0);
@@ -45,7 +45,7 @@ impl<'a> PageBitmap<'a> {
     }
 
     fn index(&self, addr: u64) -> Result<u64, BitmapError> {
-        if addr % PAGE != 0 || addr < self.base {
+        if !addr.is_multiple_of(PAGE) || addr < self.base {
             return Err(BitmapError::OutOfRange);
         }
         let i = (addr - self.base) / PAGE;

@@ -245,7 +245,7 @@ mod tests {
         }
         let all = collect(&u, 0);
         assert_eq!(all.len(), OUTPUT_CAPACITY);
-        assert_eq!(all[0], (10 % 251) as u8);
+        assert_eq!(all[0], 10_u8);
         assert_eq!(*all.last().unwrap(), ((OUTPUT_CAPACITY + 9) % 251) as u8);
         assert_eq!(collect(&u, u.written()).len(), 0);
     }

@@ -28,7 +28,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
     let result = match cmd {
         Command::Help(topic) => help(topic.as_deref(), out),
         Command::List { json } => list(m, boot, json, out),
-        Command::Info { id, json } => info(m, id, json, out),
+        Command::Info { id, json, checksum } => info(m, id, json, checksum, out),
         Command::Console { id } => {
             return match m.get(id) {
                 Ok(_) => Effect::Attach(id),
@@ -147,16 +147,24 @@ fn list(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Result<
     }
     let _ = writeln!(
         out,
-        "{:<4}{:<16}{:<10}{:<5}{:<10}{:<9}{}",
-        "ID", "NAME", "STATE", "VPS", "MEMORY", "UPTIME", "EXITS"
+        "{:<4}{:<16}{:<10}{:<5}{:<11}{:<9}EXITS",
+        "ID", "NAME", "STATE", "VPS", "MEMORY", "UPTIME"
     );
     let row =
         |out: &mut String, id: u64, name: &str, state: &str, vps: usize, mem: u64, up: u64, exits: u64| {
             let mut size = String::new();
-            let _ = mgmt::size::format(mem, &mut size);
+            // Whole MiB are easier to scan than an odd KiB count.
+            let _ = mgmt::size::format(
+                if mem.is_multiple_of(1 << 20) {
+                    mem
+                } else {
+                    mem >> 20 << 20
+                },
+                &mut size,
+            );
             let _ = writeln!(
                 out,
-                "{id:<4}{name:<16}{state:<10}{vps:<5}{size:<10}{:<9}{exits}",
+                "{id:<4}{name:<16}{state:<10}{vps:<5}{size:<11}{:<9}{exits}",
                 format!("{up}s")
             );
         };
@@ -186,11 +194,11 @@ fn list(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Result<
     Ok(())
 }
 
-fn info(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String> {
+fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String) -> Result<(), String> {
     let w = m.get(id)?;
     let stats = hv::partition_stats(id).map_err(|s| format!("hv-core has no partition {id}: {s:?}"))?;
     let (lo, hi) = w.frame_span();
-    let checksum = w.checksum();
+    let checksum = with_checksum.then(|| w.checksum());
     let regs: Vec<_> = (0..w.vp_count() as u32).map(|vp| (vp, w.registers(vp))).collect();
     if json {
         let mut exits = String::new();
@@ -225,16 +233,20 @@ fn info(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String
             .num("mapped_pages", stats.mapped_pages)
             .num("frames_low", lo)
             .num("frames_high", hi)
-            .num("memory_fnv1a", checksum)
             .num("uptime", w.uptime_secs())
             .num("guest_os_id", stats.guest_os_id)
             .num("console_bytes", w.uart.written())
             .num("intercepts", w.intercepts)
             .num("stray_io", w.stray_io)
+            .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
             .num("failed_hypercalls", stats.failed_hypercalls)
             .raw("exits", &exits)
             .raw("vps", &vp_json);
+        let o = match checksum {
+            Some(c) => o.num("memory_fnv1a", c),
+            None => o,
+        };
         match &w.crash {
             Some(c) => o.str("crash", c).end(),
             None => o.null("crash").end(),
@@ -249,11 +261,14 @@ fn info(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String
     let _ = writeln!(out, "image:        {} (mode {})", w.spec.image, w.spec.mode);
     let _ = writeln!(
         out,
-        "memory:       GPA 0x0..{:#x} ({} pages lent by the root, frames {lo:#x}..{:#x}), fnv1a {checksum:#018x}",
+        "memory:       GPA 0x0..{:#x} ({} pages lent by the root, frames {lo:#x}..{:#x})",
         w.spec.memory,
         stats.mapped_pages,
         hi + 0x1000
     );
+    if let Some(c) = checksum {
+        let _ = writeln!(out, "checksum:     fnv1a {c:#018x}");
+    }
     let _ = writeln!(
         out,
         "uptime:       {}s; console {} bytes; {} intercepts handled, {} stray port accesses",
@@ -430,6 +445,13 @@ fn hv_disk(json: bool, out: &mut String) {
     }
 }
 
+/// Is the root page hostile children aim at still all 0xC5?
+fn canary_intact(m: &Manager) -> bool {
+    // SAFETY: the canary is a root frame set aside at boot and never freed.
+    let page = unsafe { memory::phys_slice(m.canary, 4096) };
+    page.iter().all(|&b| b == 0xC5)
+}
+
 fn mem(boot: &BootReport, m: &Manager, json: bool, out: &mut String) {
     let free = memory::free_bytes();
     let (used, size) = memory::heap_usage();
@@ -442,7 +464,8 @@ fn mem(boot: &BootReport, m: &Manager, json: bool, out: &mut String) {
             .num("free_after_boot", boot.free_after_boot)
             .num("lent_to_children", lent)
             .num("heap_used", used as u64)
-            .num("heap_size", size as u64);
+            .num("heap_size", size as u64)
+            .bool("canary_intact", canary_intact(m));
         match hv {
             Some(st) => o
                 .num("hv_region_used", st.region_used)

@@ -288,16 +288,11 @@ fn rep_call(
     output_size: usize,
     mut done: impl FnMut(usize, &[u8]),
 ) -> Result<(), (HvStatus, usize)> {
-    let per_call_in = if element_size == 0 {
-        4095
-    } else {
-        (4096 - header.len()) / element_size
-    };
-    let per_call_out = if output_size == 0 {
-        usize::MAX
-    } else {
-        4096 / output_size
-    };
+    // Element-less rep calls (UnmapGpaPages) are bounded only by the 12-bit count.
+    let per_call_in = (4096 - header.len())
+        .checked_div(element_size)
+        .unwrap_or(usize::MAX);
+    let per_call_out = 4096usize.checked_div(output_size).unwrap_or(usize::MAX);
     let batch = per_call_in.min(per_call_out).min(0xFFF);
     let mut first = 0;
     while first < count {

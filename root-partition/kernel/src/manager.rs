@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use boot_proto::child::target;
 use mgmt::cli::CreateSpec;
-use mgmt::lifecycle::{self, Action, ChildState};
+use mgmt::lifecycle::{self, Action};
 
 /// All children and the scheduler's position.
 pub struct Manager {
@@ -77,11 +77,9 @@ impl Manager {
             })?;
         let targets = self.targets(&spec);
         let mut w = Worker::create(spec, image, targets).map_err(|e| format!("{e}"))?;
-        if start {
-            if let Err(e) = w.start() {
-                w.destroy();
-                return Err(format!("{e}"));
-            }
+        if start && let Err(e) = w.start() {
+            w.destroy();
+            return Err(format!("{e}"));
         }
         let id = w.id;
         self.workers.push(w);
@@ -152,9 +150,24 @@ impl Manager {
         }
     }
 
+    /// Give the children one timer tick: dispatch runnable VPs round-robin
+    /// until the tick ends (each dispatch returns at the next intercept or
+    /// timer interrupt). Returns false if nothing was runnable.
+    pub fn run_children_for_a_tick(&mut self) -> bool {
+        let start = crate::timer::ticks();
+        let mut ran = false;
+        while crate::timer::ticks() == start {
+            if !self.schedule_one() {
+                break;
+            }
+            ran = true;
+        }
+        ran
+    }
+
     /// Dispatch the next runnable VP after the last one (round-robin by
     /// (partition, VP)). Returns false if nothing is runnable.
-    pub fn schedule_one(&mut self) -> bool {
+    fn schedule_one(&mut self) -> bool {
         let mut first: Option<(usize, u32)> = None;
         let mut next: Option<(usize, u32)> = None;
         for (i, w) in self.workers.iter().enumerate() {
@@ -175,11 +188,6 @@ impl Manager {
         self.dispatches += 1;
         let _: Slice = w.run_slice(vp);
         true
-    }
-
-    /// Children in each state.
-    pub fn count(&self, state: ChildState) -> usize {
-        self.workers.iter().filter(|w| w.state == state).count()
     }
 }
 

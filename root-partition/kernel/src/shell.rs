@@ -3,8 +3,9 @@
 //! Two sessions share one command language: the interactive console on COM1
 //! (echo, line editing, history, `console N` attaches to a child) and the
 //! management channel on COM2 for host tools like `hvctl` (no echo; each
-//! response ends with an EOT line). Between keystrokes the loop dispatches
-//! child VPs round-robin; the timer interrupt ends each slice.
+//! response ends with an EOT line). The loop alternates: the root's own work
+//! (sessions), then one timer tick for the children, whose VPs are
+//! dispatched round-robin within it.
 
 use crate::commands::{self, Effect};
 use crate::manager::Manager;
@@ -119,10 +120,8 @@ impl Session {
                 self.back = 0;
                 self.run(line.trim(), m, boot);
             }
-            0x08 | 0x7F if self.interactive => {
-                if self.line.pop().is_some() {
-                    self.write("\x08 \x08");
-                }
+            0x08 | 0x7F if self.interactive && self.line.pop().is_some() => {
+                self.write("\x08 \x08");
             }
             0x15 if self.interactive => self.replace_line(""),
             0x03 if self.interactive => {
@@ -249,7 +248,7 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         for s in sessions.iter_mut() {
             s.poll(manager, boot);
         }
-        if !manager.schedule_one() {
+        if !manager.run_children_for_a_tick() {
             // Nothing to run: sleep until the next tick.
             timer::idle();
         }

@@ -299,8 +299,17 @@ impl Worker {
     /// Return everything: hv-core unmaps and frees its side (finalize,
     /// delete), then the root frees the frames it lent.
     pub fn destroy(&mut self) {
-        // Finalize may be refused for a never-initialized partition; delete
-        // then succeeds directly.
+        // Take the memory back page by page first (what a worker does when a
+        // child shrinks), then let hv-core tear down the rest. Finalize may be
+        // refused for a never-initialized partition; delete then succeeds.
+        if !self.pages.is_empty()
+            && let Err((s, done)) = hv::unmap_gpa_pages(self.id, 0, self.pages.len())
+        {
+            crate::println!(
+                "root: unmapping partition {}'s memory stopped at page {done}: {s:?}",
+                self.id
+            );
+        }
         let _ = hv::finalize_partition(self.id);
         if let Err(s) = hv::delete_partition(self.id) {
             crate::println!("root: hv-core refused to delete partition {}: {s:?}", self.id);

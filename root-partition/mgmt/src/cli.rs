@@ -44,12 +44,14 @@ pub enum Command {
         /// JSON output.
         json: bool,
     },
-    /// `info ID [--json]`.
+    /// `info ID [--json] [--checksum]`.
     Info {
         /// Partition id.
         id: u64,
         /// JSON output.
         json: bool,
+        /// Also checksum the partition's memory (reads all of it).
+        checksum: bool,
     },
     /// `console ID`.
     Console {
@@ -229,9 +231,11 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             w.done(Command::List { json })?
         }
         "info" => {
+            let checksum = w.words.contains(&"--checksum");
+            w.words.retain(|x| *x != "--checksum");
             let id = w.id()?;
             let json = w.json;
-            w.done(Command::Info { id, json })?
+            w.done(Command::Info { id, json, checksum })?
         }
         "console" => {
             let id = w.id()?;
@@ -376,7 +380,22 @@ mod tests {
         assert_eq!(parse("   "), Ok(None));
         assert_eq!(ok("list"), Command::List { json: false });
         assert_eq!(ok("list --json"), Command::List { json: true });
-        assert_eq!(ok("info 2 --json"), Command::Info { id: 2, json: true });
+        assert_eq!(
+            ok("info 2 --json"),
+            Command::Info {
+                id: 2,
+                json: true,
+                checksum: false
+            }
+        );
+        assert_eq!(
+            ok("info 2 --checksum"),
+            Command::Info {
+                id: 2,
+                json: false,
+                checksum: true
+            }
+        );
         assert_eq!(ok("console 3"), Command::Console { id: 3 });
         assert_eq!(
             ok("resume 2"),

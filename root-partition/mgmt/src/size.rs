@@ -32,11 +32,11 @@ pub fn parse(text: &str) -> Result<u64, SizeError> {
 
 /// Format bytes as the largest exact unit (`32 MiB`, `1536 KiB`).
 pub fn format(bytes: u64, out: &mut impl core::fmt::Write) -> core::fmt::Result {
-    if bytes != 0 && bytes % (1 << 30) == 0 {
+    if bytes != 0 && bytes.is_multiple_of(1 << 30) {
         write!(out, "{} GiB", bytes >> 30)
-    } else if bytes != 0 && bytes % (1 << 20) == 0 {
+    } else if bytes != 0 && bytes.is_multiple_of(1 << 20) {
         write!(out, "{} MiB", bytes >> 20)
-    } else if bytes != 0 && bytes % (1 << 10) == 0 {
+    } else if bytes != 0 && bytes.is_multiple_of(1 << 10) {
         write!(out, "{} KiB", bytes >> 10)
     } else {
         write!(out, "{bytes} B")

@@ -77,7 +77,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
             halt_forever()
         }
         "spin" => spin(name),
-        "hypercalls" => bad_hypercalls(name),
+        "hypercalls" => bad_hypercalls(name, info.targets[target::HV_CORE]),
         "rootonly" => root_only_hypercalls(name),
         "read-hv" => touch(
             name,
@@ -193,7 +193,7 @@ fn simple(code: HvCallCode) -> u64 {
     HypercallControl::simple(code).encode()
 }
 
-fn bad_hypercalls(name: &str) -> ! {
+fn bad_hypercalls(name: &str, hv_core: u64) -> ! {
     enable_hypercalls();
     let out = child::HYPERCALL_OUTPUT_GPA;
     let input = child::HYPERCALL_INPUT_GPA;
@@ -214,7 +214,7 @@ fn bad_hypercalls(name: &str) -> ! {
     report(
         name,
         "output in hv-core",
-        hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, 0x1EE0_0000),
+        hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, hv_core & !0xFFF),
     );
     report(
         name,
