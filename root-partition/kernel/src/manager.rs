@@ -88,12 +88,13 @@ impl Manager {
     }
 
     /// Addresses a hostile child aims at: hv-core's region, a root canary
-    /// page, the highest page of another child, the local APIC.
+    /// page, the highest page of the first other child, the local APIC.
     fn targets(&self, spec: &CreateSpec) -> [u64; 4] {
         let mut t = [0u64; 4];
         t[target::HV_CORE] = self.hv_region.base + self.hv_region.size / 2;
         t[target::ROOT] = self.canary;
-        t[target::PEER] = self.workers.iter().map(|w| w.frame_span().1).max().unwrap_or(0);
+        // The first child's highest page (its lowest id: `alpha` by default).
+        t[target::PEER] = self.workers.first().map_or(0, |w| w.frame_span().1);
         t[target::MMIO] = 0xFEE0_0000;
         // Targets inside the child's own GPA range would hit its own memory.
         for x in t.iter_mut() {

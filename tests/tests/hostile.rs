@@ -1,0 +1,200 @@
+//! Hostile children (issue 3), one per case: each boots the machine, lets a
+//! test OS child attack hv-core, the root, a peer, MMIO or the hypercall
+//! interface, and checks that the attack got the right status or stopped the
+//! child (marked crashed with the reason), while hv-core, the root and the
+//! peer child keep running and the peer's memory is unchanged.
+
+use qemu_tests::Machine;
+use serde_json::Value;
+
+struct Attack {
+    machine: Machine,
+    /// `info --json` of the attacker once it finished.
+    info: Value,
+    /// Its console.
+    console: String,
+}
+
+/// Boot, checksum the peer (alpha, idle after boot), start an attacker in
+/// `mode`, wait until it crashed or printed `done`, then check that
+/// everything else is intact.
+fn attack(mode: &str, done: &str, disk: bool) -> Attack {
+    let disk = disk.then(|| qemu_tests::images().disk.clone());
+    let mut m = Machine::boot(&format!("hostile-{mode}"), "", disk);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    let peer_before = m.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
+    let created = m.hvctl(&format!(
+        "create attacker --memory 8M --image testos --mode {mode} --start"
+    ));
+    assert!(
+        created.contains("partition 4 (attacker) created and started"),
+        "{created}"
+    );
+    let info = m.wait_json("info 4 --json", "the attack to finish", |v| {
+        v["state"] == "crashed" || v["halted_vps"] == 1
+    });
+    let console = m.wait_text("console 4", done);
+    assert!(
+        !console.contains("ESCAPED"),
+        "the attacker got through:\n{console}"
+    );
+
+    // hv-core, the root and the peer are fine.
+    let status = m.hvctl_json("hv status --json");
+    assert_eq!(status["present"], true, "{status}");
+    let list = m.hvctl_json("list --json");
+    for name in ["alpha", "beta"] {
+        let p = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .expect("peer listed");
+        assert_eq!(p["state"], "running", "{list}");
+    }
+    let peer_after = m.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
+    assert_eq!(peer_before, peer_after, "the peer's memory changed");
+    let mem = m.hvctl_json("mem --json");
+    assert_eq!(
+        mem["canary_intact"], true,
+        "the root's canary page changed: {mem}"
+    );
+    Attack {
+        machine: m,
+        info,
+        console,
+    }
+}
+
+fn crash_reason(a: &Attack) -> &str {
+    assert_eq!(a.info["state"], "crashed", "{}", a.info);
+    a.info["crash"].as_str().unwrap()
+}
+
+#[test]
+fn reading_hv_core_memory_stops_the_child() {
+    let mut a = attack("read-hv", "attempting to read hv-core's region", false);
+    let status = a.machine.hvctl_json("hv status --json");
+    let target = status["region"]["base"].as_u64().unwrap() + status["region"]["size"].as_u64().unwrap() / 2;
+    assert_eq!(
+        crash_reason(&a),
+        format!("read of unmapped GPA {target:#x} at rip {}", rip(&a))
+    );
+}
+
+#[test]
+fn writing_root_memory_stops_the_child() {
+    let a = attack("write-root", "attempting to write root memory", false);
+    assert!(
+        crash_reason(&a).starts_with("write of unmapped GPA 0x"),
+        "{}",
+        a.info
+    );
+}
+
+#[test]
+fn reading_a_peer_stops_the_child() {
+    let a = attack("read-peer", "attempting to read a peer's memory", false);
+    assert!(
+        crash_reason(&a).starts_with("read of unmapped GPA 0x"),
+        "{}",
+        a.info
+    );
+}
+
+#[test]
+fn writing_a_peer_stops_the_child_and_leaves_the_peer_intact() {
+    let a = attack("write-peer", "attempting to write a peer's memory", false);
+    assert!(
+        crash_reason(&a).starts_with("write of unmapped GPA 0x"),
+        "{}",
+        a.info
+    );
+}
+
+#[test]
+fn touching_mmio_stops_the_child() {
+    let a = attack("read-mmio", "attempting to read the local APIC", false);
+    assert!(
+        crash_reason(&a).starts_with("read of unmapped GPA 0xfee00000"),
+        "{}",
+        a.info
+    );
+}
+
+#[test]
+fn a_triple_fault_is_contained() {
+    let a = attack("triple-fault", "loading an empty IDT", false);
+    assert!(
+        crash_reason(&a).starts_with("triple fault (shutdown) at rip 0x"),
+        "{}",
+        a.info
+    );
+}
+
+#[test]
+fn root_only_hypercalls_are_denied() {
+    let a = attack("rootonly", "root-only calls denied", false);
+    assert_eq!(
+        a.info["state"], "running",
+        "a denied call is not a crash: {}",
+        a.info
+    );
+    assert!(
+        a.console.contains("root-only calls denied: 8 of 8"),
+        "{}",
+        a.console
+    );
+    assert_eq!(a.info["failed_hypercalls"], 8, "{}", a.info);
+}
+
+#[test]
+fn bad_hypercall_inputs_get_the_right_status() {
+    let a = attack("hypercalls", "hypercalls done", false);
+    assert_eq!(a.info["state"], "running", "{}", a.info);
+    for (case, status) in [
+        ("misaligned output", "INVALID_ALIGNMENT"),
+        ("output beyond memory", "INVALID_PARAMETER"),
+        ("output in hv-core", "INVALID_PARAMETER"),
+        ("reserved bits", "INVALID_HYPERCALL_INPUT"),
+        ("unknown code", "INVALID_HYPERCALL_CODE"),
+        ("huge rep count", "ACCESS_DENIED"),
+        ("rep start beyond count", "INVALID_HYPERCALL_INPUT"),
+        ("input beyond memory", "ACCESS_DENIED"),
+    ] {
+        let line = format!("hc {case}: {status} reps 0");
+        assert!(a.console.contains(&line), "missing {line:?} in\n{}", a.console);
+    }
+    assert!(
+        a.console.contains("testos attacker: partition id 4 (SUCCESS)"),
+        "{}",
+        a.console
+    );
+}
+
+#[test]
+fn port_io_cannot_reach_the_roots_devices() {
+    let mut a = attack("ioports", "io done", true);
+    assert_eq!(a.info["state"], "running", "{}", a.info);
+    // 0x64 reset, 0xCF8/0xCFC PCI config, 0xF4 debug-exit, 0x60 read: none passed through.
+    assert!(
+        a.console.contains("io done (port 0x60 read 0xff)"),
+        "{}",
+        a.console
+    );
+    assert!(a.info["stray_io"].as_u64().unwrap() >= 5, "{}", a.info);
+    // The machine is still up and the root's own disk still works.
+    let disk = a.machine.hvctl_json("hv disk --json");
+    assert_eq!(disk["sectors"], 2048, "{disk}");
+}
+
+fn rip(a: &Attack) -> String {
+    // The crash reason ends with the faulting RIP; reuse it to compare the rest exactly.
+    a.info["crash"]
+        .as_str()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string()
+}
