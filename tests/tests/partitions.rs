@@ -215,3 +215,29 @@ fn spinning_child_is_preempted_and_the_root_stays_responsive() {
         assert_eq!(child(&list, name)["state"], "running", "{list}");
     }
 }
+
+/// Two children keeping different patterns in their SSE registers across
+/// preemptions never see each other's values (x87/SSE state is switched per VP).
+#[test]
+fn sse_state_is_private_to_each_child() {
+    let mut m = Machine::boot("fpu", "", None);
+    for name in ["fpu-a", "fpu-b"] {
+        let out = m.hvctl(&format!(
+            "create {name} --memory 8M --image testos --mode fpu --start"
+        ));
+        assert!(out.contains("started"), "{out}");
+    }
+    for id in [4, 5] {
+        let text = m.wait_text(&format!("console {id}"), "fpu tick 5\n");
+        assert!(!text.contains("CORRUPTED"), "{text}");
+    }
+    let info = m.hvctl_json("info 4 --json");
+    assert!(
+        info["exits"]["intr"].as_u64().unwrap() > 0,
+        "they were preempted in between: {info}"
+    );
+    for id in [4, 5] {
+        let text = m.hvctl(&format!("console {id}"));
+        assert!(!text.contains("CORRUPTED"), "{text}");
+    }
+}

@@ -13,6 +13,8 @@ pub mod message_type {
     pub const NONE: u32 = 0;
     /// Access to an unmapped GPA.
     pub const UNMAPPED_GPA: u32 = 0x8000_0000;
+    /// An access the GPA's mapping does not allow.
+    pub const GPA_INTERCEPT: u32 = 0x8000_0001;
     /// A VP register value made the VP unrunnable.
     pub const INVALID_VP_REGISTER_VALUE: u32 = 0x8000_0020;
     /// Triple fault or another unrecoverable exception.

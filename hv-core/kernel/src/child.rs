@@ -23,7 +23,7 @@ use hv1_abi::partition::{
 };
 use partitions::PartitionState;
 use svm::insn::Intercepted;
-use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm, npf};
+use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
@@ -86,6 +86,10 @@ impl SharedMaps {
 /// One virtual processor.
 pub struct Vp {
     vmcb_pa: u64,
+    /// FXSAVE area (x87/SSE/MXCSR), switched with the root's around a run.
+    fx_pa: u64,
+    /// DR0–DR3 (DR6/DR7 live in the VMCB).
+    debug: [u64; 4],
     /// GPRs other than RAX/RSP.
     pub regs: GuestRegs,
     /// EFER as the guest sees it.
@@ -103,6 +107,15 @@ pub struct Vp {
 }
 
 impl Vp {
+    /// Return its pages (and the pin on its message page).
+    fn free(self) {
+        if let Some(page) = self.message_page {
+            memory::unpin(page);
+        }
+        memory::free_pages(self.vmcb_pa, 1);
+        memory::free_pages(self.fx_pa, 1);
+    }
+
     fn vmcb(&mut self) -> &mut Vmcb {
         // SAFETY: `vmcb_pa` is this VP's VMCB page in hv-core's region; the
         // borrow of `self` makes this the only reference.
@@ -126,15 +139,25 @@ pub struct Child {
     pub mapped_pages: u64,
     /// Exit counters.
     pub stats: ExitStats,
+    /// Refusals logged (rate limit).
+    logged: u32,
+    /// IOPM/MSRPM shared by all child VPs.
+    maps: SharedMaps,
+    /// ASID its VPs run with.
+    asid: u32,
 }
 
 /// Why an operation on a child failed.
 pub type ChildResult<T> = Result<T, HvStatus>;
 
 impl Child {
-    /// A freshly created partition (its creation flags were validated by the caller).
-    pub fn new() -> Self {
+    /// A freshly created partition (its creation flags were validated by the
+    /// caller). Children share ASID 2 and flush on every entry.
+    pub fn new(maps: SharedMaps) -> Self {
         Self {
+            logged: 0,
+            maps,
+            asid: 2,
             state: PartitionState::Created,
             npt: None,
             vps: [const { None }; MAX_VPS],
@@ -183,7 +206,7 @@ impl Child {
         self.mapped_pages = 0;
         for slot in self.vps.iter_mut() {
             if let Some(vp) = slot.take() {
-                memory::free_pages(vp.vmcb_pa, 1);
+                vp.free();
             }
         }
     }
@@ -266,7 +289,7 @@ impl Child {
     }
 
     /// HvCallCreateVp: a VP in the architectural reset state.
-    pub fn create_vp(&mut self, index: u32, asid: u32, maps: &SharedMaps) -> ChildResult<()> {
+    pub fn create_vp(&mut self, index: u32) -> ChildResult<()> {
         self.state.check_active("create vp").map_err(|e| e.status())?;
         let slot = self
             .vps
@@ -277,8 +300,15 @@ impl Child {
         }
         let npt_root = self.npt.as_ref().ok_or(HvStatus::INVALID_PARTITION_STATE)?.root();
         let vmcb_pa = memory::alloc_pages(1).ok_or(HvStatus::INSUFFICIENT_MEMORY)?;
+        let Some(fx_pa) = memory::alloc_pages(1) else {
+            memory::free_pages(vmcb_pa, 1);
+            return Err(HvStatus::INSUFFICIENT_MEMORY);
+        };
+        init_fx_area(fx_pa);
         let mut vp = Vp {
             vmcb_pa,
+            fx_pa,
+            debug: [0; 4],
             regs: GuestRegs::default(),
             guest_efer: 0,
             message_page: None,
@@ -286,32 +316,7 @@ impl Child {
             explicit_suspend: false,
             unrecoverable: false,
         };
-        let v = vp.vmcb();
-        let c = &mut v.control;
-        c.intercept_misc1 = intercept::INTR
-            | intercept::NMI
-            | intercept::SHUTDOWN
-            | intercept::HLT
-            | intercept::IOIO_PROT
-            | intercept::MSR_PROT
-            | intercept::CPUID
-            | intercept::INVLPGA;
-        c.intercept_misc2 = intercept::VMRUN
-            | intercept::VMMCALL
-            | intercept::VMLOAD
-            | intercept::VMSAVE
-            | intercept::STGI
-            | intercept::CLGI
-            | intercept::SKINIT;
-        c.iopm_base_pa = maps.iopm;
-        c.msrpm_base_pa = maps.msrpm;
-        c.guest_asid = asid;
-        c.tlb_control = TLB_FLUSH_ALL;
-        c.nested_ctl = NP_ENABLE;
-        c.nested_cr3 = npt_root;
-        // With the INTR intercept, V_INTR_MASKING must be set (svm-qemu-tcg.md §5).
-        c.int_ctl = 1 << 24;
-        reset_state(v);
+        init_vmcb(vp.vmcb(), &self.maps, npt_root, self.asid);
         *slot = Some(vp);
         Ok(())
     }
@@ -323,13 +328,25 @@ impl Child {
             .get_mut(index as usize)
             .ok_or(HvStatus::INVALID_VP_INDEX)?;
         let vp = slot.take().ok_or(HvStatus::INVALID_VP_INDEX)?;
-        memory::free_pages(vp.vmcb_pa, 1);
+        vp.free();
         Ok(())
     }
 
-    /// HvCallMapVpStatePage with a root-provided page for intercept messages.
+    /// HvCallMapVpStatePage with a root-provided page for intercept messages
+    /// (`None`: unmap). The page is pinned: never lent to a child while used.
     pub fn set_message_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
-        self.vp_mut(index)?.message_page = page;
+        let vp = self.vp_mut(index)?;
+        if let Some(p) = page
+            && !memory::pin(p)
+        {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        if let Some(old) = vp.message_page
+            && Some(old) != page
+        {
+            memory::unpin(old);
+        }
+        vp.message_page = page;
         Ok(())
     }
 
@@ -398,7 +415,7 @@ impl Child {
             RegisterName::TR => seg(&s.tr),
             RegisterName::IDTR => table(&s.idtr),
             RegisterName::GDTR => table(&s.gdtr),
-            RegisterName::EFER => r64(efer),
+            RegisterName::EFER => r64((efer & !(1 << 10)) | (s.efer & (1 << 10))),
             RegisterName::KERNEL_GS_BASE => r64(s.kernel_gs_base),
             RegisterName::PAT => r64(s.g_pat),
             RegisterName::SYSENTER_CS => r64(s.sysenter_cs),
@@ -445,10 +462,10 @@ impl Child {
                 *gpr_mut(&mut vp.regs, n).ok_or(HvStatus::INVALID_PARAMETER)? = x
             }
             RegisterName::EFER => {
-                if x & !0xFD01 != 0 {
+                if x & !crate::vcpu::efer_allowed() != 0 {
                     return Err(HvStatus::INVALID_REGISTER_VALUE);
                 }
-                vp.guest_efer = x;
+                vp.guest_efer = x & !EFER_SVME;
                 vp.vmcb().save.efer = x | EFER_SVME;
             }
             _ => {
@@ -542,102 +559,278 @@ impl Child {
         if vp.explicit_suspend || suspended {
             return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
         }
-        let host_if = flags_value & dispatch_flags::ENABLE_CALLER_INTERRUPTS != 0;
         let profile = HvCpuidProfile {
             privileges: Self::PRIVILEGES,
             vp_count,
             lp_count: 1,
         };
-        let vmcb_pa = vp.vmcb_pa;
-        for _ in 0..MAX_INTERNAL_EXITS {
-            // Children may share ASIDs: flush on every entry (TCG flushes anyway).
-            vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
-            // SAFETY: the VMCB was set up by `create_vp` in hv-core's region
-            // with the shared IOPM/MSRPM and this child's NPT; it intercepts
-            // INTR with V_INTR_MASKING, so running with the host's IF set is
-            // allowed; this CPU alone runs it.
-            unsafe { vmrun::run(&mut vp.regs, vmcb_pa, host_save, host_if) };
-            // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
-            let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
-            let code = ExitCode(vmcb.control.exit_code);
-            stats.count(code, vmcb.control.exit_info1);
-            let mut cpu = Vcpu {
-                vmcb,
-                regs: &mut vp.regs,
-                guest_efer: &mut vp.guest_efer,
-                mem: &ram,
-                msrs,
-                partition: id,
-                vp_index: index,
-                profile,
-                ignore_unknown_msrs,
-            };
-            let outcome = match code {
-                c if c.is_invalid() => {
-                    hvlog!("partition {id} VP {index}: VMRUN refused its state (VMEXIT_INVALID)");
-                    vp.unrecoverable = true;
-                    let mut payload = [0u8; 8];
-                    payload[..4].copy_from_slice(&index.to_le_bytes());
-                    let m = Message::new(message_type::INVALID_VP_REGISTER_VALUE, &payload);
-                    return deliver(root, message_page, &m);
-                }
-                ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
-                ExitCode::CPUID => cpu.cpuid(),
-                ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
-                ExitCode::MSR => cpu.wrmsr(),
-                ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
-                ExitCode::VMMCALL => {
-                    let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
-                    let result = crate::hypercall::child_call(id, control, input, output, &ram);
-                    if result.status != HvStatus::SUCCESS {
-                        stats.failed_hypercalls += 1;
-                    }
-                    cpu.vmcb.save.rax = result.encode();
-                    Outcome::Advance(Intercepted::Vmmcall)
-                }
-                ExitCode(0x80..=0x86) | ExitCode(0x76) => Outcome::UD,
-                ExitCode::IOIO => {
-                    vp.intercept_suspended = true;
-                    return deliver(root, message_page, &io_message(&cpu, index));
-                }
-                ExitCode::HLT => {
-                    vp.intercept_suspended = true;
-                    let header = intercept_header(&cpu, index, 1, access::EXECUTE);
-                    return deliver(
-                        root,
-                        message_page,
-                        &Message::new(message_type::X64_HALT, header.as_bytes()),
-                    );
-                }
-                ExitCode::NPF => {
-                    vp.intercept_suspended = true;
-                    return deliver(root, message_page, &memory_message(&cpu, index));
-                }
-                ExitCode::SHUTDOWN => {
-                    hvlog!(
-                        "partition {id} VP {index}: shutdown (triple fault) at rip {:#x}",
-                        cpu.vmcb.save.rip
-                    );
-                    vp.unrecoverable = true;
-                    let header = intercept_header(&cpu, index, 0, access::EXECUTE);
-                    let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
-                    return deliver(root, message_page, &m);
-                }
-                other => {
-                    hvlog!("partition {id} VP {index}: unexpected exit {other:?}: VP stopped");
-                    crate::vcpu::dump(cpu.vmcb, cpu.regs);
-                    vp.unrecoverable = true;
-                    let header = intercept_header(&cpu, index, 0, access::EXECUTE);
-                    let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
-                    return deliver(root, message_page, &m);
-                }
-            };
-            if cpu.finish(outcome) {
-                stats.injected += 1;
-            }
+        let shared = Shared {
+            id,
+            index,
+            message_page,
+            root,
+            host_save,
+            ram: &ram,
+            profile,
+            ignore_unknown_msrs,
+        };
+        // State VMRUN does not switch: x87/SSE (FXSAVE) and DR0-DR3. The root's
+        // is put aside for the whole dispatch (hv-core itself never uses it).
+        let mut root_fx = FxArea::new();
+        let root_debug = read_debug();
+        // SAFETY: `root_fx` is a 16-byte-aligned 512-byte buffer; `vp.fx_pa` is
+        // this VP's FXSAVE area in hv-core's region, initialised at creation.
+        unsafe {
+            fxsave(root_fx.0.as_mut_ptr());
+            fxrstor(vp.fx_pa as *const u8);
         }
-        Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE))
+        write_debug(&vp.debug);
+        let result = run_vp(vp, msrs, stats, &mut self.logged, &shared, &self.maps, self.asid);
+        vp.debug = read_debug();
+        // SAFETY: as above, in the other direction.
+        unsafe {
+            fxsave(vp.fx_pa as *mut u8);
+            fxrstor(root_fx.0.as_ptr());
+        }
+        write_debug(&root_debug);
+        result
     }
+}
+
+/// What a dispatch needs besides the VP itself.
+struct Shared<'a> {
+    id: u64,
+    index: u32,
+    message_page: u64,
+    root: &'a RootRam,
+    host_save: u64,
+    ram: &'a ChildRam,
+    profile: HvCpuidProfile,
+    ignore_unknown_msrs: bool,
+}
+
+/// Run the VP until something needs the root.
+fn run_vp(
+    vp: &mut Vp,
+    msrs: &mut SyntheticMsrs,
+    stats: &mut ExitStats,
+    logged: &mut u32,
+    sh: &Shared<'_>,
+    maps: &SharedMaps,
+    asid: u32,
+) -> ChildResult<(u32, u32)> {
+    let (id, index) = (sh.id, sh.index);
+    let vmcb_pa = vp.vmcb_pa;
+    for _ in 0..MAX_INTERNAL_EXITS {
+        // Children may share ASIDs: flush on every entry (TCG flushes anyway).
+        vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
+        // SAFETY: the VMCB was set up by `init_vmcb` in hv-core's region with
+        // the shared IOPM/MSRPM and this child's NPT; it intercepts INTR with
+        // V_INTR_MASKING, so running with the host's IF set is allowed (and a
+        // physical interrupt always ends the run: no child can keep the CPU);
+        // this CPU alone runs it.
+        unsafe { vmrun::run(&mut vp.regs, vmcb_pa, sh.host_save, true) };
+        // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
+        let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+        let code = ExitCode(vmcb.control.exit_code);
+        stats.count(code, vmcb.control.exit_info1);
+        // An exit during event delivery: deliver the event again on the next
+        // entry unless this exit injects something of its own.
+        let pending = vmcb.control.exit_int_info;
+        if pending & event::VALID != 0 {
+            vmcb.control.event_inj = pending;
+            vmcb.control.event_inj_err = vmcb.control.exit_int_info_err;
+        }
+        let mut cpu = Vcpu {
+            vmcb,
+            regs: &mut vp.regs,
+            guest_efer: &mut vp.guest_efer,
+            mem: sh.ram,
+            msrs: &mut *msrs,
+            partition: id,
+            vp_index: index,
+            profile: sh.profile,
+            ignore_unknown_msrs: sh.ignore_unknown_msrs,
+            logged: &mut *logged,
+        };
+        let outcome = match code {
+            c if c.is_invalid() => {
+                hvlog!("partition {id} VP {index}: VMRUN refused its state (VMEXIT_INVALID)");
+                vp.unrecoverable = true;
+                let mut payload = [0u8; 8];
+                payload[..4].copy_from_slice(&index.to_le_bytes());
+                let m = Message::new(message_type::INVALID_VP_REGISTER_VALUE, &payload);
+                return deliver(sh.root, sh.message_page, &m);
+            }
+            ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
+            ExitCode::CPUID => {
+                let leaf = cpu.vmcb.save.rax as u32;
+                let o = cpu.cpuid();
+                // No MONITOR/MWAIT, XSAVE or OSXSAVE for children: XSAVE state
+                // is not switched per VP (FXSAVE state is).
+                match leaf {
+                    1 => cpu.regs.rcx &= !((1 << 3) | (1 << 26) | (1 << 27)),
+                    0xD => {
+                        cpu.vmcb.save.rax = 0;
+                        cpu.regs.rbx = 0;
+                        cpu.regs.rcx = 0;
+                        cpu.regs.rdx = 0;
+                    }
+                    _ => {}
+                }
+                o
+            }
+            ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
+            ExitCode::MSR => cpu.wrmsr(),
+            ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
+            ExitCode::VMMCALL => {
+                let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
+                let result = crate::hypercall::child_call(id, control, input, output, sh.ram);
+                if result.status != HvStatus::SUCCESS {
+                    stats.failed_hypercalls += 1;
+                }
+                cpu.vmcb.save.rax = result.encode();
+                Outcome::Advance(Intercepted::Vmmcall)
+            }
+            // INVD would drop dirty cache lines machine-wide: do nothing instead.
+            ExitCode::INVD => Outcome::Advance(Intercepted::Invd),
+            c if c.is_refused_instruction() => Outcome::UD,
+            ExitCode::IOIO => {
+                vp.intercept_suspended = true;
+                return deliver(sh.root, sh.message_page, &io_message(&cpu, index));
+            }
+            ExitCode::HLT => {
+                vp.intercept_suspended = true;
+                let header = intercept_header(&cpu, index, 1, access::EXECUTE);
+                return deliver(
+                    sh.root,
+                    sh.message_page,
+                    &Message::new(message_type::X64_HALT, header.as_bytes()),
+                );
+            }
+            ExitCode::NPF => {
+                vp.intercept_suspended = true;
+                return deliver(sh.root, sh.message_page, &memory_message(&cpu, index));
+            }
+            ExitCode::SHUTDOWN => {
+                hvlog!(
+                    "partition {id} VP {index}: shutdown (triple fault) at rip {:#x}",
+                    cpu.vmcb.save.rip
+                );
+                let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                // The VMCB is undefined after a shutdown (APM): rebuild it; the
+                // root must set the VP's registers before it runs again.
+                vp.unrecoverable = true;
+                let npt = cpu.vmcb.control.nested_cr3;
+                init_vmcb(vp.vmcb(), maps, npt, asid);
+                let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
+                return deliver(sh.root, sh.message_page, &m);
+            }
+            other => {
+                hvlog!("partition {id} VP {index}: unexpected exit {other:?}: VP stopped");
+                crate::vcpu::dump(cpu.vmcb, cpu.regs);
+                vp.unrecoverable = true;
+                let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
+                return deliver(sh.root, sh.message_page, &m);
+            }
+        };
+        if cpu.finish(outcome) {
+            stats.injected += 1;
+        }
+    }
+    Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE))
+}
+
+/// A 512-byte, 16-byte-aligned FXSAVE area.
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+impl FxArea {
+    fn new() -> Self {
+        Self([0; 512])
+    }
+}
+
+/// FXSAVE64 to `area` (512 bytes, 16-byte aligned).
+///
+/// # Safety
+/// `area` must be valid for 512 bytes of writes and 16-byte aligned.
+unsafe fn fxsave(area: *mut u8) {
+    // SAFETY: forwarded to the caller; CR4.OSFXSR is set by hv-core at launch.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack)) };
+}
+
+/// FXRSTOR64 from `area`.
+///
+/// # Safety
+/// `area` must hold a valid FXSAVE image (reserved MXCSR bits clear).
+unsafe fn fxrstor(area: *const u8) {
+    // SAFETY: forwarded to the caller.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) area, options(nostack)) };
+}
+
+/// The power-on x87/SSE state: FCW 0x037F, MXCSR 0x1F80, everything else 0.
+fn init_fx_area(pa: u64) {
+    // SAFETY: a fresh, zeroed page of hv-core's region owned by the new VP.
+    let area = unsafe { core::slice::from_raw_parts_mut(pa as *mut u8, 512) };
+    area[0..2].copy_from_slice(&0x037Fu16.to_le_bytes());
+    area[24..28].copy_from_slice(&0x1F80u32.to_le_bytes());
+}
+
+fn read_debug() -> [u64; 4] {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: reading DR0-DR3 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
+            out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nomem, nostack));
+    }
+    [a, b, c, d]
+}
+
+fn write_debug(v: &[u64; 4]) {
+    // SAFETY: DR0-DR3 only take effect through DR7, which each side's VMCB
+    // (or the root's own state) controls; the values are that side's own.
+    unsafe {
+        core::arch::asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
+            in(reg) v[0], in(reg) v[1], in(reg) v[2], in(reg) v[3], options(nomem, nostack));
+    }
+}
+
+/// Control area of a child VMCB, plus the architectural reset state.
+fn init_vmcb(v: &mut Vmcb, maps: &SharedMaps, npt_root: u64, asid: u32) {
+    // SAFETY: `Vmcb` is plain data (FromZeros); zeroing is a valid start.
+    *v = zerocopy::FromZeros::new_zeroed();
+    let c = &mut v.control;
+    c.intercept_misc1 = intercept::INTR
+        | intercept::NMI
+        | intercept::SHUTDOWN
+        | intercept::HLT
+        | intercept::IOIO_PROT
+        | intercept::MSR_PROT
+        | intercept::CPUID
+        | intercept::INVD
+        | intercept::INVLPGA;
+    c.intercept_misc2 = intercept::VMRUN
+        | intercept::VMMCALL
+        | intercept::VMLOAD
+        | intercept::VMSAVE
+        | intercept::STGI
+        | intercept::CLGI
+        | intercept::SKINIT
+        | intercept::MONITOR
+        | intercept::MWAIT
+        | intercept::MWAIT_COND
+        | intercept::XSETBV;
+    c.iopm_base_pa = maps.iopm;
+    c.msrpm_base_pa = maps.msrpm;
+    c.guest_asid = asid;
+    c.tlb_control = TLB_FLUSH_ALL;
+    c.nested_ctl = NP_ENABLE;
+    c.nested_cr3 = npt_root;
+    // With the INTR intercept, V_INTR_MASKING must be set (svm-qemu-tcg.md §5).
+    c.int_ctl = 1 << 24;
+    reset_state(v);
 }
 
 /// Write `m` to the VP's message page in root memory.
@@ -758,7 +951,14 @@ fn memory_message(cpu: &Vcpu<'_>, vp_index: u32) -> Message {
         guest_physical_address: cpu.vmcb.control.exit_info2,
         instruction_bytes,
     };
-    Message::new(message_type::UNMAPPED_GPA, m.as_bytes())
+    // A page that is mapped but does not allow this access is a GPA
+    // intercept, not an unmapped GPA (mapping it again would not help).
+    let kind = if info & npf::PRESENT != 0 {
+        message_type::GPA_INTERCEPT
+    } else {
+        message_type::UNMAPPED_GPA
+    };
+    Message::new(kind, m.as_bytes())
 }
 
 fn gpr(regs: &GuestRegs, name: u32) -> Option<u64> {

@@ -26,6 +26,8 @@ pub struct Hv {
     pub root_efer: u64,
     /// The root's exit counters.
     pub root_stats: ExitStats,
+    /// Refusals logged for the root.
+    pub root_logged: u32,
     /// hv-core's region.
     pub hv_region: Range<u64>,
     /// Child partitions, ids from 2 (the root is 1).
@@ -66,6 +68,7 @@ impl Hv {
             vp_index: 0,
             profile,
             ignore_unknown_msrs: false,
+            logged: &mut self.root_logged,
         };
         let outcome = match code {
             ExitCode::CPUID => cpu.cpuid(),
@@ -100,7 +103,9 @@ impl Hv {
                 crate::log::fatal_stop()
             }
             // SVM instructions are not offered to partitions (no nested virtualization).
-            ExitCode(0x80..=0x86) | ExitCode(0x76) => Outcome::UD,
+            // INVD would drop dirty cache lines machine-wide (hv-core's too).
+            ExitCode::INVD => Outcome::Advance(Intercepted::Invd),
+            c if c.is_refused_instruction() => Outcome::UD,
             other => {
                 crate::log::emergency(format_args!("FATAL: unexpected exit {other:?} from the root"));
                 vcpu::dump(cpu.vmcb, cpu.regs);
@@ -123,6 +128,7 @@ impl Hv {
             vp_index: 0,
             profile,
             ignore_unknown_msrs: false,
+            logged: &mut self.root_logged,
         }
         .hypercall_allowed();
         let outcome = if allowed {
@@ -145,6 +151,7 @@ impl Hv {
             vp_index: 0,
             profile,
             ignore_unknown_msrs: false,
+            logged: &mut self.root_logged,
         };
         if cpu.finish(outcome) {
             self.root_stats.injected += 1;

@@ -82,11 +82,19 @@ fn slow(control: &HypercallControl) -> CallResult {
     Ok(())
 }
 
+/// A rep call: slow, no variable header, at least one rep.
+fn rep_shape(control: &HypercallControl) -> CallResult {
+    if control.fast || control.variable_header_qwords != 0 || control.rep_count == 0 {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    Ok(())
+}
+
 /// Run reps `rep_start..rep_count` of a rep call whose lists allow at most
 /// `fit` elements in their page; stop at the first failure.
 fn reps(control: &HypercallControl, fit: u64, mut each: impl FnMut(u64) -> CallResult) -> HypercallResult {
-    if control.fast || control.variable_header_qwords != 0 || control.rep_count == 0 {
-        return HypercallResult::status(HvStatus::INVALID_HYPERCALL_INPUT);
+    if let Err(s) = rep_shape(control) {
+        return HypercallResult::status(s);
     }
     if control.rep_count as u64 > fit {
         // The list would run past the end of its page.
@@ -133,6 +141,16 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
         Err(e) => return HypercallResult::status(e.status()),
     };
     let code = control.code;
+    let is_rep_call = matches!(
+        code,
+        HvCallCode::MAP_GPA_PAGES
+            | HvCallCode::UNMAP_GPA_PAGES
+            | HvCallCode::GET_VP_REGISTERS
+            | HvCallCode::SET_VP_REGISTERS
+    );
+    if is_rep_call && let Err(s) = rep_shape(&control) {
+        return HypercallResult::status(s);
+    }
     match code {
         HvCallCode::MAP_GPA_PAGES => return map_gpa_pages(hv, &control, input),
         HvCallCode::UNMAP_GPA_PAGES => return unmap_gpa_pages(hv, &control, input),
@@ -178,14 +196,14 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             if p.flags != 0 {
                 return Err(HvStatus::INVALID_PARAMETER);
             }
-            let maps = hv.maps;
-            let child = child_mut(hv, p.partition_id)?;
-            // Children share ASID 2 and flush on every entry (QEMU flushes anyway).
-            child.create_vp(p.vp_index, 2, &maps)
+            child_mut(hv, p.partition_id)?.create_vp(p.vp_index)
         }),
         HvCallCode::DELETE_VP => simple(&control).and_then(|()| {
             let (id, vp) = if control.fast {
-                (input, output as u32)
+                (
+                    input,
+                    u32::try_from(output).map_err(|_| HvStatus::INVALID_VP_INDEX)?,
+                )
             } else {
                 let mut buf = [0u8; 16];
                 hv.root_ram.read(input, &mut buf, HYPERCALL_PARAM_ALIGN)?;
@@ -209,7 +227,10 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 .requested_map_location
                 .checked_mul(4096)
                 .ok_or(HvStatus::INVALID_PARAMETER)?;
+            // Checked before anything changes: the page (root RAM, not lent to a
+            // child) and the output.
             hv.root_ram.check(page, 4096, 4096)?;
+            hv.root_ram.check(output, 8, HYPERCALL_PARAM_ALIGN)?;
             child_mut(hv, p.partition_id)?.set_message_page(p.vp_index, Some(page))?;
             write_output(
                 &hv.root_ram,
@@ -303,7 +324,7 @@ fn create_partition(hv: &mut Hv, input: u64, output: u64) -> CallResult {
     }
     let id = hv
         .children
-        .insert(Child::new())
+        .insert(Child::new(hv.maps))
         .map_err(|_| HvStatus::INSUFFICIENT_MEMORY)?;
     hvlog!("partition {id} created (flags {:#x})", p.flags);
     write_output(&hv.root_ram, output, &id.to_le_bytes())

@@ -20,6 +20,10 @@ static REGION: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
 /// one partition at a time.
 static LENT: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
 
+/// Root pages hv-core writes on the root's behalf (its hypercall page, every
+/// VP's intercept-message page): never lent to a child.
+static PINNED: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
+
 /// Carve a zeroed, `'static` slice of `words` u64s from `*next` (bootstrap,
 /// before the region allocator exists).
 fn bootstrap_words(next: &mut u64, words: usize) -> &'static mut [u64] {
@@ -43,6 +47,7 @@ pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
     let region_words = bootstrap_words(&mut next, PageBitmap::words_for(region_pages));
     let ram_pages = ram_top.div_ceil(PAGE_SIZE);
     let lent_words = bootstrap_words(&mut next, PageBitmap::words_for(ram_pages));
+    let pinned_words = bootstrap_words(&mut next, PageBitmap::words_for(ram_pages));
     let mut bitmap = PageBitmap::new(region.start, region_pages, region_words).expect("region bitmap fits");
     // The image and the two bitmaps are in use for good.
     let mut page = region.start;
@@ -52,6 +57,7 @@ pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
     }
     *REGION.lock() = Some(bitmap);
     *LENT.lock() = Some(PageBitmap::new(0, ram_pages, lent_words).expect("lent bitmap fits"));
+    *PINNED.lock() = Some(PageBitmap::new(0, ram_pages, pinned_words).expect("pinned bitmap fits"));
 }
 
 /// `count` contiguous zeroed pages of hv-core's region.
@@ -75,10 +81,49 @@ pub fn region_used() -> u64 {
     REGION.lock().as_ref().map_or(0, |b| b.set_pages() * PAGE_SIZE)
 }
 
-/// Record that root page `spa` is now lent to a child; false if it already is
-/// (or is outside RAM).
+/// Record that root page `spa` is now lent to a child; false if it already
+/// is, is pinned, or is outside RAM.
 pub fn lend(spa: u64) -> bool {
+    if is_pinned(spa) {
+        return false;
+    }
     LENT.lock().as_mut().is_some_and(|b| b.set(spa).is_ok())
+}
+
+/// Is root page `spa` lent to a child?
+pub fn is_lent(spa: u64) -> bool {
+    LENT.lock()
+        .as_ref()
+        .and_then(|b| b.is_set(spa & !0xFFF))
+        .unwrap_or(false)
+}
+
+/// Keep root page `spa` out of every child (false if it is lent right now).
+pub fn pin(spa: u64) -> bool {
+    let page = spa & !0xFFF;
+    if is_lent(page) {
+        return false;
+    }
+    if let Some(b) = PINNED.lock().as_mut() {
+        // Already pinned (e.g. shared by two uses) is fine.
+        let _ = b.set(page);
+    }
+    true
+}
+
+/// Release a pin from [`pin`].
+pub fn unpin(spa: u64) {
+    if let Some(b) = PINNED.lock().as_mut() {
+        let _ = b.clear(spa & !0xFFF);
+    }
+}
+
+fn is_pinned(spa: u64) -> bool {
+    PINNED
+        .lock()
+        .as_ref()
+        .and_then(|b| b.is_set(spa & !0xFFF))
+        .unwrap_or(false)
 }
 
 /// Record that `spa` is back with the root.
@@ -191,12 +236,14 @@ pub enum GpaError {
 
 /// A partition's guest-physical memory as hv-core may touch it.
 pub trait GuestMemory {
-    /// The system-physical address of guest page `gpa` (any offset kept), if
-    /// that page is the partition's RAM.
-    fn translate(&self, gpa: u64) -> Option<u64>;
+    /// The system-physical address of `[gpa, gpa+len)` (within one page), if
+    /// all of it is the partition's RAM that hv-core may read (`write` =
+    /// false) or write (`write` = true) on its behalf.
+    fn translate(&self, gpa: u64, len: u64, write: bool) -> Option<u64>;
 
-    /// Check `[gpa, gpa+len)`: aligned to `align`, within one page, RAM.
-    fn check(&self, gpa: u64, len: u64, align: u64) -> Result<u64, GpaError> {
+    /// Check `[gpa, gpa+len)`: aligned to `align`, within one page, RAM that
+    /// may be read (or written, with `write`).
+    fn check_access(&self, gpa: u64, len: u64, align: u64, write: bool) -> Result<u64, GpaError> {
         if !gpa.is_multiple_of(align) {
             return Err(GpaError::Misaligned);
         }
@@ -204,12 +251,17 @@ pub trait GuestMemory {
         if len == 0 || (gpa & !0xFFF) != ((end - 1) & !0xFFF) {
             return Err(GpaError::OutOfRange);
         }
-        self.translate(gpa).ok_or(GpaError::OutOfRange)
+        self.translate(gpa, len, write).ok_or(GpaError::OutOfRange)
+    }
+
+    /// [`Self::check_access`] for a write.
+    fn check(&self, gpa: u64, len: u64, align: u64) -> Result<u64, GpaError> {
+        self.check_access(gpa, len, align, true)
     }
 
     /// Copy `bytes` to guest memory at `gpa` (one page at most).
     fn write(&self, gpa: u64, bytes: &[u8], align: u64) -> Result<(), GpaError> {
-        let at = self.check(gpa, bytes.len() as u64, align)?;
+        let at = self.check_access(gpa, bytes.len() as u64, align, true)?;
         // SAFETY: `check` proved the range is the partition's RAM (never
         // hv-core's region) within one page; the identity map covers it.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
@@ -218,7 +270,7 @@ pub trait GuestMemory {
 
     /// Copy guest memory at `gpa` (one page at most) into `out`.
     fn read(&self, gpa: u64, out: &mut [u8], align: u64) -> Result<(), GpaError> {
-        let at = self.check(gpa, out.len() as u64, align)?;
+        let at = self.check_access(gpa, out.len() as u64, align, false)?;
         // SAFETY: as for `write`.
         unsafe { core::ptr::copy_nonoverlapping(at as *const u8, out.as_mut_ptr(), out.len()) };
         Ok(())
@@ -239,8 +291,9 @@ pub trait GuestMemory {
     }
 }
 
-/// The root's RAM: the memory map's RAM ranges minus hv-core's region
-/// (GPA == system-physical for the root).
+/// The root's RAM: the memory map's RAM ranges (whole pages only) minus
+/// hv-core's region (GPA == system-physical for the root). hv-core never
+/// touches a page the root lent to a child on the root's behalf.
 pub struct RootRam {
     ram: RangeSet<{ boot_proto::handoff::MAX_RANGES + 4 }>,
 }
@@ -250,8 +303,9 @@ impl RootRam {
     pub fn new(handoff: &Handoff, hv_region: Range<u64>) -> Self {
         let mut ram = RangeSet::new();
         for r in handoff.ranges() {
-            if r.kind == boot_proto::pvh::MEMMAP_TYPE_RAM && r.size != 0 {
-                let _ = ram.union(r.base..r.base.saturating_add(r.size));
+            let whole = phys_mem::page_align_inward(r.base..r.base.saturating_add(r.size));
+            if r.kind == boot_proto::pvh::MEMMAP_TYPE_RAM && whole.start < whole.end {
+                let _ = ram.union(whole);
             }
         }
         let _ = ram.remove(hv_region);
@@ -259,9 +313,17 @@ impl RootRam {
     }
 }
 
+impl RootRam {
+    /// Is `[gpa, gpa+len)` entirely root RAM (lent or not)?
+    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        gpa.checked_add(len)
+            .is_some_and(|end| self.ram.contains(gpa..end))
+    }
+}
+
 impl GuestMemory for RootRam {
-    fn translate(&self, gpa: u64) -> Option<u64> {
-        self.ram.contains(gpa..gpa.checked_add(1)?).then_some(gpa)
+    fn translate(&self, gpa: u64, len: u64, _write: bool) -> Option<u64> {
+        (self.is_ram(gpa, len) && !is_lent(gpa)).then_some(gpa)
     }
 }
 
@@ -272,13 +334,14 @@ pub struct ChildRam {
 }
 
 impl GuestMemory for ChildRam {
-    fn translate(&self, gpa: u64) -> Option<u64> {
+    fn translate(&self, gpa: u64, _len: u64, write: bool) -> Option<u64> {
         let t = x86_paging::walk(
             |phys| Some(RegionTables.read_entry(phys & !0xFFF, ((phys & 0xFFF) / 8) as usize)),
             self.npt_root,
             gpa,
         )
         .ok()?;
-        Some(t.phys)
+        // hv-core writes for a child only where the child itself may write.
+        (!write || t.flags & flags::WRITABLE != 0).then_some(t.phys)
     }
 }

@@ -202,6 +202,13 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         &mut *p
     };
     traps::init(tables, hv_exception);
+    // FXSAVE/FXRSTOR of children's SSE state need CR4.OSFXSR in the host
+    // (the root's own CR4 is in its VMCB and unaffected).
+    // SAFETY: setting OSFXSR/OSXMMEXCPT only enables FXSAVE of XMM state and
+    // SSE exceptions; hv-core itself is built without SSE.
+    unsafe {
+        asm!("mov {t}, cr4", "or {t}, {bits}", "mov cr4, {t}", t = out(reg) _, bits = const (1u64 << 9) | (1 << 10), options(nostack));
+    }
 
     let hsave = memory::alloc_pages(1).expect("room for HSAVE");
     let host_save = memory::alloc_pages(1).expect("room for the host save area");
@@ -228,7 +235,8 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // SAFETY: a zeroed page of hv-core's region, 4 KiB aligned, exclusively ours.
     let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
     let c = &mut vmcb.control;
-    c.intercept_misc1 = intercept::CPUID | intercept::MSR_PROT | intercept::SHUTDOWN | intercept::INVLPGA;
+    c.intercept_misc1 =
+        intercept::CPUID | intercept::MSR_PROT | intercept::SHUTDOWN | intercept::INVD | intercept::INVLPGA;
     c.intercept_misc2 = intercept::VMRUN
         | intercept::VMMCALL
         | intercept::VMLOAD
@@ -291,6 +299,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         root_msrs: SyntheticMsrs::default(),
         root_efer: state.efer,
         root_stats: ExitStats::default(),
+        root_logged: 0,
         hv_region: region,
         children: Table::new(2),
         maps: SharedMaps::new(),

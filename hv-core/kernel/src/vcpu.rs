@@ -20,9 +20,28 @@ pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_PAT: u32 = 0x277;
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
-/// EFER bits a guest may set: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE.
-const EFER_ALLOWED: u64 =
-    (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
+
+/// EFER bits a guest may set on this CPU: SCE, LME, LMA and SVME always;
+/// NXE, FFXSR and TCE when CPUID has them. (LMSLE is left out: newer CPUs and
+/// QEMU treat it as reserved, and VMRUN would refuse the state.)
+pub fn efer_allowed() -> u64 {
+    let ext = kernel_x86::arch::cpuid(0x8000_0001, 0);
+    let mut bits = (1 << 0) | EFER_LME | EFER_LMA | EFER_SVME;
+    if ext.edx & (1 << 20) != 0 {
+        bits |= 1 << 11;
+    }
+    if ext.edx & (1 << 25) != 0 {
+        bits |= 1 << 14;
+    }
+    if ext.ecx & (1 << 17) != 0 {
+        bits |= 1 << 15;
+    }
+    bits
+}
+
+/// Refused accesses logged per partition before going quiet (a hostile guest
+/// could otherwise flood hv-core's log).
+const LOG_LIMIT: u32 = 16;
 
 /// Per-partition synthetic MSR state (TLFS partition-wide MSRs).
 #[derive(Debug, Default, Clone, Copy)]
@@ -70,9 +89,27 @@ pub struct Vcpu<'a> {
     /// Partition property UNIMPLEMENTED_MSR_ACTION: unknown MSRs read 0 and
     /// ignore writes instead of #GP.
     pub ignore_unknown_msrs: bool,
+    /// Refusals logged so far for this partition.
+    pub logged: &'a mut u32,
 }
 
 impl Vcpu<'_> {
+    /// Log a refusal, at most [`LOG_LIMIT`] per partition.
+    fn log_refusal(&mut self, args: core::fmt::Arguments) {
+        if *self.logged < LOG_LIMIT {
+            *self.logged += 1;
+            hvlog!(
+                "partition {}: {args}{}",
+                self.partition,
+                if *self.logged == LOG_LIMIT {
+                    " (further refusals not logged)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
     /// Apply an outcome: step over the instruction or queue the exception.
     /// Returns true if an exception was injected.
     pub fn finish(&mut self, outcome: Outcome) -> bool {
@@ -171,13 +208,14 @@ impl Vcpu<'_> {
             msr::GUEST_OS_ID => self.msrs.guest_os_id,
             msr::HYPERCALL => self.msrs.hypercall,
             msr::VP_INDEX => self.vp_index as u64,
-            MSR_EFER => *self.guest_efer,
+            // LMA as the hardware has it (the guest may have entered long mode since).
+            MSR_EFER => (*self.guest_efer & !EFER_LMA) | (self.vmcb.save.efer & EFER_LMA),
             MSR_PAT => self.vmcb.save.g_pat,
             // The SVM control MSRs belong to hv-core: the partition sees SVM off.
             0xC001_0117 | 0xC001_0114 => 0,
-            _ if self.ignore_unknown_msrs => 0,
+            _ if self.ignore_unknown_msrs && !msr::SYNTHETIC_RANGE.contains(&index) => 0,
             _ => {
-                hvlog!("partition {}: rdmsr {index:#x} not provided: #GP", self.partition);
+                self.log_refusal(format_args!("rdmsr {index:#x} not provided: #GP"));
                 return Outcome::GP;
             }
         };
@@ -226,11 +264,14 @@ impl Vcpu<'_> {
     /// reads back what it wrote.
     pub fn write_efer(&mut self, value: u64) -> Outcome {
         let paging = self.vmcb.save.cr0 & (1 << 31) != 0;
-        let lme_changed = (value ^ *self.guest_efer) & EFER_LME != 0;
-        if value & !EFER_ALLOWED != 0 || (paging && lme_changed) {
+        let current = self.vmcb.save.efer;
+        let lme_changed = (value ^ current) & EFER_LME != 0;
+        if value & !efer_allowed() != 0 || (paging && lme_changed) {
             return Outcome::GP;
         }
-        let value = (value & !EFER_LMA) | (*self.guest_efer & EFER_LMA);
+        // LMA is read-only: keep what the hardware has. SVME is never the
+        // guest's (SVM is hidden); it stays set underneath.
+        let value = (value & !(EFER_LMA | EFER_SVME)) | (current & EFER_LMA);
         *self.guest_efer = value;
         self.vmcb.save.efer = value | EFER_SVME;
         Outcome::Advance(Intercepted::Wrmsr)

@@ -17,6 +17,8 @@ pub enum Intercepted {
     Vmmcall,
     /// `F4`.
     Hlt,
+    /// `0F 08`.
+    Invd,
 }
 
 /// Why the bytes at RIP were not the expected instruction.
@@ -59,6 +61,7 @@ pub fn length(bytes: &[u8], expected: Intercepted) -> Result<usize, DecodeError>
         Intercepted::Wrmsr => &[0x0F, 0x30],
         Intercepted::Vmmcall => &[0x0F, 0x01, 0xD9],
         Intercepted::Hlt => &[0xF4],
+        Intercepted::Invd => &[0x0F, 0x08],
     };
     let rest = &bytes[i..];
     if rest.len() < opcode.len() {
@@ -90,6 +93,7 @@ mod tests {
         assert_eq!(length(&[0x0F, 0x32], Intercepted::Rdmsr), Ok(2));
         assert_eq!(length(&[0x0F, 0x01, 0xD9, 0xC3], Intercepted::Vmmcall), Ok(3));
         assert_eq!(length(&[0xF4], Intercepted::Hlt), Ok(1));
+        assert_eq!(length(&[0x0F, 0x08], Intercepted::Invd), Ok(2));
     }
 
     #[test]

@@ -263,6 +263,8 @@ pub mod intercept {
     pub const VINTR: u32 = 1 << 4;
     /// Word 3: CPUID.
     pub const CPUID: u32 = 1 << 18;
+    /// Word 3: INVD.
+    pub const INVD: u32 = 1 << 22;
     /// Word 3: HLT.
     pub const HLT: u32 = 1 << 24;
     /// Word 3: INVLPGA.
@@ -287,6 +289,14 @@ pub mod intercept {
     pub const CLGI: u32 = 1 << 5;
     /// Word 4: SKINIT.
     pub const SKINIT: u32 = 1 << 6;
+    /// Word 4: MONITOR.
+    pub const MONITOR: u32 = 1 << 10;
+    /// Word 4: MWAIT.
+    pub const MWAIT: u32 = 1 << 11;
+    /// Word 4: MWAIT (conditional).
+    pub const MWAIT_COND: u32 = 1 << 12;
+    /// Word 4: XSETBV.
+    pub const XSETBV: u32 = 1 << 13;
 }
 
 /// EFER.SVME.
@@ -340,6 +350,10 @@ impl ExitCode {
     pub const VINTR: Self = Self(0x64);
     /// CPUID.
     pub const CPUID: Self = Self(0x72);
+    /// INVD.
+    pub const INVD: Self = Self(0x76);
+    /// INVLPGA.
+    pub const INVLPGA: Self = Self(0x7A);
     /// HLT.
     pub const HLT: Self = Self(0x78);
     /// IN/OUT.
@@ -352,8 +366,22 @@ impl ExitCode {
     pub const VMRUN: Self = Self(0x80);
     /// VMMCALL.
     pub const VMMCALL: Self = Self(0x81);
+    /// MONITOR.
+    pub const MONITOR: Self = Self(0x8A);
+    /// MWAIT.
+    pub const MWAIT: Self = Self(0x8B);
+    /// MWAIT (conditional).
+    pub const MWAIT_COND: Self = Self(0x8C);
+    /// XSETBV.
+    pub const XSETBV: Self = Self(0x8D);
     /// Nested page fault.
     pub const NPF: Self = Self(0x400);
+
+    /// Exits of instructions partitions are not offered (SVM, INVLPGA,
+    /// MONITOR/MWAIT, XSETBV): the guest gets #UD.
+    pub fn is_refused_instruction(self) -> bool {
+        matches!(self.0, 0x80..=0x86 | 0x7A | 0x8A..=0x8D)
+    }
 
     /// VMEXIT_INVALID: QEMU stores it as a zero-extended u32, hardware as -1.
     pub fn is_invalid(self) -> bool {

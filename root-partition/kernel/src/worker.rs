@@ -403,7 +403,7 @@ impl Worker {
                 self.vps[vp as usize].halted = true;
                 Slice::Halted
             }
-            message_type::UNMAPPED_GPA => {
+            message_type::UNMAPPED_GPA | message_type::GPA_INTERCEPT => {
                 let mem = MemoryIntercept::read_from_prefix(&m.payload)
                     .expect("payload is large enough")
                     .0;
@@ -412,8 +412,13 @@ impl Worker {
                     access::EXECUTE => "execute",
                     _ => "read",
                 };
+                let what = if m.header.message_type == message_type::UNMAPPED_GPA {
+                    "unmapped"
+                } else {
+                    "protected"
+                };
                 self.crash_with(format!(
-                    "{how} of unmapped GPA {:#x} at rip {:#x}",
+                    "{how} of {what} GPA {:#x} at rip {:#x}",
                     mem.guest_physical_address, mem.header.rip
                 ))
             }
@@ -545,7 +550,7 @@ fn initial_registers(entry: u64, stack_top: u64, vp: u32) -> [(RegisterName, Reg
     [
         (RegisterName::CR0, reg(0x8005_0033)), // PG WP NE ET MP PE
         (RegisterName::CR3, reg(layout::PML4_GPA)),
-        (RegisterName::CR4, reg(0x20)),   // PAE
+        (RegisterName::CR4, reg(0x620)),  // PAE OSFXSR OSXMMEXCPT
         (RegisterName::EFER, reg(0x500)), // LME LMA
         (RegisterName::CS, code),
         (RegisterName::SS, data),

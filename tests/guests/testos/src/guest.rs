@@ -77,6 +77,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
             halt_forever()
         }
         "spin" => spin(name),
+        "fpu" => fpu(name),
         "hypercalls" => bad_hypercalls(name, info.targets[target::HV_CORE]),
         "rootonly" => root_only_hypercalls(name),
         "read-hv" => touch(
@@ -108,6 +109,36 @@ fn spin(name: &str) -> ! {
         }
         tick += 1;
         say!("testos {name}: tick {tick}");
+    }
+}
+
+/// Keep a pattern in XMM0/XMM1 across preemptions: another partition's SSE
+/// state must never show through.
+fn fpu(name: &str) -> ! {
+    let pattern = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    say!("testos {name}: ready (fpu pattern {pattern:#x})");
+    let mut tick = 0u64;
+    loop {
+        // SAFETY: the worker enables SSE (CR4.OSFXSR); only XMM0/XMM1 are used.
+        unsafe {
+            asm!("movq xmm0, {p}", "movq xmm1, {q}", p = in(reg) pattern, q = in(reg) !pattern, out("xmm0") _, out("xmm1") _);
+        }
+        for i in 0..2_000_000u64 {
+            core::hint::black_box(i);
+        }
+        let (a, b): (u64, u64);
+        // SAFETY: reads XMM0/XMM1 back.
+        unsafe {
+            asm!("movq {a}, xmm0", "movq {b}, xmm1", a = out(reg) a, b = out(reg) b, options(nomem, nostack));
+        }
+        if a != pattern || b != !pattern {
+            say!("testos {name}: FPU STATE CORRUPTED: {a:#x} {b:#x}");
+            halt_forever();
+        }
+        tick += 1;
+        say!("testos {name}: fpu tick {tick}");
     }
 }
 
