@@ -17,6 +17,10 @@ pub struct OutOfBounds {
 pub trait SharedMemory {
     /// Size in bytes.
     fn len(&self) -> u64;
+    /// True if it has no bytes.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Copy `buf.len()` bytes from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfBounds>;
     /// Copy `data` to `offset`.
@@ -103,7 +107,7 @@ impl SharedMemory for AtomicMemory {
         let mut i = 0;
         while i < buf.len() {
             let at = offset + i as u64;
-            if at % 8 == 0 && buf.len() - i >= 8 {
+            if at.is_multiple_of(8) && buf.len() - i >= 8 {
                 let w = self.words[(at / 8) as usize].load(Ordering::Relaxed);
                 buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
                 i += 8;
@@ -120,7 +124,7 @@ impl SharedMemory for AtomicMemory {
         let mut i = 0;
         while i < data.len() {
             let at = offset + i as u64;
-            if at % 8 == 0 && data.len() - i >= 8 {
+            if at.is_multiple_of(8) && data.len() - i >= 8 {
                 let w = u64::from_le_bytes(data[i..i + 8].try_into().expect("8 bytes"));
                 self.words[(at / 8) as usize].store(w, Ordering::Relaxed);
                 i += 8;
@@ -134,7 +138,7 @@ impl SharedMemory for AtomicMemory {
 
     fn load_u32(&self, offset: u64) -> Result<u32, OutOfBounds> {
         self.check(offset, 4)?;
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(OutOfBounds { offset, len: 4 });
         }
         let w = self.words[(offset / 8) as usize].load(Ordering::Acquire);
@@ -143,7 +147,7 @@ impl SharedMemory for AtomicMemory {
 
     fn store_u32(&self, offset: u64, value: u32) -> Result<(), OutOfBounds> {
         self.check(offset, 4)?;
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return Err(OutOfBounds { offset, len: 4 });
         }
         let shift = (offset % 8) * 8;

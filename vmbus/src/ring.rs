@@ -422,7 +422,7 @@ mod tests {
             .read_at(CONTROL_SIZE + 24, &mut trailer)
             .unwrap();
         assert_eq!(u64::from_le_bytes(trailer), 0);
-        r.read(&mut buf).unwrap().unwrap();
+        let _ = r.read(&mut buf).unwrap().unwrap();
         assert!(r.read(&mut buf).unwrap().is_none());
     }
 
@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn hostile_indices_and_packets_are_refused() {
         let (mut w, mut r) = pair(256);
-        let mem: &AtomicMemory = *r.ring().memory();
+        let mem: &AtomicMemory = r.ring().memory();
         let mut buf = [0u8; 256];
         mem.store_u32(WRITE_INDEX, 12).unwrap();
         assert_eq!(
