@@ -20,9 +20,11 @@
 
 extern crate alloc;
 
+pub mod client;
 pub mod gpadl;
 pub mod memory;
 pub mod packet;
 pub mod protocol;
 pub mod ring;
+pub mod server;
 pub mod version;

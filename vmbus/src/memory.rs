@@ -210,6 +210,91 @@ impl<M: SharedMemory + ?Sized> SharedMemory for Window<'_, M> {
     }
 }
 
+/// Memory described by a page list over another memory (a GPADL over guest
+/// physical memory): offset `o` is byte `o % 4096` of page `pages[o / 4096]`.
+pub struct PagedMemory<'a, M: SharedMemory + ?Sized> {
+    physical: &'a M,
+    pages: alloc::vec::Vec<u64>,
+}
+
+impl<'a, M: SharedMemory + ?Sized> PagedMemory<'a, M> {
+    /// Pages `pages` (page numbers) of `physical`; every page must lie inside it.
+    pub fn new(physical: &'a M, pages: alloc::vec::Vec<u64>) -> Result<Self, OutOfBounds> {
+        for &p in &pages {
+            let at = p.checked_mul(4096).ok_or(OutOfBounds {
+                offset: u64::MAX,
+                len: 4096,
+            })?;
+            if at.checked_add(4096).is_none_or(|end| end > physical.len()) {
+                return Err(OutOfBounds {
+                    offset: at,
+                    len: 4096,
+                });
+            }
+        }
+        Ok(Self { physical, pages })
+    }
+
+    fn locate(&self, offset: u64) -> Result<u64, OutOfBounds> {
+        let page = self
+            .pages
+            .get((offset / 4096) as usize)
+            .ok_or(OutOfBounds { offset, len: 1 })?;
+        Ok(page * 4096 + offset % 4096)
+    }
+
+    fn each_chunk(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), OutOfBounds>,
+    ) -> Result<(), OutOfBounds> {
+        if offset.checked_add(len as u64).is_none_or(|end| end > self.len()) {
+            return Err(OutOfBounds {
+                offset,
+                len: len as u64,
+            });
+        }
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            let n = ((4096 - at % 4096) as usize).min(len - done);
+            f(self.locate(at)?, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl<M: SharedMemory + ?Sized> SharedMemory for PagedMemory<'_, M> {
+    fn len(&self) -> u64 {
+        self.pages.len() as u64 * 4096
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
+        let len = buf.len();
+        self.each_chunk(offset, len, |phys, done, n| {
+            self.physical.read_at(phys, &mut buf[done..done + n])
+        })
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        self.each_chunk(offset, data.len(), |phys, done, n| {
+            self.physical.write_at(phys, &data[done..done + n])
+        })
+    }
+    fn load_u32(&self, offset: u64) -> Result<u32, OutOfBounds> {
+        if !offset.is_multiple_of(4) || offset.checked_add(4).is_none_or(|end| end > self.len()) {
+            return Err(OutOfBounds { offset, len: 4 });
+        }
+        self.physical.load_u32(self.locate(offset)?)
+    }
+    fn store_u32(&self, offset: u64, value: u32) -> Result<(), OutOfBounds> {
+        if !offset.is_multiple_of(4) || offset.checked_add(4).is_none_or(|end| end > self.len()) {
+            return Err(OutOfBounds { offset, len: 4 });
+        }
+        self.physical.store_u32(self.locate(offset)?, value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
