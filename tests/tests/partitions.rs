@@ -67,6 +67,9 @@ fn root_and_two_children_boot_and_are_listed() {
     assert!(info["exits"]["ioio"].as_u64().unwrap() > 0, "{info}");
     assert!(info["exits"]["hlt"].as_u64().unwrap() >= 1, "{info}");
     assert_eq!(info["vps"][0]["cs"], 8, "{info}");
+    let root = m.hvctl_json("info 1 --json");
+    assert_eq!(root["name"], "root", "{root}");
+    assert!(root["exits"]["vmmcall"].as_u64().unwrap() > 0, "{root}");
     m.send_line("poweroff");
     assert_eq!(m.wait_exit(), QEMU_EXIT_SUCCESS);
 }

@@ -99,9 +99,15 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     g.sample_size(10);
     for packet in [64usize, 1024, 16 * 1024] {
-        g.bench_with_input(BenchmarkId::new("vmbus", packet), &packet, |b, &p| b.iter(|| vmbus_ring(p)));
-        g.bench_with_input(BenchmarkId::new("rtrb", packet), &packet, |b, &p| b.iter(|| rtrb_ring(p)));
-        g.bench_with_input(BenchmarkId::new("memcpy", packet), &packet, |b, &p| b.iter(|| memcpy(p)));
+        g.bench_with_input(BenchmarkId::new("vmbus", packet), &packet, |b, &p| {
+            b.iter(|| vmbus_ring(p))
+        });
+        g.bench_with_input(BenchmarkId::new("rtrb", packet), &packet, |b, &p| {
+            b.iter(|| rtrb_ring(p))
+        });
+        g.bench_with_input(BenchmarkId::new("memcpy", packet), &packet, |b, &p| {
+            b.iter(|| memcpy(p))
+        });
     }
     g.finish();
 }

@@ -28,6 +28,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
     let result = match cmd {
         Command::Help(topic) => help(topic.as_deref(), out),
         Command::List { json } => list(m, boot, json, out),
+        Command::Info { id, json, .. } if id == hv1_abi::ROOT_PARTITION_ID => root_info(m, boot, json, out),
         Command::Info { id, json, checksum } => info(m, id, json, checksum, out),
         Command::Console { id } => {
             return match m.get(id) {
@@ -190,6 +191,60 @@ fn list(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Result<
             w.uptime_secs(),
             exits,
         );
+    }
+    Ok(())
+}
+
+/// `info 1`: the root partition as hv-core sees it.
+fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Result<(), String> {
+    let st = hv::core_stats().map_err(|s| format!("hv-core statistics unavailable: {s:?}"))?;
+    let lent: u64 = m.workers.iter().map(|w| w.spec.memory).sum();
+    if json {
+        let mut exits = String::new();
+        let mut o = Object::new(&mut exits).num("total", st.total_exits);
+        for (name, count) in EXIT_REASONS.iter().zip(st.exits) {
+            o = o.num(name, count);
+        }
+        o.end();
+        let mut s = String::new();
+        Object::new(&mut s)
+            .num("id", hv1_abi::ROOT_PARTITION_ID)
+            .str("name", "root")
+            .str("state", "running")
+            .num("memory", root_memory(boot))
+            .num("free", memory::free_bytes())
+            .num("lent_to_children", lent)
+            .num("uptime", timer::ticks() / timer::HZ)
+            .num("injected_exceptions", st.injected_exceptions)
+            .num("failed_hypercalls", st.failed_hypercalls)
+            .raw("exits", &exits)
+            .null("crash")
+            .end();
+        let _ = writeln!(out, "{s}");
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "partition 1 (root): running, 1 VP, the machine's own OS (demoted)"
+    );
+    let _ = writeln!(
+        out,
+        "memory:       {} MiB (hv-core's {} MiB region excluded); {} KiB free, {} KiB lent to children",
+        root_memory(boot) >> 20,
+        st.region_size >> 20,
+        memory::free_bytes() >> 10,
+        lent >> 10
+    );
+    let _ = writeln!(out, "uptime:       {}s", timer::ticks() / timer::HZ);
+    let _ = writeln!(
+        out,
+        "exits:        {} total ({} injected exceptions, {} failed hypercalls)",
+        st.total_exits, st.injected_exceptions, st.failed_hypercalls
+    );
+    for (name, count) in EXIT_REASONS.iter().zip(st.exits) {
+        if count != 0 {
+            let _ = writeln!(out, "  {name:<12} {count}");
+        }
     }
     Ok(())
 }
