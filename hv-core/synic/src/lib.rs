@@ -1,0 +1,22 @@
+//! The SynIC (TLFS "Inter-Partition Communication"; Linux `drivers/hv/hv.c`,
+//! `include/asm-generic/hyperv-tlfs.h`; reference/tlfs-linux-guest.md §4) as
+//! logic hv-core drives and the host tests check:
+//!
+//! - [`SynicVp`]: one VP's SCONTROL, SVERSION, SIEFP, SIMP, EOM and SINT0–15
+//!   registers, its message slots (one 256-byte slot per SINT in the SIMP
+//!   page) with a bounded queue behind each and MessagePending/EOM
+//!   re-delivery, and its event flags (2048 bits per SINT in the SIEF page);
+//! - [`Ports`]: the port and connection tables the root manages
+//!   (HvCreatePort/HvConnectPort) that route HvPostMessage and
+//!   HvSignalEvent.
+//!
+//! Guest memory is reached through [`SynicMemory`]; nothing here trusts a
+//! value a guest wrote into its pages.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+mod ports;
+mod vp;
+
+pub use ports::{Connection, Port, PortError, PortKind, Ports};
+pub use vp::{Delivery, MsrError, PostError, SynicMemory, SynicVp, msr_index};
