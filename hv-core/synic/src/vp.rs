@@ -4,9 +4,10 @@ use hv1_abi::msr;
 
 /// SINTs per VP.
 pub const SINT_COUNT: usize = 16;
-/// Messages queued behind a busy slot, per SINT. A flooding sender gets
-/// HV_STATUS_INSUFFICIENT_BUFFERS beyond this; hv-core's memory never grows.
-pub const QUEUE_DEPTH: usize = 4;
+/// Messages queued behind busy slots, per VP (shared by its SINTs, kept in
+/// arrival order). A flooding sender gets HV_STATUS_INSUFFICIENT_BUFFERS
+/// beyond this; hv-core's memory never grows.
+pub const QUEUE_DEPTH: usize = 8;
 /// Size of one message slot.
 pub const SLOT_SIZE: u64 = 256;
 /// Event flags per SINT.
@@ -68,6 +69,13 @@ pub struct Delivery {
     pub interrupt: Option<u8>,
 }
 
+/// A message waiting for its SINT's slot.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    sint: u8,
+    message: [u8; 256],
+}
+
 /// One VP's SynIC state.
 #[derive(Debug, Clone)]
 pub struct SynicVp {
@@ -75,7 +83,7 @@ pub struct SynicVp {
     siefp: u64,
     simp: u64,
     sint: [u64; SINT_COUNT],
-    queue: [[Option<[u8; 256]>; QUEUE_DEPTH]; SINT_COUNT],
+    queue: [Option<Queued>; QUEUE_DEPTH],
     /// Messages delivered, queued, refused (for statistics).
     pub delivered: u64,
     /// Messages that had to wait in a queue.
@@ -99,7 +107,7 @@ impl SynicVp {
             siefp: 0,
             simp: 0,
             sint: [SINT_MASKED; SINT_COUNT],
-            queue: [[None; QUEUE_DEPTH]; SINT_COUNT],
+            queue: [None; QUEUE_DEPTH],
             delivered: 0,
             queued: 0,
             refused: 0,
@@ -187,19 +195,22 @@ impl SynicVp {
         let page = self.simp_page().ok_or(PostError::InvalidSynicState)?;
         let slot = page + sint as u64 * SLOT_SIZE;
         let busy = mem.slot_type(slot).ok_or(PostError::Memory)? != 0;
-        if !busy && self.queue[sint][0].is_none() {
+        if !busy && self.queued_on(sint) == 0 {
             mem.write_slot(slot, message).ok_or(PostError::Memory)?;
             self.delivered += 1;
             return Ok(Delivery {
                 interrupt: self.interrupt_for(sint),
             });
         }
-        let free = self.queue[sint].iter_mut().find(|q| q.is_none());
+        let free = self.queue.iter_mut().find(|q| q.is_none());
         let Some(free) = free else {
             self.refused += 1;
             return Err(PostError::InsufficientBuffers);
         };
-        *free = Some(*message);
+        *free = Some(Queued {
+            sint: sint as u8,
+            message: *message,
+        });
         self.queued += 1;
         if busy {
             // Ask the guest to write EOM when it frees the slot.
@@ -208,20 +219,28 @@ impl SynicVp {
         Ok(Delivery { interrupt: None })
     }
 
-    /// EOM: move queued messages into free slots.
+    /// EOM: move queued messages into free slots, oldest first.
     fn redeliver(&mut self, mem: &mut dyn SynicMemory) -> Option<u8> {
         let page = self.simp_page()?;
         let mut interrupt = None;
         for sint in 0..SINT_COUNT {
-            let Some(next) = self.queue[sint][0] else { continue };
+            let Some(at) = self
+                .queue
+                .iter()
+                .position(|q| matches!(q, Some(q) if usize::from(q.sint) == sint))
+            else {
+                continue;
+            };
+            let Some(next) = self.queue[at] else { continue };
             let slot = page + sint as u64 * SLOT_SIZE;
-            if mem.slot_type(slot) != Some(0) || mem.write_slot(slot, &next).is_none() {
+            if mem.slot_type(slot) != Some(0) || mem.write_slot(slot, &next.message).is_none() {
                 continue;
             }
-            self.queue[sint].rotate_left(1);
-            self.queue[sint][QUEUE_DEPTH - 1] = None;
+            // Close the gap so the queue stays in arrival order.
+            self.queue[at..].rotate_left(1);
+            self.queue[QUEUE_DEPTH - 1] = None;
             self.delivered += 1;
-            if self.queue[sint][0].is_some() {
+            if self.queued_on(sint) > 0 {
                 let _ = mem.set_message_pending(slot);
             }
             interrupt = interrupt.or(self.interrupt_for(sint));
@@ -231,7 +250,11 @@ impl SynicVp {
 
     /// Messages waiting behind `sint`'s slot.
     pub fn queued_on(&self, sint: usize) -> usize {
-        self.queue.get(sint).map_or(0, |q| q.iter().flatten().count())
+        self.queue
+            .iter()
+            .flatten()
+            .filter(|q| usize::from(q.sint) == sint)
+            .count()
     }
 
     /// Set event flag `flag` of `sint`.
