@@ -145,6 +145,10 @@ open_enum! {
         POST_MESSAGE = 0x005C,
         /// HvCallSignalEvent.
         SIGNAL_EVENT = 0x005D,
+        /// HvCallCreatePort.
+        CREATE_PORT = 0x0095,
+        /// HvCallConnectPort.
+        CONNECT_PORT = 0x0096,
         /// HvCallDispatchVp (root scheduler).
         DISPATCH_VP = 0x00C2,
         /// HvCallMapVpStatePage.

@@ -17,6 +17,7 @@ pub mod message;
 pub mod msr;
 pub mod partition;
 pub mod private;
+pub mod synic;
 
 pub use hypercall::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
 

@@ -7,6 +7,7 @@
 //! port, every MSR hv-core does not pass through, INTR (so the root's timer
 //! always gets control back), HLT, shutdown and the SVM instructions.
 
+use crate::ipc::{Bus, SynicMem, post_status, raise};
 use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam};
 use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::{self, GuestRegs};
@@ -25,6 +26,7 @@ use partitions::PartitionState;
 use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
+use synic::SynicVp;
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
 
@@ -94,6 +96,8 @@ pub struct Vp {
     pub regs: GuestRegs,
     /// EFER as the guest sees it.
     pub guest_efer: u64,
+    /// Its SynIC.
+    synic: SynicVp,
     /// Root page receiving this VP's intercept messages.
     pub message_page: Option<u64>,
     /// Stopped at an intercept until the root dispatches with
@@ -173,6 +177,7 @@ impl Child {
     pub const PRIVILEGES: PartitionPrivileges = PartitionPrivileges::ACCESS_VP_RUNTIME
         .union(PartitionPrivileges::ACCESS_HYPERCALL_MSRS)
         .union(PartitionPrivileges::ACCESS_VP_INDEX)
+        .union(PartitionPrivileges::ACCESS_SYNIC_REGS)
         .union(PartitionPrivileges::POST_MESSAGES)
         .union(PartitionPrivileges::SIGNAL_EVENTS);
 
@@ -226,6 +231,35 @@ impl Child {
     /// The guest memory view hv-core uses for this child.
     pub fn ram(&self) -> Option<ChildRam> {
         self.npt.as_ref().map(|npt| ChildRam { npt_root: npt.root() })
+    }
+
+    /// Deliver a message to VP `index`'s SynIC (a root-to-child port).
+    pub fn synic_post(&mut self, index: u32, sint: usize, message: &Message) -> ChildResult<()> {
+        let ram = self.ram().ok_or(HvStatus::INVALID_PARTITION_STATE)?;
+        let vp = self.vp_mut(index)?;
+        let bytes: &[u8; 256] = zerocopy::transmute_ref!(message);
+        let d = vp
+            .synic
+            .post(sint, bytes, &mut SynicMem(&ram))
+            .map_err(post_status)?;
+        if let Some(vector) = d.interrupt {
+            raise(vp.vmcb(), vector);
+        }
+        Ok(())
+    }
+
+    /// Set an event flag on VP `index`'s SynIC (a root-to-child event port).
+    pub fn synic_signal(&mut self, index: u32, sint: usize, flag: u32) -> ChildResult<()> {
+        let ram = self.ram().ok_or(HvStatus::INVALID_PARTITION_STATE)?;
+        let vp = self.vp_mut(index)?;
+        let d = vp
+            .synic
+            .signal(sint, flag, &mut SynicMem(&ram))
+            .map_err(post_status)?;
+        if let Some(vector) = d.interrupt {
+            raise(vp.vmcb(), vector);
+        }
+        Ok(())
     }
 
     /// One rep of HvCallMapGpaPages: lend root page `source_pfn` at child GFN `gfn`.
@@ -311,6 +345,7 @@ impl Child {
             debug: [0; 4],
             regs: GuestRegs::default(),
             guest_efer: 0,
+            synic: SynicVp::new(),
             message_page: None,
             intercept_suspended: false,
             explicit_suspend: false,
@@ -525,6 +560,7 @@ impl Child {
         index: u32,
         flags_value: u32,
         root: &RootRam,
+        bus: &mut Bus,
         host_save: u64,
     ) -> ChildResult<(u32, u32)> {
         self.state.check_active("dispatch").map_err(|e| e.status())?;
@@ -573,6 +609,8 @@ impl Child {
             ram: &ram,
             profile,
             ignore_unknown_msrs,
+            maps: &self.maps,
+            asid: self.asid,
         };
         // State VMRUN does not switch: x87/SSE (FXSAVE) and DR0-DR3. The root's
         // is put aside for the whole dispatch (hv-core itself never uses it).
@@ -585,7 +623,7 @@ impl Child {
             fxrstor(vp.fx_pa as *const u8);
         }
         write_debug(&vp.debug);
-        let result = run_vp(vp, msrs, stats, &mut self.logged, &shared, &self.maps, self.asid);
+        let result = run_vp(vp, msrs, stats, &mut self.logged, &shared, bus);
         vp.debug = read_debug();
         // SAFETY: as above, in the other direction.
         unsafe {
@@ -607,6 +645,8 @@ struct Shared<'a> {
     ram: &'a ChildRam,
     profile: HvCpuidProfile,
     ignore_unknown_msrs: bool,
+    maps: &'a SharedMaps,
+    asid: u32,
 }
 
 /// Run the VP until something needs the root.
@@ -616,9 +656,9 @@ fn run_vp(
     stats: &mut ExitStats,
     logged: &mut u32,
     sh: &Shared<'_>,
-    maps: &SharedMaps,
-    asid: u32,
+    bus: &mut Bus,
 ) -> ChildResult<(u32, u32)> {
+    let (maps, asid) = (sh.maps, sh.asid);
     let (id, index) = (sh.id, sh.index);
     let vmcb_pa = vp.vmcb_pa;
     for _ in 0..MAX_INTERNAL_EXITS {
@@ -647,6 +687,7 @@ fn run_vp(
             guest_efer: &mut vp.guest_efer,
             mem: sh.ram,
             msrs: &mut *msrs,
+            synic: &mut vp.synic,
             partition: id,
             vp_index: index,
             profile: sh.profile,
@@ -685,7 +726,7 @@ fn run_vp(
             ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
             ExitCode::VMMCALL => {
                 let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
-                let result = crate::hypercall::child_call(id, control, input, output, sh.ram);
+                let result = crate::hypercall::child_call(id, control, input, output, sh.ram, bus, sh.root);
                 if result.status != HvStatus::SUCCESS {
                     stats.failed_hypercalls += 1;
                 }

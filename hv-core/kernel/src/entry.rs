@@ -58,7 +58,7 @@ pub fn root_resume() -> RootResume {
     unsafe { core::ptr::read_volatile(&raw const ROOT_RESUME) }
 }
 
-const BOOT_STACK_SIZE: usize = 64 * 1024;
+const BOOT_STACK_SIZE: usize = 512 * 1024;
 
 global_asm!(
     r#"

@@ -3,6 +3,7 @@
 //! handler.
 
 use crate::child::{Child, SharedMaps};
+use crate::ipc::Bus;
 use crate::memory::RootRam;
 use crate::vcpu::{self, ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::GuestRegs;
@@ -36,6 +37,8 @@ pub struct Hv {
     pub maps: SharedMaps,
     /// This CPU's host save area (VMSAVE of hv-core's own state).
     pub host_save: u64,
+    /// The root's SynIC and the port tables.
+    pub bus: Bus,
 }
 
 impl Hv {
@@ -64,6 +67,7 @@ impl Hv {
             guest_efer: &mut self.root_efer,
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
+            synic: &mut self.bus.root,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -124,6 +128,7 @@ impl Hv {
             guest_efer: &mut self.root_efer,
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
+            synic: &mut self.bus.root,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -147,6 +152,7 @@ impl Hv {
             guest_efer: &mut self.root_efer,
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
+            synic: &mut self.bus.root,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -155,6 +161,11 @@ impl Hv {
         };
         if cpu.finish(outcome) {
             self.root_stats.injected += 1;
+        }
+        // A message or event for the root arrived during the call (possibly
+        // from a child it dispatched): interrupt the root.
+        if let Some(vector) = self.bus.root_interrupt.take() {
+            crate::ipc::raise(vmcb, vector);
         }
     }
 }

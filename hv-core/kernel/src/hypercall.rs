@@ -4,7 +4,8 @@
 
 use crate::child::Child;
 use crate::hv::Hv;
-use crate::memory::{GpaError, GuestMemory};
+use crate::ipc::{self, Bus, Target};
+use crate::memory::{GpaError, GuestMemory, RootRam};
 use hv1_abi::hypercall::{HYPERCALL_PARAM_ALIGN, HvOutputGetPartitionId, reps_fitting};
 use hv1_abi::partition::{
     self as abi, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
@@ -12,6 +13,7 @@ use hv1_abi::partition::{
     RegisterName, VpRegistersHeader, creation_flags, property,
 };
 use hv1_abi::private::{self, CoreStats, PartitionStats};
+use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortRefInput};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -45,6 +47,10 @@ fn root_only(code: HvCallCode) -> bool {
             | HvCallCode::DISPATCH_VP
             | HvCallCode::MAP_VP_STATE_PAGE
             | HvCallCode::UNMAP_VP_STATE_PAGE
+            | HvCallCode::CREATE_PORT
+            | HvCallCode::DELETE_PORT
+            | HvCallCode::CONNECT_PORT
+            | HvCallCode::DISCONNECT_PORT
             | private::GET_CORE_STATS
             | private::GET_PARTITION_STATS
     )
@@ -82,6 +88,15 @@ fn slow(control: &HypercallControl) -> CallResult {
     Ok(())
 }
 
+/// A fast simple call (input in registers).
+fn fast(control: &HypercallControl) -> CallResult {
+    simple(control)?;
+    if !control.fast {
+        return Err(HvStatus::INVALID_HYPERCALL_INPUT);
+    }
+    Ok(())
+}
+
 /// A rep call: slow, no variable header, at least one rep.
 fn rep_shape(control: &HypercallControl) -> CallResult {
     if control.fast || control.variable_header_qwords != 0 || control.rep_count == 0 {
@@ -114,8 +129,17 @@ fn reps(control: &HypercallControl, fit: u64, mut each: impl FnMut(u64) -> CallR
     }
 }
 
-/// A call made by a child partition.
-pub fn child_call(id: u64, control: u64, _input: u64, output: u64, mem: &dyn GuestMemory) -> HypercallResult {
+/// A call made by a child partition. Its posts and signals reach the root
+/// (every port has the root at one end).
+pub fn child_call(
+    id: u64,
+    control: u64,
+    input: u64,
+    output: u64,
+    mem: &dyn GuestMemory,
+    bus: &mut Bus,
+    root: &RootRam,
+) -> HypercallResult {
     let control = match HypercallControl::decode(control) {
         Ok(c) => c,
         Err(e) => return HypercallResult::status(e.status()),
@@ -128,6 +152,19 @@ pub fn child_call(id: u64, control: u64, _input: u64, output: u64, mem: &dyn Gue
                 HvOutputGetPartitionId { partition_id: id }.as_bytes(),
             )
         }),
+        HvCallCode::POST_MESSAGE => slow(&control).and_then(|()| {
+            let (connection, message) = ipc::read_post_message(mem, input)?;
+            match ipc::route_message(&bus.ports, id, connection, message)? {
+                (Target::Root, sint, m) => ipc::post_to_root(bus, root, sint, &m),
+                (Target::Child { .. }, ..) => Err(HvStatus::INVALID_CONNECTION_ID),
+            }
+        }),
+        HvCallCode::SIGNAL_EVENT => {
+            fast(&control).and_then(|()| match ipc::route_event(&bus.ports, id, input)? {
+                (Target::Root, sint, flag) => ipc::signal_root(bus, root, sint, flag),
+                (Target::Child { .. }, ..) => Err(HvStatus::INVALID_CONNECTION_ID),
+            })
+        }
         code if root_only(code) => Err(HvStatus::ACCESS_DENIED),
         _ => Err(HvStatus::INVALID_HYPERCALL_CODE),
     };
@@ -166,6 +203,46 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             write_output(&hv.root_ram, output, out.as_bytes())
         }),
         HvCallCode::CREATE_PARTITION => slow(&control).and_then(|()| create_partition(hv, input, output)),
+        HvCallCode::POST_MESSAGE => slow(&control).and_then(|()| {
+            let (connection, message) = ipc::read_post_message(&hv.root_ram, input)?;
+            match ipc::route_message(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, connection, message)? {
+                (Target::Root, sint, m) => ipc::post_to_root(&mut hv.bus, &hv.root_ram, sint, &m),
+                (Target::Child { partition, vp }, sint, m) => {
+                    child_mut(hv, partition)?.synic_post(vp, sint, &m)?;
+                    hv.bus.posted += 1;
+                    Ok(())
+                }
+            }
+        }),
+        HvCallCode::SIGNAL_EVENT => fast(&control).and_then(|()| {
+            match ipc::route_event(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, input)? {
+                (Target::Root, sint, flag) => ipc::signal_root(&mut hv.bus, &hv.root_ram, sint, flag),
+                (Target::Child { partition, vp }, sint, flag) => {
+                    child_mut(hv, partition)?.synic_signal(vp, sint, flag)?;
+                    hv.bus.signalled += 1;
+                    Ok(())
+                }
+            }
+        }),
+        HvCallCode::CREATE_PORT => slow(&control).and_then(|()| {
+            let p: CreatePortInput = read_input(&hv.root_ram, input)?;
+            let children = &hv.children;
+            ipc::create_port(&mut hv.bus.ports, &p, |id| {
+                id == hv1_abi::ROOT_PARTITION_ID || children.get(id).is_some()
+            })
+        }),
+        HvCallCode::CONNECT_PORT => slow(&control).and_then(|()| {
+            let p: ConnectPortInput = read_input(&hv.root_ram, input)?;
+            ipc::connect_port(&mut hv.bus.ports, &p)
+        }),
+        HvCallCode::DELETE_PORT => slow(&control).and_then(|()| {
+            let p: PortRefInput = read_input(&hv.root_ram, input)?;
+            ipc::delete_port(&mut hv.bus.ports, &p)
+        }),
+        HvCallCode::DISCONNECT_PORT => slow(&control).and_then(|()| {
+            let p: PortRefInput = read_input(&hv.root_ram, input)?;
+            ipc::disconnect_port(&mut hv.bus.ports, &p)
+        }),
         HvCallCode::INITIALIZE_PARTITION | HvCallCode::FINALIZE_PARTITION | HvCallCode::DELETE_PARTITION => {
             simple(&control).and_then(|()| {
                 let id = if control.fast {
@@ -261,8 +338,14 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 .children
                 .get_mut(p.partition_id)
                 .ok_or(HvStatus::INVALID_PARTITION_ID)?;
-            let (state, event) =
-                child.dispatch(p.partition_id, p.vp_index, p.flags, &hv.root_ram, host_save)?;
+            let (state, event) = child.dispatch(
+                p.partition_id,
+                p.vp_index,
+                p.flags,
+                &hv.root_ram,
+                &mut hv.bus,
+                host_save,
+            )?;
             let out = DispatchVpOutput {
                 dispatch_state: state,
                 dispatch_event: event,
@@ -343,7 +426,8 @@ fn partition_lifecycle(hv: &mut Hv, code: HvCallCode, id: u64) -> CallResult {
             child.state.check_delete().map_err(|e| e.status())?;
             let mut child = hv.children.remove(id).ok_or(HvStatus::INVALID_PARTITION_ID)?;
             child.release();
-            hvlog!("partition {id} deleted");
+            let dropped = hv.bus.ports.remove_partition(id);
+            hvlog!("partition {id} deleted ({dropped} ports/connections dropped)");
             Ok(())
         }
     }

@@ -5,6 +5,7 @@
 use crate::child::SharedMaps;
 use crate::entry::root_resume;
 use crate::hv::Hv;
+use crate::ipc::Bus;
 use crate::memory::{self, RootRam};
 use crate::vcpu::{ExitStats, SyntheticMsrs};
 use crate::vmrun::{self, GuestRegs};
@@ -304,6 +305,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         children: Table::new(2),
         maps: SharedMaps::new(),
         host_save,
+        bus: Bus::new(),
     };
     hvlog!(
         "launching the root partition at rip {:#x} rsp {:#x} (cs {:#x}, cpl {}); hv-core uses {} KiB",

@@ -3,6 +3,7 @@
 //! save) and fetching instruction bytes through the guest's page tables.
 //! Every value read from the guest is checked before use.
 
+use crate::ipc::SynicMem;
 use crate::memory::GuestMemory;
 use crate::vmrun::GuestRegs;
 use hv1_abi::cpuid::{CPUID1_ECX_HYPERVISOR, HvCpuidProfile};
@@ -38,6 +39,10 @@ pub fn efer_allowed() -> u64 {
     }
     bits
 }
+
+/// SCONTROL..SINT15 (TLFS "SynIC MSRs"); the synthetic timers are not
+/// provided yet.
+const SYNIC_MSRS: core::ops::RangeInclusive<u32> = msr::SCONTROL..=msr::SINT0 + 15;
 
 /// Refused accesses logged per partition before going quiet (a hostile guest
 /// could otherwise flood hv-core's log).
@@ -80,6 +85,8 @@ pub struct Vcpu<'a> {
     pub mem: &'a dyn GuestMemory,
     /// Its partition's synthetic MSRs.
     pub msrs: &'a mut SyntheticMsrs,
+    /// Its SynIC.
+    pub synic: &'a mut synic::SynicVp,
     /// Partition id (for logs).
     pub partition: u64,
     /// VP index (VP_INDEX MSR).
@@ -208,6 +215,13 @@ impl Vcpu<'_> {
             msr::GUEST_OS_ID => self.msrs.guest_os_id,
             msr::HYPERCALL => self.msrs.hypercall,
             msr::VP_INDEX => self.vp_index as u64,
+            _ if SYNIC_MSRS.contains(&index) => match self.synic.read(index) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.log_refusal(format_args!("rdmsr {index:#x} refused ({e:?}): #GP"));
+                    return Outcome::GP;
+                }
+            },
             // LMA as the hardware has it (the guest may have entered long mode since).
             MSR_EFER => (*self.guest_efer & !EFER_LMA) | (self.vmcb.save.efer & EFER_LMA),
             MSR_PAT => self.vmcb.save.g_pat,
@@ -246,6 +260,20 @@ impl Vcpu<'_> {
                 }
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
+            _ if SYNIC_MSRS.contains(&index) => {
+                let mem = self.mem;
+                let page_ok = |gpa| mem.translate(gpa, 4096, true).is_some();
+                match self.synic.write(index, value, page_ok, &mut SynicMem(mem)) {
+                    Ok(Some(vector)) => crate::ipc::raise(self.vmcb, vector),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.log_refusal(format_args!(
+                            "wrmsr {index:#x} <- {value:#x} refused ({e:?}): #GP"
+                        ));
+                        return Outcome::GP;
+                    }
+                }
+            }
             _ if self.ignore_unknown_msrs && !hv1_abi::msr::SYNTHETIC_RANGE.contains(&index) => {}
             _ => {
                 hvlog!(

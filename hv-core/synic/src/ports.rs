@@ -80,7 +80,7 @@ pub enum PortError {
     /// A SINT above 15, a flag range past 2048, or an unknown port type
     /// (HV_STATUS_INVALID_PARAMETER).
     BadPortInfo,
-    /// The port or connection table is full (HV_STATUS_INSUFFICIENT_RESOURCES).
+    /// The port or connection table is full (HV_STATUS_INSUFFICIENT_MEMORY).
     TableFull,
     /// The port still has connections (HV_STATUS_INVALID_PORT_ID would hide
     /// why; hv-core reports HV_STATUS_OPERATION_DENIED).

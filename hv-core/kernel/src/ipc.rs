@@ -1,0 +1,329 @@
+//! Glue between the host-tested SynIC logic (`synic` crate) and hv-core: the
+//! guest-memory adapter, virtual-interrupt delivery through the VMCB, and the
+//! inter-partition calls (HvPostMessage, HvSignalEvent, HvCreatePort,
+//! HvConnectPort, HvDeletePort, HvDisconnectPort; TLFS "Inter-Partition
+//! Communication").
+
+use crate::memory::{GuestMemory, RootRam};
+use hv1_abi::HvStatus;
+use hv1_abi::message::{Message, MessageHeader};
+use hv1_abi::synic::{
+    ConnectPortInput, CreatePortInput, MESSAGE_PAYLOAD_MAX, PortRefInput, PostMessageInput, port_type,
+};
+use svm::Vmcb;
+use synic::{Delivery, Port, PortError, PortKind, Ports, PostError, SynicMemory, SynicVp};
+use zerocopy::IntoBytes;
+
+/// SynIC pages reached through a partition's checked memory view. hv-core
+/// runs on one CPU and the guest is stopped while hv-core works, so a
+/// read-modify-write of a flag byte cannot race with the guest.
+pub struct SynicMem<'a>(pub &'a dyn GuestMemory);
+
+impl SynicMemory for SynicMem<'_> {
+    fn slot_type(&self, gpa: u64) -> Option<u32> {
+        let mut b = [0u8; 4];
+        self.0.read(gpa, &mut b, 4).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
+    fn write_slot(&mut self, gpa: u64, message: &[u8; 256]) -> Option<()> {
+        // Type last would be the careful order for a concurrent reader; the
+        // guest is stopped, so one copy is enough.
+        self.0.write(gpa, message, 8).ok()
+    }
+
+    fn set_message_pending(&mut self, gpa: u64) -> Option<()> {
+        let flags = self.0.read_u8(gpa + 5)?;
+        self.0.write(gpa + 5, &[flags | 1], 1).ok()
+    }
+
+    fn test_and_set_bit(&mut self, gpa: u64, bit: u8) -> Option<bool> {
+        let byte = self.0.read_u8(gpa)?;
+        let mask = 1u8 << (bit & 7);
+        if byte & mask != 0 {
+            return Some(false);
+        }
+        self.0.write(gpa, &[byte | mask], 1).ok()?;
+        Some(true)
+    }
+}
+
+/// VMCB int_ctl bits (AMD APM vol. 2 §15.21.4 "Injecting Virtual Interrupts").
+const V_IRQ: u32 = 1 << 8;
+const V_INTR_PRIO_MAX: u32 = 0xF << 16;
+const V_IGN_TPR: u32 = 1 << 20;
+
+/// Raise `vector` on a VP as a virtual interrupt: the CPU delivers it once
+/// the guest has RFLAGS.IF set. One virtual interrupt can be pending per VP;
+/// a second SINT's vector while one waits replaces it (guests scan every SINT
+/// on a SynIC interrupt, and VMBus uses a single SINT).
+pub fn raise(vmcb: &mut Vmcb, vector: u8) {
+    vmcb.control.int_ctl |= V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR;
+    vmcb.control.int_vector = u32::from(vector);
+}
+
+/// The root's SynIC and the system-wide port tables.
+pub struct Bus {
+    /// The root VP's SynIC.
+    pub root: SynicVp,
+    /// Ports and connections.
+    pub ports: Ports,
+    /// A vector to raise on the root's VP at its next entry (set while a
+    /// child runs inside the root's DispatchVp).
+    pub root_interrupt: Option<u8>,
+    /// Messages posted and events signalled through the bus (statistics).
+    pub posted: u64,
+    /// Events signalled.
+    pub signalled: u64,
+}
+
+impl Bus {
+    /// Nothing connected.
+    pub const fn new() -> Self {
+        Self {
+            root: SynicVp::new(),
+            ports: Ports::new(),
+            root_interrupt: None,
+            posted: 0,
+            signalled: 0,
+        }
+    }
+
+    fn note(&mut self, d: Delivery) {
+        if let Some(v) = d.interrupt {
+            self.root_interrupt = Some(v);
+        }
+    }
+}
+
+/// The TLFS status for a refused post or signal.
+pub fn post_status(e: PostError) -> HvStatus {
+    match e {
+        PostError::InvalidSynicState | PostError::Memory => HvStatus::INVALID_SYNIC_STATE,
+        PostError::InsufficientBuffers => HvStatus::INSUFFICIENT_BUFFERS,
+        PostError::BadFlag => HvStatus::INVALID_PARAMETER,
+    }
+}
+
+/// The TLFS status for a refused port operation.
+pub fn port_status(e: PortError) -> HvStatus {
+    match e {
+        PortError::PortExists | PortError::NoSuchPort => HvStatus::INVALID_PORT_ID,
+        PortError::ConnectionExists | PortError::NoSuchConnection => HvStatus::INVALID_CONNECTION_ID,
+        PortError::AccessDenied => HvStatus::ACCESS_DENIED,
+        PortError::BadPortInfo => HvStatus::INVALID_PARAMETER,
+        PortError::TableFull => HvStatus::INSUFFICIENT_MEMORY,
+        PortError::InUse => HvStatus::OPERATION_DENIED,
+    }
+}
+
+/// Read and check an HvPostMessage input page; returns the connection id and
+/// the message to deliver (its sender field is filled in by the router).
+pub fn read_post_message(mem: &dyn GuestMemory, gpa: u64) -> Result<(u32, Message), HvStatus> {
+    let mut input = PostMessageInput {
+        connection_id: 0,
+        reserved: 0,
+        message_type: 0,
+        payload_size: 0,
+        payload: [0; MESSAGE_PAYLOAD_MAX],
+    };
+    mem.read(
+        gpa,
+        input.as_mut_bytes(),
+        hv1_abi::hypercall::HYPERCALL_PARAM_ALIGN,
+    )?;
+    let size = input.payload_size as usize;
+    // Types with bit 31 set are the hypervisor's own; 0 means "empty slot".
+    if input.reserved != 0
+        || size > MESSAGE_PAYLOAD_MAX
+        || input.message_type == 0
+        || input.message_type >> 31 != 0
+    {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    let mut message = Message {
+        header: MessageHeader {
+            message_type: input.message_type,
+            payload_size: size as u8,
+            message_flags: 0,
+            reserved: [0; 2],
+            sender: 0,
+        },
+        payload: [0; MESSAGE_PAYLOAD_MAX],
+    };
+    message.payload[..size].copy_from_slice(&input.payload[..size]);
+    Ok((input.connection_id, message))
+}
+
+/// Where a routed message or event lands.
+pub enum Target {
+    /// The root's VP 0.
+    Root,
+    /// A child's VP.
+    Child {
+        /// Partition id.
+        partition: u64,
+        /// VP index.
+        vp: u32,
+    },
+}
+
+/// Resolve `sender`'s connection to a message port: (target, sint, message
+/// with its sender port id set).
+pub fn route_message(
+    ports: &Ports,
+    sender: u64,
+    connection_id: u32,
+    mut message: Message,
+) -> Result<(Target, usize, Message), HvStatus> {
+    let port = ports.route(sender, connection_id).map_err(port_status)?;
+    let PortKind::Message { vp, sint } = port.kind else {
+        return Err(HvStatus::INVALID_CONNECTION_ID);
+    };
+    message.header.sender = u64::from(port.id);
+    Ok((target(&port, vp), usize::from(sint), message))
+}
+
+/// Resolve `sender`'s connection to an event port: (target, sint, flag).
+pub fn route_event(ports: &Ports, sender: u64, input: u64) -> Result<(Target, usize, u32), HvStatus> {
+    let (connection_id, flag, reserved) = hv1_abi::synic::decode_signal_event(input);
+    if reserved != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    let port = ports.route(sender, connection_id).map_err(port_status)?;
+    let PortKind::Event {
+        vp,
+        sint,
+        base_flag,
+        flag_count,
+    } = port.kind
+    else {
+        return Err(HvStatus::INVALID_CONNECTION_ID);
+    };
+    if flag >= flag_count {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    Ok((
+        target(&port, vp),
+        usize::from(sint),
+        u32::from(base_flag) + u32::from(flag),
+    ))
+}
+
+fn target(port: &Port, vp: u32) -> Target {
+    if port.partition == hv1_abi::ROOT_PARTITION_ID {
+        Target::Root
+    } else {
+        Target::Child {
+            partition: port.partition,
+            vp,
+        }
+    }
+}
+
+/// Post to the root's SynIC.
+pub fn post_to_root(
+    bus: &mut Bus,
+    root_ram: &RootRam,
+    sint: usize,
+    message: &Message,
+) -> Result<(), HvStatus> {
+    let bytes: &[u8; 256] = zerocopy::transmute_ref!(message);
+    let d = bus
+        .root
+        .post(sint, bytes, &mut SynicMem(root_ram))
+        .map_err(post_status)?;
+    bus.posted += 1;
+    bus.note(d);
+    Ok(())
+}
+
+/// Signal an event on the root's SynIC.
+pub fn signal_root(bus: &mut Bus, root_ram: &RootRam, sint: usize, flag: u32) -> Result<(), HvStatus> {
+    let d = bus
+        .root
+        .signal(sint, flag, &mut SynicMem(root_ram))
+        .map_err(post_status)?;
+    bus.signalled += 1;
+    bus.note(d);
+    Ok(())
+}
+
+/// HvCreatePort from the root. One end of every port is the root: children
+/// talk to the root's service providers, never directly to each other.
+pub fn create_port(
+    ports: &mut Ports,
+    p: &CreatePortInput,
+    exists: impl Fn(u64) -> bool,
+) -> Result<(), HvStatus> {
+    let root = hv1_abi::ROOT_PARTITION_ID;
+    if p.port_vtl != 0 || p.min_connection_vtl != 0 || p.padding != 0 || p.port_info.padding != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    if !exists(p.port_partition_id) || !exists(p.connection_partition_id) {
+        return Err(HvStatus::INVALID_PARTITION_ID);
+    }
+    if p.port_partition_id != root && p.connection_partition_id != root {
+        return Err(HvStatus::ACCESS_DENIED);
+    }
+    let info = &p.port_info;
+    let sint = u8::try_from(info.target_sint).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+    let kind = match info.port_type {
+        port_type::MESSAGE => PortKind::Message {
+            vp: info.target_vp,
+            sint,
+        },
+        port_type::EVENT => PortKind::Event {
+            vp: info.target_vp,
+            sint,
+            base_flag: info.base_flag_number,
+            flag_count: info.flag_count,
+        },
+        _ => return Err(HvStatus::INVALID_PARAMETER),
+    };
+    if p.port_partition_id == root && info.target_vp != 0 {
+        return Err(HvStatus::INVALID_VP_INDEX);
+    }
+    ports
+        .create_port(Port {
+            partition: p.port_partition_id,
+            id: p.port_id,
+            kind,
+            connection_partition: p.connection_partition_id,
+        })
+        .map_err(port_status)
+}
+
+/// HvConnectPort from the root (on its own or a child's behalf).
+pub fn connect_port(ports: &mut Ports, p: &ConnectPortInput) -> Result<(), HvStatus> {
+    if p.connection_vtl != 0 || p.rsvd != [0; 3] || p.reserved2 != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    ports
+        .connect(
+            p.connection_partition_id,
+            p.connection_id,
+            p.port_partition_id,
+            p.port_id,
+        )
+        .map_err(port_status)
+}
+
+/// HvDeletePort.
+pub fn delete_port(ports: &mut Ports, p: &PortRefInput) -> Result<(), HvStatus> {
+    if p.reserved != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    ports
+        .delete_port(p.partition_id, p.id)
+        .map(|_| ())
+        .map_err(port_status)
+}
+
+/// HvDisconnectPort.
+pub fn disconnect_port(ports: &mut Ports, p: &PortRefInput) -> Result<(), HvStatus> {
+    if p.reserved != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    ports.disconnect(p.partition_id, p.id).map_err(port_status)
+}
