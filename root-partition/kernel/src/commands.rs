@@ -292,6 +292,9 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("guest_os_id", stats.guest_os_id)
             .num("console_bytes", w.uart.written())
             .num("intercepts", w.intercepts)
+            .num("messages", w.messages)
+            .num("replies", w.replies)
+            .num("replies_refused", w.replies_refused)
             .num("stray_io", w.stray_io)
             .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
@@ -331,6 +334,14 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         w.uart.written(),
         w.intercepts,
         w.stray_io
+    );
+    let _ = writeln!(
+        out,
+        "synic:        {} messages received on connection {}, {} echoed, {} echoes refused",
+        w.messages,
+        crate::worker::MESSAGE_CONNECTION_ID,
+        w.replies,
+        w.replies_refused
     );
     let _ = writeln!(
         out,

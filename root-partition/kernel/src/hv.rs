@@ -13,6 +13,7 @@ use hv1_abi::partition::{
     MapVpStatePageInput, PartitionPropertyInput, RegisterAssoc, RegisterName, RegisterValue,
     VP_STATE_PAGE_INTERCEPT_MESSAGE, VpRegistersHeader,
 };
+use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortInfo, PostMessageInput};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult, msr};
 use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
 use zerocopy::{FromBytes, IntoBytes};
@@ -352,6 +353,51 @@ pub fn create_partition() -> Result<u64, HvStatus> {
     };
     let out = simple_call(HvCallCode::CREATE_PARTITION, input.as_bytes())?;
     Ok(u64::from_le_bytes(out[..8].try_into().expect("8 bytes")))
+}
+
+/// HvCallCreatePort: a port owned by `owner` that `connector` may connect to.
+pub fn create_port(owner: u64, port_id: u32, connector: u64, info: PortInfo) -> Result<(), HvStatus> {
+    let input = CreatePortInput {
+        port_partition_id: owner,
+        port_id,
+        port_vtl: 0,
+        min_connection_vtl: 0,
+        padding: 0,
+        connection_partition_id: connector,
+        port_info: info,
+        proximity_domain_info: 0,
+    };
+    simple_call(HvCallCode::CREATE_PORT, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallConnectPort: `connector`'s `connection_id` reaches `owner`'s `port_id`.
+pub fn connect_port(connector: u64, connection_id: u32, owner: u64, port_id: u32) -> Result<(), HvStatus> {
+    let input = ConnectPortInput {
+        connection_partition_id: connector,
+        connection_id,
+        connection_vtl: 0,
+        rsvd: [0; 3],
+        port_partition_id: owner,
+        port_id,
+        reserved2: 0,
+        connection_info: [0; 2],
+        proximity_domain_info: 0,
+    };
+    simple_call(HvCallCode::CONNECT_PORT, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallPostMessage from the root on `connection_id`.
+pub fn post_message(connection_id: u32, message_type: u32, payload: &[u8]) -> Result<(), HvStatus> {
+    let mut input = PostMessageInput {
+        connection_id,
+        reserved: 0,
+        message_type,
+        payload_size: payload.len() as u32,
+        payload: [0; 240],
+    };
+    let n = payload.len().min(240);
+    input.payload[..n].copy_from_slice(&payload[..n]);
+    simple_call(HvCallCode::POST_MESSAGE, input.as_bytes()).map(|_| ())
 }
 
 /// HvCallInitializePartition (fast).

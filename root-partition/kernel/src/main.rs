@@ -39,6 +39,8 @@ mod shell;
 #[cfg(target_os = "none")]
 mod start;
 #[cfg(target_os = "none")]
+mod synic;
+#[cfg(target_os = "none")]
 mod timer;
 #[cfg(target_os = "none")]
 mod worker;

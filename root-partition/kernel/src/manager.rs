@@ -37,6 +37,19 @@ impl Manager {
         }
     }
 
+    /// A SynIC message for the root: to the worker whose port it came in on.
+    pub fn on_message(&mut self, m: &hv1_abi::message::Message) {
+        let owner = crate::worker::partition_of_port(m.header.sender);
+        match self.workers.iter_mut().find(|w| Some(w.id) == owner) {
+            Some(w) => w.on_message(m),
+            None => crate::println!(
+                "root: SynIC message on port {:#x} with no partition behind it (type {})",
+                m.header.sender,
+                m.header.message_type
+            ),
+        }
+    }
+
     /// Image names, for error messages.
     pub fn image_names(&self) -> String {
         let names: Vec<&str> = self.images.iter().map(|(n, _)| *n).collect();

@@ -244,9 +244,16 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
     }
     crate::println!("root: management shell ready; type 'help'");
     crate::print!("{PROMPT}");
+    let mut synic_seen = 0;
     loop {
         for s in sessions.iter_mut() {
             s.poll(manager, boot);
+        }
+        // Messages are read when the SynIC interrupt says they arrived.
+        let interrupts = crate::synic::interrupts();
+        if interrupts != synic_seen {
+            synic_seen = interrupts;
+            crate::synic::drain(|m| manager.on_message(m));
         }
         if !manager.run_children_for_a_tick() {
             // Nothing to run: sleep until the next tick.

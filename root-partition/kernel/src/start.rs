@@ -218,6 +218,16 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
 
     // Child partitions: images and the manifest come from the boot bundle.
     timer::init();
+    match crate::synic::init() {
+        Ok(()) => crate::println!(
+            "root: SynIC enabled (SINT {} on vector {:#x})",
+            crate::synic::MESSAGE_SINT,
+            crate::synic::VECTOR
+        ),
+        Err(crate::synic::OutOfMemory) => {
+            crate::println!("root: no memory for the SynIC pages: partitions cannot post")
+        }
+    }
     let images: Vec<(&'static str, &'static [u8])> = bundle
         .entries()
         .filter(|(name, _)| *name != bundle::HV_CORE_ENTRY && *name != MANIFEST_ENTRY)

@@ -16,6 +16,7 @@ use hv1_abi::partition::{
     DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
     DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, dispatch_flags, map_flags, property,
 };
+use hv1_abi::synic::{PortInfo, port_type};
 use mgmt::cli::CreateSpec;
 use mgmt::lifecycle::ChildState;
 use phys_mem::PAGE_SIZE;
@@ -94,6 +95,33 @@ pub struct Worker {
     pub stray_io: u64,
     /// Intercepts handled.
     pub intercepts: u64,
+    /// SynIC messages received from the child on its message connection.
+    pub messages: u64,
+    /// Echo replies hv-core accepted.
+    pub replies: u64,
+    /// Echo replies hv-core refused (child SynIC off, or its queue full).
+    pub replies_refused: u64,
+}
+
+/// The connection id a child posts on to reach its worker
+/// (`VMBUS_MESSAGE_CONNECTION_ID` in Linux `include/linux/hyperv.h`).
+pub const MESSAGE_CONNECTION_ID: u32 = 1;
+
+/// The root port receiving partition `id`'s messages (port ids are
+/// system-wide, so the partition id is part of it).
+pub fn message_port_id(id: u64) -> Option<u32> {
+    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(1)
+}
+
+/// The partition a root message port belongs to.
+pub fn partition_of_port(port: u64) -> Option<u64> {
+    (port & 0xFF == 1).then_some(port >> 8)
+}
+
+/// The child's port the worker replies on, and the root's connection id for
+/// it (the same number: root connection ids must be unique in the root).
+pub fn reply_port_id(id: u64) -> Option<u32> {
+    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(2)
 }
 
 fn hvfail(what: &'static str) -> impl Fn(HvStatus) -> WorkerError {
@@ -129,6 +157,9 @@ impl Worker {
             targets,
             stray_io: 0,
             intercepts: 0,
+            messages: 0,
+            replies: 0,
+            replies_refused: 0,
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -169,7 +200,57 @@ impl Worker {
             });
             hv::map_intercept_message_page(self.id, vp, message_page).map_err(hvfail("MapVpStatePage"))?;
         }
+        // The child's message connection: its posts land in the root's SynIC
+        // (VP 0, the VMBus SINT). hv-core drops both when the partition goes.
+        let port = message_port_id(self.id)
+            .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
+        let info = PortInfo {
+            port_type: port_type::MESSAGE,
+            target_sint: crate::synic::MESSAGE_SINT as u32,
+            ..PortInfo::default()
+        };
+        hv::create_port(hv1_abi::ROOT_PARTITION_ID, port, self.id, info).map_err(hvfail("CreatePort"))?;
+        hv::connect_port(self.id, MESSAGE_CONNECTION_ID, hv1_abi::ROOT_PARTITION_ID, port)
+            .map_err(hvfail("ConnectPort"))?;
+        // And the way back: a port in the child (VP 0, same SINT) the root
+        // connects to.
+        let reply =
+            reply_port_id(self.id).ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
+        hv::create_port(self.id, reply, hv1_abi::ROOT_PARTITION_ID, info).map_err(hvfail("CreatePort"))?;
+        hv::connect_port(hv1_abi::ROOT_PARTITION_ID, reply, self.id, reply).map_err(hvfail("ConnectPort"))?;
         self.load()
+    }
+
+    /// A message the child posted on its message connection. Until the VMBus
+    /// server takes these over, the worker is an echo service: it logs the
+    /// message (printable payload bytes only: the child chooses them) and
+    /// posts it back prefixed with "echo: " on the child's reply port. A
+    /// child that has no SynIC enabled or lets its queue fill just gets no
+    /// reply (counted).
+    pub fn on_message(&mut self, m: &Message) {
+        self.messages += 1;
+        let len = usize::from(m.header.payload_size).min(m.payload.len());
+        let text: String = m.payload[..len]
+            .iter()
+            .map(|&b| if (0x20..0x7F).contains(&b) { b as char } else { '.' })
+            .collect();
+        crate::println!(
+            "root: partition {} message {} (type {}, {len} bytes): {text}",
+            self.id,
+            self.messages,
+            m.header.message_type
+        );
+        let mut reply = [0u8; 240];
+        reply[..6].copy_from_slice(b"echo: ");
+        let n = len.min(reply.len() - 6);
+        reply[6..6 + n].copy_from_slice(&m.payload[..n]);
+        let sent = reply_port_id(self.id)
+            .ok_or(HvStatus::INVALID_PORT_ID)
+            .and_then(|conn| hv::post_message(conn, m.header.message_type, &reply[..6 + n]));
+        match sent {
+            Ok(()) => self.replies += 1,
+            Err(_) => self.replies_refused += 1,
+        }
     }
 
     /// Root frame backing guest page `gpa` (`gpa` must be below memory size).

@@ -93,6 +93,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "read-mmio" => touch(name, "read", "the local APIC", info.targets[target::MMIO], false),
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
+        "synic" => synic_messages(name),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -310,6 +311,129 @@ fn root_only_hypercalls(name: &str) -> ! {
         "testos {name}: root-only calls denied: {denied} of {}",
         calls.len()
     );
+    halt_forever()
+}
+
+// ---- SynIC messages ----
+
+/// The child's SynIC message and event-flag pages (free pages of the child
+/// layout, below the image).
+const SIMP_GPA: u64 = 0xC000;
+const SIEF_GPA: u64 = 0xD000;
+/// The SINT the root's worker posts replies on (the VMBus SINT).
+const MESSAGE_SINT: u64 = 2;
+/// The connection id the root's worker gives every child for messages.
+const MESSAGE_CONNECTION_ID: u32 = 1;
+
+/// HvPostMessage with raw fields (the input page is ours).
+fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &[u8]) -> HypercallResult {
+    let input = child::HYPERCALL_INPUT_GPA as *mut u32;
+    // SAFETY: the input page is this partition's own scratch page; 16 header
+    // bytes plus at most 240 payload bytes stay inside it.
+    unsafe {
+        input.write_volatile(connection_id);
+        input.add(1).write_volatile(0);
+        input.add(2).write_volatile(message_type);
+        input.add(3).write_volatile(payload_size);
+        let bytes = (input as *mut u8).add(16);
+        for (i, b) in payload.iter().take(240).enumerate() {
+            bytes.add(i).write_volatile(*b);
+        }
+    }
+    hypercall(simple(HvCallCode::POST_MESSAGE), child::HYPERCALL_INPUT_GPA, 0)
+}
+
+/// A small formatting buffer (no allocator here).
+struct Buf {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Write for Buf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Take one message from our SINT slot, if any: (type, payload text).
+fn take_message(out: &mut [u8; 240]) -> Option<(u32, usize)> {
+    let slot = SIMP_GPA + MESSAGE_SINT * 256;
+    // SAFETY: the SIMP page is our own RAM; the hypervisor writes it only
+    // while this VP is stopped.
+    unsafe {
+        let message_type = (slot as *const u32).read_volatile();
+        if message_type == 0 {
+            return None;
+        }
+        let size = ((slot + 4) as *const u8).read_volatile() as usize;
+        let flags = ((slot + 5) as *const u8).read_volatile();
+        let size = size.min(240);
+        for (i, b) in out.iter_mut().enumerate().take(size) {
+            *b = ((slot + 16 + i as u64) as *const u8).read_volatile();
+        }
+        (slot as *mut u32).write_volatile(0);
+        if flags & 1 != 0 {
+            wrmsr(msr::EOM, 0);
+        }
+        Some((message_type, size))
+    }
+}
+
+fn synic_messages(name: &str) -> ! {
+    enable_hypercalls();
+    // Refusals first: none of these may reach the root.
+    report(name, "post oversized payload", post_raw(1, 1, 241, b""));
+    report(name, "post unknown connection", post_raw(99, 1, 4, b"nope"));
+    report(name, "post hypervisor type", post_raw(1, 0x8000_0001, 4, b"fake"));
+    report(name, "post empty type", post_raw(1, 0, 4, b"none"));
+    let fast = HypercallControl {
+        fast: true,
+        ..HypercallControl::simple(HvCallCode::POST_MESSAGE)
+    };
+    report(name, "post as fast call", hypercall(fast.encode(), 1, 0));
+    report(
+        name,
+        "post input outside memory",
+        hypercall(simple(HvCallCode::POST_MESSAGE), 0x7FFF_F000, 0),
+    );
+    // Our own SynIC, SINT 2 in polling mode (this test OS takes no interrupts).
+    wrmsr(msr::SIMP, SIMP_GPA | 1);
+    wrmsr(msr::SIEFP, SIEF_GPA | 1);
+    wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 18) | 0x50);
+    wrmsr(msr::SCONTROL, 1);
+    // Flood: more posts than the root's slot and hv-core's queue hold. The
+    // sequence number only advances on success, so the root must see
+    // ping 0, 1, 2, ... in order with no gaps.
+    let (mut sent, mut refused, mut other) = (0u32, 0u32, 0u32);
+    for _ in 0..20 {
+        let mut text = Buf {
+            bytes: [0; 64],
+            len: 0,
+        };
+        let _ = write!(text, "ping {sent} from {name}");
+        let r = post_raw(MESSAGE_CONNECTION_ID, 1, text.len as u32, &text.bytes[..text.len]);
+        match r.status {
+            HvStatus::SUCCESS => sent += 1,
+            HvStatus::INSUFFICIENT_BUFFERS => refused += 1,
+            _ => other += 1,
+        }
+    }
+    say!("testos {name}: flood: {sent} posted, {refused} refused (InsufficientBuffers), {other} other");
+    let mut replies = 0;
+    let mut payload = [0u8; 240];
+    while replies < sent {
+        if let Some((t, n)) = take_message(&mut payload) {
+            replies += 1;
+            let text = core::str::from_utf8(&payload[..n]).unwrap_or("<not utf-8>");
+            say!("testos {name}: reply {replies} (type {t}): {text}");
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+    say!("testos {name}: synic done: {replies} replies to {sent} posts");
     halt_forever()
 }
 
