@@ -63,18 +63,18 @@ fn child_messages_reach_the_root_and_echoes_come_back() {
     // Every accepted message came back, in order, through the root.
     let mut at = 0;
     for i in 0..sent {
-        let reply = format!("(type 1): echo: ping {i} from pinger");
+        let reply = format!("(type 256): echo: ping {i} from pinger");
         let found = console[at..]
             .find(&reply)
             .unwrap_or_else(|| panic!("echo {i} missing or out of order in\n{console}"));
         at += found + reply.len();
     }
     // The root saw each message once, in order, after a SynIC interrupt.
-    m.expect(&format!("root: partition 4 message {sent} (type 1"));
+    m.expect(&format!("root: partition 4 message {sent} (echo"));
     m.expect(&format!("ping {} from pinger", sent - 1));
     let root = m.console().to_string();
     for i in 0..sent {
-        let prefix = format!("root: partition 4 message {} (type 1, ", i + 1);
+        let prefix = format!("root: partition 4 message {} (echo, ", i + 1);
         let line = root
             .lines()
             .find(|l| l.contains(&prefix))
@@ -88,6 +88,7 @@ fn child_messages_reach_the_root_and_echoes_come_back() {
     assert_eq!(info["messages"], sent, "{info}");
     assert_eq!(info["replies"], sent, "{info}");
     assert_eq!(info["replies_refused"], 0, "{info}");
+    assert_eq!(info["replies_waiting"], 0, "{info}");
     assert_eq!(info["failed_hypercalls"].as_u64().unwrap(), 6 + refused, "{info}");
     assert_eq!(info["state"], "running", "{info}");
 

@@ -7,7 +7,7 @@
 //! port, every MSR hv-core does not pass through, INTR (so the root's timer
 //! always gets control back), HLT, shutdown and the SVM instructions.
 
-use crate::ipc::{Bus, SynicMem, post_status, raise};
+use crate::ipc::{Bus, SynicMem, post_status};
 use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam};
 use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::{self, GuestRegs};
@@ -26,7 +26,7 @@ use partitions::PartitionState;
 use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
-use synic::SynicVp;
+use synic::{PendingVectors, SynicVp};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
 
@@ -98,6 +98,8 @@ pub struct Vp {
     pub guest_efer: u64,
     /// Its SynIC.
     synic: SynicVp,
+    /// SynIC vectors waiting to be injected.
+    pending: PendingVectors,
     /// Root page receiving this VP's intercept messages.
     pub message_page: Option<u64>,
     /// Stopped at an intercept until the root dispatches with
@@ -243,7 +245,7 @@ impl Child {
             .post(sint, bytes, &mut SynicMem(&ram))
             .map_err(post_status)?;
         if let Some(vector) = d.interrupt {
-            raise(vp.vmcb(), vector);
+            vp.pending.set(vector);
         }
         Ok(())
     }
@@ -257,7 +259,7 @@ impl Child {
             .signal(sint, flag, &mut SynicMem(&ram))
             .map_err(post_status)?;
         if let Some(vector) = d.interrupt {
-            raise(vp.vmcb(), vector);
+            vp.pending.set(vector);
         }
         Ok(())
     }
@@ -346,6 +348,7 @@ impl Child {
             regs: GuestRegs::default(),
             guest_efer: 0,
             synic: SynicVp::new(),
+            pending: PendingVectors::new(),
             message_page: None,
             intercept_suspended: false,
             explicit_suspend: false,
@@ -664,6 +667,11 @@ fn run_vp(
     for _ in 0..MAX_INTERNAL_EXITS {
         // Children may share ASIDs: flush on every entry (TCG flushes anyway).
         vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
+        // A SynIC interrupt the VP can take now goes in with this entry.
+        let (vmcb, pending) = (vp.vmcb_pa, &mut vp.pending);
+        // SAFETY: as in `Vp::vmcb` (a field borrow of `vp` is live, so the
+        // helper method cannot be used here).
+        crate::ipc::inject_pending(unsafe { &mut *(vmcb as *mut Vmcb) }, pending);
         // SAFETY: the VMCB was set up by `init_vmcb` in hv-core's region with
         // the shared IOPM/MSRPM and this child's NPT; it intercepts INTR with
         // V_INTR_MASKING, so running with the host's IF set is allowed (and a
@@ -688,6 +696,7 @@ fn run_vp(
             mem: sh.ram,
             msrs: &mut *msrs,
             synic: &mut vp.synic,
+            pending: &mut vp.pending,
             partition: id,
             vp_index: index,
             profile: sh.profile,

@@ -68,6 +68,7 @@ impl Hv {
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
             synic: &mut self.bus.root,
+            pending: &mut self.bus.root_pending,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -129,6 +130,7 @@ impl Hv {
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
             synic: &mut self.bus.root,
+            pending: &mut self.bus.root_pending,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -153,6 +155,7 @@ impl Hv {
             mem: &self.root_ram,
             msrs: &mut self.root_msrs,
             synic: &mut self.bus.root,
+            pending: &mut self.bus.root_pending,
             partition: hv1_abi::ROOT_PARTITION_ID,
             vp_index: 0,
             profile,
@@ -161,11 +164,6 @@ impl Hv {
         };
         if cpu.finish(outcome) {
             self.root_stats.injected += 1;
-        }
-        // A message or event for the root arrived during the call (possibly
-        // from a child it dispatched): interrupt the root.
-        if let Some(vector) = self.bus.root_interrupt.take() {
-            crate::ipc::raise(vmcb, vector);
         }
     }
 }

@@ -11,7 +11,8 @@ use hv1_abi::synic::{
     ConnectPortInput, CreatePortInput, MESSAGE_PAYLOAD_MAX, PortRefInput, PostMessageInput, port_type,
 };
 use svm::Vmcb;
-use synic::{Delivery, Port, PortError, PortKind, Ports, PostError, SynicMemory, SynicVp};
+use svm::vmcb::event;
+use synic::{Delivery, PendingVectors, Port, PortError, PortKind, Ports, PostError, SynicMemory, SynicVp};
 use zerocopy::IntoBytes;
 
 /// SynIC pages reached through a partition's checked memory view. hv-core
@@ -48,18 +49,32 @@ impl SynicMemory for SynicMem<'_> {
     }
 }
 
-/// VMCB int_ctl bits (AMD APM vol. 2 §15.21.4 "Injecting Virtual Interrupts").
-const V_IRQ: u32 = 1 << 8;
-const V_INTR_PRIO_MAX: u32 = 0xF << 16;
-const V_IGN_TPR: u32 = 1 << 20;
-
-/// Raise `vector` on a VP as a virtual interrupt: the CPU delivers it once
-/// the guest has RFLAGS.IF set. One virtual interrupt can be pending per VP;
-/// a second SINT's vector while one waits replaces it (guests scan every SINT
-/// on a SynIC interrupt, and VMBus uses a single SINT).
-pub fn raise(vmcb: &mut Vmcb, vector: u8) {
-    vmcb.control.int_ctl |= V_IRQ | V_INTR_PRIO_MAX | V_IGN_TPR;
-    vmcb.control.int_vector = u32::from(vector);
+/// Inject the highest pending SynIC vector if the VP can take an external
+/// interrupt now: RFLAGS.IF set, no interrupt shadow (STI/MOV SS), and no
+/// other event already queued in EVENTINJ (a re-injected or hv-core event
+/// goes first). Called before every VMRUN; returns true if it injected.
+///
+/// EVENTINJ rather than V_IRQ: QEMU's TCG only notices a V_IRQ armed at
+/// VMRUN when something else makes it check for interrupts, so a V_IRQ could
+/// wait seconds behind the root's timer (seen in the VMBus QEMU tests).
+pub fn inject_pending(vmcb: &mut Vmcb, pending: &mut PendingVectors) -> bool {
+    const RFLAGS_IF: u64 = 1 << 9;
+    const INTERRUPT_SHADOW: u64 = 1;
+    let ready = vmcb.control.event_inj & event::VALID == 0
+        && vmcb.save.rflags & RFLAGS_IF != 0
+        && vmcb.control.int_state & INTERRUPT_SHADOW == 0;
+    match pending.take_highest() {
+        Some(vector) if ready => {
+            vmcb.control.event_inj = event::VALID | event::TYPE_INTR | u32::from(vector);
+            vmcb.control.event_inj_err = 0;
+            true
+        }
+        Some(vector) => {
+            pending.set(vector);
+            false
+        }
+        None => false,
+    }
 }
 
 /// The root's SynIC and the system-wide port tables.
@@ -68,9 +83,8 @@ pub struct Bus {
     pub root: SynicVp,
     /// Ports and connections.
     pub ports: Ports,
-    /// A vector to raise on the root's VP at its next entry (set while a
-    /// child runs inside the root's DispatchVp).
-    pub root_interrupt: Option<u8>,
+    /// SynIC vectors waiting for the root's VP.
+    pub root_pending: PendingVectors,
     /// Messages posted and events signalled through the bus (statistics).
     pub posted: u64,
     /// Events signalled.
@@ -83,7 +97,7 @@ impl Bus {
         Self {
             root: SynicVp::new(),
             ports: Ports::new(),
-            root_interrupt: None,
+            root_pending: PendingVectors::new(),
             posted: 0,
             signalled: 0,
         }
@@ -91,7 +105,7 @@ impl Bus {
 
     fn note(&mut self, d: Delivery) {
         if let Some(v) = d.interrupt {
-            self.root_interrupt = Some(v);
+            self.root_pending.set(v);
         }
     }
 }

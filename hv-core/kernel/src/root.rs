@@ -321,6 +321,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         // root's VMCB passes interrupts through, so hv-core's IF stays clear.
         unsafe { vmrun::run(&mut regs, vmcb_pa, host_save, false) };
         hv.handle_root_exit(vmcb, &mut regs);
+        crate::ipc::inject_pending(vmcb, &mut hv.bus.root_pending);
     }
 }
 

@@ -87,6 +87,8 @@ pub struct Vcpu<'a> {
     pub msrs: &'a mut SyntheticMsrs,
     /// Its SynIC.
     pub synic: &'a mut synic::SynicVp,
+    /// SynIC vectors waiting to be injected into it.
+    pub pending: &'a mut synic::PendingVectors,
     /// Partition id (for logs).
     pub partition: u64,
     /// VP index (VP_INDEX MSR).
@@ -264,7 +266,7 @@ impl Vcpu<'_> {
                 let mem = self.mem;
                 let page_ok = |gpa| mem.translate(gpa, 4096, true).is_some();
                 match self.synic.write(index, value, page_ok, &mut SynicMem(mem)) {
-                    Ok(Some(vector)) => crate::ipc::raise(self.vmcb, vector),
+                    Ok(Some(vector)) => self.pending.set(vector),
                     Ok(None) => {}
                     Err(e) => {
                         self.log_refusal(format_args!(

@@ -15,8 +15,11 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+mod pending;
 mod ports;
 mod vp;
+
+pub use pending::PendingVectors;
 
 pub use ports::{Connection, Port, PortError, PortKind, Ports};
 pub use vp::{Delivery, MsrError, PostError, SynicMemory, SynicVp, msr_index};

@@ -210,13 +210,14 @@ impl Ports {
         self.port(connection.port_id).ok_or(PortError::NoSuchPort)
     }
 
-    /// A partition is going away: drop its ports, its connections, and every
-    /// connection that reached one of its ports. Returns how many entries went.
+    /// A partition is going away: drop its ports, the ports only it could
+    /// connect to, its connections, and every connection that reached one of
+    /// those ports. Returns how many entries went.
     pub fn remove_partition(&mut self, partition: u64) -> usize {
         let mut removed = 0;
         for slot in self.ports.iter_mut() {
             if let Some(port) = *slot
-                && port.partition == partition
+                && (port.partition == partition || port.connection_partition == partition)
             {
                 for c in self.connections.iter_mut() {
                     if matches!(c, Some(c) if c.port_id == port.id) {
@@ -332,6 +333,36 @@ mod tests {
     }
 
     #[test]
+    fn churn_leaves_nothing_behind() {
+        let mut ports = Ports::new();
+        for round in 0..1000u64 {
+            let child = 2 + round;
+            let id = child as u32 * 256;
+            let kind = PortKind::Message { vp: 0, sint: 2 };
+            ports
+                .create_port(Port {
+                    partition: ROOT,
+                    id: id + 1,
+                    kind,
+                    connection_partition: child,
+                })
+                .unwrap();
+            ports
+                .create_port(Port {
+                    partition: child,
+                    id: id + 2,
+                    kind,
+                    connection_partition: ROOT,
+                })
+                .unwrap();
+            ports.connect(child, 1, ROOT, id + 1).unwrap();
+            ports.connect(ROOT, id + 2, child, id + 2).unwrap();
+            ports.remove_partition(child);
+        }
+        assert_eq!(ports.counts(), (0, 0));
+    }
+
+    #[test]
     fn tables_are_bounded() {
         let mut ports = Ports::new();
         for id in 0..MAX_PORTS as u32 {
@@ -354,8 +385,10 @@ mod tests {
         ports.create_port(child_port).unwrap();
         ports.connect(CHILD, 1, ROOT, 1).unwrap();
         ports.connect(ROOT, 5, CHILD, 2).unwrap();
-        assert_eq!(ports.remove_partition(CHILD), 3);
-        assert_eq!(ports.counts(), (1, 0));
+        // Port 1 (the root's, only CHILD may connect), port 2 (CHILD's) and
+        // both connections.
+        assert_eq!(ports.remove_partition(CHILD), 4);
+        assert_eq!(ports.counts(), (0, 0));
         assert_eq!(ports.route(ROOT, 5), Err(PortError::NoSuchConnection));
     }
 }

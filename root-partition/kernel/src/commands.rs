@@ -295,6 +295,8 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("messages", w.messages)
             .num("replies", w.replies)
             .num("replies_refused", w.replies_refused)
+            .num("replies_waiting", w.outbox_len() as u64)
+            .num("vmbus_violations", w.vmbus_violations)
             .num("stray_io", w.stray_io)
             .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
@@ -337,11 +339,8 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
     );
     let _ = writeln!(
         out,
-        "synic:        {} messages received on connection {}, {} echoed, {} echoes refused",
-        w.messages,
-        crate::worker::MESSAGE_CONNECTION_ID,
-        w.replies,
-        w.replies_refused
+        "synic:        {} messages received, {} replies posted, {} replies refused, {} refused as malformed",
+        w.messages, w.replies, w.replies_refused, w.vmbus_violations
     );
     let _ = writeln!(
         out,

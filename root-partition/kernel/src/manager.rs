@@ -40,8 +40,8 @@ impl Manager {
     /// A SynIC message for the root: to the worker whose port it came in on.
     pub fn on_message(&mut self, m: &hv1_abi::message::Message) {
         let owner = crate::worker::partition_of_port(m.header.sender);
-        match self.workers.iter_mut().find(|w| Some(w.id) == owner) {
-            Some(w) => w.on_message(m),
+        match owner.and_then(|(id, conn)| Some((self.workers.iter_mut().find(|w| w.id == id)?, conn))) {
+            Some((w, connection)) => w.on_message(connection, m),
             None => crate::println!(
                 "root: SynIC message on port {:#x} with no partition behind it (type {})",
                 m.header.sender,
@@ -169,6 +169,10 @@ impl Manager {
     /// timer interrupt). Returns false if nothing was runnable.
     pub fn run_children_for_a_tick(&mut self) -> bool {
         let start = crate::timer::ticks();
+        // Messages children had no room for get another try each tick.
+        for w in self.workers.iter_mut() {
+            w.flush_outbox();
+        }
         let mut ran = false;
         while crate::timer::ticks() == start {
             if !self.schedule_one() {

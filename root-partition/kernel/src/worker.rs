@@ -99,23 +99,49 @@ pub struct Worker {
     pub messages: u64,
     /// Echo replies hv-core accepted.
     pub replies: u64,
-    /// Echo replies hv-core refused (child SynIC off, or its queue full).
+    /// Replies dropped: hv-core refused them (child SynIC off) or the outbox
+    /// was full.
     pub replies_refused: u64,
+    /// Messages for the child waiting for room in its SynIC queue.
+    outbox: alloc::collections::VecDeque<(u32, Vec<u8>)>,
+    /// The child's VMBus server (offers the echo device).
+    pub vmbus: vmbus::server::Server,
+    /// Messages refused as protocol violations or of unknown type.
+    pub vmbus_violations: u64,
 }
 
-/// The connection id a child posts on to reach its worker
-/// (`VMBUS_MESSAGE_CONNECTION_ID` in Linux `include/linux/hyperv.h`).
-pub const MESSAGE_CONNECTION_ID: u32 = 1;
+/// The connection ids a child posts on to reach its worker: VMBus's
+/// `VMBUS_MESSAGE_CONNECTION_ID` and `VMBUS_MESSAGE_CONNECTION_ID_4` (Linux
+/// `include/linux/hyperv.h`; 4 is used from protocol 5.0 on).
+pub const MESSAGE_CONNECTION_IDS: [u32; 2] = [
+    vmbus::protocol::MESSAGE_CONNECTION_ID,
+    vmbus::protocol::MESSAGE_CONNECTION_ID_4,
+];
 
-/// The root port receiving partition `id`'s messages (port ids are
-/// system-wide, so the partition id is part of it).
-pub fn message_port_id(id: u64) -> Option<u32> {
-    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(1)
+/// Messages a worker holds for a child that is not taking them; beyond this
+/// they are dropped (and counted), so a stuck child cannot grow the root.
+const OUTBOX_LIMIT: usize = 64;
+
+/// Message type of the worker's diagnostic echo service (VMBus channel
+/// messages are type 1).
+pub const ECHO_MESSAGE_TYPE: u32 = 0x100;
+
+/// Interface type of the echo device the worker offers on VMBus (a GUID of
+/// our own, wire byte order).
+pub const ECHO_INTERFACE: [u8; 16] = *b"hv-rs echo dev\x00\x01";
+
+/// The root port receiving partition `id`'s messages on `connection` (port
+/// ids are system-wide: partition id in the high bits, connection id low).
+pub fn message_port_id(id: u64, connection: u32) -> Option<u32> {
+    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(connection)
 }
 
-/// The partition a root message port belongs to.
-pub fn partition_of_port(port: u64) -> Option<u64> {
-    (port & 0xFF == 1).then_some(port >> 8)
+/// The partition and connection id a root message port belongs to.
+pub fn partition_of_port(port: u64) -> Option<(u64, u32)> {
+    let connection = (port & 0xFF) as u32;
+    MESSAGE_CONNECTION_IDS
+        .contains(&connection)
+        .then_some((port >> 8, connection))
 }
 
 /// The child's port the worker replies on, and the root's connection id for
@@ -160,6 +186,9 @@ impl Worker {
             messages: 0,
             replies: 0,
             replies_refused: 0,
+            vmbus: vmbus::server::Server::new(pages_needed),
+            vmbus_violations: 0,
+            outbox: alloc::collections::VecDeque::new(),
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -202,54 +231,145 @@ impl Worker {
         }
         // The child's message connection: its posts land in the root's SynIC
         // (VP 0, the VMBus SINT). hv-core drops both when the partition goes.
-        let port = message_port_id(self.id)
-            .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
         let info = PortInfo {
             port_type: port_type::MESSAGE,
             target_sint: crate::synic::MESSAGE_SINT as u32,
             ..PortInfo::default()
         };
-        hv::create_port(hv1_abi::ROOT_PARTITION_ID, port, self.id, info).map_err(hvfail("CreatePort"))?;
-        hv::connect_port(self.id, MESSAGE_CONNECTION_ID, hv1_abi::ROOT_PARTITION_ID, port)
-            .map_err(hvfail("ConnectPort"))?;
+        for connection in MESSAGE_CONNECTION_IDS {
+            let port = message_port_id(self.id, connection)
+                .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
+            hv::create_port(hv1_abi::ROOT_PARTITION_ID, port, self.id, info).map_err(hvfail("CreatePort"))?;
+            hv::connect_port(self.id, connection, hv1_abi::ROOT_PARTITION_ID, port)
+                .map_err(hvfail("ConnectPort"))?;
+        }
         // And the way back: a port in the child (VP 0, same SINT) the root
         // connects to.
         let reply =
             reply_port_id(self.id).ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
         hv::create_port(self.id, reply, hv1_abi::ROOT_PARTITION_ID, info).map_err(hvfail("CreatePort"))?;
         hv::connect_port(hv1_abi::ROOT_PARTITION_ID, reply, self.id, reply).map_err(hvfail("ConnectPort"))?;
+        // Its bus starts with one device: the echo channel.
+        let mut instance = [0u8; 16];
+        instance[..8].copy_from_slice(&self.id.to_le_bytes());
+        self.vmbus.offer(vmbus::server::OfferSpec {
+            interface_type: ECHO_INTERFACE,
+            interface_instance: instance,
+            channel_flags: 0,
+            user_defined: [0; 120],
+        });
         self.load()
     }
 
-    /// A message the child posted on its message connection. Until the VMBus
-    /// server takes these over, the worker is an echo service: it logs the
-    /// message (printable payload bytes only: the child chooses them) and
-    /// posts it back prefixed with "echo: " on the child's reply port. A
-    /// child that has no SynIC enabled or lets its queue fill just gets no
-    /// reply (counted).
-    pub fn on_message(&mut self, m: &Message) {
+    /// A message the child posted on `connection`: VMBus channel messages go
+    /// to its VMBus server, [`ECHO_MESSAGE_TYPE`] to the echo service, and
+    /// anything else is counted and dropped.
+    pub fn on_message(&mut self, connection: u32, m: &Message) {
         self.messages += 1;
         let len = usize::from(m.header.payload_size).min(m.payload.len());
-        let text: String = m.payload[..len]
+        match m.header.message_type {
+            vmbus::protocol::VMBUS_MESSAGE_TYPE => self.on_vmbus_message(connection, &m.payload[..len]),
+            ECHO_MESSAGE_TYPE => self.echo(&m.payload[..len]),
+            other => {
+                self.vmbus_violations += 1;
+                crate::println!(
+                    "root: partition {}: message of unknown type {other:#x} dropped",
+                    self.id
+                );
+            }
+        }
+    }
+
+    /// The echo service: log the message (printable bytes only: the child
+    /// chooses them) and post it back prefixed with "echo: " on the child's
+    /// reply port. A child with no SynIC, or a full queue, gets no reply
+    /// (counted).
+    fn echo(&mut self, payload: &[u8]) {
+        let text: String = payload
             .iter()
             .map(|&b| if (0x20..0x7F).contains(&b) { b as char } else { '.' })
             .collect();
         crate::println!(
-            "root: partition {} message {} (type {}, {len} bytes): {text}",
+            "root: partition {} message {} (echo, {} bytes): {text}",
             self.id,
             self.messages,
-            m.header.message_type
+            payload.len()
         );
         let mut reply = [0u8; 240];
         reply[..6].copy_from_slice(b"echo: ");
-        let n = len.min(reply.len() - 6);
-        reply[6..6 + n].copy_from_slice(&m.payload[..n]);
-        let sent = reply_port_id(self.id)
-            .ok_or(HvStatus::INVALID_PORT_ID)
-            .and_then(|conn| hv::post_message(conn, m.header.message_type, &reply[..6 + n]));
-        match sent {
-            Ok(()) => self.replies += 1,
-            Err(_) => self.replies_refused += 1,
+        let n = payload.len().min(reply.len() - 6);
+        reply[6..6 + n].copy_from_slice(&payload[..n]);
+        self.reply(ECHO_MESSAGE_TYPE, &reply[..6 + n]);
+    }
+
+    /// Queue a message for the child and try to send what is queued.
+    fn reply(&mut self, message_type: u32, bytes: &[u8]) {
+        if self.outbox.len() >= OUTBOX_LIMIT {
+            // The child has stopped taking messages: drop, and say so in `info`.
+            self.replies_refused += 1;
+            return;
+        }
+        self.outbox.push_back((message_type, bytes.to_vec()));
+        self.flush_outbox();
+    }
+
+    /// Post queued messages in order until hv-core says the child's slot and
+    /// queue are full (HV_STATUS_INSUFFICIENT_BUFFERS: retried later, as
+    /// Linux's `vmbus_post_msg` retries); any other refusal drops the message.
+    pub fn flush_outbox(&mut self) {
+        let Some(conn) = reply_port_id(self.id) else {
+            return;
+        };
+        while let Some((message_type, bytes)) = self.outbox.front() {
+            match hv::post_message(conn, *message_type, bytes) {
+                Ok(()) => self.replies += 1,
+                Err(HvStatus::INSUFFICIENT_BUFFERS) => return,
+                Err(_) => self.replies_refused += 1,
+            }
+            self.outbox.pop_front();
+        }
+    }
+
+    /// Messages waiting for room in the child's SynIC.
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// A VMBus channel message: run the server, report what it did, and post
+    /// its answers. A protocol violation is reported and changes nothing.
+    fn on_vmbus_message(&mut self, connection: u32, bytes: &[u8]) {
+        let id = self.id;
+        match self.vmbus.handle(connection, bytes) {
+            Ok(events) => {
+                for e in events {
+                    match e {
+                        vmbus::server::Event::Connected(v) => crate::println!(
+                            "root: partition {id} vmbus: connected at version {}.{}",
+                            v.0 >> 16,
+                            v.0 & 0xFFFF
+                        ),
+                        vmbus::server::Event::Opened { relid, info, gpadl } => crate::println!(
+                            "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
+                            info.ring_gpadl,
+                            gpadl.page_count(),
+                            info.downstream_page_offset
+                        ),
+                        vmbus::server::Event::Closed { relid } => {
+                            crate::println!("root: partition {id} vmbus: channel {relid} closed")
+                        }
+                        vmbus::server::Event::Unloaded => {
+                            crate::println!("root: partition {id} vmbus: unloaded")
+                        }
+                    }
+                }
+            }
+            Err(v) => {
+                self.vmbus_violations += 1;
+                crate::println!("root: partition {id} vmbus: refused a message: {v:?}");
+            }
+        }
+        while let Some((_vp, answer)) = self.vmbus.next_message() {
+            self.reply(vmbus::protocol::VMBUS_MESSAGE_TYPE, &answer);
         }
     }
 

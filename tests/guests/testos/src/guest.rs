@@ -94,6 +94,8 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
         "synic" => synic_messages(name),
+        "vmbus" => vmbus_session(name, None),
+        "vmbus-2.4" => vmbus_session(name, Some(&[vmbus::version::Version::WIN8])),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -324,6 +326,8 @@ const SIEF_GPA: u64 = 0xD000;
 const MESSAGE_SINT: u64 = 2;
 /// The connection id the root's worker gives every child for messages.
 const MESSAGE_CONNECTION_ID: u32 = 1;
+/// The root worker's echo service message type.
+const ECHO_MESSAGE_TYPE: u32 = 0x100;
 
 /// HvPostMessage with raw fields (the input page is ours).
 fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &[u8]) -> HypercallResult {
@@ -414,7 +418,12 @@ fn synic_messages(name: &str) -> ! {
             len: 0,
         };
         let _ = write!(text, "ping {sent} from {name}");
-        let r = post_raw(MESSAGE_CONNECTION_ID, 1, text.len as u32, &text.bytes[..text.len]);
+        let r = post_raw(
+            MESSAGE_CONNECTION_ID,
+            ECHO_MESSAGE_TYPE,
+            text.len as u32,
+            &text.bytes[..text.len],
+        );
         match r.status {
             HvStatus::SUCCESS => sent += 1,
             HvStatus::INSUFFICIENT_BUFFERS => refused += 1,
@@ -435,6 +444,141 @@ fn synic_messages(name: &str) -> ! {
     }
     say!("testos {name}: synic done: {replies} replies to {sent} posts");
     halt_forever()
+}
+
+// ---- VMBus ----
+
+/// The heap the VMBus client allocates from.
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+const HEAP_SIZE: usize = 256 * 1024;
+
+/// Ring pages for the echo channel: 2 pages each way (control page + one
+/// data page), page-aligned; the child's page tables are an identity map, so
+/// a page's address is its GPA.
+#[repr(C, align(4096))]
+struct RingPages([u8; 4 * 4096]);
+
+static mut RING: RingPages = RingPages([0; 4 * 4096]);
+
+fn init_heap() {
+    static mut AREA: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
+    // SAFETY: called once, before any allocation; the area is ours for good.
+    unsafe {
+        HEAP.lock()
+            .init(core::ptr::addr_of_mut!(AREA).cast::<u8>(), HEAP_SIZE)
+    };
+}
+
+fn enable_synic() {
+    wrmsr(msr::SIMP, SIMP_GPA | 1);
+    wrmsr(msr::SIEFP, SIEF_GPA | 1);
+    wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 18) | 0x50);
+    wrmsr(msr::SCONTROL, 1);
+}
+
+/// Connect to the root's VMBus server, take the offers, build a ring GPADL
+/// for the echo channel, open and close it, tear the GPADL down and unload:
+/// the control plane end to end over HvPostMessage and the SynIC.
+fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! {
+    use vmbus::client::{Client, ClientEvent};
+    init_heap();
+    enable_hypercalls();
+    enable_synic();
+    let mut client = Client::new(versions, 0);
+    client.connect();
+    let mut buf = [0u8; 240];
+    let mut echo_relid = None;
+    let mut handle = 0;
+    loop {
+        while let Some((connection, bytes)) = client.next_message() {
+            let r = post_raw(
+                connection,
+                vmbus::protocol::VMBUS_MESSAGE_TYPE,
+                bytes.len() as u32,
+                &bytes,
+            );
+            if r.status != HvStatus::SUCCESS {
+                say!(
+                    "testos {name}: vmbus post on connection {connection} failed: {:?}",
+                    r.status
+                );
+            }
+        }
+        let Some((message_type, n)) = take_message(&mut buf) else {
+            core::hint::spin_loop();
+            continue;
+        };
+        if message_type != vmbus::protocol::VMBUS_MESSAGE_TYPE {
+            say!("testos {name}: unexpected message type {message_type:#x}");
+            continue;
+        }
+        let events = match client.handle(&buf[..n]) {
+            Ok(e) => e,
+            Err(e) => {
+                say!("testos {name}: vmbus: bad message from the host: {e:?}");
+                continue;
+            }
+        };
+        for event in events {
+            match event {
+                ClientEvent::Connected(v) => {
+                    say!(
+                        "testos {name}: vmbus connected at version {}.{}",
+                        v.0 >> 16,
+                        v.0 & 0xFFFF
+                    )
+                }
+                ClientEvent::ConnectFailed => {
+                    say!("testos {name}: vmbus: no version accepted");
+                    halt_forever()
+                }
+                ClientEvent::Offer(o) => {
+                    let interface = o.interface_type;
+                    let text = core::str::from_utf8(&interface[..14]).unwrap_or("?");
+                    say!(
+                        "testos {name}: vmbus offer relid {} ({text}), signal connection {:#x}",
+                        o.child_relid,
+                        o.connection_id
+                    );
+                    if &interface[..14] == b"hv-rs echo dev" {
+                        echo_relid = Some(o.child_relid);
+                    }
+                }
+                ClientEvent::AllOffersDelivered => {
+                    let Some(relid) = echo_relid else {
+                        say!("testos {name}: vmbus: no echo device offered");
+                        halt_forever()
+                    };
+                    let base = core::ptr::addr_of!(RING) as u64;
+                    let pfns: [u64; 4] = core::array::from_fn(|i| (base >> 12) + i as u64);
+                    handle = client.create_gpadl(relid, &pfns);
+                    say!("testos {name}: vmbus all offers in; gpadl {handle:#x} for relid {relid}");
+                }
+                ClientEvent::GpadlCreated { handle: h, status } => {
+                    say!("testos {name}: vmbus gpadl {h:#x} created, status {status:#x}");
+                    if let (Some(relid), 0) = (echo_relid, status) {
+                        client.open(relid, h, 2, 0);
+                    }
+                }
+                ClientEvent::OpenResult { relid, status } => {
+                    say!("testos {name}: vmbus channel {relid} open result {status:#x}");
+                    client.close(relid);
+                    client.teardown(relid, handle);
+                }
+                ClientEvent::GpadlTorndown(h) => {
+                    say!("testos {name}: vmbus gpadl {h:#x} torn down");
+                    client.unload();
+                }
+                ClientEvent::Unloaded => {
+                    say!("testos {name}: vmbus unloaded; vmbus done");
+                    halt_forever()
+                }
+                other => say!("testos {name}: vmbus event {other:?}"),
+            }
+        }
+    }
 }
 
 #[panic_handler]

@@ -15,6 +15,9 @@
 #![cfg_attr(target_os = "none", allow(unsafe_code))]
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 mod guest;
 
 /// Built for the host (e.g. `cargo clippy --workspace`), this is not a kernel.
