@@ -23,6 +23,7 @@ fn session(mode: &str, version: &str) {
         "vmbus all offers in; gpadl 0xe1e10 for relid 1".to_string(),
         "vmbus gpadl 0xe1e10 created, status 0x0".to_string(),
         "vmbus channel 1 open result 0x0".to_string(),
+        "vmbus echo: 200 of 200 round trips ok".to_string(),
         "vmbus gpadl 0xe1e10 torn down".to_string(),
         "vmbus unloaded; vmbus done".to_string(),
     ] {
@@ -56,4 +57,53 @@ fn linux_version_list_negotiates_5_3() {
 #[test]
 fn a_2_4_client_connects_on_connection_1() {
     session("vmbus-2.4", "2.4");
+}
+
+#[test]
+fn channels_shows_live_ring_state() {
+    let mut m = Machine::boot("vmbus-channels", "", None);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    // Before the child connects: offered, no version.
+    let created = m.hvctl("create holder --memory 8M --image testos --mode vmbus-hold");
+    assert!(created.contains("partition 4 (holder) created"), "{created}");
+    let before = m.hvctl_json("channels 4 --json");
+    assert_eq!(before["version"], "", "{before}");
+    assert_eq!(before["channels"][0]["state"], "offered", "{before}");
+    assert!(m.hvctl("start 4").contains("started"));
+    m.wait_text("console 4", "holding channel 1 open");
+    let v = m.hvctl_json("channels 4 --json");
+    assert_eq!(v["version"], "5.3", "{v}");
+    let ch = &v["channels"][0];
+    assert_eq!(ch["relid"], 1, "{v}");
+    assert_eq!(ch["state"], "open", "{v}");
+    assert_eq!(ch["connection_id"], 0x2001, "{v}");
+    assert_eq!(ch["downstream_page_offset"], 2, "{v}");
+    assert_eq!(ch["packets"], 200, "{v}");
+    assert_eq!(ch["broken"], "", "{v}");
+    for ring in ["guest_to_host", "host_to_guest"] {
+        let r = &ch[ring];
+        assert_eq!(r["bytes_pending"], 0, "{ring} drained: {v}");
+        assert_eq!(r["read_index"], r["write_index"], "{ring}: {v}");
+        assert_eq!(r["data_size"], 4096, "{ring}: {v}");
+        assert_eq!(r["interrupt_mask"], 0, "{ring}: {v}");
+        assert!(r["write_index"].as_u64().unwrap() > 0, "{ring} was used: {v}");
+    }
+    // The child signals once per packet (its ring was empty each time), the
+    // root once per echo.
+    assert_eq!(ch["signals_received"], 200, "{v}");
+    assert_eq!(ch["signals_sent"], 200, "{v}");
+    let text = m.hvctl("channels 4");
+    assert!(text.contains("partition 4 VMBus: version 5.3"), "{text}");
+    assert!(text.contains("relid 1: open"), "{text}");
+    assert!(text.contains("200 packets echoed"), "{text}");
+    // Bad input: a clear error, nothing changed.
+    assert!(
+        m.hvctl("channels 99").contains("error: no partition 99"),
+        "channels 99"
+    );
+    assert!(
+        m.hvctl("channels 1")
+            .contains("error: the root partition is the VMBus host")
+    );
+    assert!(m.hvctl("channels").contains("error: missing partition id"));
 }

@@ -30,6 +30,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
         Command::List { json } => list(m, boot, json, out),
         Command::Info { id, json, .. } if id == hv1_abi::ROOT_PARTITION_ID => root_info(m, boot, json, out),
         Command::Info { id, json, checksum } => info(m, id, json, checksum, out),
+        Command::Channels { id, json } => channels(m, id, json, out),
         Command::Console { id } => {
             return match m.get(id) {
                 Ok(_) => Effect::Attach(id),
@@ -566,4 +567,144 @@ fn mem(boot: &BootReport, m: &Manager, json: bool, out: &mut String) {
             );
         }
     }
+}
+
+fn guid_text(g: &[u8; 16]) -> String {
+    let mut s = String::new();
+    for (i, b) in g.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn ring_json(state: Option<vmbus::ring::RingState>) -> String {
+    let mut s = String::new();
+    match state {
+        Some(r) => Object::new(&mut s)
+            .num("read_index", u64::from(r.read_index))
+            .num("write_index", u64::from(r.write_index))
+            .num("bytes_pending", r.bytes_pending)
+            .num("data_size", r.data_size)
+            .num("interrupt_mask", u64::from(r.interrupt_mask))
+            .num("pending_send_size", u64::from(r.pending_send_size))
+            .num("feature_bits", u64::from(r.feature_bits))
+            .end(),
+        None => s.push_str("null"),
+    }
+    s
+}
+
+fn ring_text(state: Option<vmbus::ring::RingState>) -> String {
+    match state {
+        Some(r) => format!(
+            "read {:#x} write {:#x} pending {} of {} bytes, interrupt mask {}, pending_send_sz {}",
+            r.read_index, r.write_index, r.bytes_pending, r.data_size, r.interrupt_mask, r.pending_send_size
+        ),
+        None => String::from("unreadable"),
+    }
+}
+
+/// `channels ID`: the child's VMBus as its server and devices see it.
+fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String> {
+    if id == hv1_abi::ROOT_PARTITION_ID {
+        return Err(String::from(
+            "the root partition is the VMBus host; give a child's id",
+        ));
+    }
+    let w = m.get(id)?;
+    let version = w
+        .vmbus
+        .version()
+        .map(|v| format!("{}.{}", v.0 >> 16, v.0 & 0xFFFF));
+    let rows: Vec<(u32, &vmbus::server::Channel, Option<&crate::echo::EchoChannel>)> = w
+        .vmbus
+        .channels()
+        .iter()
+        .map(|(relid, c)| (*relid, c, w.channels.iter().find(|e| e.relid == *relid)))
+        .collect();
+    let state_name = |c: &vmbus::server::Channel| match c.state {
+        vmbus::server::ChannelState::Offered => "offered",
+        vmbus::server::ChannelState::Open(_) => "open",
+        vmbus::server::ChannelState::Rescinded => "rescinded",
+    };
+    if json {
+        let items: Vec<String> = rows
+            .iter()
+            .map(|(relid, c, dev)| {
+                let mut s = String::new();
+                let mut o = Object::new(&mut s)
+                    .num("relid", u64::from(*relid))
+                    .str("interface", &guid_text(&c.offer.interface_type))
+                    .str("instance", &guid_text(&c.offer.interface_instance))
+                    .str("state", state_name(c))
+                    .num("connection_id", u64::from(c.connection_id));
+                if let vmbus::server::ChannelState::Open(info) = &c.state {
+                    o = o
+                        .num("ring_gpadl", u64::from(info.ring_gpadl))
+                        .num("downstream_page_offset", u64::from(info.downstream_page_offset))
+                        .num("target_vp", u64::from(info.target_vp));
+                }
+                if let Some(d) = dev {
+                    let (up, down) = d.states();
+                    o = o
+                        .raw("guest_to_host", &ring_json(up))
+                        .raw("host_to_guest", &ring_json(down))
+                        .num("packets", d.packets)
+                        .num("signals_received", d.signals_in)
+                        .num("signals_sent", d.signals_out)
+                        .str("broken", &d.broken.map(|e| format!("{e:?}")).unwrap_or_default());
+                }
+                o.end();
+                s
+            })
+            .collect();
+        let mut list = String::new();
+        json::array(&mut list, items.iter().map(String::as_str));
+        let mut s = String::new();
+        Object::new(&mut s)
+            .num("id", id)
+            .str("version", version.as_deref().unwrap_or(""))
+            .num("messages", w.messages)
+            .num("violations", w.vmbus_violations)
+            .raw("channels", &list)
+            .end();
+        let _ = writeln!(out, "{s}");
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "partition {id} VMBus: {}; {} messages, {} refused",
+        version.map_or_else(|| String::from("not connected"), |v| format!("version {v}")),
+        w.messages,
+        w.vmbus_violations
+    );
+    if rows.is_empty() {
+        let _ = writeln!(out, "no channels offered");
+    }
+    for (relid, c, dev) in rows {
+        let _ = writeln!(
+            out,
+            "relid {relid}: {} interface {} connection {:#x}",
+            state_name(c),
+            guid_text(&c.offer.interface_type),
+            c.connection_id
+        );
+        if let Some(d) = dev {
+            let (up, down) = d.states();
+            let _ = writeln!(out, "  guest->host: {}", ring_text(up));
+            let _ = writeln!(out, "  host->guest: {}", ring_text(down));
+            let _ = writeln!(
+                out,
+                "  {} packets echoed, {} signals received, {} sent{}",
+                d.packets,
+                d.signals_in,
+                d.signals_out,
+                d.broken.map(|e| format!("; stopped: {e:?}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use hv1_abi::partition::{
     MapVpStatePageInput, PartitionPropertyInput, RegisterAssoc, RegisterName, RegisterValue,
     VP_STATE_PAGE_INTERCEPT_MESSAGE, VpRegistersHeader,
 };
-use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortInfo, PostMessageInput};
+use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortInfo, PortRefInput, PostMessageInput};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult, msr};
 use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
 use zerocopy::{FromBytes, IntoBytes};
@@ -384,6 +384,35 @@ pub fn connect_port(connector: u64, connection_id: u32, owner: u64, port_id: u32
         proximity_domain_info: 0,
     };
     simple_call(HvCallCode::CONNECT_PORT, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallSignalEvent (fast) from the root: set flag `flag` behind `connection_id`.
+pub fn signal_event(connection_id: u32, flag: u16) -> Result<(), HvStatus> {
+    fast_call(
+        HvCallCode::SIGNAL_EVENT,
+        u64::from(connection_id) | (u64::from(flag) << 32),
+        0,
+    )
+}
+
+/// HvCallDisconnectPort.
+pub fn disconnect_port(connector: u64, connection_id: u32) -> Result<(), HvStatus> {
+    let input = PortRefInput {
+        partition_id: connector,
+        id: connection_id,
+        reserved: 0,
+    };
+    simple_call(HvCallCode::DISCONNECT_PORT, input.as_bytes()).map(|_| ())
+}
+
+/// HvCallDeletePort.
+pub fn delete_port(owner: u64, port_id: u32) -> Result<(), HvStatus> {
+    let input = PortRefInput {
+        partition_id: owner,
+        id: port_id,
+        reserved: 0,
+    };
+    simple_call(HvCallCode::DELETE_PORT, input.as_bytes()).map(|_| ())
 }
 
 /// HvCallPostMessage from the root on `connection_id`.

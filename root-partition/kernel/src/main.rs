@@ -25,6 +25,8 @@ mod commands;
 #[cfg(target_os = "none")]
 mod disk;
 #[cfg(target_os = "none")]
+mod echo;
+#[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
 mod manager;

@@ -37,6 +37,13 @@ impl Manager {
         }
     }
 
+    /// Serve every child's open channels (after a SynIC event).
+    pub fn poll_channels(&mut self) {
+        for w in self.workers.iter_mut() {
+            w.poll_channels();
+        }
+    }
+
     /// A SynIC message for the root: to the worker whose port it came in on.
     pub fn on_message(&mut self, m: &hv1_abi::message::Message) {
         let owner = crate::worker::partition_of_port(m.header.sender);

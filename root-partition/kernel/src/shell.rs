@@ -254,6 +254,9 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         if interrupts != synic_seen {
             synic_seen = interrupts;
             crate::synic::drain(|m| manager.on_message(m));
+            if crate::synic::take_events() {
+                manager.poll_channels();
+            }
         }
         if !manager.run_children_for_a_tick() {
             // Nothing to run: sleep until the next tick.

@@ -90,3 +90,21 @@ pub fn drain(mut deliver: impl FnMut(&Message)) -> usize {
     }
     taken
 }
+
+/// Clear and report the event flags of [`MESSAGE_SINT`] (channels signal
+/// there; the root serves every open channel when any flag was set).
+pub fn take_events() -> bool {
+    let sief = SIEF.load(Ordering::Relaxed);
+    if sief == 0 {
+        return false;
+    }
+    let flags = sief + MESSAGE_SINT * 256;
+    let mut any = false;
+    for word in 0..32 {
+        // SAFETY: the SIEF page is the root's (allocated in `init`); hv-core
+        // sets bits only while the root is stopped; an aligned u64 swap.
+        let w = unsafe { &*((flags + word * 8) as *const core::sync::atomic::AtomicU64) };
+        any |= w.swap(0, Ordering::AcqRel) != 0;
+    }
+    any
+}

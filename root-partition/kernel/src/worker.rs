@@ -104,6 +104,8 @@ pub struct Worker {
     pub replies_refused: u64,
     /// Messages for the child waiting for room in its SynIC queue.
     outbox: alloc::collections::VecDeque<(u32, Vec<u8>)>,
+    /// Open channels with their device.
+    pub channels: Vec<crate::echo::EchoChannel>,
     /// The child's VMBus server (offers the echo device).
     pub vmbus: vmbus::server::Server,
     /// Messages refused as protocol violations or of unknown type.
@@ -142,6 +144,25 @@ pub fn partition_of_port(port: u64) -> Option<(u64, u32)> {
     MESSAGE_CONNECTION_IDS
         .contains(&connection)
         .then_some((port >> 8, connection))
+}
+
+/// The child's event port (VP 0, the VMBus SINT, all 2048 flags: flag n is
+/// channel relid n, as Linux's `vmbus_chan_sched` reads them), and the root's
+/// connection id for it.
+pub fn child_event_port_id(id: u64) -> Option<u32> {
+    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(3)
+}
+
+/// The root's event port for channel `relid` of partition `id` (relids up
+/// to 127 per partition have one).
+pub fn channel_port_id(id: u64, relid: u32) -> Option<u32> {
+    if relid >= 0x80 {
+        return None;
+    }
+    u32::try_from(id)
+        .ok()?
+        .checked_mul(256)?
+        .checked_add(0x80 + relid)
 }
 
 /// The child's port the worker replies on, and the root's connection id for
@@ -189,6 +210,7 @@ impl Worker {
             vmbus: vmbus::server::Server::new(pages_needed),
             vmbus_violations: 0,
             outbox: alloc::collections::VecDeque::new(),
+            channels: Vec::new(),
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -249,6 +271,19 @@ impl Worker {
             reply_port_id(self.id).ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
         hv::create_port(self.id, reply, hv1_abi::ROOT_PARTITION_ID, info).map_err(hvfail("CreatePort"))?;
         hv::connect_port(hv1_abi::ROOT_PARTITION_ID, reply, self.id, reply).map_err(hvfail("ConnectPort"))?;
+        // Channel interrupts for the child: the root sets flag `relid`.
+        let events = child_event_port_id(self.id)
+            .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
+        let event_info = PortInfo {
+            port_type: port_type::EVENT,
+            target_sint: crate::synic::MESSAGE_SINT as u32,
+            flag_count: 2048,
+            ..PortInfo::default()
+        };
+        hv::create_port(self.id, events, hv1_abi::ROOT_PARTITION_ID, event_info)
+            .map_err(hvfail("CreatePort"))?;
+        hv::connect_port(hv1_abi::ROOT_PARTITION_ID, events, self.id, events)
+            .map_err(hvfail("ConnectPort"))?;
         // Its bus starts with one device: the echo channel.
         let mut instance = [0u8; 16];
         instance[..8].copy_from_slice(&self.id.to_le_bytes());
@@ -348,16 +383,28 @@ impl Worker {
                             v.0 >> 16,
                             v.0 & 0xFFFF
                         ),
-                        vmbus::server::Event::Opened { relid, info, gpadl } => crate::println!(
-                            "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
-                            info.ring_gpadl,
-                            gpadl.page_count(),
-                            info.downstream_page_offset
-                        ),
+                        vmbus::server::Event::Opened { relid, info, gpadl } => {
+                            if let Err(why) = self.open_echo(relid, &info, &gpadl) {
+                                self.vmbus_violations += 1;
+                                crate::println!(
+                                    "root: partition {id} vmbus: channel {relid} has no device: {why}"
+                                );
+                            }
+                            crate::println!(
+                                "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
+                                info.ring_gpadl,
+                                gpadl.page_count(),
+                                info.downstream_page_offset
+                            );
+                        }
                         vmbus::server::Event::Closed { relid } => {
+                            self.close_echo(relid);
                             crate::println!("root: partition {id} vmbus: channel {relid} closed")
                         }
                         vmbus::server::Event::Unloaded => {
+                            while let Some(relid) = self.channels.first().map(|c| c.relid) {
+                                self.close_echo(relid);
+                            }
                             crate::println!("root: partition {id} vmbus: unloaded")
                         }
                     }
@@ -370,6 +417,79 @@ impl Worker {
         }
         while let Some((_vp, answer)) = self.vmbus.next_message() {
             self.reply(vmbus::protocol::VMBUS_MESSAGE_TYPE, &answer);
+        }
+    }
+
+    /// Give an opened channel its device: map the ring GPADL's pages to the
+    /// root frames behind them, and route the child's signals to the root.
+    fn open_echo(
+        &mut self,
+        relid: u32,
+        info: &vmbus::server::OpenInfo,
+        gpadl: &vmbus::gpadl::Gpadl,
+    ) -> Result<(), String> {
+        let frames: Option<Vec<u64>> = gpadl
+            .pages()
+            .map(|gfn| self.pages.get(gfn as usize).copied())
+            .collect();
+        let frames = frames.ok_or_else(|| String::from("a ring page lies outside the child's memory"))?;
+        let connection_id = self
+            .vmbus
+            .channels()
+            .get(&relid)
+            .map(|c| c.connection_id)
+            .ok_or_else(|| String::from("unknown relid"))?;
+        let port = channel_port_id(self.id, relid).ok_or_else(|| String::from("relid too large"))?;
+        let channel = crate::echo::EchoChannel::new(
+            relid,
+            connection_id,
+            port,
+            frames,
+            info.downstream_page_offset as usize,
+        )
+        .map_err(|e| format!("rings: {e:?}"))?;
+        let event_info = PortInfo {
+            port_type: port_type::EVENT,
+            target_sint: crate::synic::MESSAGE_SINT as u32,
+            base_flag_number: relid as u16,
+            flag_count: 1,
+            ..PortInfo::default()
+        };
+        hv::create_port(hv1_abi::ROOT_PARTITION_ID, port, self.id, event_info)
+            .map_err(|s| format!("CreatePort: {s:?}"))?;
+        if let Err(s) = hv::connect_port(self.id, connection_id, hv1_abi::ROOT_PARTITION_ID, port) {
+            let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, port);
+            return Err(format!("ConnectPort: {s:?}"));
+        }
+        self.channels.push(channel);
+        Ok(())
+    }
+
+    fn close_echo(&mut self, relid: u32) {
+        if let Some(at) = self.channels.iter().position(|c| c.relid == relid) {
+            let c = self.channels.remove(at);
+            let _ = hv::disconnect_port(self.id, c.connection_id);
+            let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, c.event_port);
+        }
+    }
+
+    /// Serve every open channel; signal the child where the rings say so.
+    pub fn poll_channels(&mut self) {
+        let Some(events) = child_event_port_id(self.id) else {
+            return;
+        };
+        for c in self.channels.iter_mut() {
+            let was_broken = c.broken.is_some();
+            if c.poll() && hv::signal_event(events, c.relid as u16).is_err() {
+                c.signals_out -= 1;
+            }
+            if !was_broken && let Some(e) = &c.broken {
+                crate::println!(
+                    "root: partition {} vmbus: channel {} stopped: the child broke its ring ({e:?})",
+                    self.id,
+                    c.relid
+                );
+            }
         }
     }
 

@@ -53,6 +53,13 @@ pub enum Command {
         /// Also checksum the partition's memory (reads all of it).
         checksum: bool,
     },
+    /// `channels ID [--json]`: the partition's VMBus offers and open channels.
+    Channels {
+        /// Partition id.
+        id: u64,
+        /// JSON output.
+        json: bool,
+    },
     /// `console ID`.
     Console {
         /// Partition id.
@@ -153,6 +160,10 @@ pub const HELP: &[(&str, &str)] = &[
         "info ID [--json]",
         "one partition: exits by reason, memory map, VP registers, crash reason",
     ),
+    (
+        "channels ID [--json]",
+        "a child's VMBus: version, offers, open channels with live ring state and signal counts",
+    ),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
         "create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]",
@@ -211,7 +222,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = all.remove(0);
     let json = all.contains(&"--json");
     // `--json` is accepted only by commands with a JSON form (checked below).
-    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv");
+    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels");
     if takes_json {
         all.retain(|w| *w != "--json");
     }
@@ -236,6 +247,11 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             let id = w.id()?;
             let json = w.json;
             w.done(Command::Info { id, json, checksum })?
+        }
+        "channels" => {
+            let id = w.id()?;
+            let json = w.json;
+            w.done(Command::Channels { id, json })?
         }
         "console" => {
             let id = w.id()?;
@@ -373,6 +389,14 @@ mod tests {
 
     fn ok(line: &str) -> Command {
         parse(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn channels_command() {
+        assert_eq!(ok("channels 4"), Command::Channels { id: 4, json: false });
+        assert_eq!(ok("channels 4 --json"), Command::Channels { id: 4, json: true });
+        assert_eq!(parse("channels").unwrap_err().to_string(), "missing partition id");
+        assert!(parse("channels 4 5").is_err());
     }
 
     #[test]

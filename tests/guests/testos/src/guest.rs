@@ -94,8 +94,9 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
         "synic" => synic_messages(name),
-        "vmbus" => vmbus_session(name, None),
-        "vmbus-2.4" => vmbus_session(name, Some(&[vmbus::version::Version::WIN8])),
+        "vmbus" => vmbus_session(name, None, false),
+        "vmbus-2.4" => vmbus_session(name, Some(&[vmbus::version::Version::WIN8]), false),
+        "vmbus-hold" => vmbus_session(name, None, true),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -479,9 +480,10 @@ fn enable_synic() {
 }
 
 /// Connect to the root's VMBus server, take the offers, build a ring GPADL
-/// for the echo channel, open and close it, tear the GPADL down and unload:
+/// for the echo channel, open it, echo packets through the rings, close it
+/// (unless `hold`), tear the GPADL down and unload:
 /// the control plane end to end over HvPostMessage and the SynIC.
-fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! {
+fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>, hold: bool) -> ! {
     use vmbus::client::{Client, ClientEvent};
     init_heap();
     enable_hypercalls();
@@ -490,6 +492,7 @@ fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! 
     client.connect();
     let mut buf = [0u8; 240];
     let mut echo_relid = None;
+    let mut signal_connection = 0;
     let mut handle = 0;
     loop {
         while let Some((connection, bytes)) = client.next_message() {
@@ -544,6 +547,7 @@ fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! 
                     );
                     if &interface[..14] == b"hv-rs echo dev" {
                         echo_relid = Some(o.child_relid);
+                        signal_connection = o.connection_id;
                     }
                 }
                 ClientEvent::AllOffersDelivered => {
@@ -564,6 +568,13 @@ fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! 
                 }
                 ClientEvent::OpenResult { relid, status } => {
                     say!("testos {name}: vmbus channel {relid} open result {status:#x}");
+                    if status == 0 {
+                        echo_round_trips(name, relid, signal_connection);
+                        if hold {
+                            say!("testos {name}: vmbus holding channel {relid} open");
+                            halt_forever()
+                        }
+                    }
                     client.close(relid);
                     client.teardown(relid, handle);
                 }
@@ -579,6 +590,133 @@ fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>) -> ! 
             }
         }
     }
+}
+
+/// Ring memory at a fixed place in this partition (the `RING` pages).
+struct StaticMemory {
+    base: u64,
+    len: u64,
+}
+
+impl StaticMemory {
+    fn check(&self, offset: u64, len: u64) -> Result<u64, vmbus::memory::OutOfBounds> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(self.base + offset),
+            _ => Err(vmbus::memory::OutOfBounds { offset, len }),
+        }
+    }
+}
+
+impl vmbus::memory::SharedMemory for StaticMemory {
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), vmbus::memory::OutOfBounds> {
+        let at = self.check(offset, buf.len() as u64)?;
+        // SAFETY: inside the RING pages (checked); the root writes them only
+        // as the ring protocol allows.
+        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), vmbus::memory::OutOfBounds> {
+        let at = self.check(offset, data.len() as u64)?;
+        // SAFETY: as in `read_at`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
+        Ok(())
+    }
+    fn load_u32(&self, offset: u64) -> Result<u32, vmbus::memory::OutOfBounds> {
+        let at = self.check(offset, 4)?;
+        // SAFETY: an aligned u32 inside the RING pages (offsets are the
+        // ring's own 4-byte-aligned control words).
+        let word = unsafe { &*(at as *const core::sync::atomic::AtomicU32) };
+        Ok(word.load(core::sync::atomic::Ordering::Acquire))
+    }
+    fn store_u32(&self, offset: u64, value: u32) -> Result<(), vmbus::memory::OutOfBounds> {
+        let at = self.check(offset, 4)?;
+        // SAFETY: as in `load_u32`.
+        let word = unsafe { &*(at as *const core::sync::atomic::AtomicU32) };
+        word.store(value, core::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Echo packets the child sends through the root.
+const ECHO_ROUND_TRIPS: u64 = 200;
+
+/// Send packets on the echo channel's guest-to-host ring (pages 0-1 of
+/// RING) and wait for each to come back on the host-to-guest ring (pages
+/// 2-3), signalling the root through HvSignalEvent when the ring says so.
+fn echo_round_trips(name: &str, relid: u32, connection: u32) {
+    use vmbus::packet::{Descriptor, PacketType};
+    use vmbus::ring::{Reader, Ring, Writer};
+    use zerocopy::IntoBytes;
+    let base = core::ptr::addr_of!(RING) as u64;
+    let (Ok(up), Ok(down)) = (
+        Ring::new(StaticMemory { base, len: 2 * 4096 }),
+        Ring::new(StaticMemory {
+            base: base + 2 * 4096,
+            len: 2 * 4096,
+        }),
+    ) else {
+        say!("testos {name}: vmbus echo: bad ring geometry");
+        return;
+    };
+    let (mut writer, mut reader) = (Writer::new(up), Reader::new(down));
+    let signal = HypercallControl {
+        fast: true,
+        ..HypercallControl::simple(HvCallCode::SIGNAL_EVENT)
+    }
+    .encode();
+    let mut buf = [0u8; 512];
+    let (mut ok, mut signals) = (0u64, 0u64);
+    for i in 0..ECHO_ROUND_TRIPS {
+        let mut text = Buf {
+            bytes: [0; 64],
+            len: 0,
+        };
+        let _ = write!(text, "echo packet {i} on relid {relid}");
+        let payload = &text.bytes[..text.len];
+        let d = Descriptor::new(
+            PacketType::DATA_INBAND,
+            16,
+            payload.len(),
+            0,
+            0xE000_0000_0000_0000 | i,
+        );
+        match writer.write(&[d.as_bytes(), payload]) {
+            Ok(s) if s.0 => {
+                signals += 1;
+                let r = hypercall(signal, connection as u64, 0);
+                if r.status != HvStatus::SUCCESS {
+                    say!("testos {name}: vmbus echo: signal failed: {:?}", r.status);
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                say!("testos {name}: vmbus echo: write failed: {e:?}");
+                return;
+            }
+        }
+        let packet = loop {
+            match reader.read(&mut buf) {
+                Ok(Some((p, _))) => break p,
+                Ok(None) => core::hint::spin_loop(),
+                Err(e) => {
+                    say!("testos {name}: vmbus echo: read failed: {e:?}");
+                    return;
+                }
+            }
+        };
+        let range = packet.descriptor.payload();
+        let back = buf.get(range.start..range.start + payload.len()).unwrap_or(&[]);
+        if packet.descriptor.transaction_id == 0xE000_0000_0000_0000 | i && back == payload {
+            ok += 1;
+        } else {
+            say!("testos {name}: vmbus echo: packet {i} came back wrong");
+        }
+    }
+    say!("testos {name}: vmbus echo: {ok} of {ECHO_ROUND_TRIPS} round trips ok, {signals} signals sent");
 }
 
 #[panic_handler]
