@@ -788,6 +788,12 @@ fn run_vp(
         if cpu.finish(outcome) {
             stats.injected += 1;
         }
+        // The child just posted or signalled to the root: end the dispatch so
+        // the root takes its SynIC interrupt now rather than at its next timer
+        // tick (one CPU: the root is the one waiting).
+        if !bus.root_pending.is_empty() {
+            return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+        }
     }
     Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE))
 }

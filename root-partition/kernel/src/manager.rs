@@ -181,7 +181,10 @@ impl Manager {
             w.flush_outbox();
         }
         let mut ran = false;
-        while crate::timer::ticks() == start {
+        let synic = crate::synic::interrupts();
+        // The tick ends early when a SynIC interrupt arrives: the main loop
+        // serves messages and channels before running children again.
+        while crate::timer::ticks() == start && crate::synic::interrupts() == synic {
             if !self.schedule_one() {
                 break;
             }

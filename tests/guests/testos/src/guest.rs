@@ -94,9 +94,16 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
         "synic" => synic_messages(name),
-        "vmbus" => vmbus_session(name, None, false),
-        "vmbus-2.4" => vmbus_session(name, Some(&[vmbus::version::Version::WIN8]), false),
-        "vmbus-hold" => vmbus_session(name, None, true),
+        "vmbus" => vmbus_session(name, None, false, ECHO_ROUND_TRIPS),
+        "vmbus-2.4" => vmbus_session(
+            name,
+            Some(&[vmbus::version::Version::WIN8]),
+            false,
+            ECHO_ROUND_TRIPS,
+        ),
+        "vmbus-hold" => vmbus_session(name, None, true, ECHO_ROUND_TRIPS),
+        "vmbus-bench" => vmbus_session(name, None, true, BENCH_ROUND_TRIPS),
+        "null-hypercalls" => null_hypercalls(name),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -483,7 +490,12 @@ fn enable_synic() {
 /// for the echo channel, open it, echo packets through the rings, close it
 /// (unless `hold`), tear the GPADL down and unload:
 /// the control plane end to end over HvPostMessage and the SynIC.
-fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>, hold: bool) -> ! {
+fn vmbus_session(
+    name: &str,
+    versions: Option<&[vmbus::version::Version]>,
+    hold: bool,
+    round_trips: u64,
+) -> ! {
     use vmbus::client::{Client, ClientEvent};
     init_heap();
     enable_hypercalls();
@@ -569,7 +581,7 @@ fn vmbus_session(name: &str, versions: Option<&[vmbus::version::Version]>, hold:
                 ClientEvent::OpenResult { relid, status } => {
                     say!("testos {name}: vmbus channel {relid} open result {status:#x}");
                     if status == 0 {
-                        echo_round_trips(name, relid, signal_connection);
+                        echo_round_trips(name, relid, signal_connection, round_trips);
                         if hold {
                             say!("testos {name}: vmbus holding channel {relid} open");
                             halt_forever()
@@ -640,13 +652,32 @@ impl vmbus::memory::SharedMemory for StaticMemory {
     }
 }
 
-/// Echo packets the child sends through the root.
+/// Echo packets the child sends through the root (`vmbus-bench`: more, for
+/// the QEMU benchmark).
 const ECHO_ROUND_TRIPS: u64 = 200;
+const BENCH_ROUND_TRIPS: u64 = 20_000;
+/// Calls the benchmark baseline makes.
+const NULL_HYPERCALLS: u64 = 100_000;
+
+/// Round trips the benchmark baseline makes: HvGetPartitionId, the cheapest
+/// call that still reaches hv-core.
+fn null_hypercalls(name: &str) -> ! {
+    enable_hypercalls();
+    let out = child::HYPERCALL_OUTPUT_GPA;
+    let mut ok = 0u64;
+    for _ in 0..NULL_HYPERCALLS {
+        if hypercall(simple(HvCallCode::GET_PARTITION_ID), 0, out).status == HvStatus::SUCCESS {
+            ok += 1;
+        }
+    }
+    say!("testos {name}: {ok} of {NULL_HYPERCALLS} null hypercalls done");
+    halt_forever()
+}
 
 /// Send packets on the echo channel's guest-to-host ring (pages 0-1 of
 /// RING) and wait for each to come back on the host-to-guest ring (pages
 /// 2-3), signalling the root through HvSignalEvent when the ring says so.
-fn echo_round_trips(name: &str, relid: u32, connection: u32) {
+fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
     use vmbus::packet::{Descriptor, PacketType};
     use vmbus::ring::{Reader, Ring, Writer};
     use zerocopy::IntoBytes;
@@ -669,7 +700,7 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32) {
     .encode();
     let mut buf = [0u8; 512];
     let (mut ok, mut signals) = (0u64, 0u64);
-    for i in 0..ECHO_ROUND_TRIPS {
+    for i in 0..count {
         let mut text = Buf {
             bytes: [0; 64],
             len: 0,
@@ -716,7 +747,7 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32) {
             say!("testos {name}: vmbus echo: packet {i} came back wrong");
         }
     }
-    say!("testos {name}: vmbus echo: {ok} of {ECHO_ROUND_TRIPS} round trips ok, {signals} signals sent");
+    say!("testos {name}: vmbus echo: {ok} of {count} round trips ok, {signals} signals sent");
 }
 
 #[panic_handler]
