@@ -104,6 +104,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "vmbus-hold" => vmbus_session(name, None, true, ECHO_ROUND_TRIPS),
         "vmbus-bench" => vmbus_session(name, None, true, BENCH_ROUND_TRIPS),
         "null-hypercalls" => null_hypercalls(name),
+        "vmbus-conformance" => conformance(name),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -466,9 +467,12 @@ const HEAP_SIZE: usize = 256 * 1024;
 /// data page), page-aligned; the child's page tables are an identity map, so
 /// a page's address is its GPA.
 #[repr(C, align(4096))]
-struct RingPages([u8; 4 * 4096]);
+struct RingPages([u8; RING_PAGES * 4096]);
 
-static mut RING: RingPages = RingPages([0; 4 * 4096]);
+/// Pages set aside for rings (the conformance run opens up to 8 + 8).
+const RING_PAGES: usize = 16;
+
+static mut RING: RingPages = RingPages([0; RING_PAGES * 4096]);
 
 fn init_heap() {
     static mut AREA: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
@@ -678,19 +682,37 @@ fn null_hypercalls(name: &str) -> ! {
 /// RING) and wait for each to come back on the host-to-guest ring (pages
 /// 2-3), signalling the root through HvSignalEvent when the ring says so.
 fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
+    if echo_through(name, relid, connection, count, 2, 2) == Some(count) {
+        say!("testos {name}: vmbus echo: {count} of {count} round trips ok");
+    }
+}
+
+/// Echo `count` packets through rings of `up` and `down` pages at the start
+/// of RING; returns how many came back right (None: the ring failed).
+fn echo_through(
+    name: &str,
+    relid: u32,
+    connection: u32,
+    count: u64,
+    up_pages: u64,
+    down_pages: u64,
+) -> Option<u64> {
     use vmbus::packet::{Descriptor, PacketType};
     use vmbus::ring::{Reader, Ring, Writer};
     use zerocopy::IntoBytes;
     let base = core::ptr::addr_of!(RING) as u64;
     let (Ok(up), Ok(down)) = (
-        Ring::new(StaticMemory { base, len: 2 * 4096 }),
         Ring::new(StaticMemory {
-            base: base + 2 * 4096,
-            len: 2 * 4096,
+            base,
+            len: up_pages * 4096,
+        }),
+        Ring::new(StaticMemory {
+            base: base + up_pages * 4096,
+            len: down_pages * 4096,
         }),
     ) else {
         say!("testos {name}: vmbus echo: bad ring geometry");
-        return;
+        return None;
     };
     let (mut writer, mut reader) = (Writer::new(up), Reader::new(down));
     let signal = HypercallControl {
@@ -720,13 +742,13 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
                 let r = hypercall(signal, connection as u64, 0);
                 if r.status != HvStatus::SUCCESS {
                     say!("testos {name}: vmbus echo: signal failed: {:?}", r.status);
-                    return;
+                    return None;
                 }
             }
             Ok(_) => {}
             Err(e) => {
                 say!("testos {name}: vmbus echo: write failed: {e:?}");
-                return;
+                return None;
             }
         }
         let packet = loop {
@@ -735,7 +757,7 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
                 Ok(None) => core::hint::spin_loop(),
                 Err(e) => {
                     say!("testos {name}: vmbus echo: read failed: {e:?}");
-                    return;
+                    return None;
                 }
             }
         };
@@ -747,7 +769,383 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
             say!("testos {name}: vmbus echo: packet {i} came back wrong");
         }
     }
-    say!("testos {name}: vmbus echo: {ok} of {count} round trips ok, {signals} signals sent");
+    let _ = signals;
+    Some(ok)
+}
+
+// ---- VMBus conformance against the real root ----
+
+/// Poll budget for one reply (TCG runs some 10^8 simple loop iterations a
+/// second; the root answers within a tick).
+const REPLY_SPINS: u64 = 200_000_000;
+
+/// The client and the SynIC transport under it.
+struct Bus {
+    client: vmbus::client::Client,
+    buf: [u8; 240],
+}
+
+impl Bus {
+    fn new(versions: Option<&[vmbus::version::Version]>) -> Self {
+        Self {
+            client: vmbus::client::Client::new(versions, 0),
+            buf: [0; 240],
+        }
+    }
+
+    /// Post everything the client queued.
+    fn flush(&mut self) -> Result<(), alloc::string::String> {
+        while let Some((connection, bytes)) = self.client.next_message() {
+            let r = post_raw(
+                connection,
+                vmbus::protocol::VMBUS_MESSAGE_TYPE,
+                bytes.len() as u32,
+                &bytes,
+            );
+            if r.status != HvStatus::SUCCESS {
+                return Err(alloc::format!("post on connection {connection}: {:?}", r.status));
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush, then take host messages until an event satisfies `want`.
+    fn until(
+        &mut self,
+        what: &str,
+        want: impl Fn(&vmbus::client::ClientEvent) -> bool,
+    ) -> Result<vmbus::client::ClientEvent, alloc::string::String> {
+        self.flush()?;
+        for _ in 0..64 {
+            let mut spins = 0u64;
+            let n = loop {
+                if let Some((t, n)) = take_message(&mut self.buf) {
+                    if t != vmbus::protocol::VMBUS_MESSAGE_TYPE {
+                        return Err(alloc::format!("message type {t:#x}"));
+                    }
+                    break n;
+                }
+                spins += 1;
+                if spins > REPLY_SPINS {
+                    return Err(alloc::format!("no reply while waiting for {what}"));
+                }
+                core::hint::spin_loop();
+            };
+            let events = self
+                .client
+                .handle(&self.buf[..n])
+                .map_err(|e| alloc::format!("host message: {e:?}"))?;
+            self.flush()?;
+            if let Some(e) = events.into_iter().find(|e| want(e)) {
+                return Ok(e);
+            }
+        }
+        Err(alloc::format!("64 messages without {what}"))
+    }
+
+    fn connect(&mut self) -> Result<vmbus::version::Version, alloc::string::String> {
+        use vmbus::client::ClientEvent;
+        self.client.connect();
+        match self.until("VERSION_RESPONSE", |e| {
+            matches!(e, ClientEvent::Connected(_) | ClientEvent::ConnectFailed)
+        })? {
+            ClientEvent::Connected(v) => {
+                self.until("ALLOFFERS_DELIVERED", |e| {
+                    matches!(e, ClientEvent::AllOffersDelivered)
+                })?;
+                Ok(v)
+            }
+            _ => Err(alloc::string::String::from("no version accepted")),
+        }
+    }
+
+    fn unload(&mut self) -> Result<(), alloc::string::String> {
+        self.client.unload();
+        self.until("UNLOAD_RESPONSE", |e| {
+            matches!(e, vmbus::client::ClientEvent::Unloaded)
+        })
+        .map(|_| ())
+    }
+
+    fn gpadl(&mut self, relid: u32, pfns: &[u64]) -> Result<(u32, u32), alloc::string::String> {
+        let handle = self.client.create_gpadl(relid, pfns);
+        match self.until("GPADL_CREATED", |e| {
+            matches!(e, vmbus::client::ClientEvent::GpadlCreated { .. })
+        })? {
+            vmbus::client::ClientEvent::GpadlCreated { handle: h, status } if h == handle => Ok((h, status)),
+            other => Err(alloc::format!("{other:?}")),
+        }
+    }
+
+    fn teardown(&mut self, relid: u32, handle: u32) -> Result<(), alloc::string::String> {
+        self.client.teardown(relid, handle);
+        match self.until("GPADL_TORNDOWN", |e| {
+            matches!(e, vmbus::client::ClientEvent::GpadlTorndown(_))
+        })? {
+            vmbus::client::ClientEvent::GpadlTorndown(h) if h == handle => Ok(()),
+            other => Err(alloc::format!("{other:?}")),
+        }
+    }
+
+    fn open(&mut self, relid: u32, handle: u32, downstream: u32) -> Result<u32, alloc::string::String> {
+        self.client.open(relid, handle, downstream, 0);
+        match self.until("OPENCHANNEL_RESULT", |e| {
+            matches!(e, vmbus::client::ClientEvent::OpenResult { .. })
+        })? {
+            vmbus::client::ClientEvent::OpenResult { status, .. } => Ok(status),
+            other => Err(alloc::format!("{other:?}")),
+        }
+    }
+}
+
+fn ring_pfns(pages: u64) -> alloc::vec::Vec<u64> {
+    let base = core::ptr::addr_of!(RING) as u64 >> 12;
+    (0..pages).map(|i| base + i).collect()
+}
+
+/// Open the echo channel on `up + down` ring pages, echo `packets`, close,
+/// tear down.
+fn open_echo_close(
+    bus: &mut Bus,
+    name: &str,
+    up: u64,
+    down: u64,
+    packets: u64,
+) -> Result<(), alloc::string::String> {
+    clear_ring(up + down);
+    let (handle, status) = bus.gpadl(1, &ring_pfns(up + down))?;
+    if status != 0 {
+        return Err(alloc::format!("GPADL status {status:#x}"));
+    }
+    let status = bus.open(1, handle, up as u32)?;
+    if status != 0 {
+        return Err(alloc::format!("OPENCHANNEL_RESULT {status:#x}"));
+    }
+    let back = echo_through(name, 1, 0x2001, packets, up, down);
+    bus.client.close(1);
+    bus.flush()?;
+    bus.teardown(1, handle)?;
+    if back != Some(packets) {
+        return Err(alloc::format!("{back:?} of {packets} packets came back"));
+    }
+    Ok(())
+}
+
+/// Zero the first `pages` ring pages (a fresh ring starts at index 0).
+fn clear_ring(pages: u64) {
+    let base = core::ptr::addr_of_mut!(RING).cast::<u8>();
+    // SAFETY: the first `pages` (≤ RING_PAGES) pages of our own RING, not
+    // open to the root at this moment.
+    unsafe { core::ptr::write_bytes(base, 0, (pages.min(RING_PAGES as u64) * 4096) as usize) };
+}
+
+/// One case per line, `N passed, M failed` at the end.
+fn conformance(name: &str) -> ! {
+    use vmbus::version::Version;
+    init_heap();
+    enable_hypercalls();
+    enable_synic();
+    type Case = (
+        &'static str,
+        &'static str,
+        fn(&str) -> Result<(), alloc::string::String>,
+    );
+    let cases: [Case; 13] = [
+        (
+            "Q-NEG-01",
+            "every version 2.4-5.3 is accepted alone (version.c decide; vmbus-wire.md s2.1)",
+            |_| {
+                for v in vmbus::version::SUPPORTED.iter().rev() {
+                    let mut bus = Bus::new(Some(core::slice::from_ref(v)));
+                    let got = bus.connect()?;
+                    if got != *v {
+                        return Err(alloc::format!("asked {:#x}, got {:#x}", v.0, got.0));
+                    }
+                    bus.unload()?;
+                }
+                Ok(())
+            },
+        ),
+        (
+            "Q-NEG-02",
+            "an unsupported version (9.0) is refused, then 5.3 still connects",
+            |_| {
+                let mut bus = Bus::new(Some(&[Version(0x0009_0000)]));
+                if bus.connect().is_ok() {
+                    return Err("9.0 accepted".into());
+                }
+                let mut bus = Bus::new(None);
+                let v = bus.connect()?;
+                bus.unload()?;
+                if v != Version::WIN10_V5_3 {
+                    return Err(alloc::format!("got {:#x}", v.0));
+                }
+                Ok(())
+            },
+        ),
+        (
+            "Q-OFF-01",
+            "REQUESTOFFERS gets the echo offer (relid 1, connection 0x2001) then ALLOFFERS_DELIVERED",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let ok = bus.client.offers().get(&1).is_some_and(|o| {
+                    o.connection_id == 0x2001 && &o.interface_type[..14] == b"hv-rs echo dev"
+                });
+                bus.unload()?;
+                if ok {
+                    Ok(())
+                } else {
+                    Err("no echo offer on relid 1".into())
+                }
+            },
+        ),
+        ("Q-GPA-01", "a 1-page GPADL is created and torn down", |_| {
+            let mut bus = Bus::new(None);
+            bus.connect()?;
+            let (h, st) = bus.gpadl(1, &ring_pfns(1))?;
+            bus.teardown(1, h)?;
+            bus.unload()?;
+            if st == 0 {
+                Ok(())
+            } else {
+                Err(alloc::format!("status {st:#x}"))
+            }
+        }),
+        (
+            "Q-GPA-02",
+            "a 100-page GPADL crosses GPADL_BODY continuation",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let pfns: alloc::vec::Vec<u64> = (0x400..0x464).collect();
+                let (h, st) = bus.gpadl(1, &pfns)?;
+                bus.teardown(1, h)?;
+                bus.unload()?;
+                if st == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!("status {st:#x}"))
+                }
+            },
+        ),
+        (
+            "Q-GPA-03",
+            "a 1024-page GPADL (37 messages) is reassembled",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let pfns: alloc::vec::Vec<u64> = (0x400..0x800).collect();
+                let (h, st) = bus.gpadl(1, &pfns)?;
+                bus.teardown(1, h)?;
+                bus.unload()?;
+                if st == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!("status {st:#x}"))
+                }
+            },
+        ),
+        (
+            "Q-GPA-04",
+            "a GPADL page beyond the child's memory is refused (GPADL_CREATED failure)",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let (_, st) = bus.gpadl(1, &[0x10_0000])?;
+                bus.unload()?;
+                if st != 0 { Ok(()) } else { Err("accepted".into()) }
+            },
+        ),
+        (
+            "Q-OPN-01",
+            "open on a 2+2-page ring, 200 echoes (wraps the 4 KiB data area), close",
+            |n| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                open_echo_close(&mut bus, n, 2, 2, 200)?;
+                bus.unload()
+            },
+        ),
+        ("Q-OPN-02", "open on a 4+4-page ring, 200 echoes, close", |n| {
+            let mut bus = Bus::new(None);
+            bus.connect()?;
+            open_echo_close(&mut bus, n, 4, 4, 200)?;
+            bus.unload()
+        }),
+        (
+            "Q-OPN-03",
+            "open on 8+2 pages (asymmetric rings), 200 echoes, close",
+            |n| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                open_echo_close(&mut bus, n, 8, 2, 200)?;
+                bus.unload()
+            },
+        ),
+        (
+            "Q-OPN-04",
+            "close then reopen the same channel: echo works again",
+            |n| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                open_echo_close(&mut bus, n, 2, 2, 20)?;
+                open_echo_close(&mut bus, n, 2, 2, 20)?;
+                bus.unload()
+            },
+        ),
+        (
+            "Q-OPN-05",
+            "OPENCHANNEL for an unknown relid gets a failure result",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let (h, _) = bus.gpadl(1, &ring_pfns(4))?;
+                let st = bus.open(77, h, 2)?;
+                bus.teardown(1, h)?;
+                bus.unload()?;
+                if st != 0 {
+                    Ok(())
+                } else {
+                    Err("opened relid 77".into())
+                }
+            },
+        ),
+        (
+            "Q-BAD-01",
+            "truncated and unknown messages are refused; the bus keeps working",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                bus.client.post_raw(4, &[8, 0, 0]);
+                bus.client.post_raw(4, &[0x63, 0, 0, 0, 0, 0, 0, 0]);
+                bus.client.post_raw(4, &[5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+                let (h, st) = bus.gpadl(1, &ring_pfns(1))?;
+                bus.teardown(1, h)?;
+                bus.unload()?;
+                if st == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!("status {st:#x} after bad input"))
+                }
+            },
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (id, rule, run) in cases {
+        match run(name) {
+            Ok(()) => {
+                passed += 1;
+                say!("PASS {id} {rule}");
+            }
+            Err(why) => {
+                failed += 1;
+                say!("FAIL {id} {rule}: {why}");
+            }
+        }
+    }
+    say!("testos {name}: conformance: {passed} passed, {failed} failed");
+    halt_forever()
 }
 
 #[panic_handler]
