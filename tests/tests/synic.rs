@@ -101,3 +101,21 @@ fn child_messages_reach_the_root_and_echoes_come_back() {
     let console = m.wait_text("console 5", "synic done");
     assert!(console.contains("echo: ping 0 from pinger2"), "{console}");
 }
+
+/// A child taking SynIC interrupts (IDT, SINT on its own vector, auto-EOI):
+/// hv-core injects the vector when a reply lands in its slot.
+#[test]
+fn a_child_takes_synic_interrupts() {
+    let mut m = Machine::boot("synic-irq", "", None);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    let created = m.hvctl("create irq --memory 8M --image testos --mode synic-irq --start");
+    assert!(created.contains("created and started"), "{created}");
+    let console = m.wait_text("console 4", "replies read after their interrupt");
+    assert!(
+        console.contains("synic interrupts: 5 taken, 5 of 5 replies read after their interrupt"),
+        "{console}"
+    );
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["injected_exceptions"], 0, "{info}");
+    assert_eq!(info["state"], "running", "{info}");
+}
