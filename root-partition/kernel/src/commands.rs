@@ -655,6 +655,7 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                         .num("packets", d.packets)
                         .num("signals_received", d.signals_in)
                         .num("signals_sent", d.signals_out)
+                        .num("stalls", d.stalls)
                         .str("broken", &d.broken.map(|e| format!("{e:?}")).unwrap_or_default());
                 }
                 o.end();

@@ -112,6 +112,12 @@ pub struct EchoChannel {
     pub signals_in: u64,
     /// Why the channel stopped, if the child broke its rings.
     pub broken: Option<RingError>,
+    /// An echo the host-to-guest ring had no room for: written first on the
+    /// next poll, and nothing more is read until it is (flow control: the
+    /// child signals once it has read enough, per pending_send_sz).
+    held: Option<Vec<u8>>,
+    /// Times the root had to wait for the child to make room.
+    pub stalls: u64,
 }
 
 impl EchoChannel {
@@ -140,6 +146,8 @@ impl EchoChannel {
             signals_out: 0,
             signals_in: 0,
             broken: None,
+            held: None,
+            stalls: 0,
         })
     }
 
@@ -163,10 +171,42 @@ impl EchoChannel {
         }
     }
 
+    /// Write one echo; on a full ring keep it and ask the child (through
+    /// pending_send_sz, Linux `hv_pkt_iter_close`) to signal when there is
+    /// room. Returns Some(signal) if written, None if held.
+    fn send(&mut self, bytes: Vec<u8>) -> Result<Option<bool>, RingError> {
+        match self.writer.write(&[&bytes]) {
+            Ok(s) => {
+                if self.held.is_none() {
+                    self.writer.set_pending_send_size(0)?;
+                }
+                Ok(Some(s.0))
+            }
+            Err(RingError::Full { needed, .. }) => {
+                self.stalls += 1;
+                self.writer.set_pending_send_size(needed as u32)?;
+                self.held = Some(bytes);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn echo_all(&mut self) -> Result<bool, RingError> {
-        let mut buf = [0u8; 4096];
         let mut signal = false;
         let mut found = false;
+        if let Some(bytes) = self.held.take() {
+            found = true;
+            match self.send(bytes)? {
+                Some(s) => {
+                    signal |= s;
+                    self.packets += 1;
+                    self.writer.set_pending_send_size(0)?;
+                }
+                None => return Ok(false),
+            }
+        }
+        let mut buf = [0u8; 4096];
         while let Some((packet, read_signal)) = self.reader.read(&mut buf)? {
             found = true;
             signal |= read_signal.0;
@@ -175,17 +215,23 @@ impl EchoChannel {
             }
             let range = packet.descriptor.payload();
             let payload = buf.get(range.start..range.end.min(packet.len)).unwrap_or(&[]);
-            let payload_len = payload.len();
             let d = Descriptor::new(
                 PacketType::DATA_INBAND,
                 16,
-                payload_len,
+                payload.len(),
                 0,
                 packet.descriptor.transaction_id,
             );
-            let wrote = self.writer.write(&[d.as_bytes(), &payload[..payload_len]])?;
-            signal |= wrote.0;
-            self.packets += 1;
+            let mut bytes = Vec::with_capacity(16 + payload.len());
+            bytes.extend_from_slice(d.as_bytes());
+            bytes.extend_from_slice(payload);
+            match self.send(bytes)? {
+                Some(s) => {
+                    signal |= s;
+                    self.packets += 1;
+                }
+                None => break,
+            }
         }
         if found {
             self.signals_in += 1;

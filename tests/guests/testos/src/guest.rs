@@ -818,7 +818,12 @@ fn echo_through(
         }
         let packet = loop {
             match reader.read(&mut buf) {
-                Ok(Some((p, _))) => break p,
+                Ok(Some((p, read_signal))) => {
+                    if read_signal.0 {
+                        let _ = hypercall(signal, connection as u64, 0);
+                    }
+                    break p;
+                }
                 Ok(None) => core::hint::spin_loop(),
                 Err(e) => {
                     say!("testos {name}: vmbus echo: read failed: {e:?}");
@@ -1004,6 +1009,108 @@ fn clear_ring(pages: u64) {
     unsafe { core::ptr::write_bytes(base, 0, (pages.min(RING_PAGES as u64) * 4096) as usize) };
 }
 
+/// Q-FLOW-01: 20 packets of 200 bytes into a 4-page guest-to-host ring while
+/// not reading the 2-page host-to-guest ring (room for 18 echoes); the root
+/// must stall and ask for room through pending_send_sz, then finish once the
+/// child reads (each read that makes enough room signals the root).
+fn flow_control(name: &str) -> Result<(), alloc::string::String> {
+    use vmbus::memory::SharedMemory;
+    use vmbus::packet::{Descriptor, PacketType};
+    use vmbus::ring::{FEAT_PENDING_SEND_SZ, FEATURE_BITS, PENDING_SEND_SIZE, Reader, Ring, Writer};
+    use zerocopy::IntoBytes;
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    clear_ring(6);
+    let base = core::ptr::addr_of!(RING) as u64;
+    let up_mem = StaticMemory { base, len: 4 * 4096 };
+    let down_mem = StaticMemory {
+        base: base + 4 * 4096,
+        len: 2 * 4096,
+    };
+    // Like Linux's guest, advertise pending_send_sz on both rings.
+    let _ = up_mem.store_u32(FEATURE_BITS, FEAT_PENDING_SEND_SZ);
+    let _ = down_mem.store_u32(FEATURE_BITS, FEAT_PENDING_SEND_SZ);
+    let (handle, status) = bus.gpadl(1, &ring_pfns(6))?;
+    if status != 0 || bus.open(1, handle, 4)? != 0 {
+        return Err("open failed".into());
+    }
+    let probe = StaticMemory {
+        base: base + 4 * 4096,
+        len: 2 * 4096,
+    };
+    let (Ok(up), Ok(down)) = (Ring::new(up_mem), Ring::new(down_mem)) else {
+        return Err("ring geometry".into());
+    };
+    let (mut writer, mut reader) = (Writer::new(up), Reader::new(down));
+    let signal = HypercallControl {
+        fast: true,
+        ..HypercallControl::simple(HvCallCode::SIGNAL_EVENT)
+    }
+    .encode();
+    let payload = [0x5Au8; 200];
+    for i in 0..20u64 {
+        let d = Descriptor::new(PacketType::DATA_INBAND, 16, payload.len(), 0, i);
+        let s = writer
+            .write(&[d.as_bytes(), &payload])
+            .map_err(|e| alloc::format!("write {i}: {e:?}"))?;
+        if s.0 {
+            let _ = hypercall(signal, 0x2001, 0);
+        }
+    }
+    // The root fills our ring and asks for room.
+    let mut spins = 0u64;
+    let asked = loop {
+        let p = probe.load_u32(PENDING_SEND_SIZE).unwrap_or(0);
+        if p != 0 {
+            break p;
+        }
+        spins += 1;
+        if spins > REPLY_SPINS {
+            return Err("the root never set pending_send_sz".into());
+        }
+        core::hint::spin_loop();
+    };
+    let mut buf = [0u8; 512];
+    let (mut got, mut signals) = (0u64, 0u64);
+    while got < 20 {
+        let mut spins = 0u64;
+        let p = loop {
+            match reader.read(&mut buf).map_err(|e| alloc::format!("read: {e:?}"))? {
+                Some((p, s)) => {
+                    if s.0 {
+                        signals += 1;
+                        let _ = hypercall(signal, 0x2001, 0);
+                    }
+                    break p;
+                }
+                None => {
+                    spins += 1;
+                    if spins > REPLY_SPINS {
+                        return Err(alloc::format!("stuck after {got} echoes"));
+                    }
+                    core::hint::spin_loop();
+                }
+            }
+        };
+        if p.descriptor.transaction_id != got {
+            return Err(alloc::format!(
+                "echo {got} came back as {}",
+                p.descriptor.transaction_id
+            ));
+        }
+        got += 1;
+    }
+    bus.client.close(1);
+    bus.flush()?;
+    bus.teardown(1, handle)?;
+    bus.unload()?;
+    say!("testos {name}: flow control: root asked for {asked} bytes, {signals} room signals");
+    if signals == 0 {
+        return Err("no read ever signalled the root".into());
+    }
+    Ok(())
+}
+
 /// One case per line, `N passed, M failed` at the end.
 fn conformance(name: &str) -> ! {
     use vmbus::version::Version;
@@ -1015,7 +1122,7 @@ fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         (
             "Q-NEG-01",
             "every version 2.4-5.3 is accepted alone (version.c decide; vmbus-wire.md s2.1)",
@@ -1175,6 +1282,11 @@ fn conformance(name: &str) -> ! {
                     Err("opened relid 77".into())
                 }
             },
+        ),
+        (
+            "Q-FLOW-01",
+            "a full host-to-guest ring: the root holds its echo, sets pending_send_sz and resumes when the child reads and signals",
+            flow_control,
         ),
         (
             "Q-BAD-01",
