@@ -1111,6 +1111,101 @@ fn flow_control(name: &str) -> Result<(), alloc::string::String> {
     Ok(())
 }
 
+/// The SIEF flag the root sets for relid 1 on SINT 2.
+fn relid1_flag() -> *mut u8 {
+    (SIEF_GPA + MESSAGE_SINT * 256) as *mut u8
+}
+
+/// Open relid 1 on fresh 2+2 rings; returns the GPADL handle.
+fn open_fresh(bus: &mut Bus) -> Result<u32, alloc::string::String> {
+    clear_ring(4);
+    let (handle, status) = bus.gpadl(1, &ring_pfns(4))?;
+    if status != 0 || bus.open(1, handle, 2)? != 0 {
+        return Err("open failed".into());
+    }
+    Ok(handle)
+}
+
+fn close_and_teardown(bus: &mut Bus, handle: u32) -> Result<(), alloc::string::String> {
+    bus.client.close(1);
+    bus.flush()?;
+    bus.teardown(1, handle)
+}
+
+/// Q-MASK-01.
+fn interrupt_mask(name: &str) -> Result<(), alloc::string::String> {
+    use vmbus::memory::SharedMemory;
+    use vmbus::ring::INTERRUPT_MASK;
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    let handle = open_fresh(&mut bus)?;
+    let base = core::ptr::addr_of!(RING) as u64;
+    let down = StaticMemory {
+        base: base + 2 * 4096,
+        len: 2 * 4096,
+    };
+    let _ = down.store_u32(INTERRUPT_MASK, 1);
+    // SAFETY: our own SIEF page; the hypervisor sets bits only while we are stopped.
+    unsafe { relid1_flag().write_volatile(0) };
+    if echo_through(name, 1, 0x2001, 5, 2, 2) != Some(5) {
+        return Err("masked echoes did not come back".into());
+    }
+    // SAFETY: as above.
+    let masked = unsafe { relid1_flag().read_volatile() } & 2 != 0;
+    let _ = down.store_u32(INTERRUPT_MASK, 0);
+    // Continue on the same rings (indices carry on): one more echo.
+    let more = echo_continue(name, 1);
+    // SAFETY: as above.
+    let unmasked = unsafe { relid1_flag().read_volatile() } & 2 != 0;
+    close_and_teardown(&mut bus, handle)?;
+    bus.unload()?;
+    match (masked, more, unmasked) {
+        (false, true, true) => Ok(()),
+        _ => Err(alloc::format!(
+            "signalled while masked: {masked}; echo after unmask: {more}; signalled after: {unmask}",
+            unmask = unmasked
+        )),
+    }
+}
+
+/// One more echo on the already-open 2+2 rings (fresh Reader/Writer over the
+/// same memory pick the indices up from the control pages).
+fn echo_continue(name: &str, relid: u32) -> bool {
+    echo_through(name, relid, 0x2001, 1, 2, 2) == Some(1)
+}
+
+/// Q-BAD-02.
+fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
+    use vmbus::memory::SharedMemory;
+    use vmbus::ring::WRITE_INDEX;
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    let handle = open_fresh(&mut bus)?;
+    let base = core::ptr::addr_of!(RING) as u64;
+    let up = StaticMemory { base, len: 2 * 4096 };
+    // An unaligned write index past the data area, then a signal.
+    let _ = up.store_u32(WRITE_INDEX, 0x1_0003);
+    let signal = HypercallControl {
+        fast: true,
+        ..HypercallControl::simple(HvCallCode::SIGNAL_EVENT)
+    }
+    .encode();
+    let r = hypercall(signal, 0x2001, 0);
+    if r.status != HvStatus::SUCCESS {
+        return Err(alloc::format!("signal: {:?}", r.status));
+    }
+    close_and_teardown(&mut bus, handle)?;
+    let handle = open_fresh(&mut bus)?;
+    let back = echo_through(name, 1, 0x2001, 10, 2, 2);
+    close_and_teardown(&mut bus, handle)?;
+    bus.unload()?;
+    if back == Some(10) {
+        Ok(())
+    } else {
+        Err(alloc::format!("{back:?} of 10 after reopening"))
+    }
+}
+
 /// One case per line, `N passed, M failed` at the end.
 fn conformance(name: &str) -> ! {
     use vmbus::version::Version;
@@ -1122,7 +1217,7 @@ fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 14] = [
+    let cases: [Case; 16] = [
         (
             "Q-NEG-01",
             "every version 2.4-5.3 is accepted alone (version.c decide; vmbus-wire.md s2.1)",
@@ -1287,6 +1382,16 @@ fn conformance(name: &str) -> ! {
             "Q-FLOW-01",
             "a full host-to-guest ring: the root holds its echo, sets pending_send_sz and resumes when the child reads and signals",
             flow_control,
+        ),
+        (
+            "Q-MASK-01",
+            "with the host-to-guest ring's interrupt_mask set the root does not signal; unmasked it does",
+            interrupt_mask,
+        ),
+        (
+            "Q-BAD-02",
+            "a corrupt ring index stops that channel only; close and reopen on fresh rings works",
+            corrupt_ring,
         ),
         (
             "Q-BAD-01",
