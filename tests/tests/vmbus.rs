@@ -106,6 +106,17 @@ fn channels_shows_live_ring_state() {
             .contains("error: the root partition is the VMBus host")
     );
     assert!(m.hvctl("channels").contains("error: missing partition id"));
+    assert!(
+        m.hvctl("rescind 4 9")
+            .contains("error: partition 4 has no channel 9")
+    );
+    assert!(m.hvctl("rescind 99 1").contains("error: no partition 99"));
+    assert!(m.hvctl("rescind 4 0").contains("relid from 1 to 2047"));
+    let after = m.hvctl_json("channels 4 --json");
+    assert_eq!(
+        after["channels"][0]["state"], "open",
+        "a refused command changed nothing: {after}"
+    );
 }
 
 /// The QEMU half of the conformance suite (docs/vmbus.md): the test OS runs
@@ -119,13 +130,20 @@ fn conformance_cases_pass_between_a_real_child_and_the_root() {
         created.contains("partition 4 (conform) created and started"),
         "{created}"
     );
+    // Q-RES-01 needs the operator: rescind the open channel, then offer anew.
+    m.wait_text("console 4", "Q-RES-01 waiting for rescind");
+    let out = m.hvctl("rescind 4 1");
+    assert!(out.contains("partition 4: channel 1 rescinded"), "{out}");
+    m.wait_text("console 4", "Q-RES-01 waiting for a new offer");
+    let out = m.hvctl("offer 4");
+    assert!(out.contains("partition 4: echo device offered on relid"), "{out}");
     // The summary line, complete (up to its newline).
     let console = m.wait_text("console 4", " failed\n");
     println!("{console}");
-    assert!(console.contains("conformance: 16 passed, 0 failed"), "{console}");
+    assert!(console.contains("conformance: 17 passed, 0 failed"), "{console}");
     assert_eq!(
         console.lines().filter(|l| l.starts_with("PASS Q-")).count(),
-        16,
+        17,
         "{console}"
     );
     // The three bad messages of Q-BAD-01, the unknown relid of Q-OPN-05 and

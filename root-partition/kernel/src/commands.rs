@@ -31,6 +31,12 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
         Command::Info { id, json, .. } if id == hv1_abi::ROOT_PARTITION_ID => root_info(m, boot, json, out),
         Command::Info { id, json, checksum } => info(m, id, json, checksum, out),
         Command::Channels { id, json } => channels(m, id, json, out),
+        Command::Rescind { id, relid } => m.worker_mut(id).and_then(|w| w.rescind(relid)).map(|()| {
+            let _ = writeln!(out, "partition {id}: channel {relid} rescinded");
+        }),
+        Command::Offer { id } => m.worker_mut(id).and_then(|w| w.offer_echo()).map(|relid| {
+            let _ = writeln!(out, "partition {id}: echo device offered on relid {relid}");
+        }),
         Command::Console { id } => {
             return match m.get(id) {
                 Ok(_) => Effect::Attach(id),

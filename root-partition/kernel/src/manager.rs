@@ -71,6 +71,11 @@ impl Manager {
             .ok_or_else(|| no_such(id))
     }
 
+    /// A child's worker, for commands that change it.
+    pub fn worker_mut(&mut self, id: u64) -> Result<&mut Worker, String> {
+        self.get_mut(id)
+    }
+
     fn get_mut(&mut self, id: u64) -> Result<&mut Worker, String> {
         self.workers
             .iter_mut()

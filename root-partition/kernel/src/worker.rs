@@ -285,14 +285,8 @@ impl Worker {
         hv::connect_port(hv1_abi::ROOT_PARTITION_ID, events, self.id, events)
             .map_err(hvfail("ConnectPort"))?;
         // Its bus starts with one device: the echo channel.
-        let mut instance = [0u8; 16];
-        instance[..8].copy_from_slice(&self.id.to_le_bytes());
-        self.vmbus.offer(vmbus::server::OfferSpec {
-            interface_type: ECHO_INTERFACE,
-            interface_instance: instance,
-            channel_flags: 0,
-            user_defined: [0; 120],
-        });
+        self.offer_echo()
+            .map_err(|_| WorkerError::Hypervisor("offer", HvStatus::INSUFFICIENT_MEMORY))?;
         self.load()
     }
 
@@ -415,6 +409,42 @@ impl Worker {
                 crate::println!("root: partition {id} vmbus: refused a message: {v:?}");
             }
         }
+        self.flush_vmbus();
+    }
+
+    /// Offer another echo device; returns its relid.
+    pub fn offer_echo(&mut self) -> Result<u32, String> {
+        let mut instance = [0u8; 16];
+        instance[..8].copy_from_slice(&self.id.to_le_bytes());
+        instance[8..12].copy_from_slice(&(self.vmbus.channels().len() as u32).to_le_bytes());
+        let relid = self
+            .vmbus
+            .offer(vmbus::server::OfferSpec {
+                interface_type: ECHO_INTERFACE,
+                interface_instance: instance,
+                channel_flags: 0,
+                user_defined: [0; 120],
+            })
+            .ok_or_else(|| String::from("no free relid"))?;
+        self.flush_vmbus();
+        Ok(relid)
+    }
+
+    /// Rescind channel `relid`: its device stops now; the child is told to
+    /// close it and release the relid.
+    pub fn rescind(&mut self, relid: u32) -> Result<(), String> {
+        self.vmbus.rescind(relid).map_err(|_| {
+            format!(
+                "partition {} has no channel {relid} to rescind (see 'channels {}')",
+                self.id, self.id
+            )
+        })?;
+        self.close_echo(relid);
+        self.flush_vmbus();
+        Ok(())
+    }
+
+    fn flush_vmbus(&mut self) {
         while let Some((_vp, answer)) = self.vmbus.next_message() {
             self.reply(vmbus::protocol::VMBUS_MESSAGE_TYPE, &answer);
         }

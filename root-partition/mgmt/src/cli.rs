@@ -60,6 +60,18 @@ pub enum Command {
         /// JSON output.
         json: bool,
     },
+    /// `rescind ID RELID`: take a device away from a child's VMBus.
+    Rescind {
+        /// Partition id.
+        id: u64,
+        /// The channel.
+        relid: u32,
+    },
+    /// `offer ID`: offer (another) echo device on a child's VMBus.
+    Offer {
+        /// Partition id.
+        id: u64,
+    },
     /// `console ID`.
     Console {
         /// Partition id.
@@ -164,6 +176,11 @@ pub const HELP: &[(&str, &str)] = &[
         "channels ID [--json]",
         "a child's VMBus: version, offers, open channels with live ring state and signal counts",
     ),
+    (
+        "rescind ID RELID",
+        "take a VMBus device away from a child (it closes the channel and releases the relid)",
+    ),
+    ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
         "create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]",
@@ -252,6 +269,27 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             let id = w.id()?;
             let json = w.json;
             w.done(Command::Channels { id, json })?
+        }
+        "rescind" => {
+            let id = w.id()?;
+            if w.words.is_empty() {
+                return Err(ParseError::Missing("relid"));
+            }
+            let word = w.words.remove(0);
+            let relid = word
+                .parse::<u32>()
+                .ok()
+                .filter(|r| (1..=2047).contains(r))
+                .ok_or_else(|| ParseError::BadValue {
+                    option: "RELID",
+                    value: word.to_string(),
+                    expected: "a channel relid from 1 to 2047 (see 'channels ID')",
+                })?;
+            w.done(Command::Rescind { id, relid })?
+        }
+        "offer" => {
+            let id = w.id()?;
+            w.done(Command::Offer { id })?
         }
         "console" => {
             let id = w.id()?;
@@ -389,6 +427,22 @@ mod tests {
 
     fn ok(line: &str) -> Command {
         parse(line).unwrap().unwrap()
+    }
+
+    #[test]
+    fn rescind_and_offer_commands() {
+        assert_eq!(ok("rescind 4 1"), Command::Rescind { id: 4, relid: 1 });
+        assert_eq!(ok("offer 4"), Command::Offer { id: 4 });
+        assert_eq!(parse("rescind 4").unwrap_err().to_string(), "missing relid");
+        assert!(
+            parse("rescind 4 0")
+                .unwrap_err()
+                .to_string()
+                .contains("relid from 1 to 2047")
+        );
+        assert!(parse("rescind 4 x").is_err());
+        assert!(parse("offer").is_err());
+        assert!(parse("offer 4 5").is_err());
     }
 
     #[test]

@@ -1206,6 +1206,62 @@ fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
     }
 }
 
+/// Wait (up to `rounds` reply budgets) for an event the host sends when the
+/// operator acts.
+fn await_host(
+    bus: &mut Bus,
+    what: &str,
+    rounds: u32,
+    want: impl Fn(&vmbus::client::ClientEvent) -> bool + Copy,
+) -> Result<vmbus::client::ClientEvent, alloc::string::String> {
+    let mut last = alloc::string::String::new();
+    for _ in 0..rounds {
+        match bus.until(what, want) {
+            Ok(e) => return Ok(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Q-RES-01.
+fn rescind_and_reoffer(name: &str) -> Result<(), alloc::string::String> {
+    use vmbus::client::ClientEvent;
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    let _handle = open_fresh(&mut bus)?;
+    say!("testos {name}: Q-RES-01 waiting for rescind");
+    await_host(&mut bus, "RESCIND_CHANNELOFFER", 20, |e| {
+        matches!(e, ClientEvent::Rescinded(1))
+    })?;
+    if bus.client.offers().contains_key(&1) {
+        return Err("relid 1 still offered after the rescind".into());
+    }
+    say!("testos {name}: Q-RES-01 waiting for a new offer");
+    let relid = match await_host(&mut bus, "OFFERCHANNEL", 20, |e| {
+        matches!(e, ClientEvent::Offer(_))
+    })? {
+        ClientEvent::Offer(o) => o.child_relid,
+        _ => return Err("not an offer".into()),
+    };
+    clear_ring(4);
+    let (handle, status) = bus.gpadl(relid, &ring_pfns(4))?;
+    if status != 0 || bus.open(relid, handle, 2)? != 0 {
+        return Err(alloc::format!("opening the new relid {relid} failed"));
+    }
+    let connection = bus.client.offers().get(&relid).map_or(0, |o| o.connection_id);
+    let back = echo_through(name, relid, connection, 10, 2, 2);
+    bus.client.close(relid);
+    bus.flush()?;
+    bus.teardown(relid, handle)?;
+    bus.unload()?;
+    if back == Some(10) {
+        Ok(())
+    } else {
+        Err(alloc::format!("{back:?} of 10 on relid {relid}"))
+    }
+}
+
 /// One case per line, `N passed, M failed` at the end.
 fn conformance(name: &str) -> ! {
     use vmbus::version::Version;
@@ -1217,7 +1273,7 @@ fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 16] = [
+    let cases: [Case; 17] = [
         (
             "Q-NEG-01",
             "every version 2.4-5.3 is accepted alone (version.c decide; vmbus-wire.md s2.1)",
@@ -1411,6 +1467,12 @@ fn conformance(name: &str) -> ! {
                     Err(alloc::format!("status {st:#x} after bad input"))
                 }
             },
+        ),
+        // Last: needs the test harness to run `rescind 4 1` and `offer 4`.
+        (
+            "Q-RES-01",
+            "a rescinded open channel is closed and its relid released; a new offer can be opened",
+            rescind_and_reoffer,
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
