@@ -102,6 +102,8 @@ pub struct Worker {
     /// Replies dropped: hv-core refused them (child SynIC off) or the outbox
     /// was full.
     pub replies_refused: u64,
+    /// Console lines spent on the child's messages.
+    logged_messages: u32,
     /// Messages for the child waiting for room in its SynIC queue.
     outbox: alloc::collections::VecDeque<(u32, Vec<u8>)>,
     /// Open channels with their device.
@@ -123,6 +125,9 @@ pub const MESSAGE_CONNECTION_IDS: [u32; 2] = [
 /// Messages a worker holds for a child that is not taking them; beyond this
 /// they are dropped (and counted), so a stuck child cannot grow the root.
 const OUTBOX_LIMIT: usize = 64;
+
+/// Console lines a child's messages may produce (see `Worker::may_log`).
+const MESSAGE_LOG_LIMIT: u32 = 64;
 
 /// Message type of the worker's diagnostic echo service (VMBus channel
 /// messages are type 1).
@@ -210,6 +215,7 @@ impl Worker {
             vmbus: vmbus::server::Server::new(pages_needed),
             vmbus_violations: 0,
             outbox: alloc::collections::VecDeque::new(),
+            logged_messages: 0,
             channels: Vec::new(),
         };
         match w.build(pages_needed) {
@@ -301,12 +307,27 @@ impl Worker {
             ECHO_MESSAGE_TYPE => self.echo(&m.payload[..len]),
             other => {
                 self.vmbus_violations += 1;
-                crate::println!(
-                    "root: partition {}: message of unknown type {other:#x} dropped",
-                    self.id
-                );
+                if self.may_log() {
+                    crate::println!(
+                        "root: partition {}: message of unknown type {other:#x} dropped",
+                        self.id
+                    );
+                }
             }
         }
+    }
+
+    /// Lines a child's messages may put on the root's console: a child that
+    /// floods gets counted (`info`), not echoed to the operator forever.
+    fn may_log(&mut self) -> bool {
+        self.logged_messages += 1;
+        if self.logged_messages == MESSAGE_LOG_LIMIT {
+            crate::println!(
+                "root: partition {}: further messages are counted, not logged",
+                self.id
+            );
+        }
+        self.logged_messages < MESSAGE_LOG_LIMIT
     }
 
     /// The echo service: log the message (printable bytes only: the child
@@ -318,12 +339,14 @@ impl Worker {
             .iter()
             .map(|&b| if (0x20..0x7F).contains(&b) { b as char } else { '.' })
             .collect();
-        crate::println!(
-            "root: partition {} message {} (echo, {} bytes): {text}",
-            self.id,
-            self.messages,
-            payload.len()
-        );
+        if self.may_log() {
+            crate::println!(
+                "root: partition {} message {} (echo, {} bytes): {text}",
+                self.id,
+                self.messages,
+                payload.len()
+            );
+        }
         let mut reply = [0u8; 240];
         reply[..6].copy_from_slice(b"echo: ");
         let n = payload.len().min(reply.len() - 6);
@@ -406,7 +429,9 @@ impl Worker {
             }
             Err(v) => {
                 self.vmbus_violations += 1;
-                crate::println!("root: partition {id} vmbus: refused a message: {v:?}");
+                if self.may_log() {
+                    crate::println!("root: partition {id} vmbus: refused a message: {v:?}");
+                }
             }
         }
         self.flush_vmbus();
