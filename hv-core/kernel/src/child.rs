@@ -672,11 +672,11 @@ fn run_vp(
         // SAFETY: as in `Vp::vmcb` (a field borrow of `vp` is live, so the
         // helper method cannot be used here).
         crate::ipc::inject_pending(unsafe { &mut *(vmcb as *mut Vmcb) }, pending);
-        // SAFETY: the VMCB was set up by `init_vmcb` in hv-core's region with
-        // the shared IOPM/MSRPM and this child's NPT; it intercepts INTR with
+        // The VMCB was set up by `init_vmcb` in hv-core's region with the
+        // shared IOPM/MSRPM and this child's NPT; it intercepts INTR with
         // V_INTR_MASKING, so running with the host's IF set is allowed (and a
-        // physical interrupt always ends the run: no child can keep the CPU);
-        // this CPU alone runs it.
+        // physical interrupt always ends the run: no child can keep the CPU).
+        // SAFETY: a complete VMCB (above) that this CPU alone runs.
         unsafe { vmrun::run(&mut vp.regs, vmcb_pa, sh.host_save, true) };
         // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
         let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };

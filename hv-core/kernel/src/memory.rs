@@ -30,9 +30,9 @@ fn bootstrap_words(next: &mut u64, words: usize) -> &'static mut [u64] {
     let at = *next;
     let bytes = (words * 8) as u64;
     *next = (at + bytes).next_multiple_of(PAGE_SIZE);
-    // SAFETY: `at..at+bytes` lies in hv-core's region right after the image
-    // (the caller checked the region is large enough); it is handed out once
-    // and lives as long as hv-core.
+    // `at..at+bytes` lies in hv-core's region right after the image (the
+    // caller checked the region is large enough).
+    // SAFETY: that memory is handed out once and lives as long as hv-core.
     unsafe {
         core::ptr::write_bytes(at as *mut u64, 0, words);
         core::slice::from_raw_parts_mut(at as *mut u64, words)

@@ -316,9 +316,9 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         memory::region_used() / 1024
     );
     loop {
-        // SAFETY: the VMCB, IOPM, MSRPM and NPT were set up above in hv-core's
-        // region; this CPU alone runs it; SVME and VM_HSAVE_PA are set. The
-        // root's VMCB passes interrupts through, so hv-core's IF stays clear.
+        // The VMCB, IOPM, MSRPM and NPT were set up above in hv-core's region;
+        // the root's VMCB passes interrupts through, so hv-core's IF stays clear.
+        // SAFETY: complete VMCB, SVME and VM_HSAVE_PA set, this CPU alone runs it.
         unsafe { vmrun::run(&mut regs, vmcb_pa, host_save, false) };
         hv.handle_root_exit(vmcb, &mut regs);
         crate::ipc::inject_pending(vmcb, &mut hv.bus.root_pending);

@@ -46,10 +46,9 @@ impl SharedMemory for FrameMemory {
         while done < buf.len() {
             let at = offset + done as u64;
             let n = (4096 - (at % 4096) as usize).min(buf.len() - done);
-            // SAFETY: `at..at+n` lies in one frame the root lent to this child
-            // (checked above); the identity map covers it. The child may write
-            // it concurrently only in the sense of a racing peer, which the
-            // ring protocol tolerates: bytes are copied, never trusted.
+            // `at..at+n` lies in one frame the root lent to this child (checked
+            // above); a racing child only changes bytes that are copied, never trusted.
+            // SAFETY: identity-mapped RAM the root owns, in bounds.
             unsafe {
                 core::ptr::copy_nonoverlapping(self.phys(at) as *const u8, buf[done..].as_mut_ptr(), n)
             };

@@ -237,9 +237,9 @@ pub fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
 fn scratch(page: &AtomicU64) -> &'static mut [u8] {
     let phys = page.load(Ordering::Acquire);
     assert!(phys != 0, "hypercall pages not set up");
-    // SAFETY: a frame the root set aside for hypercall parameters; the root is
-    // single-threaded and never makes hypercalls from interrupt handlers, so
-    // this is the only live reference.
+    // A frame the root set aside for hypercall parameters; the root is
+    // single-threaded and never makes hypercalls from interrupt handlers.
+    // SAFETY: so this is the only live reference to that identity-mapped frame.
     unsafe { memory::phys_slice_mut(phys, 4096) }
 }
 

@@ -39,9 +39,9 @@ pub fn init() -> Result<(), OutOfMemory> {
     SIMP.store(simp, Ordering::Relaxed);
     SIEF.store(sief, Ordering::Relaxed);
     kernel_x86::traps::set_irq_handler(VECTOR, on_interrupt);
-    // SAFETY: the SynIC MSRs are hv-core's HV#1 interface (the root holds
-    // AccessSynicRegs); both pages are the root's own zeroed RAM, kept for
-    // the root's lifetime; VECTOR has a handler.
+    // The SynIC MSRs are hv-core's HV#1 interface (the root holds
+    // AccessSynicRegs); VECTOR has a handler.
+    // SAFETY: both pages are the root's own zeroed RAM, kept for good.
     unsafe {
         wrmsr(msr::SIMP, simp | 1);
         wrmsr(msr::SIEFP, sief | 1);
@@ -67,9 +67,8 @@ pub fn drain(mut deliver: impl FnMut(&Message)) -> usize {
     let slot = simp + MESSAGE_SINT * 256;
     let mut taken = 0;
     loop {
-        // SAFETY: the SIMP page is the root's (allocated in `init`); hv-core
-        // writes a slot only while the root is stopped, and the root reads it
-        // only here, single-threaded.
+        // hv-core writes a slot only while the root is stopped.
+        // SAFETY: the root's own SIMP page (from `init`), read only here.
         let bytes = unsafe { memory::phys_slice(slot, 256) };
         let Ok(message) = Message::read_from_bytes(bytes) else {
             break;

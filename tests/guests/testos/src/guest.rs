@@ -215,9 +215,9 @@ fn enable_hypercalls() {
 
 fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
     let rax: u64;
-    // SAFETY: the hypercall page holds the hypervisor's stub; inputs and
-    // outputs are this partition's own scratch pages (or deliberately bad GPAs
-    // the hypervisor must refuse without touching).
+    // Inputs and outputs are this partition's own scratch pages (or
+    // deliberately bad GPAs the hypervisor must refuse without touching).
+    // SAFETY: the hypercall page holds the hypervisor's stub.
     unsafe {
         asm!("call {page}", page = in(reg) child::HYPERCALL_PAGE_GPA, in("rcx") control, in("rdx") input,
              in("r8") output, lateout("rax") rax, clobber_abi("C"))
