@@ -42,6 +42,29 @@ pub struct Hv {
 }
 
 impl Hv {
+    /// The root's VP as the common emulation sees it.
+    fn root_cpu<'a>(
+        &'a mut self,
+        vmcb: &'a mut Vmcb,
+        regs: &'a mut GuestRegs,
+        profile: HvCpuidProfile,
+    ) -> Vcpu<'a> {
+        Vcpu {
+            vmcb,
+            regs,
+            guest_efer: &mut self.root_efer,
+            mem: &self.root_ram,
+            msrs: &mut self.root_msrs,
+            synic: &mut self.bus.root,
+            pending: &mut self.bus.root_pending,
+            partition: hv1_abi::ROOT_PARTITION_ID,
+            vp_index: 0,
+            profile,
+            ignore_unknown_msrs: false,
+            logged: &mut self.root_logged,
+        }
+    }
+
     /// Handle one exit of the root's VP.
     pub fn handle_root_exit(&mut self, vmcb: &mut Vmcb, regs: &mut GuestRegs) {
         let code = ExitCode(vmcb.control.exit_code);
@@ -61,20 +84,8 @@ impl Hv {
         if code == ExitCode::VMMCALL {
             return self.root_hypercall(vmcb, regs, profile);
         }
-        let mut cpu = Vcpu {
-            vmcb,
-            regs,
-            guest_efer: &mut self.root_efer,
-            mem: &self.root_ram,
-            msrs: &mut self.root_msrs,
-            synic: &mut self.bus.root,
-            pending: &mut self.bus.root_pending,
-            partition: hv1_abi::ROOT_PARTITION_ID,
-            vp_index: 0,
-            profile,
-            ignore_unknown_msrs: false,
-            logged: &mut self.root_logged,
-        };
+        let hv_region = self.hv_region.clone();
+        let mut cpu = self.root_cpu(vmcb, regs, profile);
         let outcome = match code {
             ExitCode::CPUID => cpu.cpuid(),
             ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
@@ -85,7 +96,7 @@ impl Hv {
                 // instruction; hv-core's memory is untouched.
                 let gpa = cpu.vmcb.control.exit_info2;
                 let info = cpu.vmcb.control.exit_info1;
-                let what = if self.hv_region.contains(&gpa) {
+                let what = if hv_region.contains(&gpa) {
                     "hv-core's region"
                 } else {
                     "unmapped memory"
@@ -123,21 +134,7 @@ impl Hv {
     }
 
     fn root_hypercall(&mut self, vmcb: &mut Vmcb, regs: &mut GuestRegs, profile: HvCpuidProfile) {
-        let allowed = Vcpu {
-            vmcb: &mut *vmcb,
-            regs: &mut *regs,
-            guest_efer: &mut self.root_efer,
-            mem: &self.root_ram,
-            msrs: &mut self.root_msrs,
-            synic: &mut self.bus.root,
-            pending: &mut self.bus.root_pending,
-            partition: hv1_abi::ROOT_PARTITION_ID,
-            vp_index: 0,
-            profile,
-            ignore_unknown_msrs: false,
-            logged: &mut self.root_logged,
-        }
-        .hypercall_allowed();
+        let allowed = self.root_cpu(&mut *vmcb, &mut *regs, profile).hypercall_allowed();
         let outcome = if allowed {
             let result = crate::hypercall::root_call(self, regs.rcx, regs.rdx, regs.r8);
             if result.status != HvStatus::SUCCESS {
@@ -148,20 +145,7 @@ impl Hv {
         } else {
             Outcome::UD
         };
-        let mut cpu = Vcpu {
-            vmcb,
-            regs,
-            guest_efer: &mut self.root_efer,
-            mem: &self.root_ram,
-            msrs: &mut self.root_msrs,
-            synic: &mut self.bus.root,
-            pending: &mut self.bus.root_pending,
-            partition: hv1_abi::ROOT_PARTITION_ID,
-            vp_index: 0,
-            profile,
-            ignore_unknown_msrs: false,
-            logged: &mut self.root_logged,
-        };
+        let mut cpu = self.root_cpu(vmcb, regs, profile);
         if cpu.finish(outcome) {
             self.root_stats.injected += 1;
         }
