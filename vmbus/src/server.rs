@@ -15,7 +15,7 @@ use crate::protocol::{
 use crate::version::{self, Contact, Version};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Status for a failed GPADL_CREATED or OPENCHANNEL_RESULT (what OpenVMM uses).
 pub const STATUS_FAILURE: u32 = 0x8000_FFFF;
@@ -435,6 +435,26 @@ impl Server {
         }
     }
 
+    /// The device behind an [`Event::Opened`] could not start: turn the
+    /// queued OPENCHANNEL_RESULT for `relid` into a failure and put the
+    /// channel back to Offered (the guest may try again). Must be called
+    /// before the answer is taken with [`Self::next_message`]; returns false
+    /// if there was no such answer waiting.
+    pub fn refuse_open(&mut self, relid: u32) -> bool {
+        let answer = self.outbox.iter_mut().rev().find_map(|(_, bytes)| {
+            let r = OpenResult::mut_from_bytes(bytes.as_mut_slice()).ok()?;
+            (r.header.msgtype == OpenResult::TYPE.0 && r.child_relid == relid && r.status == 0).then_some(r)
+        });
+        let Some(answer) = answer else { return false };
+        answer.status = STATUS_FAILURE;
+        if let Some(ch) = self.channels.get_mut(&relid)
+            && matches!(ch.state, ChannelState::Open(_))
+        {
+            ch.state = ChannelState::Offered;
+        }
+        true
+    }
+
     fn open(&mut self, o: &crate::protocol::OpenChannel) -> Result<Event, Violation> {
         let relid = o.child_relid;
         let ch = self.channels.get(&relid).ok_or(Violation::BadRelid(relid))?;
@@ -460,5 +480,76 @@ impl Server {
         let gpadl = g.clone();
         self.channels.get_mut(&relid).expect("checked").state = ChannelState::Open(info.clone());
         Ok(Event::Opened { relid, info, gpadl })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Client, ClientEvent};
+
+    /// Run messages both ways until both sides are quiet.
+    fn pump(server: &mut Server, client: &mut Client, events: &mut Vec<ClientEvent>, veto: Option<u32>) {
+        loop {
+            let mut moved = false;
+            while let Some((conn, bytes)) = client.next_message() {
+                moved = true;
+                if let Ok(evs) = server.handle(conn, &bytes) {
+                    for e in evs {
+                        if let (Event::Opened { relid, .. }, Some(v)) = (&e, veto)
+                            && *relid == v
+                        {
+                            assert!(server.refuse_open(v));
+                        }
+                    }
+                }
+            }
+            while let Some((_, bytes)) = server.next_message() {
+                moved = true;
+                events.extend(client.handle(&bytes).expect("host message"));
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    #[test]
+    fn a_device_can_veto_an_open() {
+        let mut server = Server::new(1024);
+        let relid = server
+            .offer(OfferSpec {
+                interface_type: [1; 16],
+                interface_instance: [2; 16],
+                channel_flags: 0,
+                user_defined: [0; 120],
+            })
+            .expect("relid");
+        let mut client = Client::new(None, 0);
+        let mut events = Vec::new();
+        client.connect();
+        pump(&mut server, &mut client, &mut events, None);
+        let handle = client.create_gpadl(relid, &[10, 11, 12, 13]);
+        pump(&mut server, &mut client, &mut events, None);
+        client.open(relid, handle, 2, 0);
+        pump(&mut server, &mut client, &mut events, Some(relid));
+        assert!(
+            events.contains(&ClientEvent::OpenResult {
+                relid,
+                status: STATUS_FAILURE
+            }),
+            "{events:?}"
+        );
+        assert_eq!(server.channels()[&relid].state, ChannelState::Offered);
+        // Nothing waiting: nothing to refuse.
+        assert!(!server.refuse_open(relid));
+        // The guest may try again, and this time the device starts.
+        events.clear();
+        client.open(relid, handle, 2, 0);
+        pump(&mut server, &mut client, &mut events, None);
+        assert!(
+            events.contains(&ClientEvent::OpenResult { relid, status: 0 }),
+            "{events:?}"
+        );
     }
 }

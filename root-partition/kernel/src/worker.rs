@@ -402,10 +402,15 @@ impl Worker {
                         ),
                         vmbus::server::Event::Opened { relid, info, gpadl } => {
                             if let Err(why) = self.open_echo(relid, &info, &gpadl) {
+                                // The child hears OPENCHANNEL_RESULT failure.
+                                self.vmbus.refuse_open(relid);
                                 self.vmbus_violations += 1;
-                                crate::println!(
-                                    "root: partition {id} vmbus: channel {relid} has no device: {why}"
-                                );
+                                if self.may_log() {
+                                    crate::println!(
+                                        "root: partition {id} vmbus: channel {relid} open refused: {why}"
+                                    );
+                                }
+                                continue;
                             }
                             crate::println!(
                                 "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
