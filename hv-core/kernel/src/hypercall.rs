@@ -208,9 +208,7 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             match ipc::route_message(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, connection, message)? {
                 (Target::Root, sint, m) => ipc::post_to_root(&mut hv.bus, &hv.root_ram, sint, &m),
                 (Target::Child { partition, vp }, sint, m) => {
-                    child_mut(hv, partition)?.synic_post(vp, sint, &m)?;
-                    hv.bus.posted += 1;
-                    Ok(())
+                    child_mut(hv, partition)?.synic_post(vp, sint, &m)
                 }
             }
         }),
@@ -218,9 +216,7 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             match ipc::route_event(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, input)? {
                 (Target::Root, sint, flag) => ipc::signal_root(&mut hv.bus, &hv.root_ram, sint, flag),
                 (Target::Child { partition, vp }, sint, flag) => {
-                    child_mut(hv, partition)?.synic_signal(vp, sint, flag)?;
-                    hv.bus.signalled += 1;
-                    Ok(())
+                    child_mut(hv, partition)?.synic_signal(vp, sint, flag)
                 }
             }
         }),

@@ -85,10 +85,6 @@ pub struct Bus {
     pub ports: Ports,
     /// SynIC vectors waiting for the root's VP.
     pub root_pending: PendingVectors,
-    /// Messages posted and events signalled through the bus (statistics).
-    pub posted: u64,
-    /// Events signalled.
-    pub signalled: u64,
 }
 
 impl Bus {
@@ -98,8 +94,6 @@ impl Bus {
             root: SynicVp::new(),
             ports: Ports::new(),
             root_pending: PendingVectors::new(),
-            posted: 0,
-            signalled: 0,
         }
     }
 
@@ -247,7 +241,6 @@ pub fn post_to_root(
         .root
         .post(sint, bytes, &mut SynicMem(root_ram))
         .map_err(post_status)?;
-    bus.posted += 1;
     bus.note(d);
     Ok(())
 }
@@ -258,7 +251,6 @@ pub fn signal_root(bus: &mut Bus, root_ram: &RootRam, sint: usize, flag: u32) ->
         .root
         .signal(sint, flag, &mut SynicMem(root_ram))
         .map_err(post_status)?;
-    bus.signalled += 1;
     bus.note(d);
     Ok(())
 }
