@@ -49,6 +49,36 @@ pub struct Machine {
     hv_log: PathBuf,
     mgmt_socket: PathBuf,
     mgmt: Option<hvctl::Client>,
+    /// The scratch directory: removed when the test passes, kept (and its
+    /// path printed) when it fails.
+    dir: PathBuf,
+}
+
+/// Where `needle` ends in `text` once its whole line has arrived: the index
+/// after the line's newline. A needle ending in "> " is a prompt, a line that
+/// waits for input, and is complete as soon as it is there. Waiting for whole
+/// lines keeps a test from reading a line the guest is still printing.
+pub fn complete_match(text: &str, needle: &str) -> Option<(usize, usize)> {
+    let at = text.find(needle)?;
+    let after = at + needle.len();
+    if needle.ends_with("> ") {
+        return Some((at, after));
+    }
+    let newline = text[after..].find('\n')?;
+    Some((at, after + newline + 1))
+}
+
+/// Whether `needle` occurs in `text` on a line that has been completed.
+pub fn contains_line(text: &str, needle: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(needle) {
+        let after = from + at + needle.len();
+        if text[after..].contains('\n') {
+            return true;
+        }
+        from = from + at + 1;
+    }
+    false
 }
 
 impl Machine {
@@ -99,6 +129,7 @@ impl Machine {
             hv_log,
             mgmt_socket,
             mgmt: None,
+            dir,
         }
     }
 
@@ -126,13 +157,15 @@ impl Machine {
         );
     }
 
-    /// Wait until the console contains `needle` (after what was consumed), or fail.
+    /// Wait until the console has a whole line containing `needle` (after
+    /// what was consumed), or fail; returns the console up to the end of
+    /// that line (up to the prompt for a prompt, see [`complete_match`]).
     pub fn expect(&mut self, needle: &str) -> String {
         let start = Instant::now();
         let from = self.console.len();
         loop {
-            if let Some(at) = self.console[from..].find(needle) {
-                return self.console[from..from + at + needle.len()].to_string();
+            if let Some((_, end)) = complete_match(&self.console[from..], needle) {
+                return self.console[from..from + end].to_string();
             }
             let left = BOOT_DEADLINE.saturating_sub(start.elapsed());
             if left.is_zero() {
@@ -246,12 +279,13 @@ impl Machine {
         }
     }
 
-    /// Poll `command` until its output contains `needle`, or fail at the deadline.
+    /// Poll `command` until its output has a whole line containing
+    /// `needle`, or fail at the deadline.
     pub fn wait_text(&mut self, command: &str, needle: &str) -> String {
         let start = Instant::now();
         loop {
             let out = self.hvctl(command);
-            if out.contains(needle) {
+            if contains_line(&out, needle) {
                 return out;
             }
             if start.elapsed() > BOOT_DEADLINE {
@@ -291,5 +325,28 @@ impl Drop for Machine {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("QEMU test files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_match_waits_for_the_end_of_its_line() {
+        assert_eq!(complete_match("a synic done: 20 replies to ", "synic done"), None);
+        assert_eq!(
+            complete_match("a synic done: 20\nnext", "synic done"),
+            Some((2, 17))
+        );
+        assert_eq!(complete_match("x\nroot> ", "root> "), Some((2, 8)));
+        assert!(!contains_line("done: 20 replies to ", "done"));
+        assert!(contains_line("done: 1\ndone: 20 replies", "done"));
+        assert!(!contains_line("xx done: 2", "done"));
     }
 }

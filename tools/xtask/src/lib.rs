@@ -93,6 +93,7 @@ pub fn run_command(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
 
 /// Compile hv-core and the root kernel, pack the bundle, make the demo disk.
 pub fn build_images() -> Result<Images, XtaskError> {
+    ensure_kernel_target()?;
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run_command(
@@ -253,6 +254,51 @@ pub fn ensure_qemu() -> Result<(), XtaskError> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(())
+}
+
+/// Make sure the bare-metal target is installed for the pinned toolchain.
+///
+/// rustup installs a `rust-toolchain.toml`'s targets only when it installs
+/// the toolchain itself; a machine that already had the pinned toolchain
+/// lacks `x86_64-unknown-none`, and the kernel build then fails with "can't
+/// find crate for `core`". Ask rustc where its sysroot is, and when the
+/// target's library is missing, add it with rustup (or say how).
+pub fn ensure_kernel_target() -> Result<(), XtaskError> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .current_dir(workspace_root())
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| XtaskError::Command {
+            what: "asking rustc for its sysroot".into(),
+            detail: e.to_string(),
+        })?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let target_lib = sysroot
+        .join("lib")
+        .join("rustlib")
+        .join(KERNEL_TARGET)
+        .join("lib");
+    if target_lib.is_dir() {
+        return Ok(());
+    }
+    let missing = XtaskError::Missing {
+        tool: "the x86_64-unknown-none Rust target",
+        install: "rustup target add x86_64-unknown-none",
+    };
+    if Command::new("rustup").arg("--version").output().is_err() {
+        return Err(missing);
+    }
+    eprintln!("xtask: the {KERNEL_TARGET} target is missing; adding it with rustup");
+    // Inside `cargo xtask`, RUSTUP_TOOLCHAIN names the pinned toolchain, so
+    // rustup adds the target to that one.
+    run_command(
+        "rustup target add x86_64-unknown-none",
+        Command::new("rustup")
+            .current_dir(workspace_root())
+            .args(["target", "add", KERNEL_TARGET]),
+    )?;
+    if target_lib.is_dir() { Ok(()) } else { Err(missing) }
 }
 
 /// How to boot.

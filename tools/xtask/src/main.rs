@@ -119,20 +119,82 @@ fn tail_log(path: &std::path::Path) {
     let mut reader = BufReader::new(file);
     let _ = reader.seek(SeekFrom::Start(0));
     let mut line = String::new();
+    let mut stderr = std::io::stderr();
     loop {
         line.clear();
         match reader.read_line(&mut line) {
             Ok(0) => std::thread::sleep(Duration::from_millis(50)),
-            Ok(_) if line.ends_with('\n') => eprint!("{}", line.replace('\n', "\r\n")),
+            Ok(_) if line.ends_with('\n') => to_operator(&mut stderr, line.replace('\n', "\r\n").as_bytes()),
             Ok(_) => {
                 // Partial line: wait for the rest.
                 std::thread::sleep(Duration::from_millis(20));
                 let mut rest = String::new();
                 let _ = reader.read_line(&mut rest);
-                eprint!("{}{}", line, rest.replace('\n', "\r\n"));
+                to_operator(&mut stderr, line.as_bytes());
+                to_operator(&mut stderr, rest.replace('\n', "\r\n").as_bytes());
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Write hv-core's log to the operator's terminal without ever failing.
+///
+/// QEMU's stdio chardev puts the shared terminal in non-blocking mode, so a
+/// terminal that stops reading (Ctrl-S, a paused tmux pane, a slow SSH link)
+/// makes writes fail with EAGAIN. `eprint!` would panic on that and, with
+/// `panic = "abort"`, take QEMU down with xtask. Here a full terminal only
+/// makes this thread wait; any other error drops the line (the whole log
+/// stays in `target/images/hv-core.log`).
+fn to_operator(out: &mut impl std::io::Write, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_operator;
+    use std::io::{self, Write};
+
+    /// A terminal that is not being read: every other write would block,
+    /// then it takes one byte at a time.
+    struct StalledTerminal {
+        written: Vec<u8>,
+        calls: u32,
+    }
+
+    impl Write for StalledTerminal {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.written.push(buf[0]);
+            Ok(1)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn a_stalled_terminal_delays_the_log_but_never_fails() {
+        let mut t = StalledTerminal {
+            written: Vec::new(),
+            calls: 0,
+        };
+        to_operator(&mut t, b"[hv-core] line\r\n");
+        assert_eq!(t.written, b"[hv-core] line\r\n");
     }
 }
 
@@ -159,6 +221,7 @@ fn test(extra: &[String]) -> Result<(), XtaskError> {
 }
 
 fn lint() -> Result<(), XtaskError> {
+    xtask::ensure_kernel_target()?;
     xtask::run_command(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--", "--check"]),
