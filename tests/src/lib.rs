@@ -61,7 +61,7 @@ pub struct Machine {
 pub fn complete_match(text: &str, needle: &str) -> Option<(usize, usize)> {
     let at = text.find(needle)?;
     let after = at + needle.len();
-    if needle.ends_with("> ") {
+    if needle.ends_with("> ") || needle.ends_with('\n') {
         return Some((at, after));
     }
     let newline = text[after..].find('\n')?;
@@ -73,7 +73,7 @@ pub fn contains_line(text: &str, needle: &str) -> bool {
     let mut from = 0;
     while let Some(at) = text[from..].find(needle) {
         let after = from + at + needle.len();
-        if text[after..].contains('\n') {
+        if needle.ends_with('\n') || text[after..].contains('\n') {
             return true;
         }
         from = from + at + 1;
@@ -348,5 +348,7 @@ mod tests {
         assert!(!contains_line("done: 20 replies to ", "done"));
         assert!(contains_line("done: 1\ndone: 20 replies", "done"));
         assert!(!contains_line("xx done: 2", "done"));
+        assert!(contains_line("0 failed\n", " failed\n"));
+        assert_eq!(complete_match("0 failed\n", " failed\n"), Some((1, 9)));
     }
 }

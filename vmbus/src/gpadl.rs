@@ -7,7 +7,9 @@ use crate::packet::pages_spanned;
 use crate::protocol::{GpadlBody, GpadlHeader};
 use alloc::vec::Vec;
 
-/// Largest GPADL accepted: 256 MiB of pages.
+/// Largest GPADL [`Assembly::finish`] accepts: 256 MiB of pages. (The wire
+/// itself cannot exceed 8190 pages: `range_buflen` is 16 bits. The server's
+/// own, smaller quotas are in [`crate::server::Limits`].)
 pub const MAX_PAGES: usize = 65536;
 
 /// Why a GPADL was refused (the guest's fault).
@@ -24,12 +26,14 @@ pub enum GpadlError {
     TooLarge,
     /// The same page appears twice (rings would alias).
     DuplicatePage(u64),
-    /// A page number beyond the physical address space.
+    /// A page number outside the guest's memory (not below its page count).
     BadPfn(u64),
     /// A body for another handle.
     WrongHandle,
     /// Bodies after the GPADL was complete.
     AlreadyComplete,
+    /// The host could not allocate memory to hold it (refused, never a panic).
+    OutOfMemory,
 }
 
 /// One range: `byte_count` bytes from `byte_offset` into `pfns[0]`.
@@ -55,6 +59,31 @@ pub struct Gpadl {
 }
 
 impl Gpadl {
+    /// A copy, or [`GpadlError::OutOfMemory`] if the host has no memory for it
+    /// (the copy a guest's OPENCHANNEL causes must not abort the host).
+    pub fn try_clone(&self) -> Result<Self, GpadlError> {
+        let mut ranges = Vec::new();
+        ranges
+            .try_reserve_exact(self.ranges.len())
+            .map_err(|_| GpadlError::OutOfMemory)?;
+        for r in &self.ranges {
+            let mut pfns = Vec::new();
+            pfns.try_reserve_exact(r.pfns.len())
+                .map_err(|_| GpadlError::OutOfMemory)?;
+            pfns.extend_from_slice(&r.pfns);
+            ranges.push(Range {
+                byte_count: r.byte_count,
+                byte_offset: r.byte_offset,
+                pfns,
+            });
+        }
+        Ok(Self {
+            child_relid: self.child_relid,
+            handle: self.handle,
+            ranges,
+        })
+    }
+
     /// All pages in order.
     pub fn pages(&self) -> impl Iterator<Item = u64> + '_ {
         self.ranges.iter().flat_map(|r| r.pfns.iter().copied())
@@ -66,6 +95,21 @@ impl Gpadl {
     }
 }
 
+/// The number of pages a GPADL_HEADER announces: its range stream is
+/// `range_count` 8-byte range headers followed by one 8-byte PFN per page, so
+/// a GPADL that [`Assembly::finish`] accepts has exactly
+/// `(range_buflen - 8 * range_count) / 8` pages. Checked before anything is
+/// allocated, so quotas can refuse a GPADL from its header alone.
+pub fn declared_pages(header: &GpadlHeader) -> Result<u64, GpadlError> {
+    let buflen = header.range_buflen as u64;
+    let count = header.range_count as u64;
+    // Each range has an 8-byte header and at least one PFN.
+    if count == 0 || buflen < count * 16 || !buflen.is_multiple_of(8) {
+        return Err(GpadlError::BadHeader);
+    }
+    Ok((buflen - count * 8) / 8)
+}
+
 /// A GPADL being received.
 #[derive(Debug, Clone)]
 pub struct Assembly {
@@ -73,26 +117,36 @@ pub struct Assembly {
     handle: u32,
     range_count: u16,
     range_buflen: usize,
+    pages: u64,
     bytes: Vec<u8>,
 }
 
 impl Assembly {
-    /// Start from a GPADL_HEADER and the range bytes that came with it.
+    /// Start from a GPADL_HEADER and the range bytes that came with it. The
+    /// whole range stream (at most 64 KiB: `range_buflen` is 16 bits) is
+    /// reserved here, fallibly, so bodies never allocate.
     pub fn start(header: &GpadlHeader, rest: &[u8]) -> Result<Self, GpadlError> {
+        let pages = declared_pages(header)?;
         let buflen = header.range_buflen as usize;
-        let count = header.range_count as usize;
-        // Each range has an 8-byte header and at least one PFN.
-        if count == 0 || buflen < count * 16 || !buflen.is_multiple_of(8) {
-            return Err(GpadlError::BadHeader);
-        }
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(buflen)
+            .map_err(|_| GpadlError::OutOfMemory)?;
         let take = rest.len().min(buflen);
+        bytes.extend_from_slice(&rest[..take]);
         Ok(Self {
             child_relid: header.child_relid,
             handle: header.gpadl,
             range_count: header.range_count,
             range_buflen: buflen,
-            bytes: rest[..take].to_vec(),
+            pages,
+            bytes,
         })
+    }
+
+    /// Pages the header announced (see [`declared_pages`]).
+    pub fn declared_pages(&self) -> u64 {
+        self.pages
     }
 
     /// The handle being assembled.
@@ -123,14 +177,20 @@ impl Assembly {
         Ok(())
     }
 
-    /// Parse the complete range stream, with every check.
-    pub fn finish(self, max_pfn: u64) -> Result<Gpadl, GpadlError> {
+    /// Parse the complete range stream, with every check. Every PFN must lie
+    /// inside a guest of `guest_pages` pages: `pfn < guest_pages` (PFN
+    /// `guest_pages` is one past the end). Allocations are fallible
+    /// ([`GpadlError::OutOfMemory`]).
+    pub fn finish(self, guest_pages: u64) -> Result<Gpadl, GpadlError> {
         if !self.is_complete() {
             return Err(GpadlError::LengthMismatch);
         }
         let b = &self.bytes;
         let mut at = 0usize;
-        let mut ranges = Vec::with_capacity(self.range_count as usize);
+        let mut ranges = Vec::new();
+        ranges
+            .try_reserve_exact(self.range_count as usize)
+            .map_err(|_| GpadlError::OutOfMemory)?;
         let mut total = 0usize;
         for _ in 0..self.range_count {
             let head = b.get(at..at + 8).ok_or(GpadlError::LengthMismatch)?;
@@ -147,11 +207,14 @@ impl Assembly {
             let list = b
                 .get(at + 8..at + 8 + pages * 8)
                 .ok_or(GpadlError::LengthMismatch)?;
-            let pfns: Vec<u64> = list
-                .chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8")))
-                .collect();
-            if let Some(&bad) = pfns.iter().find(|&&p| p > max_pfn) {
+            let mut pfns = Vec::new();
+            pfns.try_reserve_exact(pages)
+                .map_err(|_| GpadlError::OutOfMemory)?;
+            pfns.extend(
+                list.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8"))),
+            );
+            if let Some(&bad) = pfns.iter().find(|&&p| p >= guest_pages) {
                 return Err(GpadlError::BadPfn(bad));
             }
             ranges.push(Range {
@@ -164,7 +227,10 @@ impl Assembly {
         if at != b.len() {
             return Err(GpadlError::LengthMismatch);
         }
-        let mut all: Vec<u64> = ranges.iter().flat_map(|r| r.pfns.iter().copied()).collect();
+        let mut all = Vec::new();
+        all.try_reserve_exact(total)
+            .map_err(|_| GpadlError::OutOfMemory)?;
+        all.extend(ranges.iter().flat_map(|r| r.pfns.iter().copied()));
         all.sort_unstable();
         if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
             return Err(GpadlError::DuplicatePage(w[0]));
@@ -220,6 +286,10 @@ mod tests {
     use crate::protocol::Message;
 
     fn assemble(messages: &[Vec<u8>]) -> Result<Gpadl, GpadlError> {
+        assemble_in(messages, u64::MAX >> 12)
+    }
+
+    fn assemble_in(messages: &[Vec<u8>], guest_pages: u64) -> Result<Gpadl, GpadlError> {
         let mut asm = None;
         for m in messages {
             match Message::parse(m).unwrap() {
@@ -228,7 +298,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        asm.unwrap().finish(u64::MAX >> 12)
+        asm.unwrap().finish(guest_pages)
     }
 
     #[test]
@@ -264,7 +334,7 @@ mod tests {
             gpadl: 9,
         };
         assert_eq!(asm.append(&body, &[0; 8]), Err(GpadlError::AlreadyComplete));
-        assert_eq!(asm.clone().finish(11), Err(GpadlError::BadPfn(12)));
+        assert_eq!(asm.clone().finish(11), Err(GpadlError::BadPfn(11)));
         // Wrong handle in a body.
         let big = encode(1, 9, &(0..40).collect::<Vec<u64>>());
         let mut asm = match Message::parse(&big[0]).unwrap() {
@@ -310,6 +380,27 @@ mod tests {
             Assembly::start(&h, &stream).unwrap().finish(u64::MAX),
             Err(GpadlError::BadRange)
         );
+    }
+
+    #[test]
+    fn pfn_equal_to_guest_pages_is_one_past_the_end() {
+        // A guest of 16 pages owns PFNs 0..=15.
+        let last = encode(1, 3, &[14, 15]);
+        assert!(assemble_in(&last, 16).is_ok(), "the last page is inside");
+        let past = encode(1, 3, &[14, 16]);
+        assert_eq!(assemble_in(&past, 16), Err(GpadlError::BadPfn(16)));
+    }
+
+    #[test]
+    fn declared_pages_come_from_the_header_alone() {
+        let msgs = encode(1, 9, &(0..100).collect::<Vec<u64>>());
+        let Message::GpadlHeader(h, rest) = Message::parse(&msgs[0]).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(declared_pages(&h), Ok(100));
+        assert_eq!(Assembly::start(&h, rest).unwrap().declared_pages(), 100);
+        let g = assemble(&msgs).unwrap();
+        assert_eq!(g.try_clone(), Ok(g.clone()));
     }
 
     proptest::proptest! {

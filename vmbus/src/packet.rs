@@ -98,6 +98,18 @@ impl Descriptor {
         }
     }
 
+    /// The descriptor of the completion that answers this request: type
+    /// COMPLETION, no flags, and the request's transaction id in all 64 bits
+    /// (vmbus-wire.md §4.1; Linux storvsc tags requests with ids near
+    /// `U64_MAX`, and `hv_pkt_iter`'s users match completions on the full
+    /// id), for `payload_len` bytes after the 16-byte descriptor. `None` if
+    /// the request did not set [`FLAG_COMPLETION_REQUESTED`]: nobody waits
+    /// for one then.
+    pub fn completion(&self, payload_len: usize) -> Option<Self> {
+        (self.flags & FLAG_COMPLETION_REQUESTED != 0)
+            .then(|| Self::new(PacketType::COMPLETION, 16, payload_len, 0, self.transaction_id))
+    }
+
     /// Packet length in bytes (trailer excluded).
     pub fn len(&self) -> usize {
         self.len8 as usize * 8
@@ -202,6 +214,22 @@ mod tests {
         let mut bad = d;
         bad.kind = 8;
         assert_eq!(bad.validate(), Err(PacketError::UnknownType(8)));
+    }
+
+    #[test]
+    fn completions_echo_the_whole_transaction_id() {
+        let req = Descriptor::new(
+            PacketType::DATA_INBAND,
+            16,
+            4,
+            FLAG_COMPLETION_REQUESTED,
+            u64::MAX - 2,
+        );
+        let c = req.completion(8).unwrap();
+        assert_eq!(c.validate(), Ok(PacketType::COMPLETION));
+        assert_eq!((c.transaction_id, c.flags, c.len()), (u64::MAX - 2, 0, 24));
+        let no = Descriptor::new(PacketType::DATA_INBAND, 16, 4, 0, 1);
+        assert_eq!(no.completion(8), None);
     }
 
     #[test]

@@ -450,6 +450,39 @@ mod tests {
         assert!(matches!(w.write(&[&big]), Err(RingError::TooLarge { .. })));
     }
 
+    /// The largest-packet bound in [`Writer::write`]: a packet that could never
+    /// fit (padded length + trailer must stay below the data size, one slot
+    /// kept free) is `TooLarge` at once. Without that check it would report
+    /// `Full` even on an empty ring, and a writer waiting for room would wait
+    /// forever.
+    #[test]
+    fn a_packet_larger_than_the_ring_is_too_large_never_full() {
+        let (mut w, mut r) = pair(256);
+        assert_eq!(w.max_packet(), 256 - TRAILER - 8);
+        let largest = packet(&[3u8; 240 - 16], 9);
+        assert_eq!(largest.len() as u64, w.max_packet());
+        assert!(
+            w.write(&[&largest]).is_ok(),
+            "the largest packet fits an empty ring"
+        );
+        let mut buf = [0u8; 256];
+        let (pkt, _) = r.read(&mut buf).unwrap().unwrap();
+        assert_eq!(&buf[..pkt.len], &largest[..]);
+        // The ring is empty again; one 8-byte unit more can never fit.
+        for len in [241usize, 248, 249, 256, 4096] {
+            let p = packet(&alloc::vec![1u8; len - 16], 1);
+            assert_eq!(
+                w.write(&[&p]),
+                Err(RingError::TooLarge {
+                    needed: (len as u64).next_multiple_of(8) + TRAILER,
+                    max: 256 - 8,
+                }),
+                "{len} bytes"
+            );
+        }
+        assert_eq!(w.ring().state().unwrap().bytes_pending, 0, "nothing written");
+    }
+
     #[test]
     fn pending_send_size_signals_on_the_transition() {
         let (mut w, mut r) = pair(256);

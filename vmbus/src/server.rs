@@ -3,14 +3,23 @@
 //! events for device providers (vmbus-wire.md §1–§2; Linux
 //! `drivers/hv/channel_mgmt.c` is the peer it must satisfy).
 //!
-//! Malformed or out-of-order input is answered the way Hyper-V answers it (a
-//! failure status where the protocol has one) or reported as a
-//! [`Violation`]; it never changes the state of other channels.
+//! The guest is untrusted. Malformed or out-of-order input is answered the way
+//! Hyper-V answers it (a failure status where the protocol has one) or
+//! reported as a [`Violation`]; it never changes the state of other channels.
+//! Everything a guest can make the server hold is bounded by [`Limits`]
+//! (GPADLs, their pages, queued answers), checked before anything is
+//! allocated, and the allocations a guest sizes (assembly buffers, PFN lists,
+//! the outbox, event lists, the GPADL copy in [`Event::Opened`]) use
+//! `try_reserve`: past a quota, or when the host is out of memory, the request
+//! is refused with the protocol's own failure (GPADL_CREATED with
+//! [`STATUS_FAILURE`]) or a [`Violation`], never a panic. (Map nodes for the
+//! bounded GPADL and assembly maps are the only infallible allocations.)
 
-use crate::gpadl::{Assembly, Gpadl, GpadlError};
+use crate::gpadl::{self, Assembly, Gpadl, GpadlError};
 use crate::protocol::{
-    AllOffersDelivered, GpadlCreated, GpadlTorndown, Header, MAX_RELID, Message, ModifyChannelResponse,
-    OfferChannel, OpenResult, ParseError, RescindChannelOffer, UnloadResponse, VMBUS_SINT,
+    AllOffersDelivered, CloseChannel, GpadlCreated, GpadlHeader, GpadlTorndown, Header, InitiateContact,
+    MAX_MESSAGE_SIZE, MAX_RELID, Message, ModifyChannel, ModifyChannelResponse, OfferChannel, OpenChannel,
+    OpenResult, ParseError, RescindChannelOffer, UnloadResponse, VMBUS_SINT,
 };
 use crate::version::{self, Contact, Version};
 use alloc::collections::{BTreeMap, VecDeque};
@@ -19,6 +28,93 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// Status for a failed GPADL_CREATED or OPENCHANNEL_RESULT (what OpenVMM uses).
 pub const STATUS_FAILURE: u32 = 0x8000_FFFF;
+
+/// Status of a failed MODIFYCHANNEL_RESPONSE: NTSTATUS `STATUS_UNSUCCESSFUL`.
+/// Linux only tests it against 0 (`drivers/hv/channel.c`
+/// `send_modifychannel_with_ack`: nonzero is `-EAGAIN`); OpenVMM's
+/// `vmbus_server` sends 0x8000FFFF under the same name.
+pub const STATUS_UNSUCCESSFUL: i32 = 0xC000_0001_u32 as i32;
+
+/// The `target_vp` that means "no interrupts"; MODIFYCHANNEL may not ask for
+/// it (OpenVMM `vmbus_server/src/channels.rs` `modify_channel`,
+/// `VP_INDEX_DISABLE_INTERRUPT`).
+pub const VP_INDEX_DISABLE_INTERRUPT: u32 = u32::MAX;
+
+/// How much a guest may make the server hold. Past a limit the guest's request
+/// is refused ([`Violation::QuotaExceeded`]); the host's memory use per server
+/// is bounded by these numbers whatever the guest sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// GPADLs held, complete ones and those still being assembled (header
+    /// received, bodies outstanding) together. Default 64: Linux 6.1 uses two
+    /// per channel (ring, plus a receive/send buffer for netvsc/storvsc-style
+    /// devices), and each assembly can hold up to 64 KiB of range bytes.
+    pub max_gpadls: usize,
+    /// Pages in one GPADL. Default 8192 (32 MiB): admits Linux netvsc's
+    /// largest receive buffer (31 MiB); the wire cannot carry more than 8190
+    /// anyway (`range_buflen` is 16 bits).
+    pub max_pages_per_gpadl: u64,
+    /// Pages over all GPADLs, with the pages an assembly's header announced
+    /// counted from the header on. Default 32768 (128 MiB); the server never
+    /// allows more than the guest's page count (see [`Server::with_limits`]).
+    pub max_gpadl_pages: u64,
+    /// Messages queued for the guest and not yet taken with
+    /// [`Server::next_message`]. Default 128. A guest request whose answers
+    /// would not fit is refused before it changes anything
+    /// ([`Quota::Outbox`]): the queue never grows past this. REQUESTOFFERS
+    /// needs one slot per offer plus one, so this must exceed the number of
+    /// offers.
+    pub max_outbox: usize,
+}
+
+impl Limits {
+    /// The defaults described on each field.
+    pub const DEFAULT: Self = Self {
+        max_gpadls: 64,
+        max_pages_per_gpadl: 8192,
+        max_gpadl_pages: 32768,
+        max_outbox: 128,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Which of the [`Limits`] a refused request would have exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// [`Limits::max_gpadls`].
+    Gpadls,
+    /// [`Limits::max_pages_per_gpadl`].
+    GpadlPages,
+    /// [`Limits::max_gpadl_pages`].
+    TotalGpadlPages,
+    /// [`Limits::max_outbox`].
+    Outbox,
+}
+
+/// What the server holds now, against its limits (for the root's `info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// GPADLs held, complete and in assembly.
+    pub gpadls: usize,
+    /// Of those, still in assembly.
+    pub assemblies: usize,
+    /// Pages of all GPADLs (an assembly's announced pages included).
+    pub gpadl_pages: u64,
+    /// Channels offered (rescinded ones awaiting RELID_RELEASED included).
+    pub channels: usize,
+    /// Channels open.
+    pub open_channels: usize,
+    /// Messages waiting in the outbox.
+    pub outbox: usize,
+    /// The limits in force ([`Limits::max_gpadl_pages`] already capped at the
+    /// guest's page count).
+    pub limits: Limits,
+}
 
 /// A device offered on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +178,8 @@ pub enum Event {
         /// The ring GPADL.
         gpadl: Gpadl,
     },
-    /// A channel was closed by the guest (or by UNLOAD).
+    /// A channel was closed by the guest, by UNLOAD, or by a new
+    /// INITIATE_CONTACT (an implicit disconnect).
     Closed {
         /// The channel.
         relid: u32,
@@ -91,7 +188,8 @@ pub enum Event {
     Unloaded,
 }
 
-/// Something the guest did wrong, with no protocol reply to carry it.
+/// Something the guest did wrong, with no protocol reply to carry it (or
+/// besides the failure reply that carried it), for the root to count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     /// The message did not parse.
@@ -106,6 +204,77 @@ pub enum Violation {
     BadGpadl(u32),
     /// A GPADL that failed its checks (GPADL_CREATED carried a failure).
     GpadlRefused(GpadlError),
+    /// A request past one of the [`Limits`]; nothing changed (a GPADL_HEADER
+    /// was answered with a failed GPADL_CREATED).
+    QuotaExceeded(Quota),
+    /// The host had no memory for what the request needs; nothing changed.
+    HostOutOfMemory,
+    /// A message the negotiated version does not have (MODIFYCHANNEL below
+    /// 4.1: Linux `drivers/hv/channel.c` `vmbus_send_modifychannel`).
+    Unsupported {
+        /// The message type.
+        msgtype: u32,
+        /// The version in force.
+        version: Version,
+    },
+    /// MODIFYCHANNEL to [`VP_INDEX_DISABLE_INTERRUPT`].
+    BadTargetVp(u32),
+}
+
+/// Why a host-side request ([`Server::offer`], [`Server::rescind`]) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    /// All relids 1..=2047 are taken.
+    NoFreeRelid,
+    /// No such channel, or it is already rescinded.
+    NoChannel(u32),
+    /// The message for the guest does not fit the outbox (it is full, see
+    /// [`Limits::max_outbox`], or the host is out of memory): drain it with
+    /// [`Server::next_message`] and retry. Nothing changed.
+    OutboxFull,
+}
+
+/// One queued message for the guest, kept in place (no allocation per message).
+#[derive(Clone)]
+struct Outgoing {
+    vp: u32,
+    len: usize,
+    bytes: [u8; MAX_MESSAGE_SIZE],
+}
+
+impl Outgoing {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..self.len]
+    }
+}
+
+/// The bounded queue of messages for the guest.
+struct Outbox {
+    queue: VecDeque<Outgoing>,
+    max: usize,
+}
+
+impl Outbox {
+    /// Make sure `n` more messages fit, without growing past the limit.
+    fn make_room(&mut self, n: usize) -> Result<(), Violation> {
+        if self.queue.len().saturating_add(n) > self.max {
+            return Err(Violation::QuotaExceeded(Quota::Outbox));
+        }
+        self.queue.try_reserve(n).map_err(|_| Violation::HostOutOfMemory)
+    }
+
+    fn push(&mut self, vp: u32, bytes: &[u8]) -> Result<(), Violation> {
+        self.make_room(1)?;
+        let len = bytes.len().min(MAX_MESSAGE_SIZE);
+        let mut m = Outgoing {
+            vp,
+            len,
+            bytes: [0; MAX_MESSAGE_SIZE],
+        };
+        m.bytes[..len].copy_from_slice(&bytes[..len]);
+        self.queue.push_back(m);
+        Ok(())
+    }
 }
 
 /// The server.
@@ -116,14 +285,57 @@ pub struct Server {
     channels: BTreeMap<u32, Channel>,
     assemblies: BTreeMap<u32, Assembly>,
     gpadls: BTreeMap<u32, Gpadl>,
-    outbox: VecDeque<(u32, Vec<u8>)>,
+    outbox: Outbox,
     offers_requested: bool,
-    max_pfn: u64,
+    guest_pages: u64,
+    limits: Limits,
+}
+
+/// An empty event list with room for `n` events, or [`Violation::HostOutOfMemory`].
+fn events_with_room(n: usize) -> Result<Vec<Event>, Violation> {
+    let mut events = Vec::new();
+    events
+        .try_reserve_exact(n)
+        .map_err(|_| Violation::HostOutOfMemory)?;
+    Ok(events)
+}
+
+fn offer_message(relid: u32, ch: &Channel) -> OfferChannel {
+    OfferChannel {
+        header: Header::new(OfferChannel::TYPE),
+        interface_type: ch.offer.interface_type,
+        interface_instance: ch.offer.interface_instance,
+        reserved: [0; 16],
+        channel_flags: ch.offer.channel_flags,
+        mmio_megabytes: 0,
+        user_defined: ch.offer.user_defined,
+        sub_channel_index: 0,
+        reserved2: 0,
+        child_relid: relid,
+        monitor_id: 0,
+        // No monitor pages: the guest signals with HvSignalEvent.
+        monitor_allocated: 0,
+        is_dedicated_interrupt: 1,
+        connection_id: ch.connection_id,
+    }
 }
 
 impl Server {
-    /// A server for a guest whose memory ends at page `max_pfn`.
-    pub fn new(max_pfn: u64) -> Self {
+    /// A server for a guest of `guest_pages` pages (PFNs `0..guest_pages`),
+    /// with the default [`Limits`].
+    pub fn new(guest_pages: u64) -> Self {
+        Self::with_limits(guest_pages, Limits::DEFAULT)
+    }
+
+    /// A server for a guest of `guest_pages` pages (PFNs `0..guest_pages`: a
+    /// GPADL naming PFN `guest_pages` or above is refused) with `limits`.
+    /// [`Limits::max_gpadl_pages`] is capped at `guest_pages`: a guest has no
+    /// business describing more memory than it has.
+    pub fn with_limits(guest_pages: u64, limits: Limits) -> Self {
+        let limits = Limits {
+            max_gpadl_pages: limits.max_gpadl_pages.min(guest_pages),
+            ..limits
+        };
         Self {
             version: None,
             target_vp: 0,
@@ -131,9 +343,31 @@ impl Server {
             channels: BTreeMap::new(),
             assemblies: BTreeMap::new(),
             gpadls: BTreeMap::new(),
-            outbox: VecDeque::new(),
+            outbox: Outbox {
+                queue: VecDeque::new(),
+                max: limits.max_outbox,
+            },
             offers_requested: false,
-            max_pfn,
+            guest_pages,
+            limits,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// What the server holds now, against its limits.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            gpadls: self.gpadls.len() + self.assemblies.len(),
+            assemblies: self.assemblies.len(),
+            gpadl_pages: self.gpadl_pages(),
+            channels: self.channels.len(),
+            open_channels: self.open_relids().count(),
+            outbox: self.outbox.queue.len(),
+            limits: self.limits,
         }
     }
 
@@ -157,149 +391,165 @@ impl Server {
         self.gpadls.get(&handle)
     }
 
+    /// Every complete GPADL, by handle (assemblies in progress are not listed).
+    pub fn gpadls(&self) -> &BTreeMap<u32, Gpadl> {
+        &self.gpadls
+    }
+
     /// Next message for the guest: (VP, bytes).
     pub fn next_message(&mut self) -> Option<(u32, Vec<u8>)> {
-        self.outbox.pop_front()
+        let m = self.outbox.queue.pop_front()?;
+        Some((m.vp, m.bytes[..m.len].to_vec()))
     }
 
-    fn send(&mut self, bytes: &[u8]) {
-        self.outbox.push_back((self.target_vp, bytes.to_vec()));
+    fn send(&mut self, bytes: &[u8]) -> Result<(), Violation> {
+        self.outbox.push(self.target_vp, bytes)
     }
 
-    /// Offer a device; returns its relid (the lowest free one, from 1).
-    pub fn offer(&mut self, offer: OfferSpec) -> Option<u32> {
-        let relid = (1..=MAX_RELID).find(|r| !self.channels.contains_key(r))?;
+    fn open_relids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.channels
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ChannelState::Open(_)))
+            .map(|(r, _)| *r)
+    }
+
+    fn gpadl_pages(&self) -> u64 {
+        let done: u64 = self.gpadls.values().map(|g| g.page_count() as u64).sum();
+        let pending: u64 = self.assemblies.values().map(Assembly::declared_pages).sum();
+        done + pending
+    }
+
+    /// Offer a device; returns its relid: always the lowest free one from 1
+    /// (as Hyper-V and OpenVMM allocate them). A rescinded channel keeps its
+    /// relid until the guest's RELID_RELEASED (or UNLOAD, a new
+    /// INITIATE_CONTACT, [`Self::reset`]), so a relid is never reused while
+    /// the guest may still refer to the old channel (vmbus-wire.md §2.4).
+    pub fn offer(&mut self, offer: OfferSpec) -> Result<u32, HostError> {
+        let relid = (1..=MAX_RELID)
+            .find(|r| !self.channels.contains_key(r))
+            .ok_or(HostError::NoFreeRelid)?;
+        let announce = self.version.is_some() && self.offers_requested;
+        if announce {
+            self.outbox.make_room(1).map_err(|_| HostError::OutboxFull)?;
+        }
         // Unique per channel; SINT 2 in bits 15:12 as OpenVMM encodes it.
         let connection_id = relid | ((VMBUS_SINT as u32) << 12);
-        self.channels.insert(
-            relid,
-            Channel {
-                offer,
-                state: ChannelState::Offered,
-                connection_id,
-            },
-        );
-        if self.version.is_some() && self.offers_requested {
-            self.send_offer(relid);
+        let channel = Channel {
+            offer,
+            state: ChannelState::Offered,
+            connection_id,
+        };
+        if announce {
+            let m = offer_message(relid, &channel);
+            self.send(m.as_bytes()).map_err(|_| HostError::OutboxFull)?;
         }
-        Some(relid)
+        self.channels.insert(relid, channel);
+        Ok(relid)
     }
 
     /// Take a device away: the guest must close it and release the relid.
-    pub fn rescind(&mut self, relid: u32) -> Result<(), Violation> {
-        let ch = self.channels.get_mut(&relid).ok_or(Violation::BadRelid(relid))?;
-        if ch.state == ChannelState::Rescinded {
-            return Err(Violation::BadRelid(relid));
+    /// Not connected, the channel simply goes.
+    pub fn rescind(&mut self, relid: u32) -> Result<(), HostError> {
+        match self.channels.get(&relid) {
+            Some(c) if c.state != ChannelState::Rescinded => {}
+            _ => return Err(HostError::NoChannel(relid)),
         }
-        ch.state = ChannelState::Rescinded;
-        if self.version.is_some() {
-            let m = RescindChannelOffer {
-                header: Header::new(RescindChannelOffer::TYPE),
-                child_relid: relid,
-            };
-            self.send(m.as_bytes());
-        } else {
+        if self.version.is_none() {
             self.channels.remove(&relid);
+            self.gpadls.retain(|_, g| g.child_relid != relid);
+            self.assemblies.retain(|_, a| a.child_relid() != relid);
+            return Ok(());
+        }
+        let m = RescindChannelOffer {
+            header: Header::new(RescindChannelOffer::TYPE),
+            child_relid: relid,
+        };
+        self.send(m.as_bytes()).map_err(|_| HostError::OutboxFull)?;
+        if let Some(ch) = self.channels.get_mut(&relid) {
+            ch.state = ChannelState::Rescinded;
         }
         Ok(())
     }
 
-    fn send_offer(&mut self, relid: u32) {
-        let ch = &self.channels[&relid];
-        let m = OfferChannel {
-            header: Header::new(OfferChannel::TYPE),
-            interface_type: ch.offer.interface_type,
-            interface_instance: ch.offer.interface_instance,
-            reserved: [0; 16],
-            channel_flags: ch.offer.channel_flags,
-            mmio_megabytes: 0,
-            user_defined: ch.offer.user_defined,
-            sub_channel_index: 0,
-            reserved2: 0,
-            child_relid: relid,
-            monitor_id: 0,
-            // No monitor pages: the guest signals with HvSignalEvent.
-            monitor_allocated: 0,
-            is_dedicated_interrupt: 1,
-            connection_id: ch.connection_id,
-        };
-        self.send(m.as_bytes());
+    /// Back to power-on, for a guest that restarts without telling VMBus (a
+    /// child partition reset): not connected, no GPADLs or assemblies, nothing
+    /// queued for the guest, rescinded channels gone, every other channel
+    /// Offered with its offer, relid and connection id kept, message target
+    /// back to VP 0 / SINT 2. Returns the relids that were open, so their
+    /// devices can be stopped (no [`Event::Closed`] is reported for them).
+    pub fn reset(&mut self) -> Vec<u32> {
+        let open: Vec<u32> = self.open_relids().collect();
+        self.disconnect();
+        self.outbox.queue.clear();
+        self.target_vp = 0;
+        self.sint = VMBUS_SINT;
+        open
+    }
+
+    /// Drop the connection and everything the guest built on it: open
+    /// channels go back to Offered, rescinded ones go, GPADLs and assemblies
+    /// are forgotten. The caller has collected the open relids.
+    fn disconnect(&mut self) {
+        for ch in self.channels.values_mut() {
+            if matches!(ch.state, ChannelState::Open(_)) {
+                ch.state = ChannelState::Offered;
+            }
+        }
+        self.channels.retain(|_, c| c.state != ChannelState::Rescinded);
+        self.gpadls.clear();
+        self.assemblies.clear();
+        self.version = None;
+        self.offers_requested = false;
     }
 
     /// Handle one message the guest posted on `connection_id`.
+    ///
+    /// A request is refused before it changes anything if its answers would
+    /// not fit the outbox ([`Quota::Outbox`]) or its events the host's memory.
     pub fn handle(&mut self, connection_id: u32, bytes: &[u8]) -> Result<Vec<Event>, Violation> {
         let message = Message::parse(bytes).map_err(Violation::Malformed)?;
-        let mut events = Vec::new();
+        let msgtype = Header::read_from_prefix(bytes).map_or(0, |(h, _)| h.msgtype);
         if let Message::InitiateContact(ic) = &message {
-            let contact = version::decide(ic, connection_id);
-            if let Contact::Accepted {
-                version,
-                target_vp,
-                sint,
-                ..
-            } = contact
-            {
-                if self.version.is_some() {
-                    // Already connected: the guest must UNLOAD first.
-                    self.send(version::response(&Contact::Refused("already connected")).as_bytes());
-                    return Ok(events);
-                }
-                self.version = Some(version);
-                self.target_vp = target_vp;
-                self.sint = sint;
-                events.push(Event::Connected(version));
-            } else {
-                // Answer on VP 0 / SINT 2: the guest's choice is not known yet.
-                self.target_vp = ic.target_vcpu;
-            }
-            self.send(version::response(&contact).as_bytes());
-            return Ok(events);
+            return self.initiate_contact(connection_id, ic);
         }
-        let msgtype = u32::from_le_bytes(bytes[..4].try_into().expect("parsed"));
-        if self.version.is_none() {
+        let Some(version) = self.version else {
             return Err(Violation::NotConnected(msgtype));
-        }
+        };
+        let replies = match &message {
+            Message::RequestOffers => {
+                self.channels
+                    .values()
+                    .filter(|c| c.state != ChannelState::Rescinded)
+                    .count()
+                    + 1
+            }
+            Message::GpadlHeader(..)
+            | Message::GpadlBody(..)
+            | Message::GpadlTeardown(_)
+            | Message::OpenChannel(_)
+            | Message::Unload => 1,
+            Message::ModifyChannel(_) if version >= Version::WIN10_V5_3 => 1,
+            _ => 0,
+        };
+        self.outbox.make_room(replies)?;
         match message {
             Message::RequestOffers => {
                 self.offers_requested = true;
-                let relids: Vec<u32> = self
-                    .channels
-                    .iter()
-                    .filter(|(_, c)| c.state != ChannelState::Rescinded)
-                    .map(|(r, _)| *r)
-                    .collect();
-                for relid in relids {
-                    self.send_offer(relid);
+                let vp = self.target_vp;
+                for (relid, ch) in &self.channels {
+                    if ch.state != ChannelState::Rescinded {
+                        self.outbox.push(vp, offer_message(*relid, ch).as_bytes())?;
+                    }
                 }
                 self.send(
                     AllOffersDelivered {
                         header: Header::new(AllOffersDelivered::TYPE),
                     }
                     .as_bytes(),
-                );
+                )?;
+                Ok(Vec::new())
             }
-            Message::GpadlHeader(h, rest) => {
-                let known = self.gpadls.contains_key(&h.gpadl) || self.assemblies.contains_key(&h.gpadl);
-                let channel_ok = matches!(self.channels.get(&h.child_relid), Some(c) if c.state != ChannelState::Rescinded);
-                if known || !channel_ok {
-                    self.gpadl_created(h.child_relid, h.gpadl, STATUS_FAILURE);
-                    return Err(if known {
-                        Violation::BadGpadl(h.gpadl)
-                    } else {
-                        Violation::BadRelid(h.child_relid)
-                    });
-                }
-                match Assembly::start(&h, rest) {
-                    Ok(a) if a.is_complete() => return self.complete_gpadl(a),
-                    Ok(a) => {
-                        self.assemblies.insert(h.gpadl, a);
-                    }
-                    Err(e) => {
-                        self.gpadl_created(h.child_relid, h.gpadl, STATUS_FAILURE);
-                        return Err(Violation::GpadlRefused(e));
-                    }
-                }
-            }
+            Message::GpadlHeader(h, rest) => self.gpadl_header(&h, rest),
             Message::GpadlBody(b, rest) => {
                 let a = self
                     .assemblies
@@ -307,9 +557,13 @@ impl Server {
                     .ok_or(Violation::BadGpadl(b.gpadl))?;
                 a.append(&b, rest).map_err(Violation::GpadlRefused)?;
                 if a.is_complete() {
-                    let a = self.assemblies.remove(&b.gpadl).expect("present");
+                    let a = self
+                        .assemblies
+                        .remove(&b.gpadl)
+                        .ok_or(Violation::BadGpadl(b.gpadl))?;
                     return self.complete_gpadl(a);
                 }
+                Ok(Vec::new())
             }
             Message::GpadlTeardown(t) => {
                 let in_use = self
@@ -323,114 +577,156 @@ impl Server {
                             header: Header::new(GpadlTorndown::TYPE),
                             gpadl: t.gpadl,
                         };
-                        self.send(m.as_bytes());
+                        self.send(m.as_bytes())?;
+                        Ok(Vec::new())
                     }
-                    _ => return Err(Violation::BadGpadl(t.gpadl)),
+                    _ => Err(Violation::BadGpadl(t.gpadl)),
                 }
             }
-            Message::OpenChannel(o) => {
-                let result = self.open(&o);
-                let status = if result.is_ok() { 0 } else { STATUS_FAILURE };
-                let m = OpenResult {
-                    header: Header::new(OpenResult::TYPE),
-                    child_relid: o.child_relid,
-                    open_id: o.open_id,
-                    status,
-                };
-                self.send(m.as_bytes());
-                match result {
-                    Ok(event) => events.push(event),
-                    Err(v) => return Err(v),
-                }
-            }
-            Message::CloseChannel(c) => {
-                let ch = self
-                    .channels
-                    .get_mut(&c.child_relid)
-                    .ok_or(Violation::BadRelid(c.child_relid))?;
-                match ch.state {
-                    ChannelState::Open(_) => {
-                        ch.state = ChannelState::Offered;
-                        events.push(Event::Closed { relid: c.child_relid });
-                    }
-                    // A rescinded channel may still be closed by the guest.
-                    ChannelState::Rescinded => events.push(Event::Closed { relid: c.child_relid }),
-                    ChannelState::Offered => return Err(Violation::BadRelid(c.child_relid)),
-                }
-            }
+            Message::OpenChannel(o) => self.open_channel(&o),
+            Message::CloseChannel(c) => self.close_channel(&c),
             Message::RelidReleased(r) => match self.channels.get(&r.child_relid) {
                 Some(c) if c.state == ChannelState::Rescinded => {
                     self.channels.remove(&r.child_relid);
                     self.gpadls.retain(|_, g| g.child_relid != r.child_relid);
+                    self.assemblies.retain(|_, a| a.child_relid() != r.child_relid);
+                    Ok(Vec::new())
                 }
-                _ => return Err(Violation::BadRelid(r.child_relid)),
+                _ => Err(Violation::BadRelid(r.child_relid)),
             },
-            Message::ModifyChannel(m) => {
-                let ch = self
-                    .channels
-                    .get_mut(&m.child_relid)
-                    .ok_or(Violation::BadRelid(m.child_relid))?;
-                let ChannelState::Open(info) = &mut ch.state else {
-                    return Err(Violation::BadRelid(m.child_relid));
-                };
-                info.target_vp = m.target_vp;
-                if self.version >= Some(Version::WIN10_V5_3) {
-                    let r = ModifyChannelResponse {
-                        header: Header::new(ModifyChannelResponse::TYPE),
-                        child_relid: m.child_relid,
-                        status: 0,
-                    };
-                    self.send(r.as_bytes());
-                }
-            }
+            Message::ModifyChannel(m) => self.modify_channel(version, msgtype, &m),
             Message::Unload => {
-                for (relid, ch) in self.channels.iter_mut() {
-                    if matches!(ch.state, ChannelState::Open(_)) {
-                        events.push(Event::Closed { relid: *relid });
-                        ch.state = ChannelState::Offered;
-                    }
-                }
-                self.channels.retain(|_, c| c.state != ChannelState::Rescinded);
-                self.gpadls.clear();
-                self.assemblies.clear();
-                self.version = None;
-                self.offers_requested = false;
+                let mut events = events_with_room(self.open_relids().count() + 1)?;
+                events.extend(self.open_relids().map(|relid| Event::Closed { relid }));
+                self.disconnect();
                 self.send(
                     UnloadResponse {
                         header: Header::new(UnloadResponse::TYPE),
                     }
                     .as_bytes(),
-                );
+                )?;
                 events.push(Event::Unloaded);
+                Ok(events)
             }
-            Message::InitiateContact(_) => unreachable!("handled above"),
-            // Host-to-guest messages coming from the guest.
-            _ => return Err(Violation::WrongDirection(msgtype)),
+            // Host-to-guest messages coming from the guest (INITIATE_CONTACT
+            // was handled above).
+            _ => Err(Violation::WrongDirection(msgtype)),
         }
+    }
+
+    /// INITIATE_CONTACT. From a guest that is already connected it is an
+    /// implicit disconnect first: every open channel is closed
+    /// ([`Event::Closed`], before [`Event::Connected`]), GPADLs, assemblies
+    /// and rescinded channels are dropped, and the contact is then decided as
+    /// on a fresh bus. That is what a guest rebooting into a new kernel needs
+    /// (Linux sends no UNLOAD on a normal reboot or kexec; its `vmbus_connect`
+    /// in `drivers/hv/connection.c` just starts over), and what OpenVMM does
+    /// (`vmbus_server/src/channels.rs` `initiate_contact` →
+    /// `request_disconnect(ConnectionAction::Reconnect)`).
+    fn initiate_contact(
+        &mut self,
+        connection_id: u32,
+        ic: &InitiateContact,
+    ) -> Result<Vec<Event>, Violation> {
+        self.outbox.make_room(1)?;
+        let mut events = events_with_room(self.open_relids().count() + 1)?;
+        if self.version.is_some() {
+            events.extend(self.open_relids().map(|relid| Event::Closed { relid }));
+            self.disconnect();
+        }
+        let contact = version::decide(ic, connection_id);
+        if let Contact::Accepted {
+            version,
+            target_vp,
+            sint,
+            ..
+        } = contact
+        {
+            self.version = Some(version);
+            self.target_vp = target_vp;
+            self.sint = sint;
+            events.push(Event::Connected(version));
+        } else {
+            // Not connected: answer the VP the guest named, on SINT 2.
+            self.target_vp = ic.target_vcpu;
+            self.sint = VMBUS_SINT;
+        }
+        self.send(version::response(&contact).as_bytes())?;
         Ok(events)
     }
 
-    fn gpadl_created(&mut self, relid: u32, handle: u32, status: u32) {
+    fn gpadl_created(&mut self, relid: u32, handle: u32, status: u32) -> Result<(), Violation> {
         let m = GpadlCreated {
             header: Header::new(GpadlCreated::TYPE),
             child_relid: relid,
             gpadl: handle,
             status,
         };
-        self.send(m.as_bytes());
+        self.send(m.as_bytes())
+    }
+
+    /// Answer a GPADL_HEADER with a failed GPADL_CREATED, and report why.
+    fn refuse_gpadl(&mut self, h: &GpadlHeader, why: Violation) -> Result<Vec<Event>, Violation> {
+        self.gpadl_created(h.child_relid, h.gpadl, STATUS_FAILURE)?;
+        Err(why)
+    }
+
+    /// Which quota a new GPADL of `pages` pages would exceed, if any.
+    fn gpadl_quota(&self, pages: u64) -> Option<Quota> {
+        if self.gpadls.len() + self.assemblies.len() >= self.limits.max_gpadls {
+            return Some(Quota::Gpadls);
+        }
+        if pages > self.limits.max_pages_per_gpadl {
+            return Some(Quota::GpadlPages);
+        }
+        if self.gpadl_pages().saturating_add(pages) > self.limits.max_gpadl_pages {
+            return Some(Quota::TotalGpadlPages);
+        }
+        None
+    }
+
+    fn gpadl_header(&mut self, h: &GpadlHeader, rest: &[u8]) -> Result<Vec<Event>, Violation> {
+        if self.gpadls.contains_key(&h.gpadl) || self.assemblies.contains_key(&h.gpadl) {
+            return self.refuse_gpadl(h, Violation::BadGpadl(h.gpadl));
+        }
+        if !matches!(self.channels.get(&h.child_relid), Some(c) if c.state != ChannelState::Rescinded) {
+            return self.refuse_gpadl(h, Violation::BadRelid(h.child_relid));
+        }
+        // Quotas come from the header alone, before anything is allocated.
+        let pages = match gpadl::declared_pages(h) {
+            Ok(p) => p,
+            Err(e) => return self.refuse_gpadl(h, Violation::GpadlRefused(e)),
+        };
+        if let Some(q) = self.gpadl_quota(pages) {
+            return self.refuse_gpadl(h, Violation::QuotaExceeded(q));
+        }
+        match Assembly::start(h, rest) {
+            Ok(a) if a.is_complete() => self.complete_gpadl(a),
+            Ok(a) => {
+                // Bounded: counted against max_gpadls above.
+                self.assemblies.insert(h.gpadl, a);
+                Ok(Vec::new())
+            }
+            Err(GpadlError::OutOfMemory) => self.refuse_gpadl(h, Violation::HostOutOfMemory),
+            Err(e) => self.refuse_gpadl(h, Violation::GpadlRefused(e)),
+        }
     }
 
     fn complete_gpadl(&mut self, a: Assembly) -> Result<Vec<Event>, Violation> {
         let (relid, handle) = (a.child_relid(), a.handle());
-        match a.finish(self.max_pfn) {
+        match a.finish(self.guest_pages) {
             Ok(g) => {
+                // Bounded: the assembly was counted against max_gpadls.
                 self.gpadls.insert(handle, g);
-                self.gpadl_created(relid, handle, 0);
+                self.gpadl_created(relid, handle, 0)?;
                 Ok(Vec::new())
             }
             Err(e) => {
-                self.gpadl_created(relid, handle, STATUS_FAILURE);
-                Err(Violation::GpadlRefused(e))
+                self.gpadl_created(relid, handle, STATUS_FAILURE)?;
+                Err(match e {
+                    GpadlError::OutOfMemory => Violation::HostOutOfMemory,
+                    e => Violation::GpadlRefused(e),
+                })
             }
         }
     }
@@ -441,8 +737,8 @@ impl Server {
     /// before the answer is taken with [`Self::next_message`]; returns false
     /// if there was no such answer waiting.
     pub fn refuse_open(&mut self, relid: u32) -> bool {
-        let answer = self.outbox.iter_mut().rev().find_map(|(_, bytes)| {
-            let r = OpenResult::mut_from_bytes(bytes.as_mut_slice()).ok()?;
+        let answer = self.outbox.queue.iter_mut().rev().find_map(|m| {
+            let r = OpenResult::mut_from_bytes(m.bytes_mut()).ok()?;
             (r.header.msgtype == OpenResult::TYPE.0 && r.child_relid == relid && r.status == 0).then_some(r)
         });
         let Some(answer) = answer else { return false };
@@ -455,7 +751,20 @@ impl Server {
         true
     }
 
-    fn open(&mut self, o: &crate::protocol::OpenChannel) -> Result<Event, Violation> {
+    fn open_channel(&mut self, o: &OpenChannel) -> Result<Vec<Event>, Violation> {
+        let result = self.open(o);
+        let status = if result.is_ok() { 0 } else { STATUS_FAILURE };
+        let m = OpenResult {
+            header: Header::new(OpenResult::TYPE),
+            child_relid: o.child_relid,
+            open_id: o.open_id,
+            status,
+        };
+        self.send(m.as_bytes())?;
+        result
+    }
+
+    fn open(&mut self, o: &OpenChannel) -> Result<Vec<Event>, Violation> {
         let relid = o.child_relid;
         let ch = self.channels.get(&relid).ok_or(Violation::BadRelid(relid))?;
         if ch.state != ChannelState::Offered {
@@ -465,21 +774,84 @@ impl Server {
             .gpadls
             .get(&o.ring_gpadl)
             .ok_or(Violation::BadGpadl(o.ring_gpadl))?;
-        let pages = g.page_count() as u32;
+        let pages = g.page_count() as u64;
         // Each ring needs its control page and at least one data page.
-        let split = o.downstream_ring_page_offset;
+        let split = o.downstream_ring_page_offset as u64;
         if g.child_relid != relid || split < 2 || pages < split + 2 || g.ranges.len() != 1 {
             return Err(Violation::BadGpadl(o.ring_gpadl));
         }
         let info = OpenInfo {
             ring_gpadl: o.ring_gpadl,
-            downstream_page_offset: split,
+            downstream_page_offset: o.downstream_ring_page_offset,
             target_vp: o.target_vp,
             open_id: o.open_id,
         };
-        let gpadl = g.clone();
-        self.channels.get_mut(&relid).expect("checked").state = ChannelState::Open(info.clone());
-        Ok(Event::Opened { relid, info, gpadl })
+        let gpadl = g.try_clone().map_err(|_| Violation::HostOutOfMemory)?;
+        let mut events = events_with_room(1)?;
+        if let Some(ch) = self.channels.get_mut(&relid) {
+            ch.state = ChannelState::Open(info.clone());
+        }
+        events.push(Event::Opened { relid, info, gpadl });
+        Ok(events)
+    }
+
+    fn close_channel(&mut self, c: &CloseChannel) -> Result<Vec<Event>, Violation> {
+        let relid = c.child_relid;
+        let ch = self.channels.get_mut(&relid).ok_or(Violation::BadRelid(relid))?;
+        if ch.state == ChannelState::Offered {
+            return Err(Violation::BadRelid(relid));
+        }
+        let mut events = events_with_room(1)?;
+        // A rescinded channel may still be closed by the guest.
+        if matches!(ch.state, ChannelState::Open(_)) {
+            ch.state = ChannelState::Offered;
+        }
+        events.push(Event::Closed { relid });
+        Ok(events)
+    }
+
+    /// MODIFYCHANNEL: retarget an open channel's interrupts. It exists from
+    /// 4.1 (Linux `drivers/hv/channel.c` `vmbus_send_modifychannel`); below,
+    /// it is a violation with no answer. From 5.3 every MODIFYCHANNEL is
+    /// answered, a refused one with [`STATUS_UNSUCCESSFUL`], because Linux
+    /// 6.1 waits for the answer with no timeout (`send_modifychannel_with_ack`,
+    /// `wait_for_completion`); OpenVMM does the same (`channels.rs`
+    /// `handle_modify_channel`). Refused: an unknown relid, a channel that is
+    /// not open, target VP [`VP_INDEX_DISABLE_INTERRUPT`].
+    fn modify_channel(
+        &mut self,
+        version: Version,
+        msgtype: u32,
+        m: &ModifyChannel,
+    ) -> Result<Vec<Event>, Violation> {
+        if version < Version::WIN10_V4_1 {
+            return Err(Violation::Unsupported { msgtype, version });
+        }
+        let result = self.retarget(m);
+        if version >= Version::WIN10_V5_3 {
+            let r = ModifyChannelResponse {
+                header: Header::new(ModifyChannelResponse::TYPE),
+                child_relid: m.child_relid,
+                status: if result.is_ok() { 0 } else { STATUS_UNSUCCESSFUL },
+            };
+            self.send(r.as_bytes())?;
+        }
+        result.map(|()| Vec::new())
+    }
+
+    fn retarget(&mut self, m: &ModifyChannel) -> Result<(), Violation> {
+        if m.target_vp == VP_INDEX_DISABLE_INTERRUPT {
+            return Err(Violation::BadTargetVp(m.target_vp));
+        }
+        let ch = self
+            .channels
+            .get_mut(&m.child_relid)
+            .ok_or(Violation::BadRelid(m.child_relid))?;
+        let ChannelState::Open(info) = &mut ch.state else {
+            return Err(Violation::BadRelid(m.child_relid));
+        };
+        info.target_vp = m.target_vp;
+        Ok(())
     }
 }
 
@@ -487,6 +859,495 @@ impl Server {
 mod tests {
     use super::*;
     use crate::client::{Client, ClientEvent};
+    use crate::protocol::{GpadlBody, GpadlTeardown, MESSAGE_CONNECTION_ID, RelidReleased, RequestOffers};
+
+    fn spec(n: u8) -> OfferSpec {
+        OfferSpec {
+            interface_type: [n; 16],
+            interface_instance: [n ^ 0x5A; 16],
+            channel_flags: 0,
+            user_defined: [0; 120],
+        }
+    }
+
+    fn contact(v: Version) -> Vec<u8> {
+        InitiateContact {
+            header: Header::new(InitiateContact::TYPE),
+            version_requested: v.0,
+            target_vcpu: 0,
+            interrupt_page_or_sint: if v >= Version::WIN10_V5 { 2 } else { 0 },
+            monitor_page1: 0,
+            monitor_page2: 0,
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    fn drain(s: &mut Server) -> Vec<Vec<u8>> {
+        core::iter::from_fn(|| s.next_message().map(|(_, m)| m)).collect()
+    }
+
+    fn request_offers() -> Vec<u8> {
+        RequestOffers {
+            header: Header::new(RequestOffers::TYPE),
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    /// A server with `offers` channels, connected at `v`, offers delivered and drained.
+    fn connected(guest_pages: u64, limits: Limits, v: Version, offers: u8) -> Server {
+        let mut s = Server::with_limits(guest_pages, limits);
+        for i in 0..offers {
+            s.offer(spec(i + 1)).unwrap();
+        }
+        assert_eq!(s.handle(4, &contact(v)), Ok(vec![Event::Connected(v)]));
+        s.handle(MESSAGE_CONNECTION_ID, &request_offers()).unwrap();
+        drain(&mut s);
+        s
+    }
+
+    /// Post a whole GPADL; the last result and the GPADL_CREATED status sent, if any.
+    fn post_gpadl(
+        s: &mut Server,
+        relid: u32,
+        handle: u32,
+        pfns: &[u64],
+    ) -> (Result<Vec<Event>, Violation>, Option<u32>) {
+        let mut last = Ok(Vec::new());
+        for m in gpadl::encode(relid, handle, pfns) {
+            last = s.handle(1, &m);
+        }
+        let status = drain(s).iter().find_map(|m| match Message::parse(m) {
+            Ok(Message::GpadlCreated(c)) if c.gpadl == handle => Some(c.status),
+            _ => None,
+        });
+        (last, status)
+    }
+
+    /// Only the GPADL_HEADER of a GPADL announcing `pages` pages (bodies never follow).
+    fn header_only(relid: u32, handle: u32, pages: u64) -> Vec<u8> {
+        let pfns: Vec<u64> = (0..pages).collect();
+        gpadl::encode(relid, handle, &pfns).swap_remove(0)
+    }
+
+    fn open_msg(relid: u32, gpadl: u32, split: u32) -> Vec<u8> {
+        OpenChannel {
+            header: Header::new(OpenChannel::TYPE),
+            child_relid: relid,
+            open_id: relid,
+            ring_gpadl: gpadl,
+            target_vp: 0,
+            downstream_ring_page_offset: split,
+            user_data: [0; 120],
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    fn modify(relid: u32, target_vp: u32) -> Vec<u8> {
+        ModifyChannel {
+            header: Header::new(ModifyChannel::TYPE),
+            child_relid: relid,
+            target_vp,
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    fn teardown(relid: u32, gpadl: u32) -> Vec<u8> {
+        GpadlTeardown {
+            header: Header::new(GpadlTeardown::TYPE),
+            child_relid: relid,
+            gpadl,
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    /// Open `relid` on a fresh 4-page GPADL `handle` at `first_pfn`.
+    fn open(s: &mut Server, relid: u32, handle: u32, first_pfn: u64) {
+        let pfns: Vec<u64> = (first_pfn..first_pfn + 4).collect();
+        assert_eq!(post_gpadl(s, relid, handle, &pfns).1, Some(0));
+        let ev = s.handle(1, &open_msg(relid, handle, 2)).unwrap();
+        assert!(
+            matches!(ev[..], [Event::Opened { relid: r, .. }] if r == relid),
+            "{ev:?}"
+        );
+        drain(s);
+    }
+
+    fn modify_status(msgs: &[Vec<u8>]) -> Option<i32> {
+        msgs.iter().find_map(|m| match Message::parse(m) {
+            Ok(Message::ModifyChannelResponse(r)) => Some(r.status),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn default_limits_are_documented_values() {
+        let s = Server::new(1 << 20);
+        assert_eq!(s.limits(), Limits::DEFAULT);
+        assert_eq!(
+            (
+                Limits::DEFAULT.max_gpadls,
+                Limits::DEFAULT.max_gpadl_pages,
+                Limits::DEFAULT.max_outbox
+            ),
+            (64, 32768, 128)
+        );
+        // A small guest caps the total at its own size.
+        assert_eq!(Server::new(1000).limits().max_gpadl_pages, 1000);
+    }
+
+    #[test]
+    fn gpadl_count_quota_refuses_with_gpadl_created_failure() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        for i in 0..64u32 {
+            let (r, status) = post_gpadl(&mut s, 1, 100 + i, &[1000 + i as u64]);
+            assert_eq!((r, status), (Ok(Vec::new()), Some(0)), "GPADL {i}");
+        }
+        let (r, status) = post_gpadl(&mut s, 1, 999, &[5]);
+        assert_eq!(r, Err(Violation::QuotaExceeded(Quota::Gpadls)));
+        assert_eq!(status, Some(STATUS_FAILURE));
+        assert!(s.gpadl(999).is_none());
+        assert_eq!(s.usage().gpadls, 64);
+        // Tearing one down frees its slot.
+        assert_eq!(s.handle(1, &teardown(1, 100)), Ok(Vec::new()));
+        drain(&mut s);
+        assert_eq!(post_gpadl(&mut s, 1, 999, &[5]).1, Some(0));
+    }
+
+    #[test]
+    fn unfinished_assemblies_count_against_the_gpadl_quota() {
+        // A guest posting GPADL_HEADERs with fresh handles and never the bodies.
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        let mut refused = 0;
+        for handle in 0..10_000u32 {
+            match s.handle(1, &header_only(1, handle + 1, 100)) {
+                Ok(_) => {}
+                Err(Violation::QuotaExceeded(Quota::Gpadls)) => refused += 1,
+                Err(v) => panic!("{v:?}"),
+            }
+            drain(&mut s);
+        }
+        assert_eq!(refused, 10_000 - 64);
+        let u = s.usage();
+        assert_eq!((u.gpadls, u.assemblies, u.gpadl_pages), (64, 64, 6400));
+    }
+
+    #[test]
+    fn per_gpadl_page_quota_is_checked_at_the_header() {
+        let limits = Limits {
+            max_pages_per_gpadl: 100,
+            ..Limits::DEFAULT
+        };
+        let mut s = connected(1 << 16, limits, Version::WIN10_V5_3, 1);
+        let pfns: Vec<u64> = (1000..1100).collect();
+        assert_eq!(post_gpadl(&mut s, 1, 1, &pfns).1, Some(0));
+        let pfns: Vec<u64> = (2000..2101).collect();
+        let msgs = gpadl::encode(1, 2, &pfns);
+        assert_eq!(
+            s.handle(1, &msgs[0]),
+            Err(Violation::QuotaExceeded(Quota::GpadlPages))
+        );
+        assert_eq!(s.usage().assemblies, 0, "nothing kept for the refused header");
+        // Its bodies name nothing now.
+        assert_eq!(s.handle(1, &msgs[1]), Err(Violation::BadGpadl(2)));
+    }
+
+    #[test]
+    fn total_gpadl_page_quota_counts_assemblies_and_is_capped_by_guest_pages() {
+        let limits = Limits {
+            max_gpadl_pages: 5000,
+            ..Limits::DEFAULT
+        };
+        let mut s = connected(1000, limits, Version::WIN10_V5_3, 1);
+        assert_eq!(s.limits().max_gpadl_pages, 1000, "capped at the guest's pages");
+        // 600 pages announced, bodies still to come: they count already.
+        let big: Vec<u64> = (0..600).collect();
+        let msgs = gpadl::encode(1, 1, &big);
+        assert_eq!(s.handle(1, &msgs[0]), Ok(Vec::new()));
+        let (r, status) = post_gpadl(&mut s, 1, 2, &(600..1000).collect::<Vec<u64>>());
+        assert_eq!(r, Ok(Vec::new()));
+        assert_eq!(status, Some(0), "exactly at the limit");
+        assert_eq!(s.usage().gpadl_pages, 1000);
+        let (r, status) = post_gpadl(&mut s, 1, 3, &[999]);
+        assert_eq!(r, Err(Violation::QuotaExceeded(Quota::TotalGpadlPages)));
+        assert_eq!(status, Some(STATUS_FAILURE));
+        for m in &msgs[1..] {
+            s.handle(1, m).unwrap();
+        }
+        drain(&mut s);
+        assert_eq!(s.handle(1, &teardown(1, 2)), Ok(Vec::new()));
+        drain(&mut s);
+        assert_eq!(post_gpadl(&mut s, 1, 3, &[999]).1, Some(0));
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_requests_without_growing() {
+        let limits = Limits {
+            max_outbox: 4,
+            ..Limits::DEFAULT
+        };
+        let mut s = connected(1 << 16, limits, Version::WIN10_V5_3, 2);
+        // Nobody drains: four answers fit, the fifth request is refused
+        // before it does anything.
+        for i in 0..4u32 {
+            let m = gpadl::encode(1, 10 + i, &[100 + i as u64]).swap_remove(0);
+            assert_eq!(s.handle(1, &m), Ok(Vec::new()));
+        }
+        let m = gpadl::encode(1, 20, &[200]).swap_remove(0);
+        assert_eq!(s.handle(1, &m), Err(Violation::QuotaExceeded(Quota::Outbox)));
+        assert!(s.gpadl(20).is_none(), "refused request changed nothing");
+        assert_eq!(s.usage().outbox, 4);
+        assert_eq!(
+            s.handle(1, &request_offers()),
+            Err(Violation::QuotaExceeded(Quota::Outbox))
+        );
+        assert_eq!(
+            s.handle(4, &contact(Version::WIN10_V5_3)),
+            Err(Violation::QuotaExceeded(Quota::Outbox))
+        );
+        assert_eq!(s.version(), Some(Version::WIN10_V5_3), "no reconnect happened");
+        assert_eq!(s.offer(spec(9)), Err(HostError::OutboxFull));
+        assert_eq!(s.channels().len(), 2, "no offer without its message");
+        assert_eq!(s.rescind(1), Err(HostError::OutboxFull));
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        assert_eq!(s.usage().outbox, 4, "never grew");
+        assert_eq!(drain(&mut s).len(), 4);
+        // Room again: three answers (two offers and ALLOFFERS_DELIVERED).
+        assert_eq!(s.handle(1, &request_offers()), Ok(Vec::new()));
+        assert_eq!(drain(&mut s).len(), 3);
+        assert_eq!(post_gpadl(&mut s, 1, 20, &[200]).1, Some(0));
+    }
+
+    #[test]
+    fn pfn_equal_to_guest_pages_is_refused() {
+        // A guest of 64 pages: PFN 63 is its last, 64 is one past the end.
+        let mut s = connected(64, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        let (r, status) = post_gpadl(&mut s, 1, 1, &[10, 64]);
+        assert_eq!(r, Err(Violation::GpadlRefused(GpadlError::BadPfn(64))));
+        assert_eq!(status, Some(STATUS_FAILURE));
+        assert!(s.gpadl(1).is_none());
+        let (r, status) = post_gpadl(&mut s, 1, 2, &[10, 63]);
+        assert_eq!((r, status), (Ok(Vec::new()), Some(0)));
+    }
+
+    #[test]
+    fn a_second_initiate_contact_reconnects() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        open(&mut s, 1, 0xE1E10, 100);
+        assert_eq!(post_gpadl(&mut s, 2, 0xE1E11, &[200]).1, Some(0));
+        s.handle(1, &header_only(2, 0xE1E12, 50)).unwrap();
+        s.rescind(2).unwrap();
+        drain(&mut s);
+        // The guest rebooted into a new kernel: no UNLOAD, just INITIATE_CONTACT.
+        let events = s.handle(4, &contact(Version::WIN10_V5)).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Closed { relid: 1 }, Event::Connected(Version::WIN10_V5)]
+        );
+        let answers = drain(&mut s);
+        assert!(
+            matches!(Message::parse(&answers[0]), Ok(Message::VersionResponse(r)) if r.version_supported == 1),
+            "{answers:?}"
+        );
+        assert_eq!(s.version(), Some(Version::WIN10_V5));
+        assert!(s.gpadl(0xE1E10).is_none() && s.gpadl(0xE1E11).is_none());
+        let u = s.usage();
+        assert_eq!((u.gpadls, u.assemblies, u.open_channels), (0, 0, 0));
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        assert!(!s.channels().contains_key(&2), "rescinded channel dropped");
+        // Offers wait for the new REQUESTOFFERS.
+        let relid = s.offer(spec(7)).unwrap();
+        assert_eq!(relid, 2, "the rescinded relid is free again");
+        assert!(drain(&mut s).is_empty(), "offered before REQUESTOFFERS");
+        s.handle(1, &request_offers()).unwrap();
+        assert_eq!(drain(&mut s).len(), 3);
+        // Handles were forgotten: the new kernel may reuse them; re-open works.
+        open(&mut s, 1, 0xE1E10, 300);
+    }
+
+    #[test]
+    fn a_second_initiate_contact_for_an_unknown_version_still_disconnects() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        open(&mut s, 1, 7, 100);
+        let events = s.handle(4, &contact(Version(0x0006_0000))).unwrap();
+        assert_eq!(events, vec![Event::Closed { relid: 1 }]);
+        assert_eq!(s.version(), None);
+        let answers = drain(&mut s);
+        assert!(
+            matches!(Message::parse(&answers[0]), Ok(Message::VersionResponse(r)) if r.version_supported == 0)
+        );
+        assert_eq!(s.handle(1, &request_offers()), Err(Violation::NotConnected(3)));
+    }
+
+    #[test]
+    fn modifychannel_is_always_answered_from_5_3() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        open(&mut s, 1, 7, 100);
+        // Unknown relid, a channel that is not open, interrupts disabled:
+        // each refused with STATUS_UNSUCCESSFUL, and counted.
+        for (msg, why) in [
+            (modify(99, 1), Violation::BadRelid(99)),
+            (modify(2, 1), Violation::BadRelid(2)),
+            (modify(1, u32::MAX), Violation::BadTargetVp(u32::MAX)),
+        ] {
+            assert_eq!(s.handle(1, &msg), Err(why));
+            assert_eq!(
+                modify_status(&drain(&mut s)),
+                Some(STATUS_UNSUCCESSFUL),
+                "{why:?}"
+            );
+        }
+        let ChannelState::Open(info) = &s.channels()[&1].state else {
+            panic!()
+        };
+        assert_eq!(info.target_vp, 0, "a refused MODIFYCHANNEL changes nothing");
+        assert_eq!(s.handle(1, &modify(1, 3)), Ok(Vec::new()));
+        assert_eq!(modify_status(&drain(&mut s)), Some(0));
+        let ChannelState::Open(info) = &s.channels()[&1].state else {
+            panic!()
+        };
+        assert_eq!(info.target_vp, 3);
+    }
+
+    #[test]
+    fn modifychannel_below_4_1_is_a_violation() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10, 1);
+        open(&mut s, 1, 7, 100);
+        assert_eq!(
+            s.handle(1, &modify(1, 3)),
+            Err(Violation::Unsupported {
+                msgtype: 22,
+                version: Version::WIN10
+            })
+        );
+        assert!(drain(&mut s).is_empty());
+        let ChannelState::Open(info) = &s.channels()[&1].state else {
+            panic!()
+        };
+        assert_eq!(info.target_vp, 0);
+        // 4.1 has it, without an answer (Linux does not wait below 5.3).
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V4_1, 1);
+        open(&mut s, 1, 7, 100);
+        assert_eq!(s.handle(1, &modify(1, 3)), Ok(Vec::new()));
+        assert_eq!(s.handle(1, &modify(5, 3)), Err(Violation::BadRelid(5)));
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn reset_returns_to_power_on() {
+        let mut s = Server::new(1 << 16);
+        for i in 1..=3 {
+            s.offer(spec(i)).unwrap();
+        }
+        // Messages to VP 1 on SINT 3, as the guest asks.
+        let ic = InitiateContact {
+            target_vcpu: 1,
+            interrupt_page_or_sint: 3,
+            ..InitiateContact::read_from_bytes(&contact(Version::WIN10_V5_3)).unwrap()
+        };
+        s.handle(4, ic.as_bytes()).unwrap();
+        s.handle(1, &request_offers()).unwrap();
+        drain(&mut s);
+        assert_eq!(s.message_target(), (1, 3));
+        open(&mut s, 1, 10, 100);
+        open(&mut s, 3, 11, 200);
+        s.handle(1, &header_only(1, 12, 40)).unwrap();
+        s.rescind(2).unwrap();
+        s.handle(1, &modify(1, 5)).unwrap();
+        assert!(s.usage().outbox > 0);
+        let open_before = s.reset();
+        assert_eq!(open_before, vec![1, 3]);
+        assert_eq!(s.version(), None);
+        assert_eq!(s.message_target(), (0, VMBUS_SINT));
+        let u = s.usage();
+        assert_eq!(
+            (u.gpadls, u.assemblies, u.gpadl_pages, u.outbox, u.open_channels),
+            (0, 0, 0, 0, 0)
+        );
+        assert!(s.next_message().is_none());
+        assert_eq!(s.channels().keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        for (relid, n) in [(1, 1), (3, 3)] {
+            let ch = &s.channels()[&relid];
+            assert_eq!(
+                (ch.state.clone(), ch.offer.clone()),
+                (ChannelState::Offered, spec(n))
+            );
+        }
+        assert_eq!(s.handle(1, &request_offers()), Err(Violation::NotConnected(3)));
+        // The restarted guest connects afresh and sees both offers.
+        assert_eq!(
+            s.handle(4, &contact(Version::WIN10_V5_3)),
+            Ok(vec![Event::Connected(Version::WIN10_V5_3)])
+        );
+        s.handle(1, &request_offers()).unwrap();
+        assert_eq!(drain(&mut s).len(), 1 + 2 + 1);
+        open(&mut s, 1, 10, 100);
+    }
+
+    #[test]
+    fn offers_take_the_lowest_free_relid() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 3);
+        s.rescind(2).unwrap();
+        // Rescinded but not released: relid 2 is still the guest's.
+        assert_eq!(s.offer(spec(4)), Ok(4));
+        let released = RelidReleased {
+            header: Header::new(RelidReleased::TYPE),
+            child_relid: 2,
+        };
+        s.handle(1, released.as_bytes()).unwrap();
+        assert_eq!(s.offer(spec(5)), Ok(2));
+        assert_eq!(s.offer(spec(6)), Ok(5));
+        assert_eq!(s.rescind(9), Err(HostError::NoChannel(9)));
+        let conns: Vec<u32> = s.channels().values().map(|c| c.connection_id).collect();
+        assert_eq!(conns, vec![0x2001, 0x2002, 0x2003, 0x2004, 0x2005]);
+    }
+
+    #[test]
+    fn released_relids_take_their_gpadls_and_assemblies_along() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        assert_eq!(post_gpadl(&mut s, 2, 1, &[10]).1, Some(0));
+        s.handle(1, &header_only(2, 2, 30)).unwrap();
+        s.rescind(2).unwrap();
+        let released = RelidReleased {
+            header: Header::new(RelidReleased::TYPE),
+            child_relid: 2,
+        };
+        s.handle(1, released.as_bytes()).unwrap();
+        let u = s.usage();
+        assert_eq!((u.gpadls, u.gpadl_pages), (0, 0));
+        let body = GpadlBody {
+            header: Header::new(GpadlBody::TYPE),
+            msgnumber: 0,
+            gpadl: 2,
+        };
+        assert_eq!(s.handle(1, body.as_bytes()), Err(Violation::BadGpadl(2)));
+    }
+
+    #[test]
+    fn usage_reports_what_is_held() {
+        let mut s = connected(4096, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        open(&mut s, 1, 1, 100);
+        s.handle(1, &header_only(2, 2, 30)).unwrap();
+        assert_eq!(
+            s.usage(),
+            Usage {
+                gpadls: 2,
+                assemblies: 1,
+                gpadl_pages: 34,
+                channels: 2,
+                open_channels: 1,
+                outbox: 0,
+                limits: Limits {
+                    max_gpadl_pages: 4096,
+                    ..Limits::DEFAULT
+                },
+            }
+        );
+    }
 
     /// Run messages both ways until both sides are quiet.
     fn pump(server: &mut Server, client: &mut Client, events: &mut Vec<ClientEvent>, veto: Option<u32>) {

@@ -15,6 +15,18 @@ pub const GET_CORE_STATS: HvCallCode = HvCallCode(0xC001);
 /// output a [`PartitionStats`].
 pub const GET_PARTITION_STATS: HvCallCode = HvCallCode(0xC002);
 
+/// HvPrivResetPartition (root only): input a partition id (8 bytes, or in
+/// RDX as a fast call). Puts the partition back to power-on as a VM reset
+/// does: every VP to the x86 reset state (registers, VMCB with no pending
+/// event, x87/SSE and debug registers), its SynIC to reset values with its
+/// queue and pending vectors emptied, the partition's synthetic MSRs
+/// (GUEST_OS_ID, a locked HYPERCALL MSR) cleared, suspend flags cleared.
+/// Memory, VPs, intercept-message pages and ports stay (the worker reloads
+/// memory itself). Hyper-V has no hypercall for this: its VM worker resets a
+/// partition through the VID driver (`WHvResetPartition` in the Windows
+/// Hypervisor Platform API).
+pub const RESET_PARTITION: HvCallCode = HvCallCode(0xC003);
+
 /// Exit-reason buckets counted by hv-core, in [`CoreStats::exits`] order.
 pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] = [
     "cpuid",
@@ -77,8 +89,11 @@ pub struct CoreStats {
     pub partitions: u64,
     /// Root pages currently lent to children.
     pub lent_pages: u64,
+    /// Root pages pinned (written by hv-core itself: the root's hypercall,
+    /// SIMP and SIEF pages, child VPs' intercept-message pages), never lent.
+    pub pinned_pages: u64,
 }
-const _: () = assert!(size_of::<CoreStats>() == 4 * 8 + 8 * EXIT_REASON_COUNT + 32);
+const _: () = assert!(size_of::<CoreStats>() == 4 * 8 + 8 * EXIT_REASON_COUNT + 40);
 
 /// Output of [`GET_PARTITION_STATS`].
 #[repr(C)]

@@ -218,6 +218,35 @@ impl Child {
         }
     }
 
+    /// HvPrivResetPartition: power-on state for everything hv-core keeps
+    /// for the partition that a guest could have changed (a VM reset). The
+    /// root-owned configuration stays: memory map, VPs and their message
+    /// pages, ports, properties other than SUSPEND, exit counters.
+    pub fn reset(&mut self) -> ChildResult<()> {
+        self.state.check_active("reset").map_err(|e| e.status())?;
+        let npt_root = self.npt.as_ref().ok_or(HvStatus::INVALID_PARTITION_STATE)?.root();
+        let (maps, asid) = (self.maps, self.asid);
+        for vp in self.vps.iter_mut().flatten() {
+            init_vmcb(vp.vmcb(), &maps, npt_root, asid);
+            // SAFETY: the VP's own FXSAVE page in hv-core's region; the VP is
+            // not running (one CPU, and we are in its hypercall).
+            unsafe { core::ptr::write_bytes(vp.fx_pa as *mut u8, 0, 4096) };
+            init_fx_area(vp.fx_pa);
+            vp.debug = [0; 4];
+            vp.regs = GuestRegs::default();
+            vp.guest_efer = 0;
+            vp.synic.reset();
+            vp.pending = PendingVectors::new();
+            vp.intercept_suspended = false;
+            vp.explicit_suspend = false;
+            vp.unrecoverable = false;
+        }
+        self.msrs = SyntheticMsrs::default();
+        self.suspended = false;
+        self.logged = 0;
+        Ok(())
+    }
+
     fn vp_mut(&mut self, index: u32) -> ChildResult<&mut Vp> {
         self.vps
             .get_mut(index as usize)
@@ -371,7 +400,8 @@ impl Child {
     }
 
     /// HvCallMapVpStatePage with a root-provided page for intercept messages
-    /// (`None`: unmap). The page is pinned: never lent to a child while used.
+    /// (`None`: unmap). The page is pinned (one count per VP using it):
+    /// never lent to a child while any VP uses it.
     pub fn set_message_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
         let vp = self.vp_mut(index)?;
         if let Some(p) = page
@@ -379,9 +409,8 @@ impl Child {
         {
             return Err(HvStatus::INVALID_PARAMETER);
         }
-        if let Some(old) = vp.message_page
-            && Some(old) != page
-        {
+        // The new pin is taken first, so re-mapping the same page keeps it.
+        if let Some(old) = vp.message_page {
             memory::unpin(old);
         }
         vp.message_page = page;
@@ -517,7 +546,12 @@ impl Child {
                     RegisterName::CR0 => s.cr0 = x,
                     RegisterName::CR2 => s.cr2 = x,
                     RegisterName::CR3 => s.cr3 = x,
-                    RegisterName::CR4 => s.cr4 = x,
+                    RegisterName::CR4 => {
+                        if x & !crate::vcpu::cr4_allowed() != 0 {
+                            return Err(HvStatus::INVALID_REGISTER_VALUE);
+                        }
+                        s.cr4 = x
+                    }
                     RegisterName::CR8 => v.control.int_ctl = (v.control.int_ctl & !0xF) | (x as u32 & 0xF),
                     RegisterName::DR6 => s.dr6 = x,
                     RegisterName::DR7 => s.dr7 = x,
@@ -705,7 +739,11 @@ fn run_vp(
         };
         let outcome = match code {
             c if c.is_invalid() => {
-                hvlog!("partition {id} VP {index}: VMRUN refused its state (VMEXIT_INVALID)");
+                crate::vcpu::log_limited(
+                    cpu.logged,
+                    id,
+                    format_args!("VP {index}: VMRUN refused its state (VMEXIT_INVALID)"),
+                );
                 vp.unrecoverable = true;
                 let mut payload = [0u8; 8];
                 payload[..4].copy_from_slice(&index.to_le_bytes());
@@ -714,13 +752,18 @@ fn run_vp(
             }
             ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
             ExitCode::CPUID => {
-                let leaf = cpu.vmcb.save.rax as u32;
+                let (leaf, subleaf) = (cpu.vmcb.save.rax as u32, cpu.regs.rcx as u32);
                 let o = cpu.cpuid();
-                // No MONITOR/MWAIT, XSAVE or OSXSAVE for children: XSAVE state
-                // is not switched per VP (FXSAVE state is).
-                match leaf {
-                    1 => cpu.regs.rcx &= !((1 << 3) | (1 << 26) | (1 << 27)),
-                    0xD => {
+                // Features whose state hv-core does not switch per partition
+                // are hidden here and refused in CR4 (`svm::cr`): MONITOR,
+                // XSAVE/OSXSAVE, PKU, CET, LA57; leaf 0xD (XSAVE) is empty.
+                match (leaf, subleaf) {
+                    (1, _) => cpu.regs.rcx &= !(svm::cr::LEAF1_ECX_HIDDEN as u64),
+                    (7, 0) => {
+                        cpu.regs.rcx &= !(svm::cr::LEAF7_ECX_HIDDEN as u64);
+                        cpu.regs.rdx &= !(svm::cr::LEAF7_EDX_HIDDEN as u64);
+                    }
+                    (0xD, _) => {
                         cpu.vmcb.save.rax = 0;
                         cpu.regs.rbx = 0;
                         cpu.regs.rcx = 0;
@@ -732,6 +775,7 @@ fn run_vp(
             }
             ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
             ExitCode::MSR => cpu.wrmsr(),
+            ExitCode::CR4_WRITE => cpu.mov_to_cr4(),
             ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
             ExitCode::VMMCALL => {
                 let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
@@ -749,6 +793,11 @@ fn run_vp(
                 vp.intercept_suspended = true;
                 return deliver(sh.root, sh.message_page, &io_message(&cpu, index));
             }
+            // An interrupt is waiting and would wake the CPU: the HLT ends
+            // at once and the vector goes in with the next entry.
+            ExitCode::HLT if crate::ipc::wakes_from_hlt(cpu.vmcb, cpu.pending) => {
+                Outcome::Advance(Intercepted::Hlt)
+            }
             ExitCode::HLT => {
                 vp.intercept_suspended = true;
                 let header = intercept_header(&cpu, index, 1, access::EXECUTE);
@@ -763,9 +812,11 @@ fn run_vp(
                 return deliver(sh.root, sh.message_page, &memory_message(&cpu, index));
             }
             ExitCode::SHUTDOWN => {
-                hvlog!(
-                    "partition {id} VP {index}: shutdown (triple fault) at rip {:#x}",
-                    cpu.vmcb.save.rip
+                let rip = cpu.vmcb.save.rip;
+                crate::vcpu::log_limited(
+                    cpu.logged,
+                    id,
+                    format_args!("VP {index}: shutdown (triple fault) at rip {rip:#x}"),
                 );
                 let header = intercept_header(&cpu, index, 0, access::EXECUTE);
                 // The VMCB is undefined after a shutdown (APM): rebuild it; the
@@ -777,8 +828,11 @@ fn run_vp(
                 return deliver(sh.root, sh.message_page, &m);
             }
             other => {
-                hvlog!("partition {id} VP {index}: unexpected exit {other:?}: VP stopped");
-                crate::vcpu::dump(cpu.vmcb, cpu.regs);
+                crate::vcpu::log_limited(
+                    cpu.logged,
+                    id,
+                    format_args!("VP {index}: unexpected exit {other:?}: VP stopped"),
+                );
                 vp.unrecoverable = true;
                 let header = intercept_header(&cpu, index, 0, access::EXECUTE);
                 let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
@@ -878,6 +932,8 @@ fn init_vmcb(v: &mut Vmcb, maps: &SharedMaps, npt_root: u64, asid: u32) {
         | intercept::MWAIT
         | intercept::MWAIT_COND
         | intercept::XSETBV;
+    // CR4 writes: a child may not enable what hv-core does not switch.
+    c.intercept_cr = 1 << (16 + 4);
     c.iopm_base_pa = maps.iopm;
     c.msrpm_base_pa = maps.msrpm;
     c.guest_asid = asid;

@@ -53,6 +53,7 @@ fn root_only(code: HvCallCode) -> bool {
             | HvCallCode::DISCONNECT_PORT
             | private::GET_CORE_STATS
             | private::GET_PARTITION_STATS
+            | private::RESET_PARTITION
     )
 }
 
@@ -360,8 +361,17 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 failed_hypercalls: s.failed_hypercalls,
                 partitions: hv.children.len() as u64,
                 lent_pages: crate::memory::lent_pages(),
+                pinned_pages: crate::memory::pinned_pages(),
             };
             write_output(&hv.root_ram, output, stats.as_bytes())
+        }),
+        private::RESET_PARTITION => simple(&control).and_then(|()| {
+            let id = if control.fast {
+                input
+            } else {
+                read_input::<PartitionIdInput>(&hv.root_ram, input)?.partition_id
+            };
+            child_mut(hv, id)?.reset()
         }),
         private::GET_PARTITION_STATS => slow(&control).and_then(|()| {
             let id: PartitionIdInput = read_input(&hv.root_ram, input)?;

@@ -49,10 +49,34 @@ impl SynicMemory for SynicMem<'_> {
     }
 }
 
+/// The highest pending vector if the VP's task priority lets it through:
+/// its priority class (vector bits 7:4) must be above the TPR (APM vol. 2
+/// §16.6.4 "Task Priority"). A child's CR8 is V_TPR (V_INTR_MASKING is set
+/// for children); the root's CR8 is the real TPR, which masks the root's
+/// own interrupts in hardware, so none applies here.
+fn deliverable(vmcb: &Vmcb, pending: &PendingVectors) -> Option<u8> {
+    const V_INTR_MASKING: u32 = 1 << 24;
+    let tpr = if vmcb.control.int_ctl & V_INTR_MASKING != 0 {
+        (vmcb.control.int_ctl & 0xF) as u8
+    } else {
+        0
+    };
+    pending.highest().filter(|v| v >> 4 > tpr)
+}
+
+/// Whether a HLT should end at once: RFLAGS.IF is set and a pending vector
+/// passes the task priority, so the interrupt would wake the CPU (Linux idles
+/// in `sti; hlt` and waits for the SynIC vector).
+pub fn wakes_from_hlt(vmcb: &Vmcb, pending: &PendingVectors) -> bool {
+    const RFLAGS_IF: u64 = 1 << 9;
+    vmcb.save.rflags & RFLAGS_IF != 0 && deliverable(vmcb, pending).is_some()
+}
+
 /// Inject the highest pending SynIC vector if the VP can take an external
-/// interrupt now: RFLAGS.IF set, no interrupt shadow (STI/MOV SS), and no
-/// other event already queued in EVENTINJ (a re-injected or hv-core event
-/// goes first). Called before every VMRUN; returns true if it injected.
+/// interrupt now: RFLAGS.IF set, no interrupt shadow (STI/MOV SS), no other
+/// event already queued in EVENTINJ (a re-injected or hv-core event goes
+/// first), and above the task priority. Called before every VMRUN; returns
+/// true if it injected.
 ///
 /// EVENTINJ rather than V_IRQ: QEMU's TCG only notices a V_IRQ armed at
 /// VMRUN when something else makes it check for interrupts, so a V_IRQ could
@@ -63,17 +87,14 @@ pub fn inject_pending(vmcb: &mut Vmcb, pending: &mut PendingVectors) -> bool {
     let ready = vmcb.control.event_inj & event::VALID == 0
         && vmcb.save.rflags & RFLAGS_IF != 0
         && vmcb.control.int_state & INTERRUPT_SHADOW == 0;
-    match pending.take_highest() {
+    match deliverable(vmcb, pending) {
         Some(vector) if ready => {
+            pending.take_highest();
             vmcb.control.event_inj = event::VALID | event::TYPE_INTR | u32::from(vector);
             vmcb.control.event_inj_err = 0;
             true
         }
-        Some(vector) => {
-            pending.set(vector);
-            false
-        }
-        None => false,
+        _ => false,
     }
 }
 

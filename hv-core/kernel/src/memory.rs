@@ -22,7 +22,9 @@ static LENT: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
 
 /// Root pages hv-core writes on the root's behalf (its hypercall page, every
 /// VP's intercept-message page): never lent to a child.
-static PINNED: Mutex<Option<PageBitmap<'static>>> = Mutex::new(None);
+/// Root pages hv-core writes on its own: every child VP's intercept-message
+/// page (16 children x 4 VPs) and the root's hypercall, SIMP and SIEF pages.
+static PINNED: Mutex<partitions::PinTable<128>> = Mutex::new(partitions::PinTable::new());
 
 /// Carve a zeroed, `'static` slice of `words` u64s from `*next` (bootstrap,
 /// before the region allocator exists).
@@ -47,7 +49,6 @@ pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
     let region_words = bootstrap_words(&mut next, PageBitmap::words_for(region_pages));
     let ram_pages = ram_top.div_ceil(PAGE_SIZE);
     let lent_words = bootstrap_words(&mut next, PageBitmap::words_for(ram_pages));
-    let pinned_words = bootstrap_words(&mut next, PageBitmap::words_for(ram_pages));
     let mut bitmap = PageBitmap::new(region.start, region_pages, region_words).expect("region bitmap fits");
     // The image and the two bitmaps are in use for good.
     let mut page = region.start;
@@ -57,7 +58,6 @@ pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
     }
     *REGION.lock() = Some(bitmap);
     *LENT.lock() = Some(PageBitmap::new(0, ram_pages, lent_words).expect("lent bitmap fits"));
-    *PINNED.lock() = Some(PageBitmap::new(0, ram_pages, pinned_words).expect("pinned bitmap fits"));
 }
 
 /// `count` contiguous zeroed pages of hv-core's region.
@@ -98,32 +98,31 @@ pub fn is_lent(spa: u64) -> bool {
         .unwrap_or(false)
 }
 
-/// Keep root page `spa` out of every child (false if it is lent right now).
+/// Keep root page `spa` out of every child, one more user (false if it is
+/// lent right now, or the pin table is full).
 pub fn pin(spa: u64) -> bool {
     let page = spa & !0xFFF;
     if is_lent(page) {
         return false;
     }
-    if let Some(b) = PINNED.lock().as_mut() {
-        // Already pinned (e.g. shared by two uses) is fine.
-        let _ = b.set(page);
-    }
-    true
+    PINNED.lock().pin(page).is_ok()
 }
 
-/// Release a pin from [`pin`].
+/// Release one pin from [`pin`]; the page may be lent again when its last
+/// user has let go.
 pub fn unpin(spa: u64) {
-    if let Some(b) = PINNED.lock().as_mut() {
-        let _ = b.clear(spa & !0xFFF);
+    if PINNED.lock().unpin(spa).is_err() {
+        panic!("hv-core unpinned {spa:#x}, which it had not pinned");
     }
+}
+
+/// Distinct root pages pinned now.
+pub fn pinned_pages() -> u64 {
+    PINNED.lock().pages() as u64
 }
 
 fn is_pinned(spa: u64) -> bool {
-    PINNED
-        .lock()
-        .as_ref()
-        .and_then(|b| b.is_set(spa & !0xFFF))
-        .unwrap_or(false)
+    PINNED.lock().count(spa) > 0
 }
 
 /// Record that `spa` is back with the root.

@@ -40,6 +40,17 @@ pub fn efer_allowed() -> u64 {
     bits
 }
 
+/// CR4 bits a child may set on this CPU (`svm::cr::cr4_allowed`).
+pub fn cr4_allowed() -> u64 {
+    let leaf1 = kernel_x86::arch::cpuid(1, 0);
+    let leaf7 = kernel_x86::arch::cpuid(7, 0);
+    svm::cr::cr4_allowed(svm::cr::CpuFeatures {
+        leaf1_ecx: leaf1.ecx,
+        leaf7_ebx: leaf7.ebx,
+        leaf7_ecx: leaf7.ecx,
+    })
+}
+
 /// SCONTROL..SINT15 (TLFS "SynIC MSRs"); the synthetic timers are not
 /// provided yet.
 const SYNIC_MSRS: core::ops::RangeInclusive<u32> = msr::SCONTROL..=msr::SINT0 + 15;
@@ -57,11 +68,30 @@ pub struct SyntheticMsrs {
     pub hypercall: u64,
 }
 
+/// Log a line a partition's behaviour caused, at most [`LOG_LIMIT`] per
+/// partition (`logged` is its budget so far): every such line goes through
+/// here, so a hostile guest cannot flood hv-core's log channel.
+pub fn log_limited(logged: &mut u32, partition: u64, args: core::fmt::Arguments) {
+    if *logged < LOG_LIMIT {
+        *logged += 1;
+        hvlog!(
+            "partition {partition}: {args}{}",
+            if *logged == LOG_LIMIT {
+                " (further refusals not logged)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 /// What emulating an instruction came to.
 #[derive(Debug, Clone, Copy)]
 pub enum Outcome {
     /// Done: step over the instruction.
     Advance(Intercepted),
+    /// Done, and the instruction (already decoded) is this long.
+    Skip(usize),
     /// Deliver an exception instead (RIP stays on the instruction).
     Inject(u32, u32),
 }
@@ -105,18 +135,7 @@ pub struct Vcpu<'a> {
 impl Vcpu<'_> {
     /// Log a refusal, at most [`LOG_LIMIT`] per partition.
     fn log_refusal(&mut self, args: core::fmt::Arguments) {
-        if *self.logged < LOG_LIMIT {
-            *self.logged += 1;
-            hvlog!(
-                "partition {}: {args}{}",
-                self.partition,
-                if *self.logged == LOG_LIMIT {
-                    " (further refusals not logged)"
-                } else {
-                    ""
-                }
-            );
-        }
+        log_limited(self.logged, self.partition, args);
     }
 
     /// Apply an outcome: step over the instruction or queue the exception.
@@ -124,6 +143,10 @@ impl Vcpu<'_> {
     pub fn finish(&mut self, outcome: Outcome) -> bool {
         match outcome {
             Outcome::Advance(kind) => self.advance_rip(kind),
+            Outcome::Skip(len) => {
+                self.vmcb.save.rip = self.vmcb.save.rip.wrapping_add(len as u64);
+                false
+            }
             Outcome::Inject(event, error) => {
                 self.vmcb.control.event_inj = event;
                 self.vmcb.control.event_inj_err = error;
@@ -162,10 +185,9 @@ impl Vcpu<'_> {
                 false
             }
             Err(e) => {
-                hvlog!(
-                    "partition {}: cannot step over {kind:?} at {rip:#x}: {e:?}; injecting #UD",
-                    self.partition
-                );
+                self.log_refusal(format_args!(
+                    "cannot step over {kind:?} at {rip:#x}: {e:?}; injecting #UD"
+                ));
                 self.vmcb.control.event_inj = event::exception(VECTOR_UD);
                 true
             }
@@ -208,6 +230,38 @@ impl Vcpu<'_> {
         self.regs.rcx = r.ecx as u64;
         self.regs.rdx = r.edx as u64;
         Outcome::Advance(Intercepted::Cpuid)
+    }
+
+    /// MOV to CR4 (intercepted for children): refuse what the partition may
+    /// not enable (`svm::cr`: features whose state hv-core does not switch),
+    /// with #GP as a CPU without them would. Without decode assists (QEMU
+    /// TCG) the source register comes from decoding the instruction.
+    pub fn mov_to_cr4(&mut self) -> Outcome {
+        let (bytes, fetched) = self.fetch_instruction();
+        let mov = match insn::decode_mov_to_cr(&bytes[..fetched]) {
+            Ok(m) if m.cr == 4 => m,
+            other => {
+                self.log_refusal(format_args!("CR4 write exit, but {other:?} at rip: #UD"));
+                return Outcome::UD;
+            }
+        };
+        let value = match mov.gpr {
+            0 => self.vmcb.save.rax,
+            4 => self.vmcb.save.rsp,
+            n => self.regs.get(n),
+        };
+        let s = &self.vmcb.save;
+        let long_mode = s.efer & EFER_LMA != 0;
+        match svm::cr::check_cr4(value, cr4_allowed(), long_mode, s.cr4, s.cr3) {
+            Ok(()) => {
+                self.vmcb.save.cr4 = value;
+                Outcome::Skip(mov.len)
+            }
+            Err(e) => {
+                self.log_refusal(format_args!("mov cr4 <- {value:#x} refused ({e:?}): #GP"));
+                Outcome::GP
+            }
+        }
     }
 
     /// RDMSR of an intercepted MSR.
@@ -262,28 +316,48 @@ impl Vcpu<'_> {
                 }
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
-            _ if SYNIC_MSRS.contains(&index) => {
-                let mem = self.mem;
-                let page_ok = |gpa| mem.translate(gpa, 4096, true).is_some();
-                match self.synic.write(index, value, page_ok, &mut SynicMem(mem)) {
-                    Ok(Some(vector)) => self.pending.set(vector),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.log_refusal(format_args!(
-                            "wrmsr {index:#x} <- {value:#x} refused ({e:?}): #GP"
-                        ));
-                        return Outcome::GP;
-                    }
-                }
-            }
+            _ if SYNIC_MSRS.contains(&index) => return self.write_synic_msr(index, value),
             _ if self.ignore_unknown_msrs && !hv1_abi::msr::SYNTHETIC_RANGE.contains(&index) => {}
             _ => {
-                hvlog!(
-                    "partition {}: wrmsr {index:#x} <- {value:#x} refused: #GP",
-                    self.partition
-                );
+                self.log_refusal(format_args!("wrmsr {index:#x} <- {value:#x} refused: #GP"));
                 return Outcome::GP;
             }
+        }
+        Outcome::Advance(Intercepted::Wrmsr)
+    }
+
+    /// A SynIC MSR. The root's SIMP and SIEF pages are written by hv-core
+    /// (messages and flags from children), so while enabled they are pinned:
+    /// never lent to a child, which could otherwise forge what the root reads.
+    fn write_synic_msr(&mut self, index: u32, value: u64) -> Outcome {
+        let pins = self.partition == hv1_abi::ROOT_PARTITION_ID && matches!(index, msr::SIMP | msr::SIEFP);
+        let old = self.synic.read(index).unwrap_or(0);
+        let enabled_page = |v: u64| (v & 1 != 0).then_some(v & !0xFFF);
+        if pins
+            && let Some(page) = enabled_page(value)
+            && !crate::memory::pin(page)
+        {
+            self.log_refusal(format_args!(
+                "wrmsr {index:#x} <- {value:#x}: page lent to a child or pin table full: #GP"
+            ));
+            return Outcome::GP;
+        }
+        let mem = self.mem;
+        let page_ok = |gpa| mem.translate(gpa, 4096, true).is_some();
+        match self.synic.write(index, value, page_ok, &mut SynicMem(mem)) {
+            Ok(raise) => self.pending.merge(&raise),
+            Err(e) => {
+                if pins && let Some(page) = enabled_page(value) {
+                    crate::memory::unpin(page);
+                }
+                self.log_refusal(format_args!(
+                    "wrmsr {index:#x} <- {value:#x} refused ({e:?}): #GP"
+                ));
+                return Outcome::GP;
+            }
+        }
+        if pins && let Some(page) = enabled_page(old) {
+            crate::memory::unpin(page);
         }
         Outcome::Advance(Intercepted::Wrmsr)
     }
@@ -309,32 +383,41 @@ impl Vcpu<'_> {
 
     /// HV_X64_MSR_HYPERCALL: bit 0 enable, bit 1 locked, bits 11:2 reserved
     /// (preserved), 63:12 the GPA page where hv-core writes the call stub.
+    ///
+    /// The root's hypercall page is pinned while enabled: hv-core wrote the
+    /// call stub there and the root executes it, so no child may ever be
+    /// lent that page.
     fn write_hypercall_msr(&mut self, value: u64) -> Outcome {
         if self.msrs.hypercall & msr::HYPERCALL_LOCKED != 0 {
+            self.log_refusal(format_args!("write to the locked HYPERCALL MSR: #GP"));
             return Outcome::GP;
         }
+        let pins = self.partition == hv1_abi::ROOT_PARTITION_ID;
+        let old_page = (self.msrs.hypercall & msr::HYPERCALL_ENABLE != 0)
+            .then_some(self.msrs.hypercall & msr::HYPERCALL_GPFN_MASK);
+        let mut value = value;
         if value & msr::HYPERCALL_ENABLE != 0 {
             if self.msrs.guest_os_id == 0 {
                 // TLFS: the page cannot be enabled before the guest identifies itself.
-                hvlog!(
-                    "partition {}: hypercall page enable ignored: GUEST_OS_ID is 0",
-                    self.partition
-                );
-                self.msrs.hypercall = value & !msr::HYPERCALL_ENABLE;
-                return Outcome::Advance(Intercepted::Wrmsr);
+                self.log_refusal(format_args!("hypercall page enable ignored: GUEST_OS_ID is 0"));
+                value &= !msr::HYPERCALL_ENABLE;
+            } else {
+                let page = value & msr::HYPERCALL_GPFN_MASK;
+                if pins && !crate::memory::pin(page) {
+                    self.log_refusal(format_args!("hypercall page {page:#x} is lent to a child: #GP"));
+                    return Outcome::GP;
+                }
+                if self.mem.write(page, &msr::HYPERCALL_PAGE_SVM, 1).is_err() {
+                    if pins {
+                        crate::memory::unpin(page);
+                    }
+                    self.log_refusal(format_args!("hypercall page GPA {page:#x} is not its RAM: #GP"));
+                    return Outcome::GP;
+                }
             }
-            let page = value & msr::HYPERCALL_GPFN_MASK;
-            if self.mem.write(page, &msr::HYPERCALL_PAGE_SVM, 1).is_err() {
-                hvlog!(
-                    "partition {}: hypercall page GPA {page:#x} is not its RAM: #GP",
-                    self.partition
-                );
-                return Outcome::GP;
-            }
-            hvlog!(
-                "partition {}: hypercall page enabled at {page:#x}",
-                self.partition
-            );
+        }
+        if pins && let Some(old) = old_page {
+            crate::memory::unpin(old);
         }
         self.msrs.hypercall = value;
         Outcome::Advance(Intercepted::Wrmsr)

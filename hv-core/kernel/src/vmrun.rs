@@ -39,6 +39,30 @@ pub struct GuestRegs {
     pub r15: u64,
 }
 
+impl GuestRegs {
+    /// GPR `n` in the x86 encoding order (0 RAX … 15 R15). RAX and RSP live
+    /// in the VMCB, not here: they read as 0 (callers take them from there).
+    pub fn get(&self, n: u8) -> u64 {
+        match n & 15 {
+            1 => self.rcx,
+            2 => self.rdx,
+            3 => self.rbx,
+            5 => self.rbp,
+            6 => self.rsi,
+            7 => self.rdi,
+            8 => self.r8,
+            9 => self.r9,
+            10 => self.r10,
+            11 => self.r11,
+            12 => self.r12,
+            13 => self.r13,
+            14 => self.r14,
+            15 => self.r15,
+            _ => 0,
+        }
+    }
+}
+
 global_asm!(
     r#"
     .section .text

@@ -82,9 +82,92 @@ pub fn length(bytes: &[u8], expected: Intercepted) -> Result<usize, DecodeError>
     Ok(len)
 }
 
+/// A decoded `MOV CRn, reg` (`0F 22 /r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MovToCr {
+    /// Control register number (ModRM.reg, extended by REX.R).
+    pub cr: u8,
+    /// Source GPR in the x86 encoding order (0 = RAX … 15 = R15; ModRM.rm
+    /// extended by REX.B).
+    pub gpr: u8,
+    /// Instruction length.
+    pub len: usize,
+}
+
+/// Decode the `MOV CRn, reg` at the start of `bytes` (64-bit mode). The
+/// ModRM.mod field is ignored: the instruction always names a register
+/// (APM vol. 3 "MOV CRn").
+pub fn decode_mov_to_cr(bytes: &[u8]) -> Result<MovToCr, DecodeError> {
+    let mut i = 0;
+    while i < bytes.len() && is_legacy_prefix(bytes[i]) {
+        i += 1;
+    }
+    let mut rex = 0u8;
+    if i < bytes.len() && (0x40..=0x4F).contains(&bytes[i]) {
+        rex = bytes[i];
+        i += 1;
+    }
+    if i + 3 > MAX_LEN {
+        return Err(DecodeError::TooLong);
+    }
+    let rest = &bytes[i..];
+    match rest {
+        [0x0F, 0x22, modrm, ..] => Ok(MovToCr {
+            cr: ((modrm >> 3) & 7) | ((rex & 4) << 1),
+            gpr: (modrm & 7) | ((rex & 1) << 3),
+            len: i + 3,
+        }),
+        [] | [0x0F] | [0x0F, 0x22] => Err(DecodeError::Truncated),
+        _ => Err(DecodeError::Mismatch),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mov_to_cr_operands() {
+        // mov cr4, rax
+        assert_eq!(
+            decode_mov_to_cr(&[0x0F, 0x22, 0xE0]),
+            Ok(MovToCr {
+                cr: 4,
+                gpr: 0,
+                len: 3
+            })
+        );
+        // mov cr4, r9 (REX.B)
+        assert_eq!(
+            decode_mov_to_cr(&[0x41, 0x0F, 0x22, 0xE1]),
+            Ok(MovToCr {
+                cr: 4,
+                gpr: 9,
+                len: 4
+            })
+        );
+        // mov cr8, rcx (REX.R)
+        assert_eq!(
+            decode_mov_to_cr(&[0x44, 0x0F, 0x22, 0xC1]),
+            Ok(MovToCr {
+                cr: 8,
+                gpr: 1,
+                len: 4
+            })
+        );
+        // A prefix, and mod bits that are ignored: mov cr4, rsp.
+        assert_eq!(
+            decode_mov_to_cr(&[0x66, 0x0F, 0x22, 0x24]),
+            Ok(MovToCr {
+                cr: 4,
+                gpr: 4,
+                len: 4
+            })
+        );
+        assert_eq!(decode_mov_to_cr(&[0x0F, 0x22]), Err(DecodeError::Truncated));
+        assert_eq!(decode_mov_to_cr(&[0x0F, 0x20, 0xE0]), Err(DecodeError::Mismatch));
+        assert_eq!(decode_mov_to_cr(&[0x66; 14]), Err(DecodeError::TooLong));
+    }
 
     #[test]
     fn plain_encodings() {

@@ -374,6 +374,8 @@ impl ExitCode {
     pub const MWAIT_COND: Self = Self(0x8C);
     /// XSETBV.
     pub const XSETBV: Self = Self(0x8D);
+    /// MOV to CR4 (VMEXIT_CR4_WRITE; CR0-15 writes are 0x10-0x1F).
+    pub const CR4_WRITE: Self = Self(0x14);
     /// Nested page fault.
     pub const NPF: Self = Self(0x400);
 
@@ -403,6 +405,7 @@ impl ExitCode {
             Self::VMRUN => "vmrun",
             Self::VMMCALL => "vmmcall",
             Self::NPF => "npf",
+            Self::CR4_WRITE => "cr4_write",
             c if c.is_invalid() => "invalid",
             Self(c) if (0x40..0x60).contains(&c) => "exception",
             _ => "other",

@@ -5,7 +5,11 @@
 //! - [`SynicVp`]: one VP's SCONTROL, SVERSION, SIEFP, SIMP, EOM and SINT0–15
 //!   registers, its message slots (one 256-byte slot per SINT in the SIMP
 //!   page) with a bounded queue behind each and MessagePending/EOM
-//!   re-delivery, and its event flags (2048 bits per SINT in the SIEF page);
+//!   re-delivery, and its event flags (2048 bits per SINT in the SIEF page).
+//!   [`SynicVp::post`] and [`SynicVp::signal`] say which vector to raise
+//!   ([`Delivery`]); [`SynicVp::write`] and [`SynicVp::deliver_queued`] may
+//!   deliver queued messages on several SINTs at once and return the set of
+//!   vectors to raise ([`PendingVectors`]);
 //! - [`Ports`]: the port and connection tables the root manages
 //!   (HvCreatePort/HvConnectPort) that route HvPostMessage and
 //!   HvSignalEvent.
@@ -22,4 +26,7 @@ mod vp;
 pub use pending::PendingVectors;
 
 pub use ports::{Connection, Port, PortError, PortKind, Ports};
-pub use vp::{Delivery, MsrError, PostError, SynicMemory, SynicVp, msr_index};
+pub use vp::{
+    Delivery, FLAGS_PER_SINT, MsrError, PostError, QUEUE_DEPTH, SINT_COUNT, SLOT_SIZE, SynicMemory, SynicVp,
+    msr_index,
+};

@@ -286,6 +286,18 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         }
         let mut vp_json = String::new();
         json::array(&mut vp_json, vps.iter().map(String::as_str));
+        let q = w.quotas();
+        let mut quotas = String::new();
+        let mut qo = Object::new(&mut quotas);
+        for (name, used, limit) in q.iter() {
+            let mut one = String::new();
+            Object::new(&mut one)
+                .num("used", *used)
+                .num("limit", *limit)
+                .end();
+            qo = qo.raw(name, &one);
+        }
+        qo.end();
         let mut s = String::new();
         let o = Object::new(&mut s)
             .num("id", id)
@@ -308,6 +320,8 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
             .num("failed_hypercalls", stats.failed_hypercalls)
+            .num("vmbus_resets", w.resets)
+            .raw("quotas", &quotas)
             .raw("exits", &exits)
             .raw("vps", &vp_json);
         let o = match checksum {
@@ -349,6 +363,12 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         "synic:        {} messages received, {} replies posted, {} replies refused, {} refused as malformed",
         w.messages, w.replies, w.replies_refused, w.vmbus_violations
     );
+    let quota_line: Vec<String> = w
+        .quotas()
+        .iter()
+        .map(|(name, used, limit)| format!("{name} {used}/{limit}"))
+        .collect();
+    let _ = writeln!(out, "quotas:       {}", quota_line.join(", "));
     let _ = writeln!(
         out,
         "exits:        {} total ({} injected exceptions, {} failed hypercalls)",
@@ -420,6 +440,7 @@ fn hv_status(boot: &BootReport, json: bool, out: &mut String) {
                     .num("injected_exceptions", st.injected_exceptions)
                     .num("partitions", st.partitions)
                     .num("lent_pages", st.lent_pages)
+                    .num("pinned_pages", st.pinned_pages)
                     .end();
             }
             Err(e) => o.str("error", &format!("{e:?}")).end(),
@@ -470,8 +491,8 @@ fn hv_status(boot: &BootReport, json: bool, out: &mut String) {
             );
             let _ = writeln!(
                 out,
-                "children:      {} partitions, {} root pages lent",
-                s.partitions, s.lent_pages
+                "children:      {} partitions, {} root pages lent, {} pinned (never lent)",
+                s.partitions, s.lent_pages, s.pinned_pages
             );
             let _ = writeln!(out, "exits:         {} total", s.total_exits);
             for (name, count) in EXIT_REASONS.iter().zip(s.exits) {

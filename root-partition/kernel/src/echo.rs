@@ -117,7 +117,18 @@ pub struct EchoChannel {
     held: Option<Vec<u8>>,
     /// Times the root had to wait for the child to make room.
     pub stalls: u64,
+    /// The child signalled (or the last poll ran out of budget): poll again.
+    pub wants_poll: bool,
+    /// Polls that ended on the work budget with packets left.
+    pub budget_exhausted: u64,
 }
+
+/// Packets (of any type, skipped ones included) one poll reads from the
+/// child's ring before it gives the CPU back: a child that keeps its ring
+/// full, or rewinds its read index, costs the root at most this much work
+/// per poll, and the scheduler goes round every channel before this one
+/// gets another turn.
+pub const POLL_BUDGET: u32 = 64;
 
 impl EchoChannel {
     /// Rings over `frames`: pages `[0, downstream)` carry guest-to-host
@@ -147,6 +158,8 @@ impl EchoChannel {
             broken: None,
             held: None,
             stalls: 0,
+            wants_poll: false,
+            budget_exhausted: 0,
         })
     }
 
@@ -155,13 +168,16 @@ impl EchoChannel {
         (self.reader.ring().state().ok(), self.writer.ring().state().ok())
     }
 
-    /// Echo every waiting packet. Returns whether the child must be signalled.
-    /// A ring the child corrupted stops the channel (reported), nothing else.
+    /// Echo up to [`POLL_BUDGET`] waiting packets. Returns whether the child
+    /// must be signalled; [`Self::wants_poll`] says whether packets were
+    /// left for the next turn. A ring the child corrupted stops the channel
+    /// (reported), nothing else.
     pub fn poll(&mut self) -> bool {
+        self.wants_poll = false;
         if self.broken.is_some() {
             return false;
         }
-        match self.echo_all() {
+        match self.echo_some(POLL_BUDGET) {
             Ok(signal) => signal,
             Err(e) => {
                 self.broken = Some(e);
@@ -191,7 +207,7 @@ impl EchoChannel {
         }
     }
 
-    fn echo_all(&mut self) -> Result<bool, RingError> {
+    fn echo_some(&mut self, budget: u32) -> Result<bool, RingError> {
         let mut signal = false;
         let mut found = false;
         if let Some(bytes) = self.held.take() {
@@ -206,10 +222,20 @@ impl EchoChannel {
             }
         }
         let mut buf = [0u8; 4096];
+        let mut left = budget;
         while let Some((packet, read_signal)) = self.reader.read(&mut buf)? {
             found = true;
+            left -= 1;
+            if left == 0 {
+                // Out of budget: whatever follows waits for the next turn.
+                self.wants_poll = true;
+                self.budget_exhausted += 1;
+            }
             signal |= read_signal.0;
             if packet.kind != PacketType::DATA_INBAND {
+                if left == 0 {
+                    break;
+                }
                 continue;
             }
             let range = packet.descriptor.payload();
@@ -230,6 +256,9 @@ impl EchoChannel {
                     self.packets += 1;
                 }
                 None => break,
+            }
+            if left == 0 {
+                break;
             }
         }
         if found {

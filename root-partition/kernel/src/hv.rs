@@ -439,6 +439,11 @@ pub fn finalize_partition(id: u64) -> Result<(), HvStatus> {
     fast_call(HvCallCode::FINALIZE_PARTITION, id, 0)
 }
 
+/// HvPrivResetPartition (fast): the partition back to power-on in hv-core.
+pub fn reset_partition(id: u64) -> Result<(), HvStatus> {
+    fast_call(hv1_abi::private::RESET_PARTITION, id, 0)
+}
+
 /// HvCallDeletePartition (fast).
 pub fn delete_partition(id: u64) -> Result<(), HvStatus> {
     fast_call(HvCallCode::DELETE_PARTITION, id, 0)

@@ -37,11 +37,33 @@ impl Manager {
         }
     }
 
-    /// Serve every child's open channels (after a SynIC event).
+    /// Give every channel that has work one budgeted turn.
     pub fn poll_channels(&mut self) {
         for w in self.workers.iter_mut() {
             w.poll_channels();
         }
+    }
+
+    /// Mark the channels whose event flags were set as wanting a poll. Flag
+    /// `block * 128 + relid` belongs to the worker holding event block
+    /// `block` (see `worker::channel_flag`); a flag nobody owns is ignored.
+    pub fn route_events(&mut self, flags: &[u64]) {
+        for (word, &bits) in flags.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let flag = word as u32 * 64 + bits.trailing_zeros();
+                bits &= bits - 1;
+                let (block, relid) = crate::worker::flag_owner(flag);
+                if let Some(w) = self.workers.iter_mut().find(|w| w.event_block == block) {
+                    w.note_signal(relid);
+                }
+            }
+        }
+    }
+
+    /// The lowest event block no worker holds.
+    fn free_event_block(&self) -> Option<u32> {
+        (0..crate::worker::EVENT_BLOCKS).find(|b| self.workers.iter().all(|w| w.event_block != *b))
     }
 
     /// A SynIC message for the root: to the worker whose port it came in on.
@@ -101,7 +123,10 @@ impl Manager {
                 )
             })?;
         let targets = self.targets(&spec);
-        let mut w = Worker::create(spec, image, targets).map_err(|e| format!("{e}"))?;
+        let block = self
+            .free_event_block()
+            .ok_or_else(|| format!("at most {} child partitions", crate::worker::EVENT_BLOCKS))?;
+        let mut w = Worker::create(spec, image, targets, block).map_err(|e| format!("{e}"))?;
         if start && let Err(e) = w.start() {
             w.destroy();
             return Err(format!("{e}"));

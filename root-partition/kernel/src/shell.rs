@@ -254,10 +254,11 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         if interrupts != synic_seen {
             synic_seen = interrupts;
             crate::synic::drain(|m| manager.on_message(m));
-            if crate::synic::take_events() {
-                manager.poll_channels();
-            }
+            manager.route_events(&crate::synic::take_events());
         }
+        // Channels with work (signalled, or left over from a budgeted poll)
+        // get one budgeted turn each per round.
+        manager.poll_channels();
         if !manager.run_children_for_a_tick() {
             // Nothing to run: sleep until the next tick.
             timer::idle();

@@ -90,20 +90,24 @@ pub fn drain(mut deliver: impl FnMut(&Message)) -> usize {
     taken
 }
 
-/// Clear and report the event flags of [`MESSAGE_SINT`] (channels signal
-/// there; the root serves every open channel when any flag was set).
-pub fn take_events() -> bool {
+/// Event flags per SINT (TLFS: the SIEF page gives each SINT 2048 bits).
+pub const EVENT_FLAGS: usize = 2048;
+
+/// Clear and return the event flags of [`MESSAGE_SINT`]: bit n of word
+/// n / 64 is flag n (each open channel of each child has its own flag, see
+/// `worker::channel_flag`).
+pub fn take_events() -> [u64; EVENT_FLAGS / 64] {
+    let mut taken = [0u64; EVENT_FLAGS / 64];
     let sief = SIEF.load(Ordering::Relaxed);
     if sief == 0 {
-        return false;
+        return taken;
     }
     let flags = sief + MESSAGE_SINT * 256;
-    let mut any = false;
-    for word in 0..32 {
+    for (word, out) in taken.iter_mut().enumerate() {
         // SAFETY: the SIEF page is the root's (allocated in `init`); hv-core
         // sets bits only while the root is stopped; an aligned u64 swap.
-        let w = unsafe { &*((flags + word * 8) as *const core::sync::atomic::AtomicU64) };
-        any |= w.swap(0, Ordering::AcqRel) != 0;
+        let w = unsafe { &*((flags + word as u64 * 8) as *const core::sync::atomic::AtomicU64) };
+        *out = w.swap(0, Ordering::AcqRel);
     }
-    any
+    taken
 }

@@ -112,6 +112,15 @@ pub struct Worker {
     pub vmbus: vmbus::server::Server,
     /// Messages refused as protocol violations or of unknown type.
     pub vmbus_violations: u64,
+    /// Its block of the root's event flags (see [`channel_flag`]).
+    pub event_block: u32,
+    /// Offers made so far: numbers each offer's instance GUID, so an
+    /// instance is never reused while the child may still hold the old
+    /// one (Linux drops an offer whose (type, instance) it already has,
+    /// `channel_mgmt.c` `vmbus_process_offer`).
+    offers_made: u32,
+    /// Resets of its VMBus (restarts, crashes, stops), for `info`.
+    pub resets: u64,
 }
 
 /// The connection ids a child posts on to reach its worker: VMBus's
@@ -158,6 +167,26 @@ pub fn child_event_port_id(id: u64) -> Option<u32> {
     u32::try_from(id).ok()?.checked_mul(256)?.checked_add(3)
 }
 
+/// Children the root can give an event block to: the root's SIEF has 2048
+/// flags for the VMBus SINT, 128 (one per relid) per child.
+pub const EVENT_BLOCKS: u32 = 16;
+const FLAGS_PER_BLOCK: u32 = 128;
+
+/// The root's event flag for channel `relid` of the worker holding event
+/// block `block`: every open channel of every child has its own flag, so a
+/// signal names exactly one channel and the root polls only that one.
+pub fn channel_flag(block: u32, relid: u32) -> Option<u16> {
+    if block >= EVENT_BLOCKS || relid >= FLAGS_PER_BLOCK {
+        return None;
+    }
+    u16::try_from(block * FLAGS_PER_BLOCK + relid).ok()
+}
+
+/// (event block, relid) for a root event flag (the inverse of [`channel_flag`]).
+pub fn flag_owner(flag: u32) -> (u32, u32) {
+    (flag / FLAGS_PER_BLOCK, flag % FLAGS_PER_BLOCK)
+}
+
 /// The root's event port for channel `relid` of partition `id` (relids up
 /// to 127 per partition have one).
 pub fn channel_port_id(id: u64, relid: u32) -> Option<u32> {
@@ -183,7 +212,12 @@ fn hvfail(what: &'static str) -> impl Fn(HvStatus) -> WorkerError {
 impl Worker {
     /// Build a child: partition, memory, VPs, message pages, image. On any
     /// failure everything done so far is undone.
-    pub fn create(spec: CreateSpec, image: &'static [u8], targets: [u64; 4]) -> Result<Self, WorkerError> {
+    pub fn create(
+        spec: CreateSpec,
+        image: &'static [u8],
+        targets: [u64; 4],
+        event_block: u32,
+    ) -> Result<Self, WorkerError> {
         let pages_needed = spec.memory / PAGE_SIZE;
         let stacks = spec.vps as u64 * layout::STACK_SIZE;
         let plan = elf_load::plan(image, spec.memory.saturating_sub(layout::IMAGE_BASE + stacks))
@@ -217,6 +251,9 @@ impl Worker {
             outbox: alloc::collections::VecDeque::new(),
             logged_messages: 0,
             channels: Vec::new(),
+            event_block,
+            offers_made: 0,
+            resets: 0,
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -374,12 +411,44 @@ impl Worker {
         };
         while let Some((message_type, bytes)) = self.outbox.front() {
             match hv::post_message(conn, *message_type, bytes) {
-                Ok(()) => self.replies += 1,
+                Ok(()) => {
+                    self.replies += 1;
+                    for v in self.vps.iter_mut() {
+                        v.halted = false;
+                    }
+                }
                 Err(HvStatus::INSUFFICIENT_BUFFERS) => return,
                 Err(_) => self.replies_refused += 1,
             }
             self.outbox.pop_front();
         }
+    }
+
+    /// Every per-child quota the root enforces: (name, in use, limit).
+    pub fn quotas(&self) -> [(&'static str, u64, u64); 7] {
+        let u = self.vmbus.usage();
+        let l = u.limits;
+        [
+            ("gpadls", u.gpadls as u64, l.max_gpadls as u64),
+            ("gpadl_pages", u.gpadl_pages, l.max_gpadl_pages),
+            (
+                "channels",
+                u.channels as u64,
+                u64::from(vmbus::protocol::MAX_RELID),
+            ),
+            (
+                "open_channels",
+                self.channels.len() as u64,
+                u64::from(FLAGS_PER_BLOCK - 1),
+            ),
+            ("vmbus_outbox", u.outbox as u64, l.max_outbox as u64),
+            ("synic_outbox", self.outbox.len() as u64, OUTBOX_LIMIT as u64),
+            (
+                "console_lines",
+                u64::from(self.logged_messages),
+                u64::from(MESSAGE_LOG_LIMIT),
+            ),
+        ]
     }
 
     /// Messages waiting for room in the child's SynIC.
@@ -395,11 +464,15 @@ impl Worker {
             Ok(events) => {
                 for e in events {
                     match e {
-                        vmbus::server::Event::Connected(v) => crate::println!(
-                            "root: partition {id} vmbus: connected at version {}.{}",
-                            v.0 >> 16,
-                            v.0 & 0xFFFF
-                        ),
+                        vmbus::server::Event::Connected(v) => {
+                            if self.may_log() {
+                                crate::println!(
+                                    "root: partition {id} vmbus: connected at version {}.{}",
+                                    v.0 >> 16,
+                                    v.0 & 0xFFFF
+                                )
+                            }
+                        }
                         vmbus::server::Event::Opened { relid, info, gpadl } => {
                             if let Err(why) = self.open_echo(relid, &info, &gpadl) {
                                 // The child hears OPENCHANNEL_RESULT failure.
@@ -412,22 +485,26 @@ impl Worker {
                                 }
                                 continue;
                             }
-                            crate::println!(
-                                "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
-                                info.ring_gpadl,
-                                gpadl.page_count(),
-                                info.downstream_page_offset
-                            );
+                            if self.may_log() {
+                                crate::println!(
+                                    "root: partition {id} vmbus: channel {relid} opened (gpadl {:#x}, {} pages, host-to-guest ring at page {})",
+                                    info.ring_gpadl,
+                                    gpadl.page_count(),
+                                    info.downstream_page_offset
+                                );
+                            }
                         }
                         vmbus::server::Event::Closed { relid } => {
                             self.close_echo(relid);
-                            crate::println!("root: partition {id} vmbus: channel {relid} closed")
+                            if self.may_log() {
+                                crate::println!("root: partition {id} vmbus: channel {relid} closed")
+                            }
                         }
                         vmbus::server::Event::Unloaded => {
-                            while let Some(relid) = self.channels.first().map(|c| c.relid) {
-                                self.close_echo(relid);
+                            self.close_all_channels();
+                            if self.may_log() {
+                                crate::println!("root: partition {id} vmbus: unloaded")
                             }
-                            crate::println!("root: partition {id} vmbus: unloaded")
                         }
                     }
                 }
@@ -446,7 +523,8 @@ impl Worker {
     pub fn offer_echo(&mut self) -> Result<u32, String> {
         let mut instance = [0u8; 16];
         instance[..8].copy_from_slice(&self.id.to_le_bytes());
-        instance[8..12].copy_from_slice(&(self.vmbus.channels().len() as u32).to_le_bytes());
+        instance[8..12].copy_from_slice(&self.offers_made.to_le_bytes());
+        self.offers_made = self.offers_made.wrapping_add(1);
         let relid = self
             .vmbus
             .offer(vmbus::server::OfferSpec {
@@ -455,7 +533,7 @@ impl Worker {
                 channel_flags: 0,
                 user_defined: [0; 120],
             })
-            .ok_or_else(|| String::from("no free relid"))?;
+            .map_err(|e| format!("the bus refused the offer: {e:?}"))?;
         self.flush_vmbus();
         Ok(relid)
     }
@@ -508,10 +586,11 @@ impl Worker {
             info.downstream_page_offset as usize,
         )
         .map_err(|e| format!("rings: {e:?}"))?;
+        let flag = channel_flag(self.event_block, relid).ok_or_else(|| String::from("relid too large"))?;
         let event_info = PortInfo {
             port_type: port_type::EVENT,
             target_sint: crate::synic::MESSAGE_SINT as u32,
-            base_flag_number: relid as u16,
+            base_flag_number: flag,
             flag_count: 1,
             ..PortInfo::default()
         };
@@ -533,24 +612,77 @@ impl Worker {
         }
     }
 
-    /// Serve every open channel; signal the child where the rings say so.
+    fn close_all_channels(&mut self) {
+        while let Some(relid) = self.channels.first().map(|c| c.relid) {
+            self.close_echo(relid);
+        }
+    }
+
+    /// The child signalled channel `relid`: poll it on the next round.
+    pub fn note_signal(&mut self, relid: u32) {
+        if let Some(c) = self.channels.iter_mut().find(|c| c.relid == relid) {
+            c.wants_poll = true;
+        }
+    }
+
+    /// Give each channel with work one budgeted poll; signal the child where
+    /// the rings say so.
     pub fn poll_channels(&mut self) {
+        if self.state != ChildState::Running {
+            return;
+        }
         let Some(events) = child_event_port_id(self.id) else {
             return;
         };
-        for c in self.channels.iter_mut() {
-            let was_broken = c.broken.is_some();
-            if c.poll() && hv::signal_event(events, c.relid as u16).is_err() {
-                c.signals_out -= 1;
+        let mut signalled = false;
+        for i in 0..self.channels.len() {
+            let c = &mut self.channels[i];
+            if !c.wants_poll {
+                continue;
             }
-            if !was_broken && let Some(e) = &c.broken {
-                crate::println!(
-                    "root: partition {} vmbus: channel {} stopped: the child broke its ring ({e:?})",
-                    self.id,
-                    c.relid
-                );
+            let was_broken = c.broken.is_some();
+            if c.poll() {
+                if hv::signal_event(events, c.relid as u16).is_ok() {
+                    signalled = true;
+                } else {
+                    c.signals_out -= 1;
+                }
+            }
+            if !was_broken && let Some(e) = c.broken {
+                let relid = c.relid;
+                if self.may_log() {
+                    crate::println!(
+                        "root: partition {} vmbus: channel {relid} stopped: the child broke its ring ({e:?})",
+                        self.id
+                    );
+                }
             }
         }
+        if signalled {
+            self.wake();
+        }
+    }
+
+    /// Something was delivered to the child's SynIC: a halted VP may have
+    /// an interrupt to take now (hv-core ends a HLT at once when one is
+    /// deliverable, and reports it again when not).
+    fn wake(&mut self) {
+        for v in self.vps.iter_mut() {
+            v.halted = false;
+        }
+    }
+
+    /// The one teardown path for everything the root runs on the child's
+    /// behalf (used by stop, crash, destroy and start): every open channel
+    /// closed (the root stops touching the child's memory), the VMBus
+    /// server back to power-on with its offers kept, the outbox emptied and
+    /// the console budget renewed.
+    fn power_off_devices(&mut self) {
+        self.close_all_channels();
+        self.vmbus.reset();
+        self.outbox.clear();
+        self.logged_messages = 0;
+        self.resets += 1;
     }
 
     /// Root frame backing guest page `gpa` (`gpa` must be below memory size).
@@ -648,9 +780,13 @@ impl Worker {
         Ok(())
     }
 
-    /// Boot (or reboot) from the image and mark it running.
+    /// Boot (or reboot) from the image and mark it running. A restart is a
+    /// fresh machine: devices torn down, hv-core's state for the partition
+    /// back to power-on (HvPrivResetPartition), memory reloaded.
     pub fn start(&mut self) -> Result<(), WorkerError> {
         if self.state != ChildState::Created {
+            self.power_off_devices();
+            hv::reset_partition(self.id).map_err(hvfail("ResetPartition"))?;
             self.load()?;
         }
         hv::set_partition_property(self.id, property::SUSPEND, 0).map_err(hvfail("SetPartitionProperty"))?;
@@ -672,14 +808,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Power off (memory kept).
+    /// Power off (memory kept for inspection; `start` resets it).
     pub fn stop(&mut self) {
+        self.power_off_devices();
         self.state = ChildState::Stopped;
     }
 
     /// Return everything: hv-core unmaps and frees its side (finalize,
     /// delete), then the root frees the frames it lent.
     pub fn destroy(&mut self) {
+        self.power_off_devices();
         // Take the memory back page by page first (what a worker does when a
         // child shrinks), then let hv-core tear down the rest. Finalize may be
         // refused for a never-initialized partition; delete then succeeds.
@@ -734,6 +872,7 @@ impl Worker {
         );
         self.crash = Some(reason);
         self.state = ChildState::Crashed;
+        self.power_off_devices();
         Slice::Crashed
     }
 

@@ -12,7 +12,10 @@ use vmbus::memory::{AtomicMemory, PagedMemory, SharedMemory};
 use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
 use vmbus::protocol::{self, Header, Message};
 use vmbus::ring::{self, Reader, Ring, RingError, Signal, Writer};
-use vmbus::server::{ChannelState, Event, OfferSpec, STATUS_FAILURE, Server, Violation};
+use vmbus::server::{
+    ChannelState, Event, HostError, Limits, OfferSpec, Quota, STATUS_FAILURE, STATUS_UNSUCCESSFUL, Server,
+    Violation,
+};
 use vmbus::version::Version;
 use zerocopy::IntoBytes;
 
@@ -68,7 +71,12 @@ fn offer(n: u8) -> OfferSpec {
 impl Loopback {
     /// A pair with `offers` devices, not yet connected.
     pub fn new(offers: u8, versions: Option<&[Version]>) -> Self {
-        let mut server = Server::new(GUEST_PAGES - 1);
+        Self::with_limits(offers, versions, Limits::DEFAULT)
+    }
+
+    /// A pair with `offers` devices and a server with `limits`, not yet connected.
+    pub fn with_limits(offers: u8, versions: Option<&[Version]>, limits: Limits) -> Self {
+        let mut server = Server::with_limits(GUEST_PAGES, limits);
         for i in 0..offers {
             server.offer(offer(i + 1)).expect("relids left");
         }
@@ -91,28 +99,38 @@ impl Loopback {
         l
     }
 
-    /// Deliver messages both ways until quiet.
+    /// Deliver messages both ways until quiet. The server's answers are
+    /// taken after each guest message, as the root does (its worker flushes
+    /// the server after every message), so the outbox never holds more than
+    /// one message's answers.
     pub fn pump(&mut self) {
         loop {
-            let mut moved = false;
+            let mut moved = self.deliver_answers();
             while let Some((conn, m)) = self.client.next_message() {
                 moved = true;
                 match self.server.handle(conn, &m) {
                     Ok(ev) => self.events.extend(ev),
                     Err(v) => self.violations.push(v),
                 }
-            }
-            while let Some((_vp, m)) = self.server.next_message() {
-                moved = true;
-                match self.client.handle(&m) {
-                    Ok(ev) => self.client_events.extend(ev),
-                    Err(e) => panic!("the server sent something the client cannot use: {e:?}"),
-                }
+                self.deliver_answers();
             }
             if !moved {
                 return;
             }
         }
+    }
+
+    /// Hand every queued server message to the client; whether there were any.
+    fn deliver_answers(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((_vp, m)) = self.server.next_message() {
+            moved = true;
+            match self.client.handle(&m) {
+                Ok(ev) => self.client_events.extend(ev),
+                Err(e) => panic!("the server sent something the client cannot use: {e:?}"),
+            }
+        }
+        moved
     }
 
     /// `n` fresh guest pages.
@@ -316,15 +334,40 @@ pub fn catalogue() -> Vec<Case> {
         },
         Case {
             id: "NEG-11",
-            rule: "a second INITIATE_CONTACT while connected is refused until UNLOAD (channel_mgmt.c)",
-            expect: "refused; the first connection is unchanged",
+            rule: "a second INITIATE_CONTACT while connected is an implicit disconnect and reconnect: Linux sends no UNLOAD when it reboots (connection.c vmbus_connect; OpenVMM channels.rs initiate_contact → request_disconnect(Reconnect))",
+            expect: "Closed for the open channel before Connected, version accepted, GPADL handles forgotten, channel Offered and re-openable",
+            run: reconnect_case,
+        },
+        Case {
+            id: "NEG-12",
+            rule: "a second INITIATE_CONTACT for a version the host does not speak still disconnects; the guest falls back and reconnects (connection.c version loop)",
+            expect: "Closed, version_supported=0 and not connected; the client's next version (5.3) connects with offers",
             run: || {
                 let mut l = Loopback::connected(1);
-                l.client.connect();
+                l.open(1, 2, 2)?;
+                let ic = protocol::InitiateContact {
+                    header: Header::new(protocol::InitiateContact::TYPE),
+                    version_requested: 0x0006_0000,
+                    target_vcpu: 0,
+                    interrupt_page_or_sint: 2,
+                    monitor_page1: 0,
+                    monitor_page2: 0,
+                };
+                let events = l.server.handle(4, ic.as_bytes()).map_err(|e| format!("{e:?}"))?;
+                check!(events == vec![Event::Closed { relid: 1 }], "{events:?}");
+                check!(l.server.version().is_none(), "still connected");
+                let (_, reply) = l.server.next_message().ok_or("no reply")?;
+                check!(
+                    matches!(Message::parse(&reply), Ok(Message::VersionResponse(r)) if r.version_supported == 0),
+                    "{reply:?}"
+                );
+                let mut fresh = Client::new(Some(&[Version(0x0006_0000), Version::WIN10_V5_3]), 0);
+                fresh.connect();
+                l.client = fresh;
                 l.pump();
                 check!(
-                    l.server.version() == Some(Version::WIN10_V5_3),
-                    "{:?}",
+                    l.server.version() == Some(Version::WIN10_V5_3) && l.client.offers().len() == 1,
+                    "no fallback: {:?}",
                     l.server.version()
                 );
                 Ok(())
@@ -339,6 +382,8 @@ pub fn catalogue() -> Vec<Case> {
                 let offers = l.client.offers();
                 check!(offers.len() == 5, "{} offers", offers.len());
                 let mut conns: Vec<u32> = offers.values().map(|o| o.connection_id).collect();
+                // dedup only removes adjacent repeats: sort first.
+                conns.sort_unstable();
                 conns.dedup();
                 check!(conns.len() == 5, "connection ids not unique");
                 for (relid, o) in offers {
@@ -360,7 +405,7 @@ pub fn catalogue() -> Vec<Case> {
             expect: "the client sees the new offer",
             run: || {
                 let mut l = Loopback::connected(1);
-                let relid = l.server.offer(offer(9)).ok_or("no relid")?;
+                let relid = l.server.offer(offer(9)).map_err(|e| format!("{e:?}"))?;
                 l.pump();
                 check!(
                     l.client.offers().contains_key(&relid),
@@ -383,6 +428,12 @@ pub fn catalogue() -> Vec<Case> {
                 check!(l.server.next_message().is_none(), "server answered");
                 Ok(())
             },
+        },
+        Case {
+            id: "OFF-04",
+            rule: "offers take the lowest free relid; a rescinded relid stays the guest's until RELID_RELEASED (§2.4, OpenVMM channels.rs)",
+            expect: "rescind 2 of 1..3: the next offer is 4; after the guest releases 2, the next is 2; connection ids unique",
+            run: lowest_relid_case,
         },
         gpadl_size_case("GPA-01", 1),
         gpadl_size_case("GPA-02", 26),
@@ -490,6 +541,36 @@ pub fn catalogue() -> Vec<Case> {
                 );
                 Ok(())
             },
+        },
+        Case {
+            id: "GPA-10",
+            rule: "GPADL pages must lie inside guest memory: PFN < guest pages, so PFN == guest pages (one past the end) is refused",
+            expect: "PFN guest_pages-1: GPADL_CREATED 0; PFN guest_pages: GPADL_CREATED failure, GpadlRefused(BadPfn)",
+            run: pfn_bound_case,
+        },
+        Case {
+            id: "QTA-01",
+            rule: "GPADLs held, finished or still being assembled, are capped (Limits::max_gpadls, default 64): a guest posting GPADL_HEADERs with fresh handles cannot grow the host",
+            expect: "1000 headers without bodies: the server holds 64 GPADLs, each refused one gets GPADL_CREATED failure and QuotaExceeded(Gpadls); a teardown frees a slot",
+            run: gpadl_count_quota_case,
+        },
+        Case {
+            id: "QTA-02",
+            rule: "one GPADL's pages are capped (Limits::max_pages_per_gpadl), checked on the header before anything is allocated",
+            expect: "limit 100: 100 pages created; 101 refused with GPADL_CREATED failure and QuotaExceeded(GpadlPages), its bodies then name nothing",
+            run: gpadl_pages_quota_case,
+        },
+        Case {
+            id: "QTA-03",
+            rule: "pages over all GPADLs are capped (Limits::max_gpadl_pages, default 32768, never more than the guest's pages)",
+            expect: "in a 4096-page guest: 4000 + 96 pages created; one more page refused with QuotaExceeded(TotalGpadlPages); after a teardown it is created",
+            run: total_pages_quota_case,
+        },
+        Case {
+            id: "QTA-04",
+            rule: "answers waiting for the guest are capped (Limits::max_outbox, default 128): a request whose answers do not fit is refused before it changes anything, the queue never grows",
+            expect: "undrained REQUESTOFFERS fill 128 slots; then REQUESTOFFERS, GPADL_HEADER and a host offer are refused (QuotaExceeded(Outbox), HostError::OutboxFull) with nothing changed; once drained the GPADL is created",
+            run: outbox_quota_case,
         },
         open_case("OPN-01", 2, 2),
         open_case("OPN-02", 4, 4),
@@ -692,9 +773,15 @@ pub fn catalogue() -> Vec<Case> {
             },
         },
         Case {
+            id: "RNG-06",
+            rule: "a packet that can never fit the ring (padded length + trailer must stay below the data size) is TooLarge at once, never Full (ring_buffer.c hv_ringbuffer_write)",
+            expect: "2-page ring: a max_packet() packet crosses; one 8-byte unit more is TooLarge on an empty ring",
+            run: largest_packet_case,
+        },
+        Case {
             id: "TXN-01",
             rule: "completions echo all 64 bits of the transaction id (§4.1; storvsc uses U64_MAX-2)",
-            expect: "request with COMPLETION_REQUESTED answered by a COMP with the same id",
+            expect: "the host builds the COMP for a request with COMPLETION_REQUESTED (Descriptor::completion) with the same 64-bit id, through both rings; none for a request without the flag",
             run: || {
                 let mut l = Loopback::connected(1);
                 let rings = l.open(1, 2, 2)?;
@@ -711,7 +798,11 @@ pub fn catalogue() -> Vec<Case> {
                     .map_err(|x| format!("{x:?}"))?
                     .ok_or("empty")?;
                 check!(req.descriptor.flags & FLAG_COMPLETION_REQUESTED != 0, "flag lost");
-                let comp = Descriptor::new(PacketType::COMPLETION, 16, 8, 0, req.descriptor.transaction_id);
+                // The host side builds the completion from what it read.
+                let comp = req
+                    .descriptor
+                    .completion(8)
+                    .ok_or("the host built no completion for a request asking for one")?;
                 let _ = e
                     .host_out
                     .write(&[comp.as_bytes(), &[0u8; 8]])
@@ -724,6 +815,19 @@ pub fn catalogue() -> Vec<Case> {
                 check!(
                     c.kind == PacketType::COMPLETION && c.descriptor.transaction_id == id,
                     "{c:?}"
+                );
+                let _ = e
+                    .guest_out
+                    .write(&[&inband(b"no reply", u64::MAX, 0)])
+                    .map_err(|x| format!("{x:?}"))?;
+                let (req, _) = e
+                    .host_in
+                    .read(&mut buf)
+                    .map_err(|x| format!("{x:?}"))?
+                    .ok_or("empty")?;
+                check!(
+                    req.descriptor.transaction_id == u64::MAX && req.descriptor.completion(8).is_none(),
+                    "a completion nobody asked for: {req:?}"
                 );
                 Ok(())
             },
@@ -757,15 +861,12 @@ pub fn catalogue() -> Vec<Case> {
                 let mut l = Loopback::connected(2);
                 l.open(1, 2, 2)?;
                 l.server.rescind(1).map_err(|e| format!("{e:?}"))?;
-                check!(
-                    l.server.offer(offer(7)) == Some(3),
-                    "relid 1 reused before release"
-                );
+                check!(l.server.offer(offer(7)) == Ok(3), "relid 1 reused before release");
                 l.pump();
                 check!(l.client_events.contains(&ClientEvent::Rescinded(1)), "no rescind");
                 check!(l.events.contains(&Event::Closed { relid: 1 }), "not closed");
                 check!(!l.server.channels().contains_key(&1), "relid not released");
-                check!(l.server.offer(offer(8)) == Some(1), "relid 1 not reusable");
+                check!(l.server.offer(offer(8)) == Ok(1), "relid 1 not reusable");
                 Ok(())
             },
         },
@@ -805,6 +906,12 @@ pub fn catalogue() -> Vec<Case> {
             },
         },
         Case {
+            id: "RST-01",
+            rule: "Server::reset (the child partition restarts): not connected, no GPADLs or assemblies, empty outbox, rescinded channels dropped, every other channel Offered with its offer; the relids that were open are returned",
+            expect: "reset returns [1, 3]; a fresh guest connects, sees offers 1 and 3 and opens 1 again",
+            run: reset_case,
+        },
+        Case {
             id: "MOD-01",
             rule: "MODIFYCHANNEL retargets an open channel; from 5.3 it is acknowledged (§1.2)",
             expect: "5.3: MODIFYCHANNEL_RESPONSE status 0, target VP updated; 4.1: no response",
@@ -832,6 +939,18 @@ pub fn catalogue() -> Vec<Case> {
                 }
                 Ok(())
             },
+        },
+        Case {
+            id: "MOD-02",
+            rule: "from 5.3 every MODIFYCHANNEL is answered, a refused one with STATUS_UNSUCCESSFUL: Linux 6.1 waits for the answer with no timeout (channel.c send_modifychannel_with_ack)",
+            expect: "unknown relid, a channel not open, target VP 0xFFFFFFFF: MODIFYCHANNEL_RESPONSE 0xC0000001 and a violation each; the target VP is unchanged",
+            run: modify_errors_case,
+        },
+        Case {
+            id: "MOD-03",
+            rule: "MODIFYCHANNEL exists from 4.1 (channel.c vmbus_send_modifychannel, VERSION_WIN10_V4_1); below it is a violation; from 4.1 to 5.2 it has no answer",
+            expect: "4.0: Unsupported violation, no answer, target unchanged; 4.1: an unknown relid is a violation without an answer",
+            run: modify_versions_case,
         },
         Case {
             id: "MAL-01",
@@ -903,34 +1022,9 @@ pub fn catalogue() -> Vec<Case> {
         },
         Case {
             id: "MAL-02",
-            rule: "every possible byte string is handled without panicking (parser fuzz corpus replay)",
-            expect: "10 000 pseudo-random messages: only violations, server still answers REQUESTOFFERS",
-            run: || {
-                let mut l = Loopback::connected(1);
-                let mut x = 0x2545_F491_4F6C_DD1Du64;
-                for _ in 0..10_000 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let len = (x % 250) as usize;
-                    let mut m: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8).collect();
-                    if len >= 4 {
-                        // Mostly valid types, so the handlers get exercised.
-                        m[0] = (x % 26) as u8;
-                        m[1..4].fill(0);
-                    }
-                    let _ = l.server.handle((x % 5) as u32, &m);
-                    while l.server.next_message().is_some() {}
-                }
-                let req = protocol::RequestOffers {
-                    header: Header::new(protocol::RequestOffers::TYPE),
-                };
-                if l.server.version().is_some() {
-                    let _ = l.server.handle(1, req.as_bytes());
-                    check!(l.server.next_message().is_some(), "server stopped answering");
-                }
-                Ok(())
-            },
+            rule: "hostile messages (the fuzz corpus in vmbus/fuzz/corpus/fuzz_channel_message, then 10 000 pseudo-random ones) never panic, a refused one changes nothing, and the server stays usable within its Limits",
+            expect: "each refusal leaves version, channels and GPADLs as they were; usage stays within the limits; after each corpus file REQUESTOFFERS is answered, a new GPADL is created and the open channel's rings still carry a packet",
+            run: malformed_replay,
         },
     ]
 }
@@ -1037,4 +1131,570 @@ pub fn run_all(mut report: impl FnMut(&str)) -> (usize, usize) {
         }
     }
     (passed, failed)
+}
+
+fn err(e: impl core::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+/// The bytes of a 5.3 INITIATE_CONTACT on VP 0, SINT 2.
+fn contact_5_3() -> Vec<u8> {
+    protocol::InitiateContact {
+        header: Header::new(protocol::InitiateContact::TYPE),
+        version_requested: Version::WIN10_V5_3.0,
+        target_vcpu: 0,
+        interrupt_page_or_sint: 2,
+        monitor_page1: 0,
+        monitor_page2: 0,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn request_offers() -> Vec<u8> {
+    protocol::RequestOffers {
+        header: Header::new(protocol::RequestOffers::TYPE),
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn modify(relid: u32, target_vp: u32) -> Vec<u8> {
+    protocol::ModifyChannel {
+        header: Header::new(protocol::ModifyChannel::TYPE),
+        child_relid: relid,
+        target_vp,
+    }
+    .as_bytes()
+    .to_vec()
+}
+
+fn drain(s: &mut Server) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| s.next_message().map(|(_, m)| m)).collect()
+}
+
+/// Status of the guest's GPADL `handle`, as last reported to the client.
+fn created(l: &Loopback, handle: u32) -> Option<u32> {
+    l.client_events.iter().rev().find_map(|e| match e {
+        ClientEvent::GpadlCreated { handle: h, status } if *h == handle => Some(*status),
+        _ => None,
+    })
+}
+
+/// The client creates a GPADL over exactly `pfns`; its handle and status.
+fn gpadl_over(l: &mut Loopback, relid: u32, pfns: &[u64]) -> (u32, Option<u32>) {
+    let h = l.client.create_gpadl(relid, pfns);
+    l.pump();
+    (h, created(l, h))
+}
+
+fn target_vp(l: &Loopback, relid: u32) -> Result<u32, String> {
+    match &l.server.channels().get(&relid).ok_or("no channel")?.state {
+        ChannelState::Open(info) => Ok(info.target_vp),
+        other => Err(format!("relid {relid} is {other:?}")),
+    }
+}
+
+fn reconnect_case() -> Result<(), String> {
+    let mut l = Loopback::connected(2);
+    let rings = l.open(1, 2, 2)?;
+    let (h2, _, st) = l.gpadl(2, 1);
+    check!(st == Some(0), "GPADL {st:?}");
+    l.events.clear();
+    // Linux rebooting into a new kernel: INITIATE_CONTACT again, no UNLOAD.
+    l.client.connect();
+    l.pump();
+    check!(
+        l.events == vec![Event::Closed { relid: 1 }, Event::Connected(Version::WIN10_V5_3)],
+        "events {:?}",
+        l.events
+    );
+    let connects = l
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Connected(_)))
+        .count();
+    check!(connects == 2, "{connects} VERSION_RESPONSEs accepted");
+    check!(
+        l.server.version() == Some(Version::WIN10_V5_3),
+        "{:?}",
+        l.server.version()
+    );
+    check!(
+        l.server.gpadl(rings.handle).is_none() && l.server.gpadl(h2).is_none(),
+        "GPADLs survived the reconnect"
+    );
+    check!(
+        l.server.channels()[&1].state == ChannelState::Offered,
+        "{:?}",
+        l.server.channels()[&1].state
+    );
+    check!(l.violations.is_empty(), "{:?}", l.violations);
+    // The new kernel starts its handles over: the old ring handle is free.
+    let pfns = l.pages(4);
+    for m in vmbus::gpadl::encode(1, rings.handle, &pfns) {
+        l.client.post_raw(1, &m);
+    }
+    l.pump();
+    check!(created(&l, rings.handle) == Some(0), "handle not reusable");
+    l.client.open(1, rings.handle, 2, 0);
+    l.pump();
+    let opens = l
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::OpenResult { relid: 1, status: 0 }))
+        .count();
+    check!(opens == 2, "not re-opened: {:?}", l.client_events);
+    Ok(())
+}
+
+fn lowest_relid_case() -> Result<(), String> {
+    let mut l = Loopback::connected(3);
+    l.server.rescind(2).map_err(err)?;
+    check!(l.server.offer(offer(4)) == Ok(4), "relid 2 reused before release");
+    l.pump();
+    check!(l.client_events.contains(&ClientEvent::Rescinded(2)), "no rescind");
+    check!(l.server.offer(offer(5)) == Ok(2), "relid 2 not reused");
+    check!(l.server.offer(offer(6)) == Ok(5), "not the lowest free");
+    l.pump();
+    let offers = l.client.offers();
+    check!(
+        offers.keys().copied().collect::<Vec<_>>() == vec![1, 2, 3, 4, 5],
+        "{:?}",
+        offers.keys()
+    );
+    let mut conns: Vec<u32> = offers.values().map(|o| o.connection_id).collect();
+    conns.sort_unstable();
+    conns.dedup();
+    check!(conns.len() == 5, "connection ids not unique");
+    Ok(())
+}
+
+fn pfn_bound_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    let (h, st) = gpadl_over(&mut l, 1, &[20, GUEST_PAGES - 1]);
+    check!(st == Some(0), "the last page refused: {st:?}");
+    check!(l.server.gpadl(h).is_some(), "not kept");
+    let (h, st) = gpadl_over(&mut l, 1, &[20, GUEST_PAGES]);
+    check!(st == Some(STATUS_FAILURE), "PFN == guest pages: {st:?}");
+    check!(l.server.gpadl(h).is_none(), "kept");
+    check!(
+        l.violations
+            == vec![Violation::GpadlRefused(vmbus::gpadl::GpadlError::BadPfn(
+                GUEST_PAGES
+            ))],
+        "{:?}",
+        l.violations
+    );
+    Ok(())
+}
+
+fn gpadl_count_quota_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    let max = l.server.limits().max_gpadls;
+    check!(max == 64, "default max_gpadls {max}");
+    let (done, _, st) = l.gpadl(1, 1);
+    check!(st == Some(0), "{st:?}");
+    let pfns: Vec<u64> = (100..140).collect();
+    for i in 0..1000u32 {
+        let header = vmbus::gpadl::encode(1, 0x10_0000 + i, &pfns).swap_remove(0);
+        l.client.post_raw(1, &header);
+    }
+    l.pump();
+    let refused = l
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::GpadlCreated { handle, status: STATUS_FAILURE } if *handle >= 0x10_0000))
+        .count();
+    check!(refused == 1000 - (max - 1), "{refused} refused");
+    check!(
+        l.violations.len() == refused
+            && l.violations
+                .iter()
+                .all(|v| *v == Violation::QuotaExceeded(Quota::Gpadls)),
+        "{:?}",
+        &l.violations[..3.min(l.violations.len())]
+    );
+    let u = l.server.usage();
+    check!(u.gpadls == max && u.assemblies == max - 1, "{u:?}");
+    l.client.teardown(1, done);
+    l.pump();
+    let (_, _, st) = l.gpadl(1, 1);
+    check!(st == Some(0), "slot not freed: {st:?}");
+    Ok(())
+}
+
+fn gpadl_pages_quota_case() -> Result<(), String> {
+    let limits = Limits {
+        max_pages_per_gpadl: 100,
+        ..Limits::DEFAULT
+    };
+    let mut l = Loopback::with_limits(1, None, limits);
+    l.client.connect();
+    l.pump();
+    let (_, _, st) = l.gpadl(1, 100);
+    check!(st == Some(0), "100 pages: {st:?}");
+    let (h, _, st) = l.gpadl(1, 101);
+    check!(st == Some(STATUS_FAILURE), "101 pages: {st:?}");
+    check!(l.server.gpadl(h).is_none(), "kept");
+    check!(
+        l.violations.first() == Some(&Violation::QuotaExceeded(Quota::GpadlPages)),
+        "{:?}",
+        l.violations
+    );
+    check!(
+        l.violations[1..].iter().all(|v| *v == Violation::BadGpadl(h)) && l.violations.len() > 1,
+        "bodies of the refused GPADL: {:?}",
+        l.violations
+    );
+    check!(l.server.usage().assemblies == 0, "an assembly was kept");
+    Ok(())
+}
+
+fn total_pages_quota_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    check!(
+        l.server.limits().max_gpadl_pages == GUEST_PAGES,
+        "total not capped at the guest's pages: {:?}",
+        l.server.limits()
+    );
+    let (_, st) = gpadl_over(&mut l, 1, &(0..4000).collect::<Vec<u64>>());
+    check!(st == Some(0), "4000 pages: {st:?}");
+    let (b, st) = gpadl_over(&mut l, 1, &(4000..GUEST_PAGES).collect::<Vec<u64>>());
+    check!(st == Some(0), "up to the limit: {st:?}");
+    let (_, st) = gpadl_over(&mut l, 1, &[5]);
+    check!(st == Some(STATUS_FAILURE), "past the limit: {st:?}");
+    check!(
+        l.violations == vec![Violation::QuotaExceeded(Quota::TotalGpadlPages)],
+        "{:?}",
+        l.violations
+    );
+    l.client.teardown(1, b);
+    l.pump();
+    let (_, st) = gpadl_over(&mut l, 1, &[5]);
+    check!(st == Some(0), "pages not given back: {st:?}");
+    Ok(())
+}
+
+fn outbox_quota_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    let max = l.server.limits().max_outbox;
+    check!(max == 128, "default max_outbox {max}");
+    // Nobody takes the answers: each REQUESTOFFERS queues an offer and
+    // ALLOFFERS_DELIVERED.
+    let mut accepted = 0;
+    loop {
+        match l.server.handle(1, &request_offers()) {
+            Ok(_) => accepted += 1,
+            Err(v) => {
+                check!(v == Violation::QuotaExceeded(Quota::Outbox), "{v:?}");
+                break;
+            }
+        }
+        check!(accepted <= max, "the outbox grew past {max}");
+    }
+    check!(accepted == max / 2, "{accepted} accepted");
+    let header = vmbus::gpadl::encode(1, 0x1234, &[20]).swap_remove(0);
+    let r = l.server.handle(1, &header);
+    check!(r == Err(Violation::QuotaExceeded(Quota::Outbox)), "{r:?}");
+    check!(
+        l.server.offer(offer(9)) == Err(HostError::OutboxFull),
+        "offer accepted"
+    );
+    let u = l.server.usage();
+    check!(
+        u.outbox == max && u.gpadls == 0 && u.channels == 1,
+        "a refused request changed something: {u:?}"
+    );
+    check!(drain(&mut l.server).len() == max, "queue length");
+    let r = l.server.handle(1, &header);
+    check!(r == Ok(Vec::new()), "{r:?}");
+    let answer = drain(&mut l.server);
+    check!(
+        matches!(answer.first().map(|m| Message::parse(m)), Some(Ok(Message::GpadlCreated(c))) if c.status == 0),
+        "{answer:?}"
+    );
+    Ok(())
+}
+
+fn largest_packet_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    let rings = l.open(1, 2, 2)?;
+    let mut e = l.ends(&rings);
+    let max = e.guest_out.max_packet() as usize;
+    check!(max == 4096 - 16, "max_packet {max}");
+    let p = inband(&vec![7u8; max - 16], 1, 0);
+    let _ = e.guest_out.write(&[&p]).map_err(err)?;
+    let mut buf = vec![0u8; 4096];
+    let (pkt, _) = e.host_in.read(&mut buf).map_err(err)?.ok_or("empty")?;
+    check!(buf[..pkt.len] == p[..], "largest packet damaged");
+    let p = inband(&vec![7u8; max - 15], 2, 0);
+    let r = e.guest_out.write(&[&p]);
+    check!(matches!(r, Err(RingError::TooLarge { .. })), "{r:?}");
+    Ok(())
+}
+
+fn reset_case() -> Result<(), String> {
+    let mut l = Loopback::connected(3);
+    l.open(1, 2, 2)?;
+    l.open(3, 2, 2)?;
+    let (_, _, st) = l.gpadl(2, 2);
+    check!(st == Some(0), "{st:?}");
+    let header = vmbus::gpadl::encode(2, 0x5555, &l.pages(40)).swap_remove(0);
+    l.client.post_raw(1, &header);
+    l.pump();
+    // Rescinded, the RESCIND still queued: the guest never answers.
+    l.server.rescind(2).map_err(err)?;
+    let open = l.server.reset();
+    check!(open == vec![1, 3], "open relids {open:?}");
+    check!(l.server.version().is_none(), "still connected");
+    let u = l.server.usage();
+    check!(
+        (u.gpadls, u.assemblies, u.gpadl_pages, u.outbox, u.open_channels) == (0, 0, 0, 0, 0),
+        "{u:?}"
+    );
+    check!(l.server.next_message().is_none(), "outbox not empty");
+    check!(
+        l.server.channels().keys().copied().collect::<Vec<_>>() == vec![1, 3],
+        "channels {:?}",
+        l.server.channels().keys()
+    );
+    for (relid, n) in [(1u32, 1u8), (3, 3)] {
+        let ch = &l.server.channels()[&relid];
+        check!(
+            ch.state == ChannelState::Offered && ch.offer == offer(n),
+            "relid {relid}: {:?}",
+            ch.state
+        );
+    }
+    check!(
+        l.server.handle(1, &request_offers()) == Err(Violation::NotConnected(3)),
+        "answered before a new contact"
+    );
+    // The restarted guest starts from nothing.
+    l.client = Client::new(None, 0);
+    l.client_events.clear();
+    l.client.connect();
+    l.pump();
+    check!(
+        l.client.offers().keys().copied().collect::<Vec<_>>() == vec![1, 3],
+        "offers {:?}",
+        l.client.offers().keys()
+    );
+    l.open(1, 2, 2)?;
+    Ok(())
+}
+
+fn modify_errors_case() -> Result<(), String> {
+    let mut l = Loopback::connected(2);
+    l.open(1, 2, 2)?;
+    for (relid, vp, why) in [
+        (99, 1, Violation::BadRelid(99)),
+        (2, 1, Violation::BadRelid(2)),
+        (1, u32::MAX, Violation::BadTargetVp(u32::MAX)),
+    ] {
+        l.violations.clear();
+        l.client_events.clear();
+        l.client.post_raw(1, &modify(relid, vp));
+        l.pump();
+        check!(
+            l.client_events
+                == vec![ClientEvent::Modified {
+                    relid,
+                    status: STATUS_UNSUCCESSFUL
+                }],
+            "{relid}/{vp:#x}: {:?}",
+            l.client_events
+        );
+        check!(STATUS_UNSUCCESSFUL as u32 == 0xC000_0001, "status value");
+        check!(l.violations == vec![why], "{:?}", l.violations);
+    }
+    check!(target_vp(&l, 1)? == 0, "a refused MODIFYCHANNEL retargeted");
+    Ok(())
+}
+
+fn modify_versions_case() -> Result<(), String> {
+    let mut l = Loopback::new(1, Some(&[Version::WIN10]));
+    l.client.connect();
+    l.pump();
+    l.open(1, 2, 2)?;
+    l.client.post_raw(1, &modify(1, 3));
+    l.pump();
+    check!(
+        l.violations
+            == vec![Violation::Unsupported {
+                msgtype: 22,
+                version: Version::WIN10
+            }],
+        "4.0: {:?}",
+        l.violations
+    );
+    check!(
+        !l.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Modified { .. })),
+        "4.0 answered"
+    );
+    check!(target_vp(&l, 1)? == 0, "4.0 retargeted");
+    let mut l = Loopback::new(1, Some(&[Version::WIN10_V4_1]));
+    l.client.connect();
+    l.pump();
+    l.open(1, 2, 2)?;
+    l.client.post_raw(1, &modify(99, 3));
+    l.client.post_raw(1, &modify(1, 3));
+    l.pump();
+    check!(
+        l.violations == vec![Violation::BadRelid(99)],
+        "4.1: {:?}",
+        l.violations
+    );
+    check!(
+        !l.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Modified { .. })),
+        "4.1 answered"
+    );
+    check!(target_vp(&l, 1)? == 3, "4.1 did not retarget");
+    Ok(())
+}
+
+/// What a refused message must not change.
+type Snapshot = (
+    Option<Version>,
+    Vec<(u32, ChannelState)>,
+    Vec<vmbus::gpadl::Gpadl>,
+);
+
+fn snapshot(s: &Server) -> Snapshot {
+    (
+        s.version(),
+        s.channels().iter().map(|(r, c)| (*r, c.state.clone())).collect(),
+        s.gpadls().values().cloned().collect(),
+    )
+}
+
+/// Feed one hostile message; a refusal must change nothing the guest built,
+/// and the server must stay within its limits.
+fn feed_checked(s: &mut Server, conn: u32, m: &[u8], what: &str) -> Result<(), String> {
+    let before = snapshot(s);
+    let r = s.handle(conn, m);
+    drain(s);
+    if let Err(v) = r {
+        check!(
+            snapshot(s) == before,
+            "{what}: refused ({v:?}) but the state changed"
+        );
+    }
+    let u = s.usage();
+    check!(
+        u.gpadls <= u.limits.max_gpadls
+            && u.gpadl_pages <= u.limits.max_gpadl_pages
+            && u.outbox <= u.limits.max_outbox,
+        "{what}: past the limits: {u:?}"
+    );
+    Ok(())
+}
+
+/// Connected (again, if the message disconnected it) and answering
+/// REQUESTOFFERS with every offer and ALLOFFERS_DELIVERED.
+fn answers_requests(s: &mut Server, what: &str) -> Result<(), String> {
+    if s.version().is_none() {
+        s.handle(4, &contact_5_3())
+            .map_err(|e| format!("{what}: {e:?}"))?;
+        drain(s);
+        check!(s.version().is_some(), "{what}: cannot reconnect");
+    }
+    let offered = s
+        .channels()
+        .values()
+        .filter(|c| c.state != ChannelState::Rescinded)
+        .count();
+    s.handle(1, &request_offers())
+        .map_err(|e| format!("{what}: {e:?}"))?;
+    let answers = drain(s);
+    check!(
+        answers.len() == offered + 1
+            && matches!(
+                answers.last().map(|m| Message::parse(m)),
+                Some(Ok(Message::AllOffersDelivered))
+            ),
+        "{what}: REQUESTOFFERS answered with {} messages",
+        answers.len()
+    );
+    Ok(())
+}
+
+fn corpus() -> Result<Vec<(String, Vec<u8>)>, String> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vmbus/fuzz/corpus/fuzz_channel_message");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+        let path = entry.map_err(err)?.path();
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        files.push((
+            path.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            bytes,
+        ));
+    }
+    files.sort();
+    check!(files.len() >= 10, "corpus too small: {} files", files.len());
+    Ok(files)
+}
+
+fn malformed_replay() -> Result<(), String> {
+    for (name, bytes) in corpus()? {
+        let mut l = Loopback::connected(2);
+        let rings = l.open(1, 2, 2)?;
+        let (_, _, st) = l.gpadl(2, 3);
+        check!(st == Some(0), "{st:?}");
+        for conn in [1, 4] {
+            feed_checked(&mut l.server, conn, &bytes, &name)?;
+        }
+        answers_requests(&mut l.server, &name)?;
+        let pfns = l.pages(2);
+        let mut status = None;
+        for m in vmbus::gpadl::encode(2, 0x7000_0000, &pfns) {
+            l.server.handle(1, &m).map_err(|e| format!("{name}: {e:?}"))?;
+            status = drain(&mut l.server).iter().find_map(|m| match Message::parse(m) {
+                Ok(Message::GpadlCreated(c)) => Some(c.status),
+                _ => None,
+            });
+        }
+        check!(status == Some(0), "{name}: a new GPADL got {status:?}");
+        if matches!(l.server.channels()[&1].state, ChannelState::Open(_)) {
+            let mut e = l.ends(&rings);
+            let _ = e
+                .guest_out
+                .write(&[&inband(b"still fine", 1, 0)])
+                .map_err(|x| format!("{name}: {x:?}"))?;
+            let mut buf = [0u8; 64];
+            check!(
+                e.host_in.read(&mut buf).map_err(err)?.is_some(),
+                "{name}: ring broken"
+            );
+        }
+    }
+    let mut l = Loopback::connected(2);
+    l.open(1, 2, 2)?;
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for n in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (x % 250) as usize;
+        let mut m: Vec<u8> = (0..len).map(|i| (x >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+        if len >= 4 {
+            // Mostly valid types, so the handlers get exercised.
+            m[0] = (x % 26) as u8;
+            m[1..4].fill(0);
+        }
+        feed_checked(&mut l.server, (x % 5) as u32, &m, &format!("random message {n}"))?;
+        if n % 1000 == 999 {
+            answers_requests(&mut l.server, &format!("after random message {n}"))?;
+        }
+    }
+    answers_requests(&mut l.server, "after the random messages")
 }

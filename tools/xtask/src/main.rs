@@ -161,43 +161,6 @@ fn to_operator(out: &mut impl std::io::Write, mut bytes: &[u8]) {
     let _ = out.flush();
 }
 
-#[cfg(test)]
-mod tests {
-    use super::to_operator;
-    use std::io::{self, Write};
-
-    /// A terminal that is not being read: every other write would block,
-    /// then it takes one byte at a time.
-    struct StalledTerminal {
-        written: Vec<u8>,
-        calls: u32,
-    }
-
-    impl Write for StalledTerminal {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.calls += 1;
-            if self.calls % 2 == 1 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.written.push(buf[0]);
-            Ok(1)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-    }
-
-    #[test]
-    fn a_stalled_terminal_delays_the_log_but_never_fails() {
-        let mut t = StalledTerminal {
-            written: Vec::new(),
-            calls: 0,
-        };
-        to_operator(&mut t, b"[hv-core] line\r\n");
-        assert_eq!(t.written, b"[hv-core] line\r\n");
-    }
-}
-
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(xtask::workspace_root());
@@ -240,4 +203,41 @@ fn lint() -> Result<(), XtaskError> {
             .args(KERNEL_CRATES.iter().flat_map(|c| ["-p", c]))
             .args(["--", "-D", "warnings"]),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_operator;
+    use std::io::{self, Write};
+
+    /// A terminal that is not being read: every other write would block,
+    /// then it takes one byte at a time.
+    struct StalledTerminal {
+        written: Vec<u8>,
+        calls: u32,
+    }
+
+    impl Write for StalledTerminal {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 2 == 1 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.written.push(buf[0]);
+            Ok(1)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn a_stalled_terminal_delays_the_log_but_never_fails() {
+        let mut t = StalledTerminal {
+            written: Vec::new(),
+            calls: 0,
+        };
+        to_operator(&mut t, b"[hv-core] line\r\n");
+        assert_eq!(t.written, b"[hv-core] line\r\n");
+    }
 }
