@@ -19,7 +19,7 @@ testos_start:
     main = sym testos_main,
 );
 
-struct Com1;
+pub(crate) struct Com1;
 
 impl Com1 {
     fn outb(port: u16, v: u8) {
@@ -48,7 +48,12 @@ macro_rules! say {
     ($($arg:tt)*) => {{ let _ = writeln!(Com1, $($arg)*); }};
 }
 
-fn halt_forever() -> ! {
+/// One line on COM1 (for the other modules; `say!` here).
+pub(crate) fn say_line(args: core::fmt::Arguments) {
+    let _ = writeln!(Com1, "{args}");
+}
+
+pub(crate) fn halt_forever() -> ! {
     loop {
         // SAFETY: parks the VP; with interrupts off the hypervisor sees a final HLT.
         unsafe { asm!("cli; hlt", options(nomem, nostack)) };
@@ -106,6 +111,10 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "vmbus-bench" => vmbus_session(name, None, true, BENCH_ROUND_TRIPS),
         "null-hypercalls" => null_hypercalls(name),
         "vmbus-conformance" => conformance(name),
+        // Hostile VMBus clients (floods, churn, held rings): vmbus_hostile.rs.
+        m if m.starts_with("vmbus-hostile-") => crate::vmbus_hostile::run(name, &m["vmbus-hostile-".len()..], info),
+        // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
+        "cpu-hostile" => crate::cpu_hostile::run(name, info),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()
@@ -113,7 +122,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
     }
 }
 
-fn spin(name: &str) -> ! {
+pub(crate) fn spin(name: &str) -> ! {
     say!("testos {name}: ready");
     let mut tick = 0u64;
     loop {
@@ -127,7 +136,7 @@ fn spin(name: &str) -> ! {
 
 /// Keep a pattern in XMM0/XMM1 across preemptions: another partition's SSE
 /// state must never show through.
-fn fpu(name: &str) -> ! {
+pub(crate) fn fpu(name: &str) -> ! {
     let pattern = name.bytes().fold(0x9E37_79B9_7F4A_7C15u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
@@ -155,7 +164,7 @@ fn fpu(name: &str) -> ! {
     }
 }
 
-fn touch(name: &str, how: &str, what: &str, addr: u64, write: bool) -> ! {
+pub(crate) fn touch(name: &str, how: &str, what: &str, addr: u64, write: bool) -> ! {
     say!("testos {name}: attempting to {how} {what} at {addr:#x}");
     // SAFETY: deliberately hostile: the address is outside this partition's
     // memory; the hypervisor must stop us. Reaching the next line is a breach.
@@ -172,7 +181,7 @@ fn touch(name: &str, how: &str, what: &str, addr: u64, write: bool) -> ! {
     halt_forever()
 }
 
-fn triple_fault(name: &str) -> ! {
+pub(crate) fn triple_fault(name: &str) -> ! {
     say!("testos {name}: loading an empty IDT and faulting");
     let idtr = [0u8; 10];
     // SAFETY: deliberately hostile: an empty IDT turns the #UD into a triple fault.
@@ -183,7 +192,7 @@ fn triple_fault(name: &str) -> ! {
     halt_forever()
 }
 
-fn io_ports(name: &str) -> ! {
+pub(crate) fn io_ports(name: &str) -> ! {
     say!("testos {name}: poking the root's devices");
     // PCI config address/data, the keyboard controller's reset line, QEMU's
     // debug-exit port: all the root's (or the machine's), none passed through.
@@ -201,19 +210,19 @@ fn io_ports(name: &str) -> ! {
 
 // ---- hypercalls ----
 
-fn wrmsr(index: u32, value: u64) {
+pub(crate) fn wrmsr(index: u32, value: u64) {
     // SAFETY: synthetic MSRs of the HV#1 interface, owned by this partition.
     unsafe {
         asm!("wrmsr", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
     };
 }
 
-fn enable_hypercalls() {
+pub(crate) fn enable_hypercalls() {
     wrmsr(msr::GUEST_OS_ID, (1 << 63) | (0x7E << 48) | (1 << 16));
     wrmsr(msr::HYPERCALL, child::HYPERCALL_PAGE_GPA | msr::HYPERCALL_ENABLE);
 }
 
-fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
+pub(crate) fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
     let rax: u64;
     // Inputs and outputs are this partition's own scratch pages (or
     // deliberately bad GPAs the hypervisor must refuse without touching).
@@ -225,7 +234,7 @@ fn hypercall(control: u64, input: u64, output: u64) -> HypercallResult {
     HypercallResult::decode(rax)
 }
 
-fn report(name: &str, what: &str, r: HypercallResult) {
+pub(crate) fn report(name: &str, what: &str, r: HypercallResult) {
     say!(
         "testos {name}: hc {what}: {:?} reps {}",
         r.status,
@@ -233,11 +242,11 @@ fn report(name: &str, what: &str, r: HypercallResult) {
     );
 }
 
-fn simple(code: HvCallCode) -> u64 {
+pub(crate) fn simple(code: HvCallCode) -> u64 {
     HypercallControl::simple(code).encode()
 }
 
-fn bad_hypercalls(name: &str, hv_core: u64) -> ! {
+pub(crate) fn bad_hypercalls(name: &str, hv_core: u64) -> ! {
     enable_hypercalls();
     let out = child::HYPERCALL_OUTPUT_GPA;
     let input = child::HYPERCALL_INPUT_GPA;
@@ -282,7 +291,7 @@ fn bad_hypercalls(name: &str, hv_core: u64) -> ! {
     halt_forever()
 }
 
-fn root_only_hypercalls(name: &str) -> ! {
+pub(crate) fn root_only_hypercalls(name: &str) -> ! {
     enable_hypercalls();
     let (input, out) = (child::HYPERCALL_INPUT_GPA, child::HYPERCALL_OUTPUT_GPA);
     // SAFETY: our own zeroed scratch page; partition id 1 is the root.
@@ -330,17 +339,17 @@ fn root_only_hypercalls(name: &str) -> ! {
 
 /// The child's SynIC message and event-flag pages (free pages of the child
 /// layout, below the image).
-const SIMP_GPA: u64 = 0xC000;
-const SIEF_GPA: u64 = 0xD000;
+pub(crate) const SIMP_GPA: u64 = 0xC000;
+pub(crate) const SIEF_GPA: u64 = 0xD000;
 /// The SINT the root's worker posts replies on (the VMBus SINT).
-const MESSAGE_SINT: u64 = 2;
+pub(crate) const MESSAGE_SINT: u64 = 2;
 /// The connection id the root's worker gives every child for messages.
-const MESSAGE_CONNECTION_ID: u32 = 1;
+pub(crate) const MESSAGE_CONNECTION_ID: u32 = 1;
 /// The root worker's echo service message type.
-const ECHO_MESSAGE_TYPE: u32 = 0x100;
+pub(crate) const ECHO_MESSAGE_TYPE: u32 = 0x100;
 
 /// HvPostMessage with raw fields (the input page is ours).
-fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &[u8]) -> HypercallResult {
+pub(crate) fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &[u8]) -> HypercallResult {
     let input = child::HYPERCALL_INPUT_GPA as *mut u32;
     // SAFETY: the input page is this partition's own scratch page; 16 header
     // bytes plus at most 240 payload bytes stay inside it.
@@ -358,7 +367,7 @@ fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &
 }
 
 /// A small formatting buffer (no allocator here).
-struct Buf {
+pub(crate) struct Buf {
     bytes: [u8; 64],
     len: usize,
 }
@@ -373,7 +382,7 @@ impl Write for Buf {
 }
 
 /// Take one message from our SINT slot, if any: (type, payload text).
-fn take_message(out: &mut [u8; 240]) -> Option<(u32, usize)> {
+pub(crate) fn take_message(out: &mut [u8; 240]) -> Option<(u32, usize)> {
     let slot = SIMP_GPA + MESSAGE_SINT * 256;
     // SAFETY: the SIMP page is our own RAM; the hypervisor writes it only
     // while this VP is stopped.
@@ -396,7 +405,7 @@ fn take_message(out: &mut [u8; 240]) -> Option<(u32, usize)> {
     }
 }
 
-fn synic_messages(name: &str) -> ! {
+pub(crate) fn synic_messages(name: &str) -> ! {
     enable_hypercalls();
     // Refusals first: none of these may reach the root.
     report(name, "post oversized payload", post_raw(1, 1, 241, b""));
@@ -457,13 +466,13 @@ fn synic_messages(name: &str) -> ! {
 }
 
 /// SynIC interrupts taken (`synic-irq`).
-static SYNIC_INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+pub(crate) static SYNIC_INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-fn on_synic_interrupt() {
+pub(crate) fn on_synic_interrupt() {
     SYNIC_INTERRUPTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
-fn on_exception(frame: &kernel_x86::traps::ExceptionFrame) -> ! {
+pub(crate) fn on_exception(frame: &kernel_x86::traps::ExceptionFrame) -> ! {
     say!("testos: unexpected exception {frame}");
     halt_forever()
 }
@@ -471,7 +480,7 @@ fn on_exception(frame: &kernel_x86::traps::ExceptionFrame) -> ! {
 /// Take SynIC interrupts instead of polling: an IDT, SINT 2 on vector 0x50
 /// with auto-EOI (no APIC here to EOI), interrupts on. Each echo reply the
 /// root posts must arrive as an interrupt before the slot is read.
-fn synic_interrupts(name: &str) -> ! {
+pub(crate) fn synic_interrupts(name: &str) -> ! {
     init_heap();
     kernel_x86::traps::init(
         alloc::boxed::Box::leak(alloc::boxed::Box::new(kernel_x86::traps::CpuTables::new())),
@@ -524,22 +533,22 @@ fn synic_interrupts(name: &str) -> ! {
 
 /// The heap the VMBus client allocates from.
 #[global_allocator]
-static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+pub(crate) static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
 
-const HEAP_SIZE: usize = 256 * 1024;
+pub(crate) const HEAP_SIZE: usize = 256 * 1024;
 
 /// Ring pages for the echo channel: 2 pages each way (control page + one
 /// data page), page-aligned; the child's page tables are an identity map, so
 /// a page's address is its GPA.
 #[repr(C, align(4096))]
-struct RingPages([u8; RING_PAGES * 4096]);
+pub(crate) struct RingPages([u8; RING_PAGES * 4096]);
 
 /// Pages set aside for rings (the conformance run opens up to 8 + 8).
-const RING_PAGES: usize = 16;
+pub(crate) const RING_PAGES: usize = 16;
 
-static mut RING: RingPages = RingPages([0; RING_PAGES * 4096]);
+pub(crate) static mut RING: RingPages = RingPages([0; RING_PAGES * 4096]);
 
-fn init_heap() {
+pub(crate) fn init_heap() {
     static mut AREA: [u8; HEAP_SIZE] = [0; HEAP_SIZE];
     // SAFETY: called once, before any allocation; the area is ours for good.
     unsafe {
@@ -548,7 +557,7 @@ fn init_heap() {
     };
 }
 
-fn enable_synic() {
+pub(crate) fn enable_synic() {
     wrmsr(msr::SIMP, SIMP_GPA | 1);
     wrmsr(msr::SIEFP, SIEF_GPA | 1);
     wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 18) | 0x50);
@@ -559,7 +568,7 @@ fn enable_synic() {
 /// for the echo channel, open it, echo packets through the rings, close it
 /// (unless `hold`), tear the GPADL down and unload:
 /// the control plane end to end over HvPostMessage and the SynIC.
-fn vmbus_session(
+pub(crate) fn vmbus_session(
     name: &str,
     versions: Option<&[vmbus::version::Version]>,
     hold: bool,
@@ -674,7 +683,7 @@ fn vmbus_session(
 }
 
 /// Ring memory at a fixed place in this partition (the `RING` pages).
-struct StaticMemory {
+pub(crate) struct StaticMemory {
     base: u64,
     len: u64,
 }
@@ -723,14 +732,14 @@ impl vmbus::memory::SharedMemory for StaticMemory {
 
 /// Echo packets the child sends through the root (`vmbus-bench`: more, for
 /// the QEMU benchmark).
-const ECHO_ROUND_TRIPS: u64 = 200;
-const BENCH_ROUND_TRIPS: u64 = 20_000;
+pub(crate) const ECHO_ROUND_TRIPS: u64 = 200;
+pub(crate) const BENCH_ROUND_TRIPS: u64 = 20_000;
 /// Calls the benchmark baseline makes.
-const NULL_HYPERCALLS: u64 = 100_000;
+pub(crate) const NULL_HYPERCALLS: u64 = 100_000;
 
 /// Round trips the benchmark baseline makes: HvGetPartitionId, the cheapest
 /// call that still reaches hv-core.
-fn null_hypercalls(name: &str) -> ! {
+pub(crate) fn null_hypercalls(name: &str) -> ! {
     enable_hypercalls();
     let out = child::HYPERCALL_OUTPUT_GPA;
     let mut ok = 0u64;
@@ -746,7 +755,7 @@ fn null_hypercalls(name: &str) -> ! {
 /// Send packets on the echo channel's guest-to-host ring (pages 0-1 of
 /// RING) and wait for each to come back on the host-to-guest ring (pages
 /// 2-3), signalling the root through HvSignalEvent when the ring says so.
-fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
+pub(crate) fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
     if echo_through(name, relid, connection, count, 2, 2) == Some(count) {
         say!("testos {name}: vmbus echo: {count} of {count} round trips ok");
     }
@@ -754,7 +763,7 @@ fn echo_round_trips(name: &str, relid: u32, connection: u32, count: u64) {
 
 /// Echo `count` packets through rings of `up` and `down` pages at the start
 /// of RING; returns how many came back right (None: the ring failed).
-fn echo_through(
+pub(crate) fn echo_through(
     name: &str,
     relid: u32,
     connection: u32,
@@ -847,16 +856,16 @@ fn echo_through(
 
 /// Poll budget for one reply (TCG runs some 10^8 simple loop iterations a
 /// second; the root answers within a tick).
-const REPLY_SPINS: u64 = 200_000_000;
+pub(crate) const REPLY_SPINS: u64 = 200_000_000;
 
 /// The client and the SynIC transport under it.
-struct Bus {
-    client: vmbus::client::Client,
+pub(crate) struct Bus {
+    pub(crate) client: vmbus::client::Client,
     buf: [u8; 240],
 }
 
 impl Bus {
-    fn new(versions: Option<&[vmbus::version::Version]>) -> Self {
+    pub(crate) fn new(versions: Option<&[vmbus::version::Version]>) -> Self {
         Self {
             client: vmbus::client::Client::new(versions, 0),
             buf: [0; 240],
@@ -864,7 +873,7 @@ impl Bus {
     }
 
     /// Post everything the client queued.
-    fn flush(&mut self) -> Result<(), alloc::string::String> {
+    pub(crate) fn flush(&mut self) -> Result<(), alloc::string::String> {
         while let Some((connection, bytes)) = self.client.next_message() {
             let r = post_raw(
                 connection,
@@ -880,7 +889,7 @@ impl Bus {
     }
 
     /// Flush, then take host messages until an event satisfies `want`.
-    fn until(
+    pub(crate) fn until(
         &mut self,
         what: &str,
         want: impl Fn(&vmbus::client::ClientEvent) -> bool,
@@ -913,7 +922,7 @@ impl Bus {
         Err(alloc::format!("64 messages without {what}"))
     }
 
-    fn connect(&mut self) -> Result<vmbus::version::Version, alloc::string::String> {
+    pub(crate) fn connect(&mut self) -> Result<vmbus::version::Version, alloc::string::String> {
         use vmbus::client::ClientEvent;
         self.client.connect();
         match self.until("VERSION_RESPONSE", |e| {
@@ -929,7 +938,7 @@ impl Bus {
         }
     }
 
-    fn unload(&mut self) -> Result<(), alloc::string::String> {
+    pub(crate) fn unload(&mut self) -> Result<(), alloc::string::String> {
         self.client.unload();
         self.until("UNLOAD_RESPONSE", |e| {
             matches!(e, vmbus::client::ClientEvent::Unloaded)
@@ -937,7 +946,7 @@ impl Bus {
         .map(|_| ())
     }
 
-    fn gpadl(&mut self, relid: u32, pfns: &[u64]) -> Result<(u32, u32), alloc::string::String> {
+    pub(crate) fn gpadl(&mut self, relid: u32, pfns: &[u64]) -> Result<(u32, u32), alloc::string::String> {
         let handle = self.client.create_gpadl(relid, pfns);
         match self.until("GPADL_CREATED", |e| {
             matches!(e, vmbus::client::ClientEvent::GpadlCreated { .. })
@@ -947,7 +956,7 @@ impl Bus {
         }
     }
 
-    fn teardown(&mut self, relid: u32, handle: u32) -> Result<(), alloc::string::String> {
+    pub(crate) fn teardown(&mut self, relid: u32, handle: u32) -> Result<(), alloc::string::String> {
         self.client.teardown(relid, handle);
         match self.until("GPADL_TORNDOWN", |e| {
             matches!(e, vmbus::client::ClientEvent::GpadlTorndown(_))
@@ -957,7 +966,7 @@ impl Bus {
         }
     }
 
-    fn open(&mut self, relid: u32, handle: u32, downstream: u32) -> Result<u32, alloc::string::String> {
+    pub(crate) fn open(&mut self, relid: u32, handle: u32, downstream: u32) -> Result<u32, alloc::string::String> {
         self.client.open(relid, handle, downstream, 0);
         match self.until("OPENCHANNEL_RESULT", |e| {
             matches!(e, vmbus::client::ClientEvent::OpenResult { .. })
@@ -968,14 +977,14 @@ impl Bus {
     }
 }
 
-fn ring_pfns(pages: u64) -> alloc::vec::Vec<u64> {
+pub(crate) fn ring_pfns(pages: u64) -> alloc::vec::Vec<u64> {
     let base = core::ptr::addr_of!(RING) as u64 >> 12;
     (0..pages).map(|i| base + i).collect()
 }
 
 /// Open the echo channel on `up + down` ring pages, echo `packets`, close,
 /// tear down.
-fn open_echo_close(
+pub(crate) fn open_echo_close(
     bus: &mut Bus,
     name: &str,
     up: u64,
@@ -1002,7 +1011,7 @@ fn open_echo_close(
 }
 
 /// Zero the first `pages` ring pages (a fresh ring starts at index 0).
-fn clear_ring(pages: u64) {
+pub(crate) fn clear_ring(pages: u64) {
     let base = core::ptr::addr_of_mut!(RING).cast::<u8>();
     // SAFETY: the first `pages` (≤ RING_PAGES) pages of our own RING, not
     // open to the root at this moment.
@@ -1013,7 +1022,7 @@ fn clear_ring(pages: u64) {
 /// not reading the 2-page host-to-guest ring (room for 18 echoes); the root
 /// must stall and ask for room through pending_send_sz, then finish once the
 /// child reads (each read that makes enough room signals the root).
-fn flow_control(name: &str) -> Result<(), alloc::string::String> {
+pub(crate) fn flow_control(name: &str) -> Result<(), alloc::string::String> {
     use vmbus::memory::SharedMemory;
     use vmbus::packet::{Descriptor, PacketType};
     use vmbus::ring::{FEAT_PENDING_SEND_SZ, FEATURE_BITS, PENDING_SEND_SIZE, Reader, Ring, Writer};
@@ -1112,12 +1121,12 @@ fn flow_control(name: &str) -> Result<(), alloc::string::String> {
 }
 
 /// The SIEF flag the root sets for relid 1 on SINT 2.
-fn relid1_flag() -> *mut u8 {
+pub(crate) fn relid1_flag() -> *mut u8 {
     (SIEF_GPA + MESSAGE_SINT * 256) as *mut u8
 }
 
 /// Open relid 1 on fresh 2+2 rings; returns the GPADL handle.
-fn open_fresh(bus: &mut Bus) -> Result<u32, alloc::string::String> {
+pub(crate) fn open_fresh(bus: &mut Bus) -> Result<u32, alloc::string::String> {
     clear_ring(4);
     let (handle, status) = bus.gpadl(1, &ring_pfns(4))?;
     if status != 0 || bus.open(1, handle, 2)? != 0 {
@@ -1126,14 +1135,14 @@ fn open_fresh(bus: &mut Bus) -> Result<u32, alloc::string::String> {
     Ok(handle)
 }
 
-fn close_and_teardown(bus: &mut Bus, handle: u32) -> Result<(), alloc::string::String> {
+pub(crate) fn close_and_teardown(bus: &mut Bus, handle: u32) -> Result<(), alloc::string::String> {
     bus.client.close(1);
     bus.flush()?;
     bus.teardown(1, handle)
 }
 
 /// Q-MASK-01.
-fn interrupt_mask(name: &str) -> Result<(), alloc::string::String> {
+pub(crate) fn interrupt_mask(name: &str) -> Result<(), alloc::string::String> {
     use vmbus::memory::SharedMemory;
     use vmbus::ring::INTERRUPT_MASK;
     let mut bus = Bus::new(None);
@@ -1170,12 +1179,12 @@ fn interrupt_mask(name: &str) -> Result<(), alloc::string::String> {
 
 /// One more echo on the already-open 2+2 rings (fresh Reader/Writer over the
 /// same memory pick the indices up from the control pages).
-fn echo_continue(name: &str, relid: u32) -> bool {
+pub(crate) fn echo_continue(name: &str, relid: u32) -> bool {
     echo_through(name, relid, 0x2001, 1, 2, 2) == Some(1)
 }
 
 /// Q-BAD-02.
-fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
+pub(crate) fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
     use vmbus::memory::SharedMemory;
     use vmbus::ring::WRITE_INDEX;
     let mut bus = Bus::new(None);
@@ -1208,7 +1217,7 @@ fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
 
 /// Wait (up to `rounds` reply budgets) for an event the host sends when the
 /// operator acts.
-fn await_host(
+pub(crate) fn await_host(
     bus: &mut Bus,
     what: &str,
     rounds: u32,
@@ -1225,7 +1234,7 @@ fn await_host(
 }
 
 /// Q-RES-01.
-fn rescind_and_reoffer(name: &str) -> Result<(), alloc::string::String> {
+pub(crate) fn rescind_and_reoffer(name: &str) -> Result<(), alloc::string::String> {
     use vmbus::client::ClientEvent;
     let mut bus = Bus::new(None);
     bus.connect()?;
@@ -1263,7 +1272,7 @@ fn rescind_and_reoffer(name: &str) -> Result<(), alloc::string::String> {
 }
 
 /// One case per line, `N passed, M failed` at the end.
-fn conformance(name: &str) -> ! {
+pub(crate) fn conformance(name: &str) -> ! {
     use vmbus::version::Version;
     init_heap();
     enable_hypercalls();
@@ -1493,7 +1502,7 @@ fn conformance(name: &str) -> ! {
 }
 
 #[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
+pub(crate) fn panic(info: &core::panic::PanicInfo) -> ! {
     say!("testos: panic: {info}");
     halt_forever()
 }

@@ -18,7 +18,11 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod cpu_hostile;
+#[cfg(target_os = "none")]
 mod guest;
+#[cfg(target_os = "none")]
+mod vmbus_hostile;
 
 /// Built for the host (e.g. `cargo clippy --workspace`), this is not a kernel.
 #[cfg(not(target_os = "none"))]
