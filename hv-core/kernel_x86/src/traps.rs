@@ -258,6 +258,172 @@ probe_vmmcall_insn:
 probe_vmmcall_done:
     ret
 
+    /* Privileged-instruction probes (`probe_privileged`): RAX = RDI, ECX = EDX = 0. */
+    .global probe_op0_asm
+probe_op0_asm:                /* MOV CR4, RDI */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op0_insn:
+    .byte 0x0F,0x22,0xE7
+probe_op0_done:
+    ret
+
+    .global probe_op1_asm
+probe_op1_asm:                /* XGETBV (ECX = 0) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op1_insn:
+    .byte 0x0F,0x01,0xD0
+probe_op1_done:
+    ret
+
+    .global probe_op2_asm
+probe_op2_asm:                /* XSETBV (ECX = 0, EAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op2_insn:
+    .byte 0x0F,0x01,0xD1
+probe_op2_done:
+    ret
+
+    .global probe_op3_asm
+probe_op3_asm:                /* RDPKRU */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op3_insn:
+    .byte 0x0F,0x01,0xEE
+probe_op3_done:
+    ret
+
+    .global probe_op4_asm
+probe_op4_asm:                /* WRPKRU (EAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op4_insn:
+    .byte 0x0F,0x01,0xEF
+probe_op4_done:
+    ret
+
+    .global probe_op5_asm
+probe_op5_asm:                /* VMRUN (RAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op5_insn:
+    .byte 0x0F,0x01,0xD8
+probe_op5_done:
+    ret
+
+    .global probe_op6_asm
+probe_op6_asm:                /* VMLOAD (RAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op6_insn:
+    .byte 0x0F,0x01,0xDA
+probe_op6_done:
+    ret
+
+    .global probe_op7_asm
+probe_op7_asm:                /* VMSAVE (RAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op7_insn:
+    .byte 0x0F,0x01,0xDB
+probe_op7_done:
+    ret
+
+    .global probe_op8_asm
+probe_op8_asm:                /* STGI */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op8_insn:
+    .byte 0x0F,0x01,0xDC
+probe_op8_done:
+    ret
+
+    .global probe_op9_asm
+probe_op9_asm:                /* CLGI */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op9_insn:
+    .byte 0x0F,0x01,0xDD
+probe_op9_done:
+    ret
+
+    .global probe_op10_asm
+probe_op10_asm:                /* SKINIT (EAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op10_insn:
+    .byte 0x0F,0x01,0xDE
+probe_op10_done:
+    ret
+
+    .global probe_op11_asm
+probe_op11_asm:                /* INVLPGA (RAX = arg, ECX = 0) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op11_insn:
+    .byte 0x0F,0x01,0xDF
+probe_op11_done:
+    ret
+
+    .global probe_op12_asm
+probe_op12_asm:                /* MONITOR (RAX = arg) */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op12_insn:
+    .byte 0x0F,0x01,0xC8
+probe_op12_done:
+    ret
+
+    .global probe_op13_asm
+probe_op13_asm:                /* MWAIT */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op13_insn:
+    .byte 0x0F,0x01,0xC9
+probe_op13_done:
+    ret
+
+    .global probe_op14_asm
+probe_op14_asm:                /* INVD */
+    xor r11d, r11d
+    mov rax, rdi
+    xor ecx, ecx
+    xor edx, edx
+probe_op14_insn:
+    .byte 0x0F,0x08
+probe_op14_done:
+    ret
+
     .section .rodata
     .balign 8
     .global probe_fixups
@@ -267,6 +433,21 @@ probe_fixups:
     .quad probe_rdmsr_insn, probe_rdmsr_done
     .quad probe_wrmsr_insn, probe_wrmsr_done
     .quad probe_vmmcall_insn, probe_vmmcall_done
+    .quad probe_op0_insn, probe_op0_done
+    .quad probe_op1_insn, probe_op1_done
+    .quad probe_op2_insn, probe_op2_done
+    .quad probe_op3_insn, probe_op3_done
+    .quad probe_op4_insn, probe_op4_done
+    .quad probe_op5_insn, probe_op5_done
+    .quad probe_op6_insn, probe_op6_done
+    .quad probe_op7_insn, probe_op7_done
+    .quad probe_op8_insn, probe_op8_done
+    .quad probe_op9_insn, probe_op9_done
+    .quad probe_op10_insn, probe_op10_done
+    .quad probe_op11_insn, probe_op11_done
+    .quad probe_op12_insn, probe_op12_done
+    .quad probe_op13_insn, probe_op13_done
+    .quad probe_op14_insn, probe_op14_done
     "#,
     dispatch = sym exception_dispatch,
 );
@@ -294,7 +475,7 @@ irq_stubs:
 unsafe extern "C" {
     static irq_stubs: u8;
     static exc_stub_table: [u64; 32];
-    static probe_fixups: [[u64; 2]; 5];
+    static probe_fixups: [[u64; 2]; 20];
 }
 
 /// A fault caught by a probe.
@@ -393,6 +574,125 @@ pub unsafe fn probe_vmmcall(control: u64, input: u64, output: u64) -> Result<u64
              out("rax") result, out("r11") info, clobber_abi("C"))
     };
     ProbeFault::decode(info).map(|()| result)
+}
+
+/// A privileged or feature-gated instruction for [`probe_privileged`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privileged {
+    /// MOV CR4, RDI.
+    MovCr4,
+    /// XGETBV (ECX = 0).
+    Xgetbv,
+    /// XSETBV (ECX = 0, EAX = arg).
+    Xsetbv,
+    /// RDPKRU.
+    Rdpkru,
+    /// WRPKRU (EAX = arg).
+    Wrpkru,
+    /// VMRUN (RAX = arg).
+    Vmrun,
+    /// VMLOAD (RAX = arg).
+    Vmload,
+    /// VMSAVE (RAX = arg).
+    Vmsave,
+    /// STGI.
+    Stgi,
+    /// CLGI.
+    Clgi,
+    /// SKINIT (EAX = arg).
+    Skinit,
+    /// INVLPGA (RAX = arg, ECX = 0).
+    Invlpga,
+    /// MONITOR (RAX = arg).
+    Monitor,
+    /// MWAIT.
+    Mwait,
+    /// INVD.
+    Invd,
+}
+
+impl Privileged {
+    /// Every probe, in declaration order.
+    pub const ALL: [Self; 15] = [
+        Self::MovCr4,
+        Self::Xgetbv,
+        Self::Xsetbv,
+        Self::Rdpkru,
+        Self::Wrpkru,
+        Self::Vmrun,
+        Self::Vmload,
+        Self::Vmsave,
+        Self::Stgi,
+        Self::Clgi,
+        Self::Skinit,
+        Self::Invlpga,
+        Self::Monitor,
+        Self::Mwait,
+        Self::Invd,
+    ];
+}
+
+/// Execute `op` with `arg` in RAX/RDI (ECX = EDX = 0), turning a fault into
+/// an error; returns RAX afterwards. For guests that check what their
+/// hypervisor refuses (SVM instructions, XSAVE and PKU when hidden, CR4 bits).
+///
+/// # Safety
+/// If the instruction succeeds it takes effect: the caller must be ready for
+/// that (e.g. a CR4 value it can live with).
+pub unsafe fn probe_privileged(op: Privileged, arg: u64) -> Result<u64, ProbeFault> {
+    let (value, info): (u64, u64);
+    // SAFETY: forwarded to the caller; a fault resumes after the instruction
+    // through `probe_fixups`.
+    unsafe {
+        match op {
+            Privileged::MovCr4 => {
+                asm!("call probe_op0_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Xgetbv => {
+                asm!("call probe_op1_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Xsetbv => {
+                asm!("call probe_op2_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Rdpkru => {
+                asm!("call probe_op3_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Wrpkru => {
+                asm!("call probe_op4_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Vmrun => {
+                asm!("call probe_op5_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Vmload => {
+                asm!("call probe_op6_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Vmsave => {
+                asm!("call probe_op7_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Stgi => {
+                asm!("call probe_op8_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Clgi => {
+                asm!("call probe_op9_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Skinit => {
+                asm!("call probe_op10_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Invlpga => {
+                asm!("call probe_op11_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Monitor => {
+                asm!("call probe_op12_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Mwait => {
+                asm!("call probe_op13_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+            Privileged::Invd => {
+                asm!("call probe_op14_asm", in("rdi") arg, out("rax") value, out("r11") info, clobber_abi("C"))
+            }
+        }
+    }
+    ProbeFault::decode(info).map(|()| value)
 }
 
 extern "sysv64" fn exception_dispatch(frame: &mut ExceptionFrame) {
