@@ -198,3 +198,56 @@ fn rip(a: &Attack) -> String {
         .unwrap()
         .to_string()
 }
+
+/// hv-core lends a child only free root RAM: an already-lent page, its own
+/// region, MMIO and the pinned pages it writes itself (the root's hypercall,
+/// SIMP and SIEF pages, a VP's intercept-message page) are refused, and a
+/// refusal maps nothing (root scenario `lend`).
+#[test]
+fn hv_core_lends_only_free_root_ram() {
+    let (console, _) = Machine::run_scenario("lend", None);
+    for what in [
+        "the same page again",
+        "hv-core's region",
+        "the local APIC (MMIO)",
+        "the root's hypercall page (pinned)",
+        "the root's SIMP page (pinned)",
+        "the root's SIEF page (pinned)",
+        "the VP's intercept-message page (pinned)",
+        "a GFN at 4 GiB",
+    ] {
+        let line = format!("lend: {what}: INVALID_PARAMETER");
+        assert!(console.contains(&line), "missing {line:?} in\n{console}");
+    }
+}
+
+/// The root cannot reach around its NPT hole (defect 9): moving the APIC,
+/// MTRR/SYSCFG/HWCR/TOP_MEM/PATCH_LOADER/SMM writes get #GP while reads pass
+/// through, and a line the root writes to hv-core's log port never reaches
+/// the log (root scenario `guard`).
+#[test]
+fn the_root_cannot_reach_hv_core_through_msrs_or_its_log_port() {
+    let (console, hv_log) = Machine::run_scenario("guard", None);
+    for what in [
+        "move the APIC page",
+        "write MTRRdefType (0x2ff)",
+        "write variable MTRR base 0 (0x200)",
+        "write SYSCFG (0xc0010010)",
+        "write HWCR (0xc0010015)",
+        "write TOP_MEM2 (0xc001001d)",
+        "write PATCH_LOADER (0xc0010020)",
+        "write SMM_MASK (0xc0010113)",
+    ] {
+        let line = format!("guard: {what}: #GP");
+        assert!(console.contains(&line), "missing {line:?} in\n{console}");
+    }
+    assert!(console.contains("rewritten unchanged: allowed"), "{console}");
+    assert!(
+        console.contains("guard: wrote a forged line to the log port"),
+        "{console}"
+    );
+    assert!(
+        !hv_log.contains("FORGED"),
+        "the root forged a log line:\n{hv_log}"
+    );
+}

@@ -31,6 +31,8 @@ pub struct Hv {
     pub root_logged: u32,
     /// hv-core's region.
     pub hv_region: Range<u64>,
+    /// hv-core's log port (the root's accesses to it are intercepted).
+    pub log_port: u16,
     /// Child partitions, ids from 2 (the root is 1).
     pub children: Table<Child, MAX_CHILDREN>,
     /// IOPM/MSRPM shared by every child VP.
@@ -85,6 +87,7 @@ impl Hv {
             return self.root_hypercall(vmcb, regs, profile);
         }
         let hv_region = self.hv_region.clone();
+        let log_port = self.log_port;
         let mut cpu = self.root_cpu(vmcb, regs, profile);
         let outcome = match code {
             ExitCode::CPUID => cpu.cpuid(),
@@ -111,6 +114,21 @@ impl Hv {
                     cpu.vmcb.save.rip
                 );
                 Outcome::GP
+            }
+            // Only hv-core's log port is intercepted for the root: writes are
+            // dropped (counted as exits), reads float high. RIP moves to the
+            // next instruction, which IOIO exits report in EXITINFO2.
+            ExitCode::IOIO => {
+                let info = cpu.vmcb.control.exit_info1;
+                let port = (info >> 16) as u16;
+                if info & 1 != 0 {
+                    cpu.vmcb.save.rax |= 0xFF;
+                }
+                cpu.vmcb.save.rip = cpu.vmcb.control.exit_info2;
+                if port != log_port {
+                    cpu.log_refusal(format_args!("unexpected port {port:#x} intercept"));
+                }
+                Outcome::Skip(0)
             }
             ExitCode::SHUTDOWN => {
                 crate::log::emergency(format_args!("partition 1: shutdown (triple fault)"));

@@ -225,6 +225,21 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     msrpm::intercept(msrpm_map, MSR_EFER, true, true);
     msrpm::intercept(msrpm_map, MSR_VM_HSAVE_PA, true, true);
     msrpm::intercept(msrpm_map, MSR_VM_CR, true, true);
+    // MSRs through which the root could reach around its NPT hole into
+    // hv-core's region: moving the local APIC's MMIO page over it
+    // (APIC_BASE), changing the memory type or DRAM decoding of physical
+    // memory machine-wide (MTRRs, SYSCFG, TOP_MEM/TOP_MEM2, IORRs, HWCR),
+    // SMM ranges, or loading microcode (PATCH_LOADER). Reads pass through;
+    // writes exit and `vcpu::Vcpu::wrmsr` decides (docs/architecture.md).
+    for m in crate::vcpu::ROOT_GUARDED_MSRS.iter().flat_map(|r| r.clone()) {
+        msrpm::intercept(msrpm_map, m, false, true);
+    }
+    // hv-core's log port: the root may not write lines that look like
+    // hv-core's own.
+    // SAFETY: three zeroed pages of hv-core's region, exclusively ours.
+    let iopm_map = unsafe { core::slice::from_raw_parts_mut(iopm as *mut u8, 3 * 4096) };
+    let port = usize::from(handoff.log_port);
+    iopm_map[port / 8] |= 1 << (port % 8);
 
     let npt = memory::build_root_npt(region.clone(), gib_pages);
     hvlog!(
@@ -236,8 +251,12 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // SAFETY: a zeroed page of hv-core's region, 4 KiB aligned, exclusively ours.
     let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
     let c = &mut vmcb.control;
-    c.intercept_misc1 =
-        intercept::CPUID | intercept::MSR_PROT | intercept::SHUTDOWN | intercept::INVD | intercept::INVLPGA;
+    c.intercept_misc1 = intercept::CPUID
+        | intercept::MSR_PROT
+        | intercept::IOIO_PROT
+        | intercept::SHUTDOWN
+        | intercept::INVD
+        | intercept::INVLPGA;
     c.intercept_misc2 = intercept::VMRUN
         | intercept::VMMCALL
         | intercept::VMLOAD
@@ -302,6 +321,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         root_stats: ExitStats::default(),
         root_logged: 0,
         hv_region: region,
+        log_port: handoff.log_port,
         children: Table::new(2),
         maps: SharedMaps::new(),
         host_save,

@@ -51,6 +51,28 @@ pub fn cr4_allowed() -> u64 {
     })
 }
 
+/// MSRs whose writes are intercepted for the root, because through them it
+/// could reach around its NPT hole into hv-core's region (AMD APM vol. 2
+/// §7.7 MTRRs, §7.9 TOP_MEM/IORRs, BKDG SYSCFG/HWCR, §10 SMM, microcode
+/// PATCH_LOADER). Reads pass through. A child intercepts every MSR anyway.
+pub const ROOT_GUARDED_MSRS: [core::ops::RangeInclusive<u32>; 10] = [
+    MSR_APIC_BASE..=MSR_APIC_BASE,
+    0x200..=0x20F,             // variable-range MTRR base/mask pairs
+    0x250..=0x250,             // fixed MTRR 64K
+    0x258..=0x259,             // fixed MTRR 16K
+    0x268..=0x26F,             // fixed MTRR 4K
+    0x2FF..=0x2FF,             // MTRRdefType
+    0xC001_0010..=0xC001_0010, // SYSCFG
+    0xC001_0015..=0xC001_001D, // HWCR, IORR base/mask x2, TOP_MEM, TOP_MEM2 (and the gaps)
+    0xC001_0020..=0xC001_0020, // PATCH_LOADER
+    0xC001_0111..=0xC001_0113, // SMM_BASE, SMM_ADDR, SMM_MASK
+];
+
+/// IA32_APIC_BASE.
+const MSR_APIC_BASE: u32 = 0x1B;
+/// APIC_BASE bits 51:12: the local APIC's MMIO page.
+const APIC_BASE_ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+
 /// SCONTROL..SINT15 (TLFS "SynIC MSRs"); the synthetic timers are not
 /// provided yet.
 const SYNIC_MSRS: core::ops::RangeInclusive<u32> = msr::SCONTROL..=msr::SINT0 + 15;
@@ -134,7 +156,7 @@ pub struct Vcpu<'a> {
 
 impl Vcpu<'_> {
     /// Log a refusal, at most [`LOG_LIMIT`] per partition.
-    fn log_refusal(&mut self, args: core::fmt::Arguments) {
+    pub fn log_refusal(&mut self, args: core::fmt::Arguments) {
         log_limited(self.logged, self.partition, args);
     }
 
@@ -316,6 +338,31 @@ impl Vcpu<'_> {
                 }
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
+            // The root may enable or disable its APIC (and x2APIC mode) but
+            // not move its MMIO page, which could then sit over hv-core's
+            // region in every physical access there.
+            MSR_APIC_BASE if self.partition == hv1_abi::ROOT_PARTITION_ID => {
+                // SAFETY: APIC_BASE exists on every x86-64 CPU; reading it has
+                // no side effects.
+                let current = unsafe { kernel_x86::arch::rdmsr(MSR_APIC_BASE) };
+                if (value ^ current) & APIC_BASE_ADDRESS != 0 || value & !(APIC_BASE_ADDRESS | 0xD00) != 0 {
+                    self.log_refusal(format_args!(
+                        "wrmsr APIC_BASE <- {value:#x} would move or break the APIC: #GP"
+                    ));
+                    return Outcome::GP;
+                }
+                // SAFETY: the same MMIO page, only the enable bits (BSP is
+                // read-only and ignored by the CPU) change, as the root asked.
+                unsafe { kernel_x86::arch::wrmsr(MSR_APIC_BASE, value) };
+            }
+            _ if self.partition == hv1_abi::ROOT_PARTITION_ID
+                && ROOT_GUARDED_MSRS.iter().any(|r| r.contains(&index)) =>
+            {
+                self.log_refusal(format_args!(
+                    "wrmsr {index:#x} <- {value:#x} refused: it could reach hv-core's region: #GP"
+                ));
+                return Outcome::GP;
+            }
             _ if SYNIC_MSRS.contains(&index) => return self.write_synic_msr(index, value),
             _ if self.ignore_unknown_msrs && !hv1_abi::msr::SYNTHETIC_RANGE.contains(&index) => {}
             _ => {

@@ -18,6 +18,8 @@ pub fn run(name: &str, boot: &BootReport) -> bool {
         "hypercall" => hypercall(boot),
         "disk" => disk_read(),
         "msr" => synthetic_msrs(boot),
+        "guard" => guarded_msrs_and_log_port(),
+        "lend" => lending_refusals(boot),
         other => Err(format!("unknown scenario '{other}'")),
     };
     match &result {
@@ -277,4 +279,120 @@ fn synthetic_msrs(boot: &BootReport) -> Result<(), String> {
     let id = hv::get_partition_id().map_err(|s| format!("hypercall after re-enable: {s:?}"))?;
     println!("msr: hypercall page re-enabled; partition id {id}");
     Ok(())
+}
+
+/// (issue 7, defect 9) The root cannot reach around its NPT hole: MSR writes
+/// that could move the APIC over hv-core's region or change memory types
+/// machine-wide get #GP (reads still work), an APIC_BASE write that keeps
+/// the base is allowed, and what the root writes to hv-core's log port never
+/// reaches the log (the host test checks the log for the forged line).
+fn guarded_msrs_and_log_port() -> Result<(), String> {
+    let gp = |r: Result<(), kernel_x86::traps::ProbeFault>, what: &str| match r {
+        Err(f) if f.vector == 13 => {
+            println!("guard: {what}: #GP");
+            Ok(())
+        }
+        other => Err(format!("{what}: expected #GP, got {other:?}")),
+    };
+    // SAFETY: every write below must be refused by hv-core (#GP, nothing
+    // changes); the one accepted APIC_BASE write rewrites the current value.
+    unsafe {
+        let apic = probe_rdmsr(0x1B).map_err(|f| format!("read APIC_BASE: {f:?}"))?;
+        probe_wrmsr(0x1B, apic).map_err(|f| format!("APIC_BASE rewritten unchanged: {f:?}"))?;
+        println!("guard: APIC_BASE {apic:#x} rewritten unchanged: allowed");
+        gp(
+            probe_wrmsr(0x1B, (apic & 0xFFF) | 0x1000_0000),
+            "move the APIC page",
+        )?;
+        let again = probe_rdmsr(0x1B).map_err(|f| format!("read APIC_BASE: {f:?}"))?;
+        check(again == apic, || format!("APIC_BASE changed to {again:#x}"))?;
+        for (msr, what) in [
+            (0x2FF, "MTRRdefType"),
+            (0x200, "variable MTRR base 0"),
+            (0x250, "fixed MTRR 64K"),
+            (0xC001_0010, "SYSCFG"),
+            (0xC001_0015, "HWCR"),
+            (0xC001_001A, "TOP_MEM"),
+            (0xC001_001D, "TOP_MEM2"),
+            (0xC001_0020, "PATCH_LOADER"),
+            (0xC001_0113, "SMM_MASK"),
+        ] {
+            // Reads pass through; for a write use the current value where it
+            // can be read, so that even an accepted write would change nothing.
+            let current = probe_rdmsr(msr).unwrap_or(0);
+            gp(probe_wrmsr(msr, current), &format!("write {what} ({msr:#x})"))?;
+        }
+        let mtrr = probe_rdmsr(0x2FF).map_err(|f| format!("read MTRRdefType: {f:?}"))?;
+        println!("guard: MTRRdefType reads {mtrr:#x} (reads pass through)");
+    }
+    for b in b"[hv-core] FORGED by the root\n" {
+        // SAFETY: hv-core intercepts its log port for the root; the write
+        // is dropped.
+        unsafe { kernel_x86::arch::Port::new(0xE9) }.write8(*b);
+    }
+    println!("guard: wrote a forged line to the log port");
+    Ok(())
+}
+
+/// hv-core refuses to lend a child anything but free root RAM: a page
+/// already lent, hv-core's region, MMIO, pinned pages (the root's hypercall
+/// and SynIC pages, a VP's intercept-message page), a GFN beyond the child's
+/// GPA space; a fresh page is accepted. Each refusal leaves nothing mapped.
+fn lending_refusals(boot: &BootReport) -> Result<(), String> {
+    use hv1_abi::partition::map_flags;
+    let flags = map_flags::READABLE | map_flags::WRITABLE;
+    let id = hv::create_partition().map_err(|s| format!("CreatePartition: {s:?}"))?;
+    let result = (|| {
+        hv::initialize_partition(id).map_err(|s| format!("InitializePartition: {s:?}"))?;
+        hv::create_vp(id, 0).map_err(|s| format!("CreateVp: {s:?}"))?;
+        let message = memory::alloc_frames(1).ok_or("no frame")?;
+        hv::map_intercept_message_page(id, 0, message).map_err(|s| format!("MapVpStatePage: {s:?}"))?;
+        let fresh = memory::alloc_frames(1).ok_or("no frame")?;
+        hv::map_gpa_pages(id, 0, &[fresh >> 12], flags).map_err(|(s, _)| format!("a fresh page: {s:?}"))?;
+        println!("lend: a fresh root page: SUCCESS");
+        // Scenarios run before the shell sets up the root's SynIC.
+        crate::synic::init().map_err(|_| "SynIC pages")?;
+        // SAFETY: reading hv-core's synthetic MSRs (the root holds the privileges).
+        let (hypercall, simp, siefp) = unsafe {
+            (
+                kernel_x86::arch::rdmsr(hv1_abi::msr::HYPERCALL),
+                kernel_x86::arch::rdmsr(hv1_abi::msr::SIMP),
+                kernel_x86::arch::rdmsr(hv1_abi::msr::SIEFP),
+            )
+        };
+        let cases = [
+            ("the same page again", fresh),
+            ("hv-core's region", boot.region.base + 0x1000),
+            ("the local APIC (MMIO)", 0xFEE0_0000),
+            ("the root's hypercall page (pinned)", hypercall & !0xFFF),
+            ("the root's SIMP page (pinned)", simp & !0xFFF),
+            ("the root's SIEF page (pinned)", siefp & !0xFFF),
+            ("the VP's intercept-message page (pinned)", message),
+        ];
+        for (i, (what, page)) in cases.iter().enumerate() {
+            check(*page != 0, || format!("{what}: no page to try"))?;
+            match hv::map_gpa_pages(id, 1 + i as u64, &[page >> 12], flags) {
+                Err((HvStatus::INVALID_PARAMETER, 0)) => println!("lend: {what}: INVALID_PARAMETER"),
+                other => return Err(format!("{what}: expected INVALID_PARAMETER, got {other:?}")),
+            }
+        }
+        let spare = memory::alloc_frames(1).ok_or("no frame")?;
+        match hv::map_gpa_pages(id, 1 << 20, &[spare >> 12], flags) {
+            Err((HvStatus::INVALID_PARAMETER, 0)) => println!("lend: a GFN at 4 GiB: INVALID_PARAMETER"),
+            other => {
+                return Err(format!(
+                    "a GFN at 4 GiB: expected INVALID_PARAMETER, got {other:?}"
+                ));
+            }
+        }
+        let stats = hv::partition_stats(id).map_err(|s| format!("stats: {s:?}"))?;
+        check(stats.mapped_pages == 1, || {
+            format!("{} pages mapped, expected 1", stats.mapped_pages)
+        })?;
+        Ok(())
+    })();
+    let _ = hv::unmap_gpa_pages(id, 0, 1);
+    let _ = hv::finalize_partition(id);
+    let _ = hv::delete_partition(id);
+    result
 }
