@@ -683,6 +683,7 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                         .num("signals_received", d.signals_in)
                         .num("signals_sent", d.signals_out)
                         .num("stalls", d.stalls)
+                        .num("budget_exhausted", d.budget_exhausted)
                         .str("broken", &d.broken.map(|e| format!("{e:?}")).unwrap_or_default());
                 }
                 o.end();
@@ -726,10 +727,11 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
             let _ = writeln!(out, "  host->guest: {}", ring_text(down));
             let _ = writeln!(
                 out,
-                "  {} packets echoed, {} signals received, {} sent{}",
+                "  {} packets echoed, {} signals received, {} sent, {} polls cut by the work budget{}",
                 d.packets,
                 d.signals_in,
                 d.signals_out,
+                d.budget_exhausted,
                 d.broken.map(|e| format!("; stopped: {e:?}")).unwrap_or_default()
             );
         }
