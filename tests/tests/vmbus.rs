@@ -140,17 +140,17 @@ fn conformance_cases_pass_between_a_real_child_and_the_root() {
     // The summary line, complete (up to its newline).
     let console = m.wait_text("console 4", " failed\n");
     println!("{console}");
-    assert!(console.contains("conformance: 17 passed, 0 failed"), "{console}");
+    assert!(console.contains("conformance: 18 passed, 0 failed"), "{console}");
     assert_eq!(
         console.lines().filter(|l| l.starts_with("PASS Q-")).count(),
-        17,
+        18,
         "{console}"
     );
     // The three bad messages of Q-BAD-01, the unknown relid of Q-OPN-05 and
-    // the out-of-range GPADL of Q-GPA-04 were refused by the server (and
-    // counted), nothing else.
+    // the out-of-range GPADLs of Q-GPA-04 and Q-GPA-05 were refused by the
+    // server (and counted), nothing else.
     let info = m.hvctl_json("info 4 --json");
-    assert_eq!(info["vmbus_violations"], 5, "{info}");
+    assert_eq!(info["vmbus_violations"], 6, "{info}");
     assert_eq!(info["state"], "running", "{info}");
     // Q-BAD-02's corrupt ring stopped that channel, reported by the root.
     m.expect("channel 1 stopped: the child broke its ring (PeerBadIndex");

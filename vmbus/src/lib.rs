@@ -1,4 +1,4 @@
-//! VMBus in Hyper-V's exact wire format (`shared/docs/reference/vmbus-wire.md`;
+//! VMBus in Hyper-V's exact wire format (
 //! Linux `include/linux/hyperv.h`, `drivers/hv/ring_buffer.c`,
 //! `drivers/hv/channel_mgmt.c`), written to run unchanged in the root, in a
 //! child and in host tests:

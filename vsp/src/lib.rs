@@ -2,6 +2,6 @@
 //! integration services).
 //!
 //! Nothing is implemented here yet; the crate reserves its place in the layout
-//! (DESIGN.md §7) and exports nothing until the VMBus work lands.
+//! (docs/architecture.md) and exports nothing until the VMBus work lands.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! The Hyper-V "HV#1" guest ABI as defined by the TLFS and the Hyper-V headers
 //! (Linux `include/asm-generic/hyperv-tlfs.h`, `arch/x86/include/asm/hyperv-tlfs.h`;
-//! see `shared/docs/reference/tlfs-linux-guest.md` §1–§3).
+//! Microsoft's Hypervisor Top-Level Functional Specification).
 //!
 //! Shared by hv-core, the root partition and (later) children. Values that come
 //! from a guest are *open* newtypes ([`HvStatus`], [`HvCallCode`]): an unknown

@@ -940,7 +940,7 @@ fn init_vmcb(v: &mut Vmcb, maps: &SharedMaps, npt_root: u64, asid: u32) {
     c.tlb_control = TLB_FLUSH_ALL;
     c.nested_ctl = NP_ENABLE;
     c.nested_cr3 = npt_root;
-    // With the INTR intercept, V_INTR_MASKING must be set (svm-qemu-tcg.md §5).
+    // With the INTR intercept, V_INTR_MASKING must be set (APM vol. 2 §15.21.1; QEMU `svm_helper.c`).
     c.int_ctl = 1 << 24;
     reset_state(v);
 }

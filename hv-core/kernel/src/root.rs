@@ -135,7 +135,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         handoff.image_va
     );
 
-    // Feature checks before touching anything (reference/svm-qemu-tcg.md §1).
+    // Feature checks before touching anything (QEMU `target/i386/tcg/sysemu/svm_helper.c`).
     if cpuid(0x8000_0001, 0).ecx & (1 << 2) == 0 {
         return Err(LaunchRefused::NoSvm);
     }
@@ -271,7 +271,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     c.nested_ctl = NP_ENABLE;
     c.nested_cr3 = npt;
     // Passthrough interrupts: no INTR intercept, V_INTR_MASKING = 0, so the
-    // root's IF gates its own devices' interrupts (svm-qemu-tcg.md §5).
+    // root's IF gates its own devices' interrupts (APM vol. 2 §15.21.1; QEMU `svm_helper.c`).
     c.int_ctl = 0;
 
     let s = &mut vmcb.save;

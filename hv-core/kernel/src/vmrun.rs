@@ -1,7 +1,7 @@
 //! The world switch. VMRUN loads and saves only RAX, RSP, RIP, RFLAGS and the
 //! segment/control state; hv-core keeps the other guest GPRs in [`GuestRegs`]
 //! and moves FS/GS/TR/LDTR and the syscall MSRs with VMLOAD/VMSAVE
-//! (reference/svm-qemu-tcg.md §1 "Host loop").
+//! (QEMU `target/i386/tcg/sysemu/svm_helper.c`).
 
 use core::arch::global_asm;
 

@@ -1,5 +1,5 @@
 //! Lengths of the instructions hv-core intercepts. QEMU TCG has no NRIP save
-//! and no decode assists (reference/svm-qemu-tcg.md §4), so after an exit RIP
+//! and no decode assists (QEMU `target/i386/tcg/sysemu/svm_helper.c`), so after an exit RIP
 //! points at the instruction and hv-core must step over it itself. This decodes
 //! the legacy/REX prefixes and checks that the opcode is the one the exit
 //! reported, so a wrong RIP is detected instead of skipping garbage.

@@ -1,5 +1,5 @@
 //! AMD SVM definitions (APM vol. 2 ch. 15; Linux `arch/x86/include/asm/svm.h`;
-//! facts for QEMU TCG in `shared/docs/reference/svm-qemu-tcg.md`):
+//! QEMU TCG behaviour from `target/i386/tcg/sysemu/svm_helper.c`):
 //! the VMCB layout with offset asserts, intercept bits, exit codes, and the
 //! instruction-length decoding hv-core needs because TCG has no NRIP save.
 #![cfg_attr(not(test), no_std)]

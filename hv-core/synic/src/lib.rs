@@ -1,5 +1,5 @@
 //! The SynIC (TLFS "Inter-Partition Communication"; Linux `drivers/hv/hv.c`,
-//! `include/asm-generic/hyperv-tlfs.h`; reference/tlfs-linux-guest.md §4) as
+//! `include/asm-generic/hyperv-tlfs.h`, TLFS "Synthetic Interrupt Controller") as
 //! logic hv-core drives and the host tests check:
 //!
 //! - [`SynicVp`]: one VP's SCONTROL, SVERSION, SIEFP, SIMP, EOM and SINT0–15

@@ -1,7 +1,7 @@
 //! PVH entry (32-bit protected mode, paging off, EBX = &hvm_start_info) and
 //! the switch to long mode. Also carries the PVH ELF note QEMU looks for
 //! (XEN_ELFNOTE_PHYS32_ENTRY, type 18) and a Multiboot2 header so GRUB can
-//! load the same image on real hardware later (reference/svm-qemu-tcg.md §6).
+//! load the same image on real hardware later (QEMU `target/i386/tcg/sysemu/svm_helper.c`).
 //!
 //! The early page tables identity-map the first 4 GiB with 2 MiB pages; the
 //! kernel replaces them with its own tables once its memory map is known.

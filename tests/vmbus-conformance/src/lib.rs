@@ -259,7 +259,7 @@ macro_rules! neg_case {
             rule: concat!(
                 "version ",
                 $name,
-                " is accepted; INITIATE_CONTACT on id 4 from 5.0, 1 below (vmbus-wire.md §1.2)"
+                " is accepted; INITIATE_CONTACT on id 4 from 5.0, 1 below (Linux connection.c vmbus_negotiate_version)"
             ),
             expect: "VERSION_RESPONSE supported=1, offers then ALLOFFERS_DELIVERED",
             run: || negotiate($v),
@@ -310,7 +310,7 @@ pub fn catalogue() -> Vec<Case> {
         },
         Case {
             id: "NEG-10",
-            rule: "INITIATE_CONTACT is served on connection ids 1 and 4 only (vmbus-wire.md pitfall 1)",
+            rule: "INITIATE_CONTACT is served on connection ids 1 and 4 only (Linux hyperv.h VMBUS_MESSAGE_CONNECTION_ID_4)",
             expect: "connection id 7: version_supported=0, connection_state=FAILED",
             run: || {
                 let mut l = Loopback::new(0, None);

@@ -192,7 +192,7 @@ pub enum Accel {
     Tcg,
 }
 
-/// Use KVM only when it can give the guest SVM (DESIGN.md §2): `/dev/kvm` is
+/// Use KVM only when it can give the guest SVM: `/dev/kvm` is
 /// usable, the host CPU has `svm`, and kvm_amd's `nested` is on. A PVM
 /// `/dev/kvm` without SVM would hang, so anything less means TCG.
 pub fn choose_accel() -> (Accel, String) {

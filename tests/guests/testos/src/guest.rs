@@ -112,7 +112,9 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "null-hypercalls" => null_hypercalls(name),
         "vmbus-conformance" => conformance(name),
         // Hostile VMBus clients (floods, churn, held rings): vmbus_hostile.rs.
-        m if m.starts_with("vmbus-hostile-") => crate::vmbus_hostile::run(name, &m["vmbus-hostile-".len()..], info),
+        m if m.starts_with("vmbus-hostile-") => {
+            crate::vmbus_hostile::run(name, &m["vmbus-hostile-".len()..], info)
+        }
         // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
         "cpu-hostile" => crate::cpu_hostile::run(name, info),
         other => {
@@ -349,7 +351,12 @@ pub(crate) const MESSAGE_CONNECTION_ID: u32 = 1;
 pub(crate) const ECHO_MESSAGE_TYPE: u32 = 0x100;
 
 /// HvPostMessage with raw fields (the input page is ours).
-pub(crate) fn post_raw(connection_id: u32, message_type: u32, payload_size: u32, payload: &[u8]) -> HypercallResult {
+pub(crate) fn post_raw(
+    connection_id: u32,
+    message_type: u32,
+    payload_size: u32,
+    payload: &[u8],
+) -> HypercallResult {
     let input = child::HYPERCALL_INPUT_GPA as *mut u32;
     // SAFETY: the input page is this partition's own scratch page; 16 header
     // bytes plus at most 240 payload bytes stay inside it.
@@ -966,7 +973,12 @@ impl Bus {
         }
     }
 
-    pub(crate) fn open(&mut self, relid: u32, handle: u32, downstream: u32) -> Result<u32, alloc::string::String> {
+    pub(crate) fn open(
+        &mut self,
+        relid: u32,
+        handle: u32,
+        downstream: u32,
+    ) -> Result<u32, alloc::string::String> {
         self.client.open(relid, handle, downstream, 0);
         match self.until("OPENCHANNEL_RESULT", |e| {
             matches!(e, vmbus::client::ClientEvent::OpenResult { .. })
@@ -1282,10 +1294,10 @@ pub(crate) fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 17] = [
+    let cases: [Case; 18] = [
         (
             "Q-NEG-01",
-            "every version 2.4-5.3 is accepted alone (version.c decide; vmbus-wire.md s2.1)",
+            "every version 2.4-5.3 is accepted alone (version.c decide)",
             |_| {
                 for v in vmbus::version::SUPPORTED.iter().rev() {
                     let mut bus = Bus::new(Some(core::slice::from_ref(v)));
@@ -1387,6 +1399,32 @@ pub(crate) fn conformance(name: &str) -> ! {
                 let (_, st) = bus.gpadl(1, &[0x10_0000])?;
                 bus.unload()?;
                 if st != 0 { Ok(()) } else { Err("accepted".into()) }
+            },
+        ),
+        (
+            "Q-GPA-05",
+            "a GPADL naming the first page past the child's memory is refused; the last page is accepted",
+            |_| {
+                // SAFETY: the worker wrote the boot info page before starting
+                // this VP and nothing writes it afterwards.
+                let info = unsafe { &*(child::BOOT_INFO_GPA as *const BootInfo) };
+                let pages = info.memory_size >> 12;
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let (_, past) = bus.gpadl(1, &[pages])?;
+                let (h, last) = bus.gpadl(1, &[pages - 1])?;
+                if last == 0 {
+                    bus.teardown(1, h)?;
+                }
+                bus.unload()?;
+                if past != 0 && last == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!(
+                        "page {pages:#x} (past the end): status {past:#x}; page {:#x} (the last): status {last:#x}",
+                        pages - 1
+                    ))
+                }
             },
         ),
         (
