@@ -251,3 +251,16 @@ fn the_root_cannot_reach_hv_core_through_msrs_or_its_log_port() {
         "the root forged a log line:\n{hv_log}"
     );
 }
+
+/// String I/O is not emulated: the worker stops the child with the reason
+/// instead of guessing (and nothing reaches COM1).
+#[test]
+fn string_io_stops_the_child() {
+    let a = attack("string-io", "attempting string I/O", false);
+    assert!(
+        crash_reason(&a).starts_with("string I/O (INS/OUTS) on port 0x3f8 is not emulated"),
+        "{}",
+        a.info
+    );
+    assert!(!a.console.contains("string io"), "{}", a.console);
+}

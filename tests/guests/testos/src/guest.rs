@@ -98,6 +98,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "read-mmio" => touch(name, "read", "the local APIC", info.targets[target::MMIO], false),
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
+        "string-io" => string_io(name),
         "synic" => synic_messages(name),
         "synic-irq" => synic_interrupts(name),
         "vmbus" => vmbus_session(name, None, false, ECHO_ROUND_TRIPS),
@@ -207,6 +208,20 @@ pub(crate) fn io_ports(name: &str) -> ! {
     }
     let v = Com1::inb(0x60);
     say!("testos {name}: io done (port 0x60 read {v:#x})");
+    halt_forever()
+}
+
+/// `REP OUTSB` to COM1: string I/O is not emulated, so the worker stops the
+/// child with the reason (and nothing reaches the port).
+pub(crate) fn string_io(name: &str) -> ! {
+    say!("testos {name}: attempting string I/O (rep outsb) on COM1");
+    let text = b"string io";
+    // SAFETY: reads our own bytes; the port write is intercepted.
+    unsafe {
+        asm!("rep outsb", in("dx") 0x3F8u16, inout("rsi") text.as_ptr() => _, inout("rcx") text.len() => _,
+             options(nostack))
+    };
+    say!("testos {name}: ESCAPED: string I/O completed");
     halt_forever()
 }
 
@@ -510,6 +525,10 @@ pub(crate) fn synic_interrupts(name: &str) -> ! {
             len: 0,
         };
         let _ = write!(text, "irq ping {i}");
+        // Post with interrupts off: the reply's vector is then pending when
+        // the VP reaches its `sti; hlt`, so the HLT must end at once.
+        // SAFETY: re-enabled by the wait loop below.
+        unsafe { asm!("cli", options(nomem, nostack)) };
         let r = post_raw(
             MESSAGE_CONNECTION_ID,
             ECHO_MESSAGE_TYPE,
@@ -520,9 +539,21 @@ pub(crate) fn synic_interrupts(name: &str) -> ! {
             say!("testos {name}: post failed: {:?}", r.status);
             halt_forever()
         }
-        // Wait for the interrupt, then read the slot.
-        while SYNIC_INTERRUPTS.load(core::sync::atomic::Ordering::Relaxed) == before {
-            core::hint::spin_loop();
+        // Wait for the interrupt the way Linux idles: `sti; hlt` (the STI
+        // shadow covers the HLT, so an interrupt cannot slip in between the
+        // check and the halt). The hypervisor must end the HLT when the
+        // vector becomes deliverable and the root must dispatch the halted VP.
+        loop {
+            // SAFETY: interrupts off while checking, then atomically re-enabled
+            // with the halt; the SynIC handler only counts.
+            unsafe { asm!("cli", options(nomem, nostack)) };
+            if SYNIC_INTERRUPTS.load(core::sync::atomic::Ordering::Relaxed) != before {
+                // SAFETY: as above.
+                unsafe { asm!("sti", options(nomem, nostack)) };
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { asm!("sti; hlt", options(nomem, nostack)) };
         }
         match take_message(&mut payload) {
             Some((_, n)) if payload[..n].ends_with(&text.bytes[..text.len]) => in_order += 1,
