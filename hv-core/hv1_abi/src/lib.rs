@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cpuid;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod hypercall;
 pub mod message;
 pub mod msr;

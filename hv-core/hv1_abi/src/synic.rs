@@ -34,6 +34,36 @@ pub struct PostMessageInput {
 }
 const _: () = assert!(size_of::<PostMessageInput>() == 256);
 
+impl PostMessageInput {
+    /// The TLFS checks of an HvPostMessage input (reserved field 0, payload
+    /// at most 240 bytes, a message type that is neither 0 — "slot empty" —
+    /// nor one of the hypervisor's own with bit 31 set); on success the
+    /// connection id and the message to deliver, its sender left 0 for the
+    /// router to fill in and its payload zero past `payload_size`.
+    pub fn to_message(&self) -> Result<(u32, crate::message::Message), crate::HvStatus> {
+        let size = self.payload_size as usize;
+        if self.reserved != 0
+            || size > MESSAGE_PAYLOAD_MAX
+            || self.message_type == 0
+            || self.message_type >> 31 != 0
+        {
+            return Err(crate::HvStatus::INVALID_PARAMETER);
+        }
+        let mut message = crate::message::Message {
+            header: crate::message::MessageHeader {
+                message_type: self.message_type,
+                payload_size: size as u8,
+                message_flags: 0,
+                reserved: [0; 2],
+                sender: 0,
+            },
+            payload: [0; MESSAGE_PAYLOAD_MAX],
+        };
+        message.payload[..size].copy_from_slice(&self.payload[..size]);
+        Ok((self.connection_id, message))
+    }
+}
+
 /// HvSignalEvent is a fast call with one input register: connection id in
 /// bits 31:0, flag number in bits 47:32, bits 63:48 reserved.
 pub fn decode_signal_event(input: u64) -> (u32, u16, u16) {

@@ -161,27 +161,7 @@ pub fn read_post_message(mem: &dyn GuestMemory, gpa: u64) -> Result<(u32, Messag
         input.as_mut_bytes(),
         hv1_abi::hypercall::HYPERCALL_PARAM_ALIGN,
     )?;
-    let size = input.payload_size as usize;
-    // Types with bit 31 set are the hypervisor's own; 0 means "empty slot".
-    if input.reserved != 0
-        || size > MESSAGE_PAYLOAD_MAX
-        || input.message_type == 0
-        || input.message_type >> 31 != 0
-    {
-        return Err(HvStatus::INVALID_PARAMETER);
-    }
-    let mut message = Message {
-        header: MessageHeader {
-            message_type: input.message_type,
-            payload_size: size as u8,
-            message_flags: 0,
-            reserved: [0; 2],
-            sender: 0,
-        },
-        payload: [0; MESSAGE_PAYLOAD_MAX],
-    };
-    message.payload[..size].copy_from_slice(&input.payload[..size]);
-    Ok((input.connection_id, message))
+    input.to_message()
 }
 
 /// Where a routed message or event lands.
