@@ -6,7 +6,7 @@
 
 use crate::memory::{GuestMemory, RootRam};
 use hv1_abi::HvStatus;
-use hv1_abi::message::{Message, MessageHeader};
+use hv1_abi::message::Message;
 use hv1_abi::synic::{
     ConnectPortInput, CreatePortInput, MESSAGE_PAYLOAD_MAX, PortRefInput, PostMessageInput, port_type,
 };
