@@ -321,6 +321,7 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("injected_exceptions", stats.injected_exceptions)
             .num("failed_hypercalls", stats.failed_hypercalls)
             .num("vmbus_resets", w.resets)
+            .num("rings_broken", w.rings_broken)
             .raw("quotas", &quotas)
             .raw("exits", &exits)
             .raw("vps", &vp_json);

@@ -105,7 +105,9 @@ pub struct Worker {
     /// Console lines spent on the child's messages.
     logged_messages: u32,
     /// Messages for the child waiting for room in its SynIC queue.
-    outbox: alloc::collections::VecDeque<(u32, Vec<u8>)>,
+    /// Fixed-size entries in a queue allocated once at creation: queuing a
+    /// message never allocates.
+    outbox: alloc::collections::VecDeque<OutMessage>,
     /// Open channels with their device.
     pub channels: Vec<crate::echo::EchoChannel>,
     /// The child's VMBus server (offers the echo device).
@@ -121,6 +123,15 @@ pub struct Worker {
     offers_made: u32,
     /// Resets of its VMBus (restarts, crashes, stops), for `info`.
     pub resets: u64,
+    /// Channels stopped because the child broke their rings.
+    pub rings_broken: u64,
+}
+
+/// A message waiting for room in the child's SynIC.
+struct OutMessage {
+    message_type: u32,
+    len: usize,
+    bytes: [u8; 240],
 }
 
 /// The connection ids a child posts on to reach its worker: VMBus's
@@ -248,12 +259,13 @@ impl Worker {
             replies_refused: 0,
             vmbus: vmbus::server::Server::new(pages_needed),
             vmbus_violations: 0,
-            outbox: alloc::collections::VecDeque::new(),
+            outbox: alloc::collections::VecDeque::with_capacity(OUTBOX_LIMIT),
             logged_messages: 0,
             channels: Vec::new(),
             event_block,
             offers_made: 0,
             resets: 0,
+            rings_broken: 0,
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -398,7 +410,13 @@ impl Worker {
             self.replies_refused += 1;
             return;
         }
-        self.outbox.push_back((message_type, bytes.to_vec()));
+        let mut m = OutMessage {
+            message_type,
+            len: bytes.len().min(240),
+            bytes: [0; 240],
+        };
+        m.bytes[..m.len].copy_from_slice(&bytes[..m.len]);
+        self.outbox.push_back(m);
         self.flush_outbox();
     }
 
@@ -409,8 +427,8 @@ impl Worker {
         let Some(conn) = reply_port_id(self.id) else {
             return;
         };
-        while let Some((message_type, bytes)) = self.outbox.front() {
-            match hv::post_message(conn, *message_type, bytes) {
+        while let Some(m) = self.outbox.front() {
+            match hv::post_message(conn, m.message_type, &m.bytes[..m.len]) {
                 Ok(()) => {
                     self.replies += 1;
                     for v in self.vps.iter_mut() {
@@ -566,11 +584,21 @@ impl Worker {
         info: &vmbus::server::OpenInfo,
         gpadl: &vmbus::gpadl::Gpadl,
     ) -> Result<(), String> {
-        let frames: Option<Vec<u64>> = gpadl
-            .pages()
-            .map(|gfn| self.pages.get(gfn as usize).copied())
-            .collect();
-        let frames = frames.ok_or_else(|| String::from("a ring page lies outside the child's memory"))?;
+        // The child chose the page count (bounded by the server's GPADL
+        // quota): allocate fallibly, so a full heap refuses the open instead
+        // of stopping the root.
+        let mut frames: Vec<u64> = Vec::new();
+        frames
+            .try_reserve_exact(gpadl.page_count())
+            .map_err(|_| String::from("no root memory for the ring's page list"))?;
+        for gfn in gpadl.pages() {
+            let frame = self
+                .pages
+                .get(gfn as usize)
+                .copied()
+                .ok_or_else(|| String::from("a ring page lies outside the child's memory"))?;
+            frames.push(frame);
+        }
         let connection_id = self
             .vmbus
             .channels()
@@ -650,6 +678,7 @@ impl Worker {
             }
             if !was_broken && let Some(e) = c.broken {
                 let relid = c.relid;
+                self.rings_broken += 1;
                 if self.may_log() {
                     crate::println!(
                         "root: partition {} vmbus: channel {relid} stopped: the child broke its ring ({e:?})",
