@@ -1,7 +1,13 @@
 //! Privileged x86-64 instructions, wrapped once so the rest of the kernel
-//! states its intent instead of writing asm.
+//! states its intent instead of writing asm. The instructions themselves come
+//! from the `x86_64` crate (CPUID and RDTSC from `core::arch`); this module
+//! keeps the kernels' small, stable API on top of them.
 
-use core::arch::asm;
+use x86_64::PhysAddr;
+use x86_64::instructions::{self, interrupts, port};
+use x86_64::registers::control::{Cr2, Cr3};
+use x86_64::registers::model_specific::Msr;
+use x86_64::structures::paging::PhysFrame;
 
 /// An I/O port. Constructing one is `unsafe` because writes to arbitrary ports
 /// can reprogram devices (and their DMA) behind the kernel's back.
@@ -17,55 +23,38 @@ impl Port {
 
     /// Read a byte.
     pub fn read8(self) -> u8 {
-        let v: u8;
         // SAFETY: `Port::new`'s contract: the caller owns this device register.
-        unsafe { asm!("in al, dx", in("dx") self.0, out("al") v, options(nomem, nostack, preserves_flags)) };
-        v
+        unsafe { port::Port::<u8>::new(self.0).read() }
     }
 
     /// Write a byte.
     pub fn write8(self, v: u8) {
         // SAFETY: as for `read8`.
-        unsafe { asm!("out dx, al", in("dx") self.0, in("al") v, options(nomem, nostack, preserves_flags)) };
+        unsafe { port::Port::<u8>::new(self.0).write(v) }
     }
 
     /// Read a dword.
     pub fn read32(self) -> u32 {
-        let v: u32;
         // SAFETY: as for `read8`.
-        unsafe {
-            asm!("in eax, dx", in("dx") self.0, out("eax") v, options(nomem, nostack, preserves_flags))
-        };
-        v
+        unsafe { port::Port::<u32>::new(self.0).read() }
     }
 
     /// Write a dword.
     pub fn write32(self, v: u32) {
         // SAFETY: as for `read8`.
-        unsafe {
-            asm!("out dx, eax", in("dx") self.0, in("eax") v, options(nomem, nostack, preserves_flags))
-        };
+        unsafe { port::Port::<u32>::new(self.0).write(v) }
     }
 }
 
 /// CPUID `leaf`.`subleaf`.
 pub fn cpuid(leaf: u32, subleaf: u32) -> hv1_abi::cpuid::CpuidResult {
-    let (eax, ebx, ecx, edx): (u32, u32, u32, u32);
-    // SAFETY: CPUID has no side effects on memory; RBX is reserved by LLVM, so
-    // it is saved in a scratch register around the instruction.
-    unsafe {
-        asm!(
-            "mov {tmp:r}, rbx",
-            "cpuid",
-            "xchg {tmp:r}, rbx",
-            tmp = out(reg) ebx,
-            inout("eax") leaf => eax,
-            inout("ecx") subleaf => ecx,
-            out("edx") edx,
-            options(nomem, nostack, preserves_flags)
-        )
-    };
-    hv1_abi::cpuid::CpuidResult { eax, ebx, ecx, edx }
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    hv1_abi::cpuid::CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 /// Read an MSR.
@@ -73,12 +62,8 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> hv1_abi::cpuid::CpuidResult {
 /// # Safety
 /// Reading some MSRs has side effects or faults when absent.
 pub unsafe fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: forwarded to the caller.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
-    ((hi as u64) << 32) | lo as u64
+    unsafe { Msr::new(msr).read() }
 }
 
 /// Write an MSR.
@@ -87,48 +72,42 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 /// MSR writes can change paging, system-call entry points and more.
 pub unsafe fn wrmsr(msr: u32, value: u64) {
     // SAFETY: forwarded to the caller.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
-    };
+    unsafe { Msr::new(msr).write(value) }
 }
 
 /// CR2 (the faulting address of the last #PF).
 pub fn read_cr2() -> u64 {
-    let v;
-    // SAFETY: reading CR2 has no side effects.
-    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
+    Cr2::read_raw()
 }
 
 /// CR3.
 pub fn read_cr3() -> u64 {
-    let v;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
+    let (frame, flags) = Cr3::read_raw();
+    frame.start_address().as_u64() | u64::from(flags)
 }
 
-/// Load CR3.
+/// Load CR3: the PML4's physical address with PWT/PCD (or a PCID) in bits
+/// 0-11. Bits 52-63 (reserved, and the PCID no-flush bit) are not written.
 ///
 /// # Safety
 /// `pml4` must be a page table that maps all code and data in use.
 pub unsafe fn write_cr3(pml4: u64) {
+    let frame = PhysFrame::containing_address(PhysAddr::new(pml4 & 0x000F_FFFF_FFFF_F000));
     // SAFETY: forwarded to the caller.
-    unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
+    unsafe { Cr3::write_raw(frame, (pml4 & 0xFFF) as u16) };
 }
 
 /// Stop this CPU for good.
 pub fn halt_forever() -> ! {
     loop {
-        // SAFETY: with interrupts off this parks the CPU; nothing is touched.
-        unsafe { asm!("cli; hlt", options(nomem, nostack)) };
+        // With interrupts off only an NMI (or SMI) wakes the CPU, and it halts again.
+        interrupts::disable();
+        instructions::hlt();
     }
 }
 
 /// Read the time-stamp counter.
 pub fn rdtsc() -> u64 {
-    let (lo, hi): (u32, u32);
     // SAFETY: RDTSC only reads the counter.
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
-    ((hi as u64) << 32) | lo as u64
+    unsafe { core::arch::x86_64::_rdtsc() }
 }

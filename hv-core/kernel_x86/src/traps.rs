@@ -9,6 +9,13 @@ use core::arch::{asm, global_asm};
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::idt::{EntryOptions, InterruptDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+
 /// Kernel code selector.
 pub const KERNEL_CS: u16 = 0x08;
 /// Kernel data selector.
@@ -16,30 +23,8 @@ pub const KERNEL_DS: u16 = 0x10;
 /// TSS selector.
 pub const TSS_SEL: u16 = 0x18;
 
-/// The 64-bit TSS.
-#[repr(C, packed(4))]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
-}
-const _: () = assert!(size_of::<Tss>() == 104);
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IdtEntry {
-    offset_low: u16,
-    selector: u16,
-    ist: u8,
-    type_attr: u8,
-    offset_mid: u16,
-    offset_high: u32,
-    reserved: u32,
-}
+/// IST slot (0-based, as `x86_64` counts; the CPU's IST1) of #DF and NMI.
+const FAULT_IST_INDEX: u16 = 0;
 
 /// Saved state on entry to an exception handler (see `exception_common`).
 #[repr(C)]
@@ -789,36 +774,20 @@ fn page_fault_reason(error: u64) -> &'static str {
 /// Everything `init` installs; must live forever.
 #[repr(C, align(4096))]
 pub struct CpuTables {
-    gdt: [u64; 5],
-    tss: Tss,
-    idt: [IdtEntry; 256],
+    /// Null, code, data and the two-slot TSS descriptor.
+    gdt: GlobalDescriptorTable<5>,
+    tss: TaskStateSegment,
+    idt: InterruptDescriptorTable,
     fault_stack: [u8; 16 * 1024],
 }
 
 impl CpuTables {
-    /// Zeroed tables (filled by [`init`]).
+    /// Empty tables (filled by [`init`]).
     pub const fn new() -> Self {
-        const EMPTY: IdtEntry = IdtEntry {
-            offset_low: 0,
-            selector: 0,
-            ist: 0,
-            type_attr: 0,
-            offset_mid: 0,
-            offset_high: 0,
-            reserved: 0,
-        };
         Self {
-            gdt: [0; 5],
-            tss: Tss {
-                reserved0: 0,
-                rsp: [0; 3],
-                reserved1: 0,
-                ist: [0; 7],
-                reserved2: 0,
-                reserved3: 0,
-                iomap_base: 0,
-            },
-            idt: [EMPTY; 256],
+            gdt: GlobalDescriptorTable::empty(),
+            tss: TaskStateSegment::new(),
+            idt: InterruptDescriptorTable::new(),
             fault_stack: [0; 16 * 1024],
         }
     }
@@ -830,85 +799,108 @@ impl Default for CpuTables {
     }
 }
 
+/// Point the IDT entry of exception `vector` (0..32) at `stub` and return its
+/// options, or `None` for the reserved vectors (15, 22-27, 31), which `x86_64`
+/// keeps not present: the CPU never raises them, and an `INT n` to one reports
+/// as #NP.
+///
+/// # Safety
+/// `stub` must be an entry stub for exactly this vector: it must expect the
+/// frame the CPU pushes for `vector` (with or without an error code).
+unsafe fn set_exception_stub(
+    idt: &mut InterruptDescriptorTable,
+    vector: u8,
+    stub: VirtAddr,
+) -> Option<&mut EntryOptions> {
+    // SAFETY: forwarded to the caller. The entries with an error code (and
+    // #MC, which must not return) are fields of their own type; the rest are
+    // reachable by index.
+    let options = unsafe {
+        match vector {
+            8 => idt.double_fault.set_handler_addr(stub),
+            10 => idt.invalid_tss.set_handler_addr(stub),
+            11 => idt.segment_not_present.set_handler_addr(stub),
+            12 => idt.stack_segment_fault.set_handler_addr(stub),
+            13 => idt.general_protection_fault.set_handler_addr(stub),
+            14 => idt.page_fault.set_handler_addr(stub),
+            17 => idt.alignment_check.set_handler_addr(stub),
+            18 => idt.machine_check.set_handler_addr(stub),
+            21 => idt.cp_protection_exception.set_handler_addr(stub),
+            29 => idt.vmm_communication_exception.set_handler_addr(stub),
+            30 => idt.security_exception.set_handler_addr(stub),
+            15 | 22..=27 | 31 => return None,
+            _ => idt[vector].set_handler_addr(stub),
+        }
+    };
+    Some(options)
+}
+
 /// Load a fresh GDT (flat code/data and a TSS whose IST1 serves #DF and NMI)
-/// and an IDT routing every vector to the exception entry; exceptions no probe
-/// expected go to `handler`.
+/// and an IDT routing every vector to the exception entry (except the reserved
+/// exception vectors, see `set_exception_stub`); exceptions no probe expected
+/// go to `handler`.
 pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
     HANDLER.store(handler as usize, Ordering::Release);
-    let stack_top = tables.fault_stack.as_ptr() as u64 + tables.fault_stack.len() as u64;
-    tables.tss.ist[0] = stack_top & !0xF;
-    tables.tss.iomap_base = size_of::<Tss>() as u16;
-    let tss_base = &tables.tss as *const Tss as u64;
-    let tss_limit = size_of::<Tss>() as u64 - 1;
-    let tss_low = (tss_limit & 0xFFFF)
-        | ((tss_base & 0xFF_FFFF) << 16)
-        | (0x89 << 40)
-        | (((tss_limit >> 16) & 0xF) << 48)
-        | (((tss_base >> 24) & 0xFF) << 56);
-    tables.gdt = [
-        0,
-        0x00AF_9A00_0000_FFFF, // 0x08 code
-        0x00CF_9200_0000_FFFF, // 0x10 data
-        tss_low,               // 0x18 TSS (low)
-        tss_base >> 32,        // TSS (high)
-    ];
+    let CpuTables {
+        gdt,
+        tss,
+        idt,
+        fault_stack,
+    } = tables;
 
+    *tss = TaskStateSegment::new();
+    let stack_top = VirtAddr::from_ptr(fault_stack.as_ptr_range().end).align_down(16u64);
+    tss.interrupt_stack_table[usize::from(FAULT_IST_INDEX)] = stack_top;
+    let tss: &'static TaskStateSegment = tss;
+
+    *gdt = GlobalDescriptorTable::empty();
+    let cs = gdt.append(Descriptor::kernel_code_segment());
+    let ds = gdt.append(Descriptor::kernel_data_segment());
+    let tss_sel = gdt.append(Descriptor::tss_segment(tss));
+    assert_eq!(
+        (cs.0, ds.0, tss_sel.0),
+        (KERNEL_CS, KERNEL_DS, TSS_SEL),
+        "GDT layout"
+    );
+    let gdt: &'static GlobalDescriptorTable<5> = gdt;
+
+    // Vectors 0-31 enter through `exc_stub_table`, 32-255 through `irq_stubs`
+    // (16 bytes each); all are interrupt gates (IF cleared) at DPL 0 in `cs`.
     // SAFETY: `exc_stub_table` is a read-only table of code addresses in the asm above.
     let stubs = unsafe { &exc_stub_table };
-    let irq_base = &raw const irq_stubs as u64;
-    for (vector, entry) in tables.idt.iter_mut().enumerate() {
-        let handler = if vector < 32 {
-            stubs[vector]
-        } else {
-            irq_base + 16 * (vector as u64 - 32)
-        };
-        *entry = IdtEntry {
-            offset_low: handler as u16,
-            selector: KERNEL_CS,
-            ist: if vector == 8 || vector == 2 { 1 } else { 0 },
-            type_attr: 0x8E, // present, DPL 0, 64-bit interrupt gate
-            offset_mid: (handler >> 16) as u16,
-            offset_high: (handler >> 32) as u32,
-            reserved: 0,
-        };
+    for (vector, &stub) in (0..32u8).zip(stubs) {
+        // SAFETY: `exc_stub_<vector>` pushes a dummy error code exactly where the
+        // CPU pushes none; `cs` is the 64-bit code segment of `gdt`, loaded below
+        // before this IDT. IST1 is shared by #DF and NMI (as it always was): both
+        // go to `handler`, which reports and never returns.
+        unsafe {
+            if let Some(options) = set_exception_stub(idt, vector, VirtAddr::new(stub)) {
+                options.set_code_selector(cs);
+                if vector == 8 || vector == 2 {
+                    options.set_stack_index(FAULT_IST_INDEX);
+                }
+            }
+        }
     }
+    let irq_base = VirtAddr::from_ptr(&raw const irq_stubs);
+    for vector in 32..=255u8 {
+        let stub = irq_base + 16 * (u64::from(vector) - 32);
+        // SAFETY: each `irq_stubs` slot pushes a dummy error code and its vector,
+        // as an entry without error code needs; `cs` as above.
+        unsafe { idt[vector].set_handler_addr(stub).set_code_selector(cs) };
+    }
+    let idt: &'static InterruptDescriptorTable = idt;
 
-    #[repr(C, packed)]
-    struct Pointer {
-        limit: u16,
-        base: u64,
-    }
-    let gdt_ptr = Pointer {
-        limit: (size_of::<[u64; 5]>() - 1) as u16,
-        base: tables.gdt.as_ptr() as u64,
-    };
-    let idt_ptr = Pointer {
-        limit: (size_of::<[IdtEntry; 256]>() - 1) as u16,
-        base: tables.idt.as_ptr() as u64,
-    };
+    gdt.load();
     // The new GDT has flat code/data at the selectors in use; CS is reloaded by a
     // far return, data segments by the data selector; the fresh TSS is not busy.
-    // SAFETY: the tables live forever (`&'static mut`) and hold valid descriptors.
+    // SAFETY: `gdt` lives forever and holds exactly these descriptors.
     unsafe {
-        asm!(
-            "lgdt [{gdt}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov {tmp:e}, {ds}",
-            "mov ds, {tmp:e}",
-            "mov es, {tmp:e}",
-            "mov ss, {tmp:e}",
-            "ltr {tss:x}",
-            "lidt [{idt}]",
-            gdt = in(reg) &gdt_ptr,
-            idt = in(reg) &idt_ptr,
-            cs = const KERNEL_CS as u64,
-            ds = const KERNEL_DS as u32,
-            tss = in(reg) TSS_SEL,
-            tmp = out(reg) _,
-        )
-    };
+        CS::set_reg(cs);
+        DS::set_reg(ds);
+        ES::set_reg(ds);
+        SS::set_reg(ds);
+        load_tss(tss_sel);
+    }
+    idt.load();
 }
