@@ -27,6 +27,7 @@ use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use synic::{PendingVectors, SynicVp};
+use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
 
@@ -889,22 +890,16 @@ fn init_fx_area(pa: u64) {
 }
 
 fn read_debug() -> [u64; 4] {
-    let (a, b, c, d): (u64, u64, u64, u64);
-    // SAFETY: reading DR0-DR3 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, dr0", "mov {}, dr1", "mov {}, dr2", "mov {}, dr3",
-            out(reg) a, out(reg) b, out(reg) c, out(reg) d, options(nomem, nostack));
-    }
-    [a, b, c, d]
+    [Dr0::read(), Dr1::read(), Dr2::read(), Dr3::read()]
 }
 
 fn write_debug(v: &[u64; 4]) {
-    // SAFETY: DR0-DR3 only take effect through DR7, which each side's VMCB
-    // (or the root's own state) controls; the values are that side's own.
-    unsafe {
-        core::arch::asm!("mov dr0, {}", "mov dr1, {}", "mov dr2, {}", "mov dr3, {}",
-            in(reg) v[0], in(reg) v[1], in(reg) v[2], in(reg) v[3], options(nomem, nostack));
-    }
+    // DR0-DR3 only take effect through DR7, which each side's VMCB (or the
+    // root's own state) controls; the values are that side's own.
+    Dr0::write(v[0]);
+    Dr1::write(v[1]);
+    Dr2::write(v[2]);
+    Dr3::write(v[3]);
 }
 
 /// Control area of a child VMCB, plus the architectural reset state.

@@ -11,11 +11,14 @@ use crate::vcpu::{ExitStats, SyntheticMsrs};
 use crate::vmrun::{self, GuestRegs};
 use boot_proto::handoff::Handoff;
 use core::arch::asm;
-use kernel_x86::arch::{cpuid, rdmsr, wrmsr};
+use kernel_x86::arch::{cpuid, rdmsr, read_cr3, write_cr3, wrmsr};
 use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
 use partitions::Table;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm};
 use svm::{Segment, Vmcb};
+use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment as _};
+use x86_64::instructions::tables::{sgdt, sidt};
+use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
 use zerocopy::FromBytes;
 
 /// Errors returned to the root when it cannot be launched (nothing changed).
@@ -55,40 +58,20 @@ struct CapturedState {
 }
 
 fn capture() -> CapturedState {
-    let (cr0, cr3, cr4): (u64, u64, u64);
-    let (cs, ss, ds, es): (u16, u16, u16, u16);
-    let mut gdtr = [0u8; 10];
-    let mut idtr = [0u8; 10];
-    // SAFETY: reads of control registers, selectors and descriptor-table
-    // registers into local buffers; no side effects.
-    unsafe {
-        asm!("mov {}, cr0", out(reg) cr0, options(nomem, nostack));
-        asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack));
-        asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack));
-        asm!("mov {0:x}, cs", "mov {1:x}, ss", "mov {2:x}, ds", "mov {3:x}, es",
-             out(reg) cs, out(reg) ss, out(reg) ds, out(reg) es, options(nomem, nostack));
-        asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
-        asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
-    }
-    let split = |b: [u8; 10]| {
-        (
-            u16::from_le_bytes([b[0], b[1]]),
-            u64::from_le_bytes(b[2..10].try_into().expect("8 bytes")),
-        )
-    };
+    let (gdtr, idtr) = (sgdt(), sidt());
     // SAFETY: EFER exists on every x86-64 CPU.
     let efer = unsafe { rdmsr(MSR_EFER) };
     CapturedState {
-        cr0,
-        cr3,
-        cr4,
+        cr0: Cr0::read_raw(),
+        cr3: read_cr3(),
+        cr4: Cr4::read_raw(),
         efer,
-        gdtr: split(gdtr),
-        idtr: split(idtr),
-        cs,
-        ss,
-        ds,
-        es,
+        gdtr: (gdtr.limit, gdtr.base.as_u64()),
+        idtr: (idtr.limit, idtr.base.as_u64()),
+        cs: CS::get_reg().0,
+        ss: SS::get_reg().0,
+        ds: DS::get_reg().0,
+        es: ES::get_reg().0,
     }
 }
 
@@ -192,7 +175,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     let host_cr3 = memory::build_host_tables(&handoff, gib_pages);
     // The new tables identity-map all physical memory (boot stack, every page hv-core uses).
     // SAFETY: they also map the image at its link address, as the root's tables did.
-    unsafe { asm!("mov cr3, {}", in(reg) host_cr3, options(nostack)) };
+    unsafe { write_cr3(host_cr3) };
     let tables_pa =
         memory::alloc_pages(size_of::<CpuTables>().div_ceil(4096) as u64).expect("room for GDT/IDT");
     // SAFETY: fresh pages of hv-core's region, used for nothing else, large and
@@ -207,9 +190,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // (the root's own CR4 is in its VMCB and unaffected).
     // SAFETY: setting OSFXSR/OSXMMEXCPT only enables FXSAVE of XMM state and
     // SSE exceptions; hv-core itself is built without SSE.
-    unsafe {
-        asm!("mov {t}, cr4", "or {t}, {bits}", "mov cr4, {t}", t = out(reg) _, bits = const (1u64 << 9) | (1 << 10), options(nostack));
-    }
+    unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSFXSR | Cr4Flags::OSXMMEXCPT_ENABLE)) };
 
     let hsave = memory::alloc_pages(1).expect("room for HSAVE");
     let host_save = memory::alloc_pages(1).expect("room for the host save area");
