@@ -427,18 +427,20 @@ impl Worker {
         let Some(conn) = reply_port_id(self.id) else {
             return;
         };
+        let mut delivered = false;
         while let Some(m) = self.outbox.front() {
             match hv::post_message(conn, m.message_type, &m.bytes[..m.len]) {
                 Ok(()) => {
                     self.replies += 1;
-                    for v in self.vps.iter_mut() {
-                        v.halted = false;
-                    }
+                    delivered = true;
                 }
-                Err(HvStatus::INSUFFICIENT_BUFFERS) => return,
+                Err(HvStatus::INSUFFICIENT_BUFFERS) => break,
                 Err(_) => self.replies_refused += 1,
             }
             self.outbox.pop_front();
+        }
+        if delivered {
+            self.wake();
         }
     }
 
