@@ -297,6 +297,38 @@ impl Machine {
         }
     }
 
+    /// The peer child's (alpha, id 2) memory checksum, once it has booted
+    /// and halted: taken before an attack, compared by [`Self::assert_intact`].
+    pub fn peer_checksum(&mut self) -> serde_json::Value {
+        self.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+        let sum = self.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
+        assert!(sum.is_u64(), "no checksum: {sum}");
+        sum
+    }
+
+    /// After an attack: hv-core answers, the root's shell works, both
+    /// manifest children still run, the peer's memory checksum is
+    /// `peer_before`, and the root's canary page is intact.
+    pub fn assert_intact(&mut self, peer_before: &serde_json::Value) {
+        let status = self.hvctl_json("hv status --json");
+        assert_eq!(status["present"], true, "{status}");
+        let list = self.hvctl_json("list --json");
+        for name in ["alpha", "beta"] {
+            let p = list
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["name"] == name))
+                .unwrap_or_else(|| panic!("{name} not listed: {list}"));
+            assert_eq!(p["state"], "running", "{name}: {list}");
+        }
+        let peer_after = self.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
+        assert_eq!(*peer_before, peer_after, "the peer's memory changed");
+        let mem = self.hvctl_json("mem --json");
+        assert_eq!(
+            mem["canary_intact"], true,
+            "the root's canary page changed: {mem}"
+        );
+    }
+
     /// The socket of the management channel.
     pub fn mgmt_socket(&self) -> &std::path::Path {
         &self.mgmt_socket

@@ -21,8 +21,7 @@ struct Attack {
 fn attack(mode: &str, done: &str, disk: bool) -> Attack {
     let disk = disk.then(|| qemu_tests::images().disk.clone());
     let mut m = Machine::boot(&format!("hostile-{mode}"), "", disk);
-    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
-    let peer_before = m.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
+    let peer_before = m.peer_checksum();
     let created = m.hvctl(&format!(
         "create attacker --memory 8M --image testos --mode {mode} --start"
     ));
@@ -39,26 +38,7 @@ fn attack(mode: &str, done: &str, disk: bool) -> Attack {
         "the attacker got through:\n{console}"
     );
 
-    // hv-core, the root and the peer are fine.
-    let status = m.hvctl_json("hv status --json");
-    assert_eq!(status["present"], true, "{status}");
-    let list = m.hvctl_json("list --json");
-    for name in ["alpha", "beta"] {
-        let p = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .expect("peer listed");
-        assert_eq!(p["state"], "running", "{list}");
-    }
-    let peer_after = m.hvctl_json("info 2 --json --checksum")["memory_fnv1a"].clone();
-    assert_eq!(peer_before, peer_after, "the peer's memory changed");
-    let mem = m.hvctl_json("mem --json");
-    assert_eq!(
-        mem["canary_intact"], true,
-        "the root's canary page changed: {mem}"
-    );
+    m.assert_intact(&peer_before);
     Attack {
         machine: m,
         info,

@@ -322,6 +322,7 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("failed_hypercalls", stats.failed_hypercalls)
             .num("vmbus_resets", w.resets)
             .num("rings_broken", w.rings_broken)
+            .num("console_lines_suppressed", w.lines_suppressed)
             .raw("quotas", &quotas)
             .raw("exits", &exits)
             .raw("vps", &vp_json);

@@ -175,15 +175,17 @@ impl Session {
                 return;
             }
             Effect::Attach(id) => {
-                // Host tools get a snapshot of what the console holds.
+                // Host tools get a snapshot of the complete lines the console
+                // holds: a line the child is still printing is left for the
+                // next snapshot, so a script never matches half a line.
                 if let Some(w) = m.workers.iter().find(|w| w.id == id) {
+                    let start = out.len();
                     let (parts, _) = w.uart.output_since(0);
                     for part in parts {
                         out.extend(part.iter().map(|&c| printable(c)));
                     }
-                    if !out.ends_with('\n') {
-                        out.push('\n');
-                    }
+                    let complete = out[start..].rfind('\n').map_or(start, |at| start + at + 1);
+                    out.truncate(complete);
                 }
             }
         }

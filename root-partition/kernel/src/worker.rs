@@ -125,6 +125,8 @@ pub struct Worker {
     pub resets: u64,
     /// Channels stopped because the child broke their rings.
     pub rings_broken: u64,
+    /// Console lines its messages would have caused past the budget.
+    pub lines_suppressed: u64,
 }
 
 /// A message waiting for room in the child's SynIC.
@@ -266,6 +268,7 @@ impl Worker {
             offers_made: 0,
             resets: 0,
             rings_broken: 0,
+            lines_suppressed: 0,
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -369,14 +372,20 @@ impl Worker {
     /// Lines a child's messages may put on the root's console: a child that
     /// floods gets counted (`info`), not echoed to the operator forever.
     fn may_log(&mut self) -> bool {
-        self.logged_messages += 1;
-        if self.logged_messages == MESSAGE_LOG_LIMIT {
-            crate::println!(
-                "root: partition {}: further messages are counted, not logged",
-                self.id
-            );
+        if self.logged_messages < MESSAGE_LOG_LIMIT {
+            self.logged_messages += 1;
+            if self.logged_messages == MESSAGE_LOG_LIMIT {
+                crate::println!(
+                    "root: partition {}: further messages are counted, not logged",
+                    self.id
+                );
+                self.lines_suppressed += 1;
+                return false;
+            }
+            return true;
         }
-        self.logged_messages < MESSAGE_LOG_LIMIT
+        self.lines_suppressed = self.lines_suppressed.saturating_add(1);
+        false
     }
 
     /// The echo service: log the message (printable bytes only: the child

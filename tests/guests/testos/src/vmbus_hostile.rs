@@ -1,8 +1,9 @@
 //! Hostile VMBus clients: modes `vmbus-hostile-<case>` (see `run`). Each
 //! case attacks the root's VMBus server or echo device the way a broken or
 //! malicious guest kernel could, counts what the root answered, and ends with
-//! one line `testos NAME: CASE done: ...` (or `CASE done with an error: ...`)
-//! that the QEMU tests in `tests/tests/hostile_vmbus.rs` read.
+//! one line `testos NAME: CASE done: ... -- end of CASE` (or `CASE done with
+//! an error: ... -- end of CASE`) that the QEMU tests in
+//! `tests/tests/hostile_vmbus.rs` read.
 
 use crate::guest::{self, Bus};
 use alloc::format;
@@ -35,9 +36,11 @@ pub fn run(name: &str, case: &str, _info: &'static BootInfo) -> ! {
             guest::halt_forever()
         }
     };
+    // The line ends with a fixed marker: a reader that sees the marker has
+    // the whole line (the root's `console` completes a partial last line).
     match result {
-        Ok(summary) => say!("testos {name}: {case} done: {summary}"),
-        Err(why) => say!("testos {name}: {case} done with an error: {why}"),
+        Ok(summary) => say!("testos {name}: {case} done: {summary} -- end of {case}"),
+        Err(why) => say!("testos {name}: {case} done with an error: {why} -- end of {case}"),
     }
     guest::halt_forever()
 }
@@ -378,7 +381,8 @@ fn ring_flood(name: &str) -> Result<String, String> {
     let (mut writer, mut reader) = (Writer::new(up), Reader::new(down));
     let signal = signal_control();
     say!(
-        "testos {name}: ring-flood: flooding relid 1 ({data_size} byte guest-to-host ring, {FLOOD_UP_PAGES}+{FLOOD_DOWN_PAGES} pages)"
+        "testos {name}: ring-flood: {data_size} byte guest-to-host ring ({FLOOD_UP_PAGES}+{FLOOD_DOWN_PAGES} pages); \
+         flooding relid 1"
     );
     let (mut sent, mut inband, mut echoes, mut signals, mut refused_signals) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut rescinded = false;
@@ -463,7 +467,8 @@ fn crash(name: &str) -> Result<String, String> {
     guest::open_fresh(&mut bus)?;
     let back = guest::echo_through(name, 1, 0x2001, 20, 2, 2).unwrap_or(0);
     say!(
-        "testos {name}: crash done: connected at version {}.{}, {back} of 20 echoes; faulting with channel 1 open",
+        "testos {name}: crash done: connected at version {}.{}, {back} of 20 echoes; faulting with channel 1 open \
+         -- end of crash",
         v.0 >> 16,
         v.0 & 0xFFFF
     );
