@@ -94,6 +94,7 @@ fn virtio_blk_sector_matches_image_after_demotion() {
         .expect("sector line");
     assert_eq!(line.trim_end().trim_start_matches("DISK sector0 "), expected);
     assert!(console.contains("disk: 128 sectors"), "{console}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// (e) `hv status` in the root's shell, its JSON form, a refused command, and poweroff.
