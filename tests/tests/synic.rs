@@ -110,9 +110,15 @@ fn a_child_takes_synic_interrupts() {
     m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
     let created = m.hvctl("create irq --memory 8M --image testos --mode synic-irq --start");
     assert!(created.contains("created and started"), "{created}");
-    let console = m.wait_text("console 4", "replies read after their interrupt");
+    let console = m.wait_text("console 4", "delivered after CR8 = 0");
     assert!(
         console.contains("synic interrupts: 5 taken, 5 of 5 replies read after their interrupt"),
+        "{console}"
+    );
+    // The child's task priority holds the vector back (issue 7, defect 10).
+    assert!(
+        console.contains("tpr: held while CR8 = 15: true")
+            && console.contains("delivered after CR8 = 0: true"),
         "{console}"
     );
     let info = m.hvctl_json("info 4 --json");

@@ -564,7 +564,51 @@ pub(crate) fn synic_interrupts(name: &str) -> ! {
     say!(
         "testos {name}: synic interrupts: {taken} taken, {in_order} of 5 replies read after their interrupt"
     );
+    task_priority(name);
     halt_forever()
+}
+
+/// A raised task priority holds the SynIC vector back (APIC: only a class
+/// above TPR is delivered; vector 0x50 is class 5): with CR8 = 15 a reply's
+/// interrupt must not arrive, however long the child waits with interrupts
+/// on, and it must arrive once CR8 goes back to 0.
+fn task_priority(name: &str) {
+    let set_cr8 = |v: u64| {
+        // SAFETY: CR8 only changes which interrupt classes this VP takes.
+        unsafe { asm!("mov cr8, {}", in(reg) v, options(nomem, nostack)) };
+    };
+    let count = || SYNIC_INTERRUPTS.load(core::sync::atomic::Ordering::Relaxed);
+    set_cr8(15);
+    let before = count();
+    let r = post_raw(MESSAGE_CONNECTION_ID, ECHO_MESSAGE_TYPE, 8, b"tpr ping");
+    if r.status != HvStatus::SUCCESS {
+        say!("testos {name}: tpr: post failed: {:?}", r.status);
+        return;
+    }
+    // Long enough for several of the root's ticks (each a new VM entry at
+    // which hv-core could inject).
+    let start = kernel_x86::arch::rdtsc();
+    let mut held = true;
+    for _ in 0..50_000_000u64 {
+        if count() != before {
+            held = false;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    let cycles = kernel_x86::arch::rdtsc().wrapping_sub(start);
+    set_cr8(0);
+    let mut delivered = false;
+    for _ in 0..REPLY_SPINS {
+        if count() != before {
+            delivered = true;
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    say!(
+        "testos {name}: tpr: held while CR8 = 15: {held} ({cycles} TSC cycles); delivered after CR8 = 0: {delivered}"
+    );
 }
 
 // ---- VMBus ----
