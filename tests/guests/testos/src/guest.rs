@@ -1369,7 +1369,7 @@ pub(crate) fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 18] = [
+    let cases: [Case; 19] = [
         (
             "Q-NEG-01",
             "every version 2.4-5.3 is accepted alone (version.c decide)",
@@ -1537,6 +1537,46 @@ pub(crate) fn conformance(name: &str) -> ! {
                 open_echo_close(&mut bus, n, 2, 2, 20)?;
                 open_echo_close(&mut bus, n, 2, 2, 20)?;
                 bus.unload()
+            },
+        ),
+        (
+            "Q-MOD-01",
+            "MODIFYCHANNEL is always answered at 5.3: unknown relid, closed channel and target VP 0xFFFFFFFF fail, an open channel succeeds",
+            |_| {
+                use zerocopy::IntoBytes;
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                let modify = |bus: &mut Bus,
+                              relid: u32,
+                              target_vp: u32|
+                 -> Result<i32, alloc::string::String> {
+                    let m = vmbus::protocol::ModifyChannel {
+                        header: vmbus::protocol::Header::new(vmbus::protocol::ModifyChannel::TYPE),
+                        child_relid: relid,
+                        target_vp,
+                    };
+                    bus.client.post_raw(4, m.as_bytes());
+                    match bus.until("MODIFYCHANNEL_RESPONSE", |e| {
+                        matches!(e, vmbus::client::ClientEvent::Modified { .. })
+                    })? {
+                        vmbus::client::ClientEvent::Modified { relid: r, status } if r == relid => Ok(status),
+                        other => Err(alloc::format!("{other:?}")),
+                    }
+                };
+                let unknown = modify(&mut bus, 77, 0)?;
+                let closed = modify(&mut bus, 1, 0)?;
+                let handle = open_fresh(&mut bus)?;
+                let disable = modify(&mut bus, 1, u32::MAX)?;
+                let ok = modify(&mut bus, 1, 0)?;
+                close_and_teardown(&mut bus, handle)?;
+                bus.unload()?;
+                if unknown != 0 && closed != 0 && disable != 0 && ok == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!(
+                        "statuses: unknown {unknown:#x}, closed {closed:#x}, vp disable {disable:#x}, open {ok:#x}"
+                    ))
+                }
             },
         ),
         (
