@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 const SAMPLES: usize = 40;
 
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 struct Figures {
     median: Duration,
     p95: Duration,
@@ -33,13 +35,19 @@ fn figures(mut samples: Vec<Duration>) -> Figures {
 fn sample(m: &mut Machine) -> (Figures, Figures) {
     let mut com2 = Vec::new();
     let mut com1 = Vec::new();
-    for _ in 0..SAMPLES {
+    for i in 0..SAMPLES {
         let t = Instant::now();
         let _ = m.hvctl_json("list --json");
         com2.push(t.elapsed());
+        // A command unique to this sample, so that the wait can only end on
+        // its own answer (never on an earlier prompt still in the pipe).
+        let word = format!(
+            "latency{}x{i}",
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let t = Instant::now();
-        m.send_line("mem");
-        m.expect("root> ");
+        m.send_line(&word);
+        m.expect(&format!("unknown command '{word}'"));
         com1.push(t.elapsed());
     }
     (figures(com2), figures(com1))
