@@ -424,3 +424,44 @@ fn a_crashed_child_restarts_and_reconnects() {
     assert_eq!(v["version"], "", "{v}");
     assert_devices_torn_down(&mut m);
 }
+
+/// Edge inputs around an open channel: a signal flag past its port's count
+/// and reserved bits in the signal input get INVALID_PARAMETER, an oversized
+/// post is refused, RELID_RELEASED without a rescind and a 1000-message
+/// MODIFYCHANNEL flood (answers unread) are refused or bounded, and the
+/// channel still echoes afterwards.
+#[test]
+fn edge_inputs_are_refused_and_the_channel_survives() {
+    let a = attack("vmbus-hostile-edges", "edges done", "-- end of edges", |_| {});
+    eprintln!("{}", a.done);
+    let mut m = a.machine;
+    for part in [
+        "signal flag 1 of 1: INVALID_PARAMETER",
+        "signal reserved bits: INVALID_PARAMETER",
+        "signal flag 0: SUCCESS",
+        "post of 241 bytes: INVALID_PARAMETER",
+        "after all of it 10 of 10 echoes",
+    ] {
+        assert!(a.done.contains(part), "missing {part:?} in {}", a.done);
+    }
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["state"], "running", "{info}");
+    // RELID_RELEASED without a rescind, and the MODIFYCHANNELs the outbox
+    // had no room to answer, are counted as violations.
+    assert!(info["vmbus_violations"].as_u64().unwrap() >= 1, "{info}");
+    let q = &info["quotas"]["vmbus_outbox"];
+    assert!(
+        q["used"].as_u64().unwrap() <= q["limit"].as_u64().unwrap(),
+        "{info}"
+    );
+    // Every MODIFYCHANNEL hv-core delivered was answered or refused, never
+    // queued without bound: answers read + refusals cover the posts.
+    let posted = count_before(&a.done, "posted");
+    let answers = count_before(&a.done, "answers read");
+    assert!(posted >= 1, "{}", a.done);
+    assert!(answers <= posted, "{}", a.done);
+    // What was neither answered nor still queued (worker outbox 64, server
+    // outbox 128) was dropped and counted, never held.
+    let dropped = info["replies_refused"].as_u64().unwrap() + info["vmbus_violations"].as_u64().unwrap();
+    assert!(dropped + answers + 64 + 128 >= posted, "{} / {info}", a.done);
+}

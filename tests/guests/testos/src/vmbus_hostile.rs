@@ -31,6 +31,7 @@ pub fn run(name: &str, case: &str, _info: &'static BootInfo) -> ! {
         "reconnect" => reconnect(name),
         "ring-flood" => ring_flood(name),
         "crash" => crash(name),
+        "edges" => edges(name),
         _ => {
             say!("testos {name}: unknown hostile vmbus case '{case}'");
             guest::halt_forever()
@@ -279,6 +280,103 @@ fn reconnect(name: &str) -> Result<String, String> {
         again.0 >> 16,
         again.0 & 0xFFFF
     ))
+}
+
+// ---- edges ----
+
+/// Edge inputs around an open channel, each with the status (or refusal) the
+/// TLFS or the VMBus protocol gives it, and the channel still echoing after
+/// all of them: HvSignalEvent with a flag past its port's count and with
+/// reserved bits, HvPostMessage with a too-large payload size, RELID_RELEASED
+/// for a channel that was never rescinded, and a flood of MODIFYCHANNELs
+/// whose answers the child does not read.
+fn edges(name: &str) -> Result<String, String> {
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    let handle = guest::open_fresh(&mut bus)?;
+    let mut report = String::new();
+    // The channel's connection (0x2001) reaches a one-flag root port.
+    let past_count = guest::hypercall(signal_control(), 0x2001 | (1 << 32), 0).status;
+    let reserved = guest::hypercall(signal_control(), 0x2001 | (1 << 48), 0).status;
+    let good = guest::hypercall(signal_control(), 0x2001, 0).status;
+    let _ = write!(
+        report,
+        "signal flag 1 of 1: {past_count:?}; signal reserved bits: {reserved:?}; signal flag 0: {good:?}; "
+    );
+    if past_count != HvStatus::INVALID_PARAMETER
+        || reserved != HvStatus::INVALID_PARAMETER
+        || good != HvStatus::SUCCESS
+    {
+        return Err(report);
+    }
+    let oversized = guest::post_raw(
+        guest::MESSAGE_CONNECTION_ID,
+        guest::ECHO_MESSAGE_TYPE,
+        241,
+        &[0; 240],
+    )
+    .status;
+    let _ = write!(report, "post of 241 bytes: {oversized:?}; ");
+    if oversized != HvStatus::INVALID_PARAMETER {
+        return Err(report);
+    }
+    // RELID_RELEASED without a RESCIND: a protocol violation the server
+    // counts; the channel stays open.
+    let released = vmbus::protocol::RelidReleased {
+        header: vmbus::protocol::Header::new(vmbus::protocol::RelidReleased::TYPE),
+        child_relid: 1,
+    };
+    {
+        use zerocopy::IntoBytes;
+        bus.client.post_raw(4, released.as_bytes());
+    }
+    bus.flush()?;
+    // MODIFYCHANNEL flood: 1000 requests, answers not read until the end.
+    let mut posted = 0u32;
+    let mut refused = 0u32;
+    for _ in 0..1000 {
+        let m = vmbus::protocol::ModifyChannel {
+            header: vmbus::protocol::Header::new(vmbus::protocol::ModifyChannel::TYPE),
+            child_relid: 1,
+            target_vp: 0,
+        };
+        let bytes = {
+            use zerocopy::IntoBytes;
+            m.as_bytes().to_vec()
+        };
+        match guest::post_raw(4, vmbus::protocol::VMBUS_MESSAGE_TYPE, bytes.len() as u32, &bytes).status {
+            HvStatus::SUCCESS => posted += 1,
+            _ => refused += 1,
+        }
+    }
+    // Drain whatever answers arrived (the root holds at most its outbox).
+    let mut answers = 0u32;
+    let mut buf = [0u8; 240];
+    let mut quiet = 0u64;
+    while quiet < guest::REPLY_SPINS / 100 {
+        match guest::take_message(&mut buf) {
+            Some(_) => {
+                answers += 1;
+                quiet = 0;
+            }
+            None => {
+                quiet += 1;
+                core::hint::spin_loop();
+            }
+        }
+    }
+    let _ = write!(
+        report,
+        "modifychannel flood: {posted} posted, {refused} refused by hv-core, {answers} answers read; "
+    );
+    let echoes = guest::echo_through(name, 1, 0x2001, 10, 2, 2).unwrap_or(0);
+    let _ = write!(report, "after all of it {echoes} of 10 echoes");
+    if echoes != 10 {
+        return Err(report);
+    }
+    guest::close_and_teardown(&mut bus, handle)?;
+    bus.unload()?;
+    Ok(report)
 }
 
 // ---- ring-flood ----
