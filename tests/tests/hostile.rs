@@ -244,3 +244,46 @@ fn string_io_stops_the_child() {
     );
     assert!(!a.console.contains("string io"), "{}", a.console);
 }
+
+/// TLFS: a hypercall from CPL 3 raises #UD, even with a valid hypercall
+/// page. The probe runs `VMMCALL; JMP $` with an empty IDT: served, it would
+/// spin forever; refused, the #UD ends in a triple fault.
+#[test]
+fn vmmcall_from_user_mode_is_refused() {
+    let a = attack("vmmcall-cpl3", "VMMCALL from CPL 3", false);
+    assert!(
+        crash_reason(&a).starts_with("triple fault (shutdown) at rip 0x"),
+        "{}",
+        a.info
+    );
+    assert_eq!(a.info["failed_hypercalls"], 0, "no hypercall may run: {}", a.info);
+}
+
+/// As above from compatibility mode (32-bit code segment at CPL 0).
+#[test]
+fn vmmcall_from_compatibility_mode_is_refused() {
+    let a = attack("vmmcall-compat", "VMMCALL from compatibility mode", false);
+    assert!(
+        crash_reason(&a).starts_with("triple fault (shutdown) at rip 0x"),
+        "{}",
+        a.info
+    );
+    assert_eq!(a.info["failed_hypercalls"], 0, "no hypercall may run: {}", a.info);
+}
+
+/// An exception during the delivery of an injected SynIC interrupt (no IDT)
+/// escalates to a shutdown that stops only this child.
+#[test]
+fn a_fault_while_delivering_an_interrupt_is_contained() {
+    let a = attack(
+        "irq-without-idt",
+        "taking a SynIC interrupt with an empty IDT",
+        false,
+    );
+    assert!(
+        crash_reason(&a).starts_with("triple fault (shutdown) at rip 0x"),
+        "{}",
+        a.info
+    );
+    assert!(!a.console.contains("ESCAPED"), "{}", a.console);
+}

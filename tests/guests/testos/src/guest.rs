@@ -99,6 +99,9 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
         "string-io" => string_io(name),
+        "vmmcall-cpl3" => vmmcall_outside_kernel_mode(name, true),
+        "vmmcall-compat" => vmmcall_outside_kernel_mode(name, false),
+        "irq-without-idt" => interrupt_without_idt(name),
         "synic" => synic_messages(name),
         "synic-irq" => synic_interrupts(name),
         "vmbus" => vmbus_session(name, None, false, ECHO_ROUND_TRIPS),
@@ -192,6 +195,93 @@ pub(crate) fn triple_fault(name: &str) -> ! {
         asm!("lidt [{}]", "ud2", in(reg) idtr.as_ptr(), options(nostack));
     }
     say!("testos {name}: ESCAPED: still running after a triple fault");
+    halt_forever()
+}
+
+/// A GDT with what the probes below need: the boot code/data segments,
+/// 64-bit user code and data (DPL 3), and 32-bit kernel code (compatibility
+/// mode). Loaded from this static (identity-mapped).
+static PROBE_GDT: [u64; 6] = [
+    0,
+    0x00AF_9A00_0000_FFFF, // 0x08: 64-bit kernel code (as the worker's)
+    0x00CF_9200_0000_FFFF, // 0x10: kernel data
+    0x00AF_FA00_0000_FFFF, // 0x18: 64-bit user code, DPL 3
+    0x00CF_F200_0000_FFFF, // 0x20: user data, DPL 3
+    0x00CF_9A00_0000_FFFF, // 0x28: 32-bit kernel code (compatibility mode)
+];
+
+/// `VMMCALL; JMP $`: if the hypervisor wrongly served the call the VP
+/// would spin here forever; a correct hypervisor raises #UD, which with an
+/// empty IDT ends in a triple fault (the test's observable).
+static VMMCALL_AND_SPIN: [u8; 5] = [0x0F, 0x01, 0xD9, 0xEB, 0xFE];
+
+/// TLFS: a hypercall from CPL > 0, or from outside 64-bit mode, raises #UD.
+/// Run VMMCALL at CPL 3 (`cpl3`) or in compatibility mode at CPL 0, with an
+/// empty IDT and a valid hypercall page (so only the mode is wrong).
+pub(crate) fn vmmcall_outside_kernel_mode(name: &str, cpl3: bool) -> ! {
+    enable_hypercalls();
+    say!(
+        "testos {name}: VMMCALL from {} with an empty IDT",
+        if cpl3 { "CPL 3" } else { "compatibility mode" }
+    );
+    let gdtr_limit = (core::mem::size_of_val(&PROBE_GDT) - 1) as u16;
+    let mut gdtr = [0u8; 10];
+    gdtr[..2].copy_from_slice(&gdtr_limit.to_le_bytes());
+    gdtr[2..].copy_from_slice(&(PROBE_GDT.as_ptr() as u64).to_le_bytes());
+    let idtr = [0u8; 10];
+    let code = VMMCALL_AND_SPIN.as_ptr() as u64;
+    if cpl3 {
+        // User access on every level of the worker's identity page tables
+        // (PML4, PDPT, 2 MiB PD entries): they are this child's own pages.
+        // SAFETY: the page-table pages of this partition, written in place.
+        unsafe {
+            let pml4 = child::PML4_GPA as *mut u64;
+            pml4.write_volatile(pml4.read_volatile() | 4);
+            for i in 0..4 {
+                let e = (child::PDPT_GPA as *mut u64).add(i);
+                e.write_volatile(e.read_volatile() | 4);
+            }
+            for i in 0..2048 {
+                let e = (child::PD_GPA as *mut u64).add(i);
+                e.write_volatile(e.read_volatile() | 4);
+            }
+        }
+    }
+    // SAFETY: deliberately hostile: loads our own GDT and an empty IDT,
+    // then leaves kernel 64-bit mode for the probe code; nothing returns.
+    unsafe {
+        asm!("lgdt [{}]", "lidt [{}]", "mov {t}, cr3", "mov cr3, {t}",
+             in(reg) gdtr.as_ptr(), in(reg) idtr.as_ptr(), t = out(reg) _, options(nostack));
+        if cpl3 {
+            // IRETQ to user code: SS, RSP, RFLAGS, CS, RIP.
+            asm!("push {ss}", "push rsp", "add qword ptr [rsp], 8", "push 2", "push {cs}", "push {rip}", "iretq",
+                 ss = in(reg) 0x23u64, cs = in(reg) 0x1Bu64, rip = in(reg) code, options(noreturn));
+        } else {
+            // Far return into the 32-bit code segment.
+            asm!("push {cs}", "push {rip}", "retfq",
+                 cs = in(reg) 0x28u64, rip = in(reg) code, options(noreturn));
+        }
+    }
+}
+
+/// An interrupt hv-core injects for a SynIC message while the child has no
+/// IDT: the delivery itself faults (#GP, then #DF, then shutdown). The fault
+/// during event delivery must stop only this child.
+pub(crate) fn interrupt_without_idt(name: &str) -> ! {
+    enable_hypercalls();
+    wrmsr(msr::SIMP, SIMP_GPA | 1);
+    wrmsr(msr::SIEFP, SIEF_GPA | 1);
+    wrmsr(msr::SINT0 + MESSAGE_SINT as u32, 0x50);
+    wrmsr(msr::SCONTROL, 1);
+    say!("testos {name}: taking a SynIC interrupt with an empty IDT");
+    let idtr = [0u8; 10];
+    // SAFETY: deliberately hostile: no IDT, interrupts on.
+    unsafe { asm!("lidt [{}]", "sti", in(reg) idtr.as_ptr(), options(nostack)) };
+    let _ = post_raw(MESSAGE_CONNECTION_ID, ECHO_MESSAGE_TYPE, 4, b"ping");
+    for _ in 0..REPLY_SPINS {
+        core::hint::spin_loop();
+    }
+    say!("testos {name}: ESCAPED: no interrupt arrived");
     halt_forever()
 }
 
