@@ -16,32 +16,40 @@ use core::ops::Range;
 
 /// Page-table entry flags.
 pub mod flags {
+    //! The architectural bits, from `x86_64`'s `PageTableFlags` (one
+    //! definition of the x86 entry format for the whole project), as plain
+    //! `u64` masks because entries here are raw words in guest or hv-core
+    //! memory.
+    use x86_64::structures::paging::PageTableFlags as F;
+
     /// Present.
-    pub const PRESENT: u64 = 1 << 0;
+    pub const PRESENT: u64 = F::PRESENT.bits();
     /// Writable.
-    pub const WRITABLE: u64 = 1 << 1;
+    pub const WRITABLE: u64 = F::WRITABLE.bits();
     /// User accessible. Every NPT level needs it: nested walks are user accesses.
-    pub const USER: u64 = 1 << 2;
+    pub const USER: u64 = F::USER_ACCESSIBLE.bits();
     /// Write-through.
-    pub const PWT: u64 = 1 << 3;
+    pub const PWT: u64 = F::WRITE_THROUGH.bits();
     /// Cache disable.
-    pub const PCD: u64 = 1 << 4;
+    pub const PCD: u64 = F::NO_CACHE.bits();
     /// Accessed.
-    pub const ACCESSED: u64 = 1 << 5;
+    pub const ACCESSED: u64 = F::ACCESSED.bits();
     /// Dirty.
-    pub const DIRTY: u64 = 1 << 6;
+    pub const DIRTY: u64 = F::DIRTY.bits();
     /// Page size (leaf at PDPT or PD level).
-    pub const HUGE: u64 = 1 << 7;
+    pub const HUGE: u64 = F::HUGE_PAGE.bits();
     /// Global.
-    pub const GLOBAL: u64 = 1 << 8;
+    pub const GLOBAL: u64 = F::GLOBAL.bits();
     /// No execute (needs EFER.NXE).
-    pub const NO_EXECUTE: u64 = 1 << 63;
+    pub const NO_EXECUTE: u64 = F::NO_EXECUTE.bits();
     /// Physical address bits 51:12 of an entry.
     pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
     /// Flags for a nested-page-table leaf mapping RAM/MMIO read-write-execute.
     pub const NPT_RWX: u64 = PRESENT | WRITABLE | USER;
     /// Flags for a supervisor read-write leaf in a host page table.
     pub const KERNEL_RW: u64 = PRESENT | WRITABLE;
+
+    const _: () = assert!(PRESENT == 1 && USER == 4 && HUGE == 1 << 7 && NO_EXECUTE == 1 << 63);
 }
 
 /// 4 KiB.
