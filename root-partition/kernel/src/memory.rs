@@ -23,8 +23,12 @@ static TABLES: Mutex<Option<PageTables<RootTableMemory>>> = Mutex::new(None);
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// Heap size.
-pub const HEAP_SIZE: u64 = 8 << 20;
+/// Heap size. What children can make the root allocate is bounded per child
+/// (docs/vmbus.md "Quotas"): at most about 0.45 MiB each (GPADL page lists
+/// 256 KiB, a ring's frame list 64 KiB, the VMBus outbox 31 KiB, the SynIC
+/// outbox 16 KiB, an open event's GPADL copy 64 KiB), so 16 children take at
+/// most ~7 MiB and the root keeps the rest of 32 MiB for itself.
+pub const HEAP_SIZE: u64 = 32 << 20;
 
 /// Allocate `count` zeroed, page-aligned frames.
 pub fn alloc_frames(count: u64) -> Option<u64> {
