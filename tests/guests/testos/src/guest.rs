@@ -1479,9 +1479,19 @@ pub(crate) fn conformance(name: &str) -> ! {
             "Q-NEG-02",
             "an unsupported version (9.0) is refused, then 5.3 still connects",
             |_| {
+                // The refusal must be an answer (VERSION_RESPONSE with
+                // version_supported = 0, which the client reports as
+                // ConnectFailed once its list is exhausted), not silence.
                 let mut bus = Bus::new(Some(&[Version(0x0009_0000)]));
-                if bus.connect().is_ok() {
-                    return Err("9.0 accepted".into());
+                bus.client.connect();
+                match bus.until("VERSION_RESPONSE", |e| {
+                    matches!(
+                        e,
+                        vmbus::client::ClientEvent::Connected(_) | vmbus::client::ClientEvent::ConnectFailed
+                    )
+                })? {
+                    vmbus::client::ClientEvent::ConnectFailed => {}
+                    other => return Err(alloc::format!("9.0: {other:?}")),
                 }
                 let mut bus = Bus::new(None);
                 let v = bus.connect()?;
