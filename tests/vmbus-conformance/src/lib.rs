@@ -168,14 +168,19 @@ impl Loopback {
 
     /// The four ends of an open channel's rings.
     pub fn ends(&self, rings: &OpenRings) -> Ends<'_> {
+        self.ends_with_host_pages(rings, &rings.pfns, rings.up as usize)
+    }
+
+    /// The four ends, the host's over `host_pfns` split at `host_split`:
+    /// what the server handed the device on open (`Event::Opened`), so a
+    /// wrong page list there breaks the packets' way through.
+    pub fn ends_with_host_pages(&self, rings: &OpenRings, host_pfns: &[u64], host_split: usize) -> Ends<'_> {
         let upstream =
             PagedMemory::new(&self.memory, rings.pfns[..rings.up as usize].to_vec()).expect("in memory");
         let downstream =
             PagedMemory::new(&self.memory, rings.pfns[rings.up as usize..].to_vec()).expect("in memory");
-        let up2 =
-            PagedMemory::new(&self.memory, rings.pfns[..rings.up as usize].to_vec()).expect("in memory");
-        let down2 =
-            PagedMemory::new(&self.memory, rings.pfns[rings.up as usize..].to_vec()).expect("in memory");
+        let up2 = PagedMemory::new(&self.memory, host_pfns[..host_split].to_vec()).expect("in memory");
+        let down2 = PagedMemory::new(&self.memory, host_pfns[host_split..].to_vec()).expect("in memory");
         Ring::new(&upstream)
             .expect("ring")
             .reset(ring::FEAT_PENDING_SEND_SZ)
@@ -187,8 +192,8 @@ impl Loopback {
         Ends {
             guest_out: Writer::new(Ring::new(upstream).expect("ring")),
             host_in: Reader::new(Ring::new(up2).expect("ring")),
-            host_out: Writer::new(Ring::new(downstream).expect("ring")),
-            guest_in: Reader::new(Ring::new(down2).expect("ring")),
+            host_out: Writer::new(Ring::new(down2).expect("ring")),
+            guest_in: Reader::new(Ring::new(downstream).expect("ring")),
         }
     }
 }
@@ -1075,11 +1080,27 @@ fn open_case(id: &'static str, up: u64, down: u64) -> Case {
 fn open_and_echo(up: u64, down: u64) -> Result<(), String> {
     let mut l = Loopback::connected(1);
     let rings = l.open(1, up, down)?;
-    let opened = l.events.iter().any(
-        |e| matches!(e, Event::Opened { relid: 1, info, .. } if info.downstream_page_offset == up as u32),
+    // The device works on the pages the server handed it, not the guest's
+    // own list: the packets below cross only if those are right.
+    let host = l.events.iter().find_map(|e| match e {
+        Event::Opened {
+            relid: 1,
+            info,
+            gpadl,
+        } => Some((
+            gpadl.pages().collect::<Vec<u64>>(),
+            info.downstream_page_offset as usize,
+        )),
+        _ => None,
+    });
+    let (host_pfns, host_split) = host.ok_or_else(|| format!("no Opened event: {:?}", l.events))?;
+    check!(host_split == up as usize, "downstream offset {host_split}");
+    check!(
+        host_pfns == rings.pfns,
+        "pages handed to the device {host_pfns:?} vs {:?}",
+        rings.pfns
     );
-    check!(opened, "{:?}", l.events);
-    let mut e = l.ends(&rings);
+    let mut e = l.ends_with_host_pages(&rings, &host_pfns, host_split);
     let _ = e
         .guest_out
         .write(&[&inband(b"ping", 7, 0)])
