@@ -812,9 +812,9 @@ unsafe fn set_exception_stub(
     vector: u8,
     stub: VirtAddr,
 ) -> Option<&mut EntryOptions> {
-    // SAFETY: forwarded to the caller. The entries with an error code (and
-    // #MC, which must not return) are fields of their own type; the rest are
-    // reachable by index.
+    // The entries with an error code (and #MC, which must not return) are
+    // fields of their own type; the rest are reachable by index.
+    // SAFETY: forwarded to the caller.
     let options = unsafe {
         match vector {
             8 => idt.double_fault.set_handler_addr(stub),
@@ -869,10 +869,11 @@ pub fn init(tables: &'static mut CpuTables, handler: fn(&ExceptionFrame) -> !) {
     // SAFETY: `exc_stub_table` is a read-only table of code addresses in the asm above.
     let stubs = unsafe { &exc_stub_table };
     for (vector, &stub) in (0..32u8).zip(stubs) {
-        // SAFETY: `exc_stub_<vector>` pushes a dummy error code exactly where the
-        // CPU pushes none; `cs` is the 64-bit code segment of `gdt`, loaded below
-        // before this IDT. IST1 is shared by #DF and NMI (as it always was): both
+        // `exc_stub_<vector>` pushes a dummy error code exactly where the CPU
+        // pushes none; IST1 is shared by #DF and NMI (as it always was): both
         // go to `handler`, which reports and never returns.
+        // SAFETY: the stub is a valid entry point and `cs` is the 64-bit code
+        // segment of `gdt`, loaded below before this IDT.
         unsafe {
             if let Some(options) = set_exception_stub(idt, vector, VirtAddr::new(stub)) {
                 options.set_code_selector(cs);

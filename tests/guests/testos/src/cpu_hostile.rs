@@ -44,9 +44,9 @@ fn cr4() -> u64 {
 /// MOV to CR4 through a probe; the value must be one the guest can live
 /// with if hv-core (wrongly) accepted it.
 fn write_cr4(value: u64) -> Result<u64, ProbeFault> {
-    // SAFETY: every value tried keeps paging and long mode as they are; a
-    // wrongly accepted feature bit only enables instructions this guest
+    // A wrongly accepted feature bit only enables instructions this guest
     // never uses outside the probes.
+    // SAFETY: every value tried keeps paging and long mode as they are.
     unsafe { probe_privileged(Privileged::MovCr4, value) }
 }
 
