@@ -856,8 +856,8 @@ pub(crate) fn vmbus_session(
 
 /// Ring memory at a fixed place in this partition (the `RING` pages).
 pub(crate) struct StaticMemory {
-    base: u64,
-    len: u64,
+    pub(crate) base: u64,
+    pub(crate) len: u64,
 }
 
 impl StaticMemory {

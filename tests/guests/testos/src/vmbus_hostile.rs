@@ -391,54 +391,6 @@ const FLOOD_INBAND_EVERY: u64 = 8;
 /// Safety net: the flood ends after this many rounds if nobody rescinds.
 const FLOOD_MAX_ROUNDS: u64 = 10_000_000;
 
-/// Ring memory in this partition (a window of RING, identity-mapped).
-struct Pages {
-    base: u64,
-    len: u64,
-}
-
-impl Pages {
-    fn at(&self, offset: u64, len: u64) -> Result<u64, vmbus::memory::OutOfBounds> {
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(self.base + offset),
-            _ => Err(vmbus::memory::OutOfBounds { offset, len }),
-        }
-    }
-}
-
-impl vmbus::memory::SharedMemory for Pages {
-    fn len(&self) -> u64 {
-        self.len
-    }
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), vmbus::memory::OutOfBounds> {
-        let at = self.at(offset, buf.len() as u64)?;
-        // SAFETY: inside our own RING pages (checked); the root writes them
-        // only as the ring protocol allows, and bytes read are not trusted.
-        unsafe { core::ptr::copy_nonoverlapping(at as *const u8, buf.as_mut_ptr(), buf.len()) };
-        Ok(())
-    }
-    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), vmbus::memory::OutOfBounds> {
-        let at = self.at(offset, data.len() as u64)?;
-        // SAFETY: as in `read_at`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), at as *mut u8, data.len()) };
-        Ok(())
-    }
-    fn load_u32(&self, offset: u64) -> Result<u32, vmbus::memory::OutOfBounds> {
-        let at = self.at(offset, 4)?;
-        // SAFETY: an aligned control word inside our RING pages (the ring
-        // only asks for its own 4-byte-aligned offsets).
-        let word = unsafe { &*(at as *const core::sync::atomic::AtomicU32) };
-        Ok(word.load(core::sync::atomic::Ordering::Acquire))
-    }
-    fn store_u32(&self, offset: u64, value: u32) -> Result<(), vmbus::memory::OutOfBounds> {
-        let at = self.at(offset, 4)?;
-        // SAFETY: as in `load_u32`.
-        let word = unsafe { &*(at as *const core::sync::atomic::AtomicU32) };
-        word.store(value, core::sync::atomic::Ordering::Release);
-        Ok(())
-    }
-}
-
 /// Open the echo channel on the largest ring RING holds (14 pages up, 2
 /// down), then keep the guest-to-host ring full of tiny packets (mostly
 /// COMPLETIONs the root reads and skips, every eighth in-band and echoed),
@@ -464,11 +416,11 @@ fn ring_flood(name: &str) -> Result<String, String> {
     let connection = bus.client.offers().get(&1).map_or(0x2001, |o| o.connection_id);
     let base = core::ptr::addr_of!(guest::RING) as u64;
     let (Ok(up), Ok(down)) = (
-        Ring::new(Pages {
+        Ring::new(guest::StaticMemory {
             base,
             len: FLOOD_UP_PAGES * 4096,
         }),
-        Ring::new(Pages {
+        Ring::new(guest::StaticMemory {
             base: base + FLOOD_UP_PAGES * 4096,
             len: FLOOD_DOWN_PAGES * 4096,
         }),
