@@ -125,3 +125,25 @@ fn a_child_takes_synic_interrupts() {
     assert_eq!(info["injected_exceptions"], 0, "{info}");
     assert_eq!(info["state"], "running", "{info}");
 }
+
+/// A child idling in `sti; hlt` (as Linux does) with a channel open is woken
+/// when the root delivers a message: here the operator rescinds its channel,
+/// the worker posts RESCIND_CHANNELOFFER (channel message 2) and must
+/// dispatch the halted VP again so hv-core can inject the SynIC vector.
+#[test]
+fn a_halted_child_wakes_for_a_message() {
+    let mut m = Machine::boot("synic-idle", "", None);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    let created = m.hvctl("create idle --memory 8M --image testos --mode vmbus-idle --start");
+    assert!(created.contains("created and started"), "{created}");
+    m.wait_text("console 4", "idle: channel 1 open, waiting in hlt");
+    // The root saw the HLT and holds the VP as halted.
+    m.wait_json("info 4 --json", "the child to halt", |v| v["halted_vps"] == 1);
+    let out = m.hvctl("rescind 4 1");
+    assert!(out.contains("rescinded"), "{out}");
+    let console = m.wait_text("console 4", "idle: woken by an interrupt");
+    assert!(
+        console.contains("idle: woken by an interrupt: message type 1, channel message 2"),
+        "{console}"
+    );
+}

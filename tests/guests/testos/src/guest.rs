@@ -102,6 +102,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "vmmcall-cpl3" => vmmcall_outside_kernel_mode(name, true),
         "vmmcall-compat" => vmmcall_outside_kernel_mode(name, false),
         "irq-without-idt" => interrupt_without_idt(name),
+        "vmbus-idle" => vmbus_idle(name),
         "synic" => synic_messages(name),
         "synic-irq" => synic_interrupts(name),
         "vmbus" => vmbus_session(name, None, false, ECHO_ROUND_TRIPS),
@@ -262,6 +263,54 @@ pub(crate) fn vmmcall_outside_kernel_mode(name: &str, cpl3: bool) -> ! {
                  cs = in(reg) 0x28u64, rip = in(reg) code, options(noreturn));
         }
     }
+}
+
+/// Idle the way Linux does (`sti; hlt`) with a VMBus channel open, until the
+/// root sends something: the root's worker must wake the halted VP when it
+/// delivers a message (here: the operator rescinding the channel), and
+/// hv-core must inject the SynIC vector (linux-child review M1).
+pub(crate) fn vmbus_idle(name: &str) -> ! {
+    init_heap();
+    kernel_x86::traps::init(
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(kernel_x86::traps::CpuTables::new())),
+        on_exception,
+    );
+    kernel_x86::traps::set_irq_handler(0x50, on_synic_interrupt);
+    enable_hypercalls();
+    wrmsr(msr::SIMP, SIMP_GPA | 1);
+    wrmsr(msr::SIEFP, SIEF_GPA | 1);
+    wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 17) | 0x50);
+    wrmsr(msr::SCONTROL, 1);
+    let mut bus = Bus::new(None);
+    let opened = bus.connect().and_then(|_| open_fresh(&mut bus));
+    if let Err(e) = opened {
+        say!("testos {name}: idle: could not open the channel: {e}");
+        halt_forever()
+    }
+    say!("testos {name}: idle: channel 1 open, waiting in hlt");
+    let mut payload = [0u8; 240];
+    // Halt until an interrupt brought a message (an interrupt for a message
+    // already read by polling during the open may come first: it finds the
+    // slot empty and the VP halts again).
+    let message = loop {
+        // SAFETY: interrupts off while checking, then re-enabled atomically
+        // with the halt (STI shadow); the handler only counts.
+        unsafe { asm!("cli", options(nomem, nostack)) };
+        if let Some(m) = take_message(&mut payload) {
+            break m;
+        }
+        // SAFETY: as above.
+        unsafe { asm!("sti; hlt", options(nomem, nostack)) };
+    };
+    let what = match message {
+        (t, n) if n >= 4 => alloc::format!(
+            "message type {t}, channel message {}",
+            u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"))
+        ),
+        other => alloc::format!("{other:?}"),
+    };
+    say!("testos {name}: idle: woken by an interrupt: {what}");
+    halt_forever()
 }
 
 /// An interrupt hv-core injects for a SynIC message while the child has no
