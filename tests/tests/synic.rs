@@ -47,14 +47,17 @@ fn child_messages_reach_the_root_and_echoes_come_back() {
         assert!(console.contains(&line), "missing {line:?} in\n{console}");
     }
 
-    // The flood: one message in the root's slot plus hv-core's 8-deep queue
-    // at least; anything beyond is refused, never lost silently.
+    // The flood: at least one message in the root's slot plus this child's
+    // share of hv-core's queue (4 of 8: `ipc::ROOT_QUEUE_SHARE`); anything
+    // beyond is refused, never lost silently. (Each post ends the child's
+    // dispatch and the root drains its slot, so usually all 20 get through.)
     let (sent, refused, other) = flood_counts(&console);
+    eprintln!("flood: {sent} accepted, {refused} refused");
     assert_eq!(sent + refused, 20, "{console}");
     assert_eq!(other, 0, "{console}");
     assert!(
-        sent >= 9,
-        "fewer posts accepted than slot + queue hold: {console}"
+        sent >= 5,
+        "fewer posts accepted than the slot + the child's queue share hold: {console}"
     );
     assert!(
         console.contains(&format!("synic done: {sent} replies to {sent} posts")),

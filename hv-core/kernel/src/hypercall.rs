@@ -156,7 +156,7 @@ pub fn child_call(
         HvCallCode::POST_MESSAGE => slow(&control).and_then(|()| {
             let (connection, message) = ipc::read_post_message(mem, input)?;
             match ipc::route_message(&bus.ports, id, connection, message)? {
-                (Target::Root, sint, m) => ipc::post_to_root(bus, root, sint, &m),
+                (Target::Root, sint, m) => ipc::post_to_root(bus, root, id, sint, &m),
                 (Target::Child { .. }, ..) => Err(HvStatus::INVALID_CONNECTION_ID),
             }
         }),
@@ -207,7 +207,9 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
         HvCallCode::POST_MESSAGE => slow(&control).and_then(|()| {
             let (connection, message) = ipc::read_post_message(&hv.root_ram, input)?;
             match ipc::route_message(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, connection, message)? {
-                (Target::Root, sint, m) => ipc::post_to_root(&mut hv.bus, &hv.root_ram, sint, &m),
+                (Target::Root, sint, m) => {
+                    ipc::post_to_root(&mut hv.bus, &hv.root_ram, hv1_abi::ROOT_PARTITION_ID, sint, &m)
+                }
                 (Target::Child { partition, vp }, sint, m) => {
                     child_mut(hv, partition)?.synic_post(vp, sint, &m)
                 }

@@ -234,17 +234,23 @@ fn target(port: &Port, vp: u32) -> Target {
 pub fn post_to_root(
     bus: &mut Bus,
     root_ram: &RootRam,
+    sender: u64,
     sint: usize,
     message: &Message,
 ) -> Result<(), HvStatus> {
     let bytes: &[u8; 256] = zerocopy::transmute_ref!(message);
     let d = bus
         .root
-        .post(sint, bytes, &mut SynicMem(root_ram))
+        .post_from(sint, bytes, sender, ROOT_QUEUE_SHARE, &mut SynicMem(root_ram))
         .map_err(post_status)?;
     bus.note(d);
     Ok(())
 }
+
+/// Entries of the root's SynIC queue one sender may hold: every child posts
+/// to the root's one VP, so a flooding child gets INSUFFICIENT_BUFFERS
+/// (which Linux retries) while the others still get through.
+pub const ROOT_QUEUE_SHARE: usize = synic::QUEUE_DEPTH / 2;
 
 /// Signal an event on the root's SynIC.
 pub fn signal_root(bus: &mut Bus, root_ram: &RootRam, sint: usize, flag: u32) -> Result<(), HvStatus> {

@@ -110,6 +110,8 @@ pub struct Delivery {
 #[derive(Debug, Clone, Copy)]
 struct Queued {
     sint: u8,
+    /// Who posted it (hv-core: the sending partition), for per-sender shares.
+    sender: u64,
     message: [u8; 256],
 }
 
@@ -277,12 +279,13 @@ impl SynicVp {
     }
 
     /// Append to the queue; false if it is full.
-    fn push(&mut self, sint: usize, message: &[u8; 256]) -> bool {
+    fn push(&mut self, sint: usize, sender: u64, message: &[u8; 256]) -> bool {
         let Some(free) = self.queue.iter_mut().find(|q| q.is_none()) else {
             return false;
         };
         *free = Some(Queued {
             sint: sint as u8,
+            sender,
             message: *message,
         });
         self.queued += 1;
@@ -325,18 +328,40 @@ impl SynicVp {
         message: &[u8; 256],
         mem: &mut dyn SynicMemory,
     ) -> Result<Delivery, PostError> {
+        self.post_from(sint, message, 0, QUEUE_DEPTH, mem)
+    }
+
+    /// [`Self::post`] for a VP shared by several senders (the root's, which
+    /// every child posts to): `sender` may hold at most `sender_limit` of the
+    /// queue's entries, so one flooding sender leaves room for the others
+    /// (its excess gets INSUFFICIENT_BUFFERS and is retried by the sender, as
+    /// Linux's `vmbus_post_msg` does).
+    pub fn post_from(
+        &mut self,
+        sint: usize,
+        message: &[u8; 256],
+        sender: u64,
+        sender_limit: usize,
+        mem: &mut dyn SynicMemory,
+    ) -> Result<Delivery, PostError> {
         if sint >= SINT_COUNT {
             return Err(PostError::InvalidSynicState);
         }
         let page = self.simp_page().ok_or(PostError::InvalidSynicState)?;
         let slot = Self::slot_gpa(page, sint);
         let busy = mem.slot_type(slot).ok_or(PostError::Memory)? != 0;
+        let held = self.queue.iter().flatten().filter(|q| q.sender == sender).count();
         if !busy {
             if let Some((at, head)) = self.head_of(sint) {
-                // `message` will wait behind `head`: MessagePending goes in.
+                // `message` will wait behind `head`, which leaves the queue.
+                let head_is_senders = self.queue[at].as_ref().is_some_and(|q| q.sender == sender);
+                if held - usize::from(head_is_senders) >= sender_limit {
+                    self.refused += 1;
+                    return Err(PostError::InsufficientBuffers);
+                }
                 self.fill_slot(slot, &head, true, mem).ok_or(PostError::Memory)?;
                 self.remove(at);
-                let queued = self.push(sint, message);
+                let queued = self.push(sint, sender, message);
                 debug_assert!(queued, "an entry was just freed");
             } else {
                 self.fill_slot(slot, message, false, mem)
@@ -346,14 +371,14 @@ impl SynicVp {
                 interrupt: self.interrupt_for(sint),
             });
         }
-        if self.queue[QUEUE_DEPTH - 1].is_some() {
+        if self.queue[QUEUE_DEPTH - 1].is_some() || held >= sender_limit {
             self.refused += 1;
             return Err(PostError::InsufficientBuffers);
         }
         // Ask the guest to write EOM when it frees the slot. Done before
         // queuing so a failure leaves nothing behind the caller's back.
         mem.set_message_pending(slot).ok_or(PostError::Memory)?;
-        let queued = self.push(sint, message);
+        let queued = self.push(sint, sender, message);
         debug_assert!(queued, "checked for room above");
         Ok(Delivery { interrupt: None })
     }
@@ -943,6 +968,43 @@ mod tests {
         assert_eq!(wr(&mut v, msr::EOM, 0, &mut mem), vectors(&[0xE0]));
         assert_eq!(tag(&mem, SLOT3), 0xB1);
         assert_eq!(core::mem::size_of::<SynicVp>(), core::mem::size_of_val(&v));
+    }
+
+    /// A sender may hold only its share of a shared VP's queue: one child
+    /// flooding the root's SynIC leaves room for another child's messages.
+    #[test]
+    fn a_flooding_sender_holds_only_its_share_of_the_queue() {
+        let mut mem = Mem::default();
+        let mut v = enabled(&mut mem);
+        let share = QUEUE_DEPTH / 2;
+        // Child 7 fills the slot, then its share of the queue; the rest of
+        // its flood is refused although the queue has room.
+        assert_eq!(v.post_from(2, &msg(1, 0), 7, share, &mut mem), irq(0xF3));
+        for i in 1..=share as u8 {
+            assert_eq!(v.post_from(2, &msg(1, i), 7, share, &mut mem), NO_IRQ);
+        }
+        for i in 0..100u8 {
+            assert_eq!(
+                v.post_from(2, &msg(1, 0x40 + i), 7, share, &mut mem),
+                Err(PostError::InsufficientBuffers)
+            );
+        }
+        assert_eq!(v.queue_len(), share);
+        // Child 9 still gets its messages queued.
+        for i in 0..share as u8 {
+            assert_eq!(v.post_from(2, &msg(1, 0x90 + i), 9, share, &mut mem), NO_IRQ);
+        }
+        assert_eq!(v.queue_len(), QUEUE_DEPTH);
+        // When the guest takes the slot, child 7's next queued message moves
+        // in and one of its entries frees: it may queue one more, not two.
+        mem.consume(SLOT2);
+        assert_eq!(wr(&mut v, msr::EOM, 0, &mut mem), vectors(&[0xF3]));
+        assert_eq!(tag(&mem, SLOT2), 1);
+        assert_eq!(v.post_from(2, &msg(1, 0x50), 7, share, &mut mem), NO_IRQ);
+        assert_eq!(
+            v.post_from(2, &msg(1, 0x51), 7, share, &mut mem),
+            Err(PostError::InsufficientBuffers)
+        );
     }
 
     /// An EOM storm with nothing queued does nothing: no vector, no state
