@@ -465,3 +465,35 @@ fn edge_inputs_are_refused_and_the_channel_survives() {
     let dropped = info["replies_refused"].as_u64().unwrap() + info["vmbus_violations"].as_u64().unwrap();
     assert!(dropped + answers + 64 + 128 >= posted, "{} / {info}", a.done);
 }
+
+/// Two channels whose ring GPADLs name the same pages (aliased rings): two
+/// echo devices in the root then share one set of rings. Only the child's
+/// own memory is at stake; the root keeps serving (checked by `attack`) and
+/// reports what it found.
+#[test]
+fn aliased_rings_hurt_only_their_owner() {
+    let a = attack("vmbus-hostile-alias", "alias done", "-- end of alias", |m| {
+        m.wait_text("console 4", "alias: relid 1 open; waiting for a second offer");
+        let out = m.hvctl("offer 4");
+        assert!(out.contains("offered on relid 2"), "{out}");
+    });
+    eprintln!("{}", a.done);
+    let mut m = a.machine;
+    assert!(
+        a.done.contains("second gpadl over the same pages: status 0x0"),
+        "{}",
+        a.done
+    );
+    assert!(a.done.contains("relid 2 open status 0x0"), "{}", a.done);
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["state"], "running", "{info}");
+    let channels = m.hvctl_json("channels 4 --json");
+    let open = channels["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| c["state"] == "open")
+        .count();
+    assert_eq!(open, 2, "{channels}");
+    eprintln!("aliased rings: rings_broken {}", info["rings_broken"]);
+}

@@ -32,6 +32,7 @@ pub fn run(name: &str, case: &str, _info: &'static BootInfo) -> ! {
         "ring-flood" => ring_flood(name),
         "crash" => crash(name),
         "edges" => edges(name),
+        "alias" => alias(name),
         _ => {
             say!("testos {name}: unknown hostile vmbus case '{case}'");
             guest::halt_forever()
@@ -377,6 +378,44 @@ fn edges(name: &str) -> Result<String, String> {
     guest::close_and_teardown(&mut bus, handle)?;
     bus.unload()?;
     Ok(report)
+}
+
+// ---- alias ----
+
+/// Two channels on the same ring pages: GPADLs for relid 1 and relid 2 over
+/// one set of pages, both opened, so two echo devices in the root read and
+/// write the same rings. Whatever the rings come to, only this child's own
+/// memory is involved: the root must stay up and serve, at worst stopping
+/// the channels whose indices it finds broken.
+fn alias(name: &str) -> Result<String, String> {
+    let mut bus = Bus::new(None);
+    bus.connect()?;
+    guest::clear_ring(4);
+    let pages = guest::ring_pfns(4);
+    let (a, status_a) = bus.gpadl(1, &pages)?;
+    if status_a != 0 || bus.open(1, a, 2)? != 0 {
+        return Err(format!("relid 1 did not open: gpadl status {status_a:#x}"));
+    }
+    say!("testos {name}: alias: relid 1 open; waiting for a second offer");
+    let relid = match guest::await_host(&mut bus, "OFFERCHANNEL", 20, |e| {
+        matches!(e, ClientEvent::Offer(_))
+    })? {
+        ClientEvent::Offer(o) => o.child_relid,
+        _ => return Err("not an offer".into()),
+    };
+    let (b, status_b) = bus.gpadl(relid, &pages)?;
+    let open_b = if status_b == 0 {
+        bus.open(relid, b, 2)?
+    } else {
+        u32::MAX
+    };
+    // Traffic on both channels over the shared pages.
+    let echoes = guest::echo_through(name, 1, 0x2001, 20, 2, 2).unwrap_or(0);
+    let second = guest::hypercall(signal_control(), u64::from(0x2000 | relid), 0).status;
+    Ok(format!(
+        "second gpadl over the same pages: status {status_b:#x}; relid {relid} open status {open_b:#x}; \
+         {echoes} of 20 echoes on relid 1; signal on relid {relid}: {second:?}"
+    ))
 }
 
 // ---- ring-flood ----
