@@ -439,6 +439,21 @@ pub fn run(name: &str, info: &'static BootInfo) -> ! {
         },
     );
     case(
+        "H-SYN-09",
+        "a post whose input crosses a page boundary is refused",
+        &mut || {
+            // 8-aligned, its 256 bytes running into the next page (TLFS: a
+            // parameter block may not cross a page).
+            let input = boot_proto::child::HYPERCALL_INPUT_GPA + 4096 - 8;
+            let r = hypercall(simple(HvCallCode::POST_MESSAGE), input, 0);
+            if r.status == HvStatus::SUCCESS {
+                Err(String::from("accepted"))
+            } else {
+                Ok(())
+            }
+        },
+    );
+    case(
         "H-SYN-08",
         "SIMP and SIEFP on its own pages are accepted",
         &mut || {
