@@ -254,9 +254,7 @@ impl<M: TableMemory> IoPageTables<M> {
             let slot = base + index * span..base + (index + 1) * span;
             let entry = self.mem.read_entry(table, index as usize);
             let covered = range.start <= slot.start && slot.end <= range.end;
-            let in_hole = holes
-                .iter()
-                .any(|h| h.start <= slot.start && slot.end <= h.end);
+            let in_hole = holes.iter().any(|h| h.start <= slot.start && slot.end <= h.end);
             let touches_hole = holes.iter().any(|h| h.start < slot.end && slot.start < h.end);
             if in_hole && level <= 2 {
                 // A 2 MiB slot gets the deny entry; a 4 KiB one stays absent.
@@ -276,8 +274,11 @@ impl<M: TableMemory> IoPageTables<M> {
             // Partly covered, or touching a hole: descend.
             let next = if entry & pte::PR == 0 {
                 let t = self.mem.alloc_table().ok_or(BuildError::OutOfTables)?;
-                self.mem
-                    .write_entry(table, index as usize, table_entry(t, level - 1, pte::IR | pte::IW));
+                self.mem.write_entry(
+                    table,
+                    index as usize,
+                    table_entry(t, level - 1, pte::IR | pte::IW),
+                );
                 t
             } else if (entry >> pte::NEXT_LEVEL_SHIFT) & 7 == u64::from(level - 1)
                 && entry & ADDR_MASK != self.deny_table
@@ -351,7 +352,10 @@ pub mod command {
     /// INVALIDATE_IOMMU_PAGES for everything in `domain` (S = 1, PDE = 1,
     /// address = all ones: the whole address space).
     pub const fn invalidate_domain(domain: u16) -> [u64; 2] {
-        [((domain as u64) << 32) | (0x3 << 60), 0x7FFF_FFFF_FFFF_F000 | 0b11]
+        [
+            ((domain as u64) << 32) | (0x3 << 60),
+            0x7FFF_FFFF_FFFF_F000 | 0b11,
+        ]
     }
 
     /// INVALIDATE_IOMMU_ALL (needs EFR.IA).
@@ -497,7 +501,8 @@ pub fn find_ivhd(mem: &impl PhysRead, rsdp: u64) -> Result<Ivhd, AcpiError> {
         return Err(AcpiError::NoRsdp);
     }
     // ACPI 2.0+: the XSDT (64-bit entries); else the RSDT (32-bit entries).
-    let (root, entry_size) = if r[15] >= 2 && mem.read(rsdp, &mut r) && checksum_ok(&r) && le_u64(&r, 24) != 0 {
+    let (root, entry_size) = if r[15] >= 2 && mem.read(rsdp, &mut r) && checksum_ok(&r) && le_u64(&r, 24) != 0
+    {
         (le_u64(&r, 24), 8)
     } else {
         (u64::from(le_u32(&r, 16)), 4)
@@ -608,7 +613,10 @@ mod tests {
 
     #[test]
     fn commands_and_events() {
-        assert_eq!(command::completion_wait(0x1000_0008, 7), [0x1000_0000_1000_0009, 7]);
+        assert_eq!(
+            command::completion_wait(0x1000_0008, 7),
+            [0x1000_0000_1000_0009, 7]
+        );
         assert_eq!(command::invalidate_all(), [0x8000_0000_0000_0000, 0]);
         assert_eq!(command::invalidate_devtab_entry(0x18), [0x2000_0000_0000_0018, 0]);
         assert_eq!(command::invalidate_domain(1)[0], 0x3000_0001_0000_0000);
@@ -631,7 +639,7 @@ mod tests {
     #[test]
     fn identity_minus_hole_maps_exactly_the_rest() {
         let hole = 0x1E00_0000..0x1F00_0000; // 16 MiB, 2 MiB aligned
-        let t = build(0..0x2000_0000, &[hole.clone()], false);
+        let t = build(0..0x2000_0000, std::slice::from_ref(&hole), false);
         for page in (0..0x2100_0000u64).step_by(0x1000) {
             let got = t.translate(page + 0x123);
             if hole.contains(&page) {
@@ -655,8 +663,7 @@ mod tests {
         t.identity_map_except(0x10_0000..0x4000_0000 + 0x20_0000, &holes, true)
             .unwrap();
         let mapped = |a: u64| {
-            (a < 0x9_F000 || (0x10_0000..0x4020_0000).contains(&a))
-                && !holes.iter().any(|h| h.contains(&a))
+            (a < 0x9_F000 || (0x10_0000..0x4020_0000).contains(&a)) && !holes.iter().any(|h| h.contains(&a))
         };
         for page in (0..0x4040_0000u64).step_by(0x1000) {
             let got = t.translate(page);
@@ -677,19 +684,23 @@ mod tests {
 
     #[test]
     fn large_pages_are_used_where_they_fit() {
-        let t = build(0..(4 << 30), &[0x1E00_0000..0x1F00_0000], true);
+        let hole = 0x1E00_0000..0x1F00_0000;
+        let t = build(0..(4 << 30), std::slice::from_ref(&hole), true);
         // 1 root + 1 deny table + 1 level-2 table for the first GiB only.
         assert_eq!(t.memory().tables.len(), 3);
-        let t = build(0..(4 << 30), &[0x1E00_0000..0x1F00_0000], false);
+        let t = build(0..(4 << 30), std::slice::from_ref(&hole), false);
         assert_eq!(t.memory().tables.len(), 2 + 4);
     }
 
     #[test]
     fn bad_ranges_are_refused() {
         let mut t = IoPageTables::new(MapMemory::default()).unwrap();
-        assert_eq!(t.identity_map_except(0..0x1800, &[], false), Err(BuildError::Misaligned));
         assert_eq!(
-            t.identity_map_except(0..0x1000, &[0x800..0x1000], false),
+            t.identity_map_except(0..0x1800, &[], false),
+            Err(BuildError::Misaligned)
+        );
+        assert_eq!(
+            t.identity_map_except(0..0x1000, std::slice::from_ref(&(0x800..0x1000)), false),
             Err(BuildError::Misaligned)
         );
         assert_eq!(
@@ -780,7 +791,10 @@ mod tests {
         );
         // A corrupted IVRS is refused.
         mem.insert(0x7FE_2000 + 50, 0xFF);
-        assert!(matches!(find_ivhd(&Phys(mem), 0xF_5A40), Err(AcpiError::BadTable(_))));
+        assert!(matches!(
+            find_ivhd(&Phys(mem), 0xF_5A40),
+            Err(AcpiError::BadTable(_))
+        ));
         // Truncated blocks are refused rather than read past the end.
         let mut short = ivrs();
         short[50] = 200;

@@ -386,7 +386,9 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
         push("-drive");
         push(&format!("file={},if=none,id=disk0,format=raw", disk.display()));
         push("-device");
-        push("virtio-blk-pci,drive=disk0");
+        // Its DMA goes through the IOMMU (the driver must accept
+        // VIRTIO_F_ACCESS_PLATFORM, or QEMU refuses FEATURES_OK).
+        push("virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=on");
     }
     args
 }
