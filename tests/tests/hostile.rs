@@ -125,7 +125,7 @@ fn root_only_hypercalls_are_denied() {
         "{}",
         a.console
     );
-    assert_eq!(a.info["failed_hypercalls"], 8, "{}", a.info);
+    assert_eq!(a.info["failed_hypercalls"], 9, "{}", a.info);
 }
 
 #[test]
