@@ -117,3 +117,41 @@ pub struct PartitionStats {
     pub guest_os_id: u64,
 }
 const _: () = assert!(size_of::<PartitionStats>() == 8 * 6 + 8 * EXIT_REASON_COUNT);
+
+/// HvPrivGetDmaGuard (root only): writes a [`DmaGuard`] to the output GPA.
+/// Reports how hv-core keeps device DMA out of its region (the AMD IOMMU)
+/// and the DMA canary, a page of hv-core's region filled with a known
+/// pattern that no device may change (the `iommu` self-test aims a disk
+/// read at it). Reading it also drains the IOMMU's event log.
+pub const GET_DMA_GUARD: HvCallCode = HvCallCode(0xC004);
+
+/// [`DmaGuard::flags`]: the IOMMU translates every bus-0 device's DMA.
+pub const DMA_GUARD_IOMMU_ENABLED: u64 = 1 << 0;
+
+/// Output of [`GET_DMA_GUARD`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct DmaGuard {
+    /// [`DMA_GUARD_IOMMU_ENABLED`].
+    pub flags: u64,
+    /// Physical base of the IOMMU's MMIO registers (0: none found).
+    pub iommu_mmio: u64,
+    /// The IOMMU's PCI requester ID (bus << 8 | devfn).
+    pub iommu_devid: u64,
+    /// Physical address of the DMA canary page (inside hv-core's region).
+    pub canary_pa: u64,
+    /// FNV-1a of the canary page now.
+    pub canary_fnv: u64,
+    /// FNV-1a the canary page had when hv-core filled it.
+    pub canary_expected_fnv: u64,
+    /// IOMMU events logged since launch.
+    pub events: u64,
+    /// Of those, IO_PAGE_FAULTs.
+    pub page_faults: u64,
+    /// The last event's two quadwords as the IOMMU wrote them.
+    pub last_event: [u64; 2],
+    /// Times hv-core found Signaled Target Abort set in the IOMMU's PCI
+    /// status, which the IOMMU sets when it refuses a DMA.
+    pub target_aborts: u64,
+}
+const _: () = assert!(size_of::<DmaGuard>() == 11 * 8);

@@ -41,6 +41,8 @@ pub struct Hv {
     pub host_save: u64,
     /// The root's SynIC and the port tables.
     pub bus: Bus,
+    /// The IOMMU and the DMA canary.
+    pub dma: crate::iommu::DmaGuard,
 }
 
 impl Hv {
@@ -88,6 +90,7 @@ impl Hv {
         }
         let hv_region = self.hv_region.clone();
         let log_port = self.log_port;
+        let iommu_window = self.dma.iommu.as_ref().map(|i| i.mmio_window());
         let mut cpu = self.root_cpu(vmcb, regs, profile);
         let outcome = match code {
             ExitCode::CPUID => cpu.cpuid(),
@@ -99,8 +102,11 @@ impl Hv {
                 // instruction; hv-core's memory is untouched.
                 let gpa = cpu.vmcb.control.exit_info2;
                 let info = cpu.vmcb.control.exit_info1;
+                let iommu = iommu_window.as_ref().is_some_and(|w| w.contains(&gpa));
                 let what = if hv_region.contains(&gpa) {
                     "hv-core's region"
+                } else if iommu {
+                    "the IOMMU's registers"
                 } else {
                     "unmapped memory"
                 };

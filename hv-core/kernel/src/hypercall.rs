@@ -54,6 +54,7 @@ fn root_only(code: HvCallCode) -> bool {
             | private::GET_CORE_STATS
             | private::GET_PARTITION_STATS
             | private::RESET_PARTITION
+            | private::GET_DMA_GUARD
     )
 }
 
@@ -366,6 +367,30 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 pinned_pages: crate::memory::pinned_pages(),
             };
             write_output(&hv.root_ram, output, stats.as_bytes())
+        }),
+        private::GET_DMA_GUARD => slow(&control).and_then(|()| {
+            let dma = &mut hv.dma;
+            if let Some(i) = dma.iommu.as_mut() {
+                i.drain_events();
+            }
+            let i = dma.iommu.as_ref();
+            let out = private::DmaGuard {
+                flags: if i.is_some() {
+                    private::DMA_GUARD_IOMMU_ENABLED
+                } else {
+                    0
+                },
+                iommu_mmio: i.map_or(0, |i| i.mmio),
+                iommu_devid: i.map_or(0, |i| u64::from(i.devid)),
+                canary_pa: dma.canary,
+                canary_fnv: crate::iommu::canary_fnv(dma.canary),
+                canary_expected_fnv: dma.canary_expected,
+                events: i.map_or(0, |i| i.events),
+                page_faults: i.map_or(0, |i| i.page_faults),
+                last_event: i.map_or([0; 2], |i| i.last_event),
+                target_aborts: i.map_or(0, |i| i.target_aborts),
+            };
+            write_output(&hv.root_ram, output, out.as_bytes())
         }),
         private::RESET_PARTITION => simple(&control).and_then(|()| {
             let id = if control.fast {

@@ -222,11 +222,20 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     let port = usize::from(handoff.log_port);
     iopm_map[port / 8] |= 1 << (port % 8);
 
-    let npt = memory::build_root_npt(region.clone(), gib_pages);
+    // Device DMA: the IOMMU translates every bus-0 device through tables
+    // that leave hv-core's region out; its registers leave the root's NPT.
+    let dma = crate::iommu::init(&handoff, region.clone(), gib_pages);
+    let iommu_window = dma.iommu.as_ref().map(|i| i.mmio_window());
+    let npt = memory::build_root_npt(region.clone(), iommu_window.clone(), gib_pages);
     hvlog!(
-        "root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded",
+        "root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded{}",
         npt,
-        memory::ROOT_GPA_LIMIT >> 30
+        memory::ROOT_GPA_LIMIT >> 30,
+        if iommu_window.is_some() {
+            ", IOMMU registers excluded"
+        } else {
+            ""
+        }
     );
 
     // SAFETY: a zeroed page of hv-core's region, 4 KiB aligned, exclusively ours.
@@ -307,6 +316,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         maps: SharedMaps::new(),
         host_save,
         bus: Bus::new(),
+        dma,
     };
     hvlog!(
         "launching the root partition at rip {:#x} rsp {:#x} (cs {:#x}, cpl {}); hv-core uses {} KiB",

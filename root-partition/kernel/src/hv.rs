@@ -640,3 +640,23 @@ pub fn core_stats() -> Result<hv1_abi::private::CoreStats, HvStatus> {
         Err(r.status)
     }
 }
+
+/// How hv-core guards its region against device DMA (project-private call).
+pub fn dma_guard() -> Result<hv1_abi::private::DmaGuard, HvStatus> {
+    use zerocopy::FromBytes;
+    let out = memory::alloc_frames(1).expect("a frame for hypercall output");
+    let r = hypercall(
+        HypercallControl::simple(hv1_abi::private::GET_DMA_GUARD).encode(),
+        0,
+        out,
+    );
+    // SAFETY: `out` is our frame; the hypervisor has finished writing it.
+    let bytes = unsafe { memory::phys_slice(out, size_of::<hv1_abi::private::DmaGuard>()) };
+    let guard = hv1_abi::private::DmaGuard::read_from_bytes(bytes).expect("exact size");
+    memory::free_frames(out, 1);
+    if r.status == HvStatus::SUCCESS {
+        Ok(guard)
+    } else {
+        Err(r.status)
+    }
+}

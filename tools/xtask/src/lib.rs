@@ -334,7 +334,7 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut push = |a: &str| args.push(a.to_string());
     push("-machine");
-    push("pc");
+    push("q35");
     match opts.accel {
         Accel::Kvm => {
             push("-accel");
@@ -379,11 +379,16 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     push(&format!("file:{}", opts.hv_log.display()));
     push("-device");
     push("isa-debug-exit,iobase=0xf4,iosize=0x04");
+    // The AMD IOMMU hv-core programs so that no device can DMA into its region.
+    push("-device");
+    push("amd-iommu");
     if let Some(disk) = &opts.disk {
         push("-drive");
         push(&format!("file={},if=none,id=disk0,format=raw", disk.display()));
         push("-device");
-        push("virtio-blk-pci,drive=disk0");
+        // Its DMA goes through the IOMMU (the driver must accept
+        // VIRTIO_F_ACCESS_PLATFORM, or QEMU refuses FEATURES_OK).
+        push("virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=on");
     }
     args
 }
