@@ -14,12 +14,11 @@
 
 use core::ops::Range;
 
-/// Page-table entry flags.
+/// Page-table entry flags: the architectural bits, from `x86_64`'s
+/// `PageTableFlags` (one definition of the x86 entry format for the whole
+/// project), as plain `u64` masks because entries here are raw words in guest
+/// or hv-core memory.
 pub mod flags {
-    //! The architectural bits, from `x86_64`'s `PageTableFlags` (one
-    //! definition of the x86 entry format for the whole project), as plain
-    //! `u64` masks because entries here are raw words in guest or hv-core
-    //! memory.
     use x86_64::structures::paging::PageTableFlags as F;
 
     /// Present.
