@@ -51,5 +51,25 @@ fn cpu_state_that_is_not_switched_is_hidden_and_refused() {
         .count();
     assert!(lines <= 16, "{lines} hv-core log lines for partition 4:\n{log}");
 
+    // Restart is reset (defect 4): the first run locked its HYPERCALL MSR,
+    // set GUEST_OS_ID, enabled its SynIC and left FX state behind. After
+    // stop/start every probe must see power-on state again: VMMCALL #UD
+    // before the page is enabled (H-VMM-01), the MSR writable, and so on.
+    assert!(m.hvctl("stop 4").contains("stopped"));
+    assert!(m.hvctl("start 4").contains("started"));
+    let start = std::time::Instant::now();
+    let console = loop {
+        let c = m.hvctl("console 4");
+        if c.matches("cpu-hostile: ").count() >= 2 {
+            break c;
+        }
+        assert!(start.elapsed() < qemu_tests::BOOT_DEADLINE, "no second run:\n{c}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(console.matches(summary.as_str()).count(), 2, "{console}");
+    assert!(!console.contains(": FAIL "), "{console}");
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["state"], "running", "{info}");
+
     m.assert_intact(&peer_before);
 }
