@@ -236,11 +236,22 @@ fn the_root_cannot_reach_hv_core_through_msrs_or_its_log_port() {
 /// canary page inside hv-core's region. The AMD IOMMU (programmed by hv-core,
 /// the device negotiating VIRTIO_F_ACCESS_PLATFORM) refuses the write
 /// (Signaled Target Abort in its PCI status; QEMU 7.2 logs no usable event,
-/// and itself
-/// completes the request, dropping the data), the canary keeps its pattern, the root gets
-/// #GP for the IOMMU's registers, and the disk keeps working for the root.
-/// With hv-core's IOMMU setup removed, the sector lands in the canary and
-/// this test fails ("the device wrote into hv-core's region").
+/// and itself completes the request, dropping the data), the canary keeps
+/// its pattern, the root gets #GP for the IOMMU's registers, and the disk
+/// keeps working for the root. With hv-core's IOMMU setup removed, the
+/// sector lands in the canary and this test fails ("the device wrote into
+/// hv-core's region").
+///
+/// Before that, the root tries to reprogram the IOMMU through its PCI
+/// function: dword, word, byte and string writes through 0xCF8/0xCFC to its
+/// command, status, interrupt-line and capability registers read back
+/// unchanged (hv-core drops them and logs each), while its vendor/device ID
+/// still reads through 0xCFC; its ECAM page gets #GP; the host bridge's
+/// PCIEXBAR (which places the ECAM window) can be rewritten neither through
+/// the ports nor through ECAM; and the virtio-blk function stays readable
+/// through ECAM and writable through the ports. With the refusal in
+/// `iommu::ConfigGuards::root_io` removed, the command register changes and
+/// this test fails.
 #[test]
 fn device_dma_cannot_reach_hv_core() {
     let images = qemu_tests::images();
@@ -249,20 +260,37 @@ fn device_dma_cannot_reach_hv_core() {
         "iommu: enabled=1",
         "iommu: the IOMMU's registers: #GP",
         "ACCESS_PLATFORM negotiated: 1",
+        "iommu: the IOMMU's function 00:",
+        "iommu: port write to the IOMMU's command register (dword write): unchanged",
+        "iommu: port write to the IOMMU's command register (word write): unchanged",
+        "iommu: port write to the IOMMU's interrupt line (byte write): unchanged",
+        "iommu: port write to the IOMMU's capability MMIO base (dword write): unchanged",
+        "iommu: REP OUTSD to the IOMMU's command register: unchanged",
+        "iommu: config writes to the IOMMU through 0xCF8/0xCFC: refused",
+        "config writable: interrupt line",
+        "iommu: ECAM at 0xb0000000: virtio-blk reads 1af4:",
+        ": read and write #GP, command unchanged",
+        "port write unchanged, ECAM page #GP",
         ": intact",
         "iommu: sector 0 into root memory afterwards",
     ] {
         assert!(console.contains(line), "missing {line:?} in\n{console}");
     }
-    assert!(
-        hv_log.contains("IOMMU enabled: device table for bus 0"),
-        "{hv_log}"
-    );
-    assert!(hv_log.contains("IOMMU refused device DMA"), "{hv_log}");
-    assert!(
-        hv_log.contains("the IOMMU's registers at GPA 0xfed80000"),
-        "{hv_log}"
-    );
+    for line in [
+        "IOMMU enabled: device table for bus 0",
+        "IOMMU refused device DMA",
+        "the IOMMU's registers at GPA 0xfed80000",
+        "root PCI config writes refused: the IOMMU's function",
+        "root PCI config writes refused: the host bridge's PCIEXBAR (00:00.0 offsets 0x60..0x68); its ECAM page 0xb0000000 is out of the root's NPT",
+        "offset 0x4 refused: the IOMMU's function is hv-core's (dropped; 1 refused)",
+        "offset 0x3c refused: the IOMMU's function is hv-core's",
+        "string I/O on PCI config port 0xcfc refused",
+        "offset 0x60 refused: the host bridge's PCIEXBAR is hv-core's",
+        "write of the IOMMU's PCI configuration (ECAM) at GPA 0xb00",
+        "read of the host bridge's PCI configuration (ECAM) at GPA 0xb0000060",
+    ] {
+        assert!(hv_log.contains(line), "missing {line:?} in\n{hv_log}");
+    }
 }
 
 /// String I/O is not emulated: the worker stops the child with the reason

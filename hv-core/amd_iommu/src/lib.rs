@@ -1,13 +1,16 @@
 //! AMD I/O virtualization (AMD-Vi), the parts hv-core needs to keep device
 //! DMA out of its region, as pure data: the MMIO register layout, device
 //! table entries, I/O page-table entries and an identity-minus-holes builder
-//! for them, command-buffer commands, event-log entries, and finding the
-//! IOMMU through the ACPI IVRS table.
+//! for them, command-buffer commands, event-log entries, finding the IOMMU
+//! through the ACPI IVRS table and the ECAM windows through the MCFG table,
+//! and which root writes to PCI configuration space hv-core refuses
+//! ([`pci`]).
 //!
 //! Formats follow the AMD I/O Virtualization Technology (IOMMU)
 //! Specification (rev. 3.x, §2.2 data structures, §2.4 commands, §2.5
-//! events, §3.4 MMIO registers, §5 IVRS) and QEMU's `hw/i386/amd_iommu.c`,
-//! which is what the tests run on. The crate touches no memory: tables are
+//! events, §3.4 MMIO registers, §5 IVRS), the PCI Firmware Specification
+//! (MCFG) and QEMU's `hw/i386/amd_iommu.c` and `hw/pci/pci_host.c`, which is
+//! what the tests run on. The crate touches no memory: tables are
 //! reached through [`x86_paging::TableMemory`] and firmware tables through
 //! [`PhysRead`], so everything here runs in host unit tests.
 #![cfg_attr(not(test), no_std)]
@@ -449,6 +452,8 @@ pub enum AcpiError {
     BadTable(u64),
     /// No IVRS table.
     NoIvrs,
+    /// No table with this signature.
+    NoTable([u8; 4]),
     /// The IVRS table has no IVHD block.
     NoIvhd,
 }
@@ -478,8 +483,8 @@ pub fn find_rsdp(area: &[u8], base: u64) -> Option<u64> {
         .map(|at| base + at as u64)
 }
 
-/// Largest ACPI table read (IVRS and root tables are far smaller).
-const MAX_TABLE: usize = 4096;
+/// Largest ACPI table read (IVRS, MCFG and root tables are far smaller).
+pub const MAX_TABLE: usize = 4096;
 
 /// Read the ACPI table at `pa` into `buf`, checking its length and checksum;
 /// returns its length.
@@ -494,8 +499,15 @@ fn read_table(mem: &impl PhysRead, pa: u64, buf: &mut [u8; MAX_TABLE]) -> Result
     Ok(len)
 }
 
-/// Find the first IVHD of the IVRS table reachable from the RSDP at `rsdp`.
-pub fn find_ivhd(mem: &impl PhysRead, rsdp: u64) -> Result<Ivhd, AcpiError> {
+/// Find the ACPI table with signature `sig` through the RSDP at `rsdp` (the
+/// XSDT for ACPI 2.0+, else the RSDT) and read it into `buf`, checking its
+/// length and checksum; returns its length.
+pub fn find_table(
+    mem: &impl PhysRead,
+    rsdp: u64,
+    sig: &[u8; 4],
+    buf: &mut [u8; MAX_TABLE],
+) -> Result<usize, AcpiError> {
     let mut r = [0u8; 36];
     if !mem.read(rsdp, &mut r[..20]) || &r[..8] != b"RSD PTR " || !checksum_ok(&r[..20]) {
         return Err(AcpiError::NoRsdp);
@@ -509,7 +521,6 @@ pub fn find_ivhd(mem: &impl PhysRead, rsdp: u64) -> Result<Ivhd, AcpiError> {
     };
     let mut root_table = [0u8; MAX_TABLE];
     let root_len = read_table(mem, root, &mut root_table)?;
-    let mut table = [0u8; MAX_TABLE];
     for at in (36..root_len).step_by(entry_size) {
         if at + entry_size > root_len {
             break;
@@ -519,14 +530,31 @@ pub fn find_ivhd(mem: &impl PhysRead, rsdp: u64) -> Result<Ivhd, AcpiError> {
         } else {
             u64::from(le_u32(&root_table, at))
         };
-        let mut sig = [0u8; 4];
-        if !mem.read(pa, &mut sig) || &sig != b"IVRS" {
+        let mut found = [0u8; 4];
+        if !mem.read(pa, &mut found) || &found != sig {
             continue;
         }
-        let len = read_table(mem, pa, &mut table)?;
-        return parse_ivrs(&table[..len]);
+        return read_table(mem, pa, buf);
     }
-    Err(AcpiError::NoIvrs)
+    Err(AcpiError::NoTable(*sig))
+}
+
+/// Find the first IVHD of the IVRS table reachable from the RSDP at `rsdp`.
+pub fn find_ivhd(mem: &impl PhysRead, rsdp: u64) -> Result<Ivhd, AcpiError> {
+    let mut table = [0u8; MAX_TABLE];
+    match find_table(mem, rsdp, b"IVRS", &mut table) {
+        Ok(len) => parse_ivrs(&table[..len]),
+        Err(AcpiError::NoTable(_)) => Err(AcpiError::NoIvrs),
+        Err(e) => Err(e),
+    }
+}
+
+/// Find the MCFG table reachable from the RSDP at `rsdp`: where PCI
+/// configuration space is memory-mapped (ECAM).
+pub fn find_mcfg(mem: &impl PhysRead, rsdp: u64) -> Result<Mcfg, AcpiError> {
+    let mut table = [0u8; MAX_TABLE];
+    let len = find_table(mem, rsdp, b"MCFG", &mut table)?;
+    parse_mcfg(&table[..len])
 }
 
 /// The first IVHD block of an IVRS table (`ivrs`: the whole table).
@@ -550,6 +578,245 @@ pub fn parse_ivrs(ivrs: &[u8]) -> Result<Ivhd, AcpiError> {
         at += len;
     }
     Err(AcpiError::NoIvhd)
+}
+
+/// One ECAM window of the MCFG table (PCI Firmware Specification 3.0
+/// §4.1.2): configuration space of buses `start_bus..=end_bus` of `segment`
+/// is memory-mapped from `base`, 4 KiB per function (bus << 20 | device << 15
+/// | function << 12); `base` is where bus 0 would be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EcamWindow {
+    /// Address of bus 0's configuration space.
+    pub base: u64,
+    /// PCI segment group.
+    pub segment: u16,
+    /// First bus decoded.
+    pub start_bus: u8,
+    /// Last bus decoded.
+    pub end_bus: u8,
+}
+
+impl EcamWindow {
+    /// The 4 KiB page holding the configuration space of `devid` (bus << 8
+    /// | devfn), if this window decodes its bus.
+    pub const fn config_page(&self, devid: u16) -> Option<u64> {
+        let bus = (devid >> 8) as u8;
+        if bus < self.start_bus || bus > self.end_bus {
+            return None;
+        }
+        match (devid as u64).checked_mul(4096) {
+            Some(off) => self.base.checked_add(off),
+            None => None,
+        }
+    }
+}
+
+/// Most ECAM windows kept from an MCFG table.
+pub const MAX_ECAM_WINDOWS: usize = 8;
+
+/// The ECAM windows of an MCFG table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mcfg {
+    windows: [EcamWindow; MAX_ECAM_WINDOWS],
+    count: usize,
+}
+
+impl Mcfg {
+    /// The windows, in table order.
+    pub fn windows(&self) -> &[EcamWindow] {
+        &self.windows[..self.count]
+    }
+
+    /// The ECAM page of function `devid` in `segment`, if a window decodes it.
+    pub fn config_page(&self, segment: u16, devid: u16) -> Option<u64> {
+        self.windows()
+            .iter()
+            .filter(|w| w.segment == segment)
+            .find_map(|w| w.config_page(devid))
+    }
+}
+
+/// The windows of an MCFG table (`mcfg`: the whole table): after the 36-byte
+/// header and 8 reserved bytes, 16-byte entries of base (u64), segment
+/// (u16), start bus, end bus and 4 reserved bytes.
+pub fn parse_mcfg(mcfg: &[u8]) -> Result<Mcfg, AcpiError> {
+    if mcfg.len() < 44 || !(mcfg.len() - 44).is_multiple_of(16) || mcfg.len() > 44 + 16 * MAX_ECAM_WINDOWS {
+        return Err(AcpiError::BadTable(0));
+    }
+    let mut out = Mcfg::default();
+    for at in (44..mcfg.len()).step_by(16) {
+        let w = EcamWindow {
+            base: le_u64(mcfg, at),
+            segment: le_u16(mcfg, at + 8),
+            start_bus: mcfg[at + 10],
+            end_bus: mcfg[at + 11],
+        };
+        if w.start_bus > w.end_bus || w.base & 0xF_FFFF != 0 {
+            return Err(AcpiError::BadTable(0));
+        }
+        out.windows[out.count] = w;
+        out.count += 1;
+    }
+    Ok(out)
+}
+
+/// PCI configuration mechanism #1 (ports 0xCF8..=0xCFF) as the root uses
+/// it, and which of its writes hv-core lets through.
+///
+/// The address latch (CONFIG_ADDRESS, a dword at 0xCF8) selects a function
+/// and a dword of its configuration space; the data window (CONFIG_DATA,
+/// 0xCFC..=0xCFF) reaches that dword with byte, word or dword accesses. Byte
+/// and word accesses to 0xCF8..=0xCFB are other chipset registers (0xCF9 is
+/// the reset control register). hv-core intercepts the eight ports for the
+/// root, passes everything through except writes through the data window to
+/// a register it guards ([`ConfigGuard`]), and decides with
+/// [`root_may_write`].
+pub mod pci {
+    use core::ops::{Range, RangeInclusive};
+
+    /// CONFIG_ADDRESS, the address latch.
+    pub const CONFIG_ADDRESS: u16 = 0xCF8;
+    /// CONFIG_DATA, the first port of the data window.
+    pub const CONFIG_DATA: u16 = 0xCFC;
+    /// The ports hv-core intercepts.
+    pub const PORTS: RangeInclusive<u16> = 0xCF8..=0xCFF;
+    /// Latch bit 31: configuration cycles enabled.
+    pub const ADDRESS_ENABLE: u32 = 1 << 31;
+    /// Byte offsets of a whole function's configuration space (ECAM size).
+    pub const WHOLE_FUNCTION: Range<u16> = 0..0x1000;
+
+    /// QEMU q35's host bridge (Intel 82G33/Q35 MCH) at 00:00.0: its
+    /// vendor/device dword.
+    pub const Q35_MCH_ID: u32 = 0x29C0_8086;
+    /// The MCH's PCIEXBAR (offsets 0x60..0x68): where the ECAM window is
+    /// decoded, and whether it is.
+    pub const Q35_PCIEXBAR: Range<u16> = 0x60..0x68;
+
+    /// The latch's function: requester ID (bus << 8 | device << 3 |
+    /// function), if configuration cycles are enabled. Bits 30:24 are
+    /// reserved (AMD's optional extended register number lives in 27:24)
+    /// and do not select a function.
+    pub const fn selected(latch: u32) -> Option<u16> {
+        if latch & ADDRESS_ENABLE != 0 {
+            Some((latch >> 8) as u16)
+        } else {
+            None
+        }
+    }
+
+    /// The latch value selecting dword `offset` of function `devid`.
+    pub const fn address(devid: u16, offset: u8) -> u32 {
+        ADDRESS_ENABLE | ((devid as u32) << 8) | (offset as u32 & 0xFC)
+    }
+
+    /// A port access as the root made it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PortAccess {
+        /// First port.
+        pub port: u16,
+        /// Bytes: 1, 2 or 4.
+        pub size: u8,
+        /// OUT (true) or IN.
+        pub write: bool,
+    }
+
+    impl PortAccess {
+        /// The ports it touches.
+        pub const fn ports(&self) -> Range<u32> {
+            self.port as u32..self.port as u32 + self.size as u32
+        }
+
+        /// Does it touch any of 0xCF8..=0xCFF?
+        pub const fn touches_config_ports(&self) -> bool {
+            let r = self.ports();
+            r.start <= *PORTS.end() as u32 && (*PORTS.start() as u32) < r.end
+        }
+
+        /// Does it touch the data window 0xCFC..=0xCFF?
+        pub const fn touches_data(&self) -> bool {
+            let r = self.ports();
+            r.start <= *PORTS.end() as u32 && (CONFIG_DATA as u32) < r.end
+        }
+
+        /// The byte offsets of the selected function's configuration space
+        /// this access may reach through the data window with `latch`, or
+        /// `None` if it does not reach the data window. Hardware puts the
+        /// dword of latch bits 7:2 and the byte lanes of the data ports
+        /// together (register + (port - 0xCFC)); QEMU's model ORs latch bits
+        /// 1:0 into the port's low bits and writes `size` bytes from there.
+        /// The range covers both.
+        pub fn registers(&self, latch: u32) -> Option<Range<u16>> {
+            if !self.touches_data() {
+                return None;
+            }
+            let dword = (latch & 0xFC) as u16;
+            let r = self.ports();
+            let data = CONFIG_DATA as u32..*PORTS.end() as u32 + 1;
+            let (lo, hi) = (r.start.max(data.start), r.end.min(data.end));
+            let hw = (lo - data.start) as u16..(hi - data.start) as u16;
+            let qemu_start = ((latch & 3) | (self.port as u32 & 3)) as u16;
+            let qemu = qemu_start..qemu_start + self.size as u16;
+            Some(dword + hw.start.min(qemu.start)..dword + hw.end.max(qemu.end))
+        }
+    }
+
+    /// Registers of one function the root may not write.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct ConfigGuard {
+        /// The function (requester ID, bus << 8 | devfn).
+        pub devid: u16,
+        /// Byte offsets guarded ([`WHOLE_FUNCTION`]: all of it).
+        pub registers: Range<u16>,
+        /// What it is, for the log.
+        pub what: &'static str,
+    }
+
+    impl ConfigGuard {
+        /// Guards nothing.
+        pub const NONE: Self = Self {
+            devid: 0,
+            registers: 0..0,
+            what: "",
+        };
+    }
+
+    /// A write hv-core refuses.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Refusal {
+        /// The function the latch selects.
+        pub devid: u16,
+        /// The first byte offset of its configuration space the write
+        /// would reach.
+        pub offset: u16,
+        /// The guard it hit.
+        pub what: &'static str,
+    }
+
+    /// May the root make `access` with the address latch at `latch`, given
+    /// `guards`? Reads always may; writes that do not reach the data window
+    /// (the latch itself, other chipset registers at 0xCF8..=0xCFB) may;
+    /// writes through the data window may unless the latch is enabled and
+    /// selects a guarded function and the bytes reached overlap its guarded
+    /// registers.
+    pub fn root_may_write(access: PortAccess, latch: u32, guards: &[ConfigGuard]) -> Result<(), Refusal> {
+        if !access.write {
+            return Ok(());
+        }
+        let (Some(devid), Some(reached)) = (selected(latch), access.registers(latch)) else {
+            return Ok(());
+        };
+        match guards
+            .iter()
+            .find(|g| g.devid == devid && g.registers.start < reached.end && reached.start < g.registers.end)
+        {
+            Some(g) => Err(Refusal {
+                devid,
+                offset: reached.start,
+                what: g.what,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -800,5 +1067,202 @@ mod tests {
         short[50] = 200;
         assert!(parse_ivrs(&short).is_err());
         assert_eq!(parse_ivrs(&table(b"IVRS", &[0; 12])), Err(AcpiError::NoIvhd));
+    }
+
+    /// An MCFG like QEMU q35's: one window at 0xb0000000 for segment 0,
+    /// buses 0..=255.
+    fn mcfg(windows: &[(u64, u16, u8, u8)]) -> Vec<u8> {
+        let mut body = vec![0u8; 8];
+        for &(base, segment, start, end) in windows {
+            body.extend_from_slice(&base.to_le_bytes());
+            body.extend_from_slice(&segment.to_le_bytes());
+            body.extend_from_slice(&[start, end, 0, 0, 0, 0]);
+        }
+        table(b"MCFG", &body)
+    }
+
+    #[test]
+    fn mcfg_is_found_through_the_xsdt_and_gives_each_function_its_page() {
+        let mut mem = HashMap::new();
+        put(&mut mem, 0x7FE_2000, &ivrs());
+        put(&mut mem, 0x7FE_4000, &mcfg(&[(0xB000_0000, 0, 0, 0xFF)]));
+        let mut entries = Vec::new();
+        entries.extend_from_slice(&0x7FE_2000u64.to_le_bytes());
+        entries.extend_from_slice(&0x7FE_4000u64.to_le_bytes());
+        put(&mut mem, 0x7FE_1000, &table(b"XSDT", &entries));
+        // ACPI 2.0 RSDP: revision 2, RSDT 0, XSDT at 24, extended checksum.
+        let mut rsdp = [0u8; 36];
+        rsdp[..8].copy_from_slice(b"RSD PTR ");
+        rsdp[15] = 2;
+        rsdp[20..24].copy_from_slice(&36u32.to_le_bytes());
+        rsdp[24..32].copy_from_slice(&0x7FE_1000u64.to_le_bytes());
+        fix_checksum(&mut rsdp[..20], 8);
+        fix_checksum(&mut rsdp, 32);
+        put(&mut mem, 0xF_5A40, &rsdp);
+        let phys = Phys(mem);
+        let m = find_mcfg(&phys, 0xF_5A40).unwrap();
+        assert_eq!(
+            m.windows(),
+            &[EcamWindow {
+                base: 0xB000_0000,
+                segment: 0,
+                start_bus: 0,
+                end_bus: 0xFF
+            }]
+        );
+        // 00:02.0 (the IOMMU in the IVRS above), 00:00.0, 01:1f.7.
+        assert_eq!(m.config_page(0, 0x10), Some(0xB001_0000));
+        assert_eq!(m.config_page(0, 0), Some(0xB000_0000));
+        assert_eq!(m.config_page(0, 0x01FF), Some(0xB01F_F000));
+        assert_eq!(m.config_page(1, 0x10), None);
+        // The IVRS is found the same way.
+        assert_eq!(find_ivhd(&phys, 0xF_5A40).unwrap().devid, 0x10);
+        // A table that is not there.
+        let mut buf = [0u8; MAX_TABLE];
+        assert_eq!(
+            find_table(&phys, 0xF_5A40, b"DMAR", &mut buf),
+            Err(AcpiError::NoTable(*b"DMAR"))
+        );
+    }
+
+    #[test]
+    fn mcfg_windows_decode_only_their_buses() {
+        let m = parse_mcfg(&mcfg(&[(0xE000_0000, 0, 0x10, 0x1F), (0xF000_0000, 1, 0, 0)])).unwrap();
+        assert_eq!(m.windows().len(), 2);
+        // The base is where bus 0 would be, even when the window starts later.
+        assert_eq!(m.config_page(0, 0x1000), Some(0xE100_0000));
+        assert_eq!(m.config_page(0, 0x1F08), Some(0xE1F0_8000));
+        assert_eq!(m.config_page(0, 0x0F08), None);
+        assert_eq!(m.config_page(0, 0x2000), None);
+        assert_eq!(m.config_page(1, 0x0008), Some(0xF000_8000));
+        assert_eq!(m.config_page(1, 0x0100), None);
+        // Truncated entries, reversed bus ranges and misaligned bases are refused.
+        let mut short = mcfg(&[(0xB000_0000, 0, 0, 0xFF)]);
+        short.truncate(50);
+        assert!(parse_mcfg(&short).is_err());
+        assert!(parse_mcfg(&mcfg(&[(0xB000_0000, 0, 5, 4)])).is_err());
+        assert!(parse_mcfg(&mcfg(&[(0xB000_1000, 0, 0, 0)])).is_err());
+        assert_eq!(parse_mcfg(&mcfg(&[])).unwrap().windows(), &[]);
+    }
+
+    mod config_ports {
+        use super::super::pci::*;
+
+        const IOMMU: u16 = 0x0010; // 00:02.0
+        const MCH: u16 = 0x0000; // 00:00.0
+
+        fn guards() -> [ConfigGuard; 2] {
+            [
+                ConfigGuard {
+                    devid: IOMMU,
+                    registers: WHOLE_FUNCTION,
+                    what: "the IOMMU",
+                },
+                ConfigGuard {
+                    devid: MCH,
+                    registers: Q35_PCIEXBAR,
+                    what: "PCIEXBAR",
+                },
+            ]
+        }
+
+        fn write(port: u16, size: u8) -> PortAccess {
+            PortAccess {
+                port,
+                size,
+                write: true,
+            }
+        }
+
+        fn may(port: u16, size: u8, latch: u32) -> bool {
+            root_may_write(write(port, size), latch, &guards()).is_ok()
+        }
+
+        #[test]
+        fn writes_to_the_iommus_function_are_refused_at_every_width_and_offset() {
+            for offset in (0..=0xFCu8).step_by(4) {
+                let latch = address(IOMMU, offset);
+                assert!(!may(0xCFC, 4, latch), "dword {offset:#x}");
+                for lane in 0..4 {
+                    assert!(!may(0xCFC + lane, 1, latch), "byte {offset:#x}+{lane}");
+                }
+                for lane in [0, 2] {
+                    assert!(!may(0xCFC + lane, 2, latch), "word {offset:#x}+{lane}");
+                }
+                // Unaligned and straddling accesses that reach the window.
+                assert!(!may(0xCFD, 2, latch));
+                assert!(!may(0xCFF, 2, latch));
+                assert!(!may(0xCFB, 2, latch));
+                assert!(!may(0xCFA, 4, latch));
+            }
+            let refusal = root_may_write(write(0xCFE, 2), address(IOMMU, 0x04), &guards()).unwrap_err();
+            assert_eq!(
+                refusal,
+                Refusal {
+                    devid: IOMMU,
+                    offset: 0x06,
+                    what: "the IOMMU"
+                }
+            );
+            // Reads always pass.
+            let read = PortAccess {
+                port: 0xCFC,
+                size: 4,
+                write: false,
+            };
+            assert!(root_may_write(read, address(IOMMU, 0x04), &guards()).is_ok());
+        }
+
+        #[test]
+        fn the_latch_and_the_other_legacy_registers_pass() {
+            let latch = address(IOMMU, 0x04);
+            // The latch itself (moving it is harmless), 0xCF9 reset control,
+            // byte and word accesses below the data window.
+            assert!(may(0xCF8, 4, latch));
+            assert!(may(0xCF9, 1, latch));
+            assert!(may(0xCF8, 2, latch));
+            assert!(may(0xCFA, 2, latch));
+            assert!(may(0xCF8, 1, latch));
+            assert!(may(0xCFB, 1, latch));
+        }
+
+        #[test]
+        fn a_disabled_latch_other_functions_and_other_buses_pass() {
+            // Enable bit clear: no configuration cycle happens.
+            assert!(may(0xCFC, 4, address(IOMMU, 0x04) & !ADDRESS_ENABLE));
+            // The other functions of device 2, other devices, other buses.
+            for devid in [0x0011, 0x0017, 0x0008, 0x0018, 0x00F8, 0x0110, 0x0210, 0xFF10] {
+                for offset in [0x00, 0x04, 0x3C, 0x44, 0xFC] {
+                    assert!(may(0xCFC, 4, address(devid, offset)), "{devid:#x} {offset:#x}");
+                    assert!(may(0xCFD, 1, address(devid, offset)), "{devid:#x} {offset:#x}");
+                }
+            }
+            // Reserved latch bits 30:24 (AMD: extended register number) do
+            // not change the function.
+            assert!(!may(0xCFC, 4, address(IOMMU, 0x04) | 0x0F00_0000));
+            assert!(may(0xCFC, 4, address(0x0110, 0x04) | 0x0F00_0000));
+        }
+
+        #[test]
+        fn a_guard_on_some_registers_refuses_only_those() {
+            // PCIEXBAR: dwords 0x60 and 0x64 of 00:00.0.
+            assert!(!may(0xCFC, 4, address(MCH, 0x60)));
+            assert!(!may(0xCFF, 1, address(MCH, 0x64)));
+            assert!(!may(0xCFE, 2, address(MCH, 0x60)));
+            assert!(may(0xCFC, 4, address(MCH, 0x5C)));
+            assert!(may(0xCFC, 4, address(MCH, 0x68)));
+            assert!(may(0xCFC, 4, address(MCH, 0x04)));
+            // QEMU ORs latch bits 1:0 into the offset: a dword write with
+            // the latch at 0x5C | 3 reaches 0x5F..0x63 there (0x5C..0x60 on
+            // hardware); the range covers both.
+            assert!(!may(0xCFC, 4, address(MCH, 0x5C) | 3));
+            assert!(may(0xCFC, 1, address(MCH, 0x5C) | 3));
+            assert_eq!(
+                write(0xCFC, 4).registers(address(MCH, 0x5C) | 3),
+                Some(0x5C..0x63)
+            );
+            assert_eq!(write(0xCFE, 2).registers(address(MCH, 0x60)), Some(0x62..0x64));
+            assert_eq!(write(0xCF8, 4).registers(address(MCH, 0x60)), None);
+        }
     }
 }

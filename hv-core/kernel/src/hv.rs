@@ -3,10 +3,12 @@
 //! handler.
 
 use crate::child::{Child, SharedMaps};
+use crate::iommu::RootConfigIo;
 use crate::ipc::Bus;
 use crate::memory::RootRam;
 use crate::vcpu::{self, ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::GuestRegs;
+use amd_iommu::pci::PortAccess;
 use core::ops::Range;
 use hv1_abi::HvStatus;
 use hv1_abi::cpuid::{HvCpuidProfile, PartitionPrivileges};
@@ -88,9 +90,13 @@ impl Hv {
         if code == ExitCode::VMMCALL {
             return self.root_hypercall(vmcb, regs, profile);
         }
+        if code == ExitCode::IOIO {
+            return self.root_ioio(vmcb);
+        }
         let hv_region = self.hv_region.clone();
-        let log_port = self.log_port;
-        let iommu_window = self.dma.iommu.as_ref().map(|i| i.mmio_window());
+        let iommu = self.dma.iommu.as_ref();
+        let iommu_window = iommu.map(|i| i.mmio_window());
+        let npf_ecam_name = iommu.and_then(|i| i.config.ecam_name(vmcb.control.exit_info2));
         let mut cpu = self.root_cpu(vmcb, regs, profile);
         let outcome = match code {
             ExitCode::CPUID => cpu.cpuid(),
@@ -98,8 +104,9 @@ impl Hv {
             ExitCode::MSR => cpu.wrmsr(),
             ExitCode::NPF => {
                 // The root touched a GPA its NPT does not map: hv-core's region,
-                // or beyond the mapped range. It gets #GP(0) at the faulting
-                // instruction; hv-core's memory is untouched.
+                // the IOMMU's registers, the ECAM page of a PCI function whose
+                // configuration hv-core guards, or beyond the mapped range. It
+                // gets #GP(0) at the faulting instruction; nothing is touched.
                 let gpa = cpu.vmcb.control.exit_info2;
                 let info = cpu.vmcb.control.exit_info1;
                 let iommu = iommu_window.as_ref().is_some_and(|w| w.contains(&gpa));
@@ -108,7 +115,8 @@ impl Hv {
                 } else if iommu {
                     "the IOMMU's registers"
                 } else {
-                    "unmapped memory"
+                    // A guarded function's ECAM page, or nothing at all.
+                    npf_ecam_name.unwrap_or("unmapped memory")
                 };
                 hvlog!(
                     "partition 1: {} of {what} at GPA {gpa:#x} (rip {:#x}, npf info {info:#x}): #GP",
@@ -120,21 +128,6 @@ impl Hv {
                     cpu.vmcb.save.rip
                 );
                 Outcome::GP
-            }
-            // Only hv-core's log port is intercepted for the root: writes are
-            // dropped (counted as exits), reads float high. RIP moves to the
-            // next instruction, which IOIO exits report in EXITINFO2.
-            ExitCode::IOIO => {
-                let info = cpu.vmcb.control.exit_info1;
-                let port = (info >> 16) as u16;
-                if info & 1 != 0 {
-                    cpu.vmcb.save.rax |= 0xFF;
-                }
-                cpu.vmcb.save.rip = cpu.vmcb.control.exit_info2;
-                if port != log_port {
-                    cpu.log_refusal(format_args!("unexpected port {port:#x} intercept"));
-                }
-                Outcome::Skip(0)
             }
             ExitCode::SHUTDOWN => {
                 crate::log::emergency(format_args!("partition 1: shutdown (triple fault)"));
@@ -154,6 +147,74 @@ impl Hv {
         };
         if cpu.finish(outcome) {
             self.root_stats.injected += 1;
+        }
+    }
+
+    /// A root IOIO exit. The intercepted ports are hv-core's log port
+    /// (writes dropped, reads float high) and, with an IOMMU, the PCI
+    /// configuration ports 0xCF8..=0xCFF, done on the root's behalf except
+    /// writes to registers hv-core guards and string I/O, which are dropped
+    /// (`iommu::ConfigGuards::root_io`). RIP moves to the next instruction
+    /// either way, which IOIO exits report in EXITINFO2 (APM vol. 2
+    /// §15.10.2: EXITINFO1 bit 0 = IN, bit 2 string, bit 3 REP, bits 6:4
+    /// operand size one-hot, bits 31:16 port).
+    fn root_ioio(&mut self, vmcb: &mut Vmcb) {
+        let info = vmcb.control.exit_info1;
+        let access = PortAccess {
+            port: (info >> 16) as u16,
+            size: match (info >> 4) & 0x7 {
+                0b100 => 4,
+                0b010 => 2,
+                _ => 1,
+            },
+            write: info & 1 == 0,
+        };
+        let string = info & (1 << 2) != 0;
+        vmcb.save.rip = vmcb.control.exit_info2;
+        let logged = &mut self.root_logged;
+        let root = hv1_abi::ROOT_PARTITION_ID;
+        let guards = self.dma.iommu.as_mut().map(|i| &mut i.config);
+        match guards {
+            Some(guards) if access.touches_config_ports() => {
+                let (port, size) = (access.port, access.size);
+                match guards.root_io(access, string, &mut vmcb.save.rax) {
+                    RootConfigIo::Done => {}
+                    RootConfigIo::Refused(r) => vcpu::log_limited(
+                        logged,
+                        root,
+                        format_args!(
+                            "{}-bit PCI config write at port {port:#x} to {:02x}:{:02x}.{} offset {:#x} refused: {} is hv-core's (dropped; {} refused)",
+                            u32::from(size) * 8,
+                            r.devid >> 8,
+                            (r.devid >> 3) & 0x1F,
+                            r.devid & 7,
+                            r.offset,
+                            r.what,
+                            guards.refused
+                        ),
+                    ),
+                    RootConfigIo::StringRefused => vcpu::log_limited(
+                        logged,
+                        root,
+                        format_args!(
+                            "string I/O on PCI config port {port:#x} refused (dropped; {} refused)",
+                            guards.refused
+                        ),
+                    ),
+                }
+            }
+            _ => {
+                if !access.write {
+                    vmcb.save.rax |= 0xFF;
+                }
+                if access.port != self.log_port {
+                    vcpu::log_limited(
+                        logged,
+                        root,
+                        format_args!("unexpected port {:#x} intercept", access.port),
+                    );
+                }
+            }
         }
     }
 

@@ -7,9 +7,18 @@
 //! log, enables translation and invalidates anything cached. The IOMMU's MMIO
 //! page is then left out of the root's NPT (see `root.rs`). Formats and the
 //! table builder are in the host-tested `amd_iommu` crate.
+//!
+//! The root could otherwise undo this through the IOMMU's PCI function, so
+//! hv-core also guards PCI configuration space ([`ConfigGuards`]): the
+//! root's accesses to ports 0xCF8..=0xCFF are intercepted and done on its
+//! behalf, except writes to the IOMMU's function (and, on q35, to the host
+//! bridge's PCIEXBAR, which places the ECAM window), which are dropped; and
+//! those functions' ECAM pages (found through the ACPI MCFG table) are left
+//! out of the root's NPT.
 
 use crate::memory::{self, RegionTables};
-use amd_iommu::{DeviceTableEntry, Event, IoPageTables, Ivhd, LEVELS, PhysRead, command, event, mmio};
+use amd_iommu::pci::{self, ConfigGuard, PortAccess, Refusal};
+use amd_iommu::{DeviceTableEntry, Event, IoPageTables, Ivhd, LEVELS, Mcfg, PhysRead, command, event, mmio};
 use boot_proto::handoff::Handoff;
 use core::ops::Range;
 use kernel_x86::arch::Port;
@@ -43,6 +52,141 @@ pub struct Iommu {
     pub last_event: [u64; 2],
     /// Times the IOMMU's PCI status showed a refused DMA.
     pub target_aborts: u64,
+    /// What the root may not write in PCI configuration space.
+    pub config: ConfigGuards,
+}
+
+/// Most functions whose configuration hv-core guards.
+pub const MAX_GUARDS: usize = 2;
+
+/// PCI configuration registers the root may not write: the IOMMU's whole
+/// function and, on q35, the host bridge's PCIEXBAR. Writes through ports
+/// 0xCF8..=0xCFF are filtered ([`ConfigGuards::root_io`]); the guarded
+/// functions' ECAM pages are out of the root's NPT.
+pub struct ConfigGuards {
+    guards: [ConfigGuard; MAX_GUARDS],
+    /// Each guard's function's ECAM page, if the MCFG table gives one.
+    ecam: [Option<u64>; MAX_GUARDS],
+    /// Each guard's ECAM page as the NPF log names it.
+    ecam_names: [&'static str; MAX_GUARDS],
+    count: usize,
+    /// The root's writes (and string I/O) refused.
+    pub refused: u64,
+}
+
+/// What became of a root access to the PCI configuration ports.
+pub enum RootConfigIo {
+    /// Done on the root's behalf.
+    Done,
+    /// A write reaching guarded registers: dropped.
+    Refused(Refusal),
+    /// String I/O (INS/OUTS): dropped.
+    StringRefused,
+}
+
+impl ConfigGuards {
+    fn new() -> Self {
+        Self {
+            guards: [ConfigGuard::NONE; MAX_GUARDS],
+            ecam: [None; MAX_GUARDS],
+            ecam_names: [""; MAX_GUARDS],
+            count: 0,
+            refused: 0,
+        }
+    }
+
+    fn add(&mut self, guard: ConfigGuard, ecam_name: &'static str, mcfg: Option<&Mcfg>) {
+        self.ecam[self.count] = mcfg.and_then(|m| m.config_page(0, guard.devid));
+        self.ecam_names[self.count] = ecam_name;
+        self.guards[self.count] = guard;
+        self.count += 1;
+    }
+
+    /// The guards.
+    pub fn guards(&self) -> &[ConfigGuard] {
+        &self.guards[..self.count]
+    }
+
+    /// The guarded functions' ECAM pages, to be left out of the root's NPT.
+    pub fn ecam_pages(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.ecam[..self.count]
+            .iter()
+            .flatten()
+            .map(|&page| page..page + PAGE_SIZE)
+    }
+
+    /// The name of the guarded ECAM page holding `gpa`, if any.
+    pub fn ecam_name(&self, gpa: u64) -> Option<&'static str> {
+        (0..self.count).find_map(|i| {
+            self.ecam[i]
+                .filter(|page| (*page..page + PAGE_SIZE).contains(&gpa))
+                .map(|_| self.ecam_names[i])
+        })
+    }
+
+    /// Make the root's access to the configuration ports (it touches
+    /// 0xCF8..=0xCFF) on its behalf: the same port and size; an IN merges
+    /// the value into `rax` by size. String I/O is dropped. A write through
+    /// the data window is dropped when the real address latch selects
+    /// guarded registers ([`pci::root_may_write`]); hv-core's own
+    /// configuration accesses restore the latch, so the latch read here is
+    /// the root's.
+    pub fn root_io(&mut self, access: PortAccess, string: bool, rax: &mut u64) -> RootConfigIo {
+        if string {
+            self.refused += 1;
+            return RootConfigIo::StringRefused;
+        }
+        if !access.write {
+            let value = port_in(access.port, access.size);
+            *rax = match access.size {
+                1 => (*rax & !0xFF) | value,
+                2 => (*rax & !0xFFFF) | value,
+                // A 32-bit destination is zero-extended in 64-bit mode.
+                _ => value,
+            };
+            return RootConfigIo::Done;
+        }
+        if access.touches_data() {
+            let latch = port_in(pci::CONFIG_ADDRESS, 4) as u32;
+            let verdict = pci::root_may_write(access, latch, self.guards());
+            if let Err(refusal) = verdict {
+                self.refused += 1;
+                return RootConfigIo::Refused(refusal);
+            }
+        }
+        port_out(access.port, access.size, *rax);
+        RootConfigIo::Done
+    }
+}
+
+/// IN of `size` bytes (1, 2 or 4) from `port`, zero-extended.
+fn port_in(port: u16, size: u8) -> u64 {
+    use x86_64::instructions::port::Port;
+    // SAFETY: hv-core reads a PCI configuration port on the root's behalf
+    // (the root may read all of them; reads of these ports have no side
+    // effects beyond what the root asked for).
+    unsafe {
+        match size {
+            1 => u64::from(Port::<u8>::new(port).read()),
+            2 => u64::from(Port::<u16>::new(port).read()),
+            _ => u64::from(Port::<u32>::new(port).read()),
+        }
+    }
+}
+
+/// OUT of the low `size` bytes (1, 2 or 4) of `value` to `port`.
+fn port_out(port: u16, size: u8, value: u64) {
+    use x86_64::instructions::port::Port;
+    // SAFETY: hv-core writes a PCI configuration port on the root's behalf
+    // after `pci::root_may_write` allowed it: the write reaches nothing
+    // hv-core guards.
+    unsafe {
+        match size {
+            1 => Port::<u8>::new(port).write(value as u8),
+            2 => Port::<u16>::new(port).write(value as u16),
+            _ => Port::<u32>::new(port).write(value as u32),
+        }
+    }
 }
 
 /// What hv-core does against device DMA.
@@ -89,15 +233,24 @@ impl PhysRead for Firmware {
     }
 }
 
-/// The RSDP in the BIOS read-only area and the IOMMU it leads to.
-fn discover() -> Result<Ivhd, amd_iommu::AcpiError> {
+/// The RSDP in the BIOS read-only area, the IOMMU it leads to and the ECAM
+/// windows (MCFG), if any.
+fn discover() -> Result<(Ivhd, Option<Mcfg>), amd_iommu::AcpiError> {
     const BIOS: Range<u64> = 0xE_0000..0x10_0000;
     // SAFETY: the BIOS area is identity-mapped low memory (ROM shadow),
     // read-only here.
     let area =
         unsafe { core::slice::from_raw_parts(BIOS.start as *const u8, (BIOS.end - BIOS.start) as usize) };
     let rsdp = amd_iommu::find_rsdp(area, BIOS.start).ok_or(amd_iommu::AcpiError::NoRsdp)?;
-    amd_iommu::find_ivhd(&Firmware, rsdp)
+    let ivhd = amd_iommu::find_ivhd(&Firmware, rsdp)?;
+    let mcfg = match amd_iommu::find_mcfg(&Firmware, rsdp) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            hvlog!("no usable MCFG table ({e:?}): no ECAM window to guard");
+            None
+        }
+    };
+    Ok((ivhd, mcfg))
 }
 
 /// Signaled Target Abort in the PCI status register (config offset 6, bit 11).
@@ -111,7 +264,7 @@ fn pci_config(devid: u16, offset: u8, write: Option<u32>) -> u32 {
     // (status bits it owns) and puts the root's address latch back.
     let (addr, data) = unsafe { (Port::new(0xCF8), Port::new(0xCFC)) };
     let saved = addr.read32();
-    addr.write32(0x8000_0000 | (u32::from(devid) << 8) | u32::from(offset & 0xFC));
+    addr.write32(pci::address(devid, offset));
     let value = match write {
         Some(v) => {
             data.write32(v);
@@ -155,7 +308,7 @@ pub fn init(handoff: &Handoff, region: Range<u64>, gib_pages: bool) -> DmaGuard 
     }
     let canary_expected = fnv1a(page);
     let iommu = match discover() {
-        Ok(ivhd) => Some(enable(handoff, region, gib_pages, ivhd)),
+        Ok((ivhd, mcfg)) => Some(enable(handoff, region, gib_pages, ivhd, mcfg.as_ref())),
         Err(e) => {
             hvlog!("no AMD IOMMU ({e:?}): device DMA can reach hv-core's region");
             None
@@ -168,7 +321,7 @@ pub fn init(handoff: &Handoff, region: Range<u64>, gib_pages: bool) -> DmaGuard 
     }
 }
 
-fn enable(handoff: &Handoff, region: Range<u64>, gib_pages: bool, ivhd: Ivhd) -> Iommu {
+fn enable(handoff: &Handoff, region: Range<u64>, gib_pages: bool, ivhd: Ivhd, mcfg: Option<&Mcfg>) -> Iommu {
     let id = pci_read32(ivhd.devid, 0);
     let class = pci_read32(ivhd.devid, 8) >> 8;
     hvlog!(
@@ -277,7 +430,50 @@ fn enable(handoff: &Handoff, region: Range<u64>, gib_pages: bool, ivhd: Ivhd) ->
         page_faults: 0,
         last_event: [0; 2],
         target_aborts: 0,
+        config: config_guards(ivhd.devid, mcfg),
     }
+}
+
+/// Guard the IOMMU's function and, on q35, the host bridge's PCIEXBAR
+/// (through which the root could move the ECAM window, and with it the
+/// IOMMU's configuration, to where its NPT maps).
+fn config_guards(iommu: u16, mcfg: Option<&Mcfg>) -> ConfigGuards {
+    let mut g = ConfigGuards::new();
+    g.add(
+        ConfigGuard {
+            devid: iommu,
+            registers: pci::WHOLE_FUNCTION,
+            what: "the IOMMU's function",
+        },
+        "the IOMMU's PCI configuration (ECAM)",
+        mcfg,
+    );
+    if pci_read32(0, 0) == pci::Q35_MCH_ID {
+        g.add(
+            ConfigGuard {
+                devid: 0,
+                registers: pci::Q35_PCIEXBAR,
+                what: "the host bridge's PCIEXBAR",
+            },
+            "the host bridge's PCI configuration (ECAM)",
+            mcfg,
+        );
+    }
+    for (i, guard) in g.guards().iter().enumerate() {
+        let (dev, func) = ((guard.devid >> 3) & 0x1F, guard.devid & 7);
+        let (start, end) = (guard.registers.start, guard.registers.end);
+        match g.ecam[i] {
+            Some(page) => hvlog!(
+                "root PCI config writes refused: {} (00:{dev:02x}.{func} offsets {start:#x}..{end:#x}); its ECAM page {page:#x} is out of the root's NPT",
+                guard.what
+            ),
+            None => hvlog!(
+                "root PCI config writes refused: {} (00:{dev:02x}.{func} offsets {start:#x}..{end:#x}); no ECAM page for it",
+                guard.what
+            ),
+        }
+    }
+    g
 }
 
 impl Iommu {

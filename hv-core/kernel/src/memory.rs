@@ -207,18 +207,23 @@ pub fn build_host_tables(handoff: &Handoff, gib_pages: bool) -> u64 {
     tables.root()
 }
 
+/// Most holes in the root's NPT: hv-core's region, the IOMMU's registers and
+/// the ECAM pages of the PCI functions whose configuration hv-core guards.
+pub const MAX_ROOT_NPT_HOLES: usize = 4;
+
 /// The root's nested page tables: identity over `[0, 512 GiB)` — all RAM and
-/// every MMIO window the root may use (passthrough) — except hv-core's region
-/// and the IOMMU's registers (`iommu`), which hv-core alone programs.
-pub fn build_root_npt(region: Range<u64>, iommu: Option<Range<u64>>, gib_pages: bool) -> u64 {
+/// every MMIO window the root may use (passthrough) — except `holes`
+/// (4 KiB aligned; empty ranges are ignored): hv-core's region, the IOMMU's
+/// registers and the ECAM pages of guarded PCI functions, which the root
+/// gets `#GP` for.
+pub fn build_root_npt(holes: &[Range<u64>], gib_pages: bool) -> u64 {
     let max = if gib_pages {
         MaxPage::Size1G
     } else {
         MaxPage::Size2M
     };
     let mut npt = PageTables::new(RegionTables).expect("region has room for the NPT root");
-    let holes = [region, iommu.unwrap_or(0..0)];
-    npt.identity_map_except(0..ROOT_GPA_LIMIT, &holes, flags::NPT_RWX, max)
+    npt.identity_map_except(0..ROOT_GPA_LIMIT, holes, flags::NPT_RWX, max)
         .expect("the root's NPT fits the region");
     npt.root()
 }

@@ -216,7 +216,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         msrpm::intercept(msrpm_map, m, false, true);
     }
     // hv-core's log port: the root may not write lines that look like
-    // hv-core's own.
+    // hv-core's own. (With an IOMMU, the PCI configuration ports too: below.)
     // SAFETY: three zeroed pages of hv-core's region, exclusively ours.
     let iopm_map = unsafe { core::slice::from_raw_parts_mut(iopm as *mut u8, 3 * 4096) };
     let port = usize::from(handoff.log_port);
@@ -225,16 +225,32 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
     // Device DMA: the IOMMU translates every bus-0 device through tables
     // that leave hv-core's region out; its registers leave the root's NPT.
     let dma = crate::iommu::init(&handoff, region.clone(), gib_pages);
-    let iommu_window = dma.iommu.as_ref().map(|i| i.mmio_window());
-    let npt = memory::build_root_npt(region.clone(), iommu_window.clone(), gib_pages);
+    let mut holes: [core::ops::Range<u64>; memory::MAX_ROOT_NPT_HOLES] = Default::default();
+    holes[0] = region.clone();
+    if let Some(iommu) = dma.iommu.as_ref() {
+        // The IOMMU's PCI configuration: the root's accesses to ports
+        // 0xCF8..=0xCFF exit and are filtered (`iommu::ConfigGuards`), and
+        // the guarded functions' ECAM pages leave its NPT.
+        for port in amd_iommu::pci::PORTS {
+            let port = usize::from(port);
+            iopm_map[port / 8] |= 1 << (port % 8);
+        }
+        holes[1] = iommu.mmio_window();
+        // Room for every guarded function's page (checked at compile time).
+        const _: () = assert!(memory::MAX_ROOT_NPT_HOLES >= 2 + crate::iommu::MAX_GUARDS);
+        for (hole, page) in holes[2..].iter_mut().zip(iommu.config.ecam_pages()) {
+            *hole = page;
+        }
+    }
+    let npt = memory::build_root_npt(&holes, gib_pages);
     hvlog!(
         "root NPT at {:#x}: identity 0..{} GiB, hv-core region excluded{}",
         npt,
         memory::ROOT_GPA_LIMIT >> 30,
-        if iommu_window.is_some() {
-            ", IOMMU registers excluded"
-        } else {
-            ""
+        match dma.iommu.as_ref().map(|i| i.config.ecam_pages().count()) {
+            Some(0) => ", IOMMU registers excluded",
+            Some(_) => ", IOMMU registers and guarded ECAM pages excluded",
+            None => "",
         }
     );
 

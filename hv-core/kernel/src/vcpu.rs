@@ -55,7 +55,7 @@ pub fn cr4_allowed() -> u64 {
 /// could reach around its NPT hole into hv-core's region (AMD APM vol. 2
 /// §7.7 MTRRs, §7.9 TOP_MEM/IORRs, BKDG SYSCFG/HWCR, §10 SMM, microcode
 /// PATCH_LOADER). Reads pass through. A child intercepts every MSR anyway.
-pub const ROOT_GUARDED_MSRS: [core::ops::RangeInclusive<u32>; 10] = [
+pub const ROOT_GUARDED_MSRS: [core::ops::RangeInclusive<u32>; 11] = [
     MSR_APIC_BASE..=MSR_APIC_BASE,
     0x200..=0x20F,             // variable-range MTRR base/mask pairs
     0x250..=0x250,             // fixed MTRR 64K
@@ -65,6 +65,7 @@ pub const ROOT_GUARDED_MSRS: [core::ops::RangeInclusive<u32>; 10] = [
     0xC001_0010..=0xC001_0010, // SYSCFG
     0xC001_0015..=0xC001_001D, // HWCR, IORR base/mask x2, TOP_MEM, TOP_MEM2 (and the gaps)
     0xC001_0020..=0xC001_0020, // PATCH_LOADER
+    0xC001_0058..=0xC001_0058, // MMIO_CFG_BASE_ADDR: where ECAM (PCI config MMIO) sits
     0xC001_0111..=0xC001_0113, // SMM_BASE, SMM_ADDR, SMM_MASK
 ];
 

@@ -401,8 +401,10 @@ fn lending_refusals(boot: &BootReport) -> Result<(), String> {
 /// Device DMA cannot reach hv-core: the root aims a virtio-blk read of
 /// sector 0 at the DMA canary, a page inside hv-core's region. The IOMMU
 /// refuses the write (an IO_PAGE_FAULT in its event log) and the canary
-/// keeps its pattern; the root cannot touch the IOMMU's registers; and the
-/// disk still reads into the root's own memory afterwards.
+/// keeps its pattern; the root cannot touch the IOMMU's registers nor
+/// rewrite its PCI configuration (through 0xCF8/0xCFC or ECAM, see
+/// [`iommu_config_guarded`]), and these attempts come first; and the disk
+/// still reads into the root's own memory afterwards.
 fn dma_into_hv_core() -> Result<(), String> {
     use hv1_abi::private::DMA_GUARD_IOMMU_ENABLED;
     let before = hv::dma_guard().map_err(|s| format!("GetDmaGuard: {s:?}"))?;
@@ -453,6 +455,11 @@ fn dma_into_hv_core() -> Result<(), String> {
         "iommu: virtio-blk at 00:{:02x}.{}, ACCESS_PLATFORM negotiated: {}",
         disk.location.device, disk.location.function, disk.access_platform as u8
     );
+    if enabled {
+        let loc = disk.location;
+        let blk = (u16::from(loc.bus) << 8) | (u16::from(loc.device) << 3) | u16::from(loc.function);
+        iommu_config_guarded(before.iommu_devid as u16, blk)?;
+    }
     let result = disk.read_sector_to(0, before.canary_pa);
     println!(
         "iommu: sector 0 aimed at hv-core's canary {:#x}: {result:?}",
@@ -502,5 +509,251 @@ fn dma_into_hv_core() -> Result<(), String> {
         "iommu: sector 0 into root memory afterwards: fnv {:#x}",
         disk::fnv1a(&sector)
     );
+    Ok(())
+}
+
+/// PCI configuration mechanism #1, the way any driver uses it: select
+/// `offset` of function `devid` (bus << 8 | devfn) in the address latch,
+/// then access the data window at `0xCFC + (offset & 3)` with `size` bytes.
+mod cfg {
+    use core::arch::asm;
+    use kernel_x86::arch::Port;
+
+    pub const ADDRESS: u16 = 0xCF8;
+    pub const DATA: u16 = 0xCFC;
+
+    pub fn select(devid: u16, offset: u8) {
+        // SAFETY: the root owns the host bridge's address latch.
+        unsafe { Port::new(ADDRESS) }
+            .write32(0x8000_0000 | (u32::from(devid) << 8) | u32::from(offset & 0xFC));
+    }
+
+    pub fn latch() -> u32 {
+        // SAFETY: as for `select`; reading the latch has no side effect.
+        unsafe { Port::new(ADDRESS) }.read32()
+    }
+
+    pub fn read(devid: u16, offset: u8, size: u8) -> u32 {
+        select(devid, offset);
+        let port = DATA + u16::from(offset & 3);
+        match size {
+            // SAFETY: a configuration read of the selected register.
+            1 => u32::from(unsafe { Port::new(port) }.read8()),
+            2 => {
+                let v: u16;
+                // SAFETY: as above, 16 bits wide.
+                unsafe {
+                    asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags))
+                };
+                u32::from(v)
+            }
+            // SAFETY: as above.
+            _ => unsafe { Port::new(port) }.read32(),
+        }
+    }
+
+    /// Write `value` (its low `size` bytes).
+    ///
+    /// # Safety
+    /// The register must be one the caller may change (or one hv-core must
+    /// refuse).
+    pub unsafe fn write(devid: u16, offset: u8, size: u8, value: u32) {
+        select(devid, offset);
+        let port = DATA + u16::from(offset & 3);
+        match size {
+            // SAFETY: the caller's promise.
+            1 => unsafe { Port::new(port) }.write8(value as u8),
+            // SAFETY: as above, 16 bits wide.
+            2 => unsafe {
+                asm!("out dx, ax", in("dx") port, in("ax") value as u16, options(nomem, nostack, preserves_flags))
+            },
+            // SAFETY: as above.
+            _ => unsafe { Port::new(port) }.write32(value),
+        }
+    }
+
+    /// `REP OUTSD` of `value` to the data window (one dword).
+    ///
+    /// # Safety
+    /// As for [`write`].
+    pub unsafe fn write_string(devid: u16, offset: u8, value: u32) {
+        select(devid, offset);
+        let buf = [value];
+        // SAFETY: the caller's promise; the instruction reads `buf` only.
+        unsafe {
+            asm!("rep outsd", in("dx") DATA, inout("rsi") buf.as_ptr() => _, inout("rcx") 1u64 => _,
+                 options(nostack, readonly, preserves_flags))
+        };
+    }
+}
+
+/// PCI command register bits a driver flips: memory space, bus master,
+/// INTx disable (all writable in QEMU's model).
+const PCI_COMMAND_TOGGLE: u32 = 0x0002 | 0x0004 | 0x0400;
+/// QEMU q35's host bridge (Intel Q35 MCH) at 00:00.0.
+const Q35_MCH_ID: u32 = 0x29C0_8086;
+/// Its PCIEXBAR: where the ECAM window is decoded.
+const Q35_PCIEXBAR: u8 = 0x60;
+
+/// The root cannot rewrite the IOMMU's PCI function (`iommu` is its
+/// requester ID): through 0xCF8/0xCFC its writes are dropped at every width
+/// (dword, word, byte) and as string I/O, so the command register, the
+/// interrupt line and the capability block read back unchanged, while
+/// reading its vendor/device ID still works; through the ECAM window its
+/// page gets #GP, as does the host bridge's page, whose PCIEXBAR (which
+/// places the window) cannot be rewritten through the ports either. The
+/// virtio-blk function (`blk`) stays readable through ECAM and writable
+/// through the ports.
+fn iommu_config_guarded(iommu: u16, blk: u16) -> Result<(), String> {
+    let bdf = |d: u16| format!("{:02x}:{:02x}.{}", d >> 8, (d >> 3) & 0x1F, d & 7);
+    let id = cfg::read(iommu, 0, 4);
+    println!(
+        "iommu: the IOMMU's function {} reads {:04x}:{:04x} (class {:06x}) through 0xCFC",
+        bdf(iommu),
+        id & 0xFFFF,
+        id >> 16,
+        cfg::read(iommu, 8, 4) >> 8
+    );
+    check(id & 0xFFFF == 0x1022, || {
+        format!("the IOMMU's function reads {id:#x}, not an AMD device")
+    })?;
+    // The latch itself passes through: the root reads back what it wrote.
+    cfg::select(iommu, 0x3C);
+    let latch = cfg::latch();
+    check(latch == 0x8000_003C | (u32::from(iommu) << 8), || {
+        format!("the address latch reads {latch:#x}")
+    })?;
+
+    // Through the ports, at every width.
+    let command = cfg::read(iommu, 4, 2);
+    // The IOMMU's capability block (ID 0x0F, "secure device") in the list.
+    let mut cap = (cfg::read(iommu, 0x34, 1) & 0xFC) as u8;
+    for _ in 0..48 {
+        let header = cfg::read(iommu, cap, 4);
+        if cap == 0 || header & 0xFF == 0x0F {
+            break;
+        }
+        cap = ((header >> 8) & 0xFC) as u8;
+    }
+    check(cap != 0, || "no IOMMU capability in the list".into())?;
+    type Change = fn(u32) -> u32;
+    let attempts: [(&str, u8, u8, Change); 5] = [
+        // (what, offset, size, value written given the value read)
+        // The dword write leaves the status half 0 (its bits are
+        // write-one-to-clear).
+        ("command register (dword write)", 4, 4, |v| {
+            (v & 0xFFFF) ^ PCI_COMMAND_TOGGLE
+        }),
+        ("command register (word write)", 4, 2, |v| v ^ PCI_COMMAND_TOGGLE),
+        (
+            "status register (word write, clearing every error bit)",
+            6,
+            2,
+            |_| 0xFFFF,
+        ),
+        ("interrupt line (byte write)", 0x3C, 1, |v| v ^ 0xFF),
+        ("capability MMIO base (dword write)", cap + 4, 4, |v| {
+            v ^ 0x0010_0000
+        }),
+    ];
+    for (what, offset, size, change) in attempts {
+        let before = cfg::read(iommu, offset, size);
+        let value = change(before);
+        // SAFETY: every one of these writes must be refused by hv-core.
+        unsafe { cfg::write(iommu, offset, size, value) };
+        let got = cfg::read(iommu, offset, size);
+        check(got == before, || {
+            format!("the IOMMU's {what}: wrote {value:#x}, reads {got:#x} (was {before:#x})")
+        })?;
+        println!("iommu: port write to the IOMMU's {what}: unchanged ({got:#x})");
+    }
+    // SAFETY: as above, as string I/O.
+    unsafe { cfg::write_string(iommu, 4, command ^ PCI_COMMAND_TOGGLE) };
+    let got = cfg::read(iommu, 4, 2);
+    check(got == command, || {
+        format!("REP OUTSD changed the IOMMU's command to {got:#x}")
+    })?;
+    println!("iommu: REP OUTSD to the IOMMU's command register: unchanged");
+    println!("iommu: config writes to the IOMMU through 0xCF8/0xCFC: refused");
+
+    // Another function's configuration stays the root's: the virtio-blk
+    // interrupt line takes a byte write and is put back.
+    let blk_line = cfg::read(blk, 0x3C, 1);
+    // SAFETY: the root's own disk; the interrupt line is informational and restored.
+    unsafe { cfg::write(blk, 0x3C, 1, blk_line ^ 0x5A) };
+    let changed = cfg::read(blk, 0x3C, 1);
+    // SAFETY: as above.
+    unsafe { cfg::write(blk, 0x3C, 1, blk_line) };
+    check(
+        changed == blk_line ^ 0x5A && cfg::read(blk, 0x3C, 1) == blk_line,
+        || format!("virtio-blk's interrupt line did not take a write ({blk_line:#x} -> {changed:#x})"),
+    )?;
+    println!(
+        "iommu: virtio-blk {} config writable: interrupt line {blk_line:#x} -> {changed:#x} -> back",
+        bdf(blk)
+    );
+
+    // ECAM: find the window through the host bridge's PCIEXBAR.
+    let host = cfg::read(0, 0, 4);
+    check(host == Q35_MCH_ID, || {
+        format!("host bridge {host:#x} is not q35's MCH")
+    })?;
+    let pciexbar =
+        u64::from(cfg::read(0, Q35_PCIEXBAR, 4)) | (u64::from(cfg::read(0, Q35_PCIEXBAR + 4, 4)) << 32);
+    check(pciexbar & 1 != 0, || {
+        format!("ECAM disabled (PCIEXBAR {pciexbar:#x})")
+    })?;
+    let ecam = pciexbar & 0x7F_FC00_0000;
+    let page = |d: u16| ecam + (u64::from(d) << 12);
+    let blk_id = probe_read_u64(page(blk)).map_err(|f| format!("ECAM read of virtio-blk: {}", f.name()))?;
+    check(blk_id as u32 == cfg::read(blk, 0, 4), || {
+        format!("virtio-blk's ECAM ID {blk_id:#x} differs from 0xCFC's")
+    })?;
+    println!(
+        "iommu: ECAM at {ecam:#x}: virtio-blk reads {:04x}:{:04x}",
+        blk_id & 0xFFFF,
+        (blk_id >> 16) & 0xFFFF
+    );
+    let gp = |r: Result<u64, kernel_x86::traps::ProbeFault>, what: &str| match r {
+        Err(f) if f.vector == 13 => Ok(()),
+        other => Err(format!("{what}: expected #GP, got {other:?}")),
+    };
+    let iommu_page = page(iommu);
+    gp(probe_read_u64(iommu_page), "ECAM read of the IOMMU's function")?;
+    // SAFETY: hv-core must refuse this (#GP, nothing written): the IOMMU's
+    // ID (read-only) and its command register toggled.
+    let wrote = unsafe {
+        probe_write_u64(
+            iommu_page,
+            u64::from(id) | (u64::from(command ^ PCI_COMMAND_TOGGLE) << 32),
+        )
+    };
+    gp(wrote.map(|()| 0), "ECAM write of the IOMMU's command register")?;
+    let got = cfg::read(iommu, 4, 2);
+    check(got == command, || {
+        format!("the IOMMU's command changed to {got:#x} through ECAM")
+    })?;
+    println!("iommu: ECAM page of the IOMMU {iommu_page:#x}: read and write #GP, command unchanged");
+
+    // PCIEXBAR: moving or disabling the window would bring the IOMMU's
+    // function back into reach.
+    // SAFETY: hv-core must refuse this write (it would disable ECAM).
+    unsafe { cfg::write(0, Q35_PCIEXBAR, 4, pciexbar as u32 & !1) };
+    let again = cfg::read(0, Q35_PCIEXBAR, 4);
+    check(u64::from(again) == pciexbar & 0xFFFF_FFFF, || {
+        format!("PCIEXBAR changed to {again:#x}")
+    })?;
+    gp(
+        probe_read_u64(page(0) + u64::from(Q35_PCIEXBAR)),
+        "ECAM read of PCIEXBAR",
+    )?;
+    // SAFETY: as above, through ECAM.
+    let wrote = unsafe { probe_write_u64(page(0) + u64::from(Q35_PCIEXBAR), pciexbar & !1) };
+    gp(wrote.map(|()| 0), "ECAM write of PCIEXBAR")?;
+    let again = cfg::read(0, Q35_PCIEXBAR, 4);
+    check(u64::from(again) == pciexbar & 0xFFFF_FFFF, || {
+        format!("PCIEXBAR changed to {again:#x} through ECAM")
+    })?;
+    println!("iommu: the host bridge's PCIEXBAR {pciexbar:#x}: port write unchanged, ECAM page #GP");
     Ok(())
 }
