@@ -162,9 +162,9 @@ impl ConfigGuards {
 /// IN of `size` bytes (1, 2 or 4) from `port`, zero-extended.
 fn port_in(port: u16, size: u8) -> u64 {
     use x86_64::instructions::port::Port;
-    // SAFETY: hv-core reads a PCI configuration port on the root's behalf
-    // (the root may read all of them; reads of these ports have no side
-    // effects beyond what the root asked for).
+    // The root may read all of these ports; a read has no side effect beyond
+    // what the root asked for.
+    // SAFETY: a PCI configuration port read on the root's behalf.
     unsafe {
         match size {
             1 => u64::from(Port::<u8>::new(port).read()),
@@ -177,9 +177,9 @@ fn port_in(port: u16, size: u8) -> u64 {
 /// OUT of the low `size` bytes (1, 2 or 4) of `value` to `port`.
 fn port_out(port: u16, size: u8, value: u64) {
     use x86_64::instructions::port::Port;
-    // SAFETY: hv-core writes a PCI configuration port on the root's behalf
-    // after `pci::root_may_write` allowed it: the write reaches nothing
-    // hv-core guards.
+    // `pci::root_may_write` allowed it: the write reaches nothing hv-core
+    // guards.
+    // SAFETY: a PCI configuration port write on the root's behalf.
     unsafe {
         match size {
             1 => Port::<u8>::new(port).write(value as u8),
@@ -225,9 +225,9 @@ impl PhysRead for Firmware {
         if end > 4 << 30 {
             return false;
         }
-        // SAFETY: hv-core identity-maps all physical memory below
-        // `memory::physical_top` (at least 4 GiB); firmware tables are plain
-        // memory, and reading it has no side effect.
+        // hv-core identity-maps all physical memory below 4 GiB at least;
+        // firmware tables are plain memory.
+        // SAFETY: an identity-mapped read without side effects.
         unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, out.as_mut_ptr(), out.len()) };
         true
     }
@@ -237,8 +237,7 @@ impl PhysRead for Firmware {
 /// windows (MCFG), if any.
 fn discover() -> Result<(Ivhd, Option<Mcfg>), amd_iommu::AcpiError> {
     const BIOS: Range<u64> = 0xE_0000..0x10_0000;
-    // SAFETY: the BIOS area is identity-mapped low memory (ROM shadow),
-    // read-only here.
+    // SAFETY: the BIOS area is identity-mapped low memory, read-only here.
     let area =
         unsafe { core::slice::from_raw_parts(BIOS.start as *const u8, (BIOS.end - BIOS.start) as usize) };
     let rsdp = amd_iommu::find_rsdp(area, BIOS.start).ok_or(amd_iommu::AcpiError::NoRsdp)?;
