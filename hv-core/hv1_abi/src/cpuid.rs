@@ -80,9 +80,11 @@ bitflags! {
 }
 
 impl PartitionPrivileges {
-    /// What the root partition is granted: everything a partition manager needs.
-    pub const ROOT: Self = Self::ACCESS_VP_RUNTIME
-        .union(Self::ACCESS_SYNIC_REGS)
+    /// What the root partition is granted: everything a partition manager
+    /// needs. AccessVpRunTimeReg is not granted: hv-core does not keep VP run
+    /// time (HV_X64_MSR_VP_RUNTIME), and nothing is advertised that is not
+    /// implemented (Windows reads that MSR when the bit is set).
+    pub const ROOT: Self = Self::ACCESS_SYNIC_REGS
         .union(Self::ACCESS_HYPERCALL_MSRS)
         .union(Self::ACCESS_VP_INDEX)
         .union(Self::CREATE_PARTITIONS)

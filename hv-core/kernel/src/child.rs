@@ -176,9 +176,9 @@ impl Child {
         }
     }
 
-    /// Privileges a child gets: the guest interface, nothing to manage others.
-    pub const PRIVILEGES: PartitionPrivileges = PartitionPrivileges::ACCESS_VP_RUNTIME
-        .union(PartitionPrivileges::ACCESS_HYPERCALL_MSRS)
+    /// Privileges a child gets: the guest interface, nothing to manage
+    /// others (no AccessVpRunTimeReg: see `PartitionPrivileges::ROOT`).
+    pub const PRIVILEGES: PartitionPrivileges = PartitionPrivileges::ACCESS_HYPERCALL_MSRS
         .union(PartitionPrivileges::ACCESS_VP_INDEX)
         .union(PartitionPrivileges::ACCESS_SYNIC_REGS)
         .union(PartitionPrivileges::POST_MESSAGES)

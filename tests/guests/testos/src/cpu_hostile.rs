@@ -206,6 +206,15 @@ pub fn run(name: &str, info: &'static BootInfo) -> ! {
         },
     );
 
+    case(
+        "H-CPU-06",
+        "no AccessVpRunTimeReg advertised, and VP_RUNTIME is #GP (consistent)",
+        &mut || {
+            bits_clear("CPUID.40000003:EAX", cpuid(0x4000_0003, 0)[0], 1)?;
+            expect_fault("rdmsr VP_RUNTIME", rdmsr(msr::VP_RUNTIME), GP)
+        },
+    );
+
     // CR4: features whose state is not switched cannot be enabled.
     case(
         "H-CR4-01",
