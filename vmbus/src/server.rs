@@ -14,6 +14,18 @@
 //! is refused with the protocol's own failure (GPADL_CREATED with
 //! [`STATUS_FAILURE`]) or a [`Violation`], never a panic. (Map nodes for the
 //! bounded GPADL and assembly maps are the only infallible allocations.)
+//!
+//! Opening a channel takes two steps. A valid OPENCHANNEL puts the channel in
+//! [`ChannelState::Opening`] and reports [`Event::Opened`]; nothing is sent to
+//! the guest yet. The host starts the channel's device and answers with
+//! [`Server::open_complete`]: accepted, the guest gets OPENCHANNEL_RESULT 0 and
+//! the channel is Open; refused, the guest gets OPENCHANNEL_RESULT
+//! [`STATUS_FAILURE`] and the channel is Offered again (the guest may retry).
+//! While Opening, the channel holds one outbox slot for that answer, so the
+//! answer always fits. An open that goes away before the answer (the guest's
+//! CLOSECHANNEL, UNLOAD or new INITIATE_CONTACT, the host's [`Server::rescind`]
+//! or [`Server::reset`]) gets no answer: [`Server::open_complete`] then
+//! returns [`HostError::NotOpening`] and changes nothing.
 
 use crate::gpadl::{self, Assembly, Gpadl, GpadlError};
 use crate::protocol::{
@@ -63,7 +75,9 @@ pub struct Limits {
     /// would not fit is refused before it changes anything
     /// ([`Quota::Outbox`]): the queue never grows past this. REQUESTOFFERS
     /// needs one slot per offer plus one, so this must exceed the number of
-    /// offers.
+    /// offers. A channel waiting for its device's answer
+    /// ([`ChannelState::Opening`]) holds one slot for it, counted here too
+    /// (until the answer is queued or the open goes away).
     pub max_outbox: usize,
 }
 
@@ -107,8 +121,13 @@ pub struct Usage {
     pub gpadl_pages: u64,
     /// Channels offered (rescinded ones awaiting RELID_RELEASED included).
     pub channels: usize,
-    /// Channels open.
+    /// Channels open ([`ChannelState::Open`] only: a channel whose device
+    /// has not answered yet is counted in `opening_channels`).
     pub open_channels: usize,
+    /// Channels waiting for their device's answer ([`ChannelState::Opening`]).
+    /// Each holds one outbox slot for its OPENCHANNEL_RESULT: the slots
+    /// count against [`Limits::max_outbox`] but not in `outbox`.
+    pub opening_channels: usize,
     /// Messages waiting in the outbox.
     pub outbox: usize,
     /// The limits in force ([`Limits::max_gpadl_pages`] already capped at the
@@ -134,13 +153,19 @@ pub struct OfferSpec {
 pub enum ChannelState {
     /// Offered, not open.
     Offered,
+    /// The guest sent a valid OPENCHANNEL ([`Event::Opened`] was reported)
+    /// and the host has not answered it yet ([`Server::open_complete`]):
+    /// nothing has been sent to the guest. The ring GPADL cannot be torn
+    /// down and MODIFYCHANNEL is refused, as for a channel not open. One
+    /// outbox slot is held for the answer.
+    Opening(OpenInfo),
     /// Open on a ring GPADL.
     Open(OpenInfo),
     /// Rescinded; the relid is reused only after RELID_RELEASED.
     Rescinded,
 }
 
-/// An open channel's parameters.
+/// An open (or opening) channel's parameters, from the guest's OPENCHANNEL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenInfo {
     /// The GPADL holding both rings.
@@ -169,7 +194,13 @@ pub struct Channel {
 pub enum Event {
     /// The guest connected.
     Connected(Version),
-    /// A channel was opened: its rings are in `gpadl`.
+    /// The guest asked to open a channel, on rings in `gpadl`: the channel
+    /// is now [`ChannelState::Opening`]. The host must start its device and
+    /// answer with [`Server::open_complete`] (accepted or refused); the guest
+    /// hears nothing until then. If an [`Event::Closed`] for the relid comes
+    /// first (or the host rescinds or resets), the open is gone: stop what
+    /// was started and do not answer (`open_complete` would return
+    /// [`HostError::NotOpening`]).
     Opened {
         /// The channel.
         relid: u32,
@@ -179,7 +210,10 @@ pub enum Event {
         gpadl: Gpadl,
     },
     /// A channel was closed by the guest, by UNLOAD, or by a new
-    /// INITIATE_CONTACT (an implicit disconnect).
+    /// INITIATE_CONTACT (an implicit disconnect). Reported for an Open
+    /// channel and for an Opening one (the device may have started; its
+    /// answer is no longer wanted), and for a rescinded channel the guest
+    /// closes.
     Closed {
         /// The channel.
         relid: u32,
@@ -221,13 +255,19 @@ pub enum Violation {
     BadTargetVp(u32),
 }
 
-/// Why a host-side request ([`Server::offer`], [`Server::rescind`]) failed.
+/// Why a host-side request ([`Server::offer`], [`Server::rescind`],
+/// [`Server::open_complete`]) failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostError {
     /// All relids 1..=2047 are taken.
     NoFreeRelid,
     /// No such channel, or it is already rescinded.
     NoChannel(u32),
+    /// [`Server::open_complete`] for a channel that is not
+    /// [`ChannelState::Opening`]: its open was answered already, or went away
+    /// (the guest closed the channel, UNLOAD, a new INITIATE_CONTACT, a
+    /// rescind, [`Server::reset`]). Nothing was sent; the device should stop.
+    NotOpening(u32),
     /// The message for the guest does not fit the outbox (it is full, see
     /// [`Limits::max_outbox`], or the host is out of memory): drain it with
     /// [`Server::next_message`] and retry. Nothing changed.
@@ -242,25 +282,51 @@ struct Outgoing {
     bytes: [u8; MAX_MESSAGE_SIZE],
 }
 
-impl Outgoing {
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.bytes[..self.len]
-    }
-}
-
 /// The bounded queue of messages for the guest.
+///
+/// Slots can be held for answers owed later (one per Opening channel): a
+/// held slot counts against the limit like a queued message, and its memory
+/// is reserved when it is taken, so the answer always fits.
+///
+/// Invariants: `queue.len() + held <= max`, and the queue's capacity is at
+/// least `queue.len() + held` (capacity never shrinks: nothing here calls
+/// `shrink_to_fit`).
 struct Outbox {
     queue: VecDeque<Outgoing>,
     max: usize,
+    held: usize,
 }
 
 impl Outbox {
-    /// Make sure `n` more messages fit, without growing past the limit.
+    /// Make sure `n` more messages fit besides the held slots, without
+    /// growing past the limit.
     fn make_room(&mut self, n: usize) -> Result<(), Violation> {
-        if self.queue.len().saturating_add(n) > self.max {
+        let wanted = self.held.saturating_add(n);
+        if self.queue.len().saturating_add(wanted) > self.max {
             return Err(Violation::QuotaExceeded(Quota::Outbox));
         }
-        self.queue.try_reserve(n).map_err(|_| Violation::HostOutOfMemory)
+        self.queue
+            .try_reserve(wanted)
+            .map_err(|_| Violation::HostOutOfMemory)
+    }
+
+    /// Hold one slot for a later answer. Only right after `make_room(1)`
+    /// succeeded with nothing pushed since: that is the slot held.
+    fn hold(&mut self) {
+        self.held += 1;
+    }
+
+    /// Give a held slot back.
+    fn release(&mut self) {
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// Queue the answer a held slot was for. Cannot fail while the
+    /// invariants hold (the slot and its memory are there); if they were
+    /// broken it is refused and the slot stays held, never a panic.
+    fn push_held(&mut self, vp: u32, bytes: &[u8]) -> Result<(), Violation> {
+        self.release();
+        self.push(vp, bytes).inspect_err(|_| self.hold())
     }
 
     fn push(&mut self, vp: u32, bytes: &[u8]) -> Result<(), Violation> {
@@ -346,6 +412,7 @@ impl Server {
             outbox: Outbox {
                 queue: VecDeque::new(),
                 max: limits.max_outbox,
+                held: 0,
             },
             offers_requested: false,
             guest_pages,
@@ -365,7 +432,8 @@ impl Server {
             assemblies: self.assemblies.len(),
             gpadl_pages: self.gpadl_pages(),
             channels: self.channels.len(),
-            open_channels: self.open_relids().count(),
+            open_channels: self.count(|s| matches!(s, ChannelState::Open(_))),
+            opening_channels: self.count(|s| matches!(s, ChannelState::Opening(_))),
             outbox: self.outbox.queue.len(),
             limits: self.limits,
         }
@@ -406,10 +474,16 @@ impl Server {
         self.outbox.push(self.target_vp, bytes)
     }
 
-    fn open_relids(&self) -> impl Iterator<Item = u32> + '_ {
+    fn count(&self, f: impl Fn(&ChannelState) -> bool) -> usize {
+        self.channels.values().filter(|c| f(&c.state)).count()
+    }
+
+    /// Channels a device may be running for: Open, or Opening (the device
+    /// got [`Event::Opened`] and may have started before answering).
+    fn started_relids(&self) -> impl Iterator<Item = u32> + '_ {
         self.channels
             .iter()
-            .filter(|(_, c)| matches!(c.state, ChannelState::Open(_)))
+            .filter(|(_, c)| matches!(c.state, ChannelState::Open(_) | ChannelState::Opening(_)))
             .map(|(r, _)| *r)
     }
 
@@ -448,11 +522,17 @@ impl Server {
     }
 
     /// Take a device away: the guest must close it and release the relid.
-    /// Not connected, the channel simply goes.
+    /// Not connected, the channel simply goes. An Opening channel's open is
+    /// dropped unanswered (its held outbox slot carries the RESCIND): the
+    /// caller stops the device it may have started, and a later
+    /// [`Self::open_complete`] returns [`HostError::NotOpening`].
     pub fn rescind(&mut self, relid: u32) -> Result<(), HostError> {
-        match self.channels.get(&relid) {
-            Some(c) if c.state != ChannelState::Rescinded => {}
+        let opening = match self.channels.get(&relid) {
+            Some(c) if c.state != ChannelState::Rescinded => matches!(c.state, ChannelState::Opening(_)),
             _ => return Err(HostError::NoChannel(relid)),
+        };
+        if opening {
+            self.outbox.release();
         }
         if self.version.is_none() {
             self.channels.remove(&relid);
@@ -464,7 +544,13 @@ impl Server {
             header: Header::new(RescindChannelOffer::TYPE),
             child_relid: relid,
         };
-        self.send(m.as_bytes()).map_err(|_| HostError::OutboxFull)?;
+        if self.send(m.as_bytes()).is_err() {
+            if opening {
+                // Nothing changed: the open still waits, with its slot.
+                self.outbox.hold();
+            }
+            return Err(HostError::OutboxFull);
+        }
         if let Some(ch) = self.channels.get_mut(&relid) {
             ch.state = ChannelState::Rescinded;
         }
@@ -475,10 +561,11 @@ impl Server {
     /// child partition reset): not connected, no GPADLs or assemblies, nothing
     /// queued for the guest, rescinded channels gone, every other channel
     /// Offered with its offer, relid and connection id kept, message target
-    /// back to VP 0 / SINT 2. Returns the relids that were open, so their
-    /// devices can be stopped (no [`Event::Closed`] is reported for them).
+    /// back to VP 0 / SINT 2. Returns the relids that were Open or Opening
+    /// (ascending), so their devices can be stopped (no [`Event::Closed`] is
+    /// reported for them; an Opening one's open is dropped unanswered).
     pub fn reset(&mut self) -> Vec<u32> {
-        let open: Vec<u32> = self.open_relids().collect();
+        let open: Vec<u32> = self.started_relids().collect();
         self.disconnect();
         self.outbox.queue.clear();
         self.target_vp = 0;
@@ -486,13 +573,19 @@ impl Server {
         open
     }
 
-    /// Drop the connection and everything the guest built on it: open
-    /// channels go back to Offered, rescinded ones go, GPADLs and assemblies
-    /// are forgotten. The caller has collected the open relids.
+    /// Drop the connection and everything the guest built on it: open and
+    /// opening channels go back to Offered (an opening one's answer is
+    /// dropped, with its held slot), rescinded ones go, GPADLs and assemblies
+    /// are forgotten. The caller has collected the started relids.
     fn disconnect(&mut self) {
         for ch in self.channels.values_mut() {
-            if matches!(ch.state, ChannelState::Open(_)) {
-                ch.state = ChannelState::Offered;
+            match ch.state {
+                ChannelState::Open(_) => ch.state = ChannelState::Offered,
+                ChannelState::Opening(_) => {
+                    ch.state = ChannelState::Offered;
+                    self.outbox.release();
+                }
+                ChannelState::Offered | ChannelState::Rescinded => {}
             }
         }
         self.channels.retain(|_, c| c.state != ChannelState::Rescinded);
@@ -566,10 +659,9 @@ impl Server {
                 Ok(Vec::new())
             }
             Message::GpadlTeardown(t) => {
-                let in_use = self
-                    .channels
-                    .values()
-                    .any(|c| matches!(&c.state, ChannelState::Open(o) if o.ring_gpadl == t.gpadl));
+                let in_use = self.channels.values().any(|c| {
+                    matches!(&c.state, ChannelState::Open(o) | ChannelState::Opening(o) if o.ring_gpadl == t.gpadl)
+                });
                 match self.gpadls.get(&t.gpadl) {
                     Some(g) if g.child_relid == t.child_relid && !in_use => {
                         self.gpadls.remove(&t.gpadl);
@@ -596,8 +688,8 @@ impl Server {
             },
             Message::ModifyChannel(m) => self.modify_channel(version, msgtype, &m),
             Message::Unload => {
-                let mut events = events_with_room(self.open_relids().count() + 1)?;
-                events.extend(self.open_relids().map(|relid| Event::Closed { relid }));
+                let mut events = events_with_room(self.started_relids().count() + 1)?;
+                events.extend(self.started_relids().map(|relid| Event::Closed { relid }));
                 self.disconnect();
                 self.send(
                     UnloadResponse {
@@ -615,7 +707,7 @@ impl Server {
     }
 
     /// INITIATE_CONTACT. From a guest that is already connected it is an
-    /// implicit disconnect first: every open channel is closed
+    /// implicit disconnect first: every open or opening channel is closed
     /// ([`Event::Closed`], before [`Event::Connected`]), GPADLs, assemblies
     /// and rescinded channels are dropped, and the contact is then decided as
     /// on a fresh bus. That is what a guest rebooting into a new kernel needs
@@ -629,9 +721,9 @@ impl Server {
         ic: &InitiateContact,
     ) -> Result<Vec<Event>, Violation> {
         self.outbox.make_room(1)?;
-        let mut events = events_with_room(self.open_relids().count() + 1)?;
+        let mut events = events_with_room(self.started_relids().count() + 1)?;
         if self.version.is_some() {
-            events.extend(self.open_relids().map(|relid| Event::Closed { relid }));
+            events.extend(self.started_relids().map(|relid| Event::Closed { relid }));
             self.disconnect();
         }
         let contact = version::decide(ic, connection_id);
@@ -731,36 +823,58 @@ impl Server {
         }
     }
 
-    /// The device behind an [`Event::Opened`] could not start: turn the
-    /// queued OPENCHANNEL_RESULT for `relid` into a failure and put the
-    /// channel back to Offered (the guest may try again). Must be called
-    /// before the answer is taken with [`Self::next_message`]; returns false
-    /// if there was no such answer waiting.
-    pub fn refuse_open(&mut self, relid: u32) -> bool {
-        let answer = self.outbox.queue.iter_mut().rev().find_map(|m| {
-            let r = OpenResult::mut_from_bytes(m.bytes_mut()).ok()?;
-            (r.header.msgtype == OpenResult::TYPE.0 && r.child_relid == relid && r.status == 0).then_some(r)
-        });
-        let Some(answer) = answer else { return false };
-        answer.status = STATUS_FAILURE;
-        if let Some(ch) = self.channels.get_mut(&relid)
-            && matches!(ch.state, ChannelState::Open(_))
-        {
-            ch.state = ChannelState::Offered;
-        }
-        true
-    }
-
-    fn open_channel(&mut self, o: &OpenChannel) -> Result<Vec<Event>, Violation> {
-        let result = self.open(o);
-        let status = if result.is_ok() { 0 } else { STATUS_FAILURE };
+    /// Answer the guest's open of `relid` (reported by [`Event::Opened`]):
+    /// `accepted`, the device runs: the channel becomes
+    /// [`ChannelState::Open`] and the guest gets OPENCHANNEL_RESULT status 0;
+    /// refused, the channel is Offered again and the guest gets
+    /// OPENCHANNEL_RESULT [`STATUS_FAILURE`] (it may try again). The result
+    /// carries the `open_id` of the guest's request.
+    ///
+    /// The answer goes into the outbox slot the channel has held since its
+    /// OPENCHANNEL, so it is never refused for room ([`HostError::OutboxFull`]
+    /// only if that guarantee were broken; nothing changes then, and the call
+    /// may be retried). A channel that is not Opening (no such channel:
+    /// [`HostError::NoChannel`]; answered already, closed by the guest,
+    /// unloaded, reconnected, rescinded or reset since [`Event::Opened`]:
+    /// [`HostError::NotOpening`]) is left as it is and nothing is sent.
+    pub fn open_complete(&mut self, relid: u32, accepted: bool) -> Result<(), HostError> {
+        let ch = self.channels.get(&relid).ok_or(HostError::NoChannel(relid))?;
+        let ChannelState::Opening(info) = &ch.state else {
+            return Err(HostError::NotOpening(relid));
+        };
         let m = OpenResult {
             header: Header::new(OpenResult::TYPE),
-            child_relid: o.child_relid,
-            open_id: o.open_id,
-            status,
+            child_relid: relid,
+            open_id: info.open_id,
+            status: if accepted { 0 } else { STATUS_FAILURE },
         };
-        self.send(m.as_bytes())?;
+        self.outbox
+            .push_held(self.target_vp, m.as_bytes())
+            .map_err(|_| HostError::OutboxFull)?;
+        if let Some(ch) = self.channels.get_mut(&relid) {
+            let was = core::mem::replace(&mut ch.state, ChannelState::Offered);
+            if let (true, ChannelState::Opening(info)) = (accepted, was) {
+                ch.state = ChannelState::Open(info);
+            }
+        }
+        Ok(())
+    }
+
+    /// OPENCHANNEL: a valid one makes the channel Opening and waits for the
+    /// host's [`Self::open_complete`] (the slot `handle` made room for is
+    /// held for that answer); an invalid one is answered with a failure at
+    /// once.
+    fn open_channel(&mut self, o: &OpenChannel) -> Result<Vec<Event>, Violation> {
+        let result = self.open(o);
+        if result.is_err() {
+            let m = OpenResult {
+                header: Header::new(OpenResult::TYPE),
+                child_relid: o.child_relid,
+                open_id: o.open_id,
+                status: STATUS_FAILURE,
+            };
+            self.send(m.as_bytes())?;
+        }
         result
     }
 
@@ -789,7 +903,9 @@ impl Server {
         let gpadl = g.try_clone().map_err(|_| Violation::HostOutOfMemory)?;
         let mut events = events_with_room(1)?;
         if let Some(ch) = self.channels.get_mut(&relid) {
-            ch.state = ChannelState::Open(info.clone());
+            ch.state = ChannelState::Opening(info.clone());
+            // `handle` made room for one answer: hold it for open_complete.
+            self.outbox.hold();
         }
         events.push(Event::Opened { relid, info, gpadl });
         Ok(events)
@@ -802,9 +918,18 @@ impl Server {
             return Err(Violation::BadRelid(relid));
         }
         let mut events = events_with_room(1)?;
-        // A rescinded channel may still be closed by the guest.
-        if matches!(ch.state, ChannelState::Open(_)) {
-            ch.state = ChannelState::Offered;
+        // A rescinded channel may still be closed by the guest. An Opening
+        // one is closed before its device answered: the answer is dropped
+        // (Linux waits for OPENCHANNEL_RESULT before it closes, so only a
+        // confused or hostile guest does this) and the device is stopped by
+        // the Closed event.
+        match ch.state {
+            ChannelState::Open(_) => ch.state = ChannelState::Offered,
+            ChannelState::Opening(_) => {
+                ch.state = ChannelState::Offered;
+                self.outbox.release();
+            }
+            ChannelState::Offered | ChannelState::Rescinded => {}
         }
         events.push(Event::Closed { relid });
         Ok(events)
@@ -817,7 +942,8 @@ impl Server {
     /// 6.1 waits for the answer with no timeout (`send_modifychannel_with_ack`,
     /// `wait_for_completion`); OpenVMM does the same (`channels.rs`
     /// `handle_modify_channel`). Refused: an unknown relid, a channel that is
-    /// not open, target VP [`VP_INDEX_DISABLE_INTERRUPT`].
+    /// not open (an Opening one included), target VP
+    /// [`VP_INDEX_DISABLE_INTERRUPT`].
     fn modify_channel(
         &mut self,
         version: Version,
@@ -965,8 +1091,9 @@ mod tests {
         .to_vec()
     }
 
-    /// Open `relid` on a fresh 4-page GPADL `handle` at `first_pfn`.
-    fn open(s: &mut Server, relid: u32, handle: u32, first_pfn: u64) {
+    /// Ask to open `relid` on a fresh 4-page GPADL `handle` at `first_pfn`;
+    /// the device has not answered (the channel is Opening, nothing sent).
+    fn start_open(s: &mut Server, relid: u32, handle: u32, first_pfn: u64) {
         let pfns: Vec<u64> = (first_pfn..first_pfn + 4).collect();
         assert_eq!(post_gpadl(s, relid, handle, &pfns).1, Some(0));
         let ev = s.handle(1, &open_msg(relid, handle, 2)).unwrap();
@@ -974,7 +1101,44 @@ mod tests {
             matches!(ev[..], [Event::Opened { relid: r, .. }] if r == relid),
             "{ev:?}"
         );
-        drain(s);
+        assert!(
+            matches!(s.channels()[&relid].state, ChannelState::Opening(_)),
+            "{:?}",
+            s.channels()[&relid].state
+        );
+        assert!(drain(s).is_empty(), "answered before the device did");
+        check_held(s);
+    }
+
+    /// Open `relid` on a fresh 4-page GPADL `handle` at `first_pfn`, the
+    /// device accepting.
+    fn open(s: &mut Server, relid: u32, handle: u32, first_pfn: u64) {
+        start_open(s, relid, handle, first_pfn);
+        assert_eq!(s.open_complete(relid, true), Ok(()));
+        assert_eq!(open_results(&drain(s)), vec![(relid, relid, 0)]);
+        check_held(s);
+    }
+
+    /// The outbox holds exactly one slot per Opening channel.
+    fn check_held(s: &Server) {
+        let opening = s
+            .channels()
+            .values()
+            .filter(|c| matches!(c.state, ChannelState::Opening(_)))
+            .count();
+        assert_eq!(s.outbox.held, opening, "held slots");
+        assert_eq!(s.usage().opening_channels, opening);
+        assert!(s.outbox.queue.len() + s.outbox.held <= s.outbox.max);
+    }
+
+    /// Every OPENCHANNEL_RESULT in `msgs`: (relid, open_id, status).
+    fn open_results(msgs: &[Vec<u8>]) -> Vec<(u32, u32, u32)> {
+        msgs.iter()
+            .filter_map(|m| match Message::parse(m) {
+                Ok(Message::OpenResult(r)) => Some((r.child_relid, r.open_id, r.status)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn modify_status(msgs: &[Vec<u8>]) -> Option<i32> {
@@ -1340,6 +1504,7 @@ mod tests {
                 gpadl_pages: 34,
                 channels: 2,
                 open_channels: 1,
+                opening_channels: 0,
                 outbox: 0,
                 limits: Limits {
                     max_gpadl_pages: 4096,
@@ -1349,7 +1514,8 @@ mod tests {
         );
     }
 
-    /// Run messages both ways until both sides are quiet.
+    /// Run messages both ways until both sides are quiet; every open is
+    /// answered at once, refused for `veto`.
     fn pump(server: &mut Server, client: &mut Client, events: &mut Vec<ClientEvent>, veto: Option<u32>) {
         loop {
             let mut moved = false;
@@ -1357,10 +1523,8 @@ mod tests {
                 moved = true;
                 if let Ok(evs) = server.handle(conn, &bytes) {
                     for e in evs {
-                        if let (Event::Opened { relid, .. }, Some(v)) = (&e, veto)
-                            && *relid == v
-                        {
-                            assert!(server.refuse_open(v));
+                        if let Event::Opened { relid, .. } = e {
+                            assert_eq!(server.open_complete(relid, veto != Some(relid)), Ok(()));
                         }
                     }
                 }
@@ -1402,8 +1566,11 @@ mod tests {
             "{events:?}"
         );
         assert_eq!(server.channels()[&relid].state, ChannelState::Offered);
-        // Nothing waiting: nothing to refuse.
-        assert!(!server.refuse_open(relid));
+        // Nothing waiting: nothing to answer.
+        assert_eq!(
+            server.open_complete(relid, false),
+            Err(HostError::NotOpening(relid))
+        );
         // The guest may try again, and this time the device starts.
         events.clear();
         client.open(relid, handle, 2, 0);
@@ -1412,5 +1579,275 @@ mod tests {
             events.contains(&ClientEvent::OpenResult { relid, status: 0 }),
             "{events:?}"
         );
+    }
+
+    fn close_msg(relid: u32) -> Vec<u8> {
+        CloseChannel {
+            header: Header::new(CloseChannel::TYPE),
+            child_relid: relid,
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    fn unload_msg() -> Vec<u8> {
+        crate::protocol::Unload {
+            header: Header::new(crate::protocol::Unload::TYPE),
+        }
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn an_open_is_answered_only_when_the_device_answers() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        assert_eq!(post_gpadl(&mut s, 1, 10, &[100, 101, 102, 103]).1, Some(0));
+        let m = OpenChannel {
+            open_id: 0xABCD,
+            target_vp: 3,
+            ..OpenChannel::read_from_bytes(&open_msg(1, 10, 2)).unwrap()
+        };
+        let info = OpenInfo {
+            ring_gpadl: 10,
+            downstream_page_offset: 2,
+            target_vp: 3,
+            open_id: 0xABCD,
+        };
+        let events = s.handle(1, m.as_bytes()).unwrap();
+        assert!(
+            matches!(&events[..], [Event::Opened { relid: 1, info: i, gpadl }] if *i == info && gpadl.page_count() == 4),
+            "{events:?}"
+        );
+        assert_eq!(s.channels()[&1].state, ChannelState::Opening(info.clone()));
+        assert!(
+            drain(&mut s).is_empty(),
+            "OPENCHANNEL_RESULT before the device answered"
+        );
+        let u = s.usage();
+        assert_eq!((u.open_channels, u.opening_channels, u.outbox), (0, 1, 0));
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Ok(()));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 0xABCD, 0)]);
+        assert_eq!(s.channels()[&1].state, ChannelState::Open(info));
+        let u = s.usage();
+        assert_eq!((u.open_channels, u.opening_channels), (1, 0));
+        check_held(&s);
+        // Answered once only; an unknown relid names nothing.
+        assert_eq!(s.open_complete(1, true), Err(HostError::NotOpening(1)));
+        assert_eq!(s.open_complete(1, false), Err(HostError::NotOpening(1)));
+        assert_eq!(s.open_complete(99, true), Err(HostError::NoChannel(99)));
+        assert!(drain(&mut s).is_empty());
+        assert!(matches!(s.channels()[&1].state, ChannelState::Open(_)));
+    }
+
+    #[test]
+    fn a_refused_open_answers_failure_and_the_guest_may_retry() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        start_open(&mut s, 1, 10, 100);
+        assert_eq!(s.open_complete(1, false), Ok(()));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, STATUS_FAILURE)]);
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Err(HostError::NotOpening(1)));
+        // Again on the same GPADL: this time the device starts.
+        let ev = s.handle(1, &open_msg(1, 10, 2)).unwrap();
+        assert!(matches!(ev[..], [Event::Opened { relid: 1, .. }]), "{ev:?}");
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.open_complete(1, true), Ok(()));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, 0)]);
+        assert!(matches!(s.channels()[&1].state, ChannelState::Open(_)));
+    }
+
+    #[test]
+    fn an_invalid_open_is_refused_at_once() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        assert_eq!(post_gpadl(&mut s, 1, 10, &[100, 101, 102, 103]).1, Some(0));
+        // Unknown GPADL, split 1.
+        assert_eq!(s.handle(1, &open_msg(1, 11, 2)), Err(Violation::BadGpadl(11)));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, STATUS_FAILURE)]);
+        assert_eq!(s.handle(1, &open_msg(1, 10, 1)), Err(Violation::BadGpadl(10)));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, STATUS_FAILURE)]);
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        check_held(&s);
+        // A second OPENCHANNEL while the first waits: refused at once, the
+        // first still waits and gets its own answer.
+        let ev = s.handle(1, &open_msg(1, 10, 2)).unwrap();
+        assert!(matches!(ev[..], [Event::Opened { relid: 1, .. }]), "{ev:?}");
+        assert_eq!(s.handle(1, &open_msg(1, 10, 2)), Err(Violation::BadRelid(1)));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, STATUS_FAILURE)]);
+        assert!(matches!(s.channels()[&1].state, ChannelState::Opening(_)));
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Ok(()));
+        assert_eq!(open_results(&drain(&mut s)), vec![(1, 1, 0)]);
+        check_held(&s);
+    }
+
+    #[test]
+    fn a_close_while_opening_drops_the_answer() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        start_open(&mut s, 1, 10, 100);
+        assert_eq!(s.handle(1, &close_msg(1)), Ok(vec![Event::Closed { relid: 1 }]));
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Err(HostError::NotOpening(1)));
+        assert!(drain(&mut s).is_empty(), "an answer for a closed open");
+        assert_eq!(s.channels()[&1].state, ChannelState::Offered);
+        // The ring is free again, and the channel can be opened anew.
+        assert_eq!(s.handle(1, &teardown(1, 10)), Ok(Vec::new()));
+        drain(&mut s);
+        open(&mut s, 1, 11, 200);
+    }
+
+    #[test]
+    fn a_rescind_while_opening_drops_the_answer() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        start_open(&mut s, 1, 10, 100);
+        assert_eq!(s.rescind(1), Ok(()));
+        assert_eq!(s.channels()[&1].state, ChannelState::Rescinded);
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Err(HostError::NotOpening(1)));
+        let sent = drain(&mut s);
+        assert!(
+            matches!(&sent[..], [m] if matches!(Message::parse(m), Ok(Message::RescindChannelOffer(r)) if r.child_relid == 1)),
+            "{sent:?}"
+        );
+        let released = RelidReleased {
+            header: Header::new(RelidReleased::TYPE),
+            child_relid: 1,
+        };
+        s.handle(1, released.as_bytes()).unwrap();
+        assert_eq!(s.open_complete(1, true), Err(HostError::NoChannel(1)));
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_rescind_while_opening_uses_the_held_slot() {
+        let limits = Limits {
+            max_outbox: 4,
+            ..Limits::DEFAULT
+        };
+        let mut s = connected(1 << 16, limits, Version::WIN10_V5_3, 2);
+        start_open(&mut s, 1, 10, 100);
+        for i in 0..3u32 {
+            let m = gpadl::encode(2, 20 + i, &[300 + u64::from(i)]).swap_remove(0);
+            assert_eq!(s.handle(1, &m), Ok(Vec::new()));
+        }
+        // Three answers queued, one slot held: full.
+        assert_eq!(s.rescind(2), Err(HostError::OutboxFull));
+        assert_eq!(s.channels()[&2].state, ChannelState::Offered);
+        assert_eq!(s.rescind(1), Ok(()));
+        assert_eq!(s.channels()[&1].state, ChannelState::Rescinded);
+        check_held(&s);
+        assert_eq!(drain(&mut s).len(), 4);
+    }
+
+    #[test]
+    fn unload_closes_opening_channels() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        open(&mut s, 1, 10, 100);
+        start_open(&mut s, 2, 11, 200);
+        let events = s.handle(1, &unload_msg()).unwrap();
+        assert_eq!(
+            events,
+            vec![
+                Event::Closed { relid: 1 },
+                Event::Closed { relid: 2 },
+                Event::Unloaded
+            ]
+        );
+        assert_eq!(s.channels()[&2].state, ChannelState::Offered);
+        check_held(&s);
+        assert_eq!(s.open_complete(2, true), Err(HostError::NotOpening(2)));
+        let sent = drain(&mut s);
+        assert!(
+            matches!(&sent[..], [m] if matches!(Message::parse(m), Ok(Message::UnloadResponse))),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_reconnect_closes_opening_channels() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 2);
+        start_open(&mut s, 2, 11, 200);
+        let events = s.handle(4, &contact(Version::WIN10_V5_3)).unwrap();
+        assert_eq!(
+            events,
+            vec![Event::Closed { relid: 2 }, Event::Connected(Version::WIN10_V5_3)]
+        );
+        assert_eq!(s.channels()[&2].state, ChannelState::Offered);
+        check_held(&s);
+        assert_eq!(s.open_complete(2, true), Err(HostError::NotOpening(2)));
+        let sent = drain(&mut s);
+        assert!(
+            matches!(&sent[..], [m] if matches!(Message::parse(m), Ok(Message::VersionResponse(_)))),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn reset_returns_opening_channels() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 3);
+        start_open(&mut s, 3, 12, 300);
+        open(&mut s, 1, 10, 100);
+        assert_eq!(s.reset(), vec![1, 3]);
+        assert_eq!(s.channels()[&3].state, ChannelState::Offered);
+        check_held(&s);
+        assert_eq!(s.open_complete(3, true), Err(HostError::NotOpening(3)));
+        assert!(s.next_message().is_none());
+    }
+
+    #[test]
+    fn an_opening_ring_gpadl_is_not_torn_down() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        start_open(&mut s, 1, 10, 100);
+        assert_eq!(s.handle(1, &teardown(1, 10)), Err(Violation::BadGpadl(10)));
+        assert!(s.gpadl(10).is_some(), "ring GPADL torn down while opening");
+        assert!(drain(&mut s).is_empty());
+        assert_eq!(s.open_complete(1, false), Ok(()));
+        drain(&mut s);
+        assert_eq!(s.handle(1, &teardown(1, 10)), Ok(Vec::new()));
+        assert!(s.gpadl(10).is_none());
+    }
+
+    #[test]
+    fn modifychannel_on_an_opening_channel_is_refused() {
+        let mut s = connected(1 << 16, Limits::DEFAULT, Version::WIN10_V5_3, 1);
+        start_open(&mut s, 1, 10, 100);
+        assert_eq!(s.handle(1, &modify(1, 3)), Err(Violation::BadRelid(1)));
+        assert_eq!(modify_status(&drain(&mut s)), Some(STATUS_UNSUCCESSFUL));
+        let ChannelState::Opening(info) = &s.channels()[&1].state else {
+            panic!()
+        };
+        assert_eq!(info.target_vp, 0);
+        assert_eq!(s.open_complete(1, true), Ok(()));
+        drain(&mut s);
+        assert_eq!(s.handle(1, &modify(1, 3)), Ok(Vec::new()));
+        assert_eq!(modify_status(&drain(&mut s)), Some(0));
+    }
+
+    #[test]
+    fn the_answer_to_an_open_always_fits() {
+        let limits = Limits {
+            max_outbox: 4,
+            ..Limits::DEFAULT
+        };
+        let mut s = connected(1 << 16, limits, Version::WIN10_V5_3, 2);
+        start_open(&mut s, 1, 10, 100);
+        // Nobody drains: three answers fit besides the held slot.
+        for i in 0..3u32 {
+            let m = gpadl::encode(2, 20 + i, &[300 + u64::from(i)]).swap_remove(0);
+            assert_eq!(s.handle(1, &m), Ok(Vec::new()));
+        }
+        let m = gpadl::encode(2, 30, &[400]).swap_remove(0);
+        assert_eq!(s.handle(1, &m), Err(Violation::QuotaExceeded(Quota::Outbox)));
+        assert_eq!(s.offer(spec(9)), Err(HostError::OutboxFull));
+        assert_eq!(s.rescind(2), Err(HostError::OutboxFull));
+        assert_eq!(s.usage().outbox, 3);
+        check_held(&s);
+        assert_eq!(s.open_complete(1, true), Ok(()));
+        check_held(&s);
+        let sent = drain(&mut s);
+        assert_eq!(sent.len(), 4);
+        assert_eq!(open_results(&sent), vec![(1, 1, 0)]);
     }
 }

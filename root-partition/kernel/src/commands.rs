@@ -656,6 +656,7 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
         .collect();
     let state_name = |c: &vmbus::server::Channel| match c.state {
         vmbus::server::ChannelState::Offered => "offered",
+        vmbus::server::ChannelState::Opening(_) => "opening",
         vmbus::server::ChannelState::Open(_) => "open",
         vmbus::server::ChannelState::Rescinded => "rescinded",
     };
@@ -670,7 +671,9 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                     .str("instance", &guid_text(&c.offer.interface_instance))
                     .str("state", state_name(c))
                     .num("connection_id", u64::from(c.connection_id));
-                if let vmbus::server::ChannelState::Open(info) = &c.state {
+                if let vmbus::server::ChannelState::Open(info) | vmbus::server::ChannelState::Opening(info) =
+                    &c.state
+                {
                     o = o
                         .num("ring_gpadl", u64::from(info.ring_gpadl))
                         .num("downstream_page_offset", u64::from(info.downstream_page_offset))

@@ -503,9 +503,18 @@ impl Worker {
                             }
                         }
                         vmbus::server::Event::Opened { relid, info, gpadl } => {
-                            if let Err(why) = self.open_echo(relid, &info, &gpadl) {
-                                // The child hears OPENCHANNEL_RESULT failure.
-                                self.vmbus.refuse_open(relid);
+                            // The server holds OPENCHANNEL_RESULT until the
+                            // device answers (its Opening state).
+                            let started = self.open_echo(relid, &info, &gpadl);
+                            if self.vmbus.open_complete(relid, started.is_ok()).is_err() {
+                                // Nothing waits for this answer any more (the
+                                // server holds a slot for it, so only a bug
+                                // gets here): stop the device again.
+                                self.close_echo(relid);
+                                continue;
+                            }
+                            if let Err(why) = started {
+                                // The child heard OPENCHANNEL_RESULT failure.
                                 self.vmbus_violations += 1;
                                 if self.may_log() {
                                     crate::println!(

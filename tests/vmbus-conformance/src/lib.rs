@@ -56,6 +56,13 @@ pub struct Loopback {
     pub client_events: Vec<ClientEvent>,
     /// Violations the server reported.
     pub violations: Vec<Violation>,
+    /// The device's answer to every [`Event::Opened`]: `true`, the loopback
+    /// answers each open at once with `open_complete` (refused for the
+    /// relids in `veto`, accepted otherwise); `false`, opens stay unanswered
+    /// (Opening) until the case calls `open_complete` itself.
+    pub answer_opens: bool,
+    /// Relids whose opens the device refuses (when `answer_opens`).
+    pub veto: Vec<u32>,
     next_page: u64,
 }
 
@@ -87,6 +94,8 @@ impl Loopback {
             events: Vec::new(),
             client_events: Vec::new(),
             violations: Vec::new(),
+            answer_opens: true,
+            veto: Vec::new(),
             next_page: 16,
         }
     }
@@ -102,14 +111,25 @@ impl Loopback {
     /// Deliver messages both ways until quiet. The server's answers are
     /// taken after each guest message, as the root does (its worker flushes
     /// the server after every message), so the outbox never holds more than
-    /// one message's answers.
+    /// one message's answers. Each open is answered by the device right
+    /// after the message that asked for it, unless `answer_opens` is off.
     pub fn pump(&mut self) {
         loop {
             let mut moved = self.deliver_answers();
             while let Some((conn, m)) = self.client.next_message() {
                 moved = true;
                 match self.server.handle(conn, &m) {
-                    Ok(ev) => self.events.extend(ev),
+                    Ok(ev) => {
+                        for e in &ev {
+                            if let (Event::Opened { relid, .. }, true) = (e, self.answer_opens) {
+                                let accepted = !self.veto.contains(relid);
+                                if let Err(why) = self.server.open_complete(*relid, accepted) {
+                                    panic!("open_complete({relid}) right after Opened: {why:?}");
+                                }
+                            }
+                        }
+                        self.events.extend(ev);
+                    }
                     Err(v) => self.violations.push(v),
                 }
                 self.deliver_answers();
@@ -619,6 +639,24 @@ pub fn catalogue() -> Vec<Case> {
                 );
                 Ok(())
             },
+        },
+        Case {
+            id: "OPN-05",
+            rule: "an open is answered only when the device answers: a valid OPENCHANNEL makes the channel Opening and reports Event::Opened, and OPENCHANNEL_RESULT follows Server::open_complete (issue 8; OpenVMM channels.rs ChannelState::Opening, open_complete)",
+            expect: "no OPENCHANNEL_RESULT before open_complete (other requests still answered meanwhile), the channel Opening, not counted open; then OPENCHANNEL_RESULT 0 with the guest's open_id, the channel Open and a packet crosses",
+            run: open_waits_for_the_device_case,
+        },
+        Case {
+            id: "OPN-06",
+            rule: "a device veto (open_complete(relid, false)) gives OPENCHANNEL_RESULT failure and the channel can be opened again",
+            expect: "OPENCHANNEL_RESULT 0x8000FFFF, channel Offered, a second open_complete refused (NotOpening); the guest's next open on the same GPADL gets 0 and a packet crosses",
+            run: veto_case,
+        },
+        Case {
+            id: "OPN-07",
+            rule: "a close/rescind/reconnect while Opening leaves no answer pending and open_complete reports it (also UNLOAD and Server::reset)",
+            expect: "CLOSECHANNEL: Closed, Offered; RESCIND: Rescinded, the guest releases; INITIATE_CONTACT: Closed before Connected; UNLOAD: Closed, Unloaded; reset: the relid returned. Each time open_complete fails (NotOpening/NoChannel), no OPENCHANNEL_RESULT ever reaches the guest, no slot stays held, and the channel (if still offered) opens again",
+            run: opening_dropped_case,
         },
         Case {
             id: "RNG-01",
@@ -1438,6 +1476,303 @@ fn outbox_quota_case() -> Result<(), String> {
     Ok(())
 }
 
+/// The OPENCHANNEL_RESULT statuses the guest got for `relid`, in order.
+fn open_results(l: &Loopback, relid: u32) -> Vec<u32> {
+    l.client_events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::OpenResult { relid: r, status } if *r == relid => Some(*status),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A packet crosses each ring of `rings`.
+fn packet_crosses(l: &Loopback, rings: &OpenRings) -> Result<(), String> {
+    let mut e = l.ends(rings);
+    let _ = e.guest_out.write(&[&inband(b"ping", 7, 0)]).map_err(err)?;
+    let mut buf = [0u8; 64];
+    let (p, _) = e.host_in.read(&mut buf).map_err(err)?.ok_or("nothing upstream")?;
+    check!(&buf[16..20] == b"ping", "upstream payload");
+    let _ = e
+        .host_out
+        .write(&[&inband(b"pong", p.descriptor.transaction_id, 0)])
+        .map_err(err)?;
+    let (q, _) = e
+        .guest_in
+        .read(&mut buf)
+        .map_err(err)?
+        .ok_or("nothing downstream")?;
+    check!(
+        &buf[16..20] == b"pong" && q.descriptor.transaction_id == 7,
+        "downstream"
+    );
+    Ok(())
+}
+
+/// How many more answers the server's outbox takes now: MODIFYCHANNELs for
+/// an unknown relid (each answered with a failure, changing nothing) until
+/// one is refused; those answers are then dropped. Needs a 5.3 connection
+/// and an empty outbox.
+fn free_slots(s: &mut Server) -> Result<usize, String> {
+    let max = s.limits().max_outbox;
+    let mut n = 0;
+    loop {
+        match s.handle(1, &modify(1999, 1)) {
+            Err(Violation::BadRelid(1999)) => n += 1,
+            Err(Violation::QuotaExceeded(Quota::Outbox)) => break,
+            other => return Err(format!("MODIFYCHANNEL for relid 1999: {other:?}")),
+        }
+        check!(n <= max, "the outbox grew past {max}");
+    }
+    let queued = drain(s).len();
+    check!(queued == n, "{n} accepted, {queued} answers");
+    Ok(n)
+}
+
+fn is_opening(l: &Loopback, relid: u32) -> bool {
+    matches!(
+        l.server.channels().get(&relid).map(|c| &c.state),
+        Some(ChannelState::Opening(_))
+    )
+}
+
+fn open_waits_for_the_device_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    l.answer_opens = false;
+    let (handle, pfns, st) = l.gpadl(1, 4);
+    check!(st == Some(0), "GPADL {st:?}");
+    l.client.open(1, handle, 2, 0);
+    l.pump();
+    check!(
+        l.events
+            .iter()
+            .any(|e| matches!(e, Event::Opened { relid: 1, info, .. } if info.ring_gpadl == handle && info.downstream_page_offset == 2)),
+        "no Opened: {:?}",
+        l.events
+    );
+    check!(
+        open_results(&l, 1).is_empty(),
+        "answered before the device: {:?}",
+        open_results(&l, 1)
+    );
+    check!(is_opening(&l, 1), "{:?}", l.server.channels()[&1].state);
+    let u = l.server.usage();
+    check!(
+        (u.open_channels, u.opening_channels, u.outbox) == (0, 1, 0),
+        "{u:?}"
+    );
+    // The bus keeps answering other requests while the device starts, the
+    // ring GPADL stays, and one outbox slot is kept for the answer.
+    let (_, _, st) = l.gpadl(1, 1);
+    check!(st == Some(0), "GPADL while opening: {st:?}");
+    l.client.teardown(1, handle);
+    l.pump();
+    check!(
+        l.violations == vec![Violation::BadGpadl(handle)] && l.server.gpadl(handle).is_some(),
+        "ring GPADL torn down while opening: {:?}",
+        l.violations
+    );
+    let max = l.server.limits().max_outbox;
+    let free = free_slots(&mut l.server)?;
+    check!(free == max - 1, "{free} of {max} outbox slots free while opening");
+    check!(open_results(&l, 1).is_empty(), "answered before the device");
+    l.server.open_complete(1, true).map_err(err)?;
+    l.pump();
+    check!(open_results(&l, 1) == vec![0], "{:?}", open_results(&l, 1));
+    check!(
+        matches!(&l.server.channels()[&1].state, ChannelState::Open(i) if i.open_id == 1),
+        "{:?}",
+        l.server.channels()[&1].state
+    );
+    check!(l.server.usage().open_channels == 1, "{:?}", l.server.usage());
+    packet_crosses(&l, &OpenRings { handle, pfns, up: 2 })
+}
+
+fn veto_case() -> Result<(), String> {
+    let mut l = Loopback::connected(1);
+    l.veto.push(1);
+    let (handle, pfns, st) = l.gpadl(1, 4);
+    check!(st == Some(0), "GPADL {st:?}");
+    l.client.open(1, handle, 2, 0);
+    l.pump();
+    check!(
+        l.events
+            .iter()
+            .any(|e| matches!(e, Event::Opened { relid: 1, .. })),
+        "the device was not asked: {:?}",
+        l.events
+    );
+    check!(
+        open_results(&l, 1) == vec![STATUS_FAILURE],
+        "{:?}",
+        open_results(&l, 1)
+    );
+    check!(
+        l.server.channels()[&1].state == ChannelState::Offered,
+        "{:?}",
+        l.server.channels()[&1].state
+    );
+    let again = l.server.open_complete(1, true);
+    check!(
+        again == Err(HostError::NotOpening(1)),
+        "answered twice: {again:?}"
+    );
+    l.pump();
+    check!(
+        open_results(&l, 1) == vec![STATUS_FAILURE],
+        "a second answer went out"
+    );
+    l.veto.clear();
+    l.client.open(1, handle, 2, 0);
+    l.pump();
+    check!(
+        open_results(&l, 1) == vec![STATUS_FAILURE, 0],
+        "{:?}",
+        open_results(&l, 1)
+    );
+    check!(
+        matches!(l.server.channels()[&1].state, ChannelState::Open(_)),
+        "{:?}",
+        l.server.channels()[&1].state
+    );
+    packet_crosses(&l, &OpenRings { handle, pfns, up: 2 })
+}
+
+/// A connected loopback with relid 1 Opening on a 4-page GPADL: (loopback, GPADL handle).
+fn opening() -> Result<(Loopback, u32), String> {
+    let mut l = Loopback::connected(1);
+    l.answer_opens = false;
+    let (handle, _, st) = l.gpadl(1, 4);
+    check!(st == Some(0), "GPADL {st:?}");
+    l.client.open(1, handle, 2, 0);
+    l.pump();
+    check!(is_opening(&l, 1), "{:?}", l.server.channels()[&1].state);
+    l.events.clear();
+    Ok((l, handle))
+}
+
+/// Every outbox slot is free again (none stays held for a dropped answer).
+fn all_slots_free(l: &mut Loopback, what: &str) -> Result<(), String> {
+    let max = l.server.limits().max_outbox;
+    let free = free_slots(&mut l.server).map_err(|e| format!("{what}: {e}"))?;
+    check!(free == max, "{what}: {free} of {max} outbox slots free");
+    Ok(())
+}
+
+/// After an open went away: open_complete reports `expect`, no answer ever
+/// reaches the guest, the channel is not Opening.
+fn nothing_pending(l: &mut Loopback, expect: HostError, what: &str) -> Result<(), String> {
+    for accepted in [true, false] {
+        let r = l.server.open_complete(1, accepted);
+        check!(r == Err(expect), "{what}: open_complete({accepted}) gave {r:?}");
+    }
+    l.pump();
+    check!(
+        open_results(l, 1).is_empty(),
+        "{what}: OPENCHANNEL_RESULT {:?}",
+        open_results(l, 1)
+    );
+    let u = l.server.usage();
+    check!(u.opening_channels == 0 && u.open_channels == 0, "{what}: {u:?}");
+    check!(
+        !l.server
+            .channels()
+            .values()
+            .any(|c| matches!(c.state, ChannelState::Opening(_))),
+        "{what}: still opening"
+    );
+    Ok(())
+}
+
+fn opening_dropped_case() -> Result<(), String> {
+    // The guest closes before the device answered.
+    let (mut l, handle) = opening()?;
+    l.client.close(1);
+    l.pump();
+    check!(
+        l.events == vec![Event::Closed { relid: 1 }],
+        "close: {:?}",
+        l.events
+    );
+    check!(
+        l.server.channels()[&1].state == ChannelState::Offered,
+        "close: {:?}",
+        l.server.channels()[&1].state
+    );
+    nothing_pending(&mut l, HostError::NotOpening(1), "close")?;
+    l.client.teardown(1, handle);
+    l.pump();
+    check!(
+        l.client_events.contains(&ClientEvent::GpadlTorndown(handle)),
+        "close: the ring GPADL is still held"
+    );
+    all_slots_free(&mut l, "close")?;
+    l.answer_opens = true;
+    l.open(1, 2, 2).map_err(|e| format!("close: reopen: {e}"))?;
+
+    // The host rescinds the device before it answered.
+    let (mut l, _) = opening()?;
+    l.server.rescind(1).map_err(err)?;
+    check!(
+        l.server.channels()[&1].state == ChannelState::Rescinded,
+        "rescind: {:?}",
+        l.server.channels()[&1].state
+    );
+    let r = l.server.open_complete(1, true);
+    check!(r == Err(HostError::NotOpening(1)), "rescind: {r:?}");
+    l.pump();
+    check!(l.client_events.contains(&ClientEvent::Rescinded(1)), "no rescind");
+    check!(
+        !l.server.channels().contains_key(&1),
+        "rescind: relid not released"
+    );
+    nothing_pending(&mut l, HostError::NoChannel(1), "rescind")?;
+    all_slots_free(&mut l, "rescind")?;
+
+    // The guest reconnects (a new kernel) before the device answered.
+    let (mut l, _) = opening()?;
+    l.client.connect();
+    l.pump();
+    check!(
+        l.events == vec![Event::Closed { relid: 1 }, Event::Connected(Version::WIN10_V5_3)],
+        "reconnect: {:?}",
+        l.events
+    );
+    nothing_pending(&mut l, HostError::NotOpening(1), "reconnect")?;
+    all_slots_free(&mut l, "reconnect")?;
+    l.answer_opens = true;
+    l.open(1, 2, 2).map_err(|e| format!("reconnect: reopen: {e}"))?;
+
+    // The guest unloads before the device answered.
+    let (mut l, _) = opening()?;
+    l.client.unload();
+    l.pump();
+    check!(
+        l.events == vec![Event::Closed { relid: 1 }, Event::Unloaded],
+        "unload: {:?}",
+        l.events
+    );
+    nothing_pending(&mut l, HostError::NotOpening(1), "unload")?;
+    l.client.connect();
+    l.pump();
+    all_slots_free(&mut l, "unload")?;
+
+    // The child partition restarts before the device answered.
+    let (mut l, _) = opening()?;
+    let started = l.server.reset();
+    check!(started == vec![1], "reset returned {started:?}");
+    check!(l.server.next_message().is_none(), "reset: something queued");
+    nothing_pending(&mut l, HostError::NotOpening(1), "reset")?;
+    l.client = Client::new(None, 0);
+    l.client.connect();
+    l.answer_opens = true;
+    l.pump();
+    all_slots_free(&mut l, "reset")?;
+    l.open(1, 2, 2).map_err(|e| format!("reset: reopen: {e}"))?;
+    Ok(())
+}
+
 fn largest_packet_case() -> Result<(), String> {
     let mut l = Loopback::connected(1);
     let rings = l.open(1, 2, 2)?;
@@ -1610,7 +1945,7 @@ fn feed_checked(s: &mut Server, conn: u32, m: &[u8], what: &str) -> Result<(), S
     check!(
         u.gpadls <= u.limits.max_gpadls
             && u.gpadl_pages <= u.limits.max_gpadl_pages
-            && u.outbox <= u.limits.max_outbox,
+            && u.outbox + u.opening_channels <= u.limits.max_outbox,
         "{what}: past the limits: {u:?}"
     );
     Ok(())
