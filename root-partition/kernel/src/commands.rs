@@ -636,6 +636,30 @@ fn ring_text(state: Option<vmbus::ring::RingState>) -> String {
     }
 }
 
+/// One field a device reported through its inspect hook.
+enum Field {
+    Counter(u64),
+    Text(String),
+    Ring(Option<vmbus::ring::RingState>),
+}
+
+/// A device's inspect output, in the order it reported it: (JSON key,
+/// text label, value).
+#[derive(Default)]
+struct Fields(Vec<(&'static str, &'static str, Field)>);
+
+impl vsp::InspectSink for Fields {
+    fn counter(&mut self, name: &'static str, label: &'static str, value: u64) {
+        self.0.push((name, label, Field::Counter(value)));
+    }
+    fn text(&mut self, name: &'static str, label: &'static str, value: &str) {
+        self.0.push((name, label, Field::Text(String::from(value))));
+    }
+    fn ring(&mut self, name: &'static str, label: &'static str, state: Option<vmbus::ring::RingState>) {
+        self.0.push((name, label, Field::Ring(state)));
+    }
+}
+
 /// `channels ID`: the child's VMBus as its server and devices see it.
 fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), String> {
     if id == hv1_abi::ROOT_PARTITION_ID {
@@ -648,11 +672,14 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
         .vmbus
         .version()
         .map(|v| format!("{}.{}", v.0 >> 16, v.0 & 0xFFFF));
-    let rows: Vec<(u32, &vmbus::server::Channel, Option<&crate::echo::EchoChannel>)> = w
+    let rows: Vec<(u32, &vmbus::server::Channel, Option<Fields>)> = w
         .vmbus
         .channels()
         .iter()
-        .map(|(relid, c)| (*relid, c, w.channels.iter().find(|e| e.relid == *relid)))
+        .map(|(relid, c)| {
+            let mut f = Fields::default();
+            (*relid, c, w.inspect_channel(*relid, &mut f).then_some(f))
+        })
         .collect();
     let state_name = |c: &vmbus::server::Channel| match c.state {
         vmbus::server::ChannelState::Offered => "offered",
@@ -679,17 +706,12 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                         .num("downstream_page_offset", u64::from(info.downstream_page_offset))
                         .num("target_vp", u64::from(info.target_vp));
                 }
-                if let Some(d) = dev {
-                    let (up, down) = d.states();
-                    o = o
-                        .raw("guest_to_host", &ring_json(up))
-                        .raw("host_to_guest", &ring_json(down))
-                        .num("packets", d.packets)
-                        .num("signals_received", d.signals_in)
-                        .num("signals_sent", d.signals_out)
-                        .num("stalls", d.stalls)
-                        .num("budget_exhausted", d.budget_exhausted)
-                        .str("broken", &d.broken.map(|e| format!("{e:?}")).unwrap_or_default());
+                for (name, _, field) in dev.iter().flat_map(|f| f.0.iter()) {
+                    o = match field {
+                        Field::Counter(v) => o.num(name, *v),
+                        Field::Text(t) => o.str(name, t),
+                        Field::Ring(r) => o.raw(name, &ring_json(*r)),
+                    };
                 }
                 o.end();
                 s
@@ -726,19 +748,27 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
             guid_text(&c.offer.interface_type),
             c.connection_id
         );
-        if let Some(d) = dev {
-            let (up, down) = d.states();
-            let _ = writeln!(out, "  guest->host: {}", ring_text(up));
-            let _ = writeln!(out, "  host->guest: {}", ring_text(down));
-            let _ = writeln!(
-                out,
-                "  {} packets echoed, {} signals received, {} sent, {} polls cut by the work budget{}",
-                d.packets,
-                d.signals_in,
-                d.signals_out,
-                d.budget_exhausted,
-                d.broken.map(|e| format!("; stopped: {e:?}")).unwrap_or_default()
-            );
+        if let Some(f) = dev {
+            let mut line = String::new();
+            for (_, label, field) in &f.0 {
+                match field {
+                    Field::Ring(r) => {
+                        let _ = writeln!(out, "  {label}: {}", ring_text(*r));
+                    }
+                    Field::Counter(v) => {
+                        let sep = if line.is_empty() { "" } else { ", " };
+                        let _ = write!(line, "{sep}{v} {label}");
+                    }
+                    Field::Text(t) if t.is_empty() => {}
+                    Field::Text(t) => {
+                        let sep = if line.is_empty() { "" } else { "; " };
+                        let _ = write!(line, "{sep}{label}: {t}");
+                    }
+                }
+            }
+            if !line.is_empty() {
+                let _ = writeln!(out, "  {line}");
+            }
         }
     }
     Ok(())

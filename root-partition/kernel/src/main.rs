@@ -25,8 +25,6 @@ mod commands;
 #[cfg(target_os = "none")]
 mod disk;
 #[cfg(target_os = "none")]
-mod echo;
-#[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
 mod manager;
@@ -34,6 +32,8 @@ mod manager;
 mod memory;
 #[cfg(target_os = "none")]
 mod qemu;
+#[cfg(target_os = "none")]
+mod ring_memory;
 #[cfg(target_os = "none")]
 mod scenarios;
 #[cfg(target_os = "none")]

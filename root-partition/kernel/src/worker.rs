@@ -3,6 +3,7 @@
 //! partition-management hypercalls, loads its image, emulates its COM1, and
 //! turns intercept messages into device emulation, halts or a crash report.
 
+use crate::ring_memory::FrameMemory;
 use crate::{hv, memory, timer};
 use alloc::boxed::Box;
 use alloc::format;
@@ -108,9 +109,9 @@ pub struct Worker {
     /// Fixed-size entries in a queue allocated once at creation: queuing a
     /// message never allocates.
     outbox: alloc::collections::VecDeque<OutMessage>,
-    /// Open channels with their device.
-    pub channels: Vec<crate::echo::EchoChannel>,
-    /// The child's VMBus server (offers the echo device).
+    /// The devices offered on its bus, one per relid.
+    devices: Vec<DeviceSlot>,
+    /// The child's VMBus server (offers the devices).
     pub vmbus: vmbus::server::Server,
     /// Messages refused as protocol violations or of unknown type.
     pub vmbus_violations: u64,
@@ -127,6 +128,38 @@ pub struct Worker {
     pub rings_broken: u64,
     /// Console lines its messages would have caused past the budget.
     pub lines_suppressed: u64,
+}
+
+/// A device offered to the child, and its channel's ports while it is open.
+struct DeviceSlot {
+    relid: u32,
+    device: Box<dyn vsp::Device<FrameMemory>>,
+    /// Set while the channel is open.
+    open: Option<OpenPorts>,
+    /// The child signalled (or the last poll ran out of budget): poll again.
+    wants_poll: bool,
+}
+
+/// The ports an open channel's signals travel through.
+#[derive(Clone, Copy)]
+struct OpenPorts {
+    /// The child's connection id for signalling the root.
+    connection_id: u32,
+    /// The root's event port the child's connection reaches.
+    event_port: u32,
+}
+
+/// How a channel's device signals the child: the root sets the child's
+/// event flag `relid` (HvSignalEvent on the child's event port).
+struct ChildEvent {
+    connection_id: u32,
+    flag: u16,
+}
+
+impl vsp::GuestSignal for ChildEvent {
+    fn signal(&mut self) -> bool {
+        hv::signal_event(self.connection_id, self.flag).is_ok()
+    }
 }
 
 /// A message waiting for room in the child's SynIC.
@@ -154,10 +187,6 @@ const MESSAGE_LOG_LIMIT: u32 = 64;
 /// Message type of the worker's diagnostic echo service (VMBus channel
 /// messages are type 1).
 pub const ECHO_MESSAGE_TYPE: u32 = 0x100;
-
-/// Interface type of the echo device the worker offers on VMBus (a GUID of
-/// our own, wire byte order).
-pub const ECHO_INTERFACE: [u8; 16] = *b"hv-rs echo dev\x00\x01";
 
 /// The root port receiving partition `id`'s messages on `connection` (port
 /// ids are system-wide: partition id in the high bits, connection id low).
@@ -263,7 +292,7 @@ impl Worker {
             vmbus_violations: 0,
             outbox: alloc::collections::VecDeque::with_capacity(OUTBOX_LIMIT),
             logged_messages: 0,
-            channels: Vec::new(),
+            devices: Vec::new(),
             event_block,
             offers_made: 0,
             resets: 0,
@@ -467,7 +496,7 @@ impl Worker {
             ),
             (
                 "open_channels",
-                self.channels.len() as u64,
+                self.devices.iter().filter(|d| d.open.is_some()).count() as u64,
                 u64::from(FLAGS_PER_BLOCK - 1),
             ),
             ("vmbus_outbox", u.outbox as u64, l.max_outbox as u64),
@@ -505,12 +534,12 @@ impl Worker {
                         vmbus::server::Event::Opened { relid, info, gpadl } => {
                             // The server holds OPENCHANNEL_RESULT until the
                             // device answers (its Opening state).
-                            let started = self.open_echo(relid, &info, &gpadl);
+                            let started = self.open_device(relid, &info, &gpadl);
                             if self.vmbus.open_complete(relid, started.is_ok()).is_err() {
                                 // Nothing waits for this answer any more (the
                                 // server holds a slot for it, so only a bug
                                 // gets here): stop the device again.
-                                self.close_echo(relid);
+                                self.close_device(relid);
                                 continue;
                             }
                             if let Err(why) = started {
@@ -533,7 +562,7 @@ impl Worker {
                             }
                         }
                         vmbus::server::Event::Closed { relid } => {
-                            self.close_echo(relid);
+                            self.close_device(relid);
                             if self.may_log() {
                                 crate::println!("root: partition {id} vmbus: channel {relid} closed")
                             }
@@ -557,27 +586,43 @@ impl Worker {
         self.flush_vmbus();
     }
 
-    /// Offer another echo device; returns its relid.
+    /// Offer another echo device; returns its relid. The one place the
+    /// root names a device type.
     pub fn offer_echo(&mut self) -> Result<u32, String> {
-        let mut instance = [0u8; 16];
-        instance[..8].copy_from_slice(&self.id.to_le_bytes());
-        instance[8..12].copy_from_slice(&self.offers_made.to_le_bytes());
+        self.offer(Box::new(vsp_echo::Echo::new()))
+    }
+
+    /// Offer `device` on the child's bus; returns its relid.
+    pub fn offer(&mut self, device: Box<dyn vsp::Device<FrameMemory>>) -> Result<u32, String> {
+        let params = device.offer();
+        let instance = params.interface_instance.unwrap_or_else(|| {
+            let mut instance = [0u8; 16];
+            instance[..8].copy_from_slice(&self.id.to_le_bytes());
+            instance[8..12].copy_from_slice(&self.offers_made.to_le_bytes());
+            instance
+        });
         self.offers_made = self.offers_made.wrapping_add(1);
         let relid = self
             .vmbus
             .offer(vmbus::server::OfferSpec {
-                interface_type: ECHO_INTERFACE,
+                interface_type: params.interface_type,
                 interface_instance: instance,
-                channel_flags: 0,
-                user_defined: [0; 120],
+                channel_flags: params.channel_flags,
+                user_defined: params.user_defined,
             })
             .map_err(|e| format!("the bus refused the offer: {e:?}"))?;
+        self.devices.push(DeviceSlot {
+            relid,
+            device,
+            open: None,
+            wants_poll: false,
+        });
         self.flush_vmbus();
         Ok(relid)
     }
 
-    /// Rescind channel `relid`: its device stops now; the child is told to
-    /// close it and release the relid.
+    /// Rescind channel `relid`: its device stops now and is dropped; the
+    /// child is told to close it and release the relid.
     pub fn rescind(&mut self, relid: u32) -> Result<(), String> {
         self.vmbus.rescind(relid).map_err(|_| {
             format!(
@@ -585,7 +630,8 @@ impl Worker {
                 self.id, self.id
             )
         })?;
-        self.close_echo(relid);
+        self.close_device(relid);
+        self.devices.retain(|d| d.relid != relid);
         self.flush_vmbus();
         Ok(())
     }
@@ -596,14 +642,23 @@ impl Worker {
         }
     }
 
-    /// Give an opened channel its device: map the ring GPADL's pages to the
-    /// root frames behind them, and route the child's signals to the root.
-    fn open_echo(
+    /// Give an opened channel to its device: map the ring GPADL's pages to
+    /// the root frames behind them, route the child's signals to the root,
+    /// and let the device take the channel (or refuse it).
+    fn open_device(
         &mut self,
         relid: u32,
         info: &vmbus::server::OpenInfo,
         gpadl: &vmbus::gpadl::Gpadl,
     ) -> Result<(), String> {
+        let at = self
+            .devices
+            .iter()
+            .position(|d| d.relid == relid)
+            .ok_or_else(|| String::from("no device behind this relid"))?;
+        if self.devices[at].open.is_some() {
+            return Err(String::from("the channel is already open"));
+        }
         // The child chose the page count (bounded by the server's GPADL
         // quota): allocate fallibly, so a full heap refuses the open instead
         // of stopping the root.
@@ -626,14 +681,14 @@ impl Worker {
             .map(|c| c.connection_id)
             .ok_or_else(|| String::from("unknown relid"))?;
         let port = channel_port_id(self.id, relid).ok_or_else(|| String::from("relid too large"))?;
-        let channel = crate::echo::EchoChannel::new(
-            relid,
-            connection_id,
-            port,
-            frames,
-            info.downstream_page_offset as usize,
-        )
-        .map_err(|e| format!("rings: {e:?}"))?;
+        let events = child_event_port_id(self.id).ok_or_else(|| String::from("partition id too large"))?;
+        let (up, down) = crate::ring_memory::ring_pair(frames, info.downstream_page_offset as usize)
+            .map_err(|e| format!("rings: {e:?}"))?;
+        let signal = ChildEvent {
+            connection_id: events,
+            flag: relid as u16,
+        };
+        let channel = vsp::Channel::new(up, down, Box::new(signal)).map_err(|e| format!("rings: {e:?}"))?;
         let flag = channel_flag(self.event_block, relid).ok_or_else(|| String::from("relid too large"))?;
         let event_info = PortInfo {
             port_type: port_type::EVENT,
@@ -648,28 +703,60 @@ impl Worker {
             let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, port);
             return Err(format!("ConnectPort: {s:?}"));
         }
-        self.channels.push(channel);
+        let slot = &mut self.devices[at];
+        if let Err(e) = slot.device.open(channel) {
+            let _ = hv::disconnect_port(self.id, connection_id);
+            let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, port);
+            return Err(format!("{e}"));
+        }
+        slot.open = Some(OpenPorts {
+            connection_id,
+            event_port: port,
+        });
+        slot.wants_poll = false;
         Ok(())
     }
 
-    fn close_echo(&mut self, relid: u32) {
-        if let Some(at) = self.channels.iter().position(|c| c.relid == relid) {
-            let c = self.channels.remove(at);
-            let _ = hv::disconnect_port(self.id, c.connection_id);
-            let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, c.event_port);
+    /// Close channel `relid`'s device (if open) and take its ports down.
+    fn close_device(&mut self, relid: u32) {
+        let Some(slot) = self.devices.iter_mut().find(|d| d.relid == relid) else {
+            return;
+        };
+        if let Some(p) = slot.open.take() {
+            slot.device.close();
+            let _ = hv::disconnect_port(self.id, p.connection_id);
+            let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, p.event_port);
         }
+        slot.wants_poll = false;
     }
 
     fn close_all_channels(&mut self) {
-        while let Some(relid) = self.channels.first().map(|c| c.relid) {
-            self.close_echo(relid);
+        for i in 0..self.devices.len() {
+            let relid = self.devices[i].relid;
+            self.close_device(relid);
         }
     }
 
     /// The child signalled channel `relid`: poll it on the next round.
     pub fn note_signal(&mut self, relid: u32) {
-        if let Some(c) = self.channels.iter_mut().find(|c| c.relid == relid) {
-            c.wants_poll = true;
+        if let Some(d) = self
+            .devices
+            .iter_mut()
+            .find(|d| d.relid == relid && d.open.is_some())
+        {
+            d.wants_poll = true;
+        }
+    }
+
+    /// Report channel `relid`'s device into `out`; false if no device has
+    /// it open.
+    pub fn inspect_channel(&self, relid: u32, out: &mut dyn vsp::InspectSink) -> bool {
+        match self.devices.iter().find(|d| d.relid == relid && d.open.is_some()) {
+            Some(d) => {
+                d.device.inspect(out);
+                true
+            }
+            None => false,
         }
     }
 
@@ -679,25 +766,17 @@ impl Worker {
         if self.state != ChildState::Running {
             return;
         }
-        let Some(events) = child_event_port_id(self.id) else {
-            return;
-        };
         let mut signalled = false;
-        for i in 0..self.channels.len() {
-            let c = &mut self.channels[i];
-            if !c.wants_poll {
+        for i in 0..self.devices.len() {
+            let d = &mut self.devices[i];
+            if d.open.is_none() || !d.wants_poll {
                 continue;
             }
-            let was_broken = c.broken.is_some();
-            if c.poll() {
-                if hv::signal_event(events, c.relid as u16).is_ok() {
-                    signalled = true;
-                } else {
-                    c.signals_out -= 1;
-                }
-            }
-            if !was_broken && let Some(e) = c.broken {
-                let relid = c.relid;
+            let r = d.device.poll(vsp::POLL_BUDGET);
+            d.wants_poll = r.more;
+            signalled |= r.signalled;
+            if let Some(e) = r.broke {
+                let relid = d.relid;
                 self.rings_broken += 1;
                 if self.may_log() {
                     crate::println!(
@@ -728,6 +807,9 @@ impl Worker {
     /// the console budget renewed.
     fn power_off_devices(&mut self) {
         self.close_all_channels();
+        for d in self.devices.iter_mut() {
+            d.device.reset();
+        }
         self.vmbus.reset();
         self.outbox.clear();
         self.logged_messages = 0;

@@ -1,0 +1,102 @@
+//! The hypervisor-facing half of a VMBus channel in the root: the memory its
+//! rings live in. The rings are in the child's memory, which the root lent
+//! and so can reach through its identity map; devices (the `vsp` crates)
+//! only see it through `vmbus::memory::SharedMemory`, and every index and
+//! length the child wrote is checked by `vmbus::ring`.
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
+use vmbus::memory::{OutOfBounds, SharedMemory};
+use vmbus::ring::RingError;
+
+/// Root frames backing a run of GPADL pages, in GPADL order.
+pub struct FrameMemory {
+    frames: Vec<u64>,
+}
+
+impl FrameMemory {
+    fn span(&self, offset: u64, len: usize) -> Result<(), OutOfBounds> {
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|e| e > self.len()) {
+            return Err(OutOfBounds {
+                offset,
+                len: len as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Root physical address of byte `offset` (checked by the caller).
+    fn phys(&self, offset: u64) -> u64 {
+        self.frames[(offset / 4096) as usize] + offset % 4096
+    }
+}
+
+impl SharedMemory for FrameMemory {
+    fn len(&self) -> u64 {
+        self.frames.len() as u64 * 4096
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
+        self.span(offset, buf.len())?;
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let n = (4096 - (at % 4096) as usize).min(buf.len() - done);
+            // `at..at+n` lies in one frame the root lent to this child (checked
+            // above); a racing child only changes bytes that are copied, never trusted.
+            // SAFETY: identity-mapped RAM the root owns, in bounds.
+            unsafe {
+                core::ptr::copy_nonoverlapping(self.phys(at) as *const u8, buf[done..].as_mut_ptr(), n)
+            };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        self.span(offset, data.len())?;
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let n = (4096 - (at % 4096) as usize).min(data.len() - done);
+            // SAFETY: as in `read_at`; the frame is the child's ring memory,
+            // which the ring protocol gives this side to write.
+            unsafe { core::ptr::copy_nonoverlapping(data[done..].as_ptr(), self.phys(at) as *mut u8, n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn load_u32(&self, offset: u64) -> Result<u32, OutOfBounds> {
+        self.span(offset, 4)?;
+        if !offset.is_multiple_of(4) {
+            return Err(OutOfBounds { offset, len: 4 });
+        }
+        // SAFETY: an aligned u32 inside a lent frame (checked above).
+        let word = unsafe { &*(self.phys(offset) as *const AtomicU32) };
+        Ok(word.load(Ordering::Acquire))
+    }
+
+    fn store_u32(&self, offset: u64, value: u32) -> Result<(), OutOfBounds> {
+        self.span(offset, 4)?;
+        if !offset.is_multiple_of(4) {
+            return Err(OutOfBounds { offset, len: 4 });
+        }
+        // SAFETY: as in `load_u32`.
+        let word = unsafe { &*(self.phys(offset) as *const AtomicU32) };
+        word.store(value, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Split a ring GPADL's frames into the channel's two rings: pages
+/// `[0, downstream)` carry guest-to-host packets, the rest host-to-guest
+/// (Linux `channel.c` `__vmbus_open`). Returns (guest-to-host, host-to-guest).
+pub fn ring_pair(mut frames: Vec<u64>, downstream: usize) -> Result<(FrameMemory, FrameMemory), RingError> {
+    if downstream == 0 || downstream >= frames.len() {
+        return Err(RingError::BadGeometry);
+    }
+    let down = frames.split_off(downstream);
+    Ok((FrameMemory { frames }, FrameMemory { frames: down }))
+}

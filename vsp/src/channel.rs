@@ -1,0 +1,415 @@
+//! The channel half a device is handed at open: a reader over the guest's
+//! guest-to-host ring and a writer over its host-to-guest ring, with the
+//! flow control, signalling rules, work budget and broken-ring detection
+//! every device needs. Every index and length the guest wrote is checked by
+//! `vmbus::ring`; a ring the guest corrupted stops the channel, nothing else.
+
+use crate::{GuestSignal, InspectSink, PollResult};
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::vec::Vec;
+use vmbus::memory::SharedMemory;
+use vmbus::packet::{Descriptor, PacketType};
+use vmbus::ring::{Reader, Ring, RingError, RingState, Writer};
+use zerocopy::IntoBytes;
+
+/// Counters a channel keeps (rendered by [`Channel::inspect`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Packets written to the guest.
+    pub packets: u64,
+    /// Polls that found work (after the guest signalled, or a budget cut).
+    pub signals_received: u64,
+    /// Signals delivered to the guest.
+    pub signals_sent: u64,
+    /// Times a packet had to wait for the guest to make room.
+    pub stalls: u64,
+    /// Polls that ended on the work budget with packets left.
+    pub budget_exhausted: u64,
+}
+
+/// A packet the guest sent, as a device's handler sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingPacket<'a> {
+    /// Its type.
+    pub kind: PacketType,
+    /// Its descriptor flags.
+    pub flags: u16,
+    /// Its transaction id.
+    pub transaction_id: u64,
+    /// The bytes after the descriptor (as much of them as the packet holds).
+    pub payload: &'a [u8],
+}
+
+/// The bytes of an in-band packet carrying `payload` (descriptor first).
+pub fn inband_packet(transaction_id: u64, payload: &[u8]) -> Vec<u8> {
+    let d = Descriptor::new(PacketType::DATA_INBAND, 16, payload.len(), 0, transaction_id);
+    let mut bytes = Vec::with_capacity(16 + payload.len());
+    bytes.extend_from_slice(d.as_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// One open channel: the guest's two rings and what the host keeps about them.
+pub struct Channel<M: SharedMemory> {
+    reader: Reader<M>,
+    writer: Writer<M>,
+    signal: Box<dyn GuestSignal>,
+    /// A packet the host-to-guest ring had no room for: written first on the
+    /// next poll, and nothing more is read until it is (flow control: the
+    /// guest signals once it has read enough, per pending_send_sz).
+    held: Option<Vec<u8>>,
+    stats: ChannelStats,
+    broken: Option<RingError>,
+}
+
+impl<M: SharedMemory> Channel<M> {
+    /// A channel reading `guest_to_host` and writing `host_to_guest` (each a
+    /// control page and data area), signalling the guest through `signal`.
+    pub fn new(guest_to_host: M, host_to_guest: M, signal: Box<dyn GuestSignal>) -> Result<Self, RingError> {
+        Ok(Self {
+            reader: Reader::new(Ring::new(guest_to_host)?),
+            writer: Writer::new(Ring::new(host_to_guest)?),
+            signal,
+            held: None,
+            stats: ChannelStats::default(),
+            broken: None,
+        })
+    }
+
+    /// Both rings' state: (guest-to-host, host-to-guest).
+    pub fn states(&self) -> (Option<RingState>, Option<RingState>) {
+        (self.reader.ring().state().ok(), self.writer.ring().state().ok())
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    /// Why the channel stopped, if the guest broke its rings.
+    pub fn broken(&self) -> Option<RingError> {
+        self.broken
+    }
+
+    /// Whether a packet waits for room in the host-to-guest ring.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Rings, counters and the stop reason, in the order listings show
+    /// them; `packets` is what the device calls the packets it writes
+    /// ("packets echoed").
+    pub fn inspect(&self, out: &mut dyn InspectSink, packets: &'static str) {
+        let (up, down) = self.states();
+        out.ring("guest_to_host", "guest->host", up);
+        out.ring("host_to_guest", "host->guest", down);
+        out.counter("packets", packets, self.stats.packets);
+        out.counter(
+            "signals_received",
+            "signals received",
+            self.stats.signals_received,
+        );
+        out.counter("signals_sent", "signals sent", self.stats.signals_sent);
+        out.counter("stalls", "stalls", self.stats.stalls);
+        out.counter(
+            "budget_exhausted",
+            "polls cut by the work budget",
+            self.stats.budget_exhausted,
+        );
+        match self.broken {
+            Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
+            None => out.text("broken", "stopped", ""),
+        }
+    }
+
+    /// Read up to `budget` waiting packets (at least one), giving each to
+    /// `handler`; what it returns (a whole packet, descriptor first) is
+    /// written back. The guest is signalled where the ring rules say so. A
+    /// ring the guest corrupted stops the channel: reported once in
+    /// [`PollResult::broke`], and later polls do nothing.
+    pub fn poll(
+        &mut self,
+        budget: u32,
+        handler: &mut dyn FnMut(&IncomingPacket<'_>) -> Option<Vec<u8>>,
+    ) -> PollResult {
+        if self.broken.is_some() {
+            return PollResult::default();
+        }
+        let mut more = false;
+        match self.drain(budget.max(1), handler, &mut more) {
+            Ok(signal) => {
+                let signalled = signal && self.signal.signal();
+                if signalled {
+                    self.stats.signals_sent += 1;
+                }
+                PollResult {
+                    signalled,
+                    more,
+                    broke: None,
+                }
+            }
+            Err(e) => {
+                self.broken = Some(e);
+                PollResult {
+                    signalled: false,
+                    more: false,
+                    broke: Some(e),
+                }
+            }
+        }
+    }
+
+    /// Write one packet; on a full ring keep it and ask the guest (through
+    /// pending_send_sz, Linux `hv_pkt_iter_close`) to signal when there is
+    /// room. Returns Some(signal) if written, None if held.
+    fn send(&mut self, bytes: Vec<u8>) -> Result<Option<bool>, RingError> {
+        match self.writer.write(&[&bytes]) {
+            Ok(s) => {
+                if self.held.is_none() {
+                    self.writer.set_pending_send_size(0)?;
+                }
+                self.stats.packets += 1;
+                Ok(Some(s.0))
+            }
+            Err(RingError::Full { needed, .. }) => {
+                self.stats.stalls += 1;
+                self.writer.set_pending_send_size(needed as u32)?;
+                self.held = Some(bytes);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn drain(
+        &mut self,
+        budget: u32,
+        handler: &mut dyn FnMut(&IncomingPacket<'_>) -> Option<Vec<u8>>,
+        more: &mut bool,
+    ) -> Result<bool, RingError> {
+        let mut signal = false;
+        let mut found = false;
+        if let Some(bytes) = self.held.take() {
+            found = true;
+            match self.send(bytes)? {
+                Some(s) => {
+                    signal |= s;
+                    self.writer.set_pending_send_size(0)?;
+                }
+                None => return Ok(false),
+            }
+        }
+        let mut buf = [0u8; 4096];
+        let mut left = budget;
+        while let Some((packet, read_signal)) = self.reader.read(&mut buf)? {
+            found = true;
+            left -= 1;
+            if left == 0 {
+                // Out of budget: whatever follows waits for the next turn.
+                *more = true;
+                self.stats.budget_exhausted += 1;
+            }
+            signal |= read_signal.0;
+            let range = packet.descriptor.payload();
+            let incoming = IncomingPacket {
+                kind: packet.kind,
+                flags: packet.descriptor.flags,
+                transaction_id: packet.descriptor.transaction_id,
+                payload: buf.get(range.start..range.end.min(packet.len)).unwrap_or(&[]),
+            };
+            if let Some(reply) = handler(&incoming) {
+                match self.send(reply)? {
+                    Some(s) => signal |= s,
+                    None => break,
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        if found {
+            self.stats.signals_received += 1;
+        }
+        Ok(signal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use vmbus::memory::AtomicMemory;
+    use vmbus::ring::{CONTROL_SIZE, FEAT_PENDING_SEND_SZ, WRITE_INDEX};
+
+    /// Counts the signals the guest got.
+    struct Counter(Rc<Cell<u32>>);
+
+    impl GuestSignal for Counter {
+        fn signal(&mut self) -> bool {
+            self.0.set(self.0.get() + 1);
+            true
+        }
+    }
+
+    /// The guest's side of a channel over two rings of `up` and `down` data bytes.
+    struct Guest {
+        up: &'static AtomicMemory,
+        down: &'static AtomicMemory,
+        signals: Rc<Cell<u32>>,
+    }
+
+    impl Guest {
+        fn new(up: u64, down: u64) -> (Self, Channel<&'static AtomicMemory>) {
+            let up: &'static AtomicMemory = Box::leak(Box::new(AtomicMemory::new(CONTROL_SIZE + up)));
+            let down: &'static AtomicMemory = Box::leak(Box::new(AtomicMemory::new(CONTROL_SIZE + down)));
+            Ring::new(up).unwrap().reset(FEAT_PENDING_SEND_SZ).unwrap();
+            Ring::new(down).unwrap().reset(FEAT_PENDING_SEND_SZ).unwrap();
+            let signals = Rc::new(Cell::new(0));
+            let channel = Channel::new(up, down, Box::new(Counter(signals.clone()))).unwrap();
+            (Self { up, down, signals }, channel)
+        }
+
+        fn send(&self, kind: PacketType, id: u64, payload: &[u8]) {
+            let d = Descriptor::new(kind, 16, payload.len(), 0, id);
+            let _ = Writer::new(Ring::new(self.up).unwrap())
+                .write(&[d.as_bytes(), payload])
+                .unwrap();
+        }
+
+        /// (transaction id, payload) of the next packet from the host.
+        fn receive(&self) -> Option<(u64, Vec<u8>)> {
+            let mut buf = [0u8; 4096];
+            let (p, _) = Reader::new(Ring::new(self.down).unwrap())
+                .read(&mut buf)
+                .unwrap()?;
+            let r = p.descriptor.payload();
+            Some((
+                p.descriptor.transaction_id,
+                buf[r.start..r.end.min(p.len)].to_vec(),
+            ))
+        }
+    }
+
+    /// Answers every in-band packet with its payload reversed.
+    fn reverse(p: &IncomingPacket<'_>) -> Option<Vec<u8>> {
+        (p.kind == PacketType::DATA_INBAND).then(|| {
+            let mut v = p.payload.to_vec();
+            v.reverse();
+            inband_packet(p.transaction_id, &v)
+        })
+    }
+
+    #[test]
+    fn a_packet_is_answered_and_the_guest_signalled() {
+        let (guest, mut ch) = Guest::new(8192, 8192);
+        guest.send(PacketType::DATA_INBAND, 7, b"abcdefgh");
+        let r = ch.poll(crate::POLL_BUDGET, &mut reverse);
+        assert_eq!(
+            r,
+            PollResult {
+                signalled: true,
+                more: false,
+                broke: None
+            }
+        );
+        assert_eq!(guest.receive(), Some((7, b"hgfedcba".to_vec())));
+        assert_eq!(guest.signals.get(), 1);
+        let s = ch.stats();
+        assert_eq!((s.packets, s.signals_received, s.signals_sent), (1, 1, 1));
+        // Nothing waiting: no work, no signal.
+        assert_eq!(ch.poll(crate::POLL_BUDGET, &mut reverse), PollResult::default());
+        assert_eq!(ch.stats().signals_received, 1);
+    }
+
+    #[test]
+    fn the_budget_cuts_a_poll_and_asks_for_another() {
+        let (guest, mut ch) = Guest::new(64 * 1024, 64 * 1024);
+        for i in 0..100 {
+            guest.send(PacketType::DATA_INBAND, i, b"x");
+        }
+        let r = ch.poll(64, &mut reverse);
+        assert!(r.more);
+        assert_eq!(ch.stats().packets, 64);
+        assert_eq!(ch.stats().budget_exhausted, 1);
+        let r = ch.poll(64, &mut reverse);
+        assert!(!r.more);
+        assert_eq!(ch.stats().packets, 100);
+        for i in 0..100 {
+            assert_eq!(guest.receive().unwrap().0, i);
+        }
+    }
+
+    #[test]
+    fn skipped_packets_count_against_the_budget() {
+        let (guest, mut ch) = Guest::new(8192, 8192);
+        for i in 0..3 {
+            guest.send(PacketType::COMPLETION, i, b"c");
+        }
+        guest.send(PacketType::DATA_INBAND, 9, b"dddddddd");
+        let r = ch.poll(3, &mut reverse);
+        assert!(r.more);
+        assert_eq!(ch.stats().packets, 0);
+        ch.poll(3, &mut reverse);
+        assert_eq!(guest.receive(), Some((9, b"dddddddd".to_vec())));
+    }
+
+    #[test]
+    fn a_full_ring_holds_the_packet_until_the_guest_makes_room() {
+        // The smallest host-to-guest ring: 4 KiB of data.
+        let (guest, mut ch) = Guest::new(64 * 1024, 4096);
+        let payload = [0x5Au8; 1000];
+        for i in 0..8 {
+            guest.send(PacketType::DATA_INBAND, i, &payload);
+        }
+        let r = ch.poll(64, &mut reverse);
+        assert!(!r.more);
+        assert!(ch.holding());
+        assert_eq!(ch.stats().stalls, 1);
+        let written = ch.stats().packets;
+        assert!(written < 8);
+        let pending = Ring::new(guest.down).unwrap().state().unwrap().pending_send_size;
+        assert_eq!(pending, 1016 + 8, "the guest is told how much room is needed");
+        // Nothing more is read while a packet is held.
+        let before = Ring::new(guest.up).unwrap().state().unwrap().read_index;
+        ch.poll(64, &mut reverse);
+        assert_eq!(Ring::new(guest.up).unwrap().state().unwrap().read_index, before);
+        // The guest reads everything; the held packet goes first, then the rest.
+        let mut seen = Vec::new();
+        while seen.len() < 8 {
+            while let Some((id, _)) = guest.receive() {
+                seen.push(id);
+            }
+            ch.poll(64, &mut reverse);
+        }
+        assert_eq!(seen, (0..8).collect::<Vec<_>>());
+        assert!(!ch.holding());
+        assert_eq!(
+            Ring::new(guest.down).unwrap().state().unwrap().pending_send_size,
+            0
+        );
+    }
+
+    #[test]
+    fn a_broken_index_stops_the_channel() {
+        let (guest, mut ch) = Guest::new(8192, 8192);
+        guest.send(PacketType::DATA_INBAND, 1, b"a");
+        guest.up.store_u32(WRITE_INDEX, 3).unwrap();
+        let r = ch.poll(64, &mut reverse);
+        assert!(matches!(
+            r.broke,
+            Some(RingError::PeerBadIndex {
+                which: "write",
+                value: 3
+            })
+        ));
+        assert_eq!(ch.broken(), r.broke);
+        // Repaired or not, a stopped channel reads nothing more.
+        guest.up.store_u32(WRITE_INDEX, 0).unwrap();
+        guest.send(PacketType::DATA_INBAND, 2, b"b");
+        assert_eq!(ch.poll(64, &mut reverse), PollResult::default());
+        assert_eq!(ch.stats().packets, 0);
+        assert_eq!(guest.receive(), None);
+    }
+}
