@@ -1,6 +1,15 @@
 //! Virtual service clients: the child-side drivers for our Rust child OS.
 //!
-//! Nothing is implemented here yet; the crate reserves its place in the layout
-//! (docs/architecture.md) and exports nothing until child partitions and VMBus land.
+//! [`bus`] is the VMBus client transport: [`vmbus::client::Client`] driven
+//! over a [`SynicTransport`] the child OS provides (HvPostMessage, its SIMP
+//! slot, EOM: the hypervisor-facing parts, which need `unsafe` and stay in
+//! the OS). No unsafe code here; host tests drive the bus against a real
+//! [`vmbus::server::Server`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod bus;
+
+pub use bus::{Bus, BusError, PostStatus, SynicTransport};

@@ -282,7 +282,10 @@ pub(crate) fn vmbus_idle(name: &str) -> ! {
     wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 17) | 0x50);
     wrmsr(msr::SCONTROL, 1);
     let mut bus = Bus::new(None);
-    let opened = bus.connect().and_then(|_| open_fresh(&mut bus));
+    let opened = bus
+        .connect()
+        .map_err(alloc::string::String::from)
+        .and_then(|_| open_fresh(&mut bus));
     if let Err(e) = opened {
         say!("testos {name}: idle: could not open the channel: {e}");
         halt_forever()
@@ -1080,129 +1083,27 @@ pub(crate) fn echo_through(
 /// second; the root answers within a tick).
 pub(crate) const REPLY_SPINS: u64 = 200_000_000;
 
-/// The client and the SynIC transport under it.
-pub(crate) struct Bus {
-    pub(crate) client: vmbus::client::Client,
-    buf: [u8; 240],
-}
+/// The SynIC under the VMBus client: HvPostMessage through the hypercall
+/// page, our SIMP slot for the VMBus SINT, EOM.
+#[derive(Default)]
+pub(crate) struct SynicPort;
 
-impl Bus {
-    pub(crate) fn new(versions: Option<&[vmbus::version::Version]>) -> Self {
-        Self {
-            client: vmbus::client::Client::new(versions, 0),
-            buf: [0; 240],
-        }
+impl vsc_drivers::SynicTransport for SynicPort {
+    fn post(&mut self, connection_id: u32, message_type: u32, bytes: &[u8]) -> vsc_drivers::PostStatus {
+        vsc_drivers::PostStatus::from_status(
+            post_raw(connection_id, message_type, bytes.len() as u32, bytes).status,
+        )
     }
-
-    /// Post everything the client queued.
-    pub(crate) fn flush(&mut self) -> Result<(), alloc::string::String> {
-        while let Some((connection, bytes)) = self.client.next_message() {
-            let r = post_raw(
-                connection,
-                vmbus::protocol::VMBUS_MESSAGE_TYPE,
-                bytes.len() as u32,
-                &bytes,
-            );
-            if r.status != HvStatus::SUCCESS {
-                return Err(alloc::format!("post on connection {connection}: {:?}", r.status));
-            }
-        }
-        Ok(())
+    fn take_message(&mut self, buf: &mut [u8; 240]) -> Option<(u32, usize)> {
+        take_message(buf)
     }
-
-    /// Flush, then take host messages until an event satisfies `want`.
-    pub(crate) fn until(
-        &mut self,
-        what: &str,
-        want: impl Fn(&vmbus::client::ClientEvent) -> bool,
-    ) -> Result<vmbus::client::ClientEvent, alloc::string::String> {
-        self.flush()?;
-        for _ in 0..64 {
-            let mut spins = 0u64;
-            let n = loop {
-                if let Some((t, n)) = take_message(&mut self.buf) {
-                    if t != vmbus::protocol::VMBUS_MESSAGE_TYPE {
-                        return Err(alloc::format!("message type {t:#x}"));
-                    }
-                    break n;
-                }
-                spins += 1;
-                if spins > REPLY_SPINS {
-                    return Err(alloc::format!("no reply while waiting for {what}"));
-                }
-                core::hint::spin_loop();
-            };
-            let events = self
-                .client
-                .handle(&self.buf[..n])
-                .map_err(|e| alloc::format!("host message: {e:?}"))?;
-            self.flush()?;
-            if let Some(e) = events.into_iter().find(|e| want(e)) {
-                return Ok(e);
-            }
-        }
-        Err(alloc::format!("64 messages without {what}"))
-    }
-
-    pub(crate) fn connect(&mut self) -> Result<vmbus::version::Version, alloc::string::String> {
-        use vmbus::client::ClientEvent;
-        self.client.connect();
-        match self.until("VERSION_RESPONSE", |e| {
-            matches!(e, ClientEvent::Connected(_) | ClientEvent::ConnectFailed)
-        })? {
-            ClientEvent::Connected(v) => {
-                self.until("ALLOFFERS_DELIVERED", |e| {
-                    matches!(e, ClientEvent::AllOffersDelivered)
-                })?;
-                Ok(v)
-            }
-            _ => Err(alloc::string::String::from("no version accepted")),
-        }
-    }
-
-    pub(crate) fn unload(&mut self) -> Result<(), alloc::string::String> {
-        self.client.unload();
-        self.until("UNLOAD_RESPONSE", |e| {
-            matches!(e, vmbus::client::ClientEvent::Unloaded)
-        })
-        .map(|_| ())
-    }
-
-    pub(crate) fn gpadl(&mut self, relid: u32, pfns: &[u64]) -> Result<(u32, u32), alloc::string::String> {
-        let handle = self.client.create_gpadl(relid, pfns);
-        match self.until("GPADL_CREATED", |e| {
-            matches!(e, vmbus::client::ClientEvent::GpadlCreated { .. })
-        })? {
-            vmbus::client::ClientEvent::GpadlCreated { handle: h, status } if h == handle => Ok((h, status)),
-            other => Err(alloc::format!("{other:?}")),
-        }
-    }
-
-    pub(crate) fn teardown(&mut self, relid: u32, handle: u32) -> Result<(), alloc::string::String> {
-        self.client.teardown(relid, handle);
-        match self.until("GPADL_TORNDOWN", |e| {
-            matches!(e, vmbus::client::ClientEvent::GpadlTorndown(_))
-        })? {
-            vmbus::client::ClientEvent::GpadlTorndown(h) if h == handle => Ok(()),
-            other => Err(alloc::format!("{other:?}")),
-        }
-    }
-
-    pub(crate) fn open(
-        &mut self,
-        relid: u32,
-        handle: u32,
-        downstream: u32,
-    ) -> Result<u32, alloc::string::String> {
-        self.client.open(relid, handle, downstream, 0);
-        match self.until("OPENCHANNEL_RESULT", |e| {
-            matches!(e, vmbus::client::ClientEvent::OpenResult { .. })
-        })? {
-            vmbus::client::ClientEvent::OpenResult { status, .. } => Ok(status),
-            other => Err(alloc::format!("{other:?}")),
-        }
+    fn spin(&mut self) {
+        core::hint::spin_loop();
     }
 }
+
+/// The VMBus client over this partition's SynIC (vsc-drivers).
+pub(crate) type Bus = vsc_drivers::Bus<SynicPort>;
 
 pub(crate) fn ring_pfns(pages: u64) -> alloc::vec::Vec<u64> {
     let base = core::ptr::addr_of!(RING) as u64 >> 12;
@@ -1228,8 +1129,7 @@ pub(crate) fn open_echo_close(
         return Err(alloc::format!("OPENCHANNEL_RESULT {status:#x}"));
     }
     let back = echo_through(name, 1, 0x2001, packets, up, down);
-    bus.client.close(1);
-    bus.flush()?;
+    bus.close(1)?;
     bus.teardown(1, handle)?;
     if back != Some(packets) {
         return Err(alloc::format!("{back:?} of {packets} packets came back"));
@@ -1336,8 +1236,7 @@ pub(crate) fn flow_control(name: &str) -> Result<(), alloc::string::String> {
         }
         got += 1;
     }
-    bus.client.close(1);
-    bus.flush()?;
+    bus.close(1)?;
     bus.teardown(1, handle)?;
     bus.unload()?;
     say!("testos {name}: flow control: root asked for {asked} bytes, {signals} room signals");
@@ -1363,9 +1262,8 @@ pub(crate) fn open_fresh(bus: &mut Bus) -> Result<u32, alloc::string::String> {
 }
 
 pub(crate) fn close_and_teardown(bus: &mut Bus, handle: u32) -> Result<(), alloc::string::String> {
-    bus.client.close(1);
-    bus.flush()?;
-    bus.teardown(1, handle)
+    bus.close(1)?;
+    Ok(bus.teardown(1, handle)?)
 }
 
 /// Q-MASK-01.
@@ -1446,7 +1344,7 @@ pub(crate) fn corrupt_ring(name: &str) -> Result<(), alloc::string::String> {
 /// operator acts.
 pub(crate) fn await_host(
     bus: &mut Bus,
-    what: &str,
+    what: &'static str,
     rounds: u32,
     want: impl Fn(&vmbus::client::ClientEvent) -> bool + Copy,
 ) -> Result<vmbus::client::ClientEvent, alloc::string::String> {
@@ -1454,7 +1352,7 @@ pub(crate) fn await_host(
     for _ in 0..rounds {
         match bus.until(what, want) {
             Ok(e) => return Ok(e),
-            Err(e) => last = e,
+            Err(e) => last = e.into(),
         }
     }
     Err(last)
@@ -1487,8 +1385,7 @@ pub(crate) fn rescind_and_reoffer(name: &str) -> Result<(), alloc::string::Strin
     }
     let connection = bus.client.offers().get(&relid).map_or(0, |o| o.connection_id);
     let back = echo_through(name, relid, connection, 10, 2, 2);
-    bus.client.close(relid);
-    bus.flush()?;
+    bus.close(relid)?;
     bus.teardown(relid, handle)?;
     bus.unload()?;
     if back == Some(10) {
@@ -1659,14 +1556,14 @@ pub(crate) fn conformance(name: &str) -> ! {
                 let mut bus = Bus::new(None);
                 bus.connect()?;
                 open_echo_close(&mut bus, n, 2, 2, 200)?;
-                bus.unload()
+                Ok(bus.unload()?)
             },
         ),
         ("Q-OPN-02", "open on a 4+4-page ring, 200 echoes, close", |n| {
             let mut bus = Bus::new(None);
             bus.connect()?;
             open_echo_close(&mut bus, n, 4, 4, 200)?;
-            bus.unload()
+            Ok(bus.unload()?)
         }),
         (
             "Q-OPN-03",
@@ -1675,7 +1572,7 @@ pub(crate) fn conformance(name: &str) -> ! {
                 let mut bus = Bus::new(None);
                 bus.connect()?;
                 open_echo_close(&mut bus, n, 8, 2, 200)?;
-                bus.unload()
+                Ok(bus.unload()?)
             },
         ),
         (
@@ -1686,7 +1583,7 @@ pub(crate) fn conformance(name: &str) -> ! {
                 bus.connect()?;
                 open_echo_close(&mut bus, n, 2, 2, 20)?;
                 open_echo_close(&mut bus, n, 2, 2, 20)?;
-                bus.unload()
+                Ok(bus.unload()?)
             },
         ),
         (
