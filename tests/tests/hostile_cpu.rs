@@ -9,7 +9,7 @@
 use qemu_tests::Machine;
 
 /// Cases the `cpu-hostile` mode runs (must match its list).
-const CASES: usize = 46;
+const CASES: usize = 48;
 
 #[test]
 fn cpu_state_that_is_not_switched_is_hidden_and_refused() {

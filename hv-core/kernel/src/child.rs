@@ -111,6 +111,8 @@ pub struct Vp {
     /// Cannot run until the root sets its registers again (triple fault,
     /// invalid state).
     pub unrecoverable: bool,
+    /// HV_X64_MSR_VP_ASSIST_PAGE.
+    vp_assist: u64,
 }
 
 impl Vp {
@@ -241,6 +243,7 @@ impl Child {
             vp.intercept_suspended = false;
             vp.explicit_suspend = false;
             vp.unrecoverable = false;
+            vp.vp_assist = 0;
         }
         self.msrs = SyntheticMsrs::default();
         self.suspended = false;
@@ -383,6 +386,7 @@ impl Child {
             intercept_suspended: false,
             explicit_suspend: false,
             unrecoverable: false,
+            vp_assist: 0,
         };
         init_vmcb(vp.vmcb(), &self.maps, npt_root, self.asid);
         *slot = Some(vp);
@@ -737,6 +741,7 @@ fn run_vp(
             profile: sh.profile,
             ignore_unknown_msrs: sh.ignore_unknown_msrs,
             logged: &mut *logged,
+            vp_assist: &mut vp.vp_assist,
         };
         let outcome = match code {
             c if c.is_invalid() => {

@@ -31,6 +31,8 @@ pub struct Hv {
     pub root_stats: ExitStats,
     /// Refusals logged for the root.
     pub root_logged: u32,
+    /// The root VP's HV_X64_MSR_VP_ASSIST_PAGE.
+    pub root_vp_assist: u64,
     /// hv-core's region.
     pub hv_region: Range<u64>,
     /// hv-core's log port (the root's accesses to it are intercepted).
@@ -68,6 +70,7 @@ impl Hv {
             profile,
             ignore_unknown_msrs: false,
             logged: &mut self.root_logged,
+            vp_assist: &mut self.root_vp_assist,
         }
     }
 

@@ -326,6 +326,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         root_efer: state.efer,
         root_stats: ExitStats::default(),
         root_logged: 0,
+        root_vp_assist: 0,
         hv_region: region,
         log_port: handoff.log_port,
         children: Table::new(2),

@@ -89,6 +89,11 @@ pub struct SyntheticMsrs {
     pub guest_os_id: u64,
     /// HV_X64_MSR_HYPERCALL as last accepted.
     pub hypercall: u64,
+    /// HV_X64_MSR_REFERENCE_TSC as last written. The TSC page is not
+    /// provided (AccessPartitionReferenceTsc is not advertised), so enabling
+    /// it is refused; a write that leaves it disabled is kept, because Linux
+    /// read-modify-writes it unconditionally on kexec (`hyperv_cleanup`).
+    pub reference_tsc: u64,
 }
 
 /// Log a line a partition's behaviour caused, at most [`LOG_LIMIT`] per
@@ -153,6 +158,8 @@ pub struct Vcpu<'a> {
     pub ignore_unknown_msrs: bool,
     /// Refusals logged so far for this partition.
     pub logged: &'a mut u32,
+    /// HV_X64_MSR_VP_ASSIST_PAGE of this VP.
+    pub vp_assist: &'a mut u64,
 }
 
 impl Vcpu<'_> {
@@ -294,6 +301,8 @@ impl Vcpu<'_> {
             msr::GUEST_OS_ID => self.msrs.guest_os_id,
             msr::HYPERCALL => self.msrs.hypercall,
             msr::VP_INDEX => self.vp_index as u64,
+            msr::VP_ASSIST_PAGE => *self.vp_assist,
+            msr::REFERENCE_TSC => self.msrs.reference_tsc,
             _ if SYNIC_MSRS.contains(&index) => match self.synic.read(index) {
                 Ok(v) => v,
                 Err(e) => {
@@ -339,6 +348,25 @@ impl Vcpu<'_> {
                 }
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
+            // The VP assist page (bit 0 enable, 63:12 its GPA): accepted and
+            // kept so that a guest that writes it unconditionally (Linux 6.1
+            // `hv_cpu_init`) gets no #GP; hv-core does not use the page (none
+            // of the features it serves is advertised). An enabled page must
+            // be the partition's own RAM.
+            msr::VP_ASSIST_PAGE => {
+                if value & 1 != 0 && self.mem.translate(value & !0xFFF, 4096, true).is_none() {
+                    self.log_refusal(format_args!("VP assist page {value:#x} is not its RAM: #GP"));
+                    return Outcome::GP;
+                }
+                *self.vp_assist = value;
+            }
+            msr::REFERENCE_TSC => {
+                if value & 1 != 0 {
+                    self.log_refusal(format_args!("reference TSC page not provided: #GP"));
+                    return Outcome::GP;
+                }
+                self.msrs.reference_tsc = value;
+            }
             // The root may enable or disable its APIC (and x2APIC mode) but
             // not move its MMIO page, which could then sit over hv-core's
             // region in every physical access there.

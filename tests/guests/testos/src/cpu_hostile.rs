@@ -463,6 +463,31 @@ pub fn run(name: &str, info: &'static BootInfo) -> ! {
         },
     );
     case(
+        "H-MSR-09",
+        "the VP assist page MSR takes its own page, refuses one past its memory",
+        &mut || {
+            // Linux 6.1 writes it on every CPU whatever CPUID says (hv_cpu_init).
+            let page = SIEF_GPA + 0x1000;
+            wrmsr(msr::VP_ASSIST_PAGE, page | 1).map_err(|f| format!("own page: {}", f.name()))?;
+            let back = rdmsr(msr::VP_ASSIST_PAGE).map_err(|f| format!("read: {}", f.name()))?;
+            if back != page | 1 {
+                return Err(format!("reads back {back:#x}"));
+            }
+            expect_fault("page past memory", wrmsr(msr::VP_ASSIST_PAGE, memory | 1), GP)?;
+            wrmsr(msr::VP_ASSIST_PAGE, 0).map_err(|f| format!("disable: {}", f.name()))?;
+            Ok(())
+        },
+    );
+    case(
+        "H-MSR-10",
+        "REFERENCE_TSC: disabled writes kept (kexec's read-modify-write), enabling refused",
+        &mut || {
+            let v = rdmsr(msr::REFERENCE_TSC).map_err(|f| format!("read: {}", f.name()))?;
+            wrmsr(msr::REFERENCE_TSC, v & !1).map_err(|f| format!("disabled write: {}", f.name()))?;
+            expect_fault("enable", wrmsr(msr::REFERENCE_TSC, 0x5000 | 1), GP)
+        },
+    );
+    case(
         "H-SYN-08",
         "SIMP and SIEFP on its own pages are accepted",
         &mut || {
