@@ -5,7 +5,10 @@
 //!   (Xen `include/public/arch-x86/hvm/start_info.h`);
 //! - [`bundle`]: the boot bundle passed as the single `-initrd` module
 //!   (format documented in `docs/boot.md`);
-//! - [`handoff`]: the block the root passes to hv-core's entry point.
+//! - [`handoff`]: the block the root passes to hv-core's entry point;
+//! - [`bzimage`]: a Linux bzImage and its 64-bit boot protocol (setup header
+//!   checks, load placement, the `boot_params` zero page), Linux
+//!   `Documentation/arch/x86/boot.rst`; not yet wired to a child.
 //!
 //! Everything here parses untrusted bytes with bounds checks and no `unsafe`.
 #![cfg_attr(not(test), no_std)]
@@ -15,6 +18,7 @@
 extern crate alloc;
 
 pub mod bundle;
+pub mod bzimage;
 pub mod child;
 pub mod handoff;
 pub mod pvh;
