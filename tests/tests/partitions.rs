@@ -244,3 +244,31 @@ fn sse_state_is_private_to_each_child() {
         assert!(!text.contains("CORRUPTED"), "{text}");
     }
 }
+
+/// `images` lists what the boot bundle holds for `create --image`: the test
+/// OS, with its size as built on the host and its format.
+#[test]
+fn images_lists_the_bundle() {
+    let mut m = Machine::boot("images", "", None);
+    let built = xtask::workspace_root()
+        .join("target")
+        .join(xtask::KERNEL_TARGET)
+        .join("release")
+        .join("testos");
+    let size = std::fs::metadata(&built).expect("the built test OS").len();
+    let v = m.hvctl_json("images --json");
+    let testos = v
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "testos"))
+        .unwrap_or_else(|| panic!("no testos in {v}"));
+    assert_eq!(testos["size"], size, "{v}");
+    assert_eq!(testos["format"], "elf64", "{v}");
+    let text = m.hvctl("images");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("testos") && l.contains("elf64")),
+        "{text}"
+    );
+    let bad = m.hvctl("images 4");
+    assert!(bad.starts_with("error: "), "{bad}");
+}

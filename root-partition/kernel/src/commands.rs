@@ -71,6 +71,10 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             mem(boot, m, json, out);
             Ok(())
         }
+        Command::Images { json } => {
+            images(m, json, out);
+            Ok(())
+        }
         Command::Poweroff => return Effect::Poweroff,
     };
     if let Err(e) = result {
@@ -545,6 +549,53 @@ fn canary_intact(m: &Manager) -> bool {
     // SAFETY: the canary is a root frame set aside at boot and never freed.
     let page = unsafe { memory::phys_slice(m.canary, 4096) };
     page.iter().all(|&b| b == 0xC5)
+}
+
+/// What an image in the bundle is: a 64-bit ELF (the test OS, PVH or
+/// Multiboot kernels), a Linux bzImage (checked by `boot_proto::bzimage`;
+/// children cannot boot one yet), or unknown.
+fn image_format(bytes: &[u8]) -> String {
+    if bytes.starts_with(b"\x7fELF") {
+        return String::from(if bytes.get(4) == Some(&2) {
+            "elf64"
+        } else {
+            "elf32"
+        });
+    }
+    match boot_proto::bzimage::parse(bytes) {
+        Ok(bz) => format!(
+            "bzImage (boot protocol {}.{:02})",
+            bz.version >> 8,
+            bz.version & 0xFF
+        ),
+        Err(_) => String::from("unknown"),
+    }
+}
+
+fn images(m: &Manager, json: bool, out: &mut String) {
+    if json {
+        let items: Vec<String> = m
+            .images()
+            .iter()
+            .map(|(name, bytes)| {
+                let mut s = String::new();
+                Object::new(&mut s)
+                    .str("name", name)
+                    .num("size", bytes.len() as u64)
+                    .str("format", &image_format(bytes))
+                    .end();
+                s
+            })
+            .collect();
+        let mut s = String::new();
+        json::array(&mut s, items.iter().map(String::as_str));
+        let _ = writeln!(out, "{s}");
+        return;
+    }
+    let _ = writeln!(out, "{:<16} {:>10}  FORMAT", "NAME", "BYTES");
+    for (name, bytes) in m.images() {
+        let _ = writeln!(out, "{name:<16} {:>10}  {}", bytes.len(), image_format(bytes));
+    }
 }
 
 fn mem(boot: &BootReport, m: &Manager, json: bool, out: &mut String) {

@@ -79,6 +79,11 @@ impl Manager {
         }
     }
 
+    /// The images `create --image` can boot: (name, bytes).
+    pub fn images(&self) -> &[(&'static str, &'static [u8])] {
+        &self.images
+    }
+
     /// Image names, for error messages.
     pub fn image_names(&self) -> String {
         let names: Vec<&str> = self.images.iter().map(|(n, _)| *n).collect();

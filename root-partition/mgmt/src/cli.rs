@@ -53,6 +53,11 @@ pub enum Command {
         /// Also checksum the partition's memory (reads all of it).
         checksum: bool,
     },
+    /// `images [--json]`: the child images the boot bundle holds.
+    Images {
+        /// JSON output.
+        json: bool,
+    },
     /// `channels ID [--json]`: the partition's VMBus offers and open channels.
     Channels {
         /// Partition id.
@@ -203,6 +208,10 @@ pub const HELP: &[(&str, &str)] = &[
         "read sector 0 of the passthrough virtio-blk disk",
     ),
     ("mem [--json]", "root memory: free frames and heap"),
+    (
+        "images [--json]",
+        "child images in the boot bundle: name, size, format",
+    ),
     ("poweroff", "stop the machine"),
     ("help [COMMAND]", "this list, or one command"),
 ];
@@ -239,7 +248,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = all.remove(0);
     let json = all.contains(&"--json");
     // `--json` is accepted only by commands with a JSON form (checked below).
-    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels");
+    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels" | "images");
     if takes_json {
         all.retain(|w| *w != "--json");
     }
@@ -264,6 +273,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             let id = w.id()?;
             let json = w.json;
             w.done(Command::Info { id, json, checksum })?
+        }
+        "images" => {
+            let json = w.json;
+            w.done(Command::Images { json })?
         }
         "channels" => {
             let id = w.id()?;
@@ -447,6 +460,12 @@ mod tests {
 
     #[test]
     fn channels_command() {
+        assert_eq!(ok("images"), Command::Images { json: false });
+        assert_eq!(ok("images --json"), Command::Images { json: true });
+        assert_eq!(
+            parse("images 4").unwrap_err().to_string(),
+            parse("list 4").unwrap_err().to_string()
+        );
         assert_eq!(ok("channels 4"), Command::Channels { id: 4, json: false });
         assert_eq!(ok("channels 4 --json"), Command::Channels { id: 4, json: true });
         assert_eq!(parse("channels").unwrap_err().to_string(), "missing partition id");
