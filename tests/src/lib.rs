@@ -306,6 +306,18 @@ impl Machine {
         sum
     }
 
+    /// Create and start an 8 MiB test OS child named `attacker` in `mode`;
+    /// with the two manifest children it gets id 4.
+    pub fn start_attacker(&mut self, mode: &str) {
+        let created = self.hvctl(&format!(
+            "create attacker --memory 8M --image testos --mode {mode} --start"
+        ));
+        assert!(
+            created.contains("partition 4 (attacker) created and started"),
+            "{created}"
+        );
+    }
+
     /// After an attack: hv-core answers, the root's shell works, both
     /// manifest children still run, the peer's memory checksum is
     /// `peer_before`, and the root's canary page is intact.

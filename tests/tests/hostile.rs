@@ -22,13 +22,7 @@ fn attack(mode: &str, done: &str, disk: bool) -> Attack {
     let disk = disk.then(|| qemu_tests::images().disk.clone());
     let mut m = Machine::boot(&format!("hostile-{mode}"), "", disk);
     let peer_before = m.peer_checksum();
-    let created = m.hvctl(&format!(
-        "create attacker --memory 8M --image testos --mode {mode} --start"
-    ));
-    assert!(
-        created.contains("partition 4 (attacker) created and started"),
-        "{created}"
-    );
+    m.start_attacker(mode);
     let info = m.wait_json("info 4 --json", "the attack to finish", |v| {
         v["state"] == "crashed" || v["halted_vps"] == 1
     });

@@ -15,11 +15,7 @@ const CASES: usize = 48;
 fn cpu_state_that_is_not_switched_is_hidden_and_refused() {
     let mut m = Machine::boot("hostile-cpu", "", None);
     let peer_before = m.peer_checksum();
-    let created = m.hvctl("create attacker --memory 8M --image testos --mode cpu-hostile --start");
-    assert!(
-        created.contains("partition 4 (attacker) created and started"),
-        "{created}"
-    );
+    m.start_attacker("cpu-hostile");
     let console = m.wait_text("console 4", "cpu-hostile: ");
     let summary = format!("cpu-hostile: {CASES} passed, 0 failed");
     let fails: Vec<&str> = console.lines().filter(|l| l.contains(": FAIL ")).collect();

@@ -30,13 +30,7 @@ struct Attack {
 fn attack(mode: &str, done: &str, end: &str, during: impl FnOnce(&mut Machine)) -> Attack {
     let mut m = Machine::boot(&format!("hostile-{mode}"), "", None);
     let peer_before = m.peer_checksum();
-    let created = m.hvctl(&format!(
-        "create attacker --memory 8M --image testos --mode {mode} --start"
-    ));
-    assert!(
-        created.contains("partition 4 (attacker) created and started"),
-        "{created}"
-    );
+    m.start_attacker(mode);
     during(&mut m);
     let console = m.wait_text("console 4", end);
     let line = console

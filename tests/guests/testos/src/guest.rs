@@ -270,17 +270,7 @@ pub(crate) fn vmmcall_outside_kernel_mode(name: &str, cpl3: bool) -> ! {
 /// delivers a message (here: the operator rescinding the channel), and
 /// hv-core must inject the SynIC vector (linux-child review M1).
 pub(crate) fn vmbus_idle(name: &str) -> ! {
-    init_heap();
-    kernel_x86::traps::init(
-        alloc::boxed::Box::leak(alloc::boxed::Box::new(kernel_x86::traps::CpuTables::new())),
-        on_exception,
-    );
-    kernel_x86::traps::set_irq_handler(0x50, on_synic_interrupt);
-    enable_hypercalls();
-    wrmsr(msr::SIMP, SIMP_GPA | 1);
-    wrmsr(msr::SIEFP, SIEF_GPA | 1);
-    wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 17) | 0x50);
-    wrmsr(msr::SCONTROL, 1);
+    take_synic_interrupts();
     let mut bus = Bus::new(None);
     let opened = bus
         .connect()
@@ -637,15 +627,10 @@ pub(crate) fn on_synic_interrupt() {
     SYNIC_INTERRUPTS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
 }
 
-pub(crate) fn on_exception(frame: &kernel_x86::traps::ExceptionFrame) -> ! {
-    say!("testos: unexpected exception {frame}");
-    halt_forever()
-}
-
-/// Take SynIC interrupts instead of polling: an IDT, SINT 2 on vector 0x50
-/// with auto-EOI (no APIC here to EOI), interrupts on. Each echo reply the
-/// root posts must arrive as an interrupt before the slot is read.
-pub(crate) fn synic_interrupts(name: &str) -> ! {
+/// Heap, an IDT, hypercalls and the SynIC with SINT 2 on vector 0x50 and
+/// auto-EOI (no APIC here to EOI); the vector's handler only counts.
+/// Interrupts stay off until the caller enables them.
+fn take_synic_interrupts() {
     init_heap();
     kernel_x86::traps::init(
         alloc::boxed::Box::leak(alloc::boxed::Box::new(kernel_x86::traps::CpuTables::new())),
@@ -657,6 +642,18 @@ pub(crate) fn synic_interrupts(name: &str) -> ! {
     wrmsr(msr::SIEFP, SIEF_GPA | 1);
     wrmsr(msr::SINT0 + MESSAGE_SINT as u32, (1 << 17) | 0x50);
     wrmsr(msr::SCONTROL, 1);
+}
+
+pub(crate) fn on_exception(frame: &kernel_x86::traps::ExceptionFrame) -> ! {
+    say!("testos: unexpected exception {frame}");
+    halt_forever()
+}
+
+/// Take SynIC interrupts instead of polling: an IDT, SINT 2 on vector 0x50
+/// with auto-EOI (no APIC here to EOI), interrupts on. Each echo reply the
+/// root posts must arrive as an interrupt before the slot is read.
+pub(crate) fn synic_interrupts(name: &str) -> ! {
+    take_synic_interrupts();
     // SAFETY: the IDT routes every vector; the SynIC handler only counts.
     unsafe { asm!("sti", options(nomem, nostack)) };
     let mut payload = [0u8; 240];
