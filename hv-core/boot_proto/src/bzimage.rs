@@ -788,6 +788,24 @@ pub fn build_boot_params(bz: &BzImage, layout: &Layout<'_>) -> Result<BootParams
     Ok(bp)
 }
 
+/// Images for other modules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A minimal relocatable image preferring `pref`, needing `init_size`.
+    pub(crate) fn image(pref: u64, init_size: usize, initrd_addr_max: u32, above_4g: bool) -> Vec<u8> {
+        tests::image_with(0, 0x4000, |h| {
+            h.pref_address = U64::new(pref);
+            h.init_size = U32::new(init_size as u32);
+            h.initrd_addr_max = U32::new(initrd_addr_max);
+            if !above_4g {
+                h.xloadflags = U16::new(XLF_KERNEL_64);
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,7 +816,7 @@ mod tests {
 
     /// A minimal image: `setup_sects` sectors of setup after the boot sector,
     /// then `kernel_len` bytes of kernel.
-    fn image_with(setup_sects: u8, kernel_len: usize, f: impl FnOnce(&mut SetupHeader)) -> Vec<u8> {
+    pub(crate) fn image_with(setup_sects: u8, kernel_len: usize, f: impl FnOnce(&mut SetupHeader)) -> Vec<u8> {
         let sects = if setup_sects == 0 {
             4
         } else {

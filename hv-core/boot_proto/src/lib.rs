@@ -21,4 +21,5 @@ pub mod bundle;
 pub mod bzimage;
 pub mod child;
 pub mod handoff;
+pub mod linux_child;
 pub mod pvh;
