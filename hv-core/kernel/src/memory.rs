@@ -58,7 +58,22 @@ pub fn init(region: Range<u64>, image: u64, ram_top: u64) {
     }
     *REGION.lock() = Some(bitmap);
     *LENT.lock() = Some(PageBitmap::new(0, ram_pages, lent_words).expect("lent bitmap fits"));
+    let heap = alloc_pages(HEAP_PAGES).expect("hv-core's region holds its heap");
+    // SAFETY: the pages were just allocated from hv-core's region for the
+    // heap alone and are never freed.
+    unsafe {
+        HEAP.lock()
+            .init(heap as *mut u8, (HEAP_PAGES * PAGE_SIZE) as usize)
+    };
 }
+
+/// Pages of hv-core's heap. Nothing a guest does allocates from it (every
+/// per-guest structure is fixed-size or comes from [`alloc_pages`]); crates
+/// it embeds (the instruction decoder) link `alloc` and get this small heap.
+const HEAP_PAGES: u64 = 64;
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
 
 /// `count` contiguous zeroed pages of hv-core's region.
 pub fn alloc_pages(count: u64) -> Option<u64> {

@@ -21,11 +21,18 @@
 
 mod pending;
 mod ports;
+mod reftime;
+mod stimer;
 mod vp;
 
 pub use pending::PendingVectors;
 
 pub use ports::{Connection, Port, PortError, PortKind, Ports};
+pub use reftime::{PageUpdate, REFERENCE_HZ, ReferenceClock, ReferenceTsc, TimeMsrError, TscPage};
+pub use stimer::{
+    Expired, HVMSG_TIMER_EXPIRED, STIMER_COUNT, STIMER0_CONFIG, STIMER0_COUNT, Stimers, TimerEvent,
+    TimerMessage, config_msr, count_msr,
+};
 pub use vp::{
     Delivery, FLAGS_PER_SINT, MsrError, PostError, QUEUE_DEPTH, SINT_COUNT, SLOT_SIZE, SynicMemory, SynicVp,
     msr_index,

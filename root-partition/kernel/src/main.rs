@@ -27,6 +27,9 @@ mod disk;
 #[cfg(target_os = "none")]
 mod hv;
 #[cfg(target_os = "none")]
+/// What a child boots (test OS or Linux) and how it is laid out.
+mod loader;
+#[cfg(target_os = "none")]
 mod manager;
 #[cfg(target_os = "none")]
 mod memory;

@@ -115,18 +115,10 @@ impl Manager {
         if self.workers.iter().any(|w| w.spec.name == spec.name) || spec.name == "root" {
             return Err(format!("a partition named '{}' already exists", spec.name));
         }
-        let image = self
-            .images
-            .iter()
-            .find(|(n, _)| *n == spec.image)
-            .map(|(_, i)| *i)
-            .ok_or_else(|| {
-                format!(
-                    "no image '{}' in the boot bundle (have: {})",
-                    spec.image,
-                    self.image_names()
-                )
-            })?;
+        let images = &self.images;
+        let find = |name: &str| images.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
+        let image = crate::loader::ChildImage::resolve(&spec, find)
+            .map_err(|e| format!("{e} (bundle has: {})", self.image_names()))?;
         let targets = self.targets(&spec);
         let block = self
             .free_event_block()

@@ -3,6 +3,7 @@
 //! partition-management hypercalls, loads its image, emulates its COM1, and
 //! turns intercept messages into device emulation, halts or a crash report.
 
+use crate::loader::{ChildImage, EntryState};
 use crate::ring_memory::FrameMemory;
 use crate::{hv, memory, timer};
 use alloc::boxed::Box;
@@ -87,7 +88,7 @@ pub struct Worker {
     vps: Vec<VpState>,
     /// Its COM1.
     pub uart: Box<Uart16550>,
-    image: &'static [u8],
+    image: ChildImage,
     /// Tick of the last start.
     started: u64,
     /// Addresses hostile test modes aim at.
@@ -256,21 +257,11 @@ impl Worker {
     /// failure everything done so far is undone.
     pub fn create(
         spec: CreateSpec,
-        image: &'static [u8],
+        image: ChildImage,
         targets: [u64; 4],
         event_block: u32,
     ) -> Result<Self, WorkerError> {
         let pages_needed = spec.memory / PAGE_SIZE;
-        let stacks = spec.vps as u64 * layout::STACK_SIZE;
-        let plan = elf_load::plan(image, spec.memory.saturating_sub(layout::IMAGE_BASE + stacks))
-            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
-        if plan.base_va < layout::IMAGE_BASE {
-            return Err(WorkerError::BadImage(format!(
-                "linked at {:#x}, below {:#x}",
-                plan.base_va,
-                layout::IMAGE_BASE
-            )));
-        }
         let id = hv::create_partition().map_err(hvfail("CreatePartition"))?;
         let mut w = Self {
             id,
@@ -863,44 +854,31 @@ impl Worker {
             // SAFETY: the child's own frames, identity-mapped, not running.
             unsafe { memory::phys_slice_mut(page, PAGE_SIZE as usize) }.fill(0);
         }
-        // Identity page tables for the first 4 GiB with 2 MiB pages.
-        self.write(layout::PML4_GPA, &(layout::PDPT_GPA | 3).to_le_bytes());
-        for i in 0..4u64 {
-            self.write(
-                layout::PDPT_GPA + 8 * i,
-                &((layout::PD_GPA + i * PAGE_SIZE) | 3).to_le_bytes(),
-            );
+        let boot = self.image.layout(&self.spec).map_err(WorkerError::BadImage)?;
+        for (gpa, bytes) in &boot.writes {
+            self.write(*gpa, bytes.as_slice());
         }
-        let mut pd = [0u8; 4 * 4096];
-        for (i, entry) in pd.chunks_exact_mut(8).enumerate() {
-            entry.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());
+        if !self.image.is_linux() {
+            let info = BootInfo {
+                magic: layout::BOOT_INFO_MAGIC,
+                memory_size: self.spec.memory,
+                vp_count: self.spec.vps,
+                reserved: 0,
+                name: layout::pad(&self.spec.name),
+                mode: layout::pad(&self.spec.mode),
+                targets: self.targets,
+            };
+            self.write(layout::BOOT_INFO_GPA, info.as_bytes());
         }
-        self.write(layout::PD_GPA, &pd);
-        let mut gdt = [0u8; 24];
-        for (i, d) in layout::GDT.iter().enumerate() {
-            gdt[i * 8..i * 8 + 8].copy_from_slice(&d.to_le_bytes());
-        }
-        self.write(layout::GDT_GPA, &gdt);
-        let info = BootInfo {
-            magic: layout::BOOT_INFO_MAGIC,
-            memory_size: self.spec.memory,
-            vp_count: self.spec.vps,
-            reserved: 0,
-            name: layout::pad(&self.spec.name),
-            mode: layout::pad(&self.spec.mode),
-            targets: self.targets,
-        };
-        self.write(layout::BOOT_INFO_GPA, info.as_bytes());
-        let stacks = self.spec.vps as u64 * layout::STACK_SIZE;
-        let plan = elf_load::plan(self.image, self.spec.memory - layout::IMAGE_BASE - stacks)
-            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
-        let mut staged = alloc::vec![0u8; plan.span as usize];
-        elf_load::load(&plan, self.image, &mut staged)
-            .map_err(|e| WorkerError::BadImage(format!("{e:?}")))?;
-        self.write(plan.base_va, &staged);
-
         for vp in 0..self.spec.vps {
-            let regs = initial_registers(plan.entry, self.spec.memory - vp as u64 * layout::STACK_SIZE, vp);
+            // Test OS VPs all start at the entry, each on its own stack with
+            // RDI = its index.
+            let state = EntryState {
+                rsp: boot.vp0.rsp - vp as u64 * layout::STACK_SIZE,
+                rdi: vp as u64,
+                ..boot.vp0
+            };
+            let regs = initial_registers(&state);
             hv::set_vp_registers(self.id, vp, &regs)
                 .map_err(|(s, _)| WorkerError::Hypervisor("SetVpRegisters", s))?;
             let v = &mut self.vps[vp as usize];
@@ -1181,13 +1159,12 @@ fn segment(selector: u16, svm_attrib: u16, limit: u32) -> RegisterValue {
     RegisterValue::read_from_bytes(s.as_bytes()).expect("16 bytes")
 }
 
-/// 64-bit mode at `entry` with the worker's page tables and GDT; RDI = VP
-/// index, RSI = &BootInfo (the test OS's entry ABI).
-fn initial_registers(entry: u64, stack_top: u64, vp: u32) -> [(RegisterName, RegisterValue); 20] {
+/// 64-bit mode as `state` says, interrupts off.
+fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 20] {
     let gdtr = hv1_abi::partition::TableRegister {
         pad: [0; 3],
-        limit: 23,
-        base: layout::GDT_GPA,
+        limit: state.gdt.1,
+        base: state.gdt.0,
     };
     let idtr = hv1_abi::partition::TableRegister {
         pad: [0; 3],
@@ -1196,11 +1173,11 @@ fn initial_registers(entry: u64, stack_top: u64, vp: u32) -> [(RegisterName, Reg
     };
     let table =
         |t: hv1_abi::partition::TableRegister| RegisterValue::read_from_bytes(t.as_bytes()).expect("16");
-    let code = segment(layout::CODE_SELECTOR, 0xA9B, 0xFFFF_FFFF);
-    let data = segment(layout::DATA_SELECTOR, 0xC93, 0xFFFF_FFFF);
+    let code = segment(state.selectors.0, 0xA9B, 0xFFFF_FFFF);
+    let data = segment(state.selectors.1, 0xC93, 0xFFFF_FFFF);
     [
         (RegisterName::CR0, reg(0x8005_0033)), // PG WP NE ET MP PE
-        (RegisterName::CR3, reg(layout::PML4_GPA)),
+        (RegisterName::CR3, reg(state.cr3)),
         (RegisterName::CR4, reg(0x620)),  // PAE OSFXSR OSXMMEXCPT
         (RegisterName::EFER, reg(0x500)), // LME LMA
         (RegisterName::CS, code),
@@ -1213,11 +1190,11 @@ fn initial_registers(entry: u64, stack_top: u64, vp: u32) -> [(RegisterName, Reg
         (RegisterName::LDTR, segment(0, 0x82, 0xFFFF)),
         (RegisterName::GDTR, table(gdtr)),
         (RegisterName::IDTR, table(idtr)),
-        (RegisterName::RIP, reg(entry)),
-        (RegisterName::RSP, reg(stack_top)),
+        (RegisterName::RIP, reg(state.entry)),
+        (RegisterName::RSP, reg(state.rsp)),
         (RegisterName::RFLAGS, reg(2)),
-        (RegisterName::RDI, reg(vp as u64)),
-        (RegisterName::RSI, reg(layout::BOOT_INFO_GPA)),
+        (RegisterName::RDI, reg(state.rdi)),
+        (RegisterName::RSI, reg(state.rsi)),
         (RegisterName::RAX, reg(0)),
     ]
 }

@@ -11,8 +11,13 @@ use core::fmt;
 pub mod limits {
     /// Smallest child memory (the test OS needs its image, stack and tables).
     pub const MIN_MEMORY: u64 = 4 << 20;
-    /// Largest child memory.
-    pub const MAX_MEMORY: u64 = 256 << 20;
+    /// Largest child memory: children get contiguous RAM from guest-physical
+    /// 0, which must end below the 32-bit MMIO window (local APIC, IOAPIC,
+    /// VMBus MMIO gaps). Whether the root can lend that much is checked when
+    /// the child is built.
+    pub const MAX_MEMORY: u64 = 3 << 30;
+    /// Longest kernel command line (a page, with its NUL).
+    pub const MAX_CMDLINE: usize = 4095;
     /// Most VPs per child.
     pub const MAX_VPS: u32 = 4;
     /// Longest partition name.
@@ -32,6 +37,10 @@ pub struct CreateSpec {
     pub image: String,
     /// Mode string passed to the image (the test OS's behaviour).
     pub mode: String,
+    /// Initramfs image name in the boot bundle (Linux children).
+    pub initrd: Option<String>,
+    /// Kernel command line (Linux children).
+    pub cmdline: Option<String>,
 }
 
 /// A parsed command.
@@ -89,7 +98,8 @@ pub enum Command {
         /// Partition id.
         id: u64,
     },
-    /// `create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]`.
+    /// `create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE]
+    /// [--cmdline "..."] [--mode MODE] [--start]`.
     Create {
         /// What to build.
         spec: CreateSpec,
@@ -134,6 +144,8 @@ pub enum ParseError {
     Duplicate(&'static str),
     /// An option without its value.
     NoValue(&'static str),
+    /// A `"` without its closing `"`.
+    UnterminatedQuote,
     /// A bad value for an option.
     BadValue {
         /// The option.
@@ -156,6 +168,7 @@ impl fmt::Display for ParseError {
             Self::UnknownOption(o) => write!(f, "unknown option '{o}'"),
             Self::Duplicate(o) => write!(f, "option {o} given twice"),
             Self::NoValue(o) => write!(f, "option {o} needs a value"),
+            Self::UnterminatedQuote => f.write_str("a '\"' without its closing '\"'"),
             Self::BadValue {
                 option,
                 value,
@@ -188,7 +201,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
-        "create NAME --memory SIZE --vps N --image IMAGE [--mode MODE] [--start]",
+        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--mode MODE] [--start]",
         "build a child partition",
     ),
     (
@@ -239,9 +252,35 @@ impl<'a> Words<'a> {
     }
 }
 
+/// Split a line into words at whitespace; a word that starts with `"` runs
+/// to the next `"` (which must end the word) and is given without its quotes,
+/// so `--cmdline "console=ttyS0 quiet"` is two words.
+fn split_words(line: &str) -> Result<Vec<&str>, ParseError> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let end = quoted.find('"').ok_or(ParseError::UnterminatedQuote)?;
+            let after = &quoted[end + 1..];
+            if !after.is_empty() && !after.starts_with(char::is_whitespace) {
+                return Err(ParseError::Unexpected(
+                    after.split_whitespace().next().unwrap_or("").to_string(),
+                ));
+            }
+            words.push(&quoted[..end]);
+            rest = after.trim_start();
+        } else {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            words.push(&rest[..end]);
+            rest = rest[end..].trim_start();
+        }
+    }
+    Ok(words)
+}
+
 /// Parse one shell line. An empty line is `Ok(None)`.
 pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
-    let mut all: Vec<&str> = line.split_whitespace().collect();
+    let mut all: Vec<&str> = split_words(line)?;
     if all.is_empty() {
         return Ok(None);
     }
@@ -362,6 +401,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         });
     }
     let (mut memory, mut vps, mut image, mut mode, mut start) = (None, None, None, None, false);
+    let (mut initrd, mut cmdline): (Option<String>, Option<String>) = (None, None);
     while !w.words.is_empty() {
         let opt = w.words.remove(0);
         let key: &'static str = match opt {
@@ -369,6 +409,8 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             "--vps" => "--vps",
             "--image" => "--image",
             "--mode" => "--mode",
+            "--initrd" => "--initrd",
+            "--cmdline" => "--cmdline",
             "--start" => {
                 if start {
                     return Err(ParseError::Duplicate("--start"));
@@ -379,7 +421,9 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             o if o.starts_with("--") => return Err(ParseError::UnknownOption(o.to_string())),
             o => return Err(ParseError::Unexpected(o.to_string())),
         };
-        if w.words.is_empty() || w.words[0].starts_with("--") {
+        // A command line may itself start with "--" only when quoted; an
+        // empty quoted command line is allowed.
+        if w.words.is_empty() || (key != "--cmdline" && w.words[0].starts_with("--")) {
             return Err(ParseError::NoValue(key));
         }
         let value = w.words.remove(0);
@@ -395,7 +439,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
                 }
                 let bytes = size::parse(value).map_err(|_| bad("a size like 16M"))?;
                 if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) || bytes % (1 << 20) != 0 {
-                    return Err(bad("a whole number of MiB from 4M to 256M"));
+                    return Err(bad("a whole number of MiB from 4M to 3G"));
                 }
                 memory = Some(bytes);
             }
@@ -415,6 +459,21 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
                 }
                 image = Some(value.to_string());
             }
+            "--initrd" => {
+                if initrd.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                initrd = Some(value.to_string());
+            }
+            "--cmdline" => {
+                if cmdline.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                if value.len() > MAX_CMDLINE || !value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+                    return Err(bad("printable ASCII, at most 4095 bytes"));
+                }
+                cmdline = Some(value.to_string());
+            }
             _ => {
                 if mode.is_some() {
                     return Err(ParseError::Duplicate(key));
@@ -429,6 +488,8 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         vps: vps.unwrap_or(1),
         image: image.ok_or(ParseError::Missing("--image IMAGE"))?,
         mode: mode.unwrap_or_else(|| "hello".to_string()),
+        initrd,
+        cmdline,
     };
     Ok(Command::Create { spec, start })
 }
@@ -530,6 +591,41 @@ mod tests {
         };
         assert!(!start);
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
+        assert_eq!((spec.initrd, spec.cmdline), (None, None));
+    }
+
+    #[test]
+    fn create_a_linux_child_with_a_quoted_command_line() {
+        let Command::Create { spec, .. } = ok(
+            "create lin --memory 1G --image vmlinuz --initrd initramfs --cmdline \"console=ttyS0 quiet\" --start",
+        ) else {
+            panic!()
+        };
+        assert_eq!(spec.memory, 1 << 30);
+        assert_eq!(spec.initrd.as_deref(), Some("initramfs"));
+        assert_eq!(spec.cmdline.as_deref(), Some("console=ttyS0 quiet"));
+        let Command::Create { spec, .. } = ok("create lin --memory 64M --image k --cmdline \"\"") else {
+            panic!()
+        };
+        assert_eq!(spec.cmdline.as_deref(), Some(""));
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(
+            e("create l --memory 64M --image k --cmdline \"a b"),
+            "a '\"' without its closing '\"'"
+        );
+        assert_eq!(
+            e("create l --memory 64M --image k --cmdline \"a\"b"),
+            "unexpected argument 'b'"
+        );
+        assert_eq!(
+            e("create l --memory 64M --image k --initrd a --initrd b"),
+            "option --initrd given twice"
+        );
+        assert!(e("create l --memory 64M --image k --cmdline \"a\tb\"").contains("printable ASCII"));
+        assert_eq!(
+            e("create l --memory 4G --image k"),
+            "bad value '4G' for --memory: expected a whole number of MiB from 4M to 3G"
+        );
     }
 
     #[test]
@@ -552,7 +648,7 @@ mod tests {
         assert_eq!(e("create g --memory"), "option --memory needs a value");
         assert_eq!(
             e("create g --memory 1M --image t"),
-            "bad value '1M' for --memory: expected a whole number of MiB from 4M to 256M"
+            "bad value '1M' for --memory: expected a whole number of MiB from 4M to 3G"
         );
         assert_eq!(
             e("create g --memory 8M --memory 8M --image t"),

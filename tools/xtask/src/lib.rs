@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod linux;
+
 /// The bare-metal target both kernels build for.
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 

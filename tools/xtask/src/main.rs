@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             );
         }),
         Some("lint") => lint(),
+        Some("linux") => xtask::linux::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             usage();
             Ok(())
@@ -55,6 +56,7 @@ fn usage() {
     eprintln!("  test [CARGO TEST ARGS...]                 run every test (host and QEMU)");
     eprintln!("  build                                     build the images into target/images/");
     eprintln!("  lint                                      cargo fmt --check and clippy -D warnings");
+    eprintln!("  linux [--fetch-only] [KERNEL ARGS...]     build the Linux child; boot it on bare QEMU");
 }
 
 fn run(args: &[String]) -> Result<(), XtaskError> {
