@@ -93,8 +93,132 @@ pub fn run_command(what: &str, cmd: &mut Command) -> Result<(), XtaskError> {
     }
 }
 
+/// A child the user names on the host (`--child NAME=KERNEL[,initrd=FILE]
+/// [,cmdline="…"][,memory=SIZE]`): its files go into the boot bundle as
+/// `NAME.kernel` / `NAME.initrd` and a manifest line creates and starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostChild {
+    /// Partition name.
+    pub name: String,
+    /// The kernel (a bzImage).
+    pub kernel: PathBuf,
+    /// Its initramfs.
+    pub initrd: Option<PathBuf>,
+    /// Its command line.
+    pub cmdline: Option<String>,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// Memory a `--child` gets unless it says `memory=`.
+pub const DEFAULT_CHILD_MIB: u64 = 256;
+
+impl HostChild {
+    /// Parse `NAME=KERNEL[,initrd=FILE][,cmdline="…"][,memory=SIZE]` (a
+    /// command line with commas or spaces goes in double quotes).
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let (name, rest) = arg.split_once('=').ok_or_else(|| {
+            format!("--child {arg}: expected NAME=KERNEL[,initrd=FILE][,cmdline=\"…\"][,memory=SIZE]")
+        })?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 15
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "--child: bad name '{name}': 1-15 characters, a letter, then letters, digits, '-' or '_'"
+            ));
+        }
+        // Split at commas outside double quotes.
+        let mut fields = Vec::new();
+        let (mut cur, mut quoted) = (String::new(), false);
+        for c in rest.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ',' if !quoted => fields.push(std::mem::take(&mut cur)),
+                c => cur.push(c),
+            }
+        }
+        if quoted {
+            return Err(format!("--child {name}: a '\"' without its closing '\"'"));
+        }
+        fields.push(cur);
+        let kernel = fields.remove(0);
+        if kernel.is_empty() {
+            return Err(format!("--child {name}: no kernel file"));
+        }
+        let mut child = Self {
+            name: name.to_string(),
+            kernel: PathBuf::from(kernel),
+            initrd: None,
+            cmdline: None,
+            memory_mib: DEFAULT_CHILD_MIB,
+        };
+        for f in fields {
+            match f.split_once('=') {
+                Some(("initrd", v)) if !v.is_empty() => child.initrd = Some(PathBuf::from(v)),
+                Some(("cmdline", v)) => {
+                    if v.contains('"') || !v.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+                        return Err(format!(
+                            "--child {name}: cmdline must be printable ASCII without '\"'"
+                        ));
+                    }
+                    child.cmdline = Some(v.to_string());
+                }
+                Some(("memory", v)) => {
+                    child.memory_mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE)"
+                    ));
+                }
+            }
+        }
+        Ok(child)
+    }
+
+    /// Its manifest line.
+    pub fn manifest_line(&self) -> String {
+        let mut line = format!(
+            "{} --memory {}M --vps 1 --image {}.kernel",
+            self.name, self.memory_mib, self.name
+        );
+        if self.initrd.is_some() {
+            line.push_str(&format!(" --initrd {}.initrd", self.name));
+        }
+        if let Some(c) = &self.cmdline {
+            line.push_str(&format!(" --cmdline \"{c}\""));
+        }
+        line.push_str(" --start\n");
+        line
+    }
+}
+
+/// A size in MiB: `512`, `512M`, `2G`.
+pub fn parse_mib(v: &str) -> Result<u64, String> {
+    let (digits, scale) = match v.strip_suffix(['G', 'g']) {
+        Some(d) => (d, 1024),
+        None => (v.strip_suffix(['M', 'm']).unwrap_or(v), 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("bad size '{v}': expected MiB like 512M or 2G"))
+}
+
 /// Compile hv-core and the root kernel, pack the bundle, make the demo disk.
 pub fn build_images() -> Result<Images, XtaskError> {
+    build_images_with(&[], "boot-bundle.img")
+}
+
+/// [`build_images`] with `children` added to the bundle and its manifest,
+/// written to `bundle_name` in [`build_dir`].
+pub fn build_images_with(children: &[HostChild], bundle_name: &str) -> Result<Images, XtaskError> {
     ensure_kernel_target()?;
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -126,13 +250,24 @@ pub fn build_images() -> Result<Images, XtaskError> {
     let hv_core = std::fs::read(&hv_core_path).map_err(|e| XtaskError::Io(hv_core_path.clone(), e))?;
     let testos_path = bin.join("testos");
     let testos = std::fs::read(&testos_path).map_err(|e| XtaskError::Io(testos_path.clone(), e))?;
-    let bundle = boot_proto::bundle::build(&[
+    let mut manifest = DEFAULT_MANIFEST.to_string();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for c in children {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| XtaskError::Io(p.to_path_buf(), e));
+        files.push((format!("{}.kernel", c.name), read(&c.kernel)?));
+        if let Some(i) = &c.initrd {
+            files.push((format!("{}.initrd", c.name), read(i)?));
+        }
+        manifest.push_str(&c.manifest_line());
+    }
+    let mut entries: Vec<(&str, &[u8])> = vec![
         (boot_proto::bundle::HV_CORE_ENTRY, &hv_core),
         ("testos", &testos),
-        ("manifest", DEFAULT_MANIFEST.as_bytes()),
-    ])
-    .map_err(XtaskError::Bundle)?;
-    let bundle_path = out.join("boot-bundle.img");
+        ("manifest", manifest.as_bytes()),
+    ];
+    entries.extend(files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    let bundle = boot_proto::bundle::build(&entries).map_err(XtaskError::Bundle)?;
+    let bundle_path = out.join(bundle_name);
     write_if_changed(&bundle_path, &bundle)?;
 
     let root_kernel = out.join("root-partition.elf");
@@ -399,3 +534,38 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
 pub const QEMU_EXIT_SUCCESS: i32 = (0x10 << 1) | 1;
 /// QEMU's exit status for `EXIT_FAILURE` (0x11).
 pub const QEMU_EXIT_FAILURE: i32 = (0x11 << 1) | 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_arguments_parse_with_quoted_command_lines() {
+        let c = HostChild::parse("deb=/k/vmlinuz,initrd=/k/initrd,cmdline=\"console=ttyS0 a=1,2\",memory=1G")
+            .unwrap();
+        assert_eq!(c.name, "deb");
+        assert_eq!(c.kernel, PathBuf::from("/k/vmlinuz"));
+        assert_eq!(c.initrd, Some(PathBuf::from("/k/initrd")));
+        assert_eq!(c.cmdline.as_deref(), Some("console=ttyS0 a=1,2"));
+        assert_eq!(c.memory_mib, 1024);
+        assert_eq!(
+            c.manifest_line(),
+            "deb --memory 1024M --vps 1 --image deb.kernel --initrd deb.initrd --cmdline \"console=ttyS0 a=1,2\" --start\n"
+        );
+        let d = HostChild::parse("x=k").unwrap();
+        assert_eq!(
+            (d.memory_mib, d.initrd, d.cmdline),
+            (DEFAULT_CHILD_MIB, None, None)
+        );
+        for bad in [
+            "novalue",
+            "9x=k",
+            "x=",
+            "x=k,colour=red",
+            "x=k,cmdline=\"a",
+            "x=k,memory=lots",
+        ] {
+            assert!(HostChild::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

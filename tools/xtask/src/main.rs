@@ -51,7 +51,10 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
     eprintln!(
-        "  run [--tcg] [--no-disk] [KERNEL ARGS...]  build and boot root + hv-core in QEMU (Ctrl-A X quits)"
+        "  run [--tcg] [--no-disk] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE]]... [KERNEL ARGS...]"
+    );
+    eprintln!(
+        "                                            build and boot root + hv-core in QEMU (Ctrl-A X quits)"
     );
     eprintln!("  test [CARGO TEST ARGS...]                 run every test (host and QEMU)");
     eprintln!("  build                                     build the images into target/images/");
@@ -61,21 +64,48 @@ fn usage() {
 
 fn run(args: &[String]) -> Result<(), XtaskError> {
     xtask::ensure_qemu()?;
-    let images = xtask::build_images()?;
     let (mut accel, why) = xtask::choose_accel();
     let mut why = why;
-    let mut disk = Some(images.disk.clone());
+    let mut no_disk = false;
     let mut cmdline = Vec::new();
-    for a in args {
+    let mut children = Vec::new();
+    let mut memory_mib = None;
+    let bad = |detail: String| XtaskError::Command {
+        what: "reading the arguments".into(),
+        detail,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
         match a.as_str() {
             "--tcg" => {
                 accel = xtask::Accel::Tcg;
                 why = "TCG (--tcg)".into();
             }
-            "--no-disk" => disk = None,
+            "--no-disk" => no_disk = true,
+            "--child" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("--child needs NAME=KERNEL[,...]".into()))?;
+                children.push(xtask::HostChild::parse(v).map_err(bad)?);
+            }
+            "--memory" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("--memory needs a size like 2G".into()))?;
+                memory_mib = Some(xtask::parse_mib(v).map_err(bad)?);
+            }
             other => cmdline.push(other.to_string()),
         }
     }
+    for (i, c) in children.iter().enumerate() {
+        if children[..i].iter().any(|d| d.name == c.name) {
+            return Err(bad(format!("--child {} given twice", c.name)));
+        }
+    }
+    let images = xtask::build_images_with(&children, "boot-bundle-run.img")?;
+    let disk = (!no_disk).then(|| images.disk.clone());
+    // The root's own 512 MiB plus what the children are given.
+    let memory_mib = memory_mib.unwrap_or(512 + children.iter().map(|c| c.memory_mib + 8).sum::<u64>());
     let hv_log = xtask::build_dir().join("hv-core.log");
     let _ = std::fs::write(&hv_log, b"");
     let mgmt_socket = xtask::build_dir().join("mgmt.sock");
@@ -84,7 +114,8 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
         cmdline: cmdline.join(" "),
         disk,
         hv_log: hv_log.clone(),
-        memory_mib: 512,
+        memory_mib: u32::try_from(memory_mib)
+            .map_err(|_| bad(format!("--memory {memory_mib}M is too large")))?,
         accel,
         console: xtask::Console::Terminal,
         mgmt_socket: Some(mgmt_socket.clone()),
