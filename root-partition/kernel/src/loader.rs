@@ -180,9 +180,16 @@ impl ChildImage {
                 initrd,
                 cmdline,
             } => {
-                let plan =
-                    linux_child::plan(bz, spec.memory, cmdline.len() as u64, initrd.len() as u64, 0, 0)
-                        .map_err(|e| e.to_string())?;
+                let acpi = linux_acpi(spec)?;
+                let plan = linux_child::plan(
+                    bz,
+                    spec.memory,
+                    cmdline.len() as u64,
+                    initrd.len() as u64,
+                    acpi.bytes.len() as u64,
+                    acpi.rsdp_gpa,
+                )
+                .map_err(|e| e.to_string())?;
                 let kernel = bz
                     .kernel_bytes(image)
                     .ok_or("the kernel's bytes are outside the image")?;
@@ -205,6 +212,7 @@ impl ChildImage {
                     ),
                     (plan.cmdline_gpa, Bytes::Owned(line)),
                     (plan.kernel.load_address, Bytes::Borrowed(kernel)),
+                    (linux_child::ACPI_GPA, Bytes::Owned(acpi.bytes)),
                 ];
                 if let Some(at) = plan.initrd_gpa {
                     writes.push((at, Bytes::Borrowed(initrd)));
@@ -225,6 +233,24 @@ impl ChildImage {
             }
         }
     }
+}
+
+/// MMIO the child's VMBus may hand out to devices (synthetic video, vPCI):
+/// published in the DSDT's VMOD `_CRS`, above the child's RAM (which ends by
+/// [`linux_child::MAX_MEMORY`]) and below the IOAPIC and local APIC pages.
+const VMBUS_MMIO_GAP: child_acpi::MmioGap = child_acpi::MmioGap {
+    base: 0xE000_0000,
+    len: 0x1000_0000,
+};
+
+/// The child's ACPI tables at [`linux_child::ACPI_GPA`]: HW-reduced FADT
+/// with the power and reset ports the worker emulates, one local APIC per
+/// VP, the VMBus device.
+fn linux_acpi(spec: &CreateSpec) -> Result<child_acpi::Tables, String> {
+    let mut config = child_acpi::Config::new(linux_child::ACPI_GPA, spec.vps);
+    config.max_size = linux_child::ACPI_MAX;
+    config.mmio_gaps.push(VMBUS_MMIO_GAP);
+    child_acpi::build(&config).map_err(|e| format!("building the ACPI tables: {e}"))
 }
 
 // The test OS's identity map sits where the Linux layout's does.

@@ -11,6 +11,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use boot_proto::child::{self as layout, BootInfo};
+use child_acpi::power;
 use devices::uart16550::Uart16550;
 use hv1_abi::HvStatus;
 use hv1_abi::message::{IoPortIntercept, MemoryIntercept, Message, access, io_access, message_type};
@@ -71,6 +72,10 @@ pub enum Slice {
     Crashed,
     /// hv-core holds the VP suspended.
     Suspended,
+    /// The child powered itself off (ACPI S5).
+    PoweredOff,
+    /// The child reset itself (ACPI reset register): it boots again.
+    Rebooted,
 }
 
 /// A child partition and everything the root keeps for it.
@@ -129,6 +134,10 @@ pub struct Worker {
     pub rings_broken: u64,
     /// Console lines its messages would have caused past the budget.
     pub lines_suppressed: u64,
+    /// Why it last stopped on its own ("powered off by the guest"), for `info`.
+    pub last_exit: Option<&'static str>,
+    /// Times it rebooted itself.
+    pub guest_reboots: u64,
 }
 
 /// A device offered to the child, and its channel's ports while it is open.
@@ -289,6 +298,8 @@ impl Worker {
             resets: 0,
             rings_broken: 0,
             lines_suppressed: 0,
+            last_exit: None,
+            guest_reboots: 0,
         };
         match w.build(pages_needed) {
             Ok(()) => Ok(w),
@@ -1077,6 +1088,33 @@ impl Worker {
             _ => 0xFFFF_FFFF,
         };
         let is_in = io.header.intercept_access_type == access::READ;
+        // The ACPI sleep and reset registers our FADT names (child_acpi::power).
+        if !is_in && size == 1 {
+            let byte = io.rax as u8;
+            if port == power::SLEEP_CONTROL_PORT && power::is_poweroff(byte) {
+                crate::println!(
+                    "\nroot: partition {} ({}) powered off by the guest",
+                    self.id,
+                    self.spec.name
+                );
+                self.stop();
+                self.last_exit = Some("powered off by the guest");
+                return Slice::PoweredOff;
+            }
+            if port == power::RESET_PORT && byte == power::RESET_VALUE {
+                crate::println!(
+                    "\nroot: partition {} ({}) reset by the guest: rebooting",
+                    self.id,
+                    self.spec.name
+                );
+                self.guest_reboots += 1;
+                self.last_exit = Some("reset by the guest");
+                return match self.start() {
+                    Ok(()) => Slice::Rebooted,
+                    Err(e) => self.crash_with(format!("rebooting after a guest reset: {e}")),
+                };
+            }
+        }
         let value = if COM1.contains(&port) {
             let offset = port - *COM1.start();
             if is_in {
