@@ -11,5 +11,6 @@
 extern crate alloc;
 
 pub mod bus;
+pub mod ic;
 
 pub use bus::{Bus, BusError, PostStatus, SynicTransport};

@@ -123,6 +123,38 @@ impl<M: SharedMemory> Channel<M> {
         }
     }
 
+    /// Send `packet` (a whole packet, descriptor first) on the device's own
+    /// initiative (a host that speaks first). Written at once if there is
+    /// room, the guest signalled where the ring rules say so; on a full
+    /// ring it is held and goes first on a later [`Self::poll`] (flow
+    /// control as for answers). Refused, and handed back, while another
+    /// packet is held or after the channel stopped.
+    pub fn send(&mut self, packet: Vec<u8>) -> Result<PollResult, Vec<u8>> {
+        if self.broken.is_some() || self.held.is_some() {
+            return Err(packet);
+        }
+        match self.write_or_hold(packet) {
+            Ok(Some(true)) => {
+                let signalled = self.signal.signal();
+                if signalled {
+                    self.stats.signals_sent += 1;
+                }
+                Ok(PollResult {
+                    signalled,
+                    ..PollResult::default()
+                })
+            }
+            Ok(_) => Ok(PollResult::default()),
+            Err(e) => {
+                self.broken = Some(e);
+                Ok(PollResult {
+                    broke: Some(e),
+                    ..PollResult::default()
+                })
+            }
+        }
+    }
+
     /// Read up to `budget` waiting packets (at least one), giving each to
     /// `handler`; what it returns (a whole packet, descriptor first) is
     /// written back. The guest is signalled where the ring rules say so. A
@@ -163,7 +195,7 @@ impl<M: SharedMemory> Channel<M> {
     /// Write one packet; on a full ring keep it and ask the guest (through
     /// pending_send_sz, Linux `hv_pkt_iter_close`) to signal when there is
     /// room. Returns Some(signal) if written, None if held.
-    fn send(&mut self, bytes: Vec<u8>) -> Result<Option<bool>, RingError> {
+    fn write_or_hold(&mut self, bytes: Vec<u8>) -> Result<Option<bool>, RingError> {
         match self.writer.write(&[&bytes]) {
             Ok(s) => {
                 if self.held.is_none() {
@@ -192,7 +224,7 @@ impl<M: SharedMemory> Channel<M> {
         let mut found = false;
         if let Some(bytes) = self.held.take() {
             found = true;
-            match self.send(bytes)? {
+            match self.write_or_hold(bytes)? {
                 Some(s) => {
                     signal |= s;
                     self.writer.set_pending_send_size(0)?;
@@ -219,7 +251,7 @@ impl<M: SharedMemory> Channel<M> {
                 payload: buf.get(range.start..range.end.min(packet.len)).unwrap_or(&[]),
             };
             if let Some(reply) = handler(&incoming) {
-                match self.send(reply)? {
+                match self.write_or_hold(reply)? {
                     Some(s) => signal |= s,
                     None => break,
                 }
@@ -389,6 +421,25 @@ mod tests {
             Ring::new(guest.down).unwrap().state().unwrap().pending_send_size,
             0
         );
+    }
+
+    #[test]
+    fn the_device_may_speak_first() {
+        let (guest, mut ch) = Guest::new(8192, 4096);
+        let r = ch.send(inband_packet(3, b"speaks!!")).unwrap();
+        assert!(r.signalled && r.broke.is_none());
+        assert_eq!(guest.receive(), Some((3, b"speaks!!".to_vec())));
+        assert_eq!(ch.stats().signals_sent, 1);
+        // A full ring holds the packet; another is refused until it is out.
+        let big = [0u8; 3000];
+        ch.send(inband_packet(4, &big)).unwrap();
+        ch.send(inband_packet(5, &big)).unwrap();
+        assert!(ch.holding());
+        assert!(ch.send(inband_packet(6, b"x")).is_err());
+        assert_eq!(guest.receive().unwrap().0, 4);
+        ch.poll(64, &mut reverse);
+        assert!(!ch.holding());
+        assert_eq!(guest.receive().unwrap().0, 5);
     }
 
     #[test]

@@ -128,4 +128,13 @@ pub trait Device<M: SharedMemory> {
     fn reset(&mut self);
     /// Report the device's state (nothing while it is closed).
     fn inspect(&self, out: &mut dyn InspectSink);
+    /// The host's clock moved to `now_ns` (nanoseconds, any fixed origin):
+    /// a device that speaks first or keeps timers (the integration services'
+    /// negotiation, heartbeat and request timeouts) does its timed work
+    /// here. The host calls it periodically for every open device; the
+    /// default does nothing.
+    fn tick(&mut self, now_ns: u64) -> PollResult {
+        let _ = now_ns;
+        PollResult::default()
+    }
 }

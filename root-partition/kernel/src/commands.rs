@@ -34,7 +34,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
         Command::Rescind { id, relid } => m.worker_mut(id).and_then(|w| w.rescind(relid)).map(|()| {
             let _ = writeln!(out, "partition {id}: channel {relid} rescinded");
         }),
-        Command::Offer { id } => m.worker_mut(id).and_then(|w| w.offer_echo()).map(|relid| {
+        Command::Offer { id } => m.worker_mut(id).and_then(|w| w.offer(crate::catalog::echo())).map(|relid| {
             let _ = writeln!(out, "partition {id}: echo device offered on relid {relid}");
         }),
         Command::Console { id } => {
@@ -46,6 +46,11 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
                 }
             };
         }
+        Command::Shutdown { id, reboot } => m.request_shutdown(id, reboot).map(|msg| {
+            let _ = writeln!(out, "{msg}");
+        }),
+        Command::Timesync { id } => crate::integration::timesync(m, id, out),
+        Command::Kvp { id, op, json } => crate::integration::kvp(m, id, op, json, out),
         Command::Lifecycle { action, id } => m.apply(id, action).map(|msg| {
             let _ = writeln!(out, "{msg}");
         }),
@@ -327,12 +332,21 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("vmbus_resets", w.resets)
             .num("rings_broken", w.rings_broken)
             .num("console_lines_suppressed", w.lines_suppressed)
+            .num("guest_reboots", w.guest_reboots)
             .raw("quotas", &quotas)
             .raw("exits", &exits)
             .raw("vps", &vp_json);
         let o = match checksum {
             Some(c) => o.num("memory_fnv1a", c),
             None => o,
+        };
+        let o = match w.last_exit {
+            Some(e) => o.str("last_exit", e),
+            None => o.null("last_exit"),
+        };
+        let o = match m.integration(id) {
+            Ok(c) => o.raw("integration", &crate::integration::info_json(c)),
+            Err(_) => o.null("integration"),
         };
         match &w.crash {
             Some(c) => o.str("crash", c).end(),
@@ -345,7 +359,13 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
     if let Some(c) = &w.crash {
         let _ = writeln!(out, "crash:        {c}");
     }
+    if let Some(e) = w.last_exit {
+        let _ = writeln!(out, "last exit:    {e} ({} guest reboots)", w.guest_reboots);
+    }
     let _ = writeln!(out, "image:        {} (mode {})", w.spec.image, w.spec.mode);
+    if let Ok(c) = m.integration(id) {
+        crate::integration::info_text(c, out);
+    }
     let _ = writeln!(
         out,
         "memory:       GPA 0x0..{:#x} ({} pages lent by the root, frames {lo:#x}..{:#x})",

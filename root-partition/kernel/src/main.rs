@@ -21,11 +21,20 @@ mod serial;
 #[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
+/// The devices each child's bus carries.
+mod catalog;
+#[cfg(target_os = "none")]
+/// Wall-clock time (CMOS RTC at boot + ticks).
+mod clock;
+#[cfg(target_os = "none")]
 mod commands;
 #[cfg(target_os = "none")]
 mod disk;
 #[cfg(target_os = "none")]
 mod hv;
+#[cfg(target_os = "none")]
+/// The integration-service commands and their `info` lines.
+mod integration;
 #[cfg(target_os = "none")]
 /// What a child boots (test OS or Linux) and how it is laid out.
 mod loader;

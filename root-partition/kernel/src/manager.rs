@@ -22,7 +22,19 @@ pub struct Manager {
     pub canary: u64,
     /// Dispatches made.
     pub dispatches: u64,
+    /// Each child's integration services, by partition id.
+    integration: Vec<(u64, vsp_ic::Controls)>,
+    /// Graceful shutdowns asked for: (partition, tick by which it must
+    /// have powered off).
+    shutdowns: Vec<(u64, u64)>,
+    /// Tick the devices last had their timed work.
+    last_device_tick: u64,
+    /// (partition, start tick) whose start the host's time was pushed for.
+    time_pushed: Vec<(u64, u64)>,
 }
+
+/// How long `shutdown ID` waits for the child to power off.
+pub const SHUTDOWN_TIMEOUT_TICKS: u64 = 30 * crate::timer::HZ;
 
 impl Manager {
     /// A manager that can boot `images` (name, ELF).
@@ -34,7 +46,94 @@ impl Manager {
             hv_region,
             canary,
             dispatches: 0,
+            integration: Vec::new(),
+            shutdowns: Vec::new(),
+            last_device_tick: 0,
+            time_pushed: Vec::new(),
         }
+    }
+
+    /// A child's integration services.
+    pub fn integration(&self, id: u64) -> Result<&vsp_ic::Controls, String> {
+        self.get(id)?;
+        self.integration
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, c)| c)
+            .ok_or_else(|| format!("partition {id} has no integration services"))
+    }
+
+    /// Ask child `id` to shut down through its shutdown service; the
+    /// manager reports if it has not powered off in time.
+    pub fn request_shutdown(&mut self, id: u64, reboot: bool) -> Result<String, String> {
+        let w = self.get(id)?;
+        if w.state != mgmt::lifecycle::ChildState::Running {
+            return Err(format!("partition {id} ({}) is not running", w.spec.name));
+        }
+        let name = w.spec.name.clone();
+        let controls = self.integration(id)?;
+        let status = controls.shutdown();
+        if status.service.phase.versions().is_none() {
+            return Err(format!(
+                "partition {id} ({name}) has not negotiated the shutdown service (its driver is not loaded): nothing sent"
+            ));
+        }
+        let reason = if reboot { "restart requested by the host" } else { "shutdown requested by the host" };
+        controls
+            .request_shutdown(reboot, reason)
+            .map_err(|e| format!("partition {id} ({name}): {e}"))?;
+        let deadline = crate::timer::ticks() + SHUTDOWN_TIMEOUT_TICKS;
+        self.shutdowns.retain(|(i, _)| *i != id);
+        self.shutdowns.push((id, deadline));
+        Ok(format!(
+            "partition {id} ({name}): {} requested through the shutdown service",
+            if reboot { "restart" } else { "shutdown" }
+        ))
+    }
+
+    /// Timed work, once per root tick: devices' clocks (negotiation,
+    /// heartbeats, timeouts) and shutdowns that ran out of time.
+    pub fn tick(&mut self) {
+        let now = crate::timer::ticks();
+        if now == self.last_device_tick {
+            return;
+        }
+        self.last_device_tick = now;
+        let now_ns = now * (1_000_000_000 / crate::timer::HZ);
+        for w in self.workers.iter_mut() {
+            w.tick_devices(now_ns);
+        }
+        // Every (re)start gets the host's time once (it goes out when the
+        // child has negotiated time sync), as Hyper-V does at boot.
+        for w in self.workers.iter().filter(|w| w.state == mgmt::lifecycle::ChildState::Running) {
+            let key = (w.id, w.started_at());
+            if self.time_pushed.contains(&key) {
+                continue;
+            }
+            self.time_pushed.retain(|(id, _)| *id != w.id);
+            self.time_pushed.push(key);
+            if let Some((_, c)) = self.integration.iter().find(|(id, _)| *id == w.id) {
+                let _ = crate::integration::push_time(c);
+            }
+        }
+        let workers = &self.workers;
+        self.shutdowns.retain(|&(id, deadline)| {
+            let Some(w) = workers.iter().find(|w| w.id == id) else {
+                return false;
+            };
+            if w.state != mgmt::lifecycle::ChildState::Running {
+                return false;
+            }
+            if now < deadline {
+                return true;
+            }
+            crate::println!(
+                "\nroot: partition {id} ({}) did not power off within {} s of the shutdown request; it is still running",
+                w.spec.name,
+                SHUTDOWN_TIMEOUT_TICKS / crate::timer::HZ
+            );
+            false
+        });
     }
 
     /// Give every channel that has work one budgeted turn.
@@ -123,12 +222,14 @@ impl Manager {
         let block = self
             .free_event_block()
             .ok_or_else(|| format!("at most {} child partitions", crate::worker::EVENT_BLOCKS))?;
-        let mut w = Worker::create(spec, image, targets, block).map_err(|e| format!("{e}"))?;
+        let devices = crate::catalog::standard();
+        let mut w = Worker::create(spec, image, devices.devices, targets, block).map_err(|e| format!("{e}"))?;
         if start && let Err(e) = w.start() {
             w.destroy();
             return Err(format!("{e}"));
         }
         let id = w.id;
+        self.integration.push((id, devices.integration));
         self.workers.push(w);
         self.workers.sort_by_key(|w| w.id);
         Ok(id)
@@ -175,6 +276,9 @@ impl Manager {
                 let pos = self.workers.iter().position(|w| w.id == id).expect("found above");
                 let mut w = self.workers.remove(pos);
                 w.destroy();
+                self.integration.retain(|(i, _)| *i != id);
+                self.shutdowns.retain(|(i, _)| *i != id);
+                self.time_pushed.retain(|(i, _)| *i != id);
                 Ok(format!(
                     "partition {id} ({name}) destroyed; its memory is back with the root"
                 ))

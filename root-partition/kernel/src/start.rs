@@ -218,6 +218,7 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
 
     // Child partitions: images and the manifest come from the boot bundle.
     timer::init();
+    crate::clock::init();
     match crate::synic::init() {
         Ok(()) => crate::println!(
             "root: SynIC enabled (SINT {} on vector {:#x})",

@@ -267,6 +267,7 @@ impl Worker {
     pub fn create(
         spec: CreateSpec,
         image: ChildImage,
+        devices: Vec<Box<dyn vsp::Device<FrameMemory>>>,
         targets: [u64; 4],
         event_block: u32,
     ) -> Result<Self, WorkerError> {
@@ -301,7 +302,7 @@ impl Worker {
             last_exit: None,
             guest_reboots: 0,
         };
-        match w.build(pages_needed) {
+        match w.build(pages_needed, devices) {
             Ok(()) => Ok(w),
             Err(e) => {
                 w.destroy();
@@ -310,7 +311,11 @@ impl Worker {
         }
     }
 
-    fn build(&mut self, pages_needed: u64) -> Result<(), WorkerError> {
+    fn build(
+        &mut self,
+        pages_needed: u64,
+        devices: Vec<Box<dyn vsp::Device<FrameMemory>>>,
+    ) -> Result<(), WorkerError> {
         hv::initialize_partition(self.id).map_err(hvfail("InitializePartition"))?;
         // Child memory comes from the top of free RAM, one page at a time
         // (it need not be contiguous: the child's NPT makes it so).
@@ -373,9 +378,11 @@ impl Worker {
             .map_err(hvfail("CreatePort"))?;
         hv::connect_port(hv1_abi::ROOT_PARTITION_ID, events, self.id, events)
             .map_err(hvfail("ConnectPort"))?;
-        // Its bus starts with one device: the echo channel.
-        self.offer_echo()
-            .map_err(|_| WorkerError::Hypervisor("offer", HvStatus::INSUFFICIENT_MEMORY))?;
+        // Its bus starts with the devices it was given.
+        for device in devices {
+            self.offer(device)
+                .map_err(|_| WorkerError::Hypervisor("offer", HvStatus::INSUFFICIENT_MEMORY))?;
+        }
         self.load()
     }
 
@@ -588,12 +595,6 @@ impl Worker {
         self.flush_vmbus();
     }
 
-    /// Offer another echo device; returns its relid. The one place the
-    /// root names a device type.
-    pub fn offer_echo(&mut self) -> Result<u32, String> {
-        self.offer(Box::new(vsp_echo::Echo::new()))
-    }
-
     /// Offer `device` on the child's bus; returns its relid.
     pub fn offer(&mut self, device: Box<dyn vsp::Device<FrameMemory>>) -> Result<u32, String> {
         let params = device.offer();
@@ -759,6 +760,23 @@ impl Worker {
                 true
             }
             None => false,
+        }
+    }
+
+    /// The clock moved: every open device does its timed work (a provider
+    /// that speaks first, heartbeats, request timeouts).
+    pub fn tick_devices(&mut self, now_ns: u64) {
+        if self.state != ChildState::Running {
+            return;
+        }
+        let mut signalled = false;
+        for d in self.devices.iter_mut().filter(|d| d.open.is_some()) {
+            let r = d.device.tick(now_ns);
+            d.wants_poll |= r.more;
+            signalled |= r.signalled;
+        }
+        if signalled {
+            self.wake();
         }
     }
 
@@ -959,6 +977,11 @@ impl Worker {
         for vp in self.vps.drain(..) {
             memory::free_frames(vp.message_page, 1);
         }
+    }
+
+    /// Tick of the last start (a reboot by the guest included).
+    pub fn started_at(&self) -> u64 {
+        self.started
     }
 
     /// Seconds since the last start (0 unless running or paused).

@@ -43,6 +43,23 @@ pub struct CreateSpec {
     pub cmdline: Option<String>,
 }
 
+/// What `kvp ID ...` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvpCommand {
+    /// Show the pools (and refresh them).
+    Show,
+    /// Set KEY to VALUE in the host's pool.
+    Set(String, String),
+    /// Delete KEY from the host's pool.
+    Delete(String),
+}
+
+/// Longest KVP key (UTF-8 bytes) the shell takes: the wire field holds 512
+/// bytes of UTF-16 with its NUL.
+pub const MAX_KVP_KEY: usize = 255;
+/// Longest KVP value (UTF-8 bytes): the wire field holds 2048 bytes of UTF-16.
+pub const MAX_KVP_VALUE: usize = 1023;
+
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -85,6 +102,30 @@ pub enum Command {
     Offer {
         /// Partition id.
         id: u64,
+    },
+    /// `shutdown ID [--reboot]`: ask a child to power off (or restart)
+    /// through its shutdown integration service.
+    Shutdown {
+        /// Partition id.
+        id: u64,
+        /// Restart instead of powering off.
+        reboot: bool,
+    },
+    /// `timesync ID`: push the host's time to a child now.
+    Timesync {
+        /// Partition id.
+        id: u64,
+    },
+    /// `kvp ID [--json]`: the child's KVP pools as last enumerated (and
+    /// enumerate them again); `kvp ID set KEY VALUE` / `kvp ID delete KEY`:
+    /// the host's pool (External) in the child.
+    Kvp {
+        /// Partition id.
+        id: u64,
+        /// What to do.
+        op: KvpCommand,
+        /// JSON output.
+        json: bool,
     },
     /// `console ID`.
     Console {
@@ -211,6 +252,15 @@ pub const HELP: &[(&str, &str)] = &[
     ("pause ID", "stop scheduling a running child"),
     ("resume ID", "schedule a paused child again"),
     ("stop ID", "power a child off (memory kept)"),
+    (
+        "shutdown ID [--reboot]",
+        "ask the child to power off (or restart) through its shutdown service",
+    ),
+    ("timesync ID", "push the host's time to the child now"),
+    (
+        "kvp ID [--json] | kvp ID set KEY VALUE | kvp ID delete KEY",
+        "the child's KVP pools (guest and host); set or delete host values",
+    ),
     ("destroy ID", "remove a stopped child and return all its memory"),
     (
         "hv status [--json]",
@@ -287,7 +337,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = all.remove(0);
     let json = all.contains(&"--json");
     // `--json` is accepted only by commands with a JSON form (checked below).
-    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels" | "images");
+    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp");
     if takes_json {
         all.retain(|w| *w != "--json");
     }
@@ -347,6 +397,53 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             let id = w.id()?;
             w.done(Command::Console { id })?
         }
+        "shutdown" => {
+            let reboot = w.words.contains(&"--reboot");
+            w.words.retain(|x| *x != "--reboot");
+            let id = w.id()?;
+            w.done(Command::Shutdown { id, reboot })?
+        }
+        "timesync" => {
+            let id = w.id()?;
+            w.done(Command::Timesync { id })?
+        }
+        "kvp" => {
+            let id = w.id()?;
+            let json = w.json;
+            let text = |w: &mut Words<'_>, what: &'static str, max: usize| -> Result<String, ParseError> {
+                if w.words.is_empty() {
+                    return Err(ParseError::Missing(what));
+                }
+                let v = w.words.remove(0);
+                if v.is_empty() || v.len() > max || v.contains('\0') {
+                    return Err(ParseError::BadValue {
+                        option: what,
+                        value: v.to_string(),
+                        expected: if max == MAX_KVP_KEY {
+                            "1 to 255 bytes"
+                        } else {
+                            "1 to 1023 bytes"
+                        },
+                    });
+                }
+                Ok(v.to_string())
+            };
+            let op = match w.words.first().copied() {
+                None => KvpCommand::Show,
+                Some("set") => {
+                    w.words.remove(0);
+                    let key = text(&mut w, "KEY", MAX_KVP_KEY)?;
+                    let value = text(&mut w, "VALUE", MAX_KVP_VALUE)?;
+                    KvpCommand::Set(key, value)
+                }
+                Some("delete") => {
+                    w.words.remove(0);
+                    KvpCommand::Delete(text(&mut w, "KEY", MAX_KVP_KEY)?)
+                }
+                Some(_) => KvpCommand::Show,
+            };
+            w.done(Command::Kvp { id, op, json })?
+        }
         "start" | "pause" | "resume" | "stop" | "destroy" => {
             let action = match cmd {
                 "start" => Action::Start,
@@ -375,7 +472,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             let json = w.json;
             w.done(Command::Mem { json })?
         }
-        "poweroff" | "shutdown" => w.done(Command::Poweroff)?,
+        "poweroff" => w.done(Command::Poweroff)?,
         other => return Err(ParseError::UnknownCommand(other.to_string())),
     };
     Ok(Some(parsed))
@@ -592,6 +689,46 @@ mod tests {
         assert!(!start);
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
         assert_eq!((spec.initrd, spec.cmdline), (None, None));
+    }
+
+    #[test]
+    fn integration_service_commands() {
+        assert_eq!(ok("shutdown 3"), Command::Shutdown { id: 3, reboot: false });
+        assert_eq!(ok("shutdown 3 --reboot"), Command::Shutdown { id: 3, reboot: true });
+        assert_eq!(ok("timesync 3"), Command::Timesync { id: 3 });
+        assert_eq!(
+            ok("kvp 3 --json"),
+            Command::Kvp {
+                id: 3,
+                op: KvpCommand::Show,
+                json: true
+            }
+        );
+        assert_eq!(
+            ok("kvp 3 set Owner \"ops team\""),
+            Command::Kvp {
+                id: 3,
+                op: KvpCommand::Set("Owner".into(), "ops team".into()),
+                json: false
+            }
+        );
+        assert_eq!(
+            ok("kvp 3 delete Owner"),
+            Command::Kvp {
+                id: 3,
+                op: KvpCommand::Delete("Owner".into()),
+                json: false
+            }
+        );
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(e("shutdown"), "missing partition id");
+        assert_eq!(e("shutdown 3 --now"), "unknown option '--now'");
+        assert_eq!(e("timesync 3 4"), "unexpected argument '4'");
+        assert_eq!(e("kvp 3 set"), "missing KEY");
+        assert_eq!(e("kvp 3 set k"), "missing VALUE");
+        assert_eq!(e("kvp 3 bogus"), "unexpected argument 'bogus'");
+        let long = "k".repeat(256);
+        assert!(e(&format!("kvp 3 delete {long}")).contains("1 to 255 bytes"));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+mod ic;
+
 use vmbus::client::{Client, ClientEvent};
 use vmbus::memory::{AtomicMemory, PagedMemory, SharedMemory};
 use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
@@ -294,7 +296,7 @@ macro_rules! neg_case {
 
 /// The catalogue.
 pub fn catalogue() -> Vec<Case> {
-    vec![
+    let mut cases = vec![
         neg_case!("NEG-01", Version::WIN10_V5_3, "5.3"),
         neg_case!("NEG-02", Version::WIN10_V5_2, "5.2"),
         neg_case!("NEG-03", Version::WIN10_V5_1, "5.1"),
@@ -1069,7 +1071,9 @@ pub fn catalogue() -> Vec<Case> {
             expect: "each refusal leaves version, channels and GPADLs as they were; usage stays within the limits; after each corpus file REQUESTOFFERS is answered, a new GPADL is created and the open channel's rings still carry a packet",
             run: malformed_replay,
         },
-    ]
+    ];
+    cases.extend(ic::cases());
+    cases
 }
 
 fn gpadl_size_case(id: &'static str, pages: u64) -> Case {

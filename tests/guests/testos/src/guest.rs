@@ -122,6 +122,9 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         }
         // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
         "cpu-hostile" => crate::cpu_hostile::run(name, info),
+        // Integration services (heartbeat, shutdown, time sync, KVP): ic_mode.rs.
+        "ic" => crate::ic_mode::run(name, false),
+        "ic-stubborn" => crate::ic_mode::run(name, true),
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()

@@ -22,6 +22,8 @@ mod cpu_hostile;
 #[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
+mod ic_mode;
+#[cfg(target_os = "none")]
 mod vmbus_hostile;
 
 /// Built for the host (e.g. `cargo clippy --workspace`), this is not a kernel.

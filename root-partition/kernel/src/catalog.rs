@@ -1,0 +1,31 @@
+//! The devices a child's bus carries: the one place the root names device
+//! types (the worker only sees `vsp::Device`s). Adding a device to every
+//! child is one line in [`standard`].
+
+use crate::ring_memory::FrameMemory;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use vsp::Device;
+
+/// A child's devices, and the handle the shell drives its integration
+/// services with.
+pub struct ChildDevices {
+    /// To offer, in order.
+    pub devices: Vec<Box<dyn Device<FrameMemory>>>,
+    /// Shutdown, time sync, heartbeat and KVP controls.
+    pub integration: vsp_ic::Controls,
+}
+
+/// What every child gets: the echo device (relid 1), then the integration
+/// services Hyper-V offers every guest (shutdown, time sync, heartbeat, KVP).
+pub fn standard() -> ChildDevices {
+    let (services, integration) = vsp_ic::IntegrationServices::new::<FrameMemory>(vsp_ic::IcConfig::default());
+    let mut devices = alloc::vec![echo()];
+    devices.extend(services);
+    ChildDevices { devices, integration }
+}
+
+/// Another echo device (the shell's `offer ID`).
+pub fn echo() -> Box<dyn Device<FrameMemory>> {
+    Box::new(vsp_echo::Echo::new())
+}
