@@ -187,7 +187,8 @@ fn initiate_contact_without_unload_reconnects() {
             assert_devices_torn_down(m);
             let out = m.hvctl("offer 4");
             assert!(
-                out.contains("partition 4: echo device offered on relid 2"),
+                // Relid 1 is the echo device, 2-5 the integration services.
+                out.contains("partition 4: echo device offered on relid 6"),
                 "{out}"
             );
         },
@@ -196,7 +197,7 @@ fn initiate_contact_without_unload_reconnects() {
     assert!(
         a.done.contains(
             "first at version 5.3, 5 of 5 echoes; reconnected at version 5.3 without UNLOAD; \
-             new offer on relid 2; relid 1 reopened on gpadl 0xe1e10 (reused), 10 of 10 echoes"
+             new offer on relid 6; relid 1 reopened on gpadl 0xe1e10 (reused), 10 of 10 echoes"
         ),
         "{}",
         a.done
@@ -469,7 +470,8 @@ fn aliased_rings_hurt_only_their_owner() {
     let a = attack("vmbus-hostile-alias", "alias done", "-- end of alias", |m| {
         m.wait_text("console 4", "alias: relid 1 open; waiting for a second offer");
         let out = m.hvctl("offer 4");
-        assert!(out.contains("offered on relid 2"), "{out}");
+        // Relid 1 is the echo device, 2-5 the integration services.
+        assert!(out.contains("offered on relid 6"), "{out}");
     });
     eprintln!("{}", a.done);
     let mut m = a.machine;
@@ -478,7 +480,7 @@ fn aliased_rings_hurt_only_their_owner() {
         "{}",
         a.done
     );
-    assert!(a.done.contains("relid 2 open status 0x0"), "{}", a.done);
+    assert!(a.done.contains("relid 6 open status 0x0"), "{}", a.done);
     let info = m.hvctl_json("info 4 --json");
     assert_eq!(info["state"], "running", "{info}");
     let channels = m.hvctl_json("channels 4 --json");
