@@ -14,8 +14,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Create the IC child (id 4) in `mode` and wait until its services are open.
 fn boot_with_ic_child(name: &str, mode: &str) -> Machine {
     let mut m = Machine::boot(name, "", None);
-    let created = m.hvctl(&format!("create icx --memory 16M --image testos --mode {mode} --start"));
-    assert!(created.contains("partition 4 (icx) created and started"), "{created}");
+    let created = m.hvctl(&format!(
+        "create icx --memory 16M --image testos --mode {mode} --start"
+    ));
+    assert!(
+        created.contains("partition 4 (icx) created and started"),
+        "{created}"
+    );
     m.wait_text("console 4", "testos icx: ic: 4 services open\n");
     m
 }
@@ -35,7 +40,10 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
     let mut m = boot_with_ic_child("ic-end-to-end", "ic");
 
     // All four negotiated at the versions Linux 6.1 picks.
-    let console = m.wait_text("console 4", "testos icx: ic: kvp negotiated framework 3.0, service 4.0\n");
+    let console = m.wait_text(
+        "console 4",
+        "testos icx: ic: kvp negotiated framework 3.0, service 4.0\n",
+    );
     for line in [
         "testos icx: ic: shutdown negotiated framework 3.0, service 3.2",
         "testos icx: ic: timesync negotiated framework 3.0, service 4.0",
@@ -48,7 +56,9 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
     let first = m.wait_json("info 4 --json", "two heartbeats answered", |v| {
         integration(v, "heartbeat")["acked"].as_u64() >= Some(2)
     });
-    let seq1 = integration(&first, "heartbeat")["last_sequence"].as_u64().expect("a sequence");
+    let seq1 = integration(&first, "heartbeat")["last_sequence"]
+        .as_u64()
+        .expect("a sequence");
     let later = m.wait_json("info 4 --json", "another heartbeat", |v| {
         integration(v, "heartbeat")["last_sequence"].as_u64() > Some(seq1)
     });
@@ -81,7 +91,11 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
         .collect();
     assert_eq!(times.len(), 1, "one push at start:\n{console}");
     let skew = times[0].abs_diff(filetime_now());
-    assert!(skew < 600 * 10_000_000, "guest time {} is {skew} away from the host's", times[0]);
+    assert!(
+        skew < 600 * 10_000_000,
+        "guest time {} is {skew} away from the host's",
+        times[0]
+    );
     let pushed = m.hvctl("timesync 4");
     assert!(pushed.contains("pushed"), "{pushed}");
     m.wait_json("info 4 --json", "the second sample answered", |v| {
@@ -100,12 +114,18 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
 
     // Graceful shutdown: the guest acknowledges and powers off.
     let asked = m.hvctl("shutdown 4");
-    assert!(asked.contains("shutdown requested through the shutdown service"), "{asked}");
-    let info = m.wait_json("info 4 --json", "the child to power off", |v| v["state"] == "stopped");
+    assert!(
+        asked.contains("shutdown requested through the shutdown service"),
+        "{asked}"
+    );
+    let info = m.wait_json("info 4 --json", "the child to power off", |v| {
+        v["state"] == "stopped"
+    });
     assert_eq!(info["last_exit"], "powered off by the guest", "{info}");
     assert!(info["crash"].is_null(), "{info}");
     assert!(
-        m.hvctl("console 4").contains("testos icx: ic shutdown: powering off"),
+        m.hvctl("console 4")
+            .contains("testos icx: ic shutdown: powering off"),
         "no power-off line"
     );
     // Stopped: nothing more to ask.
@@ -122,7 +142,9 @@ fn a_child_that_ignores_shutdown_is_reported_and_left_running() {
     let asked = m.hvctl("shutdown 4");
     assert!(asked.contains("requested"), "{asked}");
     m.wait_text("console 4", "testos icx: ic shutdown: acknowledged, staying up\n");
-    m.expect("root: partition 4 (icx) did not power off within 30 s of the shutdown request; it is still running");
+    m.expect(
+        "root: partition 4 (icx) did not power off within 30 s of the shutdown request; it is still running",
+    );
     let info = m.hvctl_json("info 4 --json");
     assert_eq!(info["state"], "running", "{info}");
     assert!(

@@ -816,7 +816,11 @@ mod tests {
 
     /// A minimal image: `setup_sects` sectors of setup after the boot sector,
     /// then `kernel_len` bytes of kernel.
-    pub(crate) fn image_with(setup_sects: u8, kernel_len: usize, f: impl FnOnce(&mut SetupHeader)) -> Vec<u8> {
+    pub(crate) fn image_with(
+        setup_sects: u8,
+        kernel_len: usize,
+        f: impl FnOnce(&mut SetupHeader),
+    ) -> Vec<u8> {
         let sects = if setup_sects == 0 {
             4
         } else {

@@ -24,7 +24,8 @@
 //! below 1 MiB is required (`init_real_mode` panics without it).
 
 use crate::bzimage::{
-    self, BootParams, BzImage, BzImageError, E820_ACPI, E820_RAM, E820_RESERVED, FOUR_GIB, LoadPlan, MemoryRegion,
+    self, BootParams, BzImage, BzImageError, E820_ACPI, E820_RAM, E820_RESERVED, FOUR_GIB, LoadPlan,
+    MemoryRegion,
 };
 use core::fmt;
 

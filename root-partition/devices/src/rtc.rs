@@ -78,7 +78,12 @@ impl RtcFields {
             0 => 20,
             c => field(c).ok_or(BadRtc)?,
         };
-        if seconds > 59 || minutes > 59 || hours > 23 || !(1..=12).contains(&month) || !(1..=31).contains(&day) || year > 99
+        if seconds > 59
+            || minutes > 59
+            || hours > 23
+            || !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || year > 99
         {
             return Err(BadRtc);
         }
@@ -132,17 +137,44 @@ mod tests {
         };
         assert_eq!(b.unix_seconds(), Ok(1_795_856_667));
         // 9 PM in 12-hour BCD mode.
-        let pm = RtcFields { hours: 0x89, ..bcd(0) };
+        let pm = RtcFields {
+            hours: 0x89,
+            ..bcd(0)
+        };
         assert_eq!(pm.unix_seconds(), Ok(1_795_856_667 + 12 * 3600));
-        let midnight = RtcFields { hours: 0x12, ..bcd(0) };
+        let midnight = RtcFields {
+            hours: 0x12,
+            ..bcd(0)
+        };
         assert_eq!(midnight.unix_seconds(), Ok(1_795_856_667 - 9 * 3600));
     }
 
     #[test]
     fn nonsense_is_refused() {
-        assert_eq!(RtcFields { month: 0x13, ..bcd(2) }.unix_seconds(), Err(BadRtc));
-        assert_eq!(RtcFields { seconds: 0x5A, ..bcd(2) }.unix_seconds(), Err(BadRtc));
-        assert_eq!(RtcFields { hours: 0x00, ..bcd(0) }.unix_seconds(), Err(BadRtc));
+        assert_eq!(
+            RtcFields {
+                month: 0x13,
+                ..bcd(2)
+            }
+            .unix_seconds(),
+            Err(BadRtc)
+        );
+        assert_eq!(
+            RtcFields {
+                seconds: 0x5A,
+                ..bcd(2)
+            }
+            .unix_seconds(),
+            Err(BadRtc)
+        );
+        assert_eq!(
+            RtcFields {
+                hours: 0x00,
+                ..bcd(0)
+            }
+            .unix_seconds(),
+            Err(BadRtc)
+        );
     }
 
     #[test]

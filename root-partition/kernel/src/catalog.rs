@@ -19,7 +19,8 @@ pub struct ChildDevices {
 /// What every child gets: the echo device (relid 1), then the integration
 /// services Hyper-V offers every guest (shutdown, time sync, heartbeat, KVP).
 pub fn standard() -> ChildDevices {
-    let (services, integration) = vsp_ic::IntegrationServices::new::<FrameMemory>(vsp_ic::IcConfig::default());
+    let (services, integration) =
+        vsp_ic::IntegrationServices::new::<FrameMemory>(vsp_ic::IcConfig::default());
     let mut devices = alloc::vec![echo()];
     devices.extend(services);
     ChildDevices { devices, integration }

@@ -34,9 +34,12 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
         Command::Rescind { id, relid } => m.worker_mut(id).and_then(|w| w.rescind(relid)).map(|()| {
             let _ = writeln!(out, "partition {id}: channel {relid} rescinded");
         }),
-        Command::Offer { id } => m.worker_mut(id).and_then(|w| w.offer(crate::catalog::echo())).map(|relid| {
-            let _ = writeln!(out, "partition {id}: echo device offered on relid {relid}");
-        }),
+        Command::Offer { id } => m
+            .worker_mut(id)
+            .and_then(|w| w.offer(crate::catalog::echo()))
+            .map(|relid| {
+                let _ = writeln!(out, "partition {id}: echo device offered on relid {relid}");
+            }),
         Command::Console { id } => {
             return match m.get(id) {
                 Ok(_) => Effect::Attach(id),

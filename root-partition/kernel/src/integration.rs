@@ -48,7 +48,9 @@ fn service_json(s: &ServiceStatus, extra: impl FnOnce(Object<'_>) -> Object<'_>)
 fn shutdown_state(s: &ShutdownState) -> String {
     match s {
         ShutdownState::Idle => String::from("idle"),
-        ShutdownState::Queued { reboot } => format!("queued ({})", if *reboot { "restart" } else { "power off" }),
+        ShutdownState::Queued { reboot } => {
+            format!("queued ({})", if *reboot { "restart" } else { "power off" })
+        }
         ShutdownState::Sent { reboot } => format!("sent ({})", if *reboot { "restart" } else { "power off" }),
         ShutdownState::Acknowledged { reboot } => {
             format!("acknowledged ({})", if *reboot { "restart" } else { "power off" })
@@ -77,7 +79,10 @@ pub fn info_json(c: &Controls) -> String {
     });
     let shutdown = service_json(&sd.service, |o| o.str("state", &shutdown_state(&sd.state)));
     let timesync = service_json(&ts.service, |o| {
-        let o = o.num("pushed", ts.state.pushed).num("sent", ts.state.sent).num("acked", ts.state.acked);
+        let o = o
+            .num("pushed", ts.state.pushed)
+            .num("sent", ts.state.sent)
+            .num("acked", ts.state.acked);
         match ts.state.last_acked {
             Some(t) => o.num("last_acked_time", t),
             None => o.null("last_acked_time"),
@@ -184,7 +189,10 @@ pub fn kvp(m: &Manager, id: u64, op: KvpCommand, json_out: bool, out: &mut Strin
                 .map_err(|e| format!("partition {id}: {e}"))?;
             // Read the pool back once the guest has it.
             let _ = c.kvp_enumerate(KvpPool::EXTERNAL);
-            let _ = writeln!(out, "partition {id}: kvp request {rid}: set '{key}' in the external pool");
+            let _ = writeln!(
+                out,
+                "partition {id}: kvp request {rid}: set '{key}' in the external pool"
+            );
             Ok(())
         }
         KvpCommand::Delete(key) => {
@@ -195,7 +203,10 @@ pub fn kvp(m: &Manager, id: u64, op: KvpCommand, json_out: bool, out: &mut Strin
                 .kvp_delete(KvpPool::EXTERNAL, &key)
                 .map_err(|e| format!("partition {id}: {e}"))?;
             let _ = c.kvp_enumerate(KvpPool::EXTERNAL);
-            let _ = writeln!(out, "partition {id}: kvp request {rid}: delete '{key}' from the external pool");
+            let _ = writeln!(
+                out,
+                "partition {id}: kvp request {rid}: delete '{key}' from the external pool"
+            );
             Ok(())
         }
         KvpCommand::Show => {

@@ -78,7 +78,11 @@ impl Manager {
                 "partition {id} ({name}) has not negotiated the shutdown service (its driver is not loaded): nothing sent"
             ));
         }
-        let reason = if reboot { "restart requested by the host" } else { "shutdown requested by the host" };
+        let reason = if reboot {
+            "restart requested by the host"
+        } else {
+            "shutdown requested by the host"
+        };
         controls
             .request_shutdown(reboot, reason)
             .map_err(|e| format!("partition {id} ({name}): {e}"))?;
@@ -105,7 +109,11 @@ impl Manager {
         }
         // Every (re)start gets the host's time once (it goes out when the
         // child has negotiated time sync), as Hyper-V does at boot.
-        for w in self.workers.iter().filter(|w| w.state == mgmt::lifecycle::ChildState::Running) {
+        for w in self
+            .workers
+            .iter()
+            .filter(|w| w.state == mgmt::lifecycle::ChildState::Running)
+        {
             let key = (w.id, w.started_at());
             if self.time_pushed.contains(&key) {
                 continue;
@@ -223,7 +231,8 @@ impl Manager {
             .free_event_block()
             .ok_or_else(|| format!("at most {} child partitions", crate::worker::EVENT_BLOCKS))?;
         let devices = crate::catalog::standard();
-        let mut w = Worker::create(spec, image, devices.devices, targets, block).map_err(|e| format!("{e}"))?;
+        let mut w =
+            Worker::create(spec, image, devices.devices, targets, block).map_err(|e| format!("{e}"))?;
         if start && let Err(e) = w.start() {
             w.destroy();
             return Err(format!("{e}"));

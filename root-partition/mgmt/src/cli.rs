@@ -337,7 +337,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     let cmd = all.remove(0);
     let json = all.contains(&"--json");
     // `--json` is accepted only by commands with a JSON form (checked below).
-    let takes_json = matches!(cmd, "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp");
+    let takes_json = matches!(
+        cmd,
+        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp"
+    );
     if takes_json {
         all.retain(|w| *w != "--json");
     }
@@ -694,7 +697,10 @@ mod tests {
     #[test]
     fn integration_service_commands() {
         assert_eq!(ok("shutdown 3"), Command::Shutdown { id: 3, reboot: false });
-        assert_eq!(ok("shutdown 3 --reboot"), Command::Shutdown { id: 3, reboot: true });
+        assert_eq!(
+            ok("shutdown 3 --reboot"),
+            Command::Shutdown { id: 3, reboot: true }
+        );
         assert_eq!(ok("timesync 3"), Command::Timesync { id: 3 });
         assert_eq!(
             ok("kvp 3 --json"),

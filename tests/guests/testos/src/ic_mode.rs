@@ -78,7 +78,11 @@ pub(crate) fn run(name: &str, stubborn: bool) -> ! {
     enable_synic();
     let mut bus = Bus::new(None);
     match bus.connect() {
-        Ok(v) => say!("testos {name}: ic: vmbus connected at {}.{}", v.0 >> 16, v.0 & 0xFFFF),
+        Ok(v) => say!(
+            "testos {name}: ic: vmbus connected at {}.{}",
+            v.0 >> 16,
+            v.0 & 0xFFFF
+        ),
         Err(e) => {
             say!("testos {name}: ic: vmbus connect failed: {e:?}");
             halt_forever()
@@ -88,7 +92,13 @@ pub(crate) fn run(name: &str, stubborn: bool) -> ! {
         .client
         .offers()
         .values()
-        .filter_map(|o| Some((o.child_relid, o.connection_id, Service::from_interface(&o.interface_type)?)))
+        .filter_map(|o| {
+            Some((
+                o.child_relid,
+                o.connection_id,
+                Service::from_interface(&o.interface_type)?,
+            ))
+        })
         .collect();
     let ring_base = core::ptr::addr_of!(RING) as u64;
     clear_ring(crate::guest::RING_PAGES as u64);
@@ -99,20 +109,32 @@ pub(crate) fn run(name: &str, stubborn: bool) -> ! {
             say!("testos {name}: ic: no ring pages left for relid {relid}");
             break;
         }
-        let pfns: Vec<u64> = (0..PAGES_PER_CHANNEL).map(|p| (ring_base >> 12) + first + p).collect();
-        let opened = bus
-            .gpadl(relid, &pfns)
-            .and_then(|(handle, status)| if status == 0 { bus.open(relid, handle, 2) } else { Ok(status) });
+        let pfns: Vec<u64> = (0..PAGES_PER_CHANNEL)
+            .map(|p| (ring_base >> 12) + first + p)
+            .collect();
+        let opened = bus.gpadl(relid, &pfns).and_then(|(handle, status)| {
+            if status == 0 {
+                bus.open(relid, handle, 2)
+            } else {
+                Ok(status)
+            }
+        });
         match opened {
             Ok(0) => {}
             other => {
-                say!("testos {name}: ic: opening {} (relid {relid}) failed: {other:?}", service_name(service));
+                say!(
+                    "testos {name}: ic: opening {} (relid {relid}) failed: {other:?}",
+                    service_name(service)
+                );
                 continue;
             }
         }
         let at = ring_base + first * 4096;
         let (Ok(up), Ok(down)) = (
-            Ring::new(StaticMemory { base: at, len: 2 * 4096 }),
+            Ring::new(StaticMemory {
+                base: at,
+                len: 2 * 4096,
+            }),
             Ring::new(StaticMemory {
                 base: at + 2 * 4096,
                 len: 2 * 4096,
@@ -127,12 +149,19 @@ pub(crate) fn run(name: &str, stubborn: bool) -> ! {
             store.set(KvpPool::AUTO, "FullyQualifiedDomainName", &host);
             store.set(KvpPool::AUTO, "OSName", "hv-rs testos");
             store.set(KvpPool::AUTO, "OSVersion", "0.1.0");
-            store.set(KvpPool::GUEST, "Mode", if stubborn { "ic-stubborn" } else { "ic" });
+            store.set(
+                KvpPool::GUEST,
+                "Mode",
+                if stubborn { "ic-stubborn" } else { "ic" },
+            );
             IcClient::with_kvp(store)
         } else {
             IcClient::new(service)
         };
-        say!("testos {name}: ic: {} open on relid {relid}", service_name(service));
+        say!(
+            "testos {name}: ic: {} open on relid {relid}",
+            service_name(service)
+        );
         channels.push(Channel {
             relid,
             connection,
@@ -172,7 +201,10 @@ pub(crate) fn run(name: &str, stubborn: bool) -> ! {
             let reply = match c.client.handle(payload) {
                 Ok(r) => r,
                 Err(e) => {
-                    say!("testos {name}: ic: {} dropped a message: {e}", service_name(c.client.service()));
+                    say!(
+                        "testos {name}: ic: {} dropped a message: {e}",
+                        service_name(c.client.service())
+                    );
                     continue;
                 }
             };
