@@ -22,8 +22,8 @@ pub enum ChildImage {
     Linux {
         /// The whole bzImage.
         image: &'static [u8],
-        /// Its parsed setup header.
-        bz: BzImage,
+        /// Its parsed setup header (boxed: it is most of the enum's size).
+        bz: alloc::boxed::Box<BzImage>,
         /// The initramfs (empty: none).
         initrd: &'static [u8],
         /// The command line.
@@ -124,7 +124,7 @@ impl ChildImage {
         let cmdline = spec.cmdline.clone().unwrap_or_default();
         let me = Self::Linux {
             image,
-            bz,
+            bz: alloc::boxed::Box::new(bz),
             initrd,
             cmdline,
         };
