@@ -24,12 +24,12 @@
 //!             Name (_CRS, ResourceTemplate () { })
 //!         }
 //!     }
-//!     Device (COM1) {                          // only with an I/O APIC
+//!     Device (COM1) {
 //!         Name (_HID, EisaId ("PNP0501"))
 //!         Name (_UID, 0)
 //!         Name (_CRS, ResourceTemplate () {
 //!             IO (Decode16, 0x3F8, 0x3F8, 1, 8)
-//!             IRQNoFlags () { 4 }
+//!             IRQNoFlags () { 4 }              // only with an I/O APIC
 //!         })
 //!     }
 //! }
@@ -122,20 +122,26 @@ pub(crate) fn build(config: &Config) -> Vec<u8> {
     let vmod_crs = Name::new("_CRS".into(), &vmod_crs_template);
     let vmod = Device::new("VMOD".into(), alloc::vec![&vmod_hid, &vmod_uid, &vmod_crs, &vmbs]);
 
-    // \_SB.COM1, only when COM1's IRQ can reach an I/O APIC.
+    // \_SB.COM1. Without an I/O APIC its IRQ could reach nothing, so its
+    // resources are the ports alone: Linux's 8250_pnp then registers ttyS0
+    // with IRQ 0 and polls it from a timer (`univ8250_setup_irq`), where
+    // the legacy table's IRQ 4 would make opening the console fail
+    // (linux-child review, part 2 (d)).
     let com1_hid_id = EISAName::new("PNP0501");
     let com1_hid = Name::new("_HID".into(), &com1_hid_id);
     let com1_uid = Name::new("_UID".into(), &zero_u8);
     let com1_io = IO::new(COM1_PORT, COM1_PORT, 1, 8);
     let com1_irq = IrqNoFlags(COM1_IRQ);
-    let com1_crs_template = ResourceTemplate::new(alloc::vec![&com1_io, &com1_irq]);
+    let com1_resources: Vec<&dyn Aml> = if config.ioapic.is_some() {
+        alloc::vec![&com1_io, &com1_irq]
+    } else {
+        alloc::vec![&com1_io]
+    };
+    let com1_crs_template = ResourceTemplate::new(com1_resources);
     let com1_crs = Name::new("_CRS".into(), &com1_crs_template);
     let com1 = Device::new("COM1".into(), alloc::vec![&com1_hid, &com1_uid, &com1_crs]);
 
-    let mut sb_children: Vec<&dyn Aml> = alloc::vec![&vmod];
-    if config.ioapic.is_some() {
-        sb_children.push(&com1);
-    }
+    let sb_children: Vec<&dyn Aml> = alloc::vec![&vmod, &com1];
     Scope::new(Path::new("\\_SB_"), sb_children).to_aml_bytes(&mut aml);
     aml
 }

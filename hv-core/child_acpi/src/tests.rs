@@ -556,7 +556,15 @@ fn dsdt_contents() {
 fn dsdt_without_ioapic_or_gaps() {
     let t = build(&Config::new(0x8_0000, 1)).unwrap();
     let ns = dsdt_namespace(&t);
-    assert!(!ns.contains_key("\\_SB_.COM1"));
+    // COM1 with its ports and no IRQ (nothing to route it to): polled.
+    assert_eq!(ns["\\_SB_.COM1._HID"], Obj::Int(0x0105_D041));
+    let Obj::Buf(crs) = &ns["\\_SB_.COM1._CRS"] else {
+        panic!("COM1._CRS is not a buffer")
+    };
+    assert_eq!(
+        resources(crs),
+        Vec::from([(0x08, Vec::from([0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08]))])
+    );
     assert_eq!(ns["\\_SB_.VMOD._CRS"], Obj::Buf(Vec::from([0x79, 0x00])));
     assert_eq!(ns["\\_SB_.VMOD.VMBS._HID"], s("VMBus"));
     assert!(ns.contains_key("\\_S5_"));
