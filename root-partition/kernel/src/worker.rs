@@ -55,8 +55,12 @@ struct VpState {
     message_page: u64,
     /// The next dispatch tells hv-core the last intercept was handled.
     clear_intercept: bool,
-    /// Stopped in HLT (children get no interrupts yet, so it stays there).
+    /// Stopped in HLT: dispatched again after a delivery, or once a tick
+    /// passes (hv-core then enters it only if an interrupt is deliverable,
+    /// its timers included, and reports the HLT again otherwise).
     halted: bool,
+    /// Tick it last halted at.
+    halted_at: u64,
 }
 
 /// What one dispatch came to.
@@ -342,6 +346,7 @@ impl Worker {
                 message_page,
                 clear_intercept: false,
                 halted: false,
+                halted_at: 0,
             });
             hv::map_intercept_message_page(self.id, vp, message_page).map_err(hvfail("MapVpStatePage"))?;
         }
@@ -995,10 +1000,11 @@ impl Worker {
     /// VP indices the scheduler may dispatch now.
     pub fn runnable_vps(&self) -> impl Iterator<Item = u32> + '_ {
         let running = self.state == ChildState::Running;
+        let now = timer::ticks();
         self.vps
             .iter()
             .enumerate()
-            .filter(move |(_, v)| running && !v.halted)
+            .filter(move |(_, v)| running && (!v.halted || now > v.halted_at))
             .map(|(i, _)| i as u32)
     }
 
@@ -1022,6 +1028,8 @@ impl Worker {
     /// Run VP `vp` for one slice and handle what stopped it.
     pub fn run_slice(&mut self, vp: u32) -> Slice {
         let v = &mut self.vps[vp as usize];
+        // Halted again if the dispatch ends in HLT (see `VpState::halted`).
+        v.halted = false;
         let mut flags = dispatch_flags::ENABLE_CALLER_INTERRUPTS;
         if v.clear_intercept {
             flags |= dispatch_flags::CLEAR_INTERCEPT_SUSPEND;
@@ -1063,7 +1071,9 @@ impl Worker {
                 if let Err((s, _)) = hv::set_vp_registers(self.id, vp, &[(RegisterName::RIP, reg(next))]) {
                     return self.crash_with(format!("completing HLT: {s:?}"));
                 }
-                self.vps[vp as usize].halted = true;
+                let v = &mut self.vps[vp as usize];
+                v.halted = true;
+                v.halted_at = timer::ticks();
                 Slice::Halted
             }
             message_type::UNMAPPED_GPA | message_type::GPA_INTERCEPT => {
