@@ -27,6 +27,36 @@ pub fn images() -> &'static xtask::Images {
     })
 }
 
+/// The Linux child's kernel command line in the QEMU tests and the
+/// default run: serial console, early console, no port-0x80 delays, and a
+/// panic stops the guest instead of rebooting it.
+pub const LINUX_CMDLINE: &str =
+    "console=ttyS0 earlycon=uart8250,io,0x3f8 io_delay=none panic=0 hostname=debian-child";
+
+/// Images with Debian's kernel as a manifest child `linux` (partition 4,
+/// after alpha and beta; 256 MiB), built once per test binary, plus the
+/// Linux artifacts.
+pub fn linux_images() -> &'static (xtask::Images, xtask::linux::LinuxArtifacts) {
+    static IMAGES: OnceLock<(xtask::Images, xtask::linux::LinuxArtifacts)> = OnceLock::new();
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    IMAGES.get_or_init(|| {
+        xtask::ensure_qemu().unwrap_or_else(|e| panic!("{e}"));
+        let linux = xtask::linux::linux_artifacts(&xtask::workspace_root())
+            .unwrap_or_else(|e| panic!("building the Linux child: {e}"));
+        let child = xtask::HostChild {
+            name: "linux".into(),
+            kernel: linux.vmlinuz.clone(),
+            initrd: Some(linux.initramfs.clone()),
+            cmdline: Some(LINUX_CMDLINE.into()),
+            memory_mib: 256,
+        };
+        let images = xtask::build_images_with(&[child], "boot-bundle-linux-test.img")
+            .unwrap_or_else(|e| panic!("building images: {e}"));
+        (images, linux)
+    })
+}
+
 /// A scratch directory for one test's files.
 pub fn scratch(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
@@ -84,7 +114,17 @@ pub fn contains_line(text: &str, needle: &str) -> bool {
 impl Machine {
     /// Boot with kernel command line `cmdline` and an optional disk image.
     pub fn boot(name: &str, cmdline: &str, disk: Option<PathBuf>) -> Self {
-        let images = images();
+        Self::boot_images(images(), name, cmdline, disk, 512)
+    }
+
+    /// Boot `images` in a machine of `memory_mib`.
+    pub fn boot_images(
+        images: &xtask::Images,
+        name: &str,
+        cmdline: &str,
+        disk: Option<PathBuf>,
+        memory_mib: u32,
+    ) -> Self {
         let dir = scratch(name);
         let hv_log = dir.join("hv-core.log");
         let (accel, _) = xtask::choose_accel();
@@ -93,7 +133,7 @@ impl Machine {
             cmdline: cmdline.into(),
             disk,
             hv_log: hv_log.clone(),
-            memory_mib: 512,
+            memory_mib,
             accel,
             console: xtask::Console::Pipes,
             mgmt_socket: Some(mgmt_socket.clone()),

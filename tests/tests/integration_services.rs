@@ -46,7 +46,7 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
     );
     for line in [
         "testos icx: ic: shutdown negotiated framework 3.0, service 3.2",
-        "testos icx: ic: timesync negotiated framework 3.0, service 4.0",
+        "testos icx: ic: timesync negotiated framework 3.0, service 3.0",
         "testos icx: ic: heartbeat negotiated framework 3.0, service 3.0",
     ] {
         assert!(console.contains(line), "{line:?} missing:\n{console}");
@@ -72,6 +72,11 @@ fn heartbeat_kvp_timesync_and_shutdown_work_end_to_end() {
     });
     assert_eq!(kvp["pools"]["auto"]["OSName"], "hv-rs testos", "{kvp}");
     assert_eq!(kvp["pools"]["guest"]["Mode"], "ic", "{kvp}");
+    // What the root keeps of them is counted against its bound.
+    let info = m.hvctl_json("info 4 --json");
+    let pairs = &info["quotas"]["kvp_pairs"];
+    assert!(pairs["used"].as_u64() >= Some(4), "{info}");
+    assert_eq!(pairs["limit"], 160, "{info}");
 
     // A host value reaches the guest and reads back.
     let set = m.hvctl("kvp 4 set Owner ops-team");

@@ -64,7 +64,7 @@ pub mod target {
     pub const ROOT: usize = 1;
     /// A peer child's RAM.
     pub const PEER: usize = 2;
-    /// An MMIO page (the local APIC).
+    /// An MMIO page of a real device (the AMD IOMMU's registers).
     pub const MMIO: usize = 3;
 }
 

@@ -56,6 +56,9 @@ bitflags! {
         const ACCESS_GUEST_IDLE_REG = 1 << 10;
         /// AccessFrequencyRegs.
         const ACCESS_FREQUENCY_REGS = 1 << 11;
+        /// AccessTscInvariantControls (HV_ACCESS_TSC_INVARIANT, EAX bit 15):
+        /// HV_X64_MSR_TSC_INVARIANT_CONTROL (0x40000118).
+        const ACCESS_TSC_INVARIANT_CONTROLS = 1 << 15;
         /// CreatePartitions (EBX bit 0).
         const CREATE_PARTITIONS = 1 << 32;
         /// AccessPartitionId (EBX bit 1).
@@ -126,6 +129,21 @@ pub struct CpuidResult {
     pub edx: u32,
 }
 
+/// CPUID 0x4000_0003 EDX: feature identification (TLFS "Feature
+/// Discovery"; Linux `include/asm-generic/hyperv-tlfs.h`).
+pub mod features {
+    /// Guest debugging support.
+    pub const GUEST_DEBUGGING: u32 = 1 << 1;
+    /// Virtual guest idle state.
+    pub const GUEST_IDLE_STATE: u32 = 1 << 5;
+    /// HV_FEATURE_FREQUENCY_MSRS_AVAILABLE: TSC_FREQUENCY (0x40000022) and
+    /// APIC_FREQUENCY (0x40000023) can be read (Linux 6.1 `mshyperv.c`
+    /// needs it together with AccessFrequencyRegs).
+    pub const FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
+    /// HV_STIMER_DIRECT_MODE_AVAILABLE.
+    pub const STIMER_DIRECT_MODE_AVAILABLE: u32 = 1 << 19;
+}
+
 /// What a partition is told about the hypervisor.
 #[derive(Debug, Clone, Copy)]
 pub struct HvCpuidProfile {
@@ -135,6 +153,8 @@ pub struct HvCpuidProfile {
     pub vp_count: u32,
     /// Number of logical processors the hypervisor runs on.
     pub lp_count: u32,
+    /// Feature identification bits (leaf 0x4000_0003 EDX, [`features`]).
+    pub features: u32,
 }
 
 /// Our hypervisor version, reported in leaf 0x4000_0002 (major.minor in EBX).
@@ -169,7 +189,7 @@ impl HvCpuidProfile {
                 eax: self.privileges.eax(),
                 ebx: self.privileges.ebx(),
                 ecx: 0,
-                edx: 0,
+                edx: self.features,
             },
             // Recommend no enlightenments yet; EBX = 0xFFFF_FFFF: never notify
             // about long spin waits.
@@ -214,6 +234,7 @@ mod tests {
             privileges: PartitionPrivileges::ROOT,
             vp_count: 1,
             lp_count: 1,
+            features: 0,
         };
         let v = p.leaf(LEAF_VENDOR).unwrap();
         assert!((0x4000_0005..=0x4000_FFFF).contains(&v.eax));
@@ -229,5 +250,18 @@ mod tests {
         assert_eq!(p.leaf(0x4000_0081), Some(CpuidResult::default()));
         assert_eq!(p.leaf(0x3FFF_FFFF), None);
         assert_eq!(p.leaf(0x4001_0000), None);
+    }
+
+    #[test]
+    fn features_land_in_edx() {
+        let p = HvCpuidProfile {
+            privileges: PartitionPrivileges::ACCESS_FREQUENCY_REGS,
+            vp_count: 1,
+            lp_count: 1,
+            features: features::FREQUENCY_MSRS_AVAILABLE,
+        };
+        let f = p.leaf(LEAF_FEATURES).unwrap();
+        assert_eq!(f.eax, 1 << 11);
+        assert_eq!(f.edx, 1 << 8);
     }
 }

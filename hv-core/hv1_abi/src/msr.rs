@@ -32,6 +32,14 @@ pub const SIMP: u32 = 0x4000_0083;
 pub const EOM: u32 = 0x4000_0084;
 /// HV_X64_MSR_SINT0 (SINTn = SINT0 + n).
 pub const SINT0: u32 = 0x4000_0090;
+/// HV_X64_MSR_STIMER0_CONFIG (STIMERn_CONFIG = STIMER0_CONFIG + 2n, n < 4).
+pub const STIMER0_CONFIG: u32 = 0x4000_00B0;
+/// HV_X64_MSR_STIMER0_COUNT (STIMERn_COUNT = STIMER0_COUNT + 2n, n < 4).
+pub const STIMER0_COUNT: u32 = 0x4000_00B1;
+/// HV_X64_MSR_TSC_INVARIANT_CONTROL: bit 0 exposes the invariant TSC in
+/// CPUID 0x8000_0007 EDX bit 8 (Linux 6.1 `mshyperv.c`, writes
+/// HV_EXPOSE_INVARIANT_TSC when HV_ACCESS_TSC_INVARIANT is set).
+pub const TSC_INVARIANT_CONTROL: u32 = 0x4000_0118;
 
 /// The synthetic MSR range the hypervisor owns.
 pub const SYNTHETIC_RANGE: core::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_FFFF;

@@ -9,6 +9,7 @@
 
 use crate::ipc::{Bus, SynicMem, post_status};
 use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam};
+use crate::platform::{PartitionTime, VpPlatform};
 use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::{self, GuestRegs};
 use hv1_abi::HvStatus;
@@ -113,6 +114,8 @@ pub struct Vp {
     pub unrecoverable: bool,
     /// HV_X64_MSR_VP_ASSIST_PAGE.
     vp_assist: u64,
+    /// Its local APIC, synthetic timers and halt state.
+    platform: VpPlatform,
 }
 
 impl Vp {
@@ -123,6 +126,11 @@ impl Vp {
         }
         memory::free_pages(self.vmcb_pa, 1);
         memory::free_pages(self.fx_pa, 1);
+    }
+
+    fn vmcb_ref(&self) -> &Vmcb {
+        // SAFETY: as in `vmcb`; shared, for as long as `self` is.
+        unsafe { &*(self.vmcb_pa as *const Vmcb) }
     }
 
     fn vmcb(&mut self) -> &mut Vmcb {
@@ -154,6 +162,8 @@ pub struct Child {
     maps: SharedMaps,
     /// ASID its VPs run with.
     asid: u32,
+    /// Reference time (TIME_REF_COUNT, the reference TSC page).
+    time: PartitionTime,
 }
 
 /// Why an operation on a child failed.
@@ -175,16 +185,32 @@ impl Child {
             ignore_unknown_msrs: false,
             mapped_pages: 0,
             stats: ExitStats::default(),
+            time: PartitionTime::new(),
         }
     }
 
     /// Privileges a child gets: the guest interface, nothing to manage
     /// others (no AccessVpRunTimeReg: see `PartitionPrivileges::ROOT`).
+    /// The time enlightenments are `platform`'s: TIME_REF_COUNT,
+    /// REFERENCE_TSC, the frequency MSRs, the synthetic timers (message mode
+    /// only: direct mode is not offered) and TSC_INVARIANT_CONTROL.
+    /// AccessIntrCtrlRegs (HV_X64_MSR_EOI/ICR/TPR) is not offered: the APIC
+    /// is reached through its own MSRs and page.
     pub const PRIVILEGES: PartitionPrivileges = PartitionPrivileges::ACCESS_HYPERCALL_MSRS
         .union(PartitionPrivileges::ACCESS_VP_INDEX)
         .union(PartitionPrivileges::ACCESS_SYNIC_REGS)
         .union(PartitionPrivileges::POST_MESSAGES)
-        .union(PartitionPrivileges::SIGNAL_EVENTS);
+        .union(PartitionPrivileges::SIGNAL_EVENTS)
+        .union(PartitionPrivileges::ACCESS_PARTITION_REFERENCE_COUNTER)
+        .union(PartitionPrivileges::ACCESS_PARTITION_REFERENCE_TSC)
+        .union(PartitionPrivileges::ACCESS_FREQUENCY_REGS)
+        .union(PartitionPrivileges::ACCESS_SYNTHETIC_TIMER_REGS)
+        .union(PartitionPrivileges::ACCESS_TSC_INVARIANT_CONTROLS);
+
+    /// CPUID 0x4000_0003 EDX: the frequency MSRs can be read (Linux needs
+    /// this with AccessFrequencyRegs to take the TSC and APIC timer rates
+    /// from them instead of calibrating against a PIT a child lacks).
+    pub const FEATURES: u32 = hv1_abi::cpuid::features::FREQUENCY_MSRS_AVAILABLE;
 
     /// HvCallInitializePartition: build the (empty) NPT.
     pub fn initialize(&mut self) -> ChildResult<()> {
@@ -244,8 +270,10 @@ impl Child {
             vp.explicit_suspend = false;
             vp.unrecoverable = false;
             vp.vp_assist = 0;
+            vp.platform.reset();
         }
         self.msrs = SyntheticMsrs::default();
+        self.time.reset();
         self.suspended = false;
         self.logged = 0;
         Ok(())
@@ -387,6 +415,7 @@ impl Child {
             explicit_suspend: false,
             unrecoverable: false,
             vp_assist: 0,
+            platform: VpPlatform::new(index),
         };
         init_vmcb(vp.vmcb(), &self.maps, npt_root, self.asid);
         *slot = Some(vp);
@@ -618,7 +647,7 @@ impl Child {
         let suspended = self.suspended;
         let ignore_unknown_msrs = self.ignore_unknown_msrs;
         let vp_count = self.vp_count();
-        let (msrs, stats) = (&mut self.msrs, &mut self.stats);
+        let (msrs, stats, time) = (&mut self.msrs, &mut self.stats, &mut self.time);
         let vp = self
             .vps
             .get_mut(index as usize)
@@ -637,10 +666,31 @@ impl Child {
         if vp.explicit_suspend || suspended {
             return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
         }
+        // A halted VP (the root completed its HLT, RIP is past it) runs
+        // again only when an interrupt would wake it: timers are advanced
+        // and SynIC vectors taken in first; otherwise it stays halted and
+        // the root hears so again at once, without a VM entry. Same message,
+        // instruction length 0: RIP is already past the HLT.
+        if vp.platform.halted {
+            vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, &ram);
+            let vmcb = vp.vmcb_ref();
+            let wake = vmcb.save.rflags & (1 << 9) != 0 && vp.platform.deliverable(vmcb, &vp.pending);
+            if !wake {
+                vp.intercept_suspended = true;
+                let header = intercept_header(vp.vmcb_ref(), index, 0, access::EXECUTE);
+                return deliver(
+                    root,
+                    message_page,
+                    &Message::new(message_type::X64_HALT, header.as_bytes()),
+                );
+            }
+            vp.platform.halted = false;
+        }
         let profile = HvCpuidProfile {
             privileges: Self::PRIVILEGES,
             vp_count,
             lp_count: 1,
+            features: Self::FEATURES,
         };
         let shared = Shared {
             id,
@@ -665,7 +715,7 @@ impl Child {
             fxrstor(vp.fx_pa as *const u8);
         }
         write_debug(&vp.debug);
-        let result = run_vp(vp, msrs, stats, &mut self.logged, &shared, bus);
+        let result = run_vp(vp, msrs, time, stats, &mut self.logged, &shared, bus);
         vp.debug = read_debug();
         // SAFETY: as above, in the other direction.
         unsafe {
@@ -695,6 +745,7 @@ struct Shared<'a> {
 fn run_vp(
     vp: &mut Vp,
     msrs: &mut SyntheticMsrs,
+    time: &mut PartitionTime,
     stats: &mut ExitStats,
     logged: &mut u32,
     sh: &Shared<'_>,
@@ -706,11 +757,13 @@ fn run_vp(
     for _ in 0..MAX_INTERNAL_EXITS {
         // Children may share ASIDs: flush on every entry (TCG flushes anyway).
         vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
-        // A SynIC interrupt the VP can take now goes in with this entry.
-        let (vmcb, pending) = (vp.vmcb_pa, &mut vp.pending);
-        // SAFETY: as in `Vp::vmcb` (a field borrow of `vp` is live, so the
+        // Timers and SynIC vectors up to date; an interrupt the VP can take
+        // now goes in with this entry, one it cannot take opens a window.
+        vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, sh.ram);
+        // SAFETY: as in `Vp::vmcb` (field borrows of `vp` are live, so the
         // helper method cannot be used here).
-        crate::ipc::inject_pending(unsafe { &mut *(vmcb as *mut Vmcb) }, pending);
+        let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+        vp.platform.prepare_entry(vmcb, &mut vp.pending);
         // The VMCB was set up by `init_vmcb` in hv-core's region with the
         // shared IOPM/MSRPM and this child's NPT; it intercepts INTR with
         // V_INTR_MASKING, so running with the host's IF set is allowed (and a
@@ -721,6 +774,8 @@ fn run_vp(
         let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
         let code = ExitCode(vmcb.control.exit_code);
         stats.count(code, vmcb.control.exit_info1);
+        // A CR8 write since the entry is the APIC's new TPR.
+        vp.platform.sync_tpr_from(vmcb);
         // An exit during event delivery: deliver the event again on the next
         // entry unless this exit injects something of its own.
         let pending = vmcb.control.exit_int_info;
@@ -742,6 +797,7 @@ fn run_vp(
             ignore_unknown_msrs: sh.ignore_unknown_msrs,
             logged: &mut *logged,
             vp_assist: &mut vp.vp_assist,
+            platform: Some((&mut vp.platform, &mut *time)),
         };
         let outcome = match code {
             c if c.is_invalid() => {
@@ -757,6 +813,11 @@ fn run_vp(
                 return deliver(sh.root, sh.message_page, &m);
             }
             ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
+            // The interrupt window opened: the next entry injects.
+            ExitCode::VINTR => {
+                crate::platform::close_window(cpu.vmcb);
+                continue;
+            }
             ExitCode::CPUID => {
                 let (leaf, subleaf) = (cpu.vmcb.save.rax as u32, cpu.regs.rcx as u32);
                 let o = cpu.cpuid();
@@ -764,9 +825,64 @@ fn run_vp(
                 // are hidden here and refused in CR4 (`svm::cr`): MONITOR,
                 // XSAVE/OSXSAVE, PKU, CET, LA57; leaf 0xD (XSAVE) is empty.
                 match (leaf, subleaf) {
-                    (1, _) => cpu.regs.rcx &= !(svm::cr::LEAF1_ECX_HIDDEN as u64),
+                    (1, _) => {
+                        cpu.regs.rcx &= !(svm::cr::LEAF1_ECX_HIDDEN as u64);
+                        // The virtual APIC (`platform`): APIC (EDX 9),
+                        // x2APIC (ECX 21), TSC-deadline (ECX 24); the
+                        // initial APIC id (EBX 31:24) is the VP index, as
+                        // the APIC's id and leaf 0xB say.
+                        cpu.regs.rdx |= 1 << 9;
+                        cpu.regs.rcx |= (1 << 21) | (1 << 24);
+                        // No machine-check architecture (MCE 7, MCA 14):
+                        // its banks (MCG_CAP 0x179, ...) are not emulated,
+                        // and Linux panics when they #GP.
+                        cpu.regs.rdx &= !((1 << 7) | (1 << 14));
+                        cpu.regs.rbx = (cpu.regs.rbx & 0x00FF_FFFF) | (u64::from(index) << 24);
+                    }
+                    // x2APIC topology (SDM vol. 2A CPUID leaf 0Bh/1Fh): one
+                    // thread per core, `vp_count` cores; EDX the x2APIC id.
+                    (0xB | 0x1F, level) => {
+                        let (shift, count, kind) = match level {
+                            0 => (0, 1, 1),
+                            1 => (
+                                32 - (sh.profile.vp_count.max(1) - 1).leading_zeros(),
+                                sh.profile.vp_count,
+                                2,
+                            ),
+                            _ => (0, 0, 0),
+                        };
+                        cpu.vmcb.save.rax = u64::from(shift);
+                        cpu.regs.rbx = u64::from(count);
+                        cpu.regs.rcx = u64::from((kind << 8) | (level & 0xFF));
+                        cpu.regs.rdx = u64::from(index);
+                    }
+                    // AMD's copies of MCE/MCA (EDX 7, 14) hidden as in
+                    // leaf 1; RDTSCP (EDX 27) reads TSC_AUX (0xC0000103),
+                    // which is neither switched nor emulated.
+                    (0x8000_0001, _) => cpu.regs.rdx &= !((1 << 7) | (1 << 14) | (1 << 27)),
+                    // AMD extended APIC id (topology extensions).
+                    (0x8000_001E, _) => {
+                        cpu.vmcb.save.rax = u64::from(index);
+                        cpu.regs.rbx = 0;
+                        cpu.regs.rcx = 0;
+                    }
+                    // Invariant TSC (EDX 8) only once the guest asked for it
+                    // through HV_X64_MSR_TSC_INVARIANT_CONTROL (TLFS; Linux
+                    // 6.1 `mshyperv.c`).
+                    (0x8000_0007, _) => {
+                        let exposed = cpu
+                            .platform
+                            .as_ref()
+                            .is_some_and(|(_, t)| t.tsc_invariant & 1 != 0);
+                        if !exposed {
+                            cpu.regs.rdx &= !(1 << 8);
+                        }
+                    }
                     (7, 0) => {
                         cpu.regs.rcx &= !(svm::cr::LEAF7_ECX_HIDDEN as u64);
+                        // RDPID (ECX 22) reads TSC_AUX, which VMRUN does not
+                        // switch: hidden with RDTSCP below.
+                        cpu.regs.rcx &= !(1 << 22);
                         cpu.regs.rdx &= !(svm::cr::LEAF7_EDX_HIDDEN as u64);
                     }
                     (0xD, _) => {
@@ -801,12 +917,16 @@ fn run_vp(
             }
             // An interrupt is waiting and would wake the CPU: the HLT ends
             // at once and the vector goes in with the next entry.
-            ExitCode::HLT if crate::ipc::wakes_from_hlt(cpu.vmcb, cpu.pending) => {
-                Outcome::Advance(Intercepted::Hlt)
-            }
+            ExitCode::HLT if hlt_wakes(&mut cpu) => Outcome::Advance(Intercepted::Hlt),
             ExitCode::HLT => {
                 vp.intercept_suspended = true;
-                let header = intercept_header(&cpu, index, 1, access::EXECUTE);
+                if let Some((platform, _)) = cpu.platform.as_mut() {
+                    platform.halted = true;
+                }
+                // The root steps over the HLT (length 1); the STI shadow
+                // that may have covered it ends there.
+                cpu.vmcb.control.int_state &= !1;
+                let header = intercept_header(cpu.vmcb, index, 1, access::EXECUTE);
                 return deliver(
                     sh.root,
                     sh.message_page,
@@ -814,6 +934,12 @@ fn run_vp(
                 );
             }
             ExitCode::NPF => {
+                if let Some(outcome) = cpu.apic_mmio() {
+                    if cpu.finish(outcome) {
+                        stats.injected += 1;
+                    }
+                    continue;
+                }
                 vp.intercept_suspended = true;
                 return deliver(sh.root, sh.message_page, &memory_message(&cpu, index));
             }
@@ -824,7 +950,7 @@ fn run_vp(
                     id,
                     format_args!("VP {index}: shutdown (triple fault) at rip {rip:#x}"),
                 );
-                let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
                 // The VMCB is undefined after a shutdown (APM): rebuild it; the
                 // root must set the VP's registers before it runs again.
                 vp.unrecoverable = true;
@@ -840,7 +966,7 @@ fn run_vp(
                     format_args!("VP {index}: unexpected exit {other:?}: VP stopped"),
                 );
                 vp.unrecoverable = true;
-                let header = intercept_header(&cpu, index, 0, access::EXECUTE);
+                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
                 let m = Message::new(message_type::UNRECOVERABLE_EXCEPTION, header.as_bytes());
                 return deliver(sh.root, sh.message_page, &m);
             }
@@ -954,8 +1080,22 @@ fn deliver(root: &RootRam, page: u64, m: &Message) -> ChildResult<(u32, u32)> {
     Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT))
 }
 
-fn intercept_header(cpu: &Vcpu<'_>, vp_index: u32, length: u8, access_type: u8) -> InterceptHeader {
-    let s = &cpu.vmcb.save;
+/// Whether a HLT ends at once: RFLAGS.IF is set and, with timers advanced
+/// and SynIC vectors taken in, an interrupt is deliverable (Linux idles in
+/// `sti; hlt` and waits for its timer or the SynIC vector).
+fn hlt_wakes(cpu: &mut Vcpu<'_>) -> bool {
+    if cpu.vmcb.save.rflags & (1 << 9) == 0 {
+        return false;
+    }
+    let Some((vp, time)) = cpu.platform.as_mut() else {
+        return crate::ipc::wakes_from_hlt(cpu.vmcb, cpu.pending);
+    };
+    vp.refresh(time, cpu.synic, cpu.pending, cpu.mem);
+    vp.deliverable(cpu.vmcb, cpu.pending)
+}
+
+fn intercept_header(vmcb: &Vmcb, vp_index: u32, length: u8, access_type: u8) -> InterceptHeader {
+    let s = &vmcb.save;
     let mut state = s.cpl as u16 & execution_state::CPL_MASK;
     if s.cr0 & 1 != 0 {
         state |= execution_state::CR0_PE;
@@ -963,7 +1103,7 @@ fn intercept_header(cpu: &Vcpu<'_>, vp_index: u32, length: u8, access_type: u8) 
     if s.efer & (1 << 10) != 0 {
         state |= execution_state::EFER_LMA;
     }
-    if cpu.vmcb.control.int_state & 1 != 0 {
+    if vmcb.control.int_state & 1 != 0 {
         state |= execution_state::INTERRUPT_SHADOW;
     }
     InterceptHeader {
@@ -1019,7 +1159,7 @@ fn io_message(cpu: &Vcpu<'_>, vp_index: u32) -> Message {
     instruction_bytes[..fetched].copy_from_slice(&bytes[..fetched]);
     let m = IoPortIntercept {
         header: intercept_header(
-            cpu,
+            cpu.vmcb,
             vp_index,
             length,
             if is_in { access::READ } else { access::WRITE },
@@ -1053,7 +1193,7 @@ fn memory_message(cpu: &Vcpu<'_>, vp_index: u32) -> Message {
     let mut instruction_bytes = [0u8; 16];
     instruction_bytes[..fetched].copy_from_slice(&bytes[..fetched]);
     let m = MemoryIntercept {
-        header: intercept_header(cpu, vp_index, 0, access_type),
+        header: intercept_header(cpu.vmcb, vp_index, 0, access_type),
         cache_type: 6, // write-back
         instruction_byte_count: fetched as u8,
         memory_access_info: 0,

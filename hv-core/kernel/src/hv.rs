@@ -71,6 +71,7 @@ impl Hv {
             ignore_unknown_msrs: false,
             logged: &mut self.root_logged,
             vp_assist: &mut self.root_vp_assist,
+            platform: None,
         }
     }
 
@@ -89,6 +90,7 @@ impl Hv {
             privileges: PartitionPrivileges::ROOT,
             vp_count: 1,
             lp_count: 1,
+            features: 0,
         };
         if code == ExitCode::VMMCALL {
             return self.root_hypercall(vmcb, regs, profile);

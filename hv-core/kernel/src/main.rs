@@ -31,7 +31,11 @@ mod ipc;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+mod platform;
+#[cfg(target_os = "none")]
 mod root;
+#[cfg(target_os = "none")]
+mod time;
 #[cfg(target_os = "none")]
 mod vcpu;
 #[cfg(target_os = "none")]

@@ -150,6 +150,9 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         }
     );
 
+    // hv-core's time base, measured while it still owns the machine's ports.
+    crate::time::calibrate();
+
     // From here on the launch cannot be refused: failures are fatal.
     let region = handoff.region_base..handoff.region_base + handoff.region_size;
     memory::init(region.clone(), handoff.image_size, memory::ram_top(&handoff));

@@ -5,6 +5,7 @@
 
 use crate::ipc::SynicMem;
 use crate::memory::GuestMemory;
+use crate::platform::{PartitionTime, VpPlatform};
 use crate::vmrun::GuestRegs;
 use hv1_abi::cpuid::{CPUID1_ECX_HYPERVISOR, HvCpuidProfile};
 use hv1_abi::msr;
@@ -96,6 +97,57 @@ pub struct SyntheticMsrs {
     pub reference_tsc: u64,
 }
 
+// Architectural MSRs a child (Linux 6.1 on AMD) reads at boot, and what it
+// gets. Nothing is passed through from the host: each value is a constant
+// describing the virtual machine. Writes are refused with #GP unless listed.
+//
+// | MSR        | Name             | Read                     | Write                         |
+// |------------|------------------|--------------------------|-------------------------------|
+// | 0x8B       | PATCH_LEVEL (AMD) / BIOS_SIGN_ID (Intel) | 0 (no microcode rev) | accepted, ignored (Intel `intel_get_microcode_revision` writes 0) |
+// | 0xFE       | MTRRcap          | 0: no variable or fixed MTRRs, no WC | #GP (read-only)      |
+// | 0x2FF      | MTRRdefType      | 0x806: MTRRs enabled (E), default type WB | valid values accepted, not applied; #GP otherwise |
+// | 0x200-0x20F, 0x250, 0x258-0x259, 0x268-0x26F | MTRR ranges | #GP (MTRRcap says none) | #GP |
+// | 0x1B, 0x6E0, 0x800-0x8FF | APIC     | `vlapic` (platform.rs)   | `vlapic`                      |
+// | 0xC0010010 | SYSCFG           | 0 (no MtrrFixDram, no TOM2, no SME) | #GP               |
+// | 0xC0010015 | HWCR             | 0x0100_0000: TscFreqSel (TSC at P0 rate) | accepted, ignored (`init_amd` sets feature bits with `msr_set_bit`) |
+// | 0xC001001A | TOP_MEM          | 0 (Linux reads it only with MTRR cleanup on K8) | #GP   |
+// | 0xC0010055 | INT_PENDING_MSG  | 0: no C1E on CMP halt (`amd_e400_c1e_apic_setup`, E400 parts) | #GP |
+// | 0xC0011029 | DE_CFG           | 0x2: LFENCE serializing (`init_amd_zn`: sets bit 1 if clear) | accepted, ignored |
+//
+// MTRRdefType is a constant: a valid write is accepted and not applied (the
+// NPT maps a child's RAM write-back whatever it asks).
+
+/// A child's read of a boot-time architectural MSR (table above).
+fn child_boot_msr(index: u32) -> Option<u64> {
+    Some(match index {
+        0x8B => 0,
+        0xFE => 0,
+        0x2FF => MTRR_DEF_TYPE,
+        0xC001_0010 => 0,
+        0xC001_0015 => 1 << 24,
+        0xC001_001A => 0,
+        0xC001_0055 => 0,
+        0xC001_1029 => 1 << 1,
+        _ => return None,
+    })
+}
+
+/// MTRRdefType as a child reads it: E (bit 11) set, FE (bit 10) clear (no
+/// fixed-range MTRRs), default type WB (6).
+const MTRR_DEF_TYPE: u64 = (1 << 11) | 6;
+
+/// A child's write of a boot-time MSR: `Some(true)` accepted (and ignored),
+/// `Some(false)` refused, `None` not one of them.
+fn child_boot_msr_write(index: u32, value: u64) -> Option<bool> {
+    Some(match index {
+        0x8B | 0xC001_0015 | 0xC001_1029 => true,
+        // Type in bits 7:0 (UC, WC, WT, WP, WB), FE (10), E (11); the rest
+        // is reserved (SDM vol. 3A §11.11.2.1).
+        0x2FF => value & !0xCFF == 0 && matches!(value & 0xFF, 0 | 1 | 4 | 5 | 6),
+        _ => return None,
+    })
+}
+
 /// Log a line a partition's behaviour caused, at most [`LOG_LIMIT`] per
 /// partition (`logged` is its budget so far): every such line goes through
 /// here, so a hostile guest cannot flood hv-core's log channel.
@@ -160,6 +212,9 @@ pub struct Vcpu<'a> {
     pub logged: &'a mut u32,
     /// HV_X64_MSR_VP_ASSIST_PAGE of this VP.
     pub vp_assist: &'a mut u64,
+    /// A child VP's APIC, timers and its partition's reference time (`None`
+    /// for the root, whose APIC is the real one).
+    pub platform: Option<(&'a mut VpPlatform, &'a mut PartitionTime)>,
 }
 
 impl Vcpu<'_> {
@@ -172,8 +227,14 @@ impl Vcpu<'_> {
     /// Returns true if an exception was injected.
     pub fn finish(&mut self, outcome: Outcome) -> bool {
         match outcome {
-            Outcome::Advance(kind) => self.advance_rip(kind),
+            // An STI/MOV SS shadow covers only the next instruction, which
+            // hv-core just completed: it ends with it.
+            Outcome::Advance(kind) => {
+                self.vmcb.control.int_state &= !1;
+                self.advance_rip(kind)
+            }
             Outcome::Skip(len) => {
+                self.vmcb.control.int_state &= !1;
                 self.vmcb.save.rip = self.vmcb.save.rip.wrapping_add(len as u64);
                 false
             }
@@ -297,6 +358,29 @@ impl Vcpu<'_> {
     /// RDMSR of an intercepted MSR.
     pub fn rdmsr(&mut self) -> Outcome {
         let index = self.regs.rcx as u32;
+        let platform = match self.platform.as_mut() {
+            Some((vp, time)) => vp.rdmsr(time, index),
+            None => None,
+        };
+        let value = match platform {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => {
+                self.log_refusal(format_args!("rdmsr {index:#x} refused ({e:?}): #GP"));
+                return Outcome::GP;
+            }
+            None if self.partition != hv1_abi::ROOT_PARTITION_ID => match child_boot_msr(index) {
+                Some(v) => v,
+                None => return self.rdmsr_common(index),
+            },
+            None => return self.rdmsr_common(index),
+        };
+        self.vmcb.save.rax = value & 0xFFFF_FFFF;
+        self.regs.rdx = value >> 32;
+        Outcome::Advance(Intercepted::Rdmsr)
+    }
+
+    /// RDMSR of the MSRs root and children share.
+    fn rdmsr_common(&mut self, index: u32) -> Outcome {
         let value = match index {
             msr::GUEST_OS_ID => self.msrs.guest_os_id,
             msr::HYPERCALL => self.msrs.hypercall,
@@ -330,6 +414,33 @@ impl Vcpu<'_> {
     pub fn wrmsr(&mut self) -> Outcome {
         let index = self.regs.rcx as u32;
         let value = (self.vmcb.save.rax & 0xFFFF_FFFF) | (self.regs.rdx << 32);
+        let platform = match self.platform.as_mut() {
+            Some((vp, time)) => vp.wrmsr(time, self.mem, index, value),
+            None => None,
+        };
+        match platform {
+            Some(Ok(None)) => return Outcome::Advance(Intercepted::Wrmsr),
+            Some(Ok(Some(ipi))) => {
+                self.log_refusal(format_args!("IPI {ipi:?} not routed (no SMP routing): dropped"));
+                return Outcome::Advance(Intercepted::Wrmsr);
+            }
+            Some(Err(e)) => {
+                self.log_refusal(format_args!(
+                    "wrmsr {index:#x} <- {value:#x} refused ({e:?}): #GP"
+                ));
+                return Outcome::GP;
+            }
+            None => {}
+        }
+        if self.partition != hv1_abi::ROOT_PARTITION_ID
+            && let Some(accepted) = child_boot_msr_write(index, value)
+        {
+            if accepted {
+                return Outcome::Advance(Intercepted::Wrmsr);
+            }
+            self.log_refusal(format_args!("wrmsr {index:#x} <- {value:#x} refused: #GP"));
+            return Outcome::GP;
+        }
         match index {
             MSR_EFER => return self.write_efer(value),
             // Guest PAT lives in the VMCB (on hardware it is G_PAT under NPT).

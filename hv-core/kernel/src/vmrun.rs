@@ -61,6 +61,29 @@ impl GuestRegs {
             _ => 0,
         }
     }
+
+    /// Set GPR `n` (x86 encoding order). RAX (0) and RSP (4) live in the
+    /// VMCB: the caller writes those there; here they are ignored.
+    pub fn set(&mut self, n: u8, value: u64) {
+        let slot = match n & 15 {
+            1 => &mut self.rcx,
+            2 => &mut self.rdx,
+            3 => &mut self.rbx,
+            5 => &mut self.rbp,
+            6 => &mut self.rsi,
+            7 => &mut self.rdi,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            15 => &mut self.r15,
+            _ => return,
+        };
+        *slot = value;
+    }
 }
 
 global_asm!(

@@ -298,7 +298,10 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         }
         let mut vp_json = String::new();
         json::array(&mut vp_json, vps.iter().map(String::as_str));
-        let q = w.quotas();
+        let mut q: Vec<(&'static str, u64, u64)> = w.quotas().to_vec();
+        if let Ok(c) = m.integration(id) {
+            q.push(crate::integration::kvp_quota(c));
+        }
         let mut quotas = String::new();
         let mut qo = Object::new(&mut quotas);
         for (name, used, limit) in q.iter() {
@@ -392,8 +395,11 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         "synic:        {} messages received, {} replies posted, {} replies refused, {} refused as malformed",
         w.messages, w.replies, w.replies_refused, w.vmbus_violations
     );
-    let quota_line: Vec<String> = w
-        .quotas()
+    let mut quotas: Vec<(&'static str, u64, u64)> = w.quotas().to_vec();
+    if let Ok(c) = m.integration(id) {
+        quotas.push(crate::integration::kvp_quota(c));
+    }
+    let quota_line: Vec<String> = quotas
         .iter()
         .map(|(name, used, limit)| format!("{name} {used}/{limit}"))
         .collect();

@@ -154,6 +154,17 @@ pub fn info_text(c: &Controls, out: &mut String) {
     );
 }
 
+/// What the child's KVP answers make the root keep: pairs stored over all
+/// pools, against the bound `vsp_ic` enforces.
+pub fn kvp_quota(c: &Controls) -> (&'static str, u64, u64) {
+    let used: usize = c.kvp().pools.iter().map(|(_, p)| p.len()).sum();
+    (
+        "kvp_pairs",
+        used as u64,
+        (vsp_ic::MAX_ENTRIES_PER_POOL * KvpPool::COUNT as usize) as u64,
+    )
+}
+
 /// Push the host's time now (`timesync ID`, and every start).
 pub fn push_time(c: &Controls) -> Result<u64, String> {
     let now = clock::filetime_now().ok_or("the root has no wall-clock time (its RTC gave no valid date)")?;

@@ -24,13 +24,23 @@ pub struct Manager {
     pub dispatches: u64,
     /// Each child's integration services, by partition id.
     integration: Vec<(u64, vsp_ic::Controls)>,
-    /// Graceful shutdowns asked for: (partition, tick by which it must
-    /// have powered off).
-    shutdowns: Vec<(u64, u64)>,
+    /// Graceful shutdowns asked for.
+    shutdowns: Vec<PendingShutdown>,
     /// Tick the devices last had their timed work.
     last_device_tick: u64,
     /// (partition, start tick) whose start the host's time was pushed for.
     time_pushed: Vec<(u64, u64)>,
+}
+
+/// A `shutdown ID` waiting for the child to act.
+struct PendingShutdown {
+    id: u64,
+    /// Tick by which it must have powered off (or rebooted).
+    deadline: u64,
+    /// A restart was asked for: done once the child has rebooted itself.
+    reboot: bool,
+    /// Its guest reboots when asked.
+    reboots_before: u64,
 }
 
 /// How long `shutdown ID` waits for the child to power off.
@@ -87,8 +97,14 @@ impl Manager {
             .request_shutdown(reboot, reason)
             .map_err(|e| format!("partition {id} ({name}): {e}"))?;
         let deadline = crate::timer::ticks() + SHUTDOWN_TIMEOUT_TICKS;
-        self.shutdowns.retain(|(i, _)| *i != id);
-        self.shutdowns.push((id, deadline));
+        let reboots_before = self.get(id)?.guest_reboots;
+        self.shutdowns.retain(|p| p.id != id);
+        self.shutdowns.push(PendingShutdown {
+            id,
+            deadline,
+            reboot,
+            reboots_before,
+        });
         Ok(format!(
             "partition {id} ({name}): {} requested through the shutdown service",
             if reboot { "restart" } else { "shutdown" }
@@ -125,19 +141,26 @@ impl Manager {
             }
         }
         let workers = &self.workers;
-        self.shutdowns.retain(|&(id, deadline)| {
-            let Some(w) = workers.iter().find(|w| w.id == id) else {
+        self.shutdowns.retain(|p| {
+            let Some(w) = workers.iter().find(|w| w.id == p.id) else {
                 return false;
             };
-            if w.state != mgmt::lifecycle::ChildState::Running {
+            let done = if p.reboot {
+                w.guest_reboots > p.reboots_before || w.state != mgmt::lifecycle::ChildState::Running
+            } else {
+                w.state != mgmt::lifecycle::ChildState::Running
+            };
+            if done {
                 return false;
             }
-            if now < deadline {
+            if now < p.deadline {
                 return true;
             }
             crate::println!(
-                "\nroot: partition {id} ({}) did not power off within {} s of the shutdown request; it is still running",
+                "\nroot: partition {} ({}) did not {} within {} s of the shutdown request; it is still running",
+                p.id,
                 w.spec.name,
+                if p.reboot { "restart" } else { "power off" },
                 SHUTDOWN_TIMEOUT_TICKS / crate::timer::HZ
             );
             false
@@ -245,14 +268,16 @@ impl Manager {
     }
 
     /// Addresses a hostile child aims at: hv-core's region, a root canary
-    /// page, the highest page of the first other child, the local APIC.
+    /// page, the highest page of the first other child, device MMIO.
     fn targets(&self, spec: &CreateSpec) -> [u64; 4] {
         let mut t = [0u64; 4];
         t[target::HV_CORE] = self.hv_region.base + self.hv_region.size / 2;
         t[target::ROOT] = self.canary;
         // The first child's highest page (its lowest id: `alpha` by default).
         t[target::PEER] = self.workers.first().map_or(0, |w| w.frame_span().1);
-        t[target::MMIO] = 0xFEE0_0000;
+        // A real device of the root's: the AMD IOMMU's registers (a child's
+        // local APIC page is its own, emulated by hv-core).
+        t[target::MMIO] = 0xFED8_0000;
         // Targets inside the child's own GPA range would hit its own memory.
         for x in t.iter_mut() {
             if *x < spec.memory {
@@ -286,7 +311,7 @@ impl Manager {
                 let mut w = self.workers.remove(pos);
                 w.destroy();
                 self.integration.retain(|(i, _)| *i != id);
-                self.shutdowns.retain(|(i, _)| *i != id);
+                self.shutdowns.retain(|p| p.id != id);
                 self.time_pushed.retain(|(i, _)| *i != id);
                 Ok(format!(
                     "partition {id} ({name}) destroyed; its memory is back with the root"

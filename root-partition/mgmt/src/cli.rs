@@ -521,9 +521,10 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             o if o.starts_with("--") => return Err(ParseError::UnknownOption(o.to_string())),
             o => return Err(ParseError::Unexpected(o.to_string())),
         };
-        // A command line may itself start with "--" only when quoted; an
-        // empty quoted command line is allowed.
-        if w.words.is_empty() || (key != "--cmdline" && w.words[0].starts_with("--")) {
+        // An option's value never starts with "--" (`--cmdline --start` is
+        // a missing command line, not "--start"); an empty quoted command
+        // line is allowed.
+        if w.words.is_empty() || w.words[0].starts_with("--") {
             return Err(ParseError::NoValue(key));
         }
         let value = w.words.remove(0);

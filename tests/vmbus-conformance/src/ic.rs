@@ -47,7 +47,10 @@ fn wire() -> Wire<'static> {
 
 impl Rig {
     fn new() -> Result<Self, String> {
-        let (mut devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+        let (mut devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+            timesync_reference_time: true,
+            ..IcConfig::default()
+        });
         let mut wires = Vec::new();
         let mut clients = Vec::new();
         for d in devices.iter_mut() {
@@ -99,7 +102,10 @@ impl Rig {
 /// One device (by index: 0 shutdown, 1 timesync, 2 heartbeat, 3 KVP),
 /// open, its negotiation sent but not answered.
 fn alone(index: usize) -> Result<(Dev, Wire<'static>, Controls, u64, Vec<u8>), String> {
-    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+        timesync_reference_time: true,
+        ..IcConfig::default()
+    });
     let mut dev = devices.into_iter().nth(index).ok_or("no device")?;
     let w = wire();
     dev.open(w.channel().ok_or("rings")?)

@@ -20,7 +20,7 @@ use vsp::InspectSink;
 /// Requests that may wait behind the one in flight.
 pub const MAX_QUEUED: usize = 16;
 /// Pairs kept per pool (an enumeration stops there).
-pub const MAX_ENTRIES_PER_POOL: usize = 64;
+pub const MAX_ENTRIES_PER_POOL: usize = 32;
 /// Results remembered (oldest dropped first).
 pub const MAX_RESULTS: usize = 16;
 

@@ -58,6 +58,9 @@ pub struct IcConfig {
     /// Time between heartbeats (an unanswered one counts as missed when
     /// the next is due).
     pub heartbeat_interval_ns: u64,
+    /// The host can give every time sample the guest's partition reference
+    /// time: time sync offers version 4.0 too (see [`Timesync`]).
+    pub timesync_reference_time: bool,
 }
 
 impl Default for IcConfig {
@@ -65,6 +68,7 @@ impl Default for IcConfig {
         // Hyper-V sends a heartbeat every two seconds (Linux hv_util.c).
         Self {
             heartbeat_interval_ns: 2_000_000_000,
+            timesync_reference_time: false,
         }
     }
 }
@@ -156,7 +160,7 @@ impl IntegrationServices {
         let controls = Controls {
             heartbeat: Shared::new(Heartbeat::new(config.heartbeat_interval_ns)),
             shutdown: Shared::new(Shutdown::new()),
-            timesync: Shared::new(Timesync::new()),
+            timesync: Shared::new(Timesync::with_reference_time(config.timesync_reference_time)),
             kvp: Shared::new(Kvp::new()),
         };
         let devices = alloc::vec![

@@ -33,7 +33,10 @@ fn leak_wire() -> Wire<'static> {
 
 impl Rig {
     fn new() -> Self {
-        let (mut devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+        let (mut devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+            timesync_reference_time: true,
+            ..IcConfig::default()
+        });
         let mut wires = Vec::new();
         let mut clients = Vec::new();
         for d in devices.iter_mut() {
@@ -246,7 +249,10 @@ fn enumeration_stops_at_the_pool_bound() {
 fn negotiated_alone(
     service: GuestService,
 ) -> (Box<dyn Device<&'static AtomicMemory>>, Wire<'static>, Controls) {
-    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+        timesync_reference_time: true,
+        ..IcConfig::default()
+    });
     let mut dev = devices
         .into_iter()
         .find(|d| d.offer().interface_type == service.interface())
@@ -263,7 +269,10 @@ fn negotiated_alone(
 
 #[test]
 fn version_mismatch_leaves_the_service_idle() {
-    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+        timesync_reference_time: true,
+        ..IcConfig::default()
+    });
     let mut dev = devices.into_iter().nth(2).unwrap(); // heartbeat
     let wire = leak_wire();
     dev.open(wire.channel().unwrap()).unwrap();
@@ -276,7 +285,10 @@ fn version_mismatch_leaves_the_service_idle() {
     dev.tick(10 * SEC);
     assert!(wire.receive().is_none(), "nothing is sent without versions");
     // A guest choosing a version that was not offered is a violation.
-    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+    let (devices, controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig {
+        timesync_reference_time: true,
+        ..IcConfig::default()
+    });
     let mut dev = devices.into_iter().nth(2).unwrap();
     let wire = leak_wire();
     dev.open(wire.channel().unwrap()).unwrap();
@@ -433,4 +445,25 @@ fn reset_and_reopen_negotiate_again() {
     rig.settle();
     assert!(rig.controls.heartbeat().service.phase.versions().is_some());
     assert_eq!(rig.controls.kvp().service.requests_sent, 3);
+}
+
+/// A host that cannot read the guest's reference time offers time sync
+/// 3.0 and 1.0 only (IcConfig's default), and the guest settles on 3.0.
+#[test]
+fn without_reference_time_timesync_stops_at_3_0() {
+    let (mut devices, _controls) = IntegrationServices::new::<&'static AtomicMemory>(IcConfig::default());
+    let timesync = &mut devices[1];
+    assert_eq!(timesync.offer().interface_type, ic_protocol::TIMESYNC_GUID);
+    let wire = leak_wire();
+    timesync.open(wire.channel().unwrap()).unwrap();
+    timesync.tick(1);
+    let (id, negotiate) = wire.receive().expect("negotiation sent");
+    let mut client = IcClient::new(GuestService::TimeSync);
+    let reply = client.handle(&negotiate).expect("answered");
+    wire.send(id, &reply.payload);
+    timesync.poll(64);
+    assert_eq!(
+        client.versions().map(|(_, s)| s),
+        Some(ic_protocol::Version::new(3, 0))
+    );
 }

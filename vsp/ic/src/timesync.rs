@@ -26,6 +26,13 @@ pub struct TimesyncState {
 
 /// The time sync service.
 pub struct Timesync {
+    /// Offer version 4.0, whose samples carry the partition reference time
+    /// they were read at. Linux 6.1 (`hv_util.c` `hv_get_adj_host_time`)
+    /// then adds the reference time elapsed since: a host that cannot read
+    /// the guest's reference counter must not offer 4.0, or the guest's
+    /// clock lands ahead by its whole uptime. Below 4.0 Linux takes the
+    /// sample as current.
+    with_reference_time: bool,
     pending: Option<TimeSample>,
     in_flight: Option<TimeSample>,
     /// Readout.
@@ -33,9 +40,16 @@ pub struct Timesync {
 }
 
 impl Timesync {
-    /// Nothing pushed yet.
+    /// Nothing pushed yet; versions 3.0 and 1.0 only.
     pub fn new() -> Self {
+        Self::with_reference_time(false)
+    }
+
+    /// Nothing pushed yet; version 4.0 too if `with_reference_time` (every
+    /// sample must then carry its reference time).
+    pub fn with_reference_time(with_reference_time: bool) -> Self {
         Self {
+            with_reference_time,
             pending: None,
             in_flight: None,
             state: TimesyncState::default(),
@@ -62,7 +76,12 @@ impl Service for Timesync {
     const MESSAGE_TYPE: MessageType = MessageType::TIMESYNC;
 
     fn versions(&self) -> &'static [Version] {
-        TIMESYNC_VERSIONS
+        if self.with_reference_time {
+            TIMESYNC_VERSIONS
+        } else {
+            // TIMESYNC_VERSIONS is 4.0, 3.0, 1.0: drop 4.0.
+            TIMESYNC_VERSIONS.get(1..).unwrap_or(TIMESYNC_VERSIONS)
+        }
     }
 
     fn timeout_ns(&self) -> u64 {

@@ -480,11 +480,25 @@ pub fn run(name: &str, info: &'static BootInfo) -> ! {
     );
     case(
         "H-MSR-10",
-        "REFERENCE_TSC: disabled writes kept (kexec's read-modify-write), enabling refused",
+        "REFERENCE_TSC: disabled writes kept (kexec's read-modify-write), enabling fills its own page",
         &mut || {
             let v = rdmsr(msr::REFERENCE_TSC).map_err(|f| format!("read: {}", f.name()))?;
             wrmsr(msr::REFERENCE_TSC, v & !1).map_err(|f| format!("disabled write: {}", f.name()))?;
-            expect_fault("enable", wrmsr(msr::REFERENCE_TSC, 0x5000 | 1), GP)
+            // The page is offered now (CPUID 0x40000003 EAX bit 9): enabling
+            // it on the child's own page fills it (sequence not 0).
+            #[repr(C, align(4096))]
+            struct Page([u8; 4096]);
+            static mut TSC_PAGE: Page = Page([0; 4096]);
+            let page = &raw const TSC_PAGE as u64;
+            wrmsr(msr::REFERENCE_TSC, page | 1).map_err(|f| format!("enable: {}", f.name()))?;
+            // SAFETY: this case's own page, which hv-core just filled.
+            let sequence = unsafe { core::ptr::read_volatile(page as *const u32) };
+            let back = rdmsr(msr::REFERENCE_TSC).map_err(|f| format!("read back: {}", f.name()))?;
+            wrmsr(msr::REFERENCE_TSC, 0).map_err(|f| format!("disable: {}", f.name()))?;
+            if sequence == 0 || back != page | 1 {
+                return Err(format!("sequence {sequence}, read back {back:#x}"));
+            }
+            Ok(())
         },
     );
     case(

@@ -95,7 +95,13 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         "write-root" => touch(name, "write", "root memory", info.targets[target::ROOT], true),
         "read-peer" => touch(name, "read", "a peer's memory", info.targets[target::PEER], false),
         "write-peer" => touch(name, "write", "a peer's memory", info.targets[target::PEER], true),
-        "read-mmio" => touch(name, "read", "the local APIC", info.targets[target::MMIO], false),
+        "read-mmio" => touch(
+            name,
+            "read",
+            "the IOMMU's registers",
+            info.targets[target::MMIO],
+            false,
+        ),
         "triple-fault" => triple_fault(name),
         "ioports" => io_ports(name),
         "string-io" => string_io(name),
@@ -122,6 +128,7 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         }
         // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
         "cpu-hostile" => crate::cpu_hostile::run(name, info),
+        "apic-timer" => crate::apic::run(name),
         // Integration services (heartbeat, shutdown, time sync, KVP): ic_mode.rs.
         "ic" => crate::ic_mode::run(name, false),
         "ic-stubborn" => crate::ic_mode::run(name, true),

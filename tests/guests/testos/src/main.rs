@@ -18,6 +18,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod apic;
+#[cfg(target_os = "none")]
 mod cpu_hostile;
 #[cfg(target_os = "none")]
 mod guest;

@@ -1,0 +1,45 @@
+//! The platform a Linux child needs from hv-core (virtual local APIC, the
+//! Hyper-V time enlightenments, synthetic timers), checked from inside a test
+//! OS child in mode `apic-timer` (`tests/guests/testos/src/apic.rs`): every
+//! check prints one line ending in `ok` or `FAILED`.
+
+use qemu_tests::Machine;
+
+/// Lines the child prints, one per check, in order.
+const CHECKS: [&str; 12] = [
+    "cpuid: ",
+    "xapic: ",
+    "x2apic: enabled",
+    "frequencies: ",
+    "one-shot timer: ",
+    "eoi: ",
+    "periodic timer: ",
+    "tpr: ",
+    "self ipi via icr: ",
+    "reference counter: ",
+    "reference tsc page: ",
+    "synthetic timer: ",
+];
+
+#[test]
+fn a_child_gets_an_apic_timers_and_reference_time() {
+    let mut m = Machine::boot("linux-platform", "", None);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    let created = m.hvctl("create plat --memory 8M --image testos --mode apic-timer --start");
+    assert!(created.contains("created and started"), "{created}");
+    let console = m.wait_text("console 4", "apic-timer done");
+    eprintln!("{console}");
+    for check in CHECKS {
+        let line = console
+            .lines()
+            .find(|l| l.contains(&format!("testos plat: {check}")))
+            .unwrap_or_else(|| panic!("no {check:?} line in\n{console}"));
+        assert!(
+            line.trim_end().ends_with(": ok"),
+            "check failed: {line}\n{console}"
+        );
+    }
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["injected_exceptions"], 0, "{info}");
+    assert_eq!(info["state"], "running", "{info}");
+}
