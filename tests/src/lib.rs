@@ -27,11 +27,11 @@ pub fn images() -> &'static xtask::Images {
     })
 }
 
-/// The Linux child's kernel command line in the QEMU tests and the
-/// default run: serial console, early console, no port-0x80 delays, and a
-/// panic stops the guest instead of rebooting it.
-pub const LINUX_CMDLINE: &str =
-    "console=ttyS0 earlycon=uart8250,io,0x3f8 io_delay=none panic=0 hostname=debian-child";
+/// The Linux child's kernel command line in the QEMU tests and benchmarks:
+/// what the bare-QEMU comparison boots with too
+/// (`xtask::linux::CHILD_CMDLINE_BASE`), except that a panic stops the
+/// guest (`panic=0`) instead of rebooting it.
+pub const LINUX_CMDLINE: &str = "console=ttyS0 io_delay=none pci=off quiet panic=0 hostname=debian-child";
 
 /// Images with Debian's kernel as a manifest child `linux` (partition 4,
 /// after alpha and beta; 256 MiB), built once per test binary, plus the
@@ -306,34 +306,59 @@ impl Machine {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        self.wait_json_every(command, what, Duration::from_millis(100), BOOT_DEADLINE, pred)
+    }
+
+    /// [`Self::wait_json`] polling every `interval` until `deadline`.
+    pub fn wait_json_every(
+        &mut self,
+        command: &str,
+        what: &str,
+        interval: Duration,
+        deadline: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let start = Instant::now();
         loop {
             let v = self.hvctl_json(command);
             if pred(&v) {
                 return v;
             }
-            if start.elapsed() > BOOT_DEADLINE {
+            if start.elapsed() > deadline {
                 self.fail(&format!("timed out waiting for {what}; last {command:?}: {v}"));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(interval);
         }
     }
 
     /// Poll `command` until its output has a whole line containing
     /// `needle`, or fail at the deadline.
     pub fn wait_text(&mut self, command: &str, needle: &str) -> String {
+        self.wait_text_every(command, needle, Duration::from_millis(100), BOOT_DEADLINE)
+    }
+
+    /// [`Self::wait_text`] polling every `interval` until `deadline`: a
+    /// large output (a Linux child's console) costs the root a serial
+    /// line's worth of work per poll, so long waits poll slowly.
+    pub fn wait_text_every(
+        &mut self,
+        command: &str,
+        needle: &str,
+        interval: Duration,
+        deadline: Duration,
+    ) -> String {
         let start = Instant::now();
         loop {
             let out = self.hvctl(command);
             if contains_line(&out, needle) {
                 return out;
             }
-            if start.elapsed() > BOOT_DEADLINE {
+            if start.elapsed() > deadline {
                 self.fail(&format!(
-                    "timed out waiting for {needle:?} in {command:?}; last: {out}"
+                    "timed out after {deadline:?} waiting for {needle:?} in {command:?}; last: {out}"
                 ));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(interval);
         }
     }
 

@@ -50,8 +50,17 @@ pub const CMDLINE_MAX: u64 = 4095;
 pub const LOW_RAM_END: u64 = 0x9_F000;
 /// Where the ACPI tables go.
 pub const ACPI_GPA: u64 = 0xE_0000;
-/// Most bytes of ACPI tables (up to 1 MiB).
-pub const ACPI_MAX: u64 = 0x2_0000;
+/// Most bytes of ACPI tables (up to the reset stub's page).
+pub const ACPI_MAX: u64 = 0x1_F000;
+/// The real-mode reset vector (F000:FFF0), where a PC's firmware starts.
+/// Linux on HW-reduced ACPI without EFI reboots through it: it picks an
+/// EFI reboot (`efi_reboot_required`, arch/x86/platform/efi/quirks.c),
+/// which without EFI falls back to `machine_real_restart(MRR_BIOS)`
+/// (arch/x86/kernel/reboot.c), a far jump to F000:FFF0.
+pub const RESET_VECTOR_GPA: u64 = 0xF_FFF0;
+// The stub's 16 bytes end at 1 MiB, past the ACPI tables' room.
+const _: () = assert!(RESET_VECTOR_GPA + 16 == HIGH_RAM_START);
+const _: () = assert!(ACPI_GPA + ACPI_MAX <= RESET_VECTOR_GPA & !0xFFF);
 /// Start of the kernel's RAM.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 /// A child's RAM must end below the 32-bit MMIO window (local APIC at
@@ -208,6 +217,20 @@ pub fn plan(
     })
 }
 
+/// The child's "firmware" at the reset vector: 16-bit code that asks the
+/// platform for a reset through the ACPI reset register
+/// (`mov dx, port; mov al, value; out dx, al`) and halts, so a guest that
+/// jumps to the reset vector reboots the partition.
+pub fn reset_stub(port: u16, value: u8) -> [u8; 16] {
+    let [lo, hi] = port.to_le_bytes();
+    let mut stub = [0xF4u8; 16]; // HLT padding
+    stub[..7].copy_from_slice(&[0xBA, lo, hi, 0xB0, value, 0xEE, 0xF4]);
+    // Back to the HLT if it ever wakes: jmp -3 (EB FD).
+    stub[7] = 0xEB;
+    stub[8] = 0xFD;
+    stub
+}
+
 /// The identity page tables (PML4, PDPT, four PDs; 24 KiB from
 /// [`PML4_GPA`]): the first 4 GiB with 2 MiB pages, present and writable.
 pub fn identity_page_tables() -> [u8; 6 * 4096] {
@@ -283,6 +306,13 @@ mod tests {
         let e = plan(&bz, 64 * MIB, 0, 60 * MIB, 0, 0).unwrap_err();
         assert!(matches!(e, LinuxChildError::InitrdTooBig { .. }), "{e:?}");
         assert!(e.to_string().contains("does not fit"));
+    }
+
+    #[test]
+    fn the_reset_stub_writes_the_reset_register() {
+        let s = reset_stub(0x402, 1);
+        // mov dx, 0x402; mov al, 1; out dx, al; hlt; jmp $-1
+        assert_eq!(&s[..9], &[0xBA, 0x02, 0x04, 0xB0, 0x01, 0xEE, 0xF4, 0xEB, 0xFD]);
     }
 
     #[test]

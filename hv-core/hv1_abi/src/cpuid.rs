@@ -140,6 +140,9 @@ pub mod features {
     /// APIC_FREQUENCY (0x40000023) can be read (Linux 6.1 `mshyperv.c`
     /// needs it together with AccessFrequencyRegs).
     pub const FREQUENCY_MSRS_AVAILABLE: u32 = 1 << 8;
+    /// HV_FEATURE_GUEST_CRASH_MSR_AVAILABLE: the guest crash MSRs
+    /// (`msr::CRASH_P0`..`msr::CRASH_CTL`, 0x4000_0100-0x4000_0105).
+    pub const GUEST_CRASH_MSR_AVAILABLE: u32 = 1 << 10;
     /// HV_STIMER_DIRECT_MODE_AVAILABLE.
     pub const STIMER_DIRECT_MODE_AVAILABLE: u32 = 1 << 19;
 }

@@ -41,6 +41,26 @@ pub const STIMER0_COUNT: u32 = 0x4000_00B1;
 /// HV_EXPOSE_INVARIANT_TSC when HV_ACCESS_TSC_INVARIANT is set).
 pub const TSC_INVARIANT_CONTROL: u32 = 0x4000_0118;
 
+/// HV_X64_MSR_CRASH_P0: the first of five guest crash parameters (TLFS
+/// "Guest Crash Reporting"; CRASH_Pn = CRASH_P0 + n, n < 5). Available when
+/// CPUID 0x4000_0003 EDX bit 10 is set. Partition-wide; guest data the
+/// hypervisor only stores and forwards. Linux 6.1 writes P0 = error code,
+/// P1 = GUEST_OS_ID, P2 = RIP, P3 = RAX, P4 = RSP (`hyperv_report_panic`),
+/// or P0-P2 = 0, P3 = GPA of a message page, P4 = its length in bytes
+/// (`hv_kmsg_dump`, with [`CRASH_CTL_MESSAGE`]).
+pub const CRASH_P0: u32 = 0x4000_0100;
+/// HV_X64_MSR_CRASH_P4.
+pub const CRASH_P4: u32 = 0x4000_0104;
+/// HV_X64_MSR_CRASH_CTL: a guest reads it to learn which bits the
+/// hypervisor supports; writing it with [`CRASH_CTL_NOTIFY`] reports the
+/// crash described by P0-P4.
+pub const CRASH_CTL: u32 = 0x4000_0105;
+/// CRASH_CTL bit 63, CrashNotify: the guest crashed, P0-P4 say how.
+pub const CRASH_CTL_NOTIFY: u64 = 1 << 63;
+/// CRASH_CTL bit 62, CrashMessage (HV_CRASH_CTL_CRASH_NOTIFY_MSG): P3 is
+/// the GPA of a page of text and P4 its length.
+pub const CRASH_CTL_MESSAGE: u64 = 1 << 62;
+
 /// The synthetic MSR range the hypervisor owns.
 pub const SYNTHETIC_RANGE: core::ops::RangeInclusive<u32> = 0x4000_0000..=0x4000_FFFF;
 

@@ -155,3 +155,56 @@ pub struct DmaGuard {
     pub target_aborts: u64,
 }
 const _: () = assert!(size_of::<DmaGuard>() == 11 * 8);
+
+/// Private intercept-message types: hv-core's messages to the root on a VP's
+/// intercept-message page where Hyper-V has no message of its own (its VM
+/// worker learns of these through the VID driver instead). They live in
+/// `0xC000_0000..=0xC000_00FF`, the call-code range's twin; Hyper-V defines
+/// no message types there (its own are `0x8000_0000..=0x8002_FFFF`).
+pub mod message_type {
+    /// The private message-type range.
+    pub const RANGE: core::ops::RangeInclusive<u32> = 0xC000_0000..=0xC000_00FF;
+    /// A child wrote HV_X64_MSR_CRASH_CTL with CrashNotify: payload
+    /// [`super::GuestCrash`]. The VP is stopped for good: it does not run
+    /// again until HvPrivResetPartition (DispatchVp answers
+    /// INVALID_VP_STATE; setting registers does not revive it).
+    pub const GUEST_CRASH: u32 = 0xC000_0001;
+}
+
+/// Payload of [`message_type::GUEST_CRASH`] (88 bytes): the x64 intercept
+/// header of the WRMSR (RIP already past it, access WRITE), the partition's
+/// crash parameters P0-P4 and the value the guest wrote to CRASH_CTL. All
+/// guest data, forwarded unchecked: P3/P4 (a message page's GPA and length
+/// when CrashMessage is set) must be checked by whoever reads them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GuestCrash {
+    /// Intercept header.
+    pub header: crate::message::InterceptHeader,
+    /// HV_X64_MSR_CRASH_P0..P4 as last written.
+    pub parameters: [u64; 5],
+    /// The CRASH_CTL value written (CrashNotify set; CrashMessage maybe).
+    pub control: u64,
+}
+const _: () = assert!(size_of::<GuestCrash>() == 88);
+const _: () = assert!(core::mem::offset_of!(GuestCrash, parameters) == 40);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_crash_round_trips_through_a_message() {
+        let c = GuestCrash {
+            parameters: [1, 2, 3, 0x1000, 42],
+            control: crate::msr::CRASH_CTL_NOTIFY | crate::msr::CRASH_CTL_MESSAGE,
+            ..Default::default()
+        };
+        let m = crate::message::Message::new(message_type::GUEST_CRASH, c.as_bytes());
+        assert_eq!(m.header.payload_size as usize, size_of::<GuestCrash>());
+        let back = GuestCrash::read_from_prefix(&m.payload).unwrap().0;
+        assert_eq!(back.parameters, [1, 2, 3, 0x1000, 42]);
+        assert_eq!(back.control >> 62, 0b11);
+        assert!(message_type::RANGE.contains(&message_type::GUEST_CRASH));
+    }
+}

@@ -23,6 +23,7 @@ use hv1_abi::partition::{
     DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, TableRegister, dispatch_flags,
     map_flags,
 };
+use hv1_abi::private::{self, GuestCrash};
 use partitions::PartitionState;
 use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
@@ -112,6 +113,9 @@ pub struct Vp {
     /// Cannot run until the root sets its registers again (triple fault,
     /// invalid state).
     pub unrecoverable: bool,
+    /// Reported a guest crash (CRASH_CTL with CrashNotify): stopped until
+    /// the partition is reset (setting registers does not revive it).
+    pub crashed: bool,
     /// HV_X64_MSR_VP_ASSIST_PAGE.
     vp_assist: u64,
     /// Its local APIC, synthetic timers and halt state.
@@ -209,8 +213,11 @@ impl Child {
 
     /// CPUID 0x4000_0003 EDX: the frequency MSRs can be read (Linux needs
     /// this with AccessFrequencyRegs to take the TSC and APIC timer rates
-    /// from them instead of calibrating against a PIT a child lacks).
-    pub const FEATURES: u32 = hv1_abi::cpuid::features::FREQUENCY_MSRS_AVAILABLE;
+    /// from them instead of calibrating against a PIT a child lacks), and
+    /// the guest crash MSRs (a panic is reported to the root, which stops
+    /// the child: `private::message_type::GUEST_CRASH`).
+    pub const FEATURES: u32 = hv1_abi::cpuid::features::FREQUENCY_MSRS_AVAILABLE
+        | hv1_abi::cpuid::features::GUEST_CRASH_MSR_AVAILABLE;
 
     /// HvCallInitializePartition: build the (empty) NPT.
     pub fn initialize(&mut self) -> ChildResult<()> {
@@ -269,6 +276,7 @@ impl Child {
             vp.intercept_suspended = false;
             vp.explicit_suspend = false;
             vp.unrecoverable = false;
+            vp.crashed = false;
             vp.vp_assist = 0;
             vp.platform.reset();
         }
@@ -414,6 +422,7 @@ impl Child {
             intercept_suspended: false,
             explicit_suspend: false,
             unrecoverable: false,
+            crashed: false,
             vp_assist: 0,
             platform: VpPlatform::new(index),
         };
@@ -654,7 +663,7 @@ impl Child {
             .and_then(Option::as_mut)
             .ok_or(HvStatus::INVALID_VP_INDEX)?;
         let message_page = vp.message_page.ok_or(HvStatus::INVALID_VP_STATE)?;
-        if vp.unrecoverable {
+        if vp.unrecoverable || vp.crashed {
             return Err(HvStatus::INVALID_VP_STATE);
         }
         if vp.intercept_suspended {
@@ -973,6 +982,27 @@ fn run_vp(
         };
         if cpu.finish(outcome) {
             stats.injected += 1;
+        }
+        // The guest reported a crash (CRASH_CTL with CrashNotify, the WRMSR
+        // now complete): the VP stops for good and the root hears P0-P4.
+        if let Some(control) = cpu.msrs.crash_notify.take() {
+            let parameters = cpu.msrs.crash_parameters;
+            crate::vcpu::log_limited(
+                cpu.logged,
+                id,
+                format_args!(
+                    "VP {index}: guest crash report (CRASH_CTL {control:#x}, P0 {:#x}): VP stopped",
+                    parameters[0]
+                ),
+            );
+            let report = GuestCrash {
+                header: intercept_header(cpu.vmcb, index, 0, access::WRITE),
+                parameters,
+                control,
+            };
+            vp.crashed = true;
+            let m = Message::new(private::message_type::GUEST_CRASH, report.as_bytes());
+            return deliver(sh.root, sh.message_page, &m);
         }
         // The child just posted or signalled to the root: end the dispatch so
         // the root takes its SynIC interrupt now rather than at its next timer

@@ -95,7 +95,18 @@ pub struct SyntheticMsrs {
     /// it is refused; a write that leaves it disabled is kept, because Linux
     /// read-modify-writes it unconditionally on kexec (`hyperv_cleanup`).
     pub reference_tsc: u64,
+    /// HV_X64_MSR_CRASH_P0..P4 (guest data, stored and forwarded).
+    pub crash_parameters: [u64; 5],
+    /// A CRASH_CTL write with CrashNotify not yet reported to the root: the
+    /// value written. The dispatch loop takes it, stops the VP and sends
+    /// the root `private::message_type::GUEST_CRASH`.
+    pub crash_notify: Option<u64>,
 }
+
+/// CRASH_CTL as a guest reads it: the bits hv-core supports (TLFS; Linux
+/// 6.1 `vmbus_bus_init` reads it and registers its kmsg dumper, which sends
+/// the panic text, only if CrashMessage is set).
+pub const CRASH_CTL_SUPPORTED: u64 = msr::CRASH_CTL_NOTIFY | msr::CRASH_CTL_MESSAGE;
 
 // Architectural MSRs a child (Linux 6.1 on AMD) reads at boot, and what it
 // gets. Nothing is passed through from the host: each value is a constant
@@ -379,6 +390,12 @@ impl Vcpu<'_> {
         Outcome::Advance(Intercepted::Rdmsr)
     }
 
+    /// The guest crash MSRs exist for this partition (advertised in CPUID
+    /// 0x4000_0003 EDX bit 10: children, not the root).
+    fn crash_msrs(&self) -> bool {
+        self.profile.features & hv1_abi::cpuid::features::GUEST_CRASH_MSR_AVAILABLE != 0
+    }
+
     /// RDMSR of the MSRs root and children share.
     fn rdmsr_common(&mut self, index: u32) -> Outcome {
         let value = match index {
@@ -387,6 +404,10 @@ impl Vcpu<'_> {
             msr::VP_INDEX => self.vp_index as u64,
             msr::VP_ASSIST_PAGE => *self.vp_assist,
             msr::REFERENCE_TSC => self.msrs.reference_tsc,
+            msr::CRASH_P0..=msr::CRASH_P4 if self.crash_msrs() => {
+                self.msrs.crash_parameters[(index - msr::CRASH_P0) as usize]
+            }
+            msr::CRASH_CTL if self.crash_msrs() => CRASH_CTL_SUPPORTED,
             _ if SYNIC_MSRS.contains(&index) => match self.synic.read(index) {
                 Ok(v) => v,
                 Err(e) => {
@@ -459,6 +480,16 @@ impl Vcpu<'_> {
                 }
             }
             msr::HYPERCALL => return self.write_hypercall_msr(value),
+            msr::CRASH_P0..=msr::CRASH_P4 if self.crash_msrs() => {
+                self.msrs.crash_parameters[(index - msr::CRASH_P0) as usize] = value;
+            }
+            // Any value is accepted (reads keep answering the supported
+            // bits); CrashNotify reports the crash once the write completes.
+            msr::CRASH_CTL if self.crash_msrs() => {
+                if value & msr::CRASH_CTL_NOTIFY != 0 {
+                    self.msrs.crash_notify = Some(value);
+                }
+            }
             // The VP assist page (bit 0 enable, 63:12 its GPA): accepted and
             // kept so that a guest that writes it unconditionally (Linux 6.1
             // `hv_cpu_init`) gets no #GP; hv-core does not use the page (none

@@ -94,6 +94,97 @@ impl RtcFields {
     }
 }
 
+/// The proleptic Gregorian date of a day count since 1970-01-01:
+/// (year, month 1-12, day 1-31) (H. Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn to_bcd(v: u32) -> u8 {
+    (((v / 10) % 10) << 4 | (v % 10)) as u8
+}
+
+/// A child's CMOS RTC (MC146818 at ports 0x70/0x71): the date and time
+/// are the host's (read whenever the guest reads them), in BCD and 24-hour
+/// mode as a PC BIOS leaves them; no update is ever in progress, no alarm
+/// or periodic interrupt is raised. The guest may keep bytes in the other
+/// registers (its NVRAM); writes to the clock registers are ignored (the
+/// child cannot move the host's time).
+#[derive(Debug, Clone)]
+pub struct CmosRtc {
+    index: u8,
+    nvram: [u8; 128],
+}
+
+impl Default for CmosRtc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status register A: divider 32.768 kHz, rate 1024 Hz, no update in progress.
+const STATUS_A: u8 = 0x26;
+/// Status register B: 24-hour, BCD, no interrupts enabled.
+const STATUS_B: u8 = STATUS_B_24_HOUR;
+/// Status register D: the RTC's power is good.
+const STATUS_D: u8 = 0x80;
+
+impl CmosRtc {
+    /// Power-on state.
+    pub fn new() -> Self {
+        Self {
+            index: 0,
+            nvram: [0; 128],
+        }
+    }
+
+    /// A write to port 0x70 (index; bit 7 is the NMI mask, ignored).
+    pub fn select(&mut self, value: u8) {
+        self.index = value & 0x7F;
+    }
+
+    /// A read of port 0x71 at `unix_seconds` (UTC).
+    pub fn read(&self, unix_seconds: u64) -> u8 {
+        let days = (unix_seconds / 86_400) as i64;
+        let secs = (unix_seconds % 86_400) as u32;
+        let (year, month, day) = civil_from_days(days);
+        let year = year.clamp(0, 9999) as u32;
+        match self.index {
+            0x00 => to_bcd(secs % 60),
+            0x02 => to_bcd(secs / 60 % 60),
+            0x04 => to_bcd(secs / 3600),
+            // Day of the week, 1 = Sunday (1970-01-01 was a Thursday).
+            0x06 => to_bcd(((days + 4).rem_euclid(7) + 1) as u32),
+            0x07 => to_bcd(day),
+            0x08 => to_bcd(month),
+            0x09 => to_bcd(year % 100),
+            0x32 => to_bcd(year / 100),
+            0x0A => STATUS_A,
+            0x0B => STATUS_B,
+            0x0C => 0,
+            0x0D => STATUS_D,
+            i => self.nvram[i as usize],
+        }
+    }
+
+    /// A write of port 0x71.
+    pub fn write(&mut self, value: u8) {
+        match self.index {
+            0x00..=0x0D | 0x32 => {}
+            i => self.nvram[i as usize] = value,
+        }
+    }
+}
+
 /// 100 ns units since 1601-01-01 UTC (FILETIME) of a Unix time.
 pub fn filetime_from_unix(unix_seconds: u64, nanos: u32) -> u64 {
     (unix_seconds + FILETIME_UNIX_OFFSET_SECS) * 10_000_000 + u64::from(nanos / 100)
@@ -175,6 +266,46 @@ mod tests {
             .unix_seconds(),
             Err(BadRtc)
         );
+    }
+
+    #[test]
+    fn the_cmos_model_reads_back_as_the_same_time() {
+        let mut rtc = CmosRtc::new();
+        let t = 1_795_856_667; // 2026-11-28 09:04:27 UTC, a Saturday
+        fn at(rtc: &mut CmosRtc, i: u8, t: u64) -> u8 {
+            rtc.select(i | 0x80);
+            rtc.read(t)
+        }
+        let read = |i: u8| at(&mut rtc.clone(), i, t);
+        let fields = RtcFields {
+            seconds: read(0),
+            minutes: read(2),
+            hours: read(4),
+            day: read(7),
+            month: read(8),
+            year: read(9),
+            century: read(0x32),
+            status_b: read(0x0B),
+        };
+        assert_eq!(fields.unix_seconds(), Ok(t));
+        assert_eq!(read(6), 7, "Saturday");
+        assert_eq!(read(0x0A) & 0x80, 0, "no update in progress");
+        assert_eq!(read(0x0D), 0x80);
+        // NVRAM keeps bytes; the clock ignores writes.
+        rtc.select(0x40);
+        rtc.write(0xAB);
+        rtc.select(0x00);
+        rtc.write(0x59);
+        assert_eq!(at(&mut rtc, 0x40, t), 0xAB);
+        assert_eq!(at(&mut rtc, 0x00, t), 0x27);
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [-719_468i64, -1, 0, 59, 60, 11_016, 11_017, 20_785, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
     }
 
     #[test]

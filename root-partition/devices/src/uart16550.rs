@@ -123,6 +123,11 @@ impl Uart16550 {
         }
     }
 
+    /// Bytes the receive FIFO can take before it overruns.
+    pub fn rx_room(&self) -> usize {
+        RX_FIFO - self.rx_len
+    }
+
     /// Queue a byte typed at the console for the guest to read.
     pub fn push_rx(&mut self, b: u8) {
         if self.rx_len == RX_FIFO {

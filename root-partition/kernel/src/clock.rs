@@ -66,3 +66,9 @@ pub fn filetime_now() -> Option<u64> {
     let elapsed_ticks = timer::ticks().saturating_sub(tick);
     Some(at_boot + elapsed_ticks * (10_000_000 / timer::HZ))
 }
+
+/// Now, in seconds since 1970-01-01 UTC, if the RTC gave a date.
+pub fn unix_now() -> Option<u64> {
+    let ft = filetime_now()?;
+    Some((ft / 10_000_000).saturating_sub(rtc::FILETIME_UNIX_OFFSET_SECS))
+}

@@ -339,6 +339,7 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("rings_broken", w.rings_broken)
             .num("console_lines_suppressed", w.lines_suppressed)
             .num("guest_reboots", w.guest_reboots)
+            .num("console_input_dropped", w.console_input_dropped)
             .raw("quotas", &quotas)
             .raw("exits", &exits)
             .raw("vps", &vp_json);

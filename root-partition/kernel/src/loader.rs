@@ -213,6 +213,16 @@ impl ChildImage {
                     (plan.cmdline_gpa, Bytes::Owned(line)),
                     (plan.kernel.load_address, Bytes::Borrowed(kernel)),
                     (linux_child::ACPI_GPA, Bytes::Owned(acpi.bytes)),
+                    (
+                        linux_child::RESET_VECTOR_GPA,
+                        Bytes::Owned(
+                            linux_child::reset_stub(
+                                child_acpi::power::RESET_PORT,
+                                child_acpi::power::RESET_VALUE
+                            )
+                            .to_vec(),
+                        ),
+                    ),
                 ];
                 if let Some(at) = plan.initrd_gpa {
                     writes.push((at, Bytes::Borrowed(initrd)));

@@ -76,7 +76,7 @@ impl Session {
                     self.write("\n[detached]\n");
                     self.write(PROMPT);
                 } else if let Some(w) = m.workers.iter_mut().find(|w| w.id == id) {
-                    w.uart.push_rx(b);
+                    w.console_input(b);
                 }
                 continue;
             }
@@ -182,7 +182,7 @@ impl Session {
                     let start = out.len();
                     let (parts, _) = w.uart.output_since(0);
                     for part in parts {
-                        out.extend(part.iter().map(|&c| printable(c)));
+                        out.extend(part.iter().filter_map(|&c| printable(c)));
                     }
                     let complete = out[start..].rfind('\n').map_or(start, |at| start + at + 1);
                     out.truncate(complete);
@@ -212,7 +212,7 @@ impl Session {
         }
         let mut text = String::new();
         for part in parts {
-            text.extend(part.iter().map(|&c| printable(c)));
+            text.extend(part.iter().filter_map(|&c| printable(c)));
         }
         self.write(&text);
         self.attached = Some((id, end));
@@ -220,11 +220,15 @@ impl Session {
 }
 
 /// Keep child output from driving the terminal or the EOT framing.
-fn printable(c: u8) -> char {
+/// A child's console byte as the operator sees it: carriage returns
+/// dropped (a guest's CR LF is one line break here), other control bytes
+/// and non-ASCII shown as '?', so a child cannot drive the root's terminal.
+fn printable(c: u8) -> Option<char> {
     match c {
-        b'\n' | b'\t' => c as char,
-        0x20..=0x7E => c as char,
-        _ => '?',
+        b'\r' => None,
+        b'\n' | b'\t' => Some(c as char),
+        0x20..=0x7E => Some(c as char),
+        _ => Some('?'),
     }
 }
 

@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use boot_proto::child::{self as layout, BootInfo};
 use child_acpi::power;
+use devices::rtc::CmosRtc;
 use devices::uart16550::Uart16550;
 use hv1_abi::HvStatus;
 use hv1_abi::message::{IoPortIntercept, MemoryIntercept, Message, access, io_access, message_type};
@@ -27,6 +28,11 @@ use zerocopy::{FromBytes, IntoBytes};
 
 /// COM1's ports.
 const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;
+/// Typed console bytes a child's worker holds for its UART.
+const CONSOLE_INPUT_LIMIT: usize = 4096;
+/// The CMOS RTC's index and data ports.
+const RTC_INDEX: u16 = 0x70;
+const RTC_DATA: u16 = 0x71;
 
 /// Why a worker could not build or run its child.
 #[derive(Debug)]
@@ -97,6 +103,14 @@ pub struct Worker {
     vps: Vec<VpState>,
     /// Its COM1.
     pub uart: Box<Uart16550>,
+    /// Its CMOS RTC (the host's time).
+    rtc: CmosRtc,
+    /// Bytes typed at `console ID` that its UART's 16-byte FIFO had no room
+    /// for yet: fed in as the guest reads (a paste does not overrun).
+    /// Bounded by [`CONSOLE_INPUT_LIMIT`]; allocated once.
+    console_in: alloc::collections::VecDeque<u8>,
+    /// Typed bytes dropped because that queue was full.
+    pub console_input_dropped: u64,
     image: ChildImage,
     /// Tick of the last start.
     started: u64,
@@ -285,6 +299,9 @@ impl Worker {
             pages: Vec::new(),
             vps: Vec::new(),
             uart: Box::new(Uart16550::new()),
+            rtc: CmosRtc::new(),
+            console_in: alloc::collections::VecDeque::with_capacity(CONSOLE_INPUT_LIMIT),
+            console_input_dropped: 0,
             image,
             started: 0,
             targets,
@@ -930,6 +947,8 @@ impl Worker {
         if self.state != ChildState::Created {
             self.power_off_devices();
             hv::reset_partition(self.id).map_err(hvfail("ResetPartition"))?;
+            self.rtc = CmosRtc::new();
+            self.console_in.clear();
             self.load()?;
         }
         hv::set_partition_property(self.id, property::SUSPEND, 0).map_err(hvfail("SetPartitionProperty"))?;
@@ -981,6 +1000,28 @@ impl Worker {
         }
         for vp in self.vps.drain(..) {
             memory::free_frames(vp.message_page, 1);
+        }
+    }
+
+    /// A byte typed at `console ID`: into the UART's FIFO when it has room
+    /// and nothing waits before it, else queued (or dropped and counted
+    /// when the queue is full).
+    pub fn console_input(&mut self, b: u8) {
+        if self.console_in.len() >= CONSOLE_INPUT_LIMIT {
+            self.console_input_dropped += 1;
+            return;
+        }
+        self.console_in.push_back(b);
+        self.feed_uart();
+    }
+
+    /// Move queued console bytes into the UART's FIFO as far as it has room.
+    fn feed_uart(&mut self) {
+        while self.uart.rx_room() > 0 {
+            let Some(b) = self.console_in.pop_front() else {
+                break;
+            };
+            self.uart.push_rx(b);
         }
     }
 
@@ -1104,6 +1145,7 @@ impl Worker {
             message_type::INVALID_VP_REGISTER_VALUE => self.crash_with(String::from(
                 "VP state rejected by the CPU (invalid register values)",
             )),
+            hv1_abi::private::message_type::GUEST_CRASH => self.guest_crash(m),
             other => self.crash_with(format!("unexpected intercept message {other:#x}")),
         }
     }
@@ -1148,10 +1190,27 @@ impl Worker {
                 };
             }
         }
-        let value = if COM1.contains(&port) {
+        let value = if port == RTC_INDEX && size == 1 {
+            if is_in {
+                0xFF
+            } else {
+                self.rtc.select(io.rax as u8);
+                0
+            }
+        } else if port == RTC_DATA && size == 1 {
+            if is_in {
+                self.rtc.read(crate::clock::unix_now().unwrap_or(0)) as u64
+            } else {
+                self.rtc.write(io.rax as u8);
+                0
+            }
+        } else if COM1.contains(&port) {
             let offset = port - *COM1.start();
             if is_in {
-                self.uart.read(offset) as u64
+                let v = self.uart.read(offset) as u64;
+                // A read may have made room in the FIFO.
+                self.feed_uart();
+                v
             } else {
                 self.uart.write(offset, io.rax as u8);
                 0
@@ -1213,6 +1272,68 @@ impl Worker {
     /// VP count.
     pub fn vp_count(&self) -> usize {
         self.vps.len()
+    }
+
+    /// The guest reported a crash through the crash MSRs (hv-core's
+    /// `private::message_type::GUEST_CRASH`; the VP is stopped until reset):
+    /// crash the child with P0-P4 and, with CrashMessage, a line of the text
+    /// in the page P3 (GPA) and P4 (length) name. All of it is guest data.
+    fn guest_crash(&mut self, m: &Message) -> Slice {
+        let Ok((c, _)) = hv1_abi::private::GuestCrash::read_from_prefix(&m.payload) else {
+            return self.crash_with(String::from("guest crash report (payload unreadable)"));
+        };
+        let p = c.parameters;
+        let mut reason = format!(
+            "guest crash report: P0 {:#x} P1 {:#x} P2 {:#x} P3 {:#x} P4 {:#x} (CRASH_CTL {:#x})",
+            p[0], p[1], p[2], p[3], p[4], c.control
+        );
+        if c.control & hv1_abi::msr::CRASH_CTL_MESSAGE != 0 {
+            // At most one page, all of it inside the child's RAM.
+            let ram = self.pages.len() as u64 * PAGE_SIZE;
+            let inside = p[4] <= PAGE_SIZE && p[3].checked_add(p[4]).is_some_and(|end| end <= ram);
+            if !inside {
+                reason.push_str(" (message page outside the child's RAM: not read)");
+            } else {
+                let mut text = Vec::with_capacity(p[4] as usize);
+                let mut at = p[3];
+                while at < p[3] + p[4] {
+                    let n = (PAGE_SIZE - at % PAGE_SIZE).min(p[3] + p[4] - at);
+                    // SAFETY: inside the child's memory (checked above), a
+                    // frame the root lent it and keeps; read only.
+                    text.extend_from_slice(unsafe {
+                        memory::phys_slice(self.frame(at) + at % PAGE_SIZE, n as usize)
+                    });
+                    at += n;
+                }
+                // Printable ASCII only; the last line saying "Kernel panic",
+                // else the last non-empty line; at most 200 characters.
+                let mut panic_line = None;
+                let mut last_line = None;
+                for line in text.split(|&b| b == b'\n') {
+                    let line: String = line
+                        .iter()
+                        .filter(|b| (0x20..0x7F).contains(*b))
+                        .map(|&b| b as char)
+                        .collect();
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    if line.contains("Kernel panic") {
+                        panic_line = Some(String::from(line));
+                    }
+                    last_line = Some(String::from(line));
+                }
+                match panic_line.or(last_line) {
+                    Some(line) => {
+                        reason.push_str(": ");
+                        reason.extend(line.chars().take(200));
+                    }
+                    None => reason.push_str(" (message page empty)"),
+                }
+            }
+        }
+        self.crash_with(reason)
     }
 }
 

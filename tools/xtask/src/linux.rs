@@ -325,16 +325,21 @@ impl Default for BareOptions {
 /// The kernel command line for `opts`: serial console (with an early
 /// console on COM1's ports), no I/O-port delays, and no reboot loop after a
 /// panic (with `-no-reboot` QEMU exits).
+/// The command line a Linux child and the bare-QEMU comparison share:
+/// serial console, no port-0x80 delays, no PCI probing (a child has no PCI
+/// bus: type-1 probes would each be a port exit), and boot messages below
+/// warnings kept in `dmesg` rather than printed (each byte on COM1 is two
+/// port exits in a child).
+pub const CHILD_CMDLINE_BASE: &str = "console=ttyS0 io_delay=none pci=off quiet";
+
+/// The bare-QEMU kernel command line: [`CHILD_CMDLINE_BASE`], `panic=-1`
+/// (a panic ends QEMU), the host name and the extras.
 pub fn kernel_cmdline(opts: &BareOptions) -> String {
-    let mut args: Vec<String> = [
-        "console=ttyS0",
-        "earlycon=uart8250,io,0x3f8",
-        "io_delay=none",
-        "panic=-1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = CHILD_CMDLINE_BASE
+        .split_whitespace()
+        .chain(["panic=-1"])
+        .map(String::from)
+        .collect();
     if let Some(h) = &opts.hostname {
         args.push(format!("hostname={h}"));
     }
@@ -845,7 +850,18 @@ fn add_busybox(cpio: &mut Cpio, busybox_root: &Path) -> Result<(), XtaskError> {
         .collect();
     }
     for a in applets {
-        cpio.symlink(&a, "/bin/busybox");
+        // `/init` is a shell script, not busybox init: busybox's poweroff,
+        // reboot and halt would signal PID 1, which ignores them. The
+        // kernel runs `/sbin/poweroff` for an orderly power-off (hv_utils'
+        // shutdown IC: `orderly_poweroff`, kernel/reboot.c), so these act at
+        // once instead (`-f`: sync, then the reboot(2) call).
+        let name = a.rsplit('/').next().unwrap_or(&a);
+        if matches!(name, "poweroff" | "reboot" | "halt") {
+            let script = format!("#!/bin/sh\nsync\nexec /bin/busybox {name} -f \"$@\"\n");
+            cpio.file(&a, 0o755, script.into_bytes());
+        } else {
+            cpio.symlink(&a, "/bin/busybox");
+        }
     }
     Ok(())
 }
@@ -1308,6 +1324,6 @@ mod tests {
         let args = bare_qemu_args(&a, &opts).join(" ");
         assert!(args.contains("-machine q35 -accel tcg"), "{args}");
         assert!(args.contains("-kernel /k/vmlinuz -initrd /k/initrd"), "{args}");
-        assert!(args.ends_with("console=ttyS0 earlycon=uart8250,io,0x3f8 io_delay=none panic=-1 hostname=h"));
+        assert!(args.ends_with("console=ttyS0 io_delay=none pci=off quiet panic=-1 hostname=h"));
     }
 }

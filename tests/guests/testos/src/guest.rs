@@ -129,6 +129,8 @@ extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
         // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
         "cpu-hostile" => crate::cpu_hostile::run(name, info),
         "apic-timer" => crate::apic::run(name),
+        // Guest crash MSRs (a panic report the root must act on): crash.rs.
+        m if m.starts_with("crash-report") => crate::crash::run(name, m),
         // Integration services (heartbeat, shutdown, time sync, KVP): ic_mode.rs.
         "ic" => crate::ic_mode::run(name, false),
         "ic-stubborn" => crate::ic_mode::run(name, true),

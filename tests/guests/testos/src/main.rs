@@ -22,6 +22,8 @@ mod apic;
 #[cfg(target_os = "none")]
 mod cpu_hostile;
 #[cfg(target_os = "none")]
+mod crash;
+#[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
 mod ic_mode;

@@ -1,0 +1,183 @@
+//! Debian's stock Linux 6.1 kernel as a child partition (partition 4,
+//! `linux` in the manifest, 256 MiB): it detects Hyper-V, connects
+//! `hv_vmbus` to the root's VMBus server, binds `hv_utils` to the root's
+//! integration services, runs its shell on `console 4`, powers off on
+//! `shutdown 4` and comes back from its own `reboot`. The kernel and
+//! initramfs come from `cargo xtask linux` (Debian packages, cached under
+//! `target/linux/`).
+
+use qemu_tests::{Machine, linux_images};
+use serde_json::Value;
+use std::time::Duration;
+
+/// How long a Linux boot may take to reach its init: under TCG on a loaded
+/// 2-core machine it has taken 45 s alone.
+const LINUX_BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Wait for a whole line in the child's console, polling once a second
+/// (each poll copies its whole console buffer over the root's serial line).
+fn wait_console(m: &mut Machine, needle: &str) -> String {
+    m.wait_text_every("console 4", needle, Duration::from_secs(1), LINUX_BOOT_DEADLINE)
+}
+
+/// The byte that detaches the root's console from a child (Ctrl-]).
+const DETACH: u8 = 0x1D;
+
+/// Boot the machine with the Linux child and wait for its init.
+fn boot_linux(name: &str) -> Machine {
+    let (images, _) = linux_images();
+    let mut m = Machine::boot_images(images, name, "", None, 768);
+    m.expect("root: partition 4 (linux) created and started");
+    wait_console(&mut m, "hv-rs linux child: init reached");
+    m
+}
+
+/// Attach the root's console to the child, run `command` in its shell and
+/// return what it printed between two markers; detach again.
+fn run_in_guest(m: &mut Machine, command: &str, tag: &str) -> String {
+    m.send_line("console 4");
+    m.expect("[attached to partition 4's console; Ctrl-] detaches]");
+    // The markers are computed by the guest's shell, so the echo of the
+    // typed line never matches them.
+    m.send_line(&format!("echo {tag}-$((40+2)); {command}; echo {tag}-$((50+5))"));
+    m.expect(&format!("{tag}-42"));
+    let out = m.expect(&format!("{tag}-55"));
+    m.send_raw(&[DETACH]);
+    m.expect("[detached]");
+    out.lines()
+        .filter(|l| !l.contains(&format!("{tag}-55")))
+        .map(|l| l.trim_end_matches('\r'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn heartbeat(info: &Value) -> &Value {
+    &info["integration"]["heartbeat"]
+}
+
+#[test]
+fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
+    let mut m = boot_linux("linux-boot");
+    let (_, linux) = linux_images();
+
+    // What the kernel said about the platform, asked in its own shell.
+    let log = run_in_guest(
+        &mut m,
+        "dmesg | grep -E 'Hypervisor detected|Hyper-V: (privilege|features)|Vmbus version|IC version|registering driver hv_'",
+        "platform",
+    );
+    for line in [
+        "Hypervisor detected: Microsoft Hyper-V",
+        "hv_vmbus: Vmbus version:5.3",
+        "hv_utils: Shutdown IC version 3.2",
+        "hv_utils: TimeSync IC version 3.0",
+        "hv_utils: Heartbeat IC version 3.0",
+        "hv_vmbus: registering driver hv_storvsc",
+        "hv_vmbus: registering driver hv_netvsc",
+    ] {
+        assert!(log.contains(line), "{line:?} not in the guest's dmesg:\n{log}");
+    }
+    let bad = run_in_guest(
+        &mut m,
+        "dmesg | grep -c -E 'unchecked MSR|Call Trace|WARNING:|BUG:'",
+        "clean",
+    );
+    assert!(
+        bad.lines().any(|l| l.trim() == "0"),
+        "the guest logged trouble:\n{bad}"
+    );
+    let release = run_in_guest(&mut m, "uname -r", "release");
+    assert!(
+        release.lines().any(|l| l.trim() == linux.kernel_release),
+        "{release}"
+    );
+
+    // The hypercall page is in use (HvPostMessage/HvSignalEvent) and the
+    // guest identified itself.
+    let info = m.hvctl_json("info 4 --json");
+    assert!(info["exits"]["vmmcall"].as_u64() > Some(4), "{info}");
+    assert_ne!(info["guest_os_id"], 0, "{info}");
+
+    // Its channels, open, with live ring state.
+    let channels = m.hvctl("channels 4");
+    for needle in [
+        "version 5.3",
+        "service: shutdown",
+        "service: timesync",
+        "service: heartbeat",
+        "service: kvp",
+        "guest->host: read",
+    ] {
+        assert!(channels.contains(needle), "{needle:?} not in:\n{channels}");
+    }
+
+    // Heartbeats answered by hv_utils, the sequence advancing.
+    let first = m.wait_json("info 4 --json", "heartbeats", |v| {
+        heartbeat(v)["acked"].as_u64() >= Some(2)
+    });
+    let seq = heartbeat(&first)["last_sequence"].as_u64().expect("a sequence");
+    let later = m.wait_json("info 4 --json", "a later heartbeat", |v| {
+        heartbeat(v)["last_sequence"].as_u64() > Some(seq)
+    });
+    assert_eq!(heartbeat(&later)["missed"], 0, "{later}");
+
+    // KVP through hv_kvp_daemon: the guest's host name and OS.
+    let kvp = m.wait_json("kvp 4 --json", "the guest's KVP auto pool", |v| {
+        v["pools"]["auto"]["FullyQualifiedDomainName"] == "debian-child"
+    });
+    assert_eq!(kvp["pools"]["auto"]["OSName"], "Debian GNU/Linux", "{kvp}");
+    assert_eq!(
+        kvp["pools"]["auto"]["OSBuildNumber"],
+        linux.kernel_release.as_str(),
+        "{kvp}"
+    );
+
+    // A graceful shutdown through the shutdown IC.
+    let asked = m.hvctl("shutdown 4");
+    assert!(asked.contains("shutdown requested"), "{asked}");
+    let info = m.wait_json("info 4 --json", "Linux to power off", |v| v["state"] == "stopped");
+    assert_eq!(info["last_exit"], "powered off by the guest", "{info}");
+    assert!(
+        m.hvctl("console 4").contains("reboot: Power down"),
+        "no 'reboot: Power down' from the guest"
+    );
+    // The other children never noticed.
+    let list = m.hvctl_json("list --json");
+    for p in list.as_array().expect("a list") {
+        if p["name"] == "alpha" || p["name"] == "beta" {
+            assert_eq!(p["state"], "running", "{list}");
+        }
+    }
+}
+
+#[test]
+fn a_reboot_inside_debian_comes_back_and_reconnects() {
+    let mut m = boot_linux("linux-reboot");
+    let before = m.hvctl_json("info 4 --json");
+    assert_eq!(before["guest_reboots"], 0, "{before}");
+    m.send_line("console 4");
+    m.expect("[attached to partition 4's console; Ctrl-] detaches]");
+    m.send_line("reboot -f");
+    m.expect("root: partition 4 (linux) reset by the guest: rebooting");
+    m.send_raw(&[DETACH]);
+    m.expect("[detached]");
+    // Booted again, bus reconnected, services renegotiated.
+    let info = m.wait_json_every(
+        "info 4 --json",
+        "the second boot's heartbeats",
+        Duration::from_secs(1),
+        LINUX_BOOT_DEADLINE,
+        |v| {
+            v["guest_reboots"] == 1
+                && heartbeat(v)["ready"] == true
+                && heartbeat(v)["acked"].as_u64() >= Some(1)
+        },
+    );
+    assert_eq!(info["state"], "running", "{info}");
+    assert!(info["vmbus_resets"].as_u64() >= Some(1), "{info}");
+    wait_console(&mut m, "hv-rs linux child: init reached");
+    let channels = m.hvctl("channels 4");
+    assert!(channels.contains("version 5.3"), "{channels}");
+    let log = run_in_guest(&mut m, "dmesg | grep -c 'Vmbus version:5.3'", "again");
+    assert!(log.lines().any(|l| l.trim() == "1"), "{log}");
+}
