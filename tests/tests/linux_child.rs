@@ -181,3 +181,29 @@ fn a_reboot_inside_debian_comes_back_and_reconnects() {
     let log = run_in_guest(&mut m, "dmesg | grep -c 'Vmbus version:5.3'", "again");
     assert!(log.lines().any(|l| l.trim() == "1"), "{log}");
 }
+
+#[test]
+fn a_kernel_panic_stops_only_that_child_with_the_reason() {
+    let mut m = boot_linux("linux-panic");
+    m.send_line("console 4");
+    m.expect("[attached to partition 4's console; Ctrl-] detaches]");
+    m.send_line("echo c > /proc/sysrq-trigger");
+    m.expect("root: partition 4 (linux) crashed: guest crash report");
+    m.send_raw(&[DETACH]);
+    m.expect("[detached]");
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["state"], "crashed", "{info}");
+    let reason = info["crash"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("Kernel panic - not syncing: sysrq triggered crash"),
+        "{info}"
+    );
+    // Only that child: the root answers and the others run on.
+    let list = m.hvctl_json("list --json");
+    for p in list.as_array().expect("a list") {
+        if p["name"] == "alpha" || p["name"] == "beta" {
+            assert_eq!(p["state"], "running", "{list}");
+        }
+    }
+    assert_eq!(m.hvctl_json("hv status --json")["present"], true);
+}

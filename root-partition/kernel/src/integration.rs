@@ -185,6 +185,16 @@ pub fn timesync(m: &Manager, id: u64, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
+/// Enumerate every pool of a child whose KVP service is up and idle.
+pub fn refresh_kvp(c: &Controls) {
+    let status = c.kvp();
+    if status.service.phase.versions().is_some() && status.queued == 0 {
+        for p in 0..KvpPool::COUNT {
+            let _ = c.kvp_enumerate(KvpPool(p));
+        }
+    }
+}
+
 /// `kvp ID ...`.
 pub fn kvp(m: &Manager, id: u64, op: KvpCommand, json_out: bool, out: &mut String) -> Result<(), String> {
     let c = m.integration(id)?;
@@ -221,13 +231,9 @@ pub fn kvp(m: &Manager, id: u64, op: KvpCommand, json_out: bool, out: &mut Strin
             Ok(())
         }
         KvpCommand::Show => {
-            // Show what was last enumerated, and refresh every pool (the
-            // queue is bounded: a full one just skips the refresh).
-            if ready {
-                for p in 0..KvpPool::COUNT {
-                    let _ = c.kvp_enumerate(KvpPool(p));
-                }
-            }
+            // Show what was last enumerated (the manager refreshes it every
+            // few seconds), and ask for a fresh listing now.
+            refresh_kvp(c);
             if json_out {
                 let failures: Vec<String> = status
                     .results

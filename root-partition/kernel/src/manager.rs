@@ -43,6 +43,9 @@ struct PendingShutdown {
     reboots_before: u64,
 }
 
+/// How often the guests' KVP pools are enumerated.
+const KVP_REFRESH_TICKS: u64 = 5 * crate::timer::HZ;
+
 /// How long `shutdown ID` waits for the child to power off.
 pub const SHUTDOWN_TIMEOUT_TICKS: u64 = 30 * crate::timer::HZ;
 
@@ -122,6 +125,13 @@ impl Manager {
         let now_ns = now * (1_000_000_000 / crate::timer::HZ);
         for w in self.workers.iter_mut() {
             w.tick_devices(now_ns);
+        }
+        // The guests' KVP pools are read every few seconds, so `kvp ID`
+        // shows them without waiting (as Hyper-V keeps guest intrinsic data).
+        if now.is_multiple_of(KVP_REFRESH_TICKS) {
+            for (_, c) in &self.integration {
+                crate::integration::refresh_kvp(c);
+            }
         }
         // Every (re)start gets the host's time once (it goes out when the
         // child has negotiated time sync), as Hyper-V does at boot.

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
     eprintln!(
-        "  run [--tcg] [--no-disk] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE]]... [KERNEL ARGS...]"
+        "  run [--tcg] [--no-disk] [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE]]... [KERNEL ARGS...]"
     );
     eprintln!(
         "                                            build and boot root + hv-core in QEMU (Ctrl-A X quits)"
@@ -62,11 +62,15 @@ fn usage() {
     eprintln!("  linux [--fetch-only] [KERNEL ARGS...]     build the Linux child; boot it on bare QEMU");
 }
 
+/// The Linux child in the default `run` machine.
+const DEFAULT_LINUX_CHILD: &str = "linux";
+
 fn run(args: &[String]) -> Result<(), XtaskError> {
     xtask::ensure_qemu()?;
     let (mut accel, why) = xtask::choose_accel();
     let mut why = why;
     let mut no_disk = false;
+    let mut no_linux = false;
     let mut cmdline = Vec::new();
     let mut children = Vec::new();
     let mut memory_mib = None;
@@ -82,6 +86,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                 why = "TCG (--tcg)".into();
             }
             "--no-disk" => no_disk = true,
+            "--no-linux" => no_linux = true,
             "--child" => {
                 let v = it
                     .next()
@@ -101,6 +106,29 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
         if children[..i].iter().any(|d| d.name == c.name) {
             return Err(bad(format!("--child {} given twice", c.name)));
         }
+    }
+    // The default machine has a Linux child too: Debian's kernel with the
+    // Hyper-V drivers (fetched and cached by `xtask linux`), started at
+    // boot; the root's prompt does not wait for it.
+    if !no_linux && !children.iter().any(|c| c.name == DEFAULT_LINUX_CHILD) {
+        let linux = xtask::linux::linux_artifacts(&xtask::workspace_root())?;
+        eprintln!(
+            "xtask: Linux child '{DEFAULT_LINUX_CHILD}': Debian {} (partition 4; `console 4` for its shell; --no-linux leaves it out)",
+            linux.kernel_release
+        );
+        children.insert(
+            0,
+            xtask::HostChild {
+                name: DEFAULT_LINUX_CHILD.into(),
+                kernel: linux.vmlinuz,
+                initrd: Some(linux.initramfs),
+                cmdline: Some(format!(
+                    "{} panic=0 hostname=debian-child",
+                    xtask::linux::CHILD_CMDLINE_BASE
+                )),
+                memory_mib: xtask::DEFAULT_CHILD_MIB,
+            },
+        );
     }
     let images = xtask::build_images_with(&children, "boot-bundle-run.img")?;
     let disk = (!no_disk).then(|| images.disk.clone());
