@@ -530,7 +530,15 @@ fn fetch(dir: &Path, spec: &PackageSpec) -> Result<Package, XtaskError> {
         PackageSpec::Kernel => kernel_package_name(),
         PackageSpec::Named(n) => Some((*n).to_string()),
     };
-    let wanted = name.and_then(|n| candidate_version(&n).map(|v| (n, v)));
+    let mut wanted = name.and_then(|n| candidate_version(&n).map(|v| (n, v)));
+    if wanted.is_none() && is_root() && apt_update_once() {
+        // A fresh machine's apt may have no package lists yet.
+        let name = match spec {
+            PackageSpec::Kernel => kernel_package_name(),
+            PackageSpec::Named(n) => Some((*n).to_string()),
+        };
+        wanted = name.and_then(|n| candidate_version(&n).map(|v| (n, v)));
+    }
     let mut download_error = None;
     if let Some((name, version)) = wanted {
         let deb = debs.join(deb_file_name(&name, &version));
@@ -599,9 +607,8 @@ fn download(dir: &Path, name: &str, version: &str, deb: &Path) -> Result<(), Xta
     };
     let mut result = attempt();
     let failed = |r: &std::io::Result<std::process::Output>| !r.as_ref().is_ok_and(|o| o.status.success());
-    if failed(&result) && is_root() {
-        eprintln!("xtask: apt-get download failed; running apt-get update and retrying");
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    if failed(&result) && is_root() && apt_update_once() {
+        eprintln!("xtask: apt-get download failed; retrying after apt-get update");
         result = attempt();
     }
     let outcome = match result {
@@ -626,6 +633,19 @@ fn download(dir: &Path, name: &str, version: &str, deb: &Path) -> Result<(), Xta
     };
     let _ = std::fs::remove_dir_all(&scratch);
     outcome
+}
+
+/// `apt-get update`, at most once per process; true if it ran now.
+fn apt_update_once() -> bool {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return false;
+    }
+    eprintln!("xtask: apt knows no candidate; running apt-get update");
+    Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
