@@ -132,6 +132,38 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
         "{kvp}"
     );
 
+    // Bad images are refused with the reason, and nothing is created.
+    let partitions = |v: &Value| -> Vec<(u64, String)> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| (p["id"].as_u64().unwrap_or(0), p["name"].to_string()))
+            .collect()
+    };
+    let before = partitions(&m.hvctl_json("list --json"));
+    for (line, why) in [
+        (
+            "create tiny --memory 16M --image linux.kernel --initrd linux.initrd",
+            "kernel too big for the memory given",
+        ),
+        (
+            "create small --memory 70M --image linux.kernel --initrd linux.initrd",
+            "does not fit",
+        ),
+        (
+            "create junk --memory 64M --image linux.initrd",
+            "is neither an ELF",
+        ),
+        (
+            "create huge --memory 3G --image linux.kernel",
+            "not enough free memory",
+        ),
+    ] {
+        let out = m.hvctl(line);
+        assert!(out.contains("error:") && out.contains(why), "{line}: {out}");
+    }
+    assert_eq!(partitions(&m.hvctl_json("list --json")), before);
+
     // A graceful shutdown through the shutdown IC.
     let asked = m.hvctl("shutdown 4");
     assert!(asked.contains("shutdown requested"), "{asked}");
