@@ -70,7 +70,7 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
         "Hypervisor detected: Microsoft Hyper-V",
         "hv_vmbus: Vmbus version:5.3",
         "hv_utils: Shutdown IC version 3.2",
-        "hv_utils: TimeSync IC version 3.0",
+        "hv_utils: TimeSync IC version 4.0",
         "hv_utils: Heartbeat IC version 3.0",
         "hv_vmbus: registering driver hv_storvsc",
         "hv_vmbus: registering driver hv_netvsc",
@@ -85,6 +85,20 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
     assert!(
         bad.lines().any(|l| l.trim() == "0"),
         "the guest logged trouble:\n{bad}"
+    );
+    // Its clock is the host's: the RTC at boot, then time sync 4.0 samples
+    // stamped with its reference time.
+    let guest_now: u64 = run_in_guest(&mut m, "date +%s", "clock")
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("a time");
+    let host_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        guest_now.abs_diff(host_now) < 120,
+        "guest clock {guest_now}, host {host_now}"
     );
     let release = run_in_guest(&mut m, "uname -r", "release");
     assert!(

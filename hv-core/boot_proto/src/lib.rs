@@ -8,7 +8,10 @@
 //! - [`handoff`]: the block the root passes to hv-core's entry point;
 //! - [`bzimage`]: a Linux bzImage and its 64-bit boot protocol (setup header
 //!   checks, load placement, the `boot_params` zero page), Linux
-//!   `Documentation/arch/x86/boot.rst`; not yet wired to a child.
+//!   `Documentation/arch/x86/boot.rst`;
+//! - [`multiboot`]: Multiboot v1 headers and the information structure;
+//! - [`elf_note`]: ELF notes (the PVH entry note, our native marker);
+//! - [`child32`]: the layout of a child booted through PVH or Multiboot.
 //!
 //! Everything here parses untrusted bytes with bounds checks and no `unsafe`.
 #![cfg_attr(not(test), no_std)]
@@ -20,6 +23,9 @@ extern crate alloc;
 pub mod bundle;
 pub mod bzimage;
 pub mod child;
+pub mod child32;
+pub mod elf_note;
 pub mod handoff;
 pub mod linux_child;
+pub mod multiboot;
 pub mod pvh;

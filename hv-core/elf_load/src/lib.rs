@@ -98,6 +98,15 @@ pub enum ElfError {
         /// Bytes needed.
         needed: u64,
     },
+    /// Loadable segment `index` lies (partly) outside the memory it may use.
+    OutsideWindow {
+        /// Program header index.
+        index: usize,
+        /// Its first physical byte.
+        start: u64,
+        /// One past its last.
+        end: u64,
+    },
 }
 
 /// One loadable segment.
@@ -232,6 +241,327 @@ pub fn load(plan: &LoadPlan, file: &[u8], dest: &mut [u8]) -> Result<(), ElfErro
     Ok(())
 }
 
+/// ELF32 file header (for i386 images: Multiboot and PVH kernels).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct FileHeader32 {
+    /// e_ident.
+    pub ident: [u8; 16],
+    /// e_type.
+    pub kind: u16,
+    /// e_machine.
+    pub machine: u16,
+    /// e_version.
+    pub version: u32,
+    /// e_entry.
+    pub entry: u32,
+    /// e_phoff.
+    pub phoff: u32,
+    /// e_shoff.
+    pub shoff: u32,
+    /// e_flags.
+    pub flags: u32,
+    /// e_ehsize.
+    pub ehsize: u16,
+    /// e_phentsize.
+    pub phentsize: u16,
+    /// e_phnum.
+    pub phnum: u16,
+    /// e_shentsize.
+    pub shentsize: u16,
+    /// e_shnum.
+    pub shnum: u16,
+    /// e_shstrndx.
+    pub shstrndx: u16,
+}
+const _: () = assert!(size_of::<FileHeader32>() == 52);
+
+/// ELF32 program header (note the field order differs from ELF64's).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ProgramHeader32 {
+    /// p_type.
+    pub kind: u32,
+    /// p_offset.
+    pub offset: u32,
+    /// p_vaddr.
+    pub vaddr: u32,
+    /// p_paddr.
+    pub paddr: u32,
+    /// p_filesz.
+    pub filesz: u32,
+    /// p_memsz.
+    pub memsz: u32,
+    /// p_flags.
+    pub flags: u32,
+    /// p_align.
+    pub align: u32,
+}
+const _: () = assert!(size_of::<ProgramHeader32>() == 32);
+
+/// PT_NOTE.
+pub const PT_NOTE: u32 = 4;
+/// EM_386.
+pub const EM_386: u16 = 3;
+/// Most program headers [`headers`] reads (of any type).
+pub const MAX_PROGRAM_HEADERS: usize = 64;
+
+/// An x86 executable's class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// ELF32, i386.
+    Elf32,
+    /// ELF64, x86-64.
+    Elf64,
+}
+
+/// The parts of an ELF32 or ELF64 x86 executable's headers the physical
+/// loader needs, widened to 64 bits.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers {
+    /// ELF32 (i386) or ELF64 (x86-64).
+    pub class: Class,
+    /// e_entry.
+    pub entry: u64,
+    phdrs: [ProgramHeader; MAX_PROGRAM_HEADERS],
+    count: usize,
+}
+
+impl Headers {
+    /// Every program header, in file order (ELF32 ones widened).
+    pub fn program_headers(&self) -> &[ProgramHeader] {
+        &self.phdrs[..self.count]
+    }
+
+    /// The file bytes of every `PT_NOTE` segment (those inside the file).
+    pub fn notes<'a>(&'a self, file: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.program_headers()
+            .iter()
+            .filter(|p| p.kind == PT_NOTE)
+            .filter_map(|p| {
+                let end = p.offset.checked_add(p.filesz)?;
+                file.get(usize::try_from(p.offset).ok()?..usize::try_from(end).ok()?)
+            })
+    }
+}
+
+/// Read the headers of an ELF32 (EM_386) or ELF64 (EM_X86_64) little-endian
+/// executable; every program header must lie inside the file.
+pub fn headers(file: &[u8]) -> Result<Headers, ElfError> {
+    let ident = file.get(..16).ok_or(ElfError::Truncated)?;
+    if ident[..4] != *b"\x7fELF" || ident[5] != 1 {
+        return Err(ElfError::NotX86_64Executable);
+    }
+    let (class, entry, phoff, phentsize, phnum, kind, machine) = match ident[4] {
+        1 => {
+            let (h, _) = FileHeader32::read_from_prefix(file).map_err(|_| ElfError::Truncated)?;
+            (
+                Class::Elf32,
+                h.entry as u64,
+                h.phoff as u64,
+                h.phentsize,
+                h.phnum,
+                h.kind,
+                h.machine,
+            )
+        }
+        2 => {
+            let (h, _) = FileHeader::read_from_prefix(file).map_err(|_| ElfError::Truncated)?;
+            (
+                Class::Elf64,
+                h.entry,
+                h.phoff,
+                h.phentsize,
+                h.phnum,
+                h.kind,
+                h.machine,
+            )
+        }
+        _ => return Err(ElfError::NotX86_64Executable),
+    };
+    let (want_machine, want_size) = match class {
+        Class::Elf32 => (EM_386, size_of::<ProgramHeader32>()),
+        Class::Elf64 => (EM_X86_64, size_of::<ProgramHeader>()),
+    };
+    if kind != ET_EXEC || machine != want_machine || phentsize as usize != want_size {
+        return Err(ElfError::NotX86_64Executable);
+    }
+    if phnum as usize > MAX_PROGRAM_HEADERS {
+        return Err(ElfError::SegmentCount);
+    }
+    let table_end = phoff
+        .checked_add(phnum as u64 * want_size as u64)
+        .ok_or(ElfError::Truncated)?;
+    if table_end > file.len() as u64 {
+        return Err(ElfError::Truncated);
+    }
+    let empty = ProgramHeader {
+        kind: 0,
+        flags: 0,
+        offset: 0,
+        vaddr: 0,
+        paddr: 0,
+        filesz: 0,
+        memsz: 0,
+        align: 0,
+    };
+    let mut phdrs = [empty; MAX_PROGRAM_HEADERS];
+    for (index, slot) in phdrs.iter_mut().take(phnum as usize).enumerate() {
+        let at = phoff as usize + index * want_size;
+        let bytes = file.get(at..at + want_size).ok_or(ElfError::Truncated)?;
+        *slot = match class {
+            Class::Elf64 => ProgramHeader::read_from_bytes(bytes).map_err(|_| ElfError::Truncated)?,
+            Class::Elf32 => {
+                let p = ProgramHeader32::read_from_bytes(bytes).map_err(|_| ElfError::Truncated)?;
+                ProgramHeader {
+                    kind: p.kind,
+                    flags: p.flags,
+                    offset: p.offset as u64,
+                    vaddr: p.vaddr as u64,
+                    paddr: p.paddr as u64,
+                    filesz: p.filesz as u64,
+                    memsz: p.memsz as u64,
+                    align: p.align as u64,
+                }
+            }
+        };
+    }
+    Ok(Headers {
+        class,
+        entry,
+        phdrs,
+        count: phnum as usize,
+    })
+}
+
+/// One loadable segment placed by its physical address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhysSegment {
+    /// p_paddr: where it goes in guest-physical memory.
+    pub paddr: u64,
+    /// p_vaddr (to translate a virtual entry point).
+    pub vaddr: u64,
+    /// Offset in the file.
+    pub file_offset: u64,
+    /// Bytes taken from the file.
+    pub file_size: u64,
+    /// Bytes in memory (the rest is zero).
+    pub mem_size: u64,
+    /// PF_* flags.
+    pub flags: u32,
+}
+
+/// A physical-address load (what PVH and Multiboot loaders do: QEMU's
+/// `load_elf` with no address translation).
+#[derive(Debug, Clone, Copy)]
+pub struct PhysPlan {
+    /// ELF32 or ELF64.
+    pub class: Class,
+    /// e_entry as written in the file.
+    pub entry: u64,
+    /// Lowest physical byte loaded.
+    pub low: u64,
+    /// One past the highest physical byte (including zero-filled memory).
+    pub high: u64,
+    segments: [PhysSegment; MAX_SEGMENTS],
+    count: usize,
+}
+
+impl PhysPlan {
+    /// The loadable segments, by physical address.
+    pub fn segments(&self) -> &[PhysSegment] {
+        &self.segments[..self.count]
+    }
+
+    /// `addr` as a physical address: itself when it is inside a segment's
+    /// physical range, else translated through the segment whose virtual
+    /// range holds it (GRUB's rule for a Multiboot ELF's entry point).
+    pub fn to_physical(&self, addr: u64) -> Option<u64> {
+        let segs = self.segments();
+        if segs
+            .iter()
+            .any(|s| (s.paddr..s.paddr + s.mem_size).contains(&addr))
+        {
+            return Some(addr);
+        }
+        segs.iter()
+            .find(|s| (s.vaddr..s.vaddr.saturating_add(s.mem_size)).contains(&addr))
+            .map(|s| addr - s.vaddr + s.paddr)
+    }
+
+    /// Whether `addr` (physical) is inside a loaded segment.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.segments()
+            .iter()
+            .any(|s| (s.paddr..s.paddr + s.mem_size).contains(&addr))
+    }
+}
+
+/// Plan loading `file` (ELF32 or ELF64 x86) by physical address: every
+/// `PT_LOAD` segment must lie in `window` (guest-physical) and no two may
+/// overlap. Nothing is copied: the segments' file bytes go straight to
+/// their physical addresses, and the caller's memory is already zero.
+pub fn plan_physical(file: &[u8], window: core::ops::Range<u64>) -> Result<PhysPlan, ElfError> {
+    let h = headers(file)?;
+    let mut segments = [PhysSegment::default(); MAX_SEGMENTS];
+    let mut count = 0;
+    for (index, ph) in h.program_headers().iter().enumerate() {
+        if ph.kind != PT_LOAD || ph.memsz == 0 {
+            continue;
+        }
+        let file_end = ph
+            .offset
+            .checked_add(ph.filesz)
+            .ok_or(ElfError::BadSegment(index))?;
+        let mem_end = ph
+            .paddr
+            .checked_add(ph.memsz)
+            .ok_or(ElfError::BadSegment(index))?;
+        if file_end > file.len() as u64 || ph.filesz > ph.memsz || ph.vaddr.checked_add(ph.memsz).is_none() {
+            return Err(ElfError::BadSegment(index));
+        }
+        if ph.paddr < window.start || mem_end > window.end {
+            return Err(ElfError::OutsideWindow {
+                index,
+                start: ph.paddr,
+                end: mem_end,
+            });
+        }
+        if count == MAX_SEGMENTS {
+            return Err(ElfError::SegmentCount);
+        }
+        segments[count] = PhysSegment {
+            paddr: ph.paddr,
+            vaddr: ph.vaddr,
+            file_offset: ph.offset,
+            file_size: ph.filesz,
+            mem_size: ph.memsz,
+            flags: ph.flags,
+        };
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ElfError::SegmentCount);
+    }
+    let segs = &mut segments[..count];
+    segs.sort_unstable_by_key(|s| s.paddr);
+    for pair in segs.windows(2) {
+        if pair[0].paddr + pair[0].mem_size > pair[1].paddr {
+            return Err(ElfError::Overlap);
+        }
+    }
+    let low = segs[0].paddr;
+    let high = segs[count - 1].paddr + segs[count - 1].mem_size;
+    Ok(PhysPlan {
+        class: h.class,
+        entry: h.entry,
+        low,
+        high,
+        segments,
+        count,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +648,95 @@ mod tests {
         assert_eq!(plan(&bad, 1 << 20).unwrap_err(), ElfError::BadSegment(0));
     }
 
+    /// An ELF32 i386 image: one PT_NOTE and the given PT_LOADs (paddr, bytes, memsz).
+    fn image32(segments: &[(u32, &[u8], u32)], entry: u32, note: &[u8]) -> Vec<u8> {
+        let mut header = FileHeader32::read_from_bytes(&[0u8; 52]).unwrap();
+        header.ident[..6].copy_from_slice(b"\x7fELF\x01\x01");
+        header.kind = ET_EXEC;
+        header.machine = EM_386;
+        header.entry = entry;
+        header.phoff = 52;
+        header.phentsize = 32;
+        header.phnum = segments.len() as u16 + 1;
+        let mut out = header.as_bytes().to_vec();
+        let mut data_at = 52 + 32 * (segments.len() as u32 + 1);
+        let mut data = note.to_vec();
+        let ph = ProgramHeader32 {
+            kind: PT_NOTE,
+            offset: data_at,
+            vaddr: 0,
+            paddr: 0,
+            filesz: note.len() as u32,
+            memsz: 0,
+            flags: 4,
+            align: 4,
+        };
+        out.extend_from_slice(ph.as_bytes());
+        data_at += note.len() as u32;
+        for &(paddr, bytes, memsz) in segments {
+            let ph = ProgramHeader32 {
+                kind: PT_LOAD,
+                offset: data_at,
+                vaddr: paddr + 0xC000_0000,
+                paddr,
+                filesz: bytes.len() as u32,
+                memsz,
+                flags: PF_X | 4,
+                align: 4096,
+            };
+            out.extend_from_slice(ph.as_bytes());
+            data.extend_from_slice(bytes);
+            data_at += bytes.len() as u32;
+        }
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[test]
+    fn physical_plans_for_elf32_and_elf64() {
+        let file = image32(
+            &[(0x10_0000, b"code", 0x2000), (0x20_0000, b"data", 4)],
+            0xC010_0002,
+            b"NOTE",
+        );
+        let h = headers(&file).unwrap();
+        assert_eq!(h.class, Class::Elf32);
+        assert_eq!(h.notes(&file).collect::<Vec<_>>(), vec![&b"NOTE"[..]]);
+        let p = plan_physical(&file, 0x10_0000..0x40_0000).unwrap();
+        assert_eq!((p.low, p.high), (0x10_0000, 0x20_0004));
+        // The virtual entry translates to its physical address.
+        assert_eq!(p.to_physical(p.entry), Some(0x10_0002));
+        assert_eq!(p.to_physical(0x5000_0000), None);
+        assert!(p.contains(0x10_1FFF) && !p.contains(0x10_2000));
+        assert_eq!(
+            plan_physical(&file, 0x10_0000..0x20_0000).unwrap_err(),
+            ElfError::OutsideWindow {
+                index: 2,
+                start: 0x20_0000,
+                end: 0x20_0004
+            }
+        );
+        let overlap = image32(&[(0x10_0000, b"code", 0x2000), (0x10_1000, b"data", 4)], 0, b"");
+        assert_eq!(
+            plan_physical(&overlap, 0..u64::MAX).unwrap_err(),
+            ElfError::Overlap
+        );
+        assert_eq!(
+            plan_physical(&file[..60], 0..u64::MAX).unwrap_err(),
+            ElfError::Truncated
+        );
+        let mut wrong = file.clone();
+        wrong[18] = 62; // an ELF32 claiming x86-64
+        assert_eq!(headers(&wrong).unwrap_err(), ElfError::NotX86_64Executable);
+        // ELF64 goes by p_paddr (0 in `image`): refused below the window.
+        let elf64 = image(&[(BASE, b"code", 4, PF_X)], BASE);
+        assert_eq!(headers(&elf64).unwrap().class, Class::Elf64);
+        assert!(matches!(
+            plan_physical(&elf64, 0x10_0000..0x40_0000),
+            Err(ElfError::OutsideWindow { .. })
+        ));
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics_on_garbage(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
@@ -329,6 +748,19 @@ mod tests {
             if let Ok(p) = plan(&bytes, 1 << 16) {
                 let mut dest = vec![0u8; p.span as usize];
                 let _ = load(&p, &bytes, &mut dest);
+            }
+            if let Ok(p) = plan_physical(&bytes, 0..u64::MAX) {
+                let _ = p.to_physical(p.entry);
+            }
+            if bytes.len() >= 52 {
+                bytes[4] = 1;
+                bytes[18] = 3;
+                bytes[42] = 32;
+                bytes[43] = 0;
+            }
+            if let Ok(h) = headers(&bytes) {
+                let _ = h.notes(&bytes).count();
+                let _ = plan_physical(&bytes, 0..u64::MAX);
             }
         }
     }

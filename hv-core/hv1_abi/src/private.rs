@@ -125,6 +125,14 @@ const _: () = assert!(size_of::<PartitionStats>() == 8 * 6 + 8 * EXIT_REASON_COU
 /// read at it). Reading it also drains the IOMMU's event log.
 pub const GET_DMA_GUARD: HvCallCode = HvCallCode(0xC004);
 
+/// HvPrivGetReferenceTime (root only): input the child's partition id (8
+/// bytes), output its partition reference time now (8 bytes, 100 ns units,
+/// what its TIME_REF_COUNT MSR reads). The root stamps time-sync samples
+/// with it (Linux `hv_util.c` `hv_get_adj_host_time` adds the reference
+/// time elapsed since the sample). Hyper-V's host reads it inside the
+/// hypervisor's partition; ours asks.
+pub const GET_REFERENCE_TIME: HvCallCode = HvCallCode(0xC005);
+
 /// [`DmaGuard::flags`]: the IOMMU translates every bus-0 device's DMA.
 pub const DMA_GUARD_IOMMU_ENABLED: u64 = 1 << 0;
 

@@ -294,6 +294,11 @@ impl Child {
             .ok_or(HvStatus::INVALID_VP_INDEX)
     }
 
+    /// The partition's reference time now (100 ns units).
+    pub fn reference_time(&self) -> u64 {
+        self.time.reference_now()
+    }
+
     /// Number of VPs.
     pub fn vp_count(&self) -> u32 {
         self.vps.iter().flatten().count() as u32

@@ -55,6 +55,7 @@ fn root_only(code: HvCallCode) -> bool {
             | private::GET_PARTITION_STATS
             | private::RESET_PARTITION
             | private::GET_DMA_GUARD
+            | private::GET_REFERENCE_TIME
     )
 }
 
@@ -391,6 +392,15 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 target_aborts: i.map_or(0, |i| i.target_aborts),
             };
             write_output(&hv.root_ram, output, out.as_bytes())
+        }),
+        private::GET_REFERENCE_TIME => slow(&control).and_then(|()| {
+            let id: PartitionIdInput = read_input(&hv.root_ram, input)?;
+            let now = hv
+                .children
+                .get(id.partition_id)
+                .ok_or(HvStatus::INVALID_PARTITION_ID)?
+                .reference_time();
+            write_output(&hv.root_ram, output, &now.to_le_bytes())
         }),
         private::RESET_PARTITION => simple(&control).and_then(|()| {
             let id = if control.fast {

@@ -19,8 +19,13 @@ pub struct ChildDevices {
 /// What every child gets: the echo device (relid 1), then the integration
 /// services Hyper-V offers every guest (shutdown, time sync, heartbeat, KVP).
 pub fn standard() -> ChildDevices {
-    let (services, integration) =
-        vsp_ic::IntegrationServices::new::<FrameMemory>(vsp_ic::IcConfig::default());
+    // hv-core gives the root each child's reference time
+    // (`hv::reference_time`), so time sync can offer version 4.0.
+    let config = vsp_ic::IcConfig {
+        timesync_reference_time: true,
+        ..vsp_ic::IcConfig::default()
+    };
+    let (services, integration) = vsp_ic::IntegrationServices::new::<FrameMemory>(config);
     let mut devices = alloc::vec![echo()];
     devices.extend(services);
     ChildDevices { devices, integration }

@@ -602,18 +602,43 @@ fn image_format(bytes: &[u8]) -> String {
     }
 }
 
+/// The boot protocols an image carries entries for (`create --boot`
+/// names) and the one `--boot auto` picks (empty: none).
+fn image_boot(bytes: &[u8]) -> (Vec<&'static str>, &'static str) {
+    match crate::loader::inspect(bytes) {
+        Ok(o) => (o.names(), o.auto().map(|b| b.name()).unwrap_or("")),
+        Err(_) => (Vec::new(), ""),
+    }
+}
+
 fn images(m: &Manager, json: bool, out: &mut String) {
     if json {
         let items: Vec<String> = m
             .images()
             .iter()
             .map(|(name, bytes)| {
+                let (boot, auto) = image_boot(bytes);
+                let mut list = String::new();
+                let quoted: Vec<String> = boot
+                    .iter()
+                    .map(|b| {
+                        let mut q = String::new();
+                        json::string(&mut q, b);
+                        q
+                    })
+                    .collect();
+                json::array(&mut list, quoted.iter().map(String::as_str));
                 let mut s = String::new();
-                Object::new(&mut s)
+                let o = Object::new(&mut s)
                     .str("name", name)
                     .num("size", bytes.len() as u64)
                     .str("format", &image_format(bytes))
-                    .end();
+                    .raw("boot", &list);
+                if auto.is_empty() {
+                    o.null("boot_auto").end();
+                } else {
+                    o.str("boot_auto", auto).end();
+                }
                 s
             })
             .collect();
@@ -622,9 +647,28 @@ fn images(m: &Manager, json: bool, out: &mut String) {
         let _ = writeln!(out, "{s}");
         return;
     }
-    let _ = writeln!(out, "{:<16} {:>10}  FORMAT", "NAME", "BYTES");
+    let _ = writeln!(
+        out,
+        "{:<16} {:>10}  {:<32} BOOT (auto)",
+        "NAME", "BYTES", "FORMAT"
+    );
     for (name, bytes) in m.images() {
-        let _ = writeln!(out, "{name:<16} {:>10}  {}", bytes.len(), image_format(bytes));
+        let (boot, auto) = image_boot(bytes);
+        let boot = if boot.is_empty() {
+            String::from("-")
+        } else {
+            format!(
+                "{} ({})",
+                boot.join(","),
+                if auto.is_empty() { "-" } else { auto }
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{name:<16} {:>10}  {:<32} {boot}",
+            bytes.len(),
+            image_format(bytes)
+        );
     }
 }
 

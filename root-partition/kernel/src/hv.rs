@@ -603,6 +603,13 @@ pub fn partition_stats(id: u64) -> Result<hv1_abi::private::PartitionStats, HvSt
     .expect("exact size"))
 }
 
+/// A child's partition reference time now (100 ns units; project-private
+/// call HvPrivGetReferenceTime).
+pub fn reference_time(id: u64) -> Result<u64, HvStatus> {
+    let out = simple_call(hv1_abi::private::GET_REFERENCE_TIME, &id.to_le_bytes())?;
+    Ok(u64::from_le_bytes(out[..8].try_into().expect("8 bytes")))
+}
+
 /// HvCallGetPartitionId: this partition's id.
 pub fn get_partition_id() -> Result<u64, HvStatus> {
     let out = memory::alloc_frames(1).expect("a frame for hypercall output");

@@ -165,10 +165,14 @@ pub fn kvp_quota(c: &Controls) -> (&'static str, u64, u64) {
     )
 }
 
-/// Push the host's time now (`timesync ID`, and every start).
-pub fn push_time(c: &Controls) -> Result<u64, String> {
+/// Push the host's time now to child `id` (`timesync ID`, and every
+/// start), stamped with the child's reference time read at the same moment
+/// (time sync 4.0 carries it; the guest adds what has elapsed since).
+pub fn push_time(c: &Controls, id: u64) -> Result<u64, String> {
     let now = clock::filetime_now().ok_or("the root has no wall-clock time (its RTC gave no valid date)")?;
-    c.push_time(now, None, true);
+    let reference =
+        crate::hv::reference_time(id).map_err(|s| format!("hv-core gave no reference time: {s:?}"))?;
+    c.push_time(now, Some(reference), true);
     Ok(now)
 }
 
@@ -180,7 +184,7 @@ pub fn timesync(m: &Manager, id: u64, out: &mut String) -> Result<(), String> {
             "partition {id} has not negotiated the time sync service (its driver is not loaded): nothing sent"
         ));
     }
-    let now = push_time(c)?;
+    let now = push_time(c, id)?;
     let _ = writeln!(out, "partition {id}: host time {now} (100 ns since 1601) pushed");
     Ok(())
 }

@@ -147,7 +147,7 @@ impl Manager {
             self.time_pushed.retain(|(id, _)| *id != w.id);
             self.time_pushed.push(key);
             if let Some((_, c)) = self.integration.iter().find(|(id, _)| *id == w.id) {
-                let _ = crate::integration::push_time(c);
+                let _ = crate::integration::push_time(c, w.id);
             }
         }
         let workers = &self.workers;

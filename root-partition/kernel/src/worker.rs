@@ -3,7 +3,7 @@
 //! partition-management hypercalls, loads its image, emulates its COM1, and
 //! turns intercept messages into device emulation, halts or a crash report.
 
-use crate::loader::{ChildImage, EntryState};
+use crate::loader::{ChildImage, CpuMode, EntryState};
 use crate::ring_memory::FrameMemory;
 use crate::{hv, memory, timer};
 use alloc::boxed::Box;
@@ -909,7 +909,7 @@ impl Worker {
         for (gpa, bytes) in &boot.writes {
             self.write(*gpa, bytes.as_slice());
         }
-        if !self.image.is_linux() {
+        if self.image.is_test_os() {
             let info = BootInfo {
                 magic: layout::BOOT_INFO_MAGIC,
                 memory_size: self.spec.memory,
@@ -1351,8 +1351,9 @@ fn segment(selector: u16, svm_attrib: u16, limit: u32) -> RegisterValue {
     RegisterValue::read_from_bytes(s.as_bytes()).expect("16 bytes")
 }
 
-/// 64-bit mode as `state` says, interrupts off.
-fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 20] {
+/// 64-bit mode, or 32-bit protected mode with paging off (the PVH and
+/// Multiboot entry state), as `state` says; interrupts off.
+fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 21] {
     let gdtr = hv1_abi::partition::TableRegister {
         pad: [0; 3],
         limit: state.gdt.1,
@@ -1365,13 +1366,21 @@ fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 20] 
     };
     let table =
         |t: hv1_abi::partition::TableRegister| RegisterValue::read_from_bytes(t.as_bytes()).expect("16");
-    let code = segment(state.selectors.0, 0xA9B, 0xFFFF_FFFF);
+    // (code attributes, CR0, CR4, EFER)
+    let (code_attrib, cr0, cr4, efer) = match state.mode {
+        // L=1 code; PG WP NE ET MP PE; PAE OSFXSR OSXMMEXCPT; LME LMA.
+        CpuMode::Long64 => (0xA9B, 0x8005_0033, 0x620, 0x500),
+        // D=1 G=1 code; PE ET only (Multiboot 0.6.96 "Machine state", Xen
+        // start_info.h "paging disabled"); CR4 = EFER = 0.
+        CpuMode::Protected32 => (0xC9B, 0x11, 0, 0),
+    };
+    let code = segment(state.selectors.0, code_attrib, 0xFFFF_FFFF);
     let data = segment(state.selectors.1, 0xC93, 0xFFFF_FFFF);
     [
-        (RegisterName::CR0, reg(0x8005_0033)), // PG WP NE ET MP PE
+        (RegisterName::CR0, reg(cr0)),
         (RegisterName::CR3, reg(state.cr3)),
-        (RegisterName::CR4, reg(0x620)),  // PAE OSFXSR OSXMMEXCPT
-        (RegisterName::EFER, reg(0x500)), // LME LMA
+        (RegisterName::CR4, reg(cr4)),
+        (RegisterName::EFER, reg(efer)),
         (RegisterName::CS, code),
         (RegisterName::SS, data),
         (RegisterName::DS, data),
@@ -1387,6 +1396,7 @@ fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 20] 
         (RegisterName::RFLAGS, reg(2)),
         (RegisterName::RDI, reg(state.rdi)),
         (RegisterName::RSI, reg(state.rsi)),
-        (RegisterName::RAX, reg(0)),
+        (RegisterName::RAX, reg(state.rax)),
+        (RegisterName::RBX, reg(state.rbx)),
     ]
 }

@@ -41,6 +41,39 @@ pub struct CreateSpec {
     pub initrd: Option<String>,
     /// Kernel command line (Linux children).
     pub cmdline: Option<String>,
+    /// How the image boots (`--boot`; default [`BootProtocol::Auto`]).
+    pub boot: BootProtocol,
+}
+
+/// `create --boot`: which boot protocol a child's image is started through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootProtocol {
+    /// Decided from the image: a bzImage boots Linux's protocol; an ELF with
+    /// the native marker note, or with no PVH or Multiboot entry, the test
+    /// OS's; else PVH when it has the PVH note, else Multiboot.
+    #[default]
+    Auto,
+    /// The test OS's own boot-info ABI (64-bit entry).
+    Native,
+    /// The Linux 64-bit boot protocol (a bzImage).
+    Linux,
+    /// Xen's PVH boot ABI (32-bit entry from the ELF note).
+    Pvh,
+    /// Multiboot v1 (32-bit entry, EAX = 0x2BADB002).
+    Multiboot,
+}
+
+impl BootProtocol {
+    /// The `--boot` word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Linux => "linux",
+            Self::Pvh => "pvh",
+            Self::Multiboot => "multiboot",
+        }
+    }
 }
 
 /// What `kvp ID ...` does.
@@ -140,7 +173,7 @@ pub enum Command {
         id: u64,
     },
     /// `create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE]
-    /// [--cmdline "..."] [--mode MODE] [--start]`.
+    /// [--cmdline "..."] [--boot auto|native|linux|pvh|multiboot] [--mode MODE] [--start]`.
     Create {
         /// What to build.
         spec: CreateSpec,
@@ -242,7 +275,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
-        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--mode MODE] [--start]",
+        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--mode MODE] [--start]",
         "build a child partition",
     ),
     (
@@ -502,6 +535,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     }
     let (mut memory, mut vps, mut image, mut mode, mut start) = (None, None, None, None, false);
     let (mut initrd, mut cmdline): (Option<String>, Option<String>) = (None, None);
+    let mut boot: Option<BootProtocol> = None;
     while !w.words.is_empty() {
         let opt = w.words.remove(0);
         let key: &'static str = match opt {
@@ -511,6 +545,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             "--mode" => "--mode",
             "--initrd" => "--initrd",
             "--cmdline" => "--cmdline",
+            "--boot" => "--boot",
             "--start" => {
                 if start {
                     return Err(ParseError::Duplicate("--start"));
@@ -575,6 +610,23 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
                 }
                 cmdline = Some(value.to_string());
             }
+            "--boot" => {
+                if boot.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                let all = [
+                    BootProtocol::Auto,
+                    BootProtocol::Native,
+                    BootProtocol::Linux,
+                    BootProtocol::Pvh,
+                    BootProtocol::Multiboot,
+                ];
+                boot = Some(
+                    all.into_iter()
+                        .find(|b| b.name() == value)
+                        .ok_or_else(|| bad("auto, native, linux, pvh or multiboot"))?,
+                );
+            }
             _ => {
                 if mode.is_some() {
                     return Err(ParseError::Duplicate(key));
@@ -591,6 +643,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         mode: mode.unwrap_or_else(|| "hello".to_string()),
         initrd,
         cmdline,
+        boot: boot.unwrap_or_default(),
     };
     Ok(Command::Create { spec, start })
 }
@@ -693,6 +746,7 @@ mod tests {
         assert!(!start);
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
         assert_eq!((spec.initrd, spec.cmdline), (None, None));
+        assert_eq!(spec.boot, BootProtocol::Auto);
     }
 
     #[test]
@@ -736,6 +790,36 @@ mod tests {
         assert_eq!(e("kvp 3 bogus"), "unexpected argument 'bogus'");
         let long = "k".repeat(256);
         assert!(e(&format!("kvp 3 delete {long}")).contains("1 to 255 bytes"));
+    }
+
+    #[test]
+    fn create_with_a_boot_protocol() {
+        let Command::Create { spec, .. } = ok(
+            "create mb --memory 16M --image testos --boot multiboot --initrd mod --cmdline \"name=mb mode=hello\"",
+        ) else {
+            panic!()
+        };
+        assert_eq!(spec.boot, BootProtocol::Multiboot);
+        assert_eq!(spec.cmdline.as_deref(), Some("name=mb mode=hello"));
+        for b in ["auto", "native", "linux", "pvh", "multiboot"] {
+            let Command::Create { spec, .. } = ok(&format!("create p --memory 16M --image t --boot {b}"))
+            else {
+                panic!()
+            };
+            assert_eq!(spec.boot.name(), b);
+        }
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert!(
+            e("create p --memory 16M --image t --boot elf").contains("auto, native, linux, pvh or multiboot")
+        );
+        assert_eq!(
+            e("create p --memory 16M --image t --boot pvh --boot pvh"),
+            "option --boot given twice"
+        );
+        assert_eq!(
+            e("create p --memory 16M --image t --boot"),
+            "option --boot needs a value"
+        );
     }
 
     #[test]

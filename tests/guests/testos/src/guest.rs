@@ -60,7 +60,7 @@ pub(crate) fn halt_forever() -> ! {
     }
 }
 
-extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
+pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
     if vp != 0 {
         halt_forever();
     }

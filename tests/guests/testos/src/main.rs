@@ -24,6 +24,8 @@ mod cpu_hostile;
 #[cfg(target_os = "none")]
 mod crash;
 #[cfg(target_os = "none")]
+mod entry32;
+#[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
 mod ic_mode;
