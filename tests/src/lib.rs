@@ -138,8 +138,16 @@ impl Machine {
             console: xtask::Console::Pipes,
             mgmt_socket: Some(mgmt_socket.clone()),
         };
-        let mut child = Command::new(xtask::QEMU)
-            .args(xtask::qemu_args(images, &opts))
+        let mut command = Command::new(xtask::QEMU);
+        command.args(xtask::qemu_args(images, &opts));
+        Self::spawn(command, dir, hv_log, mgmt_socket)
+    }
+
+    /// Start `command` (a QEMU whose serial console is its stdio) under the
+    /// harness: console collected, killed when dropped, `dir` removed when
+    /// the test passes. `hv_log` and `mgmt_socket` may not exist (bare QEMU).
+    pub fn spawn(mut command: Command, dir: PathBuf, hv_log: PathBuf, mgmt_socket: PathBuf) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -219,6 +227,33 @@ impl Machine {
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = self.child.wait();
                     self.fail(&format!("QEMU exited while waiting for {needle:?}"));
+                }
+            }
+        }
+    }
+
+    /// Wait until the console shows `prompt` (a shell prompt: text that
+    /// waits for input, no newline after it) after what was consumed;
+    /// returns the console up to and including it.
+    pub fn expect_prompt(&mut self, prompt: &str) -> String {
+        let start = Instant::now();
+        let from = self.console.len();
+        loop {
+            if let Some(at) = self.console[from..].find(prompt) {
+                return self.console[from..from + at + prompt.len()].to_string();
+            }
+            let left = BOOT_DEADLINE.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                self.fail(&format!(
+                    "timed out after {BOOT_DEADLINE:?} waiting for the prompt {prompt:?}"
+                ));
+            }
+            match self.output.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(b) => self.console.push(b as char),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    self.fail(&format!("QEMU exited while waiting for the prompt {prompt:?}"));
                 }
             }
         }

@@ -54,7 +54,8 @@ fn images() -> &'static xtask::Images {
             ("plain32", plain.as_slice()),
         ]);
         let built = boot_proto::bundle::build(&entries).expect("build the bundle");
-        let path = qemu_tests::scratch("boot-protocols-bundle").join("bundle.img");
+        // Beside the other built images (kept between runs, like them).
+        let path = xtask::build_dir().join("boot-bundle-protocols-test.img");
         std::fs::write(&path, built).expect("write the bundle");
         xtask::Images {
             bundle: path,

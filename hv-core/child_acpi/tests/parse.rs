@@ -35,9 +35,10 @@ impl AcpiHandler for GuestMem {
             .expect("mapping below the tables");
         assert!(offset + size <= self.mem.len(), "mapping past the tables");
         let ptr = NonNull::from(&self.mem[offset]).cast::<T>();
-        // SAFETY: `ptr` points at `size` initialized bytes of a leaked slice
-        // that lives for the rest of the test and is never written; the
-        // `acpi` types are `repr(C, packed)`, so any address is aligned.
+        // `ptr` points at `size` initialized bytes of a leaked slice that
+        // lives for the rest of the test and is never written; the `acpi`
+        // types are `repr(C, packed)`, so any address is aligned.
+        // SAFETY: a valid, immutable, 'static mapping (see above).
         unsafe { PhysicalMapping::new(physical_address, ptr, size, size, *self) }
     }
 

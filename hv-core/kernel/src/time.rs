@@ -50,10 +50,11 @@ pub fn calibrate() {
 }
 
 fn measure() -> Option<u64> {
-    // SAFETY: before the root is launched hv-core owns the machine; port 0x61
+    // Before the root is launched hv-core owns the machine; port 0x61
     // (speaker gate / PIT OUT2) and PIT channel 2 (0x42, mode port 0x43)
     // drive only the PC speaker, whose output stays off (bit 1 clear), and
     // port 0x61's other bits are restored below.
+    // SAFETY: ports of devices nobody else uses yet (see above).
     let (ctl, mode, ch2) = unsafe { (Port::new(0x61), Port::new(0x43), Port::new(0x42)) };
     let saved = ctl.read8();
     // Gate high, speaker data off.

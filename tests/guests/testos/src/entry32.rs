@@ -173,9 +173,10 @@ fn phys(addr: u64, len: usize) -> &'static [u8] {
     if addr == 0 || addr.checked_add(len as u64).is_none_or(|end| end > 1 << 32) {
         return &[];
     }
-    // SAFETY: the first 4 GiB are identity-mapped by the stub's tables; the
+    // The first 4 GiB are identity-mapped by the stub's tables and the
     // loader handed us these addresses; reading a page we do not own would
     // stop this (test) guest, nothing else.
+    // SAFETY: identity-mapped memory the loader described (see above).
     unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
 }
 
