@@ -68,6 +68,7 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
     );
     for line in [
         "Hypervisor detected: Microsoft Hyper-V",
+        "Hyper-V: privilege flags low 0x",
         "hv_vmbus: Vmbus version:5.3",
         "hv_utils: Shutdown IC version 3.2",
         "hv_utils: TimeSync IC version 4.0",
