@@ -61,6 +61,10 @@ pub struct Channel<M: SharedMemory> {
     held: Option<Vec<u8>>,
     stats: ChannelStats,
     broken: Option<RingError>,
+    /// The guest's RAM (offset = guest-physical address), for devices whose
+    /// packets describe data by GPA (GPA-direct ranges, storvsc's SRBs);
+    /// `None` when the host gives the channel only its rings.
+    guest_ram: Option<M>,
 }
 
 impl<M: SharedMemory> Channel<M> {
@@ -74,7 +78,22 @@ impl<M: SharedMemory> Channel<M> {
             held: None,
             stats: ChannelStats::default(),
             broken: None,
+            guest_ram: None,
         })
+    }
+
+    /// The same channel with access to the guest's RAM (`ram`'s offset 0 is
+    /// guest-physical address 0; every access is bounds-checked by `ram`).
+    pub fn with_guest_ram(mut self, ram: M) -> Self {
+        self.guest_ram = Some(ram);
+        self
+    }
+
+    /// The guest's RAM, if the host gave it: where a device reads and writes
+    /// the data a GPA-direct packet describes. Guest-physical addresses are
+    /// offsets; one outside the guest's RAM is an `OutOfBounds` error.
+    pub fn guest_ram(&self) -> Option<&M> {
+        self.guest_ram.as_ref()
     }
 
     /// Both rings' state: (guest-to-host, host-to-guest).
@@ -462,5 +481,21 @@ mod tests {
         assert_eq!(ch.poll(64, &mut reverse), PollResult::default());
         assert_eq!(ch.stats().packets, 0);
         assert_eq!(guest.receive(), None);
+    }
+
+    #[test]
+    fn guest_ram_is_reachable_by_gpa_and_bounded() {
+        let (_guest, channel) = Guest::new(4096, 4096);
+        assert!(channel.guest_ram().is_none(), "no RAM unless the host gives it");
+        let ram: &'static AtomicMemory = Box::leak(Box::new(AtomicMemory::new(3 * 4096)));
+        ram.write_at(0x1FF8, b"GPA data").unwrap();
+        let channel = channel.with_guest_ram(ram);
+        let mut buf = [0u8; 8];
+        let ram = channel.guest_ram().expect("given");
+        ram.read_at(0x1FF8, &mut buf).unwrap();
+        assert_eq!(&buf, b"GPA data");
+        // Past the guest's RAM: an error, not a panic or a wrap.
+        assert!(ram.read_at(3 * 4096 - 4, &mut buf).is_err());
+        assert!(ram.read_at(u64::MAX - 2, &mut buf).is_err());
     }
 }

@@ -4,14 +4,25 @@
 //! only see it through `vmbus::memory::SharedMemory`, and every index and
 //! length the child wrote is checked by `vmbus::ring`.
 
+use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 use vmbus::memory::{OutOfBounds, SharedMemory};
 use vmbus::ring::RingError;
 
-/// Root frames backing a run of GPADL pages, in GPADL order.
+/// Root frames backing a run of guest pages, in order: a ring's GPADL
+/// pages, or a child's whole RAM (offset = guest-physical address), shared
+/// with the worker that owns the frames.
 pub struct FrameMemory {
-    frames: Vec<u64>,
+    frames: Rc<[u64]>,
+}
+
+impl FrameMemory {
+    /// The child's whole RAM, for GPA-direct data a device reads or writes:
+    /// `frames[n]` backs guest page `n`.
+    pub fn child_ram(frames: Rc<[u64]>) -> Self {
+        Self { frames }
+    }
 }
 
 impl FrameMemory {
@@ -98,5 +109,10 @@ pub fn ring_pair(mut frames: Vec<u64>, downstream: usize) -> Result<(FrameMemory
         return Err(RingError::BadGeometry);
     }
     let down = frames.split_off(downstream);
-    Ok((FrameMemory { frames }, FrameMemory { frames: down }))
+    Ok((
+        FrameMemory {
+            frames: frames.into(),
+        },
+        FrameMemory { frames: down.into() },
+    ))
 }

@@ -99,7 +99,7 @@ pub struct Worker {
     /// Why it crashed.
     pub crash: Option<String>,
     /// Root frames backing guest pages 0.., in order.
-    pages: Vec<u64>,
+    pages: alloc::rc::Rc<[u64]>,
     vps: Vec<VpState>,
     /// Its COM1.
     pub uart: Box<Uart16550>,
@@ -296,7 +296,7 @@ impl Worker {
             spec,
             state: ChildState::Created,
             crash: None,
-            pages: Vec::new(),
+            pages: alloc::rc::Rc::from([]),
             vps: Vec::new(),
             uart: Box::new(Uart16550::new()),
             rtc: CmosRtc::new(),
@@ -340,14 +340,26 @@ impl Worker {
         hv::initialize_partition(self.id).map_err(hvfail("InitializePartition"))?;
         // Child memory comes from the top of free RAM, one page at a time
         // (it need not be contiguous: the child's NPT makes it so).
-        self.pages.reserve(pages_needed as usize);
+        let mut pages: Vec<u64> = Vec::new();
+        pages
+            .try_reserve_exact(pages_needed as usize)
+            .map_err(|_| WorkerError::OutOfMemory)?;
         for _ in 0..pages_needed {
-            let page = memory::FREE
-                .lock()
-                .alloc_top(PAGE_SIZE, PAGE_SIZE)
-                .ok_or(WorkerError::OutOfMemory)?;
-            self.pages.push(page);
+            let page = memory::FREE.lock().alloc_top(PAGE_SIZE, PAGE_SIZE);
+            match page {
+                Some(page) => pages.push(page),
+                None => {
+                    for page in pages {
+                        memory::free_frames(page, 1);
+                    }
+                    return Err(WorkerError::OutOfMemory);
+                }
+            }
         }
+        // Shared with devices that read or write the child's RAM by GPA
+        // (`FrameMemory::child_ram`); they drop their share when their
+        // channel closes, before `destroy` frees the frames.
+        self.pages = pages.into();
         let pfns: Vec<u64> = self.pages.iter().map(|p| p >> 12).collect();
         hv::map_gpa_pages(
             self.id,
@@ -713,7 +725,9 @@ impl Worker {
             connection_id: events,
             flag: relid as u16,
         };
-        let channel = vsp::Channel::new(up, down, Box::new(signal)).map_err(|e| format!("rings: {e:?}"))?;
+        let channel = vsp::Channel::new(up, down, Box::new(signal))
+            .map_err(|e| format!("rings: {e:?}"))?
+            .with_guest_ram(FrameMemory::child_ram(self.pages.clone()));
         let flag = channel_flag(self.event_block, relid).ok_or_else(|| String::from("relid too large"))?;
         let event_info = PortInfo {
             port_type: port_type::EVENT,
@@ -881,7 +895,7 @@ impl Worker {
     /// FNV-1a over the child's whole memory (to show it is untouched).
     pub fn checksum(&self) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for &page in &self.pages {
+        for &page in self.pages.iter() {
             // SAFETY: as in `write`; read only.
             let bytes = unsafe { memory::phys_slice(page, PAGE_SIZE as usize) };
             for &b in bytes {
@@ -901,7 +915,7 @@ impl Worker {
     /// Zero memory, lay out page tables, GDT and boot info, load the image and
     /// put every VP at its entry in 64-bit mode.
     fn load(&mut self) -> Result<(), WorkerError> {
-        for &page in &self.pages {
+        for &page in self.pages.iter() {
             // SAFETY: the child's own frames, identity-mapped, not running.
             unsafe { memory::phys_slice_mut(page, PAGE_SIZE as usize) }.fill(0);
         }
@@ -995,8 +1009,20 @@ impl Worker {
         if let Err(s) = hv::delete_partition(self.id) {
             crate::println!("root: hv-core refused to delete partition {}: {s:?}", self.id);
         }
-        for page in self.pages.drain(..) {
-            memory::free_frames(page, 1);
+        // Every device dropped its view with its channel (power_off_devices
+        // above); a view still held would be a root bug, and the frames
+        // are then leaked rather than reused under it.
+        let pages = core::mem::replace(&mut self.pages, alloc::rc::Rc::from([]));
+        if alloc::rc::Rc::strong_count(&pages) == 1 {
+            for &page in pages.iter() {
+                memory::free_frames(page, 1);
+            }
+        } else {
+            crate::println!(
+                "root: partition {}'s memory is still referenced by a device: {} frames leaked",
+                self.id,
+                pages.len()
+            );
         }
         for vp in self.vps.drain(..) {
             memory::free_frames(vp.message_page, 1);
