@@ -37,8 +37,18 @@ pub struct IncomingPacket<'a> {
     pub flags: u16,
     /// Its transaction id.
     pub transaction_id: u64,
-    /// The bytes after the descriptor (as much of them as the packet holds).
+    /// The descriptor's data offset in 8-byte units from the packet's start
+    /// (at least 2, checked by the ring): the in-band data starts at
+    /// `offset8 * 8 - 16` in [`Self::after_descriptor`]; what comes before
+    /// it is the extended header (a GPA-direct packet's range list).
+    pub offset8: u16,
+    /// The in-band data: the packet's bytes from `offset8 * 8` (as much of
+    /// them as the packet holds).
     pub payload: &'a [u8],
+    /// Everything after the 16-byte descriptor: the extended header (if
+    /// any), then the in-band data. Devices whose packets carry a header
+    /// (GPA-direct ranges) parse this; others use [`Self::payload`].
+    pub after_descriptor: &'a [u8],
 }
 
 /// The bytes of an in-band packet carrying `payload` (descriptor first).
@@ -267,7 +277,9 @@ impl<M: SharedMemory> Channel<M> {
                 kind: packet.kind,
                 flags: packet.descriptor.flags,
                 transaction_id: packet.descriptor.transaction_id,
+                offset8: packet.descriptor.offset8,
                 payload: buf.get(range.start..range.end.min(packet.len)).unwrap_or(&[]),
+                after_descriptor: buf.get(16..range.end.min(packet.len)).unwrap_or(&[]),
             };
             if let Some(reply) = handler(&incoming) {
                 match self.write_or_hold(reply)? {

@@ -1,3 +1,985 @@
-//! The synthetic SCSI controller a Hyper-V guest's storvsc binds: a VMBus device over scsi_disk targets.
+//! The synthetic SCSI controller a Hyper-V guest's storvsc binds: a VMBus
+//! device (`vsp::Device`) offering the SCSI interface
+//! ([`storvsp_protocol::SCSI_INTERFACE_GUID`]) with `scsi_disk` targets
+//! behind it.
+//!
+//! # What Linux sends, what the device answers
+//!
+//! Linux 6.1 `drivers/scsi/storvsc_drv.c` (`storvsc_channel_init`) opens
+//! the channel and sends, each as a 64-byte in-band `vstor_packet` with
+//! COMPLETION_REQUESTED and transaction id `VMBUS_RQST_INIT` (U64_MAX − 2),
+//! waiting up to 5 s for each answer:
+//!
+//! | guest sends | device answers (a `VM_PKT_COMP` with the same transaction id) |
+//! |---|---|
+//! | BEGIN_INITIALIZATION | SUCCESS |
+//! | QUERY_PROTOCOL_VERSION 0x0602, then 0x0600, 0x0501 | SUCCESS for the first of [`storvsp_protocol::HOST_VERSIONS`], REVISION_MISMATCH (and wait for the next proposal) otherwise |
+//! | QUERY_PROPERTIES | SUCCESS with `max_transfer_bytes` ([`StorvspConfig`]), `max_channel_count` 0 and no multi-channel flag: Linux then opens no sub-channels |
+//! | END_INITIALIZATION | SUCCESS: the controller is ready |
+//! | CREATE_SUB_CHANNELS | INVALID_PARAMETER (none are offered; Linux sends it only when the flag is set) |
+//! | EXECUTE_SRB | the SCSI result: SRB status, SCSI status, autosense, bytes moved |
+//! | RESET_LUN / RESET_ADAPTER / RESET_BUS | SUCCESS (no-ops, as in Hyper-V and OpenVMM: every request is finished before its completion is sent) |
+//!
+//! Anything out of that order (an SRB before END_INITIALIZATION, a second
+//! BEGIN_INITIALIZATION, ...) is answered INVALID_DEVICE_STATE, as OpenVMM
+//! `vm/devices/storage/storvsp` (`process_primary`) does; an operation only
+//! the host sends, or none at all, INVALID_DEVICE_REQUEST; a packet too
+//! short for its operation INVALID_PARAMETER. Every answer is a COMPLETE_IO
+//! whose body is as long as the request's (at most 52 bytes, see
+//! [`storvsp_protocol::Packet::request_size`]): 64 bytes for Linux, which
+//! drops shorter ones.
+//!
+//! An EXECUTE_SRB that moves no data comes in-band; one that does comes as
+//! a GPA-direct packet (`vmbus_sendpacket_mpb_desc`: type 9, one range of
+//! `data_transfer_length` bytes at any offset into its first page, the
+//! `vstor_packet` after the range list at `offset8 * 8`) with a small
+//! transaction id. The device resolves the ranges to per-page chunks
+//! ([`storvsp_protocol::gpa`]), checks every chunk against the guest's RAM
+//! (`vsp::Channel::guest_ram`) before touching the disk, asks the disk what
+//! the command needs (`ScsiDisk::plan`), reads the data-out bytes from the
+//! guest's pages or writes the data-in bytes to them, and completes the SRB
+//! by `storvsp_protocol`'s rules: the reply's size is the request's,
+//! autosense with CHECK CONDITION, bytes moved only on success, never
+//! DATA_OVERRUN for a short transfer. A buffer the ranges do not describe
+//! (a `data_transfer_length` past them, a page outside the guest's RAM, a
+//! malformed range list) fails only that SRB (SRB_STATUS_INVALID_REQUEST,
+//! CHECK CONDITION, ILLEGAL REQUEST / INVALID FIELD IN CDB); the channel
+//! keeps working.
+//!
+//! Addressing: the disks sit on path 0, target 0, at the LUNs they were
+//! attached at ([`Storvsp::attach`]). REPORT LUNS is answered by the
+//! controller for any address (the LUNs of that path and target). For an
+//! address with no disk, a standard INQUIRY returns peripheral qualifier 3
+//! / type 0x1F ("no logical unit here"; what OpenVMM answers, so Linux's
+//! scan of target 1 ends quietly instead of hitting storvsc's LUN-removal
+//! path) and every other command SRB_STATUS_INVALID_LUN.
+//!
+//! # Work bounds and flow control
+//!
+//! [`vsp::Device::poll`] handles at most `budget` packets, each moving at
+//! most `max_transfer_bytes` (checked at parse, before any range is
+//! resolved). Completions go through the channel's flow control: when the
+//! host-to-guest ring has no room, the completion is held, the guest is
+//! asked (pending_send_sz) to signal when it has made room, and nothing
+//! more is read until it is written; so requests are never lost and the
+//! device holds at most one completion.
+//!
+//! Every request is finished within its poll (the disk backend is
+//! synchronous), so the controller keeps no per-request state between
+//! polls.
+//!
+//! # Not yet done
+//!
+//! - Sub-channels: `max_channel_count` is 0 and CREATE_SUB_CHANNELS is
+//!   refused; Linux then does all I/O on the primary channel.
+//! - Asynchronous backends: `ScsiDisk::plan`/`complete_io` already split a
+//!   command around its backend request; the device does both halves in
+//!   one poll. A backend that completes later needs per-request state and
+//!   completions sent from a later poll.
+//! - Hot add/remove: attaching a disk while the guest runs sends no
+//!   ENUMERATE_BUS, and removing one is not offered.
+//! - The root's backend (a passthrough block device or a GPT partition of
+//!   one, `root-partition/disks`): anything implementing
+//!   `scsi_disk::BlockBackend` fits, boxed through [`BoxedBackend`].
+//! - The IDE accelerator and FC variants of the interface.
+//!
+//! Sources: Linux 6.1 `drivers/scsi/storvsc_drv.c`, `drivers/hv/channel.c`
+//! and `include/linux/hyperv.h`; microsoft/openvmm
+//! `vm/devices/storage/storvsp` (host behaviour). Written fresh.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use scsi_disk::{Asc, BackendError, BlockBackend, IoOp, Plan, ScsiDisk, SenseKey};
+use storvsp_protocol::gpa::{self, BufferError, Chunk};
+use storvsp_protocol::{
+    IntoBytes, NtStatus, Operation, PACKET_BODY_LEN, PACKET_HEADER_LEN, ParseError, ProtocolVersion, Request,
+    ScsiRequest, ScsiStatus, Srb, SrbLimits, SrbResult, SrbStatus,
+};
+use vmbus::memory::SharedMemory;
+use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
+use vsp::{Channel, Device, IncomingPacket, InspectSink, OfferParams, OpenError, PollResult};
+use zerocopy::FromZeros;
+
+#[cfg(test)]
+mod tests;
+
+/// `max_transfer_bytes` announced unless configured otherwise: 256 KiB,
+/// what OpenVMM announces and what `scsi_disk::DiskConfig::new` reports
+/// as its maximum transfer (512 blocks of 512 bytes).
+pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 256 * 1024;
+
+/// The largest `max_transfer_bytes` this device announces: 1 MiB. The
+/// channel reads a packet into a 4 KiB buffer, and Linux's GPA-direct
+/// packet for a transfer of T bytes is 32 + 8 × (T / 4096 + 1) + 64 bytes
+/// (descriptor, range header, one PFN per page spanned, `vstor_packet`):
+/// 2152 bytes at 1 MiB. A guest that sends a bigger packet breaks its own
+/// channel, nothing else.
+pub const MAX_TRANSFER_BYTES_LIMIT: u32 = 1024 * 1024;
+
+/// Linux storvsc scans LUNs 0..255 per target (`STORVSC_MAX_LUNS_PER_TARGET`).
+pub const MAX_LUNS: usize = 255;
+
+/// How the controller is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorvspConfig {
+    /// Largest data transfer per SRB, announced in QUERY_PROPERTIES (Linux
+    /// caps `max_sectors` and its scatter list by it): a multiple of 4096
+    /// from 4096 to [`MAX_TRANSFER_BYTES_LIMIT`].
+    pub max_transfer_bytes: u32,
+    /// The offer's instance GUID, or `None` to let the host number it.
+    pub instance: Option<[u8; 16]>,
+}
+
+impl Default for StorvspConfig {
+    fn default() -> Self {
+        Self {
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+            instance: None,
+        }
+    }
+}
+
+/// Why a controller could not be built or a disk attached (the host's
+/// configuration is wrong; nothing here is the guest's doing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `max_transfer_bytes` is not a multiple of 4096 in
+    /// 4096..=[`MAX_TRANSFER_BYTES_LIMIT`].
+    MaxTransferBytes(u32),
+    /// A disk is already attached at this LUN.
+    LunInUse(u8),
+    /// The LUN is past what Linux scans ([`MAX_LUNS`]).
+    LunOutOfRange(u8),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MaxTransferBytes(n) => write!(f, "storvsp configured with max_transfer_bytes {n}"),
+            Self::LunInUse(l) => write!(f, "storvsp LUN {l} already has a disk"),
+            Self::LunOutOfRange(l) => write!(f, "storvsp LUN {l} is past the {MAX_LUNS} LUNs Linux scans"),
+        }
+    }
+}
+
+/// A boxed backend, so one controller type holds disks of any backend
+/// (the root's passthrough devices, partitions of them, memory in tests).
+pub struct BoxedBackend(pub Box<dyn BlockBackend>);
+
+impl BlockBackend for BoxedBackend {
+    fn sector_size(&self) -> u32 {
+        self.0.sector_size()
+    }
+    fn sector_count(&self) -> u64 {
+        self.0.sector_count()
+    }
+    fn read_only(&self) -> bool {
+        self.0.read_only()
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.0.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
+        self.0.write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.0.flush()
+    }
+}
+
+/// Where the guest is in the initialization handshake (OpenVMM's
+/// `InitState` / `ProtocolState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitState {
+    /// Waiting for BEGIN_INITIALIZATION.
+    Begin,
+    /// Waiting for an acceptable QUERY_PROTOCOL_VERSION.
+    QueryVersion,
+    /// Version agreed, waiting for QUERY_PROPERTIES.
+    QueryProperties(ProtocolVersion),
+    /// Properties sent, waiting for END_INITIALIZATION.
+    EndInitialization(ProtocolVersion),
+    /// Initialized: SRBs are accepted.
+    Ready(ProtocolVersion),
+}
+
+impl InitState {
+    /// The negotiated version, once there is one.
+    pub fn version(self) -> Option<ProtocolVersion> {
+        match self {
+            Self::Begin | Self::QueryVersion => None,
+            Self::QueryProperties(v) | Self::EndInitialization(v) | Self::Ready(v) => Some(v),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Begin => "begin",
+            Self::QueryVersion => "query_version",
+            Self::QueryProperties(_) => "query_properties",
+            Self::EndInitialization(_) => "end_initialization",
+            Self::Ready(_) => "ready",
+        }
+    }
+}
+
+/// What the controller counts (kept across opens and resets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorvspStats {
+    /// Packets the guest sent (every one, answered or not).
+    pub requests: u64,
+    /// Completions handed to the channel.
+    pub completions: u64,
+    /// Packets refused at the protocol level: malformed, out of order,
+    /// unknown operation, not a type storvsc sends.
+    pub protocol_errors: u64,
+    /// SRBs run.
+    pub srbs: u64,
+    /// SRBs that did not end in SUCCESS (CHECK CONDITION, bad buffer,
+    /// no such LUN).
+    pub srb_failures: u64,
+    /// Bytes read from disks into guest memory.
+    pub bytes_read: u64,
+    /// Bytes written to disks from guest memory.
+    pub bytes_written: u64,
+    /// Completions the channel refused (only after the guest broke its
+    /// rings).
+    pub dropped: u64,
+}
+
+/// One disk and its address.
+struct Lun<B: BlockBackend> {
+    lun: u8,
+    disk: ScsiDisk<B>,
+}
+
+/// The controller's state apart from the channel, so packet handlers can
+/// borrow it while the channel is being polled.
+struct Controller<B: BlockBackend> {
+    config: StorvspConfig,
+    luns: Vec<Lun<B>>,
+    state: InitState,
+    stats: StorvspStats,
+}
+
+/// An EXECUTE_SRB that passed the protocol checks, waiting for guest RAM.
+struct SrbJob {
+    transaction_id: u64,
+    wants_completion: bool,
+    request_size: usize,
+    srb: Srb,
+    /// The data buffer as per-page chunks, or why it is not usable.
+    chunks: Result<Vec<Chunk>, BufferError>,
+}
+
+/// What handling one packet came to.
+enum Outcome {
+    /// A whole packet to write back (descriptor first).
+    Reply(Vec<u8>),
+    /// Nothing to send.
+    Silent,
+    /// An SRB to run with the guest's RAM.
+    Srb(SrbJob),
+}
+
+/// How a SCSI request ended, before it is put on the wire.
+struct SrbEnd {
+    scsi_status: ScsiStatus,
+    srb_status: SrbStatus,
+    moved: u32,
+    sense: Option<[u8; scsi_disk::SENSE_LEN]>,
+}
+
+impl SrbEnd {
+    fn from_disk(r: &scsi_disk::ScsiResult) -> Self {
+        let status = ScsiStatus(r.status.0);
+        let moved = u32::try_from(r.transferred()).unwrap_or(u32::MAX);
+        let result = SrbResult::from_scsi(status, r.sense.as_ref().map_or(&[][..], |s| &s[..]), moved);
+        Self {
+            scsi_status: status,
+            srb_status: result.srb_status,
+            moved,
+            sense: r.sense,
+        }
+    }
+
+    /// The data buffer is unusable: CHECK CONDITION, ILLEGAL REQUEST,
+    /// INVALID FIELD IN CDB, SRB_STATUS_INVALID_REQUEST (OpenVMM answers a
+    /// guest-memory access error the same way).
+    fn bad_buffer() -> Self {
+        Self {
+            scsi_status: ScsiStatus::CHECK_CONDITION,
+            srb_status: SrbStatus::INVALID_REQUEST,
+            moved: 0,
+            sense: Some(scsi_disk::sense::fixed(
+                SenseKey::ILLEGAL_REQUEST,
+                Asc::INVALID_FIELD_IN_CDB,
+                None,
+            )),
+        }
+    }
+
+    /// The host cannot reach guest memory: HARDWARE ERROR, SRB_STATUS_ERROR.
+    fn host_error() -> Self {
+        Self {
+            scsi_status: ScsiStatus::CHECK_CONDITION,
+            srb_status: SrbStatus::ERROR,
+            moved: 0,
+            sense: Some(scsi_disk::sense::fixed(
+                SenseKey::HARDWARE_ERROR,
+                Asc::INTERNAL_TARGET_FAILURE,
+                None,
+            )),
+        }
+    }
+
+    /// No disk at this address (OpenVMM: CHECK CONDITION, INVALID_LUN, no
+    /// sense). Linux answers DID_NO_CONNECT.
+    fn no_lun() -> Self {
+        Self {
+            scsi_status: ScsiStatus::CHECK_CONDITION,
+            srb_status: SrbStatus::INVALID_LUN,
+            moved: 0,
+            sense: None,
+        }
+    }
+}
+
+/// The whole packet answering a request: a COMPLETION descriptor with its
+/// transaction id, then `payload` (Linux `storvsc_on_channel_callback`
+/// matches it on the full 64-bit id).
+fn completion_packet(transaction_id: u64, payload: &[u8]) -> Vec<u8> {
+    let d = Descriptor::new(PacketType::COMPLETION, 16, payload.len(), 0, transaction_id);
+    let mut out = Vec::with_capacity(16 + payload.len() + 7);
+    out.extend_from_slice(d.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The SRB a guest sent, whatever its checks said: for echoing its
+/// address and CDB length in a refusal.
+fn raw_srb(body: &[u8]) -> ScsiRequest {
+    let mut r = ScsiRequest::new_zeroed();
+    let n = body.len().min(size_of::<ScsiRequest>());
+    r.as_mut_bytes()[..n].copy_from_slice(&body[..n]);
+    r
+}
+
+impl<B: BlockBackend> Controller<B> {
+    fn limits(&self) -> SrbLimits {
+        SrbLimits {
+            version: self.state.version().unwrap_or(ProtocolVersion::WIN8),
+            max_transfer_bytes: self.config.max_transfer_bytes,
+        }
+    }
+
+    fn find(&mut self, address: (u8, u8, u8)) -> Option<&mut ScsiDisk<B>> {
+        let (path, target, lun) = address;
+        if path != 0 || target != 0 {
+            return None;
+        }
+        self.luns.iter_mut().find(|l| l.lun == lun).map(|l| &mut l.disk)
+    }
+
+    /// Handle one packet from the guest: answer it, or hand back an SRB to
+    /// run against guest memory.
+    fn handle(&mut self, p: &IncomingPacket<'_>) -> Outcome {
+        self.stats.requests += 1;
+        let wants_completion = p.flags & FLAG_COMPLETION_REQUESTED != 0;
+        // Where the vstor packet starts in the bytes after the descriptor
+        // (the ring checked offset8 >= 2 and within the packet).
+        let data_start = (p.offset8 as usize * 8).saturating_sub(16);
+        let (data, ranges) = match p.kind {
+            PacketType::DATA_INBAND => (
+                p.after_descriptor.get(data_start..).unwrap_or(&[]),
+                Ok(Vec::new()),
+            ),
+            PacketType::DATA_USING_GPA_DIRECT => {
+                match gpa::parse_gpa_direct(p.after_descriptor, Some(p.offset8)) {
+                    Ok(g) => (g.data, Ok(g.ranges)),
+                    // The range list is broken; the vstor packet may still be
+                    // readable at offset8, and only an SRB needs the ranges.
+                    Err(e) => (p.after_descriptor.get(data_start..).unwrap_or(&[]), Err(e)),
+                }
+            }
+            _ => {
+                // Completions (storvsc requests none) and transfer-page
+                // packets (netvsc's) are not storvsc's: skip them.
+                self.stats.protocol_errors += 1;
+                return Outcome::Silent;
+            }
+        };
+        let reply = |this: &mut Self, request_size: usize, status: NtStatus, body: &[u8]| {
+            if status != NtStatus::SUCCESS {
+                this.stats.protocol_errors += 1;
+            }
+            this.answer(
+                p.transaction_id,
+                wants_completion,
+                storvsp_protocol::completion(request_size, status, body),
+            )
+        };
+        let request_size = data.len().saturating_sub(PACKET_HEADER_LEN).min(PACKET_BODY_LEN);
+        let packet = match storvsp_protocol::parse_packet(data, &self.limits()) {
+            Ok(packet) => packet,
+            Err(e) => {
+                let op = data
+                    .get(..4)
+                    .map(|b| Operation(u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                return match e {
+                    ParseError::ShortSrb { .. }
+                    | ParseError::BadCdbLength(_)
+                    | ParseError::BadDataDirection(_)
+                    | ParseError::TransferTooLong { .. } => {
+                        if !matches!(self.state, InitState::Ready(_)) {
+                            return reply(self, request_size, NtStatus::INVALID_DEVICE_STATE, &[]);
+                        }
+                        // The SRB itself is wrong: fail it like a SCSI
+                        // request, so Linux sees the error on the command.
+                        self.stats.protocol_errors += 1;
+                        let body = data.get(PACKET_HEADER_LEN..).unwrap_or(&[]);
+                        let srb = raw_srb(body);
+                        self.srb_answer(
+                            p.transaction_id,
+                            wants_completion,
+                            request_size,
+                            &srb,
+                            &SrbEnd::bad_buffer(),
+                        )
+                    }
+                    ParseError::UnexpectedOperation(_) => {
+                        reply(self, request_size, NtStatus::INVALID_DEVICE_REQUEST, &[])
+                    }
+                    ParseError::ShortPacket { .. } if op.is_none() => {
+                        reply(self, request_size, NtStatus::INVALID_DEVICE_REQUEST, &[])
+                    }
+                    ParseError::ShortPacket { .. } => {
+                        reply(self, request_size, NtStatus::INVALID_PARAMETER, &[])
+                    }
+                };
+            }
+        };
+        let size = packet.request_size;
+        match (self.state, packet.request) {
+            (InitState::Begin, Request::BeginInitialization) => {
+                self.state = InitState::QueryVersion;
+                reply(self, size, NtStatus::SUCCESS, &[])
+            }
+            (InitState::QueryVersion, Request::QueryProtocolVersion(v)) => {
+                // Linux proposes 6.2, 6.0, 5.1 in turn until one is
+                // accepted (`storvsc_channel_init`); a mismatch keeps the
+                // state, so the next proposal is heard.
+                match storvsp_protocol::negotiate(v, &storvsp_protocol::HOST_VERSIONS) {
+                    Ok(v) => {
+                        self.state = InitState::QueryProperties(v);
+                        self.answer(
+                            p.transaction_id,
+                            wants_completion,
+                            storvsp_protocol::version_completion(size, v, true),
+                        )
+                    }
+                    Err(_) => self.answer(
+                        p.transaction_id,
+                        wants_completion,
+                        storvsp_protocol::version_completion(size, v, false),
+                    ),
+                }
+            }
+            (InitState::QueryProperties(v), Request::QueryProperties) => {
+                self.state = InitState::EndInitialization(v);
+                self.answer(
+                    p.transaction_id,
+                    wants_completion,
+                    storvsp_protocol::properties_completion(size, 0, self.config.max_transfer_bytes),
+                )
+            }
+            (InitState::EndInitialization(v), Request::EndInitialization) => {
+                self.state = InitState::Ready(v);
+                reply(self, size, NtStatus::SUCCESS, &[])
+            }
+            (InitState::EndInitialization(_) | InitState::Ready(_), Request::CreateSubChannels(_)) => {
+                // No sub-channels are offered (max_channel_count 0); OpenVMM
+                // answers a refused count INVALID_PARAMETER.
+                reply(self, size, NtStatus::INVALID_PARAMETER, &[])
+            }
+            (InitState::Ready(_), Request::ResetLun | Request::ResetAdapter | Request::ResetBus) => {
+                // Every SRB is complete before its completion is sent, so
+                // there is nothing to abort (OpenVMM: "always been no-ops").
+                reply(self, size, NtStatus::SUCCESS, &[])
+            }
+            (InitState::Ready(_), Request::ExecuteSrb(srb)) => {
+                let chunks = ranges.and_then(|r| gpa::srb_chunks(&r, srb.data_transfer_length()));
+                Outcome::Srb(SrbJob {
+                    transaction_id: p.transaction_id,
+                    wants_completion,
+                    request_size: size,
+                    srb,
+                    chunks,
+                })
+            }
+            _ => reply(self, size, NtStatus::INVALID_DEVICE_STATE, &[]),
+        }
+    }
+
+    /// A completion carrying `payload`, if the guest asked for one.
+    fn answer(&mut self, transaction_id: u64, wants_completion: bool, payload: Vec<u8>) -> Outcome {
+        if !wants_completion {
+            return Outcome::Silent;
+        }
+        self.stats.completions += 1;
+        Outcome::Reply(completion_packet(transaction_id, &payload))
+    }
+
+    fn srb_answer(
+        &mut self,
+        transaction_id: u64,
+        wants_completion: bool,
+        request_size: usize,
+        request: &ScsiRequest,
+        end: &SrbEnd,
+    ) -> Outcome {
+        self.stats.srbs += 1;
+        if end.srb_status != SrbStatus::SUCCESS {
+            self.stats.srb_failures += 1;
+        }
+        let result = SrbResult {
+            scsi_status: end.scsi_status,
+            srb_status: end.srb_status,
+            data_transfer_length: end.moved,
+            sense: end.sense.as_ref().map_or(&[][..], |s| &s[..]),
+        };
+        let payload = storvsp_protocol::srb_completion(request_size, request, &result);
+        self.answer(transaction_id, wants_completion, payload)
+    }
+
+    /// Run an SRB against the disks and the guest's RAM; the completion
+    /// packet, if one is wanted.
+    fn execute<M: SharedMemory>(&mut self, job: SrbJob, ram: Option<&M>) -> Outcome {
+        let end = self.run_srb(&job, ram);
+        self.srb_answer(
+            job.transaction_id,
+            job.wants_completion,
+            job.request_size,
+            &job.srb.request,
+            &end,
+        )
+    }
+
+    fn run_srb<M: SharedMemory>(&mut self, job: &SrbJob, ram: Option<&M>) -> SrbEnd {
+        let srb = &job.srb;
+        let cdb = srb.cdb();
+        let address = srb.address();
+        // Every page of the buffer inside the guest's RAM before anything
+        // is read, written or asked of the disk.
+        let chunks = match &job.chunks {
+            Ok(c) => c.as_slice(),
+            Err(_) => return SrbEnd::bad_buffer(),
+        };
+        // `open` refuses a channel without the guest's RAM.
+        let Some(ram) = ram else {
+            return SrbEnd::host_error();
+        };
+        let ram_len = ram.len();
+        if chunks
+            .iter()
+            .any(|c| c.gpa().checked_add(c.len as u64).is_none_or(|end| end > ram_len))
+        {
+            return SrbEnd::bad_buffer();
+        }
+        let len = srb.data_transfer_length() as usize;
+        // Linux sets data_in from the DMA direction (`storvsc_queuecommand`):
+        // the buffer is the data-out or the data-in side; "unknown" (no
+        // data for Linux) lets the command use it either way, as OpenVMM.
+        let (out_len, in_cap) = match srb.direction {
+            storvsp_protocol::DataDirection::Out => (len, 0),
+            storvsp_protocol::DataDirection::In => (0, len),
+            storvsp_protocol::DataDirection::Unspecified => (len, len),
+        };
+        let op = cdb.first().copied().unwrap_or(0xFF);
+        if op == scsi_disk::op::REPORT_LUNS {
+            let luns = self.luns_at(address);
+            let r = scsi_disk::report_luns(cdb, &luns, in_cap);
+            return self.finish_data_in(&r, chunks, ram);
+        }
+        let Some(disk) = self.find(address) else {
+            return match not_present_inquiry(cdb, in_cap) {
+                Some(r) => self.finish_data_in(&r, chunks, ram),
+                None => SrbEnd::no_lun(),
+            };
+        };
+        match disk.plan(cdb, out_len, in_cap) {
+            Plan::Done(r) => self.finish_data_in(&r, chunks, ram),
+            Plan::Io(req) => match req.op {
+                IoOp::Write { .. } => {
+                    let mut data = alloc::vec![0u8; req.bytes];
+                    if copy_from_guest(ram, chunks, &mut data).is_err() {
+                        return SrbEnd::bad_buffer();
+                    }
+                    let r = disk.run_io(&req, &data);
+                    if r.is_good() {
+                        self.stats.bytes_written += r.data_out_used as u64;
+                    }
+                    SrbEnd::from_disk(&r)
+                }
+                IoOp::Read | IoOp::Flush => {
+                    let r = disk.run_io(&req, &[]);
+                    self.finish_data_in(&r, chunks, ram)
+                }
+            },
+        }
+    }
+
+    /// Copy a result's data-in bytes to the guest and report it.
+    fn finish_data_in<M: SharedMemory>(
+        &mut self,
+        r: &scsi_disk::ScsiResult,
+        chunks: &[Chunk],
+        ram: &M,
+    ) -> SrbEnd {
+        if !r.data_in.is_empty() {
+            if copy_to_guest(ram, chunks, &r.data_in).is_err() {
+                return SrbEnd::bad_buffer();
+            }
+            self.stats.bytes_read += r.data_in.len() as u64;
+        }
+        SrbEnd::from_disk(r)
+    }
+
+    /// The LUNs at (path, target), ascending.
+    fn luns_at(&self, address: (u8, u8, u8)) -> Vec<u16> {
+        let (path, target, _) = address;
+        if path != 0 || target != 0 {
+            return Vec::new();
+        }
+        let mut luns: Vec<u16> = self.luns.iter().map(|l| l.lun as u16).collect();
+        luns.sort_unstable();
+        luns
+    }
+}
+
+/// Standard INQUIRY data for an address with no disk: peripheral
+/// qualifier 3, device type 0x1F (SPC-4 §6.6.2: "not capable of
+/// supporting a device here"), everything else zero (OpenVMM
+/// `LOGICAL_UNIT_NOT_PRESENT_DEVICE`). Linux's scan then counts the target
+/// as present with no LUN here and moves on (`scsi_probe_and_add_lun`).
+/// `None` for anything but a standard INQUIRY into a data-in buffer.
+fn not_present_inquiry(cdb: &[u8], cap: usize) -> Option<scsi_disk::ScsiResult> {
+    if cdb.len() < 6 || cdb[0] != scsi_disk::op::INQUIRY || cdb[1] & 0x01 != 0 || cdb[2] != 0 {
+        return None;
+    }
+    let alloc = u16::from_be_bytes([cdb[3], cdb[4]]) as usize;
+    let mut d = alloc::vec![0u8; scsi_disk::INQUIRY_LEN];
+    d[0] = 0x7F;
+    d[2] = 0x06;
+    d[3] = 0x02;
+    d[4] = (scsi_disk::INQUIRY_LEN - 5) as u8;
+    d.truncate(alloc.min(cap));
+    Some(scsi_disk::ScsiResult::good(d))
+}
+
+/// Fill `buf` from the start of the guest buffer `chunks` describe.
+fn copy_from_guest<M: SharedMemory>(ram: &M, chunks: &[Chunk], buf: &mut [u8]) -> Result<(), ()> {
+    let mut done = 0usize;
+    for c in chunks {
+        if done == buf.len() {
+            break;
+        }
+        let n = (c.len as usize).min(buf.len() - done);
+        ram.read_at(c.gpa(), &mut buf[done..done + n]).map_err(|_| ())?;
+        done += n;
+    }
+    if done == buf.len() { Ok(()) } else { Err(()) }
+}
+
+/// Copy `data` to the start of the guest buffer `chunks` describe.
+fn copy_to_guest<M: SharedMemory>(ram: &M, chunks: &[Chunk], data: &[u8]) -> Result<(), ()> {
+    let mut done = 0usize;
+    for c in chunks {
+        if done == data.len() {
+            break;
+        }
+        let n = (c.len as usize).min(data.len() - done);
+        ram.write_at(c.gpa(), &data[done..done + n]).map_err(|_| ())?;
+        done += n;
+    }
+    if done == data.len() { Ok(()) } else { Err(()) }
+}
+
+/// Polls that found work and polls cut by the budget, as the device sees
+/// them (the channel's own counts are per packet here, see [`Storvsp`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct PollStats {
+    signals_received: u64,
+    budget_exhausted: u64,
+}
+
+/// The storvsp device: a SCSI controller with disks of backend `B`,
+/// offered over VMBus channel memory `M`.
+///
+/// Each [`Device::poll`] reads the guest's packets one at a time through
+/// [`Channel::poll`] (so that an SRB can reach the guest's RAM, which the
+/// channel owns, between packets) and sends the SRB's completion with
+/// [`Channel::send`]; nothing is read while a completion waits for room.
+pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
+    channel: Option<Channel<M>>,
+    controller: Controller<B>,
+    polls: PollStats,
+}
+
+impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
+    /// A controller with `disk` at LUN 0.
+    pub fn new(disk: ScsiDisk<B>, config: StorvspConfig) -> Result<Self, ConfigError> {
+        let mut s = Self::empty(config)?;
+        s.attach(0, disk)?;
+        Ok(s)
+    }
+
+    /// A controller with no disks (attach them with [`Self::attach`]).
+    pub fn empty(config: StorvspConfig) -> Result<Self, ConfigError> {
+        let m = config.max_transfer_bytes;
+        if !(4096..=MAX_TRANSFER_BYTES_LIMIT).contains(&m) || !m.is_multiple_of(4096) {
+            return Err(ConfigError::MaxTransferBytes(m));
+        }
+        Ok(Self {
+            channel: None,
+            controller: Controller {
+                config,
+                luns: Vec::new(),
+                state: InitState::Begin,
+                stats: StorvspStats::default(),
+            },
+            polls: PollStats::default(),
+        })
+    }
+
+    /// Attach `disk` at `lun` (path 0, target 0). Do it before the guest
+    /// scans the bus: no ENUMERATE_BUS is sent yet.
+    pub fn attach(&mut self, lun: u8, disk: ScsiDisk<B>) -> Result<(), ConfigError> {
+        if lun as usize >= MAX_LUNS {
+            return Err(ConfigError::LunOutOfRange(lun));
+        }
+        if self.controller.luns.iter().any(|l| l.lun == lun) {
+            return Err(ConfigError::LunInUse(lun));
+        }
+        self.controller.luns.push(Lun { lun, disk });
+        Ok(())
+    }
+
+    /// The disk at `lun`.
+    pub fn disk(&self, lun: u8) -> Option<&ScsiDisk<B>> {
+        self.controller
+            .luns
+            .iter()
+            .find(|l| l.lun == lun)
+            .map(|l| &l.disk)
+    }
+
+    /// The disk at `lun`, mutable.
+    pub fn disk_mut(&mut self, lun: u8) -> Option<&mut ScsiDisk<B>> {
+        self.controller
+            .luns
+            .iter_mut()
+            .find(|l| l.lun == lun)
+            .map(|l| &mut l.disk)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StorvspConfig {
+        &self.controller.config
+    }
+
+    /// Where the guest is in the handshake.
+    pub fn state(&self) -> InitState {
+        self.controller.state
+    }
+
+    /// The negotiated protocol version, once agreed.
+    pub fn version(&self) -> Option<ProtocolVersion> {
+        self.controller.state.version()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StorvspStats {
+        self.controller.stats
+    }
+
+    /// The open channel, if any.
+    pub fn channel(&self) -> Option<&Channel<M>> {
+        self.channel.as_ref()
+    }
+
+    /// True if the guest has written packets not yet read.
+    fn packets_waiting(channel: &Channel<M>) -> bool {
+        channel.states().0.is_some_and(|s| s.read_index != s.write_index)
+    }
+}
+
+impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
+    fn offer(&self) -> OfferParams {
+        let mut o = OfferParams::new(storvsp_protocol::SCSI_INTERFACE_GUID);
+        o.interface_instance = self.controller.config.instance;
+        o
+    }
+
+    fn open(&mut self, channel: Channel<M>) -> Result<(), OpenError> {
+        if self.channel.is_some() {
+            return Err(OpenError::AlreadyOpen);
+        }
+        if channel.guest_ram().is_none() {
+            return Err(OpenError::Refused(
+                "storvsp needs the guest's RAM for GPA-direct data",
+            ));
+        }
+        // Every open starts a new handshake (Linux runs
+        // `storvsc_channel_init` after each open, resume included).
+        self.controller.state = InitState::Begin;
+        self.channel = Some(channel);
+        Ok(())
+    }
+
+    fn poll(&mut self, budget: u32) -> PollResult {
+        let Some(channel) = self.channel.as_mut() else {
+            return PollResult::default();
+        };
+        let controller = &mut self.controller;
+        let mut result = PollResult::default();
+        let mut handled = 0u32;
+        let budget = budget.max(1);
+        while handled < budget {
+            let mut read = false;
+            let mut job = None;
+            // One packet per channel poll: an SRB needs the guest's RAM,
+            // which the channel lends only between polls.
+            let r = channel.poll(1, &mut |p| {
+                read = true;
+                match controller.handle(p) {
+                    Outcome::Reply(bytes) => Some(bytes),
+                    Outcome::Silent => None,
+                    Outcome::Srb(j) => {
+                        job = Some(j);
+                        None
+                    }
+                }
+            });
+            result.signalled |= r.signalled;
+            if r.broke.is_some() {
+                result.broke = r.broke;
+                return result;
+            }
+            if !read {
+                // Empty ring, or a held completion still has no room: the
+                // guest signals when it has made some (pending_send_sz).
+                break;
+            }
+            handled += 1;
+            if let Some(job) = job
+                && let Outcome::Reply(bytes) = controller.execute(job, channel.guest_ram())
+            {
+                // Nothing is held here: the channel wrote any held packet
+                // before it read this one, and this packet's handler sent
+                // nothing.
+                match channel.send(bytes) {
+                    Ok(r) => {
+                        result.signalled |= r.signalled;
+                        if r.broke.is_some() {
+                            result.broke = r.broke;
+                            return result;
+                        }
+                    }
+                    Err(_) => controller.stats.dropped += 1,
+                }
+            }
+            if channel.holding() {
+                break;
+            }
+        }
+        if handled > 0 {
+            self.polls.signals_received += 1;
+        }
+        if handled == budget && !channel.holding() && Self::packets_waiting(channel) {
+            result.more = true;
+            self.polls.budget_exhausted += 1;
+        }
+        result
+    }
+
+    fn close(&mut self) {
+        self.channel = None;
+        self.controller.state = InitState::Begin;
+    }
+
+    fn reset(&mut self) {
+        self.channel = None;
+        self.controller.state = InitState::Begin;
+    }
+
+    fn inspect(&self, out: &mut dyn InspectSink) {
+        let Some(channel) = &self.channel else {
+            return;
+        };
+        let c = &self.controller;
+        out.text("state", "state", c.state.name());
+        let version = c
+            .state
+            .version()
+            .map(|v| format!("{}.{}", v.major(), v.minor()))
+            .unwrap_or_default();
+        out.text("version", "vmstor version", &version);
+        let (up, down) = channel.states();
+        out.ring("guest_to_host", "guest->host", up);
+        out.ring("host_to_guest", "host->guest", down);
+        let cs = channel.stats();
+        out.counter("packets", "completions written", cs.packets);
+        out.counter(
+            "signals_received",
+            "signals received",
+            self.polls.signals_received,
+        );
+        out.counter("signals_sent", "signals sent", cs.signals_sent);
+        out.counter("stalls", "stalls", cs.stalls);
+        out.counter(
+            "budget_exhausted",
+            "polls cut by the work budget",
+            self.polls.budget_exhausted,
+        );
+        let s = &c.stats;
+        out.counter("requests", "requests", s.requests);
+        out.counter("completions", "completions", s.completions);
+        out.counter("protocol_errors", "protocol errors", s.protocol_errors);
+        out.counter("srbs", "SRBs", s.srbs);
+        out.counter("srb_failures", "SRBs failed", s.srb_failures);
+        out.counter("bytes_read", "bytes read", s.bytes_read);
+        out.counter("bytes_written", "bytes written", s.bytes_written);
+        out.counter("luns", "LUNs", c.luns.len() as u64);
+        let total: u64 = c
+            .luns
+            .iter()
+            .map(|l| l.disk.sector_count().saturating_mul(l.disk.sector_size() as u64))
+            .sum();
+        out.counter("disk_bytes", "disk bytes", total);
+        let mut disks = String::new();
+        for l in &c.luns {
+            if !disks.is_empty() {
+                disks.push_str(", ");
+            }
+            disks.push_str(&format!(
+                "lun {}: {} x {} bytes",
+                l.lun,
+                l.disk.sector_count(),
+                l.disk.sector_size()
+            ));
+        }
+        out.text("disks", "disks", &disks);
+        match channel.broken() {
+            Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
+            None => out.text("broken", "stopped", ""),
+        }
+    }
+}
