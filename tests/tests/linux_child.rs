@@ -107,6 +107,18 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
         "{release}"
     );
 
+    // hv_storvsc binds the root's synthetic SCSI controller: the 8 MiB RAM
+    // disk is sda, and data written through it reads back.
+    let size = run_in_guest(&mut m, "cat /sys/block/sda/size", "disk");
+    assert!(size.lines().any(|l| l.trim() == "16384"), "{size}");
+    let back = run_in_guest(
+        &mut m,
+        "echo hv-rs-disk-check | dd of=/dev/sda bs=512 seek=100 conv=fsync 2>/dev/null; \
+         echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/sda bs=512 skip=100 count=1 2>/dev/null | head -c 17; echo",
+        "dd",
+    );
+    assert!(back.lines().any(|l| l.trim() == "hv-rs-disk-check"), "{back}");
+
     // The hypercall page is in use (HvPostMessage/HvSignalEvent) and the
     // guest identified itself.
     let info = m.hvctl_json("info 4 --json");

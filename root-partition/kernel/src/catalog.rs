@@ -4,6 +4,7 @@
 
 use crate::ring_memory::FrameMemory;
 use alloc::boxed::Box;
+use alloc::string::String;
 use alloc::vec::Vec;
 use vsp::Device;
 
@@ -14,6 +15,25 @@ pub struct ChildDevices {
     pub devices: Vec<Box<dyn Device<FrameMemory>>>,
     /// Shutdown, time sync, heartbeat and KVP controls.
     pub integration: vsp_ic::Controls,
+}
+
+/// What `spec`'s child gets: the echo device (relid 1), the integration
+/// services Hyper-V offers every guest (shutdown, time sync, heartbeat,
+/// KVP), and with `--ramdisk` a synthetic SCSI controller with that disk
+/// (`seed` makes its identity unique).
+pub fn for_child(spec: &mgmt::cli::CreateSpec, seed: u64) -> Result<ChildDevices, String> {
+    let mut c = standard();
+    if let Some(bytes) = spec.ramdisk {
+        let backend = crate::ramdisk::RamDisk::new(bytes)
+            .ok_or_else(|| alloc::format!("no root memory for a {} MiB RAM disk", bytes >> 20))?;
+        let serial = alloc::format!("hvrs-{}-{seed}", spec.name);
+        let disk = scsi_disk::ScsiDisk::new(backend, scsi_disk::DiskConfig::new(&serial, seed))
+            .map_err(|e| alloc::format!("RAM disk: {e:?}"))?;
+        let controller = storvsp::Storvsp::new(disk, storvsp::StorvspConfig::default())
+            .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
+        c.devices.push(Box::new(controller));
+    }
+    Ok(c)
 }
 
 /// What every child gets: the echo device (relid 1), then the integration

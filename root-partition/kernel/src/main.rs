@@ -45,6 +45,9 @@ mod memory;
 #[cfg(target_os = "none")]
 mod qemu;
 #[cfg(target_os = "none")]
+/// RAM-backed disks for `create --ramdisk`.
+mod ramdisk;
+#[cfg(target_os = "none")]
 mod ring_memory;
 #[cfg(target_os = "none")]
 mod scenarios;

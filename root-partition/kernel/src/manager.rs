@@ -263,7 +263,7 @@ impl Manager {
         let block = self
             .free_event_block()
             .ok_or_else(|| format!("at most {} child partitions", crate::worker::EVENT_BLOCKS))?;
-        let devices = crate::catalog::standard();
+        let devices = crate::catalog::for_child(&spec, crate::timer::ticks() ^ u64::from(block) << 32)?;
         let mut w =
             Worker::create(spec, image, devices.devices, targets, block).map_err(|e| format!("{e}"))?;
         if start && let Err(e) = w.start() {

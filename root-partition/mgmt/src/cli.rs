@@ -22,6 +22,8 @@ pub mod limits {
     pub const MAX_VPS: u32 = 4;
     /// Longest partition name.
     pub const MAX_NAME: usize = 15;
+    /// Largest RAM disk (it comes out of the root's heap).
+    pub const MAX_RAMDISK: u64 = 16 << 20;
 }
 
 /// Options for `create`.
@@ -43,6 +45,10 @@ pub struct CreateSpec {
     pub cmdline: Option<String>,
     /// How the image boots (`--boot`; default [`BootProtocol::Auto`]).
     pub boot: BootProtocol,
+    /// A RAM-backed SCSI disk of this many bytes on a synthetic SCSI
+    /// controller (`--ramdisk SIZE`), until disks on the root's block
+    /// devices exist.
+    pub ramdisk: Option<u64>,
 }
 
 /// `create --boot`: which boot protocol a child's image is started through.
@@ -275,7 +281,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
-        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--mode MODE] [--start]",
+        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--ramdisk SIZE] [--mode MODE] [--start]",
         "build a child partition",
     ),
     (
@@ -536,6 +542,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     let (mut memory, mut vps, mut image, mut mode, mut start) = (None, None, None, None, false);
     let (mut initrd, mut cmdline): (Option<String>, Option<String>) = (None, None);
     let mut boot: Option<BootProtocol> = None;
+    let mut ramdisk: Option<u64> = None;
     while !w.words.is_empty() {
         let opt = w.words.remove(0);
         let key: &'static str = match opt {
@@ -546,6 +553,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             "--initrd" => "--initrd",
             "--cmdline" => "--cmdline",
             "--boot" => "--boot",
+            "--ramdisk" => "--ramdisk",
             "--start" => {
                 if start {
                     return Err(ParseError::Duplicate("--start"));
@@ -610,6 +618,16 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
                 }
                 cmdline = Some(value.to_string());
             }
+            "--ramdisk" => {
+                if ramdisk.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                let bytes = size::parse(value).map_err(|_| bad("a size like 8M"))?;
+                if !(1 << 20..=MAX_RAMDISK).contains(&bytes) || bytes % (1 << 20) != 0 {
+                    return Err(bad("a whole number of MiB from 1M to 16M"));
+                }
+                ramdisk = Some(bytes);
+            }
             "--boot" => {
                 if boot.is_some() {
                     return Err(ParseError::Duplicate(key));
@@ -644,6 +662,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         initrd,
         cmdline,
         boot: boot.unwrap_or_default(),
+        ramdisk,
     };
     Ok(Command::Create { spec, start })
 }
@@ -747,6 +766,21 @@ mod tests {
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
         assert_eq!((spec.initrd, spec.cmdline), (None, None));
         assert_eq!(spec.boot, BootProtocol::Auto);
+    }
+
+    #[test]
+    fn create_with_a_ramdisk() {
+        let Command::Create { spec, .. } = ok("create d --memory 64M --image k --ramdisk 8M") else {
+            panic!()
+        };
+        assert_eq!(spec.ramdisk, Some(8 << 20));
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert!(e("create d --memory 64M --image k --ramdisk 17M").contains("1M to 16M"));
+        assert!(e("create d --memory 64M --image k --ramdisk 1500K").contains("1M to 16M"));
+        assert_eq!(
+            e("create d --memory 64M --image k --ramdisk 1M --ramdisk 1M"),
+            "option --ramdisk given twice"
+        );
     }
 
     #[test]

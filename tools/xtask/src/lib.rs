@@ -108,6 +108,8 @@ pub struct HostChild {
     pub cmdline: Option<String>,
     /// Memory in MiB.
     pub memory_mib: u64,
+    /// A RAM-backed SCSI disk of this many MiB (`ramdisk=SIZE`).
+    pub ramdisk_mib: Option<u64>,
 }
 
 /// Memory a `--child` gets unless it says `memory=`.
@@ -155,6 +157,7 @@ impl HostChild {
             initrd: None,
             cmdline: None,
             memory_mib: DEFAULT_CHILD_MIB,
+            ramdisk_mib: None,
         };
         for f in fields {
             match f.split_once('=') {
@@ -170,9 +173,12 @@ impl HostChild {
                 Some(("memory", v)) => {
                     child.memory_mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?
                 }
+                Some(("ramdisk", v)) => {
+                    child.ramdisk_mib = Some(parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?)
+                }
                 _ => {
                     return Err(format!(
-                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE)"
+                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE)"
                     ));
                 }
             }
@@ -191,6 +197,9 @@ impl HostChild {
         }
         if let Some(c) = &self.cmdline {
             line.push_str(&format!(" --cmdline \"{c}\""));
+        }
+        if let Some(r) = self.ramdisk_mib {
+            line.push_str(&format!(" --ramdisk {r}M"));
         }
         line.push_str(" --start\n");
         line

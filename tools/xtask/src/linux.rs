@@ -35,6 +35,10 @@ pub const INIT_MARKER: &str = "hv-rs linux child: init reached";
 /// The Hyper-V drivers `/init` loads, before their dependencies are added.
 pub const HV_MODULES: [&str; 4] = ["hv_vmbus", "hv_utils", "hv_storvsc", "hv_netvsc"];
 
+/// Modules the child needs beside the Hyper-V ones: `sd_mod` turns the
+/// SCSI disks hv_storvsc finds into block devices (`/dev/sda`).
+pub const EXTRA_MODULES: [&str; 1] = ["sd_mod"];
+
 /// The hostname `/init` sets when the command line has no `hostname=`.
 pub const DEFAULT_HOSTNAME: &str = "linux-child";
 
@@ -131,7 +135,8 @@ pub fn linux_artifacts(workspace_root: &Path) -> Result<LinuxArtifacts, XtaskErr
         ));
     }
     let modules_dir = kernel_root.join("lib").join("modules").join(&kernel_release);
-    let modules = resolve_modules(&modules_dir, &HV_MODULES)?;
+    let wanted: Vec<&str> = HV_MODULES.iter().chain(EXTRA_MODULES.iter()).copied().collect();
+    let modules = resolve_modules(&modules_dir, &wanted)?;
 
     let mut cpio = Cpio::new();
     for d in [

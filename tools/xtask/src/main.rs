@@ -127,6 +127,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                     xtask::linux::CHILD_CMDLINE_BASE
                 )),
                 memory_mib: xtask::DEFAULT_CHILD_MIB,
+                ramdisk_mib: Some(8),
             },
         );
     }
