@@ -22,9 +22,9 @@
 //! hv-core's log lines.
 //!
 //! For finding where the time goes: `LINUX_BOOT_EXTRA_CMDLINE` (e.g.
-//! `quiet`) appends kernel arguments on both sides (the child then gets its
-//! own bundle, `boot-bundle-linux-bench.img`, built from `LINUX_CMDLINE`
-//! plus them), and `LINUX_BOOT_POLL_AFTER_MS` waits that long after
+//! `quiet`) appends kernel arguments on both sides (the child's bundle,
+//! `boot-bundle-linux-bench.img`, is built from `LINUX_CMDLINE` plus them,
+//! without the tests' RAM disk), and `LINUX_BOOT_POLL_AFTER_MS` waits that long after
 //! `created` before the first poll (each poll is a `console 4` snapshot the
 //! root sends over COM2 while the child waits for the one CPU).
 
@@ -340,27 +340,25 @@ fn main() {
         .map(String::from)
         .collect();
     // Built before any timing.
-    let (linux_images, artifacts) = linux_images();
+    let (_, artifacts) = linux_images();
     let child_cmdline = std::iter::once(qemu_tests::LINUX_CMDLINE.to_string())
         .chain(extra.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let own_images;
-    let images = if extra.is_empty() {
-        linux_images
-    } else {
-        let child = xtask::HostChild {
-            name: "linux".into(),
-            kernel: artifacts.vmlinuz.clone(),
-            initrd: Some(artifacts.initramfs.clone()),
-            cmdline: Some(child_cmdline.clone()),
-            memory_mib: CHILD_MIB.into(),
-            ramdisk_mib: None,
-        };
-        own_images = xtask::build_images_with(&[child], "boot-bundle-linux-bench.img")
-            .unwrap_or_else(|e| panic!("building images: {e}"));
-        &own_images
+    // The bench's own bundle: the same child as the tests' but without the
+    // tests' RAM disk, so both machines boot the same devices' worth of work
+    // (bare QEMU has no disk either).
+    let child = xtask::HostChild {
+        name: "linux".into(),
+        kernel: artifacts.vmlinuz.clone(),
+        initrd: Some(artifacts.initramfs.clone()),
+        cmdline: Some(child_cmdline.clone()),
+        memory_mib: CHILD_MIB.into(),
+        ramdisk_mib: None,
     };
+    let own_images = xtask::build_images_with(&[child], "boot-bundle-linux-bench.img")
+        .unwrap_or_else(|e| panic!("building images: {e}"));
+    let images = &own_images;
     let (accel, accel_why) = xtask::choose_accel();
     // The child's command line (`LINUX_CMDLINE`) but for `panic=`: the
     // bare machine keeps `panic=-1` so that a panic ends QEMU at once.
