@@ -174,7 +174,13 @@ impl HostChild {
                     child.memory_mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?
                 }
                 Some(("ramdisk", v)) => {
-                    child.ramdisk_mib = Some(parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?)
+                    let mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?;
+                    // The root's limit (mgmt::cli::limits::MAX_RAMDISK): a bad
+                    // manifest line would make it skip the whole manifest.
+                    if !(1..=16).contains(&mib) {
+                        return Err(format!("--child {name}: ramdisk={v}: 1M to 16M"));
+                    }
+                    child.ramdisk_mib = Some(mib);
                 }
                 _ => {
                     return Err(format!(
