@@ -335,6 +335,31 @@ pub fn demo_disk() -> Vec<u8> {
     disk
 }
 
+/// The machine every QEMU here is: q35 with the accelerator, `memory_mib`
+/// of RAM, one CPU, no reboot (a triple fault ends QEMU).
+pub fn machine_args(accel: Accel, memory_mib: u32) -> Vec<String> {
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm", "host"),
+        Accel::Tcg => ("tcg", "max"),
+    };
+    [
+        "-machine",
+        "q35",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-m",
+        &format!("{memory_mib}M"),
+        "-smp",
+        "1",
+        "-no-reboot",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -483,29 +508,8 @@ pub enum Console {
 
 /// QEMU arguments for booting `images` with `opts`.
 pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
-    let mut args: Vec<String> = Vec::new();
+    let mut args = machine_args(opts.accel, opts.memory_mib);
     let mut push = |a: &str| args.push(a.to_string());
-    push("-machine");
-    push("q35");
-    match opts.accel {
-        Accel::Kvm => {
-            push("-accel");
-            push("kvm");
-            push("-cpu");
-            push("host");
-        }
-        Accel::Tcg => {
-            push("-accel");
-            push("tcg");
-            push("-cpu");
-            push("max");
-        }
-    }
-    push("-m");
-    push(&format!("{}M", opts.memory_mib));
-    push("-smp");
-    push("1");
-    push("-no-reboot");
     push("-kernel");
     push(&images.root_kernel.display().to_string());
     push("-initrd");

@@ -355,29 +355,8 @@ pub fn kernel_cmdline(opts: &BareOptions) -> String {
 /// QEMU's arguments for booting the kernel and initramfs directly (no
 /// hypervisor, no Hyper-V): q35, one CPU, serial console only.
 pub fn bare_qemu_args(artifacts: &LinuxArtifacts, opts: &BareOptions) -> Vec<String> {
-    let mut args: Vec<String> = Vec::new();
+    let mut args = crate::machine_args(opts.accel, opts.memory_mib);
     let mut push = |a: &str| args.push(a.to_string());
-    push("-machine");
-    push("q35");
-    match opts.accel {
-        Accel::Kvm => {
-            push("-accel");
-            push("kvm");
-            push("-cpu");
-            push("host");
-        }
-        Accel::Tcg => {
-            push("-accel");
-            push("tcg");
-            push("-cpu");
-            push("max");
-        }
-    }
-    push("-m");
-    push(&format!("{}M", opts.memory_mib));
-    push("-smp");
-    push("1");
-    push("-no-reboot");
     match opts.console {
         // Serial and QEMU's monitor on the terminal (Ctrl-A X quits).
         Console::Terminal => push("-nographic"),
