@@ -60,6 +60,20 @@ pub fn inband_packet(transaction_id: u64, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// The guest's GPADLs as the host knows them, for devices the guest hands
+/// buffers by GPADL handle after the channel opened (netvsc's receive and
+/// send buffers, NVSP `SEND_RECEIVE_BUFFER` / `SEND_SEND_BUFFER`, Linux
+/// `netvsc_init_buf`). Looked up live: the answer reflects the GPADLs the
+/// guest has created (and not torn down) at the time of the call.
+pub trait GpadlMap {
+    /// The guest page numbers (4 KiB pages, in buffer order) of the GPADL
+    /// `handle` the guest created for this channel, or `None` if it has no
+    /// such GPADL. The buffer is `pages.len() * 4096` bytes from offset 0 of
+    /// its first page (Linux creates GPADLs of whole, page-aligned buffers);
+    /// the pages are the guest's claim, checked on access by the guest RAM.
+    fn pages(&self, handle: u32) -> Option<Vec<u64>>;
+}
+
 /// One open channel: the guest's two rings and what the host keeps about them.
 pub struct Channel<M: SharedMemory> {
     reader: Reader<M>,
@@ -75,6 +89,9 @@ pub struct Channel<M: SharedMemory> {
     /// packets describe data by GPA (GPA-direct ranges, storvsc's SRBs);
     /// `None` when the host gives the channel only its rings.
     guest_ram: Option<M>,
+    /// The guest's GPADLs, for devices handed buffers by GPADL handle;
+    /// `None` when the host gives the channel no GPADL lookup.
+    gpadls: Option<Box<dyn GpadlMap>>,
 }
 
 impl<M: SharedMemory> Channel<M> {
@@ -89,6 +106,7 @@ impl<M: SharedMemory> Channel<M> {
             stats: ChannelStats::default(),
             broken: None,
             guest_ram: None,
+            gpadls: None,
         })
     }
 
@@ -104,6 +122,18 @@ impl<M: SharedMemory> Channel<M> {
     /// offsets; one outside the guest's RAM is an `OutOfBounds` error.
     pub fn guest_ram(&self) -> Option<&M> {
         self.guest_ram.as_ref()
+    }
+
+    /// The same channel with a lookup of the guest's GPADLs (see
+    /// [`GpadlMap`]).
+    pub fn with_gpadls(mut self, gpadls: Box<dyn GpadlMap>) -> Self {
+        self.gpadls = Some(gpadls);
+        self
+    }
+
+    /// The guest's GPADLs, if the host gave a lookup.
+    pub fn gpadls(&self) -> Option<&dyn GpadlMap> {
+        self.gpadls.as_deref()
     }
 
     /// Both rings' state: (guest-to-host, host-to-guest).
@@ -509,5 +539,25 @@ mod tests {
         // Past the guest's RAM: an error, not a panic or a wrap.
         assert!(ram.read_at(3 * 4096 - 4, &mut buf).is_err());
         assert!(ram.read_at(u64::MAX - 2, &mut buf).is_err());
+    }
+
+    #[test]
+    fn gpadls_are_looked_up_live() {
+        struct Map(Rc<Cell<u32>>);
+        impl GpadlMap for Map {
+            fn pages(&self, handle: u32) -> Option<Vec<u64>> {
+                (handle == self.0.get()).then(|| vec![7, 9])
+            }
+        }
+        let (_guest, channel) = Guest::new(4096, 4096);
+        assert!(channel.gpadls().is_none(), "no lookup unless the host gives it");
+        let current = Rc::new(Cell::new(5));
+        let channel = channel.with_gpadls(Box::new(Map(current.clone())));
+        let map = channel.gpadls().expect("given");
+        assert_eq!(map.pages(5), Some(vec![7, 9]));
+        assert_eq!(map.pages(6), None);
+        current.set(6);
+        assert_eq!(map.pages(5), None);
+        assert_eq!(map.pages(6), Some(vec![7, 9]));
     }
 }
