@@ -355,6 +355,7 @@ fn main() {
         cmdline: Some(child_cmdline.clone()),
         memory_mib: CHILD_MIB.into(),
         ramdisk_mib: None,
+        nic: false,
     };
     let own_images = xtask::build_images_with(&[child], "boot-bundle-linux-bench.img")
         .unwrap_or_else(|e| panic!("building images: {e}"));

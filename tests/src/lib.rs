@@ -51,6 +51,7 @@ pub fn linux_images() -> &'static (xtask::Images, xtask::linux::LinuxArtifacts) 
             cmdline: Some(LINUX_CMDLINE.into()),
             memory_mib: 256,
             ramdisk_mib: Some(8),
+            nic: true,
         };
         let images = xtask::build_images_with(&[child], "boot-bundle-linux-test.img")
             .unwrap_or_else(|e| panic!("building images: {e}"));

@@ -119,6 +119,20 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
     );
     assert!(back.lines().any(|l| l.trim() == "hv-rs-disk-check"), "{back}");
 
+    // hv_netvsc binds the root's synthetic NIC: eth0 carries the MAC the
+    // root assigned (Hyper-V's OUI) and the link the NIC reports.
+    let nic = run_in_guest(
+        &mut m,
+        "ip link set eth0 up; sleep 1; cat /sys/class/net/eth0/address /sys/class/net/eth0/carrier /sys/class/net/eth0/mtu",
+        "nic",
+    );
+    let lines: Vec<&str> = nic.lines().map(str::trim).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("00:15:5d:") && l.len() == 17),
+        "{nic}"
+    );
+    assert!(lines.contains(&"1") && lines.contains(&"1500"), "{nic}");
+
     // The hypercall page is in use (HvPostMessage/HvSignalEvent) and the
     // guest identified itself.
     let info = m.hvctl_json("info 4 --json");

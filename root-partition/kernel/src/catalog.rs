@@ -19,8 +19,10 @@ pub struct ChildDevices {
 
 /// What `spec`'s child gets: the echo device (relid 1), the integration
 /// services Hyper-V offers every guest (shutdown, time sync, heartbeat,
-/// KVP), and with `--ramdisk` a synthetic SCSI controller with that disk
-/// (`seed` makes its identity unique).
+/// KVP), with `--ramdisk` a synthetic SCSI controller with that disk, and
+/// with `--nic` a synthetic NIC (`seed` makes identities unique). The NIC
+/// is not attached to a switch yet: frames the guest sends are counted and
+/// dropped.
 pub fn for_child(spec: &mgmt::cli::CreateSpec, seed: u64) -> Result<ChildDevices, String> {
     let mut c = standard();
     if let Some(bytes) = spec.ramdisk {
@@ -32,6 +34,16 @@ pub fn for_child(spec: &mgmt::cli::CreateSpec, seed: u64) -> Result<ChildDevices
         let controller = storvsp::Storvsp::new(disk, storvsp::StorvspConfig::default())
             .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
         c.devices.push(Box::new(controller));
+    }
+    if spec.nic {
+        // Microsoft's OUI for Hyper-V synthetic NICs (00:15:5D), then three
+        // bytes of the seed: the root assigns, the guest cannot change it
+        // (RNDIS refuses "NetworkAddress").
+        let s = seed.to_le_bytes();
+        let mac = [0x00, 0x15, 0x5D, s[4], s[1], s[0]];
+        let nic = netvsp::Netvsp::new(netvsp::NetvspConfig::new(mac))
+            .map_err(|e| alloc::format!("synthetic NIC: {e:?}"))?;
+        c.devices.push(Box::new(nic));
     }
     Ok(c)
 }

@@ -111,6 +111,10 @@ pub struct Worker {
     console_in: alloc::collections::VecDeque<u8>,
     /// Typed bytes dropped because that queue was full.
     pub console_input_dropped: u64,
+    /// The child's GPADLs (handle → guest page numbers), kept in step with
+    /// its VMBus server and shared with every channel (`vsp::GpadlMap`):
+    /// devices that take buffers by GPADL handle look them up live.
+    gpadls: SharedGpadls,
     image: ChildImage,
     /// Tick of the last start.
     started: u64,
@@ -302,6 +306,7 @@ impl Worker {
             rtc: CmosRtc::new(),
             console_in: alloc::collections::VecDeque::with_capacity(CONSOLE_INPUT_LIMIT),
             console_input_dropped: 0,
+            gpadls: SharedGpadls::default(),
             image,
             started: 0,
             targets,
@@ -561,7 +566,9 @@ impl Worker {
     /// its answers. A protocol violation is reported and changes nothing.
     fn on_vmbus_message(&mut self, connection: u32, bytes: &[u8]) {
         let id = self.id;
-        match self.vmbus.handle(connection, bytes) {
+        let result = self.vmbus.handle(connection, bytes);
+        self.gpadls.sync(self.vmbus.gpadls());
+        match result {
             Ok(events) => {
                 for e in events {
                     match e {
@@ -727,7 +734,8 @@ impl Worker {
         };
         let channel = vsp::Channel::new(up, down, Box::new(signal))
             .map_err(|e| format!("rings: {e:?}"))?
-            .with_guest_ram(FrameMemory::child_ram(self.pages.clone()));
+            .with_guest_ram(FrameMemory::child_ram(self.pages.clone()))
+            .with_gpadls(Box::new(self.gpadls.clone()));
         let flag = channel_flag(self.event_block, relid).ok_or_else(|| String::from("relid too large"))?;
         let event_info = PortInfo {
             port_type: port_type::EVENT,
@@ -863,6 +871,7 @@ impl Worker {
     /// the console budget renewed.
     fn power_off_devices(&mut self) {
         self.close_all_channels();
+        self.gpadls.clear();
         for d in self.devices.iter_mut() {
             d.device.reset();
         }
@@ -1425,4 +1434,39 @@ fn initial_registers(state: &EntryState) -> [(RegisterName, RegisterValue); 21] 
         (RegisterName::RAX, reg(state.rax)),
         (RegisterName::RBX, reg(state.rbx)),
     ]
+}
+
+/// A child's GPADLs as its devices see them: handle → guest page numbers,
+/// updated after every channel message the server handles (GPADLs never
+/// change once created, so only additions and removals are copied).
+#[derive(Clone, Default)]
+struct SharedGpadls(alloc::rc::Rc<core::cell::RefCell<alloc::collections::BTreeMap<u32, Vec<u64>>>>);
+
+impl SharedGpadls {
+    /// Follow the server's table: drop what it no longer has, copy what is new.
+    fn sync(&self, table: &alloc::collections::BTreeMap<u32, vmbus::gpadl::Gpadl>) {
+        let mut map = self.0.borrow_mut();
+        map.retain(|handle, _| table.contains_key(handle));
+        for (handle, gpadl) in table {
+            if !map.contains_key(handle) {
+                let mut pages = Vec::new();
+                // Bounded by the server's GPADL quota; a full heap leaves the
+                // GPADL unknown to devices (they refuse the buffer).
+                if pages.try_reserve_exact(gpadl.page_count()).is_ok() {
+                    pages.extend(gpadl.pages());
+                    map.insert(*handle, pages);
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.0.borrow_mut().clear();
+    }
+}
+
+impl vsp::GpadlMap for SharedGpadls {
+    fn pages(&self, handle: u32) -> Option<Vec<u64>> {
+        self.0.borrow().get(&handle).cloned()
+    }
 }

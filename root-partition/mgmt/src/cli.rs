@@ -49,6 +49,8 @@ pub struct CreateSpec {
     /// controller (`--ramdisk SIZE`), until disks on the root's block
     /// devices exist.
     pub ramdisk: Option<u64>,
+    /// A synthetic NIC (`--nic`) with a MAC address the root assigns.
+    pub nic: bool,
 }
 
 /// `create --boot`: which boot protocol a child's image is started through.
@@ -281,7 +283,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
-        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--ramdisk SIZE] [--mode MODE] [--start]",
+        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--ramdisk SIZE] [--nic] [--mode MODE] [--start]",
         "build a child partition",
     ),
     (
@@ -543,6 +545,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     let (mut initrd, mut cmdline): (Option<String>, Option<String>) = (None, None);
     let mut boot: Option<BootProtocol> = None;
     let mut ramdisk: Option<u64> = None;
+    let mut nic = false;
     while !w.words.is_empty() {
         let opt = w.words.remove(0);
         let key: &'static str = match opt {
@@ -554,6 +557,13 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             "--cmdline" => "--cmdline",
             "--boot" => "--boot",
             "--ramdisk" => "--ramdisk",
+            "--nic" => {
+                if nic {
+                    return Err(ParseError::Duplicate("--nic"));
+                }
+                nic = true;
+                continue;
+            }
             "--start" => {
                 if start {
                     return Err(ParseError::Duplicate("--start"));
@@ -663,6 +673,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         cmdline,
         boot: boot.unwrap_or_default(),
         ramdisk,
+        nic,
     };
     Ok(Command::Create { spec, start })
 }
@@ -774,6 +785,11 @@ mod tests {
             panic!()
         };
         assert_eq!(spec.ramdisk, Some(8 << 20));
+        assert!(!spec.nic);
+        let Command::Create { spec, .. } = ok("create d --memory 64M --image k --nic") else {
+            panic!()
+        };
+        assert!(spec.nic);
         let e = |line: &str| parse(line).unwrap_err().to_string();
         assert!(e("create d --memory 64M --image k --ramdisk 17M").contains("1M to 16M"));
         assert!(e("create d --memory 64M --image k --ramdisk 1500K").contains("1M to 16M"));

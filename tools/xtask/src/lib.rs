@@ -110,6 +110,8 @@ pub struct HostChild {
     pub memory_mib: u64,
     /// A RAM-backed SCSI disk of this many MiB (`ramdisk=SIZE`).
     pub ramdisk_mib: Option<u64>,
+    /// A synthetic NIC (`nic`).
+    pub nic: bool,
 }
 
 /// Memory a `--child` gets unless it says `memory=`.
@@ -158,8 +160,13 @@ impl HostChild {
             cmdline: None,
             memory_mib: DEFAULT_CHILD_MIB,
             ramdisk_mib: None,
+            nic: false,
         };
         for f in fields {
+            if f == "nic" {
+                child.nic = true;
+                continue;
+            }
             match f.split_once('=') {
                 Some(("initrd", v)) if !v.is_empty() => child.initrd = Some(PathBuf::from(v)),
                 Some(("cmdline", v)) => {
@@ -184,7 +191,7 @@ impl HostChild {
                 }
                 _ => {
                     return Err(format!(
-                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE)"
+                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE, nic)"
                     ));
                 }
             }
@@ -206,6 +213,9 @@ impl HostChild {
         }
         if let Some(r) = self.ramdisk_mib {
             line.push_str(&format!(" --ramdisk {r}M"));
+        }
+        if self.nic {
+            line.push_str(" --nic");
         }
         line.push_str(" --start\n");
         line

@@ -128,6 +128,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                 )),
                 memory_mib: xtask::DEFAULT_CHILD_MIB,
                 ramdisk_mib: Some(8),
+                nic: true,
             },
         );
     }
