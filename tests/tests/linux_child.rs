@@ -35,8 +35,15 @@ fn boot_linux(name: &str) -> Machine {
 /// Attach the root's console to the child, run `command` in its shell and
 /// return what it printed between two markers; detach again.
 fn run_in_guest(m: &mut Machine, command: &str, tag: &str) -> String {
-    m.send_line("console 4");
-    m.expect("[attached to partition 4's console; Ctrl-] detaches]");
+    run_in(m, 4, command, tag)
+}
+
+/// [`run_in_guest`] on partition `id`.
+fn run_in(m: &mut Machine, id: u64, command: &str, tag: &str) -> String {
+    m.send_line(&format!("console {id}"));
+    m.expect(&format!(
+        "[attached to partition {id}'s console; Ctrl-] detaches]"
+    ));
     // The markers are computed by the guest's shell, so the echo of the
     // typed line never matches them.
     m.send_line(&format!("echo {tag}-$((40+2)); {command}; echo {tag}-$((50+5))"));
@@ -279,4 +286,51 @@ fn a_kernel_panic_stops_only_that_child_with_the_reason() {
         }
     }
     assert_eq!(m.hvctl_json("hv status --json")["present"], true);
+}
+
+#[test]
+fn two_debian_children_ping_each_other_through_the_switch() {
+    let (images, _) = linux_images();
+    let mut m = Machine::boot_images(images, "linux-ping", "", None, 1100);
+    m.expect("root: partition 4 (linux) created and started");
+    let created = m.hvctl(&format!(
+        "create second --memory 256M --image linux.kernel --initrd linux.initrd --cmdline \"{}\" --nic --start",
+        qemu_tests::LINUX_CMDLINE.replace("hostname=debian-child", "hostname=second")
+    ));
+    assert!(
+        created.contains("partition 5 (second) created and started"),
+        "{created}"
+    );
+    wait_console(&mut m, "hv-rs linux child: init reached");
+    m.wait_text_every(
+        "console 5",
+        "hv-rs linux child: init reached",
+        Duration::from_secs(1),
+        LINUX_BOOT_DEADLINE,
+    );
+    run_in(
+        &mut m,
+        4,
+        "ip addr add 10.7.0.4/24 dev eth0; ip link set eth0 up",
+        "up4",
+    );
+    run_in(
+        &mut m,
+        5,
+        "ip addr add 10.7.0.5/24 dev eth0; ip link set eth0 up",
+        "up5",
+    );
+    let ping = run_in(&mut m, 4, "ping -c 3 -W 5 10.7.0.5", "ping");
+    assert!(
+        ping.contains("3 packets transmitted, 3 packets received"),
+        "{ping}"
+    );
+    // Both NICs are switch ports with the frames counted.
+    let sw = m.hvctl_json("switch --json");
+    let ports = sw["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 2, "{sw}");
+    for p in ports {
+        assert!(p["counters"]["rx_frames"].as_u64() >= Some(3), "{sw}");
+        assert!(p["counters"]["tx_frames"].as_u64() >= Some(3), "{sw}");
+    }
 }

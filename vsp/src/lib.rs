@@ -137,4 +137,21 @@ pub trait Device<M: SharedMemory> {
         let _ = now_ns;
         PollResult::default()
     }
+
+    /// The device's Ethernet side, if it is a NIC: how the host connects it
+    /// to a switch without naming its type. The default: not a NIC.
+    fn network(&mut self) -> Option<&mut dyn NetworkPort> {
+        None
+    }
+}
+
+/// A NIC's Ethernet side as its host's switch sees it.
+pub trait NetworkPort {
+    /// The MAC address the host assigned.
+    fn mac(&self) -> [u8; 6];
+    /// The next frame the guest sent, oldest first.
+    fn take_tx(&mut self) -> Option<alloc::vec::Vec<u8>>;
+    /// Give the guest `frame`; false if it was dropped (guest not ready,
+    /// filtered, no room) — the device counts why.
+    fn deliver_rx(&mut self, frame: &[u8]) -> bool;
 }

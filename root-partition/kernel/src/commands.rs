@@ -83,6 +83,10 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             images(m, json, out);
             Ok(())
         }
+        Command::Switch { json } => {
+            switch(m, json, out);
+            Ok(())
+        }
         Command::Poweroff => return Effect::Poweroff,
     };
     if let Err(e) = result {
@@ -897,4 +901,29 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// `switch [--json]`: ports (one per child NIC), their MACs and counters.
+fn switch(m: &Manager, json: bool, out: &mut String) {
+    let snap = m.switch.snapshot();
+    if json {
+        let _ = writeln!(out, "{}", snap.to_json());
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<5}{:<18}{:<19}{:>9}{:>9}{:>9}",
+        "PORT", "NAME", "MAC", "RX", "TX", "DROPPED"
+    );
+    for p in &snap.ports {
+        let c = &p.counters;
+        let mac = p.mac.map(|m| format!("{m}")).unwrap_or_default();
+        let dropped = c.drop_queue_full + c.drop_spoofed_source + c.drop_invalid_source + c.drop_bad_size;
+        let _ = writeln!(
+            out,
+            "{:<5}{:<18}{:<19}{:>9}{:>9}{:>9}",
+            p.id.0, p.name, mac, c.rx_frames, c.tx_frames, dropped
+        );
+    }
+    let _ = writeln!(out, "{} MAC addresses known", snap.mac_table.len());
 }

@@ -30,7 +30,15 @@ pub struct Manager {
     last_device_tick: u64,
     /// (partition, start tick) whose start the host's time was pushed for.
     time_pushed: Vec<(u64, u64)>,
+    /// The virtual switch every child NIC is a port of.
+    pub switch: vswitch::Switch,
+    /// (partition, relid) of each NIC → its switch port.
+    nic_ports: Vec<((u64, u32), vswitch::PortId)>,
 }
+
+/// Frames moved per NIC per direction per round (the switch's queues and
+/// the NICs' outboxes are bounded; what is left waits for the next round).
+const FRAMES_PER_ROUND: usize = 64;
 
 /// A `shutdown ID` waiting for the child to act.
 struct PendingShutdown {
@@ -63,6 +71,9 @@ impl Manager {
             shutdowns: Vec::new(),
             last_device_tick: 0,
             time_pushed: Vec::new(),
+            switch: vswitch::Switch::new(vswitch::Config::default())
+                .expect("the default switch configuration is valid"),
+            nic_ports: Vec::new(),
         }
     }
 
@@ -175,6 +186,52 @@ impl Manager {
             );
             false
         });
+    }
+
+    /// Move frames between the children's NICs and the switch: each NIC
+    /// becomes a port when first seen, what its guest sent goes in, what
+    /// the switch queued for it goes out, a bounded number per round.
+    pub fn pump_network(&mut self) {
+        let now = crate::timer::ticks() * (1000 / crate::timer::HZ);
+        for w in self.workers.iter_mut() {
+            for (relid, mac) in w.nics() {
+                let key = (w.id, relid);
+                let port = match self.nic_ports.iter().find(|(k, _)| *k == key) {
+                    Some((_, p)) => *p,
+                    None => {
+                        let name = format!("{}-{relid}", w.spec.name);
+                        let config = vswitch::PortConfig::child_nic(&name, vswitch::MacAddr(mac));
+                        match self.switch.add_port(config) {
+                            Ok(p) => {
+                                self.nic_ports.push((key, p));
+                                p
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                let switch = &mut self.switch;
+                w.with_nic(relid, |nic| {
+                    for _ in 0..FRAMES_PER_ROUND {
+                        let Some(frame) = nic.take_tx() else { break };
+                        // Drops are the switch's to count (per port).
+                        let _ = switch.ingress(port, &frame, now);
+                    }
+                });
+            }
+        }
+        for &((id, relid), port) in &self.nic_ports {
+            let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
+                continue;
+            };
+            let switch = &self.switch;
+            w.with_nic(relid, |nic| {
+                for _ in 0..FRAMES_PER_ROUND {
+                    let Some(frame) = switch.egress(port) else { break };
+                    nic.deliver_rx(frame.as_bytes());
+                }
+            });
+        }
     }
 
     /// Give every channel that has work one budgeted turn.
@@ -322,6 +379,10 @@ impl Manager {
                 w.destroy();
                 self.integration.retain(|(i, _)| *i != id);
                 self.shutdowns.retain(|p| p.id != id);
+                for (_, port) in self.nic_ports.iter().filter(|(k, _)| k.0 == id) {
+                    let _ = self.switch.remove_port(*port);
+                }
+                self.nic_ports.retain(|(k, _)| k.0 != id);
                 self.time_pushed.retain(|(i, _)| *i != id);
                 Ok(format!(
                     "partition {id} ({name}) destroyed; its memory is back with the root"

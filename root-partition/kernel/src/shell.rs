@@ -265,6 +265,7 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         // Channels with work (signalled, or left over from a budgeted poll)
         // get one budgeted turn each per round.
         manager.poll_channels();
+        manager.pump_network();
         manager.tick();
         if !manager.run_children_for_a_tick() {
             // Nothing to run: sleep until the next tick.

@@ -807,6 +807,29 @@ impl Worker {
         }
     }
 
+    /// The NICs among the child's devices: (relid, MAC).
+    pub fn nics(&mut self) -> Vec<(u32, [u8; 6])> {
+        self.devices
+            .iter_mut()
+            .filter_map(|d| Some((d.relid, d.device.network()?.mac())))
+            .collect()
+    }
+
+    /// Run `f` on NIC `relid`'s Ethernet side (while the child runs); a
+    /// delivery to the guest may signal it, so halted VPs are woken.
+    pub fn with_nic<R>(&mut self, relid: u32, f: impl FnOnce(&mut dyn vsp::NetworkPort) -> R) -> Option<R> {
+        if self.state != ChildState::Running {
+            return None;
+        }
+        let d = self
+            .devices
+            .iter_mut()
+            .find(|d| d.relid == relid && d.open.is_some())?;
+        let r = f(d.device.network()?);
+        self.wake();
+        Some(r)
+    }
+
     /// The clock moved: every open device does its timed work (a provider
     /// that speaks first, heartbeats, request timeouts).
     pub fn tick_devices(&mut self, now_ns: u64) {

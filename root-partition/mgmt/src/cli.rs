@@ -168,6 +168,11 @@ pub enum Command {
         /// JSON output.
         json: bool,
     },
+    /// `switch [--json]`: the virtual switch's ports, MACs and counters.
+    Switch {
+        /// JSON output.
+        json: bool,
+    },
     /// `console ID`.
     Console {
         /// Partition id.
@@ -299,6 +304,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("timesync ID", "push the host's time to the child now"),
     (
+        "switch [--json]",
+        "the virtual switch: each child NIC's port, MAC and counters",
+    ),
+    (
         "kvp ID [--json] | kvp ID set KEY VALUE | kvp ID delete KEY",
         "the child's KVP pools (guest and host); set or delete host values",
     ),
@@ -380,7 +389,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     // `--json` is accepted only by commands with a JSON form (checked below).
     let takes_json = matches!(
         cmd,
-        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp"
+        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch"
     );
     if takes_json {
         all.retain(|w| *w != "--json");
@@ -446,6 +455,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
             w.words.retain(|x| *x != "--reboot");
             let id = w.id()?;
             w.done(Command::Shutdown { id, reboot })?
+        }
+        "switch" => {
+            let json = w.json;
+            w.done(Command::Switch { json })?
         }
         "timesync" => {
             let id = w.id()?;
@@ -807,6 +820,8 @@ mod tests {
             Command::Shutdown { id: 3, reboot: true }
         );
         assert_eq!(ok("timesync 3"), Command::Timesync { id: 3 });
+        assert_eq!(ok("switch --json"), Command::Switch { json: true });
+        assert_eq!(ok("switch"), Command::Switch { json: false });
         assert_eq!(
             ok("kvp 3 --json"),
             Command::Kvp {

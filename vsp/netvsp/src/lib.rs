@@ -1059,6 +1059,10 @@ fn flush<M: SharedMemory>(channel: &mut Channel<M>, core: &mut Core, result: &mu
 }
 
 impl<M: SharedMemory> Device<M> for Netvsp<M> {
+    fn network(&mut self) -> Option<&mut dyn vsp::NetworkPort> {
+        Some(self)
+    }
+
     fn offer(&self) -> OfferParams {
         let mut o = OfferParams::new(NIC_INTERFACE_GUID);
         o.interface_instance = self.core.config.instance;
@@ -1207,5 +1211,19 @@ impl<M: SharedMemory> Device<M> for Netvsp<M> {
             Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
             None => out.text("broken", "stopped", ""),
         }
+    }
+}
+
+impl<M: SharedMemory> vsp::NetworkPort for Netvsp<M> {
+    fn mac(&self) -> [u8; 6] {
+        Netvsp::mac(self)
+    }
+
+    fn take_tx(&mut self) -> Option<Vec<u8>> {
+        self.take_tx_frame()
+    }
+
+    fn deliver_rx(&mut self, frame: &[u8]) -> bool {
+        self.deliver_rx_frame(frame).is_ok()
     }
 }
