@@ -382,6 +382,19 @@ impl<'a> Message<'a> {
     }
 }
 
+/// A GUID in VMBus wire byte order (Linux `GUID_INIT`,
+/// `include/linux/uuid.h`: the first three fields little-endian, the last
+/// eight bytes as written), for device interface types.
+pub const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
+    let a = d1.to_le_bytes();
+    let b = d2.to_le_bytes();
+    let c = d3.to_le_bytes();
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6],
+        d4[7],
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,15 +93,7 @@ use vsp::{Channel, Device, GpadlMap, IncomingPacket, InspectSink, OfferParams, O
 #[cfg(test)]
 mod tests;
 
-/// A GUID in its mixed-endian wire form (`GUID_INIT` in Linux).
-const fn guid(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
-    let a = a.to_le_bytes();
-    let b = b.to_le_bytes();
-    let c = c.to_le_bytes();
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-    ]
-}
+use vmbus::protocol::guid;
 
 /// The synthetic network interface type, f8615163-df3e-46c5-913f-f2d2f965ed0e
 /// (`HV_NIC_GUID`, Linux `include/linux/hyperv.h`), in wire byte order.
