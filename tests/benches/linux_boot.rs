@@ -356,9 +356,11 @@ fn main() {
         memory_mib: CHILD_MIB.into(),
         ramdisk_mib: None,
         nic: false,
+        disk: None,
     };
-    let own_images = xtask::build_images_with(&[child], "boot-bundle-linux-bench.img")
-        .unwrap_or_else(|e| panic!("building images: {e}"));
+    let own_images =
+        xtask::build_images_with(&[child], "boot-bundle-linux-bench.img", xtask::DEFAULT_MANIFEST)
+            .unwrap_or_else(|e| panic!("building images: {e}"));
     let images = &own_images;
     let (accel, accel_why) = xtask::choose_accel();
     // The child's command line (`LINUX_CMDLINE`) but for `panic=`: the

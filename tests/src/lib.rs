@@ -52,9 +52,11 @@ pub fn linux_images() -> &'static (xtask::Images, xtask::linux::LinuxArtifacts) 
             memory_mib: 256,
             ramdisk_mib: Some(8),
             nic: true,
+            disk: None,
         };
-        let images = xtask::build_images_with(&[child], "boot-bundle-linux-test.img")
-            .unwrap_or_else(|e| panic!("building images: {e}"));
+        let images =
+            xtask::build_images_with(&[child], "boot-bundle-linux-test.img", xtask::DEFAULT_MANIFEST)
+                .unwrap_or_else(|e| panic!("building images: {e}"));
         (images, linux)
     })
 }
@@ -127,6 +129,19 @@ impl Machine {
         disk: Option<PathBuf>,
         memory_mib: u32,
     ) -> Self {
+        Self::boot_with_disks(images, name, cmdline, disk, Vec::new(), memory_mib)
+    }
+
+    /// [`Self::boot_images`] with more disk images, each another virtio-blk
+    /// device after `disk` (the root's `vdb`, …).
+    pub fn boot_with_disks(
+        images: &xtask::Images,
+        name: &str,
+        cmdline: &str,
+        disk: Option<PathBuf>,
+        extra_disks: Vec<PathBuf>,
+        memory_mib: u32,
+    ) -> Self {
         let dir = scratch(name);
         let hv_log = dir.join("hv-core.log");
         let (accel, _) = xtask::choose_accel();
@@ -134,6 +149,7 @@ impl Machine {
         let opts = xtask::BootOptions {
             cmdline: cmdline.into(),
             disk,
+            extra_disks,
             hv_log: hv_log.clone(),
             memory_mib,
             accel,
@@ -143,6 +159,27 @@ impl Machine {
         let mut command = Command::new(xtask::QEMU);
         command.args(xtask::qemu_args(images, &opts));
         Self::spawn(command, dir, hv_log, mgmt_socket)
+    }
+
+    /// Attach the root's console to child `id`, run `command` in its shell
+    /// and return what it printed between two markers (computed by the
+    /// guest's shell, so the echo of the typed line never matches them);
+    /// detach again (Ctrl-]).
+    pub fn run_in_child(&mut self, id: u64, command: &str, tag: &str) -> String {
+        self.send_line(&format!("console {id}"));
+        self.expect(&format!(
+            "[attached to partition {id}'s console; Ctrl-] detaches]"
+        ));
+        self.send_line(&format!("echo {tag}-$((40+2)); {command}; echo {tag}-$((50+5))"));
+        self.expect(&format!("{tag}-42"));
+        let out = self.expect(&format!("{tag}-55"));
+        self.send_raw(&[0x1D]);
+        self.expect("[detached]");
+        out.lines()
+            .filter(|l| !l.contains(&format!("{tag}-55")))
+            .map(|l| l.trim_end_matches('\r'))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Start `command` (a QEMU whose serial console is its stdio) under the

@@ -40,22 +40,7 @@ fn run_in_guest(m: &mut Machine, command: &str, tag: &str) -> String {
 
 /// [`run_in_guest`] on partition `id`.
 fn run_in(m: &mut Machine, id: u64, command: &str, tag: &str) -> String {
-    m.send_line(&format!("console {id}"));
-    m.expect(&format!(
-        "[attached to partition {id}'s console; Ctrl-] detaches]"
-    ));
-    // The markers are computed by the guest's shell, so the echo of the
-    // typed line never matches them.
-    m.send_line(&format!("echo {tag}-$((40+2)); {command}; echo {tag}-$((50+5))"));
-    m.expect(&format!("{tag}-42"));
-    let out = m.expect(&format!("{tag}-55"));
-    m.send_raw(&[DETACH]);
-    m.expect("[detached]");
-    out.lines()
-        .filter(|l| !l.contains(&format!("{tag}-55")))
-        .map(|l| l.trim_end_matches('\r'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    m.run_in_child(id, command, tag)
 }
 
 fn heartbeat(info: &Value) -> &Value {

@@ -19,21 +19,22 @@ pub struct ChildDevices {
 
 /// What `spec`'s child gets: the echo device (relid 1), the integration
 /// services Hyper-V offers every guest (shutdown, time sync, heartbeat,
-/// KVP), with `--ramdisk` a synthetic SCSI controller with that disk, and
-/// with `--nic` a synthetic NIC (`seed` makes identities unique). The NIC
-/// is not attached to a switch yet: frames the guest sends are counted and
-/// dropped.
-pub fn for_child(spec: &mgmt::cli::CreateSpec, seed: u64) -> Result<ChildDevices, String> {
+/// KVP); with `disk` (the child's disk on the root's block devices, from
+/// `--disk`) or `--ramdisk` a synthetic SCSI controller with that disk; with
+/// `--nic` a synthetic NIC (`seed` makes identities unique), which the
+/// manager makes a port of the virtual switch.
+pub fn for_child(
+    spec: &mgmt::cli::CreateSpec,
+    seed: u64,
+    disk: Option<crate::storage::PartitionDisk>,
+) -> Result<ChildDevices, String> {
     let mut c = standard();
-    if let Some(bytes) = spec.ramdisk {
+    if let Some(backend) = disk {
+        c.devices.push(scsi_controller(backend, &spec.name, seed)?);
+    } else if let Some(bytes) = spec.ramdisk {
         let backend = crate::ramdisk::RamDisk::new(bytes)
             .ok_or_else(|| alloc::format!("no root memory for a {} MiB RAM disk", bytes >> 20))?;
-        let serial = alloc::format!("hvrs-{}-{seed}", spec.name);
-        let disk = scsi_disk::ScsiDisk::new(backend, scsi_disk::DiskConfig::new(&serial, seed))
-            .map_err(|e| alloc::format!("RAM disk: {e:?}"))?;
-        let controller = storvsp::Storvsp::new(disk, storvsp::StorvspConfig::default())
-            .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
-        c.devices.push(Box::new(controller));
+        c.devices.push(scsi_controller(backend, &spec.name, seed)?);
     }
     if spec.nic {
         // Microsoft's OUI for Hyper-V synthetic NICs (00:15:5D), then three
@@ -46,6 +47,20 @@ pub fn for_child(spec: &mgmt::cli::CreateSpec, seed: u64) -> Result<ChildDevices
         c.devices.push(Box::new(nic));
     }
     Ok(c)
+}
+
+/// A synthetic SCSI controller with one disk on `backend`.
+fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
+    backend: B,
+    child: &str,
+    seed: u64,
+) -> Result<Box<dyn Device<FrameMemory>>, String> {
+    let serial = alloc::format!("hvrs-{child}-{seed}");
+    let disk = scsi_disk::ScsiDisk::new(backend, scsi_disk::DiskConfig::new(&serial, seed))
+        .map_err(|e| alloc::format!("disk: {e:?}"))?;
+    let controller = storvsp::Storvsp::new(disk, storvsp::StorvspConfig::default())
+        .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
+    Ok(Box::new(controller))
 }
 
 /// What every child gets: the echo device (relid 1), then the integration

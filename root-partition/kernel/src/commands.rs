@@ -72,7 +72,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             Ok(())
         }
         Command::HvDisk { json } => {
-            hv_disk(json, out);
+            hv_disk(m, json, out);
             Ok(())
         }
         Command::Mem { json } => {
@@ -87,6 +87,26 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             switch(m, json, out);
             Ok(())
         }
+        Command::Disks { json } => {
+            disks(m, json, out);
+            Ok(())
+        }
+        Command::DiskCreate { name, bytes, device } => {
+            m.storage.create(&name, bytes, device.as_deref()).map(|d| {
+                let _ = writeln!(
+                    out,
+                    "disk '{}' created on {}: {} MiB (sectors {}..{})",
+                    d.name,
+                    d.device,
+                    d.sectors / 2048,
+                    d.first_sector,
+                    d.first_sector + d.sectors
+                );
+            })
+        }
+        Command::DiskDelete { name } => m.storage.delete(&name).map(|device| {
+            let _ = writeln!(out, "disk '{name}' deleted from {device}");
+        }),
         Command::Poweroff => return Effect::Poweroff,
     };
     if let Err(e) = result {
@@ -546,24 +566,24 @@ fn hv_status(boot: &BootReport, json: bool, out: &mut String) {
     }
 }
 
-fn hv_disk(json: bool, out: &mut String) {
-    match disk::Disk::open().and_then(|mut d| d.read_sector(0).map(|s| (d, s))) {
-        Ok((d, sector)) if json => {
+fn hv_disk(m: &Manager, json: bool, out: &mut String) {
+    match m.storage.read_sector(0, 0) {
+        Ok((location, sectors, sector)) if json => {
             let mut s = String::new();
             Object::new(&mut s)
-                .str("location", &format!("{}", d.location))
-                .num("sectors", d.capacity)
+                .str("location", &location)
+                .num("sectors", sectors)
                 .num("sector0_fnv1a", disk::fnv1a(&sector))
                 .end();
             let _ = writeln!(out, "{s}");
         }
-        Ok((d, sector)) => {
+        Ok((location, sectors, sector)) => {
             let _ = writeln!(
                 out,
                 "disk {}: {} sectors ({} KiB)",
-                d.location,
-                d.capacity,
-                d.capacity / 2
+                location,
+                sectors,
+                sectors / 2
             );
             let _ = writeln!(
                 out,
@@ -575,6 +595,110 @@ fn hv_disk(json: bool, out: &mut String) {
         Err(e) => {
             let _ = writeln!(out, "error: disk: {e}");
         }
+    }
+}
+
+/// `disks`: the root's block devices and the child disks on them.
+fn disks(m: &Manager, json: bool, out: &mut String) {
+    let devices = m.storage.devices();
+    let disks = m.storage.disks();
+    let holder_name = |id: u64| m.get(id).map(|w| w.spec.name.clone()).unwrap_or_default();
+    if json {
+        let rows: Vec<String> = devices
+            .iter()
+            .map(|d| {
+                let mut r = String::new();
+                Object::new(&mut r)
+                    .str("name", &d.name)
+                    .str("location", &d.location)
+                    .num("sectors", d.sectors)
+                    .num("bytes", d.sectors * 512)
+                    .str("layout", d.layout)
+                    .str("note", &d.note)
+                    .num("free_bytes", d.free_bytes)
+                    .bool("read_only", d.read_only)
+                    .end();
+                r
+            })
+            .collect();
+        let mut dev_json = String::new();
+        json::array(&mut dev_json, rows.iter().map(String::as_str));
+        let rows: Vec<String> = disks
+            .iter()
+            .map(|d| {
+                let mut r = String::new();
+                let o = Object::new(&mut r)
+                    .str("name", &d.name)
+                    .str("device", &d.device)
+                    .str("kind", d.kind)
+                    .num("first_sector", d.first_sector)
+                    .num("sectors", d.sectors)
+                    .num("bytes", d.sectors * 512);
+                match d.attached_to {
+                    Some(id) => o
+                        .num("attached_to", id)
+                        .str("attached_name", &holder_name(id))
+                        .end(),
+                    None => o.null("attached_to").null("attached_name").end(),
+                }
+                r
+            })
+            .collect();
+        let mut disk_json = String::new();
+        json::array(&mut disk_json, rows.iter().map(String::as_str));
+        let mut s = String::new();
+        Object::new(&mut s)
+            .raw("devices", &dev_json)
+            .raw("disks", &disk_json)
+            .end();
+        let _ = writeln!(out, "{s}");
+        return;
+    }
+    if devices.is_empty() {
+        let _ = writeln!(out, "no passthrough block devices (QEMU: -device virtio-blk-pci)");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{:<6}{:<10}{:>12}  {:<9}NOTE",
+        "DEV", "PCI", "SIZE", "LAYOUT"
+    );
+    for d in &devices {
+        let note = if d.layout == "gpt" {
+            format!("{} MiB free", d.free_bytes >> 20)
+        } else {
+            d.note.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:<6}{:<10}{:>9} MiB  {:<9}{}{}",
+            d.name,
+            d.location,
+            d.sectors / 2048,
+            d.layout,
+            note,
+            if d.read_only { " (read-only)" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<17}{:<6}{:<10}{:>12}  ATTACHED TO",
+        "DISK", "DEV", "KIND", "SIZE"
+    );
+    for d in &disks {
+        let holder = d
+            .attached_to
+            .map(|id| format!("{id} ({})", holder_name(id)))
+            .unwrap_or_else(|| String::from("-"));
+        let _ = writeln!(
+            out,
+            "{:<17}{:<6}{:<10}{:>9} MiB  {}",
+            d.name,
+            d.device,
+            d.kind,
+            d.sectors / 2048,
+            holder
+        );
     }
 }
 

@@ -10,6 +10,7 @@
 
 use crate::memory;
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_x86::arch::Port;
@@ -202,6 +203,10 @@ pub enum DiskError {
     Device(virtio_drivers::Error),
     /// The device did not complete the request in time.
     Timeout,
+    /// A request past the last sector.
+    OutOfRange,
+    /// A buffer that is not a whole, non-zero number of sectors.
+    BadBuffer,
 }
 
 impl core::fmt::Display for DiskError {
@@ -211,6 +216,8 @@ impl core::fmt::Display for DiskError {
             Self::Transport(e) => write!(f, "virtio-pci transport: {e}"),
             Self::Device(e) => write!(f, "virtio-blk: {e}"),
             Self::Timeout => f.write_str("virtio-blk: no completion"),
+            Self::OutOfRange => f.write_str("request past the end of the device"),
+            Self::BadBuffer => f.write_str("buffer is not a whole number of sectors"),
         }
     }
 }
@@ -229,11 +236,19 @@ pub struct Disk {
 impl Disk {
     /// Find the first virtio-blk function on bus 0 and bring it up.
     pub fn open() -> Result<Self, DiskError> {
+        let location = block_functions().next().ok_or(DiskError::NotFound)?;
+        Self::open_at(location)
+    }
+
+    /// Every virtio-blk function on bus 0, in slot order, each brought up
+    /// (or the reason it could not be).
+    pub fn open_all() -> Vec<(DeviceFunction, Result<Self, DiskError>)> {
+        block_functions().map(|at| (at, Self::open_at(at))).collect()
+    }
+
+    /// Bring up the virtio-blk function at `location`.
+    fn open_at(location: DeviceFunction) -> Result<Self, DiskError> {
         let mut root = PciRoot::new(PortCam);
-        let (location, _) = root
-            .enumerate_bus(0)
-            .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Block))
-            .ok_or(DiskError::NotFound)?;
         let (_, command) = root.get_status_command(location);
         root.set_command(location, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
         let transport = PciTransport::new::<RootHal, _>(&mut root, location).map_err(DiskError::Transport)?;
@@ -251,11 +266,75 @@ impl Disk {
     /// Read sector `index`.
     pub fn read_sector(&mut self, index: u64) -> Result<[u8; SECTOR_SIZE], DiskError> {
         let mut buf = [0u8; SECTOR_SIZE];
-        self.blk
-            .read_blocks(index as usize, &mut buf)
-            .map_err(DiskError::Device)?;
+        self.read(index, &mut buf)?;
         Ok(buf)
     }
+
+    /// Whether the device refuses writes (VIRTIO_BLK_F_RO).
+    pub fn read_only(&self) -> bool {
+        self.blk.readonly()
+    }
+
+    /// Read `buf.len() / 512` sectors from `lba`, in requests of at most
+    /// [`MAX_REQUEST_BYTES`]. `buf` is a whole, non-zero number of sectors
+    /// inside the device (checked: the caller's bounds are not trusted).
+    pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        self.check(lba, buf.len())?;
+        for (i, chunk) in buf.chunks_mut(MAX_REQUEST_BYTES).enumerate() {
+            let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
+            let at = usize::try_from(at).map_err(|_| DiskError::OutOfRange)?;
+            self.blk.read_blocks(at, chunk).map_err(DiskError::Device)?;
+        }
+        Ok(())
+    }
+
+    /// Write `buf` (a whole, non-zero number of sectors) at `lba`; durable
+    /// after [`Self::flush`].
+    pub fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), DiskError> {
+        self.check(lba, buf.len())?;
+        for (i, chunk) in buf.chunks(MAX_REQUEST_BYTES).enumerate() {
+            let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
+            let at = usize::try_from(at).map_err(|_| DiskError::OutOfRange)?;
+            self.blk.write_blocks(at, chunk).map_err(DiskError::Device)?;
+        }
+        Ok(())
+    }
+
+    /// VIRTIO_BLK_T_FLUSH: every completed write reaches the medium (QEMU:
+    /// the image file is synced). A device without VIRTIO_BLK_F_FLUSH is
+    /// write-through, and this does nothing.
+    pub fn flush(&mut self) -> Result<(), DiskError> {
+        self.blk.flush().map_err(DiskError::Device)
+    }
+
+    fn check(&self, lba: u64, len: usize) -> Result<(), DiskError> {
+        if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(DiskError::BadBuffer);
+        }
+        let end = lba
+            .checked_add((len / SECTOR_SIZE) as u64)
+            .ok_or(DiskError::OutOfRange)?;
+        if end > self.capacity {
+            return Err(DiskError::OutOfRange);
+        }
+        Ok(())
+    }
+}
+
+/// Largest single virtio-blk request the root issues (one data descriptor
+/// of up to 128 KiB; QEMU's default `seg_max` allows far more, but one
+/// bounded size keeps each synchronous request short).
+pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+
+/// The virtio-blk functions on PCI bus 0.
+fn block_functions() -> impl Iterator<Item = DeviceFunction> {
+    let root = PciRoot::new(PortCam);
+    let found: Vec<DeviceFunction> = root
+        .enumerate_bus(0)
+        .filter(|(_, info)| virtio_device_type(info) == Some(DeviceType::Block))
+        .map(|(at, _)| at)
+        .collect();
+    found.into_iter()
 }
 
 impl Disk {

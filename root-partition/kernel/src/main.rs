@@ -55,6 +55,8 @@ mod scenarios;
 mod shell;
 #[cfg(target_os = "none")]
 mod start;
+/// Children's disks on the root's passthrough block devices.
+mod storage;
 #[cfg(target_os = "none")]
 mod synic;
 #[cfg(target_os = "none")]

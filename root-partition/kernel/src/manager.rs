@@ -34,6 +34,8 @@ pub struct Manager {
     pub switch: vswitch::Switch,
     /// (partition, relid) of each NIC → its switch port.
     nic_ports: Vec<((u64, u32), vswitch::PortId)>,
+    /// The root's block devices and the children's disks on them.
+    pub storage: crate::storage::Storage,
 }
 
 /// Frames moved per NIC per direction per round (the switch's queues and
@@ -74,6 +76,7 @@ impl Manager {
             switch: vswitch::Switch::new(vswitch::Config::default())
                 .expect("the default switch configuration is valid"),
             nic_ports: Vec::new(),
+            storage: crate::storage::Storage::open(),
         }
     }
 
@@ -320,7 +323,12 @@ impl Manager {
         let block = self
             .free_event_block()
             .ok_or_else(|| format!("at most {} child partitions", crate::worker::EVENT_BLOCKS))?;
-        let devices = crate::catalog::for_child(&spec, crate::timer::ticks() ^ u64::from(block) << 32)?;
+        let disk = match &spec.disk {
+            Some(name) => Some(self.storage.claim(name)?),
+            None => None,
+        };
+        let disk_name = spec.disk.clone();
+        let devices = crate::catalog::for_child(&spec, crate::timer::ticks() ^ u64::from(block) << 32, disk)?;
         let mut w =
             Worker::create(spec, image, devices.devices, targets, block).map_err(|e| format!("{e}"))?;
         if start && let Err(e) = w.start() {
@@ -328,6 +336,9 @@ impl Manager {
             return Err(format!("{e}"));
         }
         let id = w.id;
+        if let Some(name) = disk_name {
+            self.storage.record(&name, id);
+        }
         self.integration.push((id, devices.integration));
         self.workers.push(w);
         self.workers.sort_by_key(|w| w.id);
@@ -384,8 +395,12 @@ impl Manager {
                 }
                 self.nic_ports.retain(|(k, _)| k.0 != id);
                 self.time_pushed.retain(|(i, _)| *i != id);
+                let disk = self.storage.disk_of(id).map(String::from);
+                self.storage.detach(id);
                 Ok(format!(
-                    "partition {id} ({name}) destroyed; its memory is back with the root"
+                    "partition {id} ({name}) destroyed; its memory is back with the root{}",
+                    disk.map(|d| format!("; disk '{d}' keeps its data"))
+                        .unwrap_or_default()
                 ))
             }
             (Action::Start, _) => {

@@ -24,6 +24,8 @@ pub mod limits {
     pub const MAX_NAME: usize = 15;
     /// Largest RAM disk (it comes out of the root's heap).
     pub const MAX_RAMDISK: u64 = 16 << 20;
+    /// Largest child disk `disk create` makes.
+    pub const MAX_DISK: u64 = 1 << 40;
 }
 
 /// Options for `create`.
@@ -51,6 +53,9 @@ pub struct CreateSpec {
     pub ramdisk: Option<u64>,
     /// A synthetic NIC (`--nic`) with a MAC address the root assigns.
     pub nic: bool,
+    /// A disk on the root's passthrough block devices (`--disk NAME`: a
+    /// child disk from `disks`), on a synthetic SCSI controller.
+    pub disk: Option<String>,
 }
 
 /// `create --boot`: which boot protocol a child's image is started through.
@@ -168,6 +173,26 @@ pub enum Command {
         /// JSON output.
         json: bool,
     },
+    /// `disks [--json]`: the root's block devices, the child disks on them
+    /// and which child holds which.
+    Disks {
+        /// JSON output.
+        json: bool,
+    },
+    /// `disk create NAME SIZE [--on DEVICE]`: a new (zeroed) child disk.
+    DiskCreate {
+        /// The disk's name.
+        name: String,
+        /// Size in bytes (whole MiB).
+        bytes: u64,
+        /// The device to put it on (default: the first with room).
+        device: Option<String>,
+    },
+    /// `disk delete NAME`: delete a child disk no child holds.
+    DiskDelete {
+        /// The disk's name.
+        name: String,
+    },
     /// `switch [--json]`: the virtual switch's ports, MACs and counters.
     Switch {
         /// JSON output.
@@ -233,6 +258,8 @@ pub enum ParseError {
     NoValue(&'static str),
     /// A `"` without its closing `"`.
     UnterminatedQuote,
+    /// Options that cannot be used together.
+    Conflict(&'static str),
     /// A bad value for an option.
     BadValue {
         /// The option.
@@ -248,12 +275,13 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::UnknownCommand(c) => write!(f, "unknown command '{c}'; type 'help'"),
-            Self::UnknownSubcommand(c) => write!(f, "unknown hv subcommand '{c}' (try: status, disk)"),
+            Self::UnknownSubcommand(c) => write!(f, "unknown subcommand '{c}' (see 'help')"),
             Self::Missing(what) => write!(f, "missing {what}"),
             Self::BadId(s) => write!(f, "'{s}' is not a partition id (a number, see 'list')"),
             Self::Unexpected(s) => write!(f, "unexpected argument '{s}'"),
             Self::UnknownOption(o) => write!(f, "unknown option '{o}'"),
             Self::Duplicate(o) => write!(f, "option {o} given twice"),
+            Self::Conflict(what) => write!(f, "cannot combine {what}"),
             Self::NoValue(o) => write!(f, "option {o} needs a value"),
             Self::UnterminatedQuote => f.write_str("a '\"' without its closing '\"'"),
             Self::BadValue {
@@ -288,7 +316,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("offer ID", "offer another echo device on a child's VMBus"),
     ("console ID", "attach to a child's console (Ctrl-] detaches)"),
     (
-        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--ramdisk SIZE] [--nic] [--mode MODE] [--start]",
+        "create NAME --memory SIZE --vps N --image IMAGE [--initrd IMAGE] [--cmdline \"...\"] [--boot auto|native|linux|pvh|multiboot] [--ramdisk SIZE | --disk NAME] [--nic] [--mode MODE] [--start]",
         "build a child partition",
     ),
     (
@@ -303,6 +331,18 @@ pub const HELP: &[(&str, &str)] = &[
         "ask the child to power off (or restart) through its shutdown service",
     ),
     ("timesync ID", "push the host's time to the child now"),
+    (
+        "disks [--json]",
+        "the root's block devices, the child disks on them and which child holds each",
+    ),
+    (
+        "disk create NAME SIZE [--on DEVICE]",
+        "a new, zeroed child disk (a GPT partition) for 'create ... --disk NAME'",
+    ),
+    (
+        "disk delete NAME",
+        "delete a child disk (refused while a child holds it)",
+    ),
     (
         "switch [--json]",
         "the virtual switch: each child NIC's port, MAC and counters",
@@ -389,7 +429,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     // `--json` is accepted only by commands with a JSON form (checked below).
     let takes_json = matches!(
         cmd,
-        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch"
+        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch" | "disks"
     );
     if takes_json {
         all.retain(|w| *w != "--json");
@@ -459,6 +499,61 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "switch" => {
             let json = w.json;
             w.done(Command::Switch { json })?
+        }
+        "disks" => {
+            let json = w.json;
+            w.done(Command::Disks { json })?
+        }
+        "disk" => {
+            if w.words.is_empty() {
+                return Err(ParseError::Missing("disk subcommand (create, delete)"));
+            }
+            let sub = w.words.remove(0);
+            let name = |w: &mut Words<'_>| -> Result<String, ParseError> {
+                if w.words.is_empty() {
+                    return Err(ParseError::Missing("disk NAME"));
+                }
+                let v = w.words.remove(0);
+                if !valid_name(v) {
+                    return Err(ParseError::BadValue {
+                        option: "NAME",
+                        value: v.to_string(),
+                        expected: "1-15 characters: a letter, then letters, digits, '-' or '_'",
+                    });
+                }
+                Ok(v.to_string())
+            };
+            match sub {
+                "create" => {
+                    let name = name(&mut w)?;
+                    if w.words.is_empty() {
+                        return Err(ParseError::Missing("SIZE"));
+                    }
+                    let v = w.words.remove(0);
+                    let bytes = size::parse(v)
+                        .ok()
+                        .filter(|b| (1 << 20..=limits::MAX_DISK).contains(b) && b % (1 << 20) == 0)
+                        .ok_or_else(|| ParseError::BadValue {
+                            option: "SIZE",
+                            value: v.to_string(),
+                            expected: "a whole number of MiB from 1M to 1T",
+                        })?;
+                    let mut device = None;
+                    if w.words.first() == Some(&"--on") {
+                        w.words.remove(0);
+                        if w.words.is_empty() {
+                            return Err(ParseError::NoValue("--on"));
+                        }
+                        device = Some(w.words.remove(0).to_string());
+                    }
+                    w.done(Command::DiskCreate { name, bytes, device })?
+                }
+                "delete" => {
+                    let name = name(&mut w)?;
+                    w.done(Command::DiskDelete { name })?
+                }
+                other => return Err(ParseError::UnknownSubcommand(other.to_string())),
+            }
         }
         "timesync" => {
             let id = w.id()?;
@@ -535,19 +630,24 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     Ok(Some(parsed))
 }
 
+/// A partition or disk name: 1-15 characters, a letter, then letters,
+/// digits, '-' or '_'.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= limits::MAX_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     use limits::*;
     if w.words.is_empty() || w.words[0].starts_with("--") {
         return Err(ParseError::Missing("partition name"));
     }
     let name = w.words.remove(0);
-    let name_ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if !name_ok {
+    if !valid_name(name) {
         return Err(ParseError::BadValue {
             option: "NAME",
             value: name.to_string(),
@@ -559,6 +659,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
     let mut boot: Option<BootProtocol> = None;
     let mut ramdisk: Option<u64> = None;
     let mut nic = false;
+    let mut disk: Option<String> = None;
     while !w.words.is_empty() {
         let opt = w.words.remove(0);
         let key: &'static str = match opt {
@@ -570,6 +671,7 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
             "--cmdline" => "--cmdline",
             "--boot" => "--boot",
             "--ramdisk" => "--ramdisk",
+            "--disk" => "--disk",
             "--nic" => {
                 if nic {
                     return Err(ParseError::Duplicate("--nic"));
@@ -651,6 +753,15 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
                 }
                 ramdisk = Some(bytes);
             }
+            "--disk" => {
+                if disk.is_some() {
+                    return Err(ParseError::Duplicate(key));
+                }
+                if !valid_name(value) {
+                    return Err(bad("a disk name from 'disks'"));
+                }
+                disk = Some(value.to_string());
+            }
             "--boot" => {
                 if boot.is_some() {
                     return Err(ParseError::Duplicate(key));
@@ -687,7 +798,13 @@ fn parse_create(mut w: Words<'_>) -> Result<Command, ParseError> {
         boot: boot.unwrap_or_default(),
         ramdisk,
         nic,
+        disk,
     };
+    if spec.ramdisk.is_some() && spec.disk.is_some() {
+        return Err(ParseError::Conflict(
+            "--ramdisk and --disk (a child has one disk)",
+        ));
+    }
     Ok(Command::Create { spec, start })
 }
 
@@ -793,6 +910,54 @@ mod tests {
     }
 
     #[test]
+    fn disk_commands_parse_and_refuse_bad_input() {
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(
+            ok("disk create data 64M"),
+            Command::DiskCreate {
+                name: "data".into(),
+                bytes: 64 << 20,
+                device: None
+            }
+        );
+        assert_eq!(
+            ok("disk create d2 1G --on vdb"),
+            Command::DiskCreate {
+                name: "d2".into(),
+                bytes: 1 << 30,
+                device: Some("vdb".into())
+            }
+        );
+        assert_eq!(
+            ok("disk delete data"),
+            Command::DiskDelete { name: "data".into() }
+        );
+        assert_eq!(e("disk"), "missing disk subcommand (create, delete)");
+        assert_eq!(e("disk resize x 1M"), "unknown subcommand 'resize' (see 'help')");
+        assert_eq!(e("disk create"), "missing disk NAME");
+        assert_eq!(e("disk create x"), "missing SIZE");
+        assert!(e("disk create 9x 1M").contains("a letter, then letters"));
+        assert!(e("disk create x 1500K").contains("whole number of MiB"));
+        assert!(e("disk create x 0").contains("whole number of MiB"));
+        assert!(e("disk create x 2T").contains("1M to 1T"));
+        assert_eq!(e("disk create x 1M --on"), "option --on needs a value");
+        assert_eq!(e("disk delete x y"), "unexpected argument 'y'");
+        let Command::Create { spec, .. } = ok("create d --memory 64M --image k --disk data --nic") else {
+            panic!()
+        };
+        assert_eq!((spec.disk.as_deref(), spec.nic), (Some("data"), true));
+        assert_eq!(
+            e("create d --memory 64M --image k --disk a --disk b"),
+            "option --disk given twice"
+        );
+        assert!(e("create d --memory 64M --image k --disk \"x y\"").contains("a disk name"));
+        assert_eq!(
+            e("create d --memory 64M --image k --disk a --ramdisk 1M"),
+            "cannot combine --ramdisk and --disk (a child has one disk)"
+        );
+    }
+
+    #[test]
     fn create_with_a_ramdisk() {
         let Command::Create { spec, .. } = ok("create d --memory 64M --image k --ramdisk 8M") else {
             panic!()
@@ -821,6 +986,8 @@ mod tests {
         );
         assert_eq!(ok("timesync 3"), Command::Timesync { id: 3 });
         assert_eq!(ok("switch --json"), Command::Switch { json: true });
+        assert_eq!(ok("disks --json"), Command::Disks { json: true });
+        assert_eq!(ok("disks"), Command::Disks { json: false });
         assert_eq!(ok("switch"), Command::Switch { json: false });
         assert_eq!(
             ok("kvp 3 --json"),
@@ -930,7 +1097,7 @@ mod tests {
         assert_eq!(e("start 1 2"), "unexpected argument '2'");
         assert_eq!(e("start 1 --json"), "unknown option '--json'");
         assert_eq!(e("hv"), "missing hv subcommand (status, disk)");
-        assert_eq!(e("hv bogus"), "unknown hv subcommand 'bogus' (try: status, disk)");
+        assert_eq!(e("hv bogus"), "unknown subcommand 'bogus' (see 'help')");
         assert_eq!(e("create"), "missing partition name");
         assert_eq!(
             e("create 9x --memory 8M --image t"),

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod disk_image;
 pub mod linux;
 
 /// The bare-metal target both kernels build for.
@@ -112,6 +113,20 @@ pub struct HostChild {
     pub ramdisk_mib: Option<u64>,
     /// A synthetic NIC (`nic`).
     pub nic: bool,
+    /// Its disk: a child disk of that name on the root's disk image
+    /// (`disk=NAME`; `cargo xtask run` gives every child one named after it).
+    pub disk: Option<String>,
+}
+
+/// A partition or disk name as the root accepts it: 1-15 characters, a
+/// letter, then letters, digits, '-' or '_'.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Memory a `--child` gets unless it says `memory=`.
@@ -124,13 +139,7 @@ impl HostChild {
         let (name, rest) = arg.split_once('=').ok_or_else(|| {
             format!("--child {arg}: expected NAME=KERNEL[,initrd=FILE][,cmdline=\"…\"][,memory=SIZE]")
         })?;
-        let name_ok = !name.is_empty()
-            && name.len() <= 15
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !name_ok {
+        if !valid_name(name) {
             return Err(format!(
                 "--child: bad name '{name}': 1-15 characters, a letter, then letters, digits, '-' or '_'"
             ));
@@ -161,6 +170,7 @@ impl HostChild {
             memory_mib: DEFAULT_CHILD_MIB,
             ramdisk_mib: None,
             nic: false,
+            disk: None,
         };
         for f in fields {
             if f == "nic" {
@@ -180,6 +190,14 @@ impl HostChild {
                 Some(("memory", v)) => {
                     child.memory_mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?
                 }
+                Some(("disk", v)) => {
+                    if !valid_name(v) {
+                        return Err(format!(
+                            "--child {name}: disk={v}: 1-15 characters, a letter, then letters, digits, '-' or '_'"
+                        ));
+                    }
+                    child.disk = Some(v.to_string());
+                }
                 Some(("ramdisk", v)) => {
                     let mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?;
                     // The root's limit (mgmt::cli::limits::MAX_RAMDISK): a bad
@@ -191,7 +209,7 @@ impl HostChild {
                 }
                 _ => {
                     return Err(format!(
-                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE, nic)"
+                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE, disk=NAME, nic)"
                     ));
                 }
             }
@@ -211,7 +229,9 @@ impl HostChild {
         if let Some(c) = &self.cmdline {
             line.push_str(&format!(" --cmdline \"{c}\""));
         }
-        if let Some(r) = self.ramdisk_mib {
+        if let Some(d) = &self.disk {
+            line.push_str(&format!(" --disk {d}"));
+        } else if let Some(r) = self.ramdisk_mib {
             line.push_str(&format!(" --ramdisk {r}M"));
         }
         if self.nic {
@@ -238,12 +258,16 @@ pub fn parse_mib(v: &str) -> Result<u64, String> {
 
 /// Compile hv-core and the root kernel, pack the bundle, make the demo disk.
 pub fn build_images() -> Result<Images, XtaskError> {
-    build_images_with(&[], "boot-bundle.img")
+    build_images_with(&[], "boot-bundle.img", DEFAULT_MANIFEST)
 }
 
-/// [`build_images`] with `children` added to the bundle and its manifest,
+/// [`build_images`] with `children` added to the bundle and to `manifest`,
 /// written to `bundle_name` in [`build_dir`].
-pub fn build_images_with(children: &[HostChild], bundle_name: &str) -> Result<Images, XtaskError> {
+pub fn build_images_with(
+    children: &[HostChild],
+    bundle_name: &str,
+    manifest: &str,
+) -> Result<Images, XtaskError> {
     ensure_kernel_target()?;
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -275,7 +299,7 @@ pub fn build_images_with(children: &[HostChild], bundle_name: &str) -> Result<Im
     let hv_core = std::fs::read(&hv_core_path).map_err(|e| XtaskError::Io(hv_core_path.clone(), e))?;
     let testos_path = bin.join("testos");
     let testos = std::fs::read(&testos_path).map_err(|e| XtaskError::Io(testos_path.clone(), e))?;
-    let mut manifest = DEFAULT_MANIFEST.to_string();
+    let mut manifest = manifest.to_string();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for c in children {
         let read = |p: &Path| std::fs::read(p).map_err(|e| XtaskError::Io(p.to_path_buf(), e));
@@ -334,6 +358,24 @@ pub const DEFAULT_MANIFEST: &str = "\
 alpha --memory 32M --vps 1 --image testos --mode hello --start
 beta  --memory 32M --vps 1 --image testos --mode hello --start
 ";
+
+/// The manifest of `cargo xtask run`: the two test OS children, each with
+/// its own disk on the root's child-disk image and a NIC on the switch.
+pub const RUN_MANIFEST: &str = "\
+# Child partitions the root builds at boot. One per line, options as for the
+# shell's `create` command.
+alpha --memory 32M --vps 1 --image testos --mode hello --disk alpha --nic --start
+beta  --memory 32M --vps 1 --image testos --mode hello --disk beta --nic --start
+";
+
+/// The test OS children in [`RUN_MANIFEST`], with their disk sizes.
+pub const RUN_MANIFEST_DISKS: &[(&str, u64)] = &[("alpha", 16 << 20), ("beta", 16 << 20)];
+
+/// Size of a Linux child's disk on the run image (sparse until written).
+pub const LINUX_DISK_BYTES: u64 = 256 << 20;
+
+/// Size of the root's child-disk image (a sparse file).
+pub const CHILD_DISK_IMAGE_BYTES: u64 = 4 << 30;
 
 /// A 1 MiB disk whose first sector says what it is.
 pub fn demo_disk() -> Vec<u8> {
@@ -493,8 +535,10 @@ pub fn ensure_kernel_target() -> Result<(), XtaskError> {
 pub struct BootOptions {
     /// Kernel command line (e.g. `test=cpuid`).
     pub cmdline: String,
-    /// Disk image for the root's virtio-blk (none: no disk).
+    /// Disk image for the root's first virtio-blk (none: no disk).
     pub disk: Option<PathBuf>,
+    /// More disk images, each another virtio-blk device (`vdb`, …).
+    pub extra_disks: Vec<PathBuf>,
     /// hv-core's log file (debugcon).
     pub hv_log: PathBuf,
     /// Guest RAM in MiB.
@@ -548,13 +592,15 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     // The AMD IOMMU hv-core programs so that no device can DMA into its region.
     push("-device");
     push("amd-iommu");
-    if let Some(disk) = &opts.disk {
+    for (i, disk) in opts.disk.iter().chain(&opts.extra_disks).enumerate() {
         push("-drive");
-        push(&format!("file={},if=none,id=disk0,format=raw", disk.display()));
+        push(&format!("file={},if=none,id=disk{i},format=raw", disk.display()));
         push("-device");
         // Its DMA goes through the IOMMU (the driver must accept
         // VIRTIO_F_ACCESS_PLATFORM, or QEMU refuses FEATURES_OK).
-        push("virtio-blk-pci,drive=disk0,disable-legacy=on,iommu_platform=on");
+        push(&format!(
+            "virtio-blk-pci,drive=disk{i},disable-legacy=on,iommu_platform=on"
+        ));
     }
     args
 }

@@ -36,8 +36,10 @@ pub const INIT_MARKER: &str = "hv-rs linux child: init reached";
 pub const HV_MODULES: [&str; 4] = ["hv_vmbus", "hv_utils", "hv_storvsc", "hv_netvsc"];
 
 /// Modules the child needs beside the Hyper-V ones: `sd_mod` turns the
-/// SCSI disks hv_storvsc finds into block devices (`/dev/sda`).
-pub const EXTRA_MODULES: [&str; 1] = ["sd_mod"];
+/// SCSI disks hv_storvsc finds into block devices (`/dev/sda`); `ext4`
+/// mounts the file systems busybox's `mke2fs` makes on them (with
+/// `crc32c_generic`, the checksum ext4 asks for by softdep).
+pub const EXTRA_MODULES: [&str; 3] = ["sd_mod", "crc32c_generic", "ext4"];
 
 /// The hostname `/init` sets when the command line has no `hostname=`.
 pub const DEFAULT_HOSTNAME: &str = "linux-child";

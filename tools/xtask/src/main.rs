@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
     eprintln!(
-        "  run [--tcg] [--no-disk] [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE]]... [KERNEL ARGS...]"
+        "  run [--tcg] [--no-disk] [--disk IMAGE]... [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE][,disk=NAME][,nic]]... [KERNEL ARGS...]"
     );
     eprintln!(
         "                                            build and boot root + hv-core in QEMU (Ctrl-A X quits)"
@@ -70,9 +70,10 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
     let (mut accel, why) = xtask::choose_accel();
     let mut why = why;
     let mut no_disk = false;
+    let mut user_disks: Vec<std::path::PathBuf> = Vec::new();
     let mut no_linux = false;
     let mut cmdline = Vec::new();
-    let mut children = Vec::new();
+    let mut children: Vec<xtask::HostChild> = Vec::new();
     let mut memory_mib = None;
     let bad = |detail: String| XtaskError::Command {
         what: "reading the arguments".into(),
@@ -86,6 +87,16 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                 why = "TCG (--tcg)".into();
             }
             "--no-disk" => no_disk = true,
+            "--disk" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| bad("--disk needs the path of a raw disk image".into()))?;
+                let path = std::path::PathBuf::from(v);
+                if !path.is_file() {
+                    return Err(bad(format!("--disk {v}: no such file (a raw disk image)")));
+                }
+                user_disks.push(path);
+            }
             "--no-linux" => no_linux = true,
             "--child" => {
                 let v = it
@@ -127,12 +138,51 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                     xtask::linux::CHILD_CMDLINE_BASE
                 )),
                 memory_mib: xtask::DEFAULT_CHILD_MIB,
-                ramdisk_mib: Some(8),
+                ramdisk_mib: None,
                 nic: true,
+                disk: None,
             },
         );
     }
-    let images = xtask::build_images_with(&children, "boot-bundle-run.img")?;
+    // Every child has its own disk on the root's child-disk image (kept
+    // between runs; only missing disks are added): named after the child
+    // unless it says `disk=NAME`.
+    let mut extra_disks = Vec::new();
+    if !no_disk {
+        let mut wanted: Vec<(String, u64)> = xtask::RUN_MANIFEST_DISKS
+            .iter()
+            .map(|(n, b)| (n.to_string(), *b))
+            .collect();
+        for c in children.iter_mut() {
+            let name = c.disk.get_or_insert_with(|| c.name.clone()).clone();
+            if !wanted.iter().any(|(n, _)| *n == name) {
+                wanted.push((name, xtask::LINUX_DISK_BYTES));
+            }
+        }
+        let image = xtask::build_dir().join("child-disks.img");
+        let list: Vec<(&str, u64)> = wanted.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+        let made = xtask::disk_image::ensure_child_disks(&image, xtask::CHILD_DISK_IMAGE_BYTES, &list)
+            .map_err(bad)?;
+        eprintln!(
+            "xtask: children's disks on {} (kept between runs){}",
+            image.display(),
+            if made.is_empty() {
+                String::new()
+            } else {
+                format!("; new: {}", made.join(", "))
+            }
+        );
+        extra_disks.push(image);
+        extra_disks.extend(user_disks);
+    } else if !user_disks.is_empty() {
+        return Err(bad("--disk and --no-disk contradict each other".into()));
+    }
+    let manifest = if no_disk {
+        xtask::DEFAULT_MANIFEST
+    } else {
+        xtask::RUN_MANIFEST
+    };
+    let images = xtask::build_images_with(&children, "boot-bundle-run.img", manifest)?;
     let disk = (!no_disk).then(|| images.disk.clone());
     // The root's own 512 MiB plus what the children are given.
     let memory_mib = memory_mib.unwrap_or(512 + children.iter().map(|c| c.memory_mib + 8).sum::<u64>());
@@ -143,6 +193,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
     let opts = BootOptions {
         cmdline: cmdline.join(" "),
         disk,
+        extra_disks,
         hv_log: hv_log.clone(),
         memory_mib: u32::try_from(memory_mib)
             .map_err(|_| bad(format!("--memory {memory_mib}M is too large")))?,

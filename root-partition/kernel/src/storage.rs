@@ -1,0 +1,499 @@
+//! Children's disks on the root's passthrough block devices.
+//!
+//! Every virtio-blk function on bus 0 is opened once, at boot, and kept:
+//! `vda`, `vdb`, … in slot order. A device with a valid GUID Partition Table
+//! (`disks` crate) holds named child disks (its partitions of the child-disk
+//! type); a device without one can be given to a child whole, by its device
+//! name. A disk is attached to at most one child at a time; `disk delete`
+//! refuses an attached disk, and a destroyed child's disk keeps its data
+//! until deleted. A child's block addresses are bounds-checked against its
+//! own partition before they become device addresses, so a child reads and
+//! writes only its own disk.
+//!
+//! The devices sit behind `Rc<RefCell<…>>`: the partition table and every
+//! attached disk's backend share one driver instance (the root is one
+//! thread; requests complete synchronously).
+
+use crate::disk::{self, Disk, DiskError};
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use disks::{BlockDevice, DeviceError, DiskTable};
+use scsi_disk::{BackendError, BlockBackend};
+
+/// Bytes per sector on virtio-blk.
+const SECTOR: u64 = 512;
+
+/// One driver instance, shared by the table and the backends.
+#[derive(Clone)]
+pub struct SharedDisk(Rc<RefCell<Disk>>);
+
+impl SharedDisk {
+    fn with<T>(&self, f: impl FnOnce(&mut Disk) -> T) -> Result<T, DeviceError> {
+        // The root is single-threaded and no caller re-enters: a borrow
+        // failure would be a root bug, reported as an I/O error.
+        let mut d = self.0.try_borrow_mut().map_err(|_| DeviceError::Io)?;
+        Ok(f(&mut d))
+    }
+}
+
+fn device_error(e: DiskError) -> DeviceError {
+    match e {
+        DiskError::OutOfRange => DeviceError::OutOfRange,
+        DiskError::BadBuffer => DeviceError::BadBuffer,
+        _ => DeviceError::Io,
+    }
+}
+
+impl BlockDevice for SharedDisk {
+    fn block_size(&self) -> u32 {
+        SECTOR as u32
+    }
+    fn block_count(&self) -> u64 {
+        self.0.try_borrow().map_or(0, |d| d.capacity)
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.with(|d| d.read(lba, buf))?.map_err(device_error)
+    }
+    fn write_blocks(&mut self, lba: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.with(|d| d.write(lba, buf))?.map_err(device_error)
+    }
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.with(|d| d.flush())?.map_err(device_error)
+    }
+}
+
+/// What a device holds.
+enum Layout {
+    /// A GUID Partition Table: child disks are its partitions.
+    Gpt(DiskTable<SharedDisk>),
+    /// No (valid) table: the device can be given to a child whole. Why
+    /// there is no table, for `disks`.
+    Whole(String),
+}
+
+/// One passthrough block device.
+struct Device {
+    /// `vda`, `vdb`, …
+    name: String,
+    /// Where it sits on PCI.
+    location: String,
+    io: SharedDisk,
+    sectors: u64,
+    read_only: bool,
+    layout: Layout,
+}
+
+/// A disk attached to a child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// The disk's name (a partition name, or a device name when whole).
+    pub disk: String,
+    /// The child partition holding it.
+    pub partition: u64,
+}
+
+/// A device that could not be opened, for `disks`.
+struct Unusable {
+    location: String,
+    why: String,
+}
+
+/// Every passthrough block device and which child holds which disk.
+#[derive(Default)]
+pub struct Storage {
+    devices: Vec<Device>,
+    unusable: Vec<Unusable>,
+    attachments: Vec<Attachment>,
+}
+
+/// A disk as `disks` lists it.
+#[derive(Clone, Debug)]
+pub struct DiskEntry {
+    /// Its name.
+    pub name: String,
+    /// The device it lives on.
+    pub device: String,
+    /// First sector on the device.
+    pub first_sector: u64,
+    /// Size in sectors.
+    pub sectors: u64,
+    /// `partition` (a GPT child disk) or `whole` (a whole device).
+    pub kind: &'static str,
+    /// The child holding it.
+    pub attached_to: Option<u64>,
+}
+
+/// A device as `disks` lists it.
+#[derive(Clone, Debug)]
+pub struct DeviceEntry {
+    /// `vda`, …
+    pub name: String,
+    /// PCI location.
+    pub location: String,
+    /// Size in sectors.
+    pub sectors: u64,
+    /// `gpt`, `whole` (no table: usable as one disk) or `unusable`.
+    pub layout: &'static str,
+    /// Why it has no table, or why it is unusable.
+    pub note: String,
+    /// Largest free extent for a new disk, in bytes (GPT devices).
+    pub free_bytes: u64,
+    /// Read-only device.
+    pub read_only: bool,
+}
+
+impl Storage {
+    /// Open every virtio-blk device on bus 0 and read its partition table.
+    pub fn open() -> Self {
+        let mut s = Self::default();
+        for (location, opened) in Disk::open_all() {
+            let location = format!("{location}");
+            let disk = match opened {
+                Ok(d) => d,
+                Err(e) => {
+                    s.unusable.push(Unusable {
+                        location,
+                        why: format!("{e}"),
+                    });
+                    continue;
+                }
+            };
+            let name = format!("vd{}", char::from(b'a' + s.devices.len().min(25) as u8));
+            let sectors = disk.capacity;
+            let read_only = disk.read_only();
+            let io = SharedDisk(Rc::new(RefCell::new(disk)));
+            let layout = match DiskTable::open(io.clone()) {
+                Ok(table) => Layout::Gpt(table),
+                Err(e) => Layout::Whole(format!("{e}")),
+            };
+            s.devices.push(Device {
+                name,
+                location,
+                io,
+                sectors,
+                read_only,
+                layout,
+            });
+        }
+        s
+    }
+
+    /// Read one sector of device `index` (the `hv disk` check).
+    pub fn read_sector(&self, index: usize, lba: u64) -> Result<(String, u64, [u8; 512]), String> {
+        let d = self
+            .devices
+            .get(index)
+            .ok_or_else(|| String::from("no passthrough virtio-blk device"))?;
+        let mut buf = [0u8; 512];
+        d.io.clone()
+            .read_blocks(lba, &mut buf)
+            .map_err(|e| format!("{}: {e}", d.name))?;
+        Ok((d.location.clone(), d.sectors, buf))
+    }
+
+    /// The devices, for `disks`.
+    pub fn devices(&self) -> Vec<DeviceEntry> {
+        let mut out: Vec<DeviceEntry> = self
+            .devices
+            .iter()
+            .map(|d| {
+                let (layout, note, free_bytes) = match &d.layout {
+                    Layout::Gpt(t) => ("gpt", String::new(), t.largest_free() * SECTOR),
+                    Layout::Whole(why) => ("whole", why.clone(), 0),
+                };
+                DeviceEntry {
+                    name: d.name.clone(),
+                    location: d.location.clone(),
+                    sectors: d.sectors,
+                    layout,
+                    note,
+                    free_bytes,
+                    read_only: d.read_only,
+                }
+            })
+            .collect();
+        out.extend(self.unusable.iter().map(|u| DeviceEntry {
+            name: String::from("-"),
+            location: u.location.clone(),
+            sectors: 0,
+            layout: "unusable",
+            note: u.why.clone(),
+            free_bytes: 0,
+            read_only: true,
+        }));
+        out
+    }
+
+    /// Every disk a child can be given: GPT child disks and table-less
+    /// devices.
+    pub fn disks(&self) -> Vec<DiskEntry> {
+        let mut out = Vec::new();
+        for d in &self.devices {
+            match &d.layout {
+                Layout::Gpt(t) => {
+                    for p in t.list().into_iter().filter(|p| p.ours) {
+                        out.push(DiskEntry {
+                            attached_to: self.holder(&p.name),
+                            name: p.name.clone(),
+                            device: d.name.clone(),
+                            first_sector: p.first_lba,
+                            sectors: p.blocks(),
+                            kind: "partition",
+                        });
+                    }
+                }
+                Layout::Whole(_) => out.push(DiskEntry {
+                    attached_to: self.holder(&d.name),
+                    name: d.name.clone(),
+                    device: d.name.clone(),
+                    first_sector: 0,
+                    sectors: d.sectors,
+                    kind: "whole",
+                }),
+            }
+        }
+        out
+    }
+
+    /// The child holding disk `name`.
+    pub fn holder(&self, name: &str) -> Option<u64> {
+        self.attachments
+            .iter()
+            .find(|a| a.disk == name)
+            .map(|a| a.partition)
+    }
+
+    /// The disk child `partition` holds.
+    pub fn disk_of(&self, partition: u64) -> Option<&str> {
+        self.attachments
+            .iter()
+            .find(|a| a.partition == partition)
+            .map(|a| a.disk.as_str())
+    }
+
+    /// Create child disk `name` of `bytes` on the first GPT device with
+    /// room (`device` picks one).
+    pub fn create(&mut self, name: &str, bytes: u64, device: Option<&str>) -> Result<DiskEntry, String> {
+        if !disks::is_valid_name(name) {
+            return Err(format!(
+                "bad disk name '{name}': 1-15 characters, a letter, then letters, digits, '-' or '_'"
+            ));
+        }
+        if self.disks().iter().any(|d| d.name == name) || self.devices.iter().any(|d| d.name == name) {
+            return Err(format!("a disk named '{name}' already exists"));
+        }
+        if bytes == 0 || !bytes.is_multiple_of(1 << 20) {
+            return Err(String::from("the size must be a whole number of MiB"));
+        }
+        if let Some(dev) = device
+            && !self.devices.iter().any(|d| d.name == dev)
+        {
+            return Err(format!("no device '{dev}' (see 'disks')"));
+        }
+        let mut last_error = None;
+        for d in self.devices.iter_mut() {
+            if device.is_some_and(|want| want != d.name) {
+                continue;
+            }
+            let Layout::Gpt(table) = &mut d.layout else {
+                last_error = Some(format!("{} has no partition table", d.name));
+                continue;
+            };
+            if d.read_only {
+                last_error = Some(format!("{} is read-only", d.name));
+                continue;
+            }
+            match table.create(name, bytes) {
+                Ok(info) => {
+                    // The sectors may hold a deleted disk's data: a child
+                    // must never read another's, so a new disk starts zeroed.
+                    if let Err(e) = zero(&d.io, info.first_lba, info.blocks()) {
+                        let _ = table.delete(name);
+                        return Err(format!("{}: zeroing the new disk: {e}", d.name));
+                    }
+                    return Ok(DiskEntry {
+                        name: info.name.clone(),
+                        device: d.name.clone(),
+                        first_sector: info.first_lba,
+                        sectors: info.blocks(),
+                        kind: "partition",
+                        attached_to: None,
+                    });
+                }
+                Err(e) => last_error = Some(format!("{}: {e}", d.name)),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| String::from("the root has no passthrough block device")))
+    }
+
+    /// Delete child disk `name` (refused while a child holds it). Its
+    /// sectors go back to the device's free space; their contents are not
+    /// erased (a new disk is zeroed when created — see [`Self::create`]).
+    pub fn delete(&mut self, name: &str) -> Result<String, String> {
+        if let Some(p) = self.holder(name) {
+            return Err(format!(
+                "disk '{name}' is attached to partition {p}: destroy that partition first"
+            ));
+        }
+        for d in self.devices.iter_mut() {
+            if d.name == name {
+                return Err(format!(
+                    "'{name}' is a whole device, not a child disk: it cannot be deleted"
+                ));
+            }
+            if let Layout::Gpt(table) = &mut d.layout
+                && table.get(name).is_some_and(|p| p.ours)
+            {
+                table.delete(name).map_err(|e| format!("{}: {e}", d.name))?;
+                return Ok(d.name.clone());
+            }
+        }
+        Err(format!("no disk named '{name}' (see 'disks')"))
+    }
+
+    /// A backend for disk `name`, for a child about to be created; refused
+    /// if another child holds it. [`Self::record`] marks it held once the
+    /// child exists.
+    pub fn claim(&self, name: &str) -> Result<PartitionDisk, String> {
+        if let Some(p) = self.holder(name) {
+            return Err(format!("disk '{name}' is attached to partition {p}"));
+        }
+        self.backend(name)
+    }
+
+    /// Child `partition` now holds disk `name`.
+    pub fn record(&mut self, name: &str, partition: u64) {
+        self.attachments.push(Attachment {
+            disk: name.to_string(),
+            partition,
+        });
+    }
+
+    /// A backend for disk `name`, without attaching it (checks only).
+    pub fn backend(&self, name: &str) -> Result<PartitionDisk, String> {
+        for d in &self.devices {
+            if d.name == name {
+                return match &d.layout {
+                    Layout::Whole(_) => Ok(PartitionDisk {
+                        io: d.io.clone(),
+                        first: 0,
+                        sectors: d.sectors,
+                        read_only: d.read_only,
+                    }),
+                    Layout::Gpt(_) => Err(format!(
+                        "'{name}' holds a partition table (other children's disks): give a child one of its partitions instead"
+                    )),
+                };
+            }
+            if let Layout::Gpt(table) = &d.layout
+                && let Some(p) = table.get(name).filter(|p| p.ours)
+            {
+                return Ok(PartitionDisk {
+                    io: d.io.clone(),
+                    first: p.first_lba,
+                    sectors: p.blocks(),
+                    read_only: d.read_only,
+                });
+            }
+        }
+        Err(format!("no disk named '{name}' (see 'disks')"))
+    }
+
+    /// Child `partition` is gone: flush what it wrote and free its disk.
+    pub fn detach(&mut self, partition: u64) {
+        let held: Vec<String> = self
+            .attachments
+            .iter()
+            .filter(|a| a.partition == partition)
+            .map(|a| a.disk.clone())
+            .collect();
+        for name in held {
+            if let Ok(mut b) = self.backend(&name) {
+                // The guest's FUA and SYNCHRONIZE CACHE already flushed what
+                // it was told is durable; this covers the rest.
+                if let Err(e) = b.flush() {
+                    crate::println!("root: flushing disk '{name}' of partition {partition}: {e:?}");
+                }
+            }
+        }
+        self.attachments.retain(|a| a.partition != partition);
+    }
+}
+
+/// Write zeros over `sectors` sectors from `first`, a bounded request at a
+/// time, then flush.
+fn zero(io: &SharedDisk, first: u64, sectors: u64) -> Result<(), DeviceError> {
+    let chunk = disk::MAX_REQUEST_BYTES as u64 / SECTOR;
+    let zeros = alloc::vec![0u8; disk::MAX_REQUEST_BYTES];
+    let mut io = io.clone();
+    let mut done = 0;
+    while done < sectors {
+        let n = chunk.min(sectors - done);
+        io.write_blocks(first + done, &zeros[..(n * SECTOR) as usize])?;
+        done += n;
+    }
+    io.flush()
+}
+
+/// A child's view of its disk: sectors `first .. first + sectors` of one
+/// device. Every request is checked against that range before it reaches
+/// the device.
+pub struct PartitionDisk {
+    io: SharedDisk,
+    first: u64,
+    sectors: u64,
+    read_only: bool,
+}
+
+impl PartitionDisk {
+    /// Device sector for `lba` + `len` bytes, or why not.
+    fn map(&self, lba: u64, len: usize) -> Result<u64, BackendError> {
+        if len == 0 || !(len as u64).is_multiple_of(SECTOR) {
+            return Err(BackendError::OutOfRange);
+        }
+        let end = lba
+            .checked_add(len as u64 / SECTOR)
+            .ok_or(BackendError::OutOfRange)?;
+        if end > self.sectors {
+            return Err(BackendError::OutOfRange);
+        }
+        self.first.checked_add(lba).ok_or(BackendError::OutOfRange)
+    }
+}
+
+fn backend_error(e: DeviceError) -> BackendError {
+    match e {
+        DeviceError::OutOfRange | DeviceError::BadBuffer => BackendError::OutOfRange,
+        DeviceError::ReadOnly => BackendError::ReadOnly,
+        _ => BackendError::Io,
+    }
+}
+
+impl BlockBackend for PartitionDisk {
+    fn sector_size(&self) -> u32 {
+        SECTOR as u32
+    }
+    fn sector_count(&self) -> u64 {
+        self.sectors
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        let at = self.map(lba, buf.len())?;
+        self.io.read_blocks(at, buf).map_err(backend_error)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
+        if self.read_only {
+            return Err(BackendError::ReadOnly);
+        }
+        let at = self.map(lba, buf.len())?;
+        self.io.write_blocks(at, buf).map_err(backend_error)
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.io.flush().map_err(backend_error)
+    }
+}

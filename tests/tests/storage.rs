@@ -1,0 +1,243 @@
+//! Children's disks on the root's passthrough virtio-blk devices: the
+//! `disks` / `disk create|delete` commands, `create … --disk NAME`, and a
+//! Debian child's files surviving its destroy + create and a QEMU restart,
+//! unseen by another child. The root's disks are the demo disk (`vda`, no
+//! partition table: a whole-device disk) and a GPT child-disk image made by
+//! `xtask::disk_image` in the test's own directory (`vdb`).
+
+use qemu_tests::{Machine, images, linux_images, scratch};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A GPT child-disk image with these disks, in a directory of its own.
+fn child_disk_image(test: &str, size: u64, disks: &[(&str, u64)]) -> (PathBuf, PathBuf) {
+    let dir = scratch(test);
+    let path = dir.join("child-disks.img");
+    xtask::disk_image::ensure_child_disks(&path, size, disks).expect("child-disk image");
+    (dir, path)
+}
+
+fn disk<'a>(disks: &'a Value, name: &str) -> &'a Value {
+    disks["disks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("no disk '{name}' in {disks}"))
+}
+
+#[test]
+fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
+    let (dir, image) = child_disk_image("disks-cli", 256 << 20, &[("one", 16 << 20), ("two", 16 << 20)]);
+    let mut m = Machine::boot_with_disks(
+        images(),
+        "disks-cli",
+        "",
+        Some(images().disk.clone()),
+        vec![image.clone()],
+        512,
+    );
+    m.expect("root: partition 3 (beta) created and started");
+
+    let d = m.hvctl_json("disks --json");
+    let devices = d["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 2, "{d}");
+    assert_eq!(devices[0]["name"], "vda");
+    assert_eq!(devices[0]["layout"], "whole", "the demo disk has no table: {d}");
+    assert_eq!(devices[0]["sectors"], 2048);
+    assert_eq!(devices[1]["name"], "vdb");
+    assert_eq!(devices[1]["layout"], "gpt", "{d}");
+    assert_eq!(devices[1]["sectors"], (256u64 << 20) / 512);
+    for (name, kind, sectors) in [
+        ("vda", "whole", 2048),
+        ("one", "partition", 32768),
+        ("two", "partition", 32768),
+    ] {
+        let x = disk(&d, name);
+        assert_eq!(x["kind"], kind, "{x}");
+        assert_eq!(x["sectors"], sectors, "{x}");
+        assert!(x["attached_to"].is_null(), "{x}");
+    }
+
+    // A new disk, then a refused duplicate and a size that does not fit.
+    let out = m.hvctl("disk create three 8M");
+    assert!(out.contains("disk 'three' created on vdb: 8 MiB"), "{out}");
+    let out = m.hvctl("disk create three 8M");
+    assert!(
+        out.contains("error: a disk named 'three' already exists"),
+        "{out}"
+    );
+    let out = m.hvctl("disk create huge 512G");
+    assert!(out.starts_with("error: vdb:"), "{out}");
+    let out = m.hvctl("disk create other 1M --on vdz");
+    assert!(out.contains("error: no device 'vdz'"), "{out}");
+    let d = m.hvctl_json("disks --json");
+    assert_eq!(disk(&d, "three")["sectors"], 16384);
+    assert!(
+        d["disks"].as_array().unwrap().iter().all(|x| x["name"] != "huge"),
+        "{d}"
+    );
+
+    // Attached to one child at a time; never deleted while attached.
+    let out = m.hvctl("create c1 --memory 16M --image testos --disk one --start");
+    assert!(out.contains("partition 4 (c1) created and started"), "{out}");
+    let d = m.hvctl_json("disks --json");
+    assert_eq!(disk(&d, "one")["attached_to"], 4, "{d}");
+    assert_eq!(disk(&d, "one")["attached_name"], "c1", "{d}");
+    let out = m.hvctl("create c2 --memory 16M --image testos --disk one");
+    assert!(
+        out.contains("error: disk 'one' is attached to partition 4"),
+        "{out}"
+    );
+    let out = m.hvctl("disk delete one");
+    assert!(
+        out.contains("error: disk 'one' is attached to partition 4: destroy that partition first"),
+        "{out}"
+    );
+    // The GPT device itself is not a child's disk; unknown names are refused.
+    let out = m.hvctl("create c3 --memory 16M --image testos --disk vdb");
+    assert!(out.contains("holds a partition table"), "{out}");
+    let out = m.hvctl("create c3 --memory 16M --image testos --disk nosuch");
+    assert!(out.contains("error: no disk named 'nosuch'"), "{out}");
+    let list = m.hvctl_json("list --json");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(4),
+        "refused creates made nothing: {list}"
+    );
+
+    m.hvctl("stop 4");
+    let out = m.hvctl("destroy 4");
+    assert!(out.contains("disk 'one' keeps its data"), "{out}");
+    let d = m.hvctl_json("disks --json");
+    assert!(disk(&d, "one")["attached_to"].is_null(), "{d}");
+    let out = m.hvctl("disk delete one");
+    assert!(out.contains("disk 'one' deleted from vdb"), "{out}");
+    let out = m.hvctl("disk delete vda");
+    assert!(out.contains("is a whole device"), "{out}");
+    let out = m.hvctl("disk delete one");
+    assert!(out.contains("error: no disk named 'one'"), "{out}");
+    // The whole demo disk can be given to a child.
+    let out = m.hvctl("create c4 --memory 16M --image testos --disk vda");
+    assert!(out.contains("partition 5 (c4) created"), "{out}");
+
+    // The table the root wrote is one the host reads back.
+    drop(m);
+    let table = disks::DiskTable::open(xtask::disk_image::FileDevice::open(&image).unwrap()).unwrap();
+    let names: Vec<String> = table.list().into_iter().map(|d| d.name).collect();
+    assert_eq!(names, ["two", "three"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The Linux child's command line, with its hostname.
+fn linux_cmdline(host: &str) -> String {
+    qemu_tests::LINUX_CMDLINE.replace("hostname=debian-child", &format!("hostname={host}"))
+}
+
+/// How long a Linux boot may take to reach its init under TCG.
+const LINUX_BOOT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Wait for child `id`'s init, then run `command` in its shell.
+fn run_in(m: &mut Machine, id: u64, command: &str, tag: &str) -> String {
+    m.wait_text_every(
+        &format!("console {id}"),
+        "hv-rs linux child: init reached",
+        Duration::from_secs(1),
+        LINUX_BOOT_DEADLINE,
+    );
+    m.run_in_child(id, command, tag)
+}
+
+/// Boot the Linux test bundle with `image` as the root's child-disk device.
+fn boot(name: &str, image: &Path) -> Machine {
+    let (images, _) = linux_images();
+    Machine::boot_with_disks(images, name, "", None, vec![image.to_path_buf()], 1100)
+}
+
+/// Mount the child's disk and print the files' checksums.
+const READ_BACK: &str =
+    "mkdir -p /mnt; mount -t ext4 /dev/sda /mnt && md5sum /mnt/random.bin && cat /mnt/note.txt; umount /mnt";
+
+#[test]
+fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_child_sees_them() {
+    let (dir, image) = child_disk_image(
+        "linux-disk",
+        512 << 20,
+        &[("data", 64 << 20), ("other", 64 << 20)],
+    );
+    let mut m = boot("linux-disk", &image);
+    m.expect("root: partition 4 (linux) created and started");
+    // Only the test OS children run beside the Linux one we create.
+    m.hvctl("stop 4");
+    m.hvctl("destroy 4");
+    let create = |host: &str, disk: &str| {
+        format!(
+            "create {host} --memory 256M --image linux.kernel --initrd linux.initrd --cmdline \"{}\" --disk {disk} --start",
+            linux_cmdline(host)
+        )
+    };
+    let out = m.hvctl(&create("writer", "data"));
+    assert!(out.contains("partition 5 (writer) created and started"), "{out}");
+    let size = run_in(&mut m, 5, "cat /sys/block/sda/size", "size");
+    assert!(size.lines().any(|l| l == "131072"), "64 MiB disk: {size}");
+    let written = run_in(
+        &mut m,
+        5,
+        "mke2fs -q /dev/sda >/dev/null 2>&1; mkdir -p /mnt; mount -t ext4 /dev/sda /mnt && \
+         head -c 3000000 /dev/urandom > /mnt/random.bin && echo hv-rs-note-$((6*7)) > /mnt/note.txt && \
+         sync && md5sum /mnt/random.bin && cat /mnt/note.txt; umount /mnt",
+        "write",
+    );
+    let sum = written
+        .lines()
+        .find(|l| l.ends_with("/mnt/random.bin"))
+        .unwrap_or_else(|| panic!("no checksum: {written}"))
+        .to_string();
+    assert!(written.lines().any(|l| l == "hv-rs-note-42"), "{written}");
+
+    // Destroyed and created again on the same disk: the files are there.
+    m.hvctl("stop 5");
+    let out = m.hvctl("destroy 5");
+    assert!(out.contains("disk 'data' keeps its data"), "{out}");
+    let out = m.hvctl(&create("reader", "data"));
+    assert!(out.contains("partition 6 (reader) created and started"), "{out}");
+    let back = run_in(&mut m, 6, READ_BACK, "back");
+    assert!(
+        back.lines().any(|l| l == sum),
+        "after destroy + create: {back}\nwanted {sum}"
+    );
+    assert!(back.lines().any(|l| l == "hv-rs-note-42"), "{back}");
+    m.hvctl("stop 6");
+    m.hvctl("destroy 6");
+
+    // Another child, another disk: zeroed, none of the first one's bytes.
+    let out = m.hvctl(&create("peer", "other"));
+    assert!(out.contains("partition 7 (peer) created and started"), "{out}");
+    let peer = run_in(
+        &mut m,
+        7,
+        "cat /sys/block/sda/size; grep -c hv-rs-note /dev/sda; tr -d '\\000' < /dev/sda | wc -c",
+        "peer",
+    );
+    let lines: Vec<&str> = peer.lines().collect();
+    assert!(
+        lines.ends_with(&["131072", "0", "0"]),
+        "the other disk is all zeros, without the note: {peer}"
+    );
+    drop(m);
+
+    // A new QEMU on the same image: the child's disk still holds the files.
+    let mut m = boot("linux-disk-restart", &image);
+    m.expect("root: partition 4 (linux) created and started");
+    m.hvctl("stop 4");
+    m.hvctl("destroy 4");
+    let out = m.hvctl(&create("again", "data"));
+    assert!(out.contains("partition 5 (again) created and started"), "{out}");
+    let back = run_in(&mut m, 5, READ_BACK, "restart");
+    assert!(
+        back.lines().any(|l| l == sum),
+        "after a QEMU restart: {back}\nwanted {sum}"
+    );
+    assert!(back.lines().any(|l| l == "hv-rs-note-42"), "{back}");
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
