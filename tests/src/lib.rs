@@ -129,17 +129,26 @@ impl Machine {
         disk: Option<PathBuf>,
         memory_mib: u32,
     ) -> Self {
-        Self::boot_with_disks(images, name, cmdline, disk, Vec::new(), memory_mib)
+        Self::boot_with_disks(
+            images,
+            name,
+            cmdline,
+            disk,
+            Vec::new(),
+            xtask::Network::None,
+            memory_mib,
+        )
     }
 
     /// [`Self::boot_images`] with more disk images, each another virtio-blk
-    /// device after `disk` (the root's `vdb`, …).
+    /// device after `disk` (the root's `vdb`, …), and a NIC for the root.
     pub fn boot_with_disks(
         images: &xtask::Images,
         name: &str,
         cmdline: &str,
         disk: Option<PathBuf>,
         extra_disks: Vec<PathBuf>,
+        network: xtask::Network,
         memory_mib: u32,
     ) -> Self {
         let dir = scratch(name);
@@ -150,6 +159,7 @@ impl Machine {
             cmdline: cmdline.into(),
             disk,
             extra_disks,
+            network,
             hv_log: hv_log.clone(),
             memory_mib,
             accel,

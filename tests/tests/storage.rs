@@ -34,6 +34,7 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         "",
         Some(images().disk.clone()),
         vec![image.clone()],
+        xtask::Network::None,
         512,
     );
     m.expect("root: partition 3 (beta) created and started");
@@ -150,7 +151,15 @@ fn run_in(m: &mut Machine, id: u64, command: &str, tag: &str) -> String {
 /// Boot the Linux test bundle with `image` as the root's child-disk device.
 fn boot(name: &str, image: &Path) -> Machine {
     let (images, _) = linux_images();
-    Machine::boot_with_disks(images, name, "", None, vec![image.to_path_buf()], 1100)
+    Machine::boot_with_disks(
+        images,
+        name,
+        "",
+        None,
+        vec![image.to_path_buf()],
+        xtask::Network::None,
+        1100,
+    )
 }
 
 /// Mount the child's disk and print the files' checksums.

@@ -21,6 +21,11 @@ pub enum Effect {
     Attach(u64),
     /// Stop the machine.
     Poweroff,
+    /// A `net ping` runs: the session prints its result when it ends.
+    AwaitPing {
+        /// JSON result.
+        json: bool,
+    },
 }
 
 /// Run one parsed command.
@@ -87,6 +92,19 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             switch(m, json, out);
             Ok(())
         }
+        Command::Net { json } => {
+            net(m, json, out);
+            Ok(())
+        }
+        Command::NetPing { target, count, json } => match m.start_ping(target, count) {
+            Ok(header) => {
+                if !json {
+                    let _ = writeln!(out, "{header}");
+                }
+                return Effect::AwaitPing { json };
+            }
+            Err(e) => Err(e),
+        },
         Command::Disks { json } => {
             disks(m, json, out);
             Ok(())
@@ -595,6 +613,192 @@ fn hv_disk(m: &Manager, json: bool, out: &mut String) {
         Err(e) => {
             let _ = writeln!(out, "error: disk: {e}");
         }
+    }
+}
+
+/// `net`: the root's interface, the uplink, the children's addresses.
+fn net(m: &Manager, json: bool, out: &mut String) {
+    let n = &m.network;
+    let status = n.stack.as_ref().map(|(s, _)| s.status());
+    let mac = |m: [u8; 6]| format!("{}", vswitch::MacAddr(m));
+    let child_of = |port: vswitch::PortId| {
+        m.switch
+            .port_config(port)
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    };
+    if json {
+        let mut s = String::new();
+        let mut o = Object::new(&mut s);
+        match &status {
+            Some(st) => {
+                o = o.str("mac", &mac(st.mac));
+                o = match st.ipv4 {
+                    Some(a) => o
+                        .str("address", &format!("{}", a.addr))
+                        .num("prefix", a.prefix_len.into()),
+                    None => o.null("address").null("prefix"),
+                };
+                o = match st.gateway {
+                    Some(g) => o.str("gateway", &format!("{g}")),
+                    None => o.null("gateway"),
+                };
+                let source = match st.source {
+                    rootnet::AddrSource::None => "none",
+                    rootnet::AddrSource::Static => "static",
+                    rootnet::AddrSource::Dhcp => "dhcp",
+                };
+                let dhcp = match st.dhcp {
+                    rootnet::DhcpState::Disabled => String::from("disabled"),
+                    rootnet::DhcpState::Discovering => String::from("discovering"),
+                    rootnet::DhcpState::Bound { server } => format!("bound to {server}"),
+                };
+                let c = st.counters;
+                o = o
+                    .str("source", source)
+                    .str("dhcp", &dhcp)
+                    .num("frames_in", c.frames_in)
+                    .num("frames_out", c.frames_out)
+                    .num(
+                        "frames_dropped",
+                        c.frames_in_dropped + c.frames_out_dropped + c.frames_in_malformed,
+                    );
+            }
+            None => {
+                o = o
+                    .null("mac")
+                    .null("address")
+                    .str("error", n.stack_error.as_deref().unwrap_or(""));
+            }
+        }
+        o = match &n.uplink {
+            Ok((u, _)) => o
+                .bool("uplink", true)
+                .str("uplink_mac", &mac(u.mac))
+                .str("uplink_location", &u.location)
+                .num("uplink_send_errors", u.send_errors),
+            Err(why) => o.bool("uplink", false).str("uplink_error", why),
+        };
+        let rows: Vec<String> = n
+            .neighbours
+            .iter()
+            .map(|x| {
+                let mut r = String::new();
+                Object::new(&mut r)
+                    .str("port", &child_of(x.port))
+                    .str("mac", &mac(x.mac))
+                    .str("address", &format!("{}", x.ip))
+                    .end();
+                r
+            })
+            .collect();
+        let mut arr = String::new();
+        json::array(&mut arr, rows.iter().map(String::as_str));
+        o.raw("neighbours", &arr).end();
+        let _ = writeln!(out, "{s}");
+        return;
+    }
+    match &status {
+        Some(st) => {
+            let addr = st
+                .ipv4
+                .map(|a| format!("{a}"))
+                .unwrap_or_else(|| String::from("none yet"));
+            let _ = writeln!(
+                out,
+                "root interface: {} address {addr} ({:?})",
+                mac(st.mac),
+                st.source
+            );
+            if let Some(g) = st.gateway {
+                let _ = writeln!(out, "gateway:        {g}");
+            }
+            let _ = writeln!(out, "dhcp:           {:?}", st.dhcp);
+            let c = st.counters;
+            let _ = writeln!(
+                out,
+                "frames:         {} in, {} out, {} dropped",
+                c.frames_in,
+                c.frames_out,
+                c.frames_in_dropped + c.frames_out_dropped + c.frames_in_malformed
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "root interface: none ({})",
+                n.stack_error.as_deref().unwrap_or("unknown reason")
+            );
+        }
+    }
+    match &n.uplink {
+        Ok((u, _)) => {
+            let _ = writeln!(
+                out,
+                "uplink:         virtio-net at {} ({})",
+                u.location,
+                mac(u.mac)
+            );
+        }
+        Err(why) => {
+            let _ = writeln!(out, "uplink:         none ({why})");
+        }
+    }
+    for x in &n.neighbours {
+        let _ = writeln!(
+            out,
+            "child address:  {} on {} ({})",
+            x.ip,
+            child_of(x.port),
+            mac(x.mac)
+        );
+    }
+}
+
+/// The result of a finished (or abandoned) `net ping`.
+pub fn ping_result(report: Option<rootnet::PingReport>, json: bool, out: &mut String) {
+    let Some(r) = report else {
+        let _ = writeln!(out, "error: the ping session is gone");
+        return;
+    };
+    let loss = if r.sent == 0 {
+        100
+    } else {
+        100 - u64::from(r.received) * 100 / u64::from(r.sent)
+    };
+    if json {
+        let mut s = String::new();
+        let o = Object::new(&mut s)
+            .str("target", &format!("{}", r.target))
+            .num("count", r.count.into())
+            .num("sent", r.sent.into())
+            .num("received", r.received.into())
+            .num("loss_percent", loss)
+            .bool("done", r.done);
+        let o = match r.rtt {
+            Some(t) => o
+                .num("rtt_min_ms", t.min_ms)
+                .num("rtt_avg_ms", t.avg_ms)
+                .num("rtt_max_ms", t.max_ms),
+            None => o.null("rtt_min_ms").null("rtt_avg_ms").null("rtt_max_ms"),
+        };
+        match r.failure {
+            Some(f) => o.str("failure", &format!("{f}")).end(),
+            None => o.null("failure").end(),
+        }
+        let _ = writeln!(out, "{s}");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{} packets transmitted, {} received, {loss}% packet loss",
+        r.sent, r.received
+    );
+    if let Some(t) = r.rtt {
+        let _ = writeln!(out, "rtt min/avg/max = {}/{}/{} ms", t.min_ms, t.avg_ms, t.max_ms);
+    }
+    if let Some(f) = r.failure {
+        let _ = writeln!(out, "failed: {f}");
     }
 }
 

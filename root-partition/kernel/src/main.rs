@@ -43,6 +43,9 @@ mod manager;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+/// The root's network: its passthrough NIC as the switch's uplink, and its own IP stack.
+mod net;
+#[cfg(target_os = "none")]
 mod qemu;
 #[cfg(target_os = "none")]
 /// RAM-backed disks for `create --ramdisk`.
@@ -55,12 +58,16 @@ mod scenarios;
 mod shell;
 #[cfg(target_os = "none")]
 mod start;
+#[cfg(target_os = "none")]
 /// Children's disks on the root's passthrough block devices.
 mod storage;
 #[cfg(target_os = "none")]
 mod synic;
 #[cfg(target_os = "none")]
 mod timer;
+#[cfg(target_os = "none")]
+/// The root's virtio devices on PCI: configuration, DMA, IOMMU-aware transport.
+mod virtio;
 #[cfg(target_os = "none")]
 mod worker;
 

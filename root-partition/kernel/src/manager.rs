@@ -36,7 +36,20 @@ pub struct Manager {
     nic_ports: Vec<((u64, u32), vswitch::PortId)>,
     /// The root's block devices and the children's disks on them.
     pub storage: crate::storage::Storage,
+    /// The uplink and the root's own interface on the switch.
+    pub network: crate::net::RootNetwork,
 }
+
+/// The root's clock in milliseconds (timer ticks).
+pub fn now_ms() -> u64 {
+    crate::timer::ticks() * (1000 / crate::timer::HZ)
+}
+
+/// `net ping`: one echo request a second, each answered within two seconds
+/// (a child under TCG can be slow to reply).
+pub const PING_INTERVAL_MS: u64 = 1000;
+/// How long each echo request may wait for its reply.
+pub const PING_TIMEOUT_MS: u64 = 2000;
 
 /// Frames moved per NIC per direction per round (the switch's queues and
 /// the NICs' outboxes are bounded; what is left waits for the next round).
@@ -62,6 +75,9 @@ pub const SHUTDOWN_TIMEOUT_TICKS: u64 = 30 * crate::timer::HZ;
 impl Manager {
     /// A manager that can boot `images` (name, ELF).
     pub fn new(images: Vec<(&'static str, &'static [u8])>, hv_region: HvRegion, canary: u64) -> Self {
+        let mut switch = vswitch::Switch::new(vswitch::Config::default())
+            .expect("the default switch configuration is valid");
+        let network = crate::net::RootNetwork::open(&mut switch, now_ms());
         Self {
             workers: Vec::new(),
             images,
@@ -73,8 +89,8 @@ impl Manager {
             shutdowns: Vec::new(),
             last_device_tick: 0,
             time_pushed: Vec::new(),
-            switch: vswitch::Switch::new(vswitch::Config::default())
-                .expect("the default switch configuration is valid"),
+            switch,
+            network,
             nic_ports: Vec::new(),
             storage: crate::storage::Storage::open(),
         }
@@ -195,7 +211,7 @@ impl Manager {
     /// becomes a port when first seen, what its guest sent goes in, what
     /// the switch queued for it goes out, a bounded number per round.
     pub fn pump_network(&mut self) {
-        let now = crate::timer::ticks() * (1000 / crate::timer::HZ);
+        let now = now_ms();
         for w in self.workers.iter_mut() {
             for (relid, mac) in w.nics() {
                 let key = (w.id, relid);
@@ -214,15 +230,19 @@ impl Manager {
                     }
                 };
                 let switch = &mut self.switch;
+                let network = &mut self.network;
                 w.with_nic(relid, |nic| {
                     for _ in 0..FRAMES_PER_ROUND {
                         let Some(frame) = nic.take_tx() else { break };
+                        network.snoop(port, &frame);
                         // Drops are the switch's to count (per port).
                         let _ = switch.ingress(port, &frame, now);
                     }
                 });
             }
         }
+        // The uplink and the root's own interface.
+        self.network.pump(&mut self.switch, now);
         for &((id, relid), port) in &self.nic_ports {
             let Some(w) = self.workers.iter_mut().find(|w| w.id == id) else {
                 continue;
@@ -235,6 +255,54 @@ impl Manager {
                 }
             });
         }
+    }
+
+    /// Start `net ping`: resolve the target (a child's announced address, or
+    /// an address) and start the echo session on the root's interface.
+    /// Returns the header line to print.
+    pub fn start_ping(&mut self, target: mgmt::cli::PingTarget, count: u16) -> Result<String, String> {
+        let (ip, who) = match target {
+            mgmt::cli::PingTarget::Address(a) => (core::net::Ipv4Addr::from(a), String::new()),
+            mgmt::cli::PingTarget::Partition(id) => {
+                let w = self.get(id)?;
+                let name = w.spec.name.clone();
+                let ports: Vec<vswitch::PortId> = self
+                    .nic_ports
+                    .iter()
+                    .filter(|(k, _)| k.0 == id)
+                    .map(|(_, p)| *p)
+                    .collect();
+                if ports.is_empty() {
+                    return Err(format!(
+                        "partition {id} ({name}) has no NIC on the switch (create it with --nic)"
+                    ));
+                }
+                let ip = ports
+                    .iter()
+                    .find_map(|p| self.network.address_of(*p))
+                    .ok_or_else(|| {
+                        format!(
+                            "partition {id} ({name}) has not announced an IPv4 address (no ARP from its NIC yet): give its interface an address and try again"
+                        )
+                    })?;
+                (ip, format!(" (partition {id}, {name})"))
+            }
+        };
+        let Some((stack, _)) = &mut self.network.stack else {
+            return Err(format!(
+                "the root has no IP interface: {}",
+                self.network.stack_error.as_deref().unwrap_or("unknown reason")
+            ));
+        };
+        stack
+            .ping(ip, count, PING_INTERVAL_MS, PING_TIMEOUT_MS)
+            .map_err(|e| format!("ping {ip}: {e}"))?;
+        Ok(format!("PING {ip}{who}: {count} echo requests"))
+    }
+
+    /// The running or last `net ping`.
+    pub fn ping_report(&self) -> Option<rootnet::PingReport> {
+        self.network.stack.as_ref().and_then(|(s, _)| s.ping_status())
     }
 
     /// Give every channel that has work one budgeted turn.
@@ -392,6 +460,7 @@ impl Manager {
                 self.shutdowns.retain(|p| p.id != id);
                 for (_, port) in self.nic_ports.iter().filter(|(k, _)| k.0 == id) {
                     let _ = self.switch.remove_port(*port);
+                    self.network.forget(*port);
                 }
                 self.nic_ports.retain(|(k, _)| k.0 != id);
                 self.time_pushed.retain(|(i, _)| *i != id);

@@ -33,6 +33,8 @@ struct Session {
     escape: u8,
     /// Attached to a child's console: (partition, output bytes already shown).
     attached: Option<(u64, u64)>,
+    /// A `net ping` runs: (JSON result, tick by which it must be over).
+    ping: Option<(bool, u64)>,
 }
 
 impl Session {
@@ -45,6 +47,7 @@ impl Session {
             back: 0,
             escape: 0,
             attached: None,
+            ping: None,
         }
     }
 
@@ -66,6 +69,10 @@ impl Session {
 
     /// Handle waiting input; false if the machine should stop.
     fn poll(&mut self, m: &mut Manager, boot: &BootReport) {
+        if let Some((json, deadline)) = self.ping {
+            self.await_ping(m, json, deadline);
+            return;
+        }
         for _ in 0..64 {
             let Some(b) = self.uart.lock().try_read_byte() else {
                 break;
@@ -159,6 +166,14 @@ impl Session {
         };
         match effect {
             Effect::Done => {}
+            Effect::AwaitPing { json } => {
+                self.write(&out);
+                let count = m.ping_report().map_or(1, |r| u64::from(r.count));
+                let budget_ms =
+                    count * crate::manager::PING_INTERVAL_MS + crate::manager::PING_TIMEOUT_MS + 1000;
+                self.ping = Some((json, timer::ticks() + budget_ms * timer::HZ / 1000));
+                return;
+            }
             Effect::Poweroff => {
                 self.write("root: powering off\n");
                 if !self.interactive {
@@ -190,6 +205,29 @@ impl Session {
             }
         }
         self.write(&out);
+        self.end_response();
+    }
+
+    /// A `net ping` runs: Ctrl-C abandons the wait (other input waits in
+    /// the UART); print the result when it ends or its deadline passes.
+    fn await_ping(&mut self, m: &Manager, json: bool, deadline: u64) {
+        let cancelled = self.interactive && self.uart.lock().try_read_byte() == Some(0x03);
+        let report = m.ping_report();
+        let over = report.is_none_or(|r| r.done) || timer::ticks() > deadline;
+        if !(over || cancelled) {
+            return;
+        }
+        self.ping = None;
+        let mut out = String::new();
+        if cancelled {
+            out.push_str("^C\n");
+        }
+        commands::ping_result(report, json, &mut out);
+        self.write(&out);
+        self.end_response();
+    }
+
+    fn end_response(&self) {
         if self.interactive {
             self.write(PROMPT);
         } else {

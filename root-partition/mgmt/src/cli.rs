@@ -28,6 +28,18 @@ pub mod limits {
     pub const MAX_DISK: u64 = 1 << 40;
 }
 
+/// Whom `net ping` pings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PingTarget {
+    /// A child partition, at the address its NIC announced.
+    Partition(u64),
+    /// An IPv4 address.
+    Address([u8; 4]),
+}
+
+/// Most echo requests one `net ping` sends.
+pub const MAX_PING_COUNT: u16 = 100;
+
 /// Options for `create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateSpec {
@@ -193,6 +205,23 @@ pub enum Command {
         /// The disk's name.
         name: String,
     },
+    /// `net [--json]`: the root's own interface (address, how it got it,
+    /// counters), the uplink and the addresses children announced.
+    Net {
+        /// JSON output.
+        json: bool,
+    },
+    /// `net ping ID|IP [--count N] [--json]`: ICMP echo from the root's
+    /// interface to a child (by partition id: the address it announced) or
+    /// an address.
+    NetPing {
+        /// Whom to ping.
+        target: PingTarget,
+        /// Echo requests to send (1-100).
+        count: u16,
+        /// JSON output.
+        json: bool,
+    },
     /// `switch [--json]`: the virtual switch's ports, MACs and counters.
     Switch {
         /// JSON output.
@@ -344,6 +373,14 @@ pub const HELP: &[(&str, &str)] = &[
         "delete a child disk (refused while a child holds it)",
     ),
     (
+        "net [--json]",
+        "the root's own interface (address, DHCP, counters), the uplink, children's addresses",
+    ),
+    (
+        "net ping ID|IP [--count N] [--json]",
+        "ICMP echo from the root to a child (the address it announced) or an address",
+    ),
+    (
         "switch [--json]",
         "the virtual switch: each child NIC's port, MAC and counters",
     ),
@@ -429,7 +466,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     // `--json` is accepted only by commands with a JSON form (checked below).
     let takes_json = matches!(
         cmd,
-        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch" | "disks"
+        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch" | "disks" | "net"
     );
     if takes_json {
         all.retain(|w| *w != "--json");
@@ -503,6 +540,46 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         "disks" => {
             let json = w.json;
             w.done(Command::Disks { json })?
+        }
+        "net" => {
+            let json = w.json;
+            if w.words.is_empty() {
+                w.done(Command::Net { json })?
+            } else {
+                let sub = w.words.remove(0);
+                if sub != "ping" {
+                    return Err(ParseError::UnknownSubcommand(sub.to_string()));
+                }
+                if w.words.is_empty() || w.words[0].starts_with("--") {
+                    return Err(ParseError::Missing(
+                        "ping target (a partition id or an IPv4 address)",
+                    ));
+                }
+                let word = w.words.remove(0);
+                let target = parse_ping_target(word).ok_or_else(|| ParseError::BadValue {
+                    option: "TARGET",
+                    value: word.to_string(),
+                    expected: "a partition id (see 'list') or an IPv4 address like 10.0.2.15",
+                })?;
+                let mut count = 3;
+                if w.words.first() == Some(&"--count") {
+                    w.words.remove(0);
+                    if w.words.is_empty() {
+                        return Err(ParseError::NoValue("--count"));
+                    }
+                    let v = w.words.remove(0);
+                    count = v
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|n| (1..=MAX_PING_COUNT).contains(n))
+                        .ok_or_else(|| ParseError::BadValue {
+                            option: "--count",
+                            value: v.to_string(),
+                            expected: "1 to 100",
+                        })?;
+                }
+                w.done(Command::NetPing { target, count, json })?
+            }
         }
         "disk" => {
             if w.words.is_empty() {
@@ -628,6 +705,32 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         other => return Err(ParseError::UnknownCommand(other.to_string())),
     };
     Ok(Some(parsed))
+}
+
+/// A partition id, or a dotted-quad IPv4 address.
+fn parse_ping_target(word: &str) -> Option<PingTarget> {
+    if !word.contains('.') {
+        return word
+            .parse::<u64>()
+            .ok()
+            .filter(|&id| id > 0)
+            .map(PingTarget::Partition);
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = word.split('.');
+    for o in octets.iter_mut() {
+        let p = parts.next()?;
+        // No signs, no leading zeros (no octal ambiguity), 0-255.
+        if p.is_empty()
+            || p.len() > 3
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || (p.len() > 1 && p.starts_with('0'))
+        {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    parts.next().is_none().then_some(PingTarget::Address(octets))
 }
 
 /// A partition or disk name: 1-15 characters, a letter, then letters,
@@ -907,6 +1010,53 @@ mod tests {
         assert_eq!((spec.vps, spec.mode.as_str()), (1, "hello"));
         assert_eq!((spec.initrd, spec.cmdline), (None, None));
         assert_eq!(spec.boot, BootProtocol::Auto);
+    }
+
+    #[test]
+    fn net_commands_parse_and_refuse_bad_input() {
+        let e = |line: &str| parse(line).unwrap_err().to_string();
+        assert_eq!(ok("net"), Command::Net { json: false });
+        assert_eq!(ok("net --json"), Command::Net { json: true });
+        assert_eq!(
+            ok("net ping 4"),
+            Command::NetPing {
+                target: PingTarget::Partition(4),
+                count: 3,
+                json: false
+            }
+        );
+        assert_eq!(
+            ok("net ping 10.0.2.2 --count 5 --json"),
+            Command::NetPing {
+                target: PingTarget::Address([10, 0, 2, 2]),
+                count: 5,
+                json: true
+            }
+        );
+        assert_eq!(
+            e("net ping"),
+            "missing ping target (a partition id or an IPv4 address)"
+        );
+        for bad in [
+            "10.0.2",
+            "10.0.2.256",
+            "10.0.2.1.5",
+            "010.0.2.1",
+            "a.b.c.d",
+            "0",
+            "-1",
+            "10..2.1",
+        ] {
+            assert!(
+                e(&format!("net ping {bad}")).contains("a partition id (see 'list') or an IPv4"),
+                "{bad}"
+            );
+        }
+        assert!(e("net ping 4 --count 0").contains("1 to 100"));
+        assert!(e("net ping 4 --count 101").contains("1 to 100"));
+        assert_eq!(e("net ping 4 --count"), "option --count needs a value");
+        assert_eq!(e("net pong 4"), "unknown subcommand 'pong' (see 'help')");
+        assert_eq!(e("net ping 4 extra"), "unexpected argument 'extra'");
     }
 
     #[test]

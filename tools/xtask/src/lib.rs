@@ -539,6 +539,9 @@ pub struct BootOptions {
     pub disk: Option<PathBuf>,
     /// More disk images, each another virtio-blk device (`vdb`, …).
     pub extra_disks: Vec<PathBuf>,
+    /// Give the root a NIC (virtio-net on QEMU's user network, with its
+    /// DHCP server at 10.0.2.2): the virtual switch's uplink.
+    pub network: Network,
     /// hv-core's log file (debugcon).
     pub hv_log: PathBuf,
     /// Guest RAM in MiB.
@@ -549,6 +552,18 @@ pub struct BootOptions {
     pub console: Console,
     /// Unix socket for COM2, the management channel `hvctl` talks to.
     pub mgmt_socket: Option<PathBuf>,
+}
+
+/// The root's passthrough NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// No NIC.
+    None,
+    /// QEMU's user network, reaching the host's network (`cargo xtask run`).
+    User,
+    /// QEMU's user network cut off from the host and the outside
+    /// (`restrict=on`): its DHCP server and gateway only (tests).
+    Isolated,
 }
 
 /// Where the root's console goes.
@@ -592,6 +607,17 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     // The AMD IOMMU hv-core programs so that no device can DMA into its region.
     push("-device");
     push("amd-iommu");
+    if opts.network != Network::None {
+        push("-netdev");
+        push(if opts.network == Network::Isolated {
+            "user,id=net0,restrict=on"
+        } else {
+            "user,id=net0"
+        });
+        push("-device");
+        // Behind the IOMMU like the disks.
+        push("virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on");
+    }
     for (i, disk) in opts.disk.iter().chain(&opts.extra_disks).enumerate() {
         push("-drive");
         push(&format!("file={},if=none,id=disk{i},format=raw", disk.display()));

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
     eprintln!(
-        "  run [--tcg] [--no-disk] [--disk IMAGE]... [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE][,disk=NAME][,nic]]... [KERNEL ARGS...]"
+        "  run [--tcg] [--no-disk] [--disk IMAGE]... [--no-network] [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE][,disk=NAME][,nic]]... [KERNEL ARGS...]"
     );
     eprintln!(
         "                                            build and boot root + hv-core in QEMU (Ctrl-A X quits)"
@@ -72,6 +72,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
     let mut no_disk = false;
     let mut user_disks: Vec<std::path::PathBuf> = Vec::new();
     let mut no_linux = false;
+    let mut no_network = false;
     let mut cmdline = Vec::new();
     let mut children: Vec<xtask::HostChild> = Vec::new();
     let mut memory_mib = None;
@@ -98,6 +99,7 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                 user_disks.push(path);
             }
             "--no-linux" => no_linux = true,
+            "--no-network" => no_network = true,
             "--child" => {
                 let v = it
                     .next()
@@ -194,6 +196,11 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
         cmdline: cmdline.join(" "),
         disk,
         extra_disks,
+        network: if no_network {
+            xtask::Network::None
+        } else {
+            xtask::Network::User
+        },
         hv_log: hv_log.clone(),
         memory_mib: u32::try_from(memory_mib)
             .map_err(|_| bad(format!("--memory {memory_mib}M is too large")))?,
