@@ -712,9 +712,11 @@ impl<B: BlockBackend> ScsiDisk<B> {
                 desc.extend_from_slice(&[0; 4]);
                 desc.extend_from_slice(&self.sector_size.to_be_bytes());
             } else {
-                let blocks = self.sector_count.min(0xFF_FFFF) as u32;
-                desc.push(0); // density code
-                desc.extend_from_slice(&blocks.to_be_bytes()[1..]);
+                // Short LBA descriptor of a direct-access device (SBC-3
+                // §6.4.2.2): a 32-bit block count, FFFFFFFFh when the disk
+                // has more; a reserved byte; a 24-bit block length.
+                let blocks = u32::try_from(self.sector_count).unwrap_or(u32::MAX);
+                desc.extend_from_slice(&blocks.to_be_bytes());
                 desc.push(0);
                 desc.extend_from_slice(&self.sector_size.to_be_bytes()[1..]);
             }
