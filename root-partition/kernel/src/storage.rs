@@ -201,7 +201,7 @@ impl Storage {
             .iter()
             .map(|d| {
                 let (layout, note, free_bytes) = match &d.layout {
-                    Layout::Gpt(t) => ("gpt", String::new(), t.largest_free() * SECTOR),
+                    Layout::Gpt(t) => ("gpt", String::new(), t.largest_free()),
                     Layout::Whole(why) => ("whole", why.clone(), 0),
                 };
                 DeviceEntry {
