@@ -122,6 +122,32 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
                 );
             })
         }
+        Command::DiskBench { name, mib, json } => m.storage.bench(&name, mib).map(|b| {
+            let mib_s = (b.bytes * 1000 / b.seq_ms.max(1)) >> 20;
+            let iops = b.random_reads * 1000 / b.random_ms.max(1);
+            if json {
+                let mut s = String::new();
+                Object::new(&mut s)
+                    .str("disk", &name)
+                    .num("bytes", b.bytes)
+                    .num("seq_ms", b.seq_ms)
+                    .num("seq_mib_per_s", mib_s)
+                    .num("random_4k_reads", b.random_reads)
+                    .num("random_ms", b.random_ms)
+                    .num("random_4k_iops", iops)
+                    .end();
+                let _ = writeln!(out, "{s}");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "disk '{name}': {} MiB sequential in {} ms ({mib_s} MiB/s); {} 4 KiB reads at depth 1 in {} ms ({iops} IOPS)",
+                    b.bytes >> 20,
+                    b.seq_ms,
+                    b.random_reads,
+                    b.random_ms
+                );
+            }
+        }),
         Command::DiskDelete { name } => m.storage.delete(&name).map(|device| {
             let _ = writeln!(out, "disk '{name}' deleted from {device}");
         }),

@@ -126,6 +126,19 @@ pub struct DiskEntry {
     pub attached_to: Option<u64>,
 }
 
+/// What `disk bench` measured (times from the root's 10 ms timer).
+#[derive(Clone, Copy, Debug)]
+pub struct DiskBench {
+    /// Bytes read sequentially.
+    pub bytes: u64,
+    /// How long they took.
+    pub seq_ms: u64,
+    /// 4 KiB reads done at depth 1.
+    pub random_reads: u64,
+    /// How long they took.
+    pub random_ms: u64,
+}
+
 /// A device as `disks` lists it.
 #[derive(Clone, Debug)]
 pub struct DeviceEntry {
@@ -400,6 +413,46 @@ impl Storage {
             }
         }
         Err(format!("no disk named '{name}' (see 'disks')"))
+    }
+
+    /// `disk bench`: read disk `name` directly, through the same backend a
+    /// child's controller uses (so the only difference from a child's reads
+    /// is storvsp and the VMBus path): `mib` MiB sequentially in
+    /// [`disk::MAX_REQUEST_BYTES`] requests, then 4 KiB reads at scattered
+    /// offsets, one at a time, for about a second. Reads only.
+    pub fn bench(&self, name: &str, mib: u64) -> Result<DiskBench, String> {
+        let mut b = self.backend(name)?;
+        let bytes = (mib << 20).min(b.sectors * SECTOR);
+        let mut buf = alloc::vec![0u8; disk::MAX_REQUEST_BYTES];
+        let ms = crate::manager::now_ms;
+        let start = ms();
+        let mut done = 0u64;
+        while done < bytes {
+            let n = (bytes - done).min(buf.len() as u64) as usize;
+            b.read(done / SECTOR, &mut buf[..n])
+                .map_err(|e| format!("reading '{name}': {e:?}"))?;
+            done += n as u64;
+        }
+        let seq_ms = ms() - start;
+        let blocks = b.sectors / 8;
+        let start = ms();
+        let mut reads = 0u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        while ms() - start < 1000 && reads < 100_000 && blocks > 0 {
+            // xorshift: scattered 4 KiB-aligned blocks.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.read((x % blocks) * 8, &mut buf[..4096])
+                .map_err(|e| format!("reading '{name}': {e:?}"))?;
+            reads += 1;
+        }
+        Ok(DiskBench {
+            bytes,
+            seq_ms,
+            random_reads: reads,
+            random_ms: ms() - start,
+        })
     }
 
     /// Child `partition` is gone: flush what it wrote and free its disk.

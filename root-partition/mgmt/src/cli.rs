@@ -200,6 +200,18 @@ pub enum Command {
         /// The device to put it on (default: the first with room).
         device: Option<String>,
     },
+    /// `disk bench NAME [--mib N] [--json]`: the root reads disk NAME
+    /// directly (sequential 128 KiB requests over its first N MiB, then
+    /// 4 KiB reads at depth 1), the baseline a child's reads through
+    /// storvsp are compared with.
+    DiskBench {
+        /// The disk's name.
+        name: String,
+        /// MiB to read sequentially (1-1024).
+        mib: u64,
+        /// JSON output.
+        json: bool,
+    },
     /// `disk delete NAME`: delete a child disk no child holds.
     DiskDelete {
         /// The disk's name.
@@ -369,6 +381,10 @@ pub const HELP: &[(&str, &str)] = &[
         "a new, zeroed child disk (a GPT partition) for 'create ... --disk NAME'",
     ),
     (
+        "disk bench NAME [--mib N] [--json]",
+        "the root reads a disk directly: sequential MiB/s and 4 KiB IOPS (the storvsp baseline)",
+    ),
+    (
         "disk delete NAME",
         "delete a child disk (refused while a child holds it)",
     ),
@@ -466,7 +482,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
     // `--json` is accepted only by commands with a JSON form (checked below).
     let takes_json = matches!(
         cmd,
-        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch" | "disks" | "net"
+        "list" | "info" | "mem" | "hv" | "channels" | "images" | "kvp" | "switch" | "disks" | "net" | "disk"
     );
     if takes_json {
         all.retain(|w| *w != "--json");
@@ -601,6 +617,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
                 Ok(v.to_string())
             };
             match sub {
+                "create" | "delete" if w.json => return Err(ParseError::UnknownOption("--json".into())),
                 "create" => {
                     let name = name(&mut w)?;
                     if w.words.is_empty() {
@@ -628,6 +645,28 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
                 "delete" => {
                     let name = name(&mut w)?;
                     w.done(Command::DiskDelete { name })?
+                }
+                "bench" => {
+                    let name = name(&mut w)?;
+                    let mut mib = 64;
+                    if w.words.first() == Some(&"--mib") {
+                        w.words.remove(0);
+                        if w.words.is_empty() {
+                            return Err(ParseError::NoValue("--mib"));
+                        }
+                        let v = w.words.remove(0);
+                        mib = v
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| (1..=1024).contains(n))
+                            .ok_or_else(|| ParseError::BadValue {
+                                option: "--mib",
+                                value: v.to_string(),
+                                expected: "1 to 1024",
+                            })?;
+                    }
+                    let json = w.json;
+                    w.done(Command::DiskBench { name, mib, json })?
                 }
                 other => return Err(ParseError::UnknownSubcommand(other.to_string())),
             }
