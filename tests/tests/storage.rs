@@ -49,7 +49,10 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
     assert_eq!(devices[1]["layout"], "gpt", "{d}");
     assert_eq!(devices[1]["sectors"], (256u64 << 20) / 512);
     let free = devices[1]["free_bytes"].as_u64().unwrap_or(0);
-    assert!((200 << 20..224 << 20).contains(&free), "256 MiB less two 16 MiB disks: {d}");
+    assert!(
+        (200 << 20..224 << 20).contains(&free),
+        "256 MiB less two 16 MiB disks: {d}"
+    );
     for (name, kind, sectors) in [
         ("vda", "whole", 2048),
         ("one", "partition", 32768),

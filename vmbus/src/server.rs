@@ -146,6 +146,11 @@ pub struct OfferSpec {
     pub channel_flags: u16,
     /// User-defined bytes (pipe mode etc.).
     pub user_defined: [u8; 120],
+    /// 0 for a device's primary channel; 1, 2, … for its sub-channels,
+    /// which carry the primary's interface type and instance (Linux
+    /// `vmbus_process_offer` pairs them by those GUIDs and hands a
+    /// sub-channel to the primary's driver).
+    pub sub_channel_index: u16,
 }
 
 /// Where a channel is.
@@ -375,7 +380,7 @@ fn offer_message(relid: u32, ch: &Channel) -> OfferChannel {
         channel_flags: ch.offer.channel_flags,
         mmio_megabytes: 0,
         user_defined: ch.offer.user_defined,
-        sub_channel_index: 0,
+        sub_channel_index: ch.offer.sub_channel_index,
         reserved2: 0,
         child_relid: relid,
         monitor_id: 0,
@@ -993,6 +998,7 @@ mod tests {
             interface_instance: [n ^ 0x5A; 16],
             channel_flags: 0,
             user_defined: [0; 120],
+            sub_channel_index: 0,
         }
     }
 
@@ -1548,6 +1554,7 @@ mod tests {
                 interface_instance: [2; 16],
                 channel_flags: 0,
                 user_defined: [0; 120],
+                sub_channel_index: 0,
             })
             .expect("relid");
         let mut client = Client::new(None, 0);

@@ -307,6 +307,7 @@ mod tests {
             interface_instance: [1; 16],
             channel_flags: 0,
             user_defined: [0; 120],
+            sub_channel_index: 0,
         }
     }
 

@@ -143,6 +143,21 @@ pub trait Device<M: SharedMemory> {
     fn network(&mut self) -> Option<&mut dyn NetworkPort> {
         None
     }
+
+    /// Sub-channels the guest asked for since the last call (storvsc's
+    /// CREATE_SUB_CHANNELS, netvsc's subchannel request), each a device of
+    /// its own: the host offers them with this device's interface type and
+    /// instance and sub-channel index 1, 2, … (Linux
+    /// `vmbus_process_offer` hands them to the primary's driver), and
+    /// rescinds them when this device's channel closes or resets. The host
+    /// asks after every poll. The default: none. (Only for guest memory
+    /// that lives as long as the devices: the host keeps them.)
+    fn take_sub_channels(&mut self) -> alloc::vec::Vec<alloc::boxed::Box<dyn Device<M>>>
+    where
+        M: 'static,
+    {
+        alloc::vec::Vec::new()
+    }
 }
 
 /// A NIC's Ethernet side as its host's switch sees it.

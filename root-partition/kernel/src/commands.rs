@@ -1180,6 +1180,7 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                     .str("interface", &guid_text(&c.offer.interface_type))
                     .str("instance", &guid_text(&c.offer.interface_instance))
                     .str("state", state_name(c))
+                    .num("sub_channel_index", u64::from(c.offer.sub_channel_index))
                     .num("connection_id", u64::from(c.connection_id));
                 if let vmbus::server::ChannelState::Open(info) | vmbus::server::ChannelState::Opening(info) =
                     &c.state
@@ -1224,9 +1225,13 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
         let _ = writeln!(out, "no channels offered");
     }
     for (relid, c, dev) in rows {
+        let sub = match c.offer.sub_channel_index {
+            0 => String::new(),
+            n => format!(" sub-channel {n}"),
+        };
         let _ = writeln!(
             out,
-            "relid {relid}: {} interface {} connection {:#x}",
+            "relid {relid}: {} interface {}{sub} connection {:#x}",
             state_name(c),
             guid_text(&c.offer.interface_type),
             c.connection_id

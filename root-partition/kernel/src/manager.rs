@@ -234,7 +234,7 @@ impl Manager {
                 w.with_nic(relid, |nic| {
                     for _ in 0..FRAMES_PER_ROUND {
                         let Some(frame) = nic.take_tx() else { break };
-                        network.snoop(port, &frame);
+                        network.snoop(port, mac, &frame);
                         // Drops are the switch's to count (per port).
                         let _ = switch.ingress(port, &frame, now);
                     }
@@ -298,6 +298,13 @@ impl Manager {
             .ping(ip, count, PING_INTERVAL_MS, PING_TIMEOUT_MS)
             .map_err(|e| format!("ping {ip}: {e}"))?;
         Ok(format!("PING {ip}{who}: {count} echo requests"))
+    }
+
+    /// End the running `net ping` now.
+    pub fn cancel_ping(&mut self) {
+        if let Some((stack, _)) = &mut self.network.stack {
+            stack.cancel_ping();
+        }
     }
 
     /// The running or last `net ping`.

@@ -172,11 +172,17 @@ impl RootNetwork {
         }
     }
 
-    /// A frame child port `port` sent: remember the address its ARP claims.
-    pub fn snoop(&mut self, port: PortId, frame: &[u8]) {
+    /// A frame child port `port` (whose NIC has MAC `nic_mac`) sent:
+    /// remember the address its ARP claims. Only an ARP from the NIC's own
+    /// MAC, in a frame with that source, counts (the switch drops the
+    /// others as spoofed).
+    pub fn snoop(&mut self, port: PortId, nic_mac: [u8; 6], frame: &[u8]) {
         let Some((mac, ip)) = rootnet::arp_sender(frame) else {
             return;
         };
+        if mac != nic_mac || frame.get(6..12) != Some(&nic_mac[..]) {
+            return;
+        }
         let ip = Ipv4Addr::from(ip);
         if let Some(n) = self.neighbours.iter_mut().find(|n| n.port == port && n.ip == ip) {
             n.mac = mac;

@@ -208,10 +208,15 @@ impl Session {
         self.end_response();
     }
 
-    /// A `net ping` runs: Ctrl-C abandons the wait (other input waits in
-    /// the UART); print the result when it ends or its deadline passes.
-    fn await_ping(&mut self, m: &Manager, json: bool, deadline: u64) {
+    /// A `net ping` runs: print the result when it ends or its deadline
+    /// passes. On the console, Ctrl-C ends it now (other keys typed
+    /// meanwhile are dropped); the management channel sends nothing until
+    /// it has its answer, so its input is left alone.
+    fn await_ping(&mut self, m: &mut Manager, json: bool, deadline: u64) {
         let cancelled = self.interactive && self.uart.lock().try_read_byte() == Some(0x03);
+        if cancelled {
+            m.cancel_ping();
+        }
         let report = m.ping_report();
         let over = report.is_none_or(|r| r.done) || timer::ticks() > deadline;
         if !(over || cancelled) {

@@ -174,7 +174,7 @@ impl Storage {
                     continue;
                 }
             };
-            let name = format!("vd{}", char::from(b'a' + s.devices.len().min(25) as u8));
+            let name = device_name(s.devices.len());
             let sectors = disk.capacity;
             let read_only = disk.read_only();
             let io = SharedDisk(Rc::new(RefCell::new(disk)));
@@ -312,7 +312,8 @@ impl Storage {
                 continue;
             }
             let Layout::Gpt(table) = &mut d.layout else {
-                last_error = Some(format!("{} has no partition table", d.name));
+                // A device's own refusal says more than this does.
+                last_error.get_or_insert_with(|| format!("{} has no partition table", d.name));
                 continue;
             };
             if d.read_only {
@@ -473,6 +474,16 @@ impl Storage {
             }
         }
         self.attachments.retain(|a| a.partition != partition);
+    }
+}
+
+/// Linux's virtio-blk names: vda … vdz, vdaa … vdzz.
+fn device_name(index: usize) -> String {
+    let letter = |i: usize| char::from(b'a' + (i % 26) as u8);
+    if index < 26 {
+        format!("vd{}", letter(index))
+    } else {
+        format!("vd{}{}", letter(index / 26 - 1), letter(index))
     }
 }
 

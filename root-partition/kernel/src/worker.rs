@@ -170,7 +170,18 @@ struct DeviceSlot {
     open: Option<OpenPorts>,
     /// The child signalled (or the last poll ran out of budget): poll again.
     wants_poll: bool,
+    /// The offer's instance GUID (a sub-channel carries its primary's).
+    instance: [u8; 16],
+    /// For a sub-channel: its primary's relid.
+    primary: Option<u32>,
 }
+
+/// A device behind one relid.
+type BoxedDevice = Box<dyn vsp::Device<FrameMemory>>;
+
+/// Sub-channels one child may hold in all (each a relid and a ring pair;
+/// the devices bound their own counts, this bounds the child's total).
+const MAX_SUB_CHANNELS_PER_CHILD: usize = 64;
 
 /// The ports an open channel's signals travel through.
 #[derive(Clone, Copy)]
@@ -653,6 +664,7 @@ impl Worker {
                 interface_instance: instance,
                 channel_flags: params.channel_flags,
                 user_defined: params.user_defined,
+                sub_channel_index: 0,
             })
             .map_err(|e| format!("the bus refused the offer: {e:?}"))?;
         self.devices.push(DeviceSlot {
@@ -660,9 +672,83 @@ impl Worker {
             device,
             open: None,
             wants_poll: false,
+            instance,
+            primary: None,
         });
         self.flush_vmbus();
         Ok(relid)
+    }
+
+    /// Offer the sub-channels the device on `primary` asked for, each with
+    /// the primary's interface type and instance and the next sub-channel
+    /// index (Linux `vmbus_process_offer` hands them to the primary's
+    /// driver). A child past its sub-channel quota gets no more offers.
+    fn offer_sub_channels(&mut self, primary: u32, subs: Vec<BoxedDevice>) {
+        let Some(instance) = self
+            .devices
+            .iter()
+            .find(|d| d.relid == primary)
+            .map(|d| d.instance)
+        else {
+            return;
+        };
+        for device in subs {
+            let held = self.devices.iter().filter(|d| d.primary.is_some()).count();
+            let index = self.devices.iter().filter(|d| d.primary == Some(primary)).count() + 1;
+            if held >= MAX_SUB_CHANNELS_PER_CHILD {
+                if self.may_log() {
+                    crate::println!(
+                        "root: partition {} vmbus: sub-channel of {primary} not offered: quota of {MAX_SUB_CHANNELS_PER_CHILD} reached",
+                        self.id
+                    );
+                }
+                break;
+            }
+            let params = device.offer();
+            let offered = self.vmbus.offer(vmbus::server::OfferSpec {
+                interface_type: params.interface_type,
+                interface_instance: instance,
+                channel_flags: params.channel_flags,
+                user_defined: params.user_defined,
+                sub_channel_index: index as u16,
+            });
+            match offered {
+                Ok(relid) => self.devices.push(DeviceSlot {
+                    relid,
+                    device,
+                    open: None,
+                    wants_poll: false,
+                    instance,
+                    primary: Some(primary),
+                }),
+                Err(e) => {
+                    if self.may_log() {
+                        crate::println!(
+                            "root: partition {} vmbus: sub-channel {index} of {primary} not offered: {e:?}",
+                            self.id
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.flush_vmbus();
+    }
+
+    /// The primary on `primary` closed or reset: its sub-channels go (the
+    /// child is told to release them; a new handshake asks again).
+    fn drop_sub_channels(&mut self, primary: u32) {
+        let subs: Vec<u32> = self
+            .devices
+            .iter()
+            .filter(|d| d.primary == Some(primary))
+            .map(|d| d.relid)
+            .collect();
+        for relid in subs {
+            let _ = self.vmbus.rescind(relid);
+            self.close_device(relid);
+            self.devices.retain(|d| d.relid != relid);
+        }
     }
 
     /// Rescind channel `relid`: its device stops now and is dropped; the
@@ -764,7 +850,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Close channel `relid`'s device (if open) and take its ports down.
+    /// Close channel `relid`'s device (if open) and take its ports down; a
+    /// primary's sub-channels go with it.
     fn close_device(&mut self, relid: u32) {
         let Some(slot) = self.devices.iter_mut().find(|d| d.relid == relid) else {
             return;
@@ -775,11 +862,14 @@ impl Worker {
             let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, p.event_port);
         }
         slot.wants_poll = false;
+        if slot.primary.is_none() {
+            self.drop_sub_channels(relid);
+        }
     }
 
     fn close_all_channels(&mut self) {
-        for i in 0..self.devices.len() {
-            let relid = self.devices[i].relid;
+        let relids: Vec<u32> = self.devices.iter().map(|d| d.relid).collect();
+        for relid in relids {
             self.close_device(relid);
         }
     }
@@ -854,6 +944,7 @@ impl Worker {
             return;
         }
         let mut signalled = false;
+        let mut asked: Vec<(u32, Vec<BoxedDevice>)> = Vec::new();
         for i in 0..self.devices.len() {
             let d = &mut self.devices[i];
             if d.open.is_none() || !d.wants_poll {
@@ -862,6 +953,10 @@ impl Worker {
             let r = d.device.poll(vsp::POLL_BUDGET);
             d.wants_poll = r.more;
             signalled |= r.signalled;
+            let subs = d.device.take_sub_channels();
+            if !subs.is_empty() {
+                asked.push((d.relid, subs));
+            }
             if let Some(e) = r.broke {
                 let relid = d.relid;
                 self.rings_broken += 1;
@@ -872,6 +967,9 @@ impl Worker {
                     );
                 }
             }
+        }
+        for (primary, subs) in asked {
+            self.offer_sub_channels(primary, subs);
         }
         if signalled {
             self.wake();

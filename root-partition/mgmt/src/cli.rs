@@ -382,7 +382,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "disk bench NAME [--mib N] [--json]",
-        "the root reads a disk directly: sequential MiB/s and 4 KiB IOPS (the storvsp baseline)",
+        "the root reads a disk directly: sequential MiB/s and 4 KiB IOPS (the storvsp baseline; the shell waits)",
     ),
     (
         "disk delete NAME",
@@ -599,7 +599,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
         }
         "disk" => {
             if w.words.is_empty() {
-                return Err(ParseError::Missing("disk subcommand (create, delete)"));
+                return Err(ParseError::Missing("disk subcommand (create, delete, bench)"));
             }
             let sub = w.words.remove(0);
             let name = |w: &mut Words<'_>| -> Result<String, ParseError> {
@@ -1121,7 +1121,7 @@ mod tests {
             ok("disk delete data"),
             Command::DiskDelete { name: "data".into() }
         );
-        assert_eq!(e("disk"), "missing disk subcommand (create, delete)");
+        assert_eq!(e("disk"), "missing disk subcommand (create, delete, bench)");
         assert_eq!(e("disk resize x 1M"), "unknown subcommand 'resize' (see 'help')");
         assert_eq!(e("disk create"), "missing disk NAME");
         assert_eq!(e("disk create x"), "missing SIZE");

@@ -191,6 +191,8 @@ pub enum PingFailure {
     NoReply,
     /// The address was lost (DHCP lease ended) during the session.
     AddressLost,
+    /// The caller ended the session ([`RootNet::cancel_ping`]).
+    Cancelled,
 }
 
 impl fmt::Display for PingFailure {
@@ -199,6 +201,7 @@ impl fmt::Display for PingFailure {
             PingFailure::ArpUnresolved => "ARP did not resolve the next hop",
             PingFailure::NoReply => "no reply",
             PingFailure::AddressLost => "address lost during the session",
+            PingFailure::Cancelled => "cancelled",
         })
     }
 }
@@ -479,6 +482,17 @@ impl RootNet {
         };
         self.ping = Some(ping::Session::new(id, target, ident, handle, params, self.now_ms));
         Ok(id)
+    }
+
+    /// End the running ping session now (the shell's Ctrl-C): requests not
+    /// answered yet count as lost, and the next `ping` may start at once.
+    pub fn cancel_ping(&mut self) {
+        if let Some(session) = self.ping.as_mut()
+            && !session.is_done()
+        {
+            session.finish(Some(PingFailure::Cancelled));
+            self.end_ping_socket();
+        }
     }
 
     /// The current or last ping session.

@@ -221,3 +221,24 @@ fn status_reports_static_configuration() {
     assert_eq!(s.counters, Default::default());
     assert_eq!(Ipv4Net::new(IP_A, 24).to_string(), "10.0.0.1/24");
 }
+
+#[test]
+fn a_cancelled_ping_ends_at_once_and_frees_the_next() {
+    let mut a = static_net(MAC_A, IP_A, None);
+    let nobody = Ipv4Addr::new(IP_B.octets()[0], IP_B.octets()[1], IP_B.octets()[2], 77);
+    a.ping(nobody, 5, 1000, 1000).expect("ping starts");
+    a.poll(0);
+    assert_eq!(a.ping(IP_B, 1, 100, 100), Err(NetError::PingBusy));
+    a.cancel_ping();
+    let r = a.ping_status().expect("a session");
+    assert!(r.done, "{r:?}");
+    assert_eq!(r.failure, Some(PingFailure::Cancelled));
+    assert_eq!(r.received, 0);
+    // Cancelling again, or with nothing running, changes nothing.
+    a.cancel_ping();
+    assert_eq!(
+        a.ping_status().map(|r| r.failure),
+        Some(Some(PingFailure::Cancelled))
+    );
+    a.ping(IP_B, 1, 100, 100).expect("the next ping may start");
+}

@@ -76,6 +76,7 @@ fn offer(n: u8) -> OfferSpec {
         interface_instance: [n ^ 0x5A; 16],
         channel_flags: 0,
         user_defined: [0; 120],
+        sub_channel_index: 0,
     }
 }
 

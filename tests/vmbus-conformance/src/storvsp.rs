@@ -196,8 +196,8 @@ impl<'a> Rig<'a> {
         Ok(r)
     }
 
-    fn disk_bytes(&self, lun: u8) -> Result<&[u8], String> {
-        Ok(self.dev.disk(lun).ok_or("no disk")?.backend().bytes())
+    fn disk_bytes(&self, lun: u8) -> Result<Vec<u8>, String> {
+        Ok(self.dev.disk(lun).ok_or("no disk")?.backend().bytes().to_vec())
     }
 
     fn flushes(&self) -> Result<u64, String> {
@@ -205,7 +205,7 @@ impl<'a> Rig<'a> {
     }
 }
 
-impl<'a, B: BlockBackend> Rig<'a, B> {
+impl<'a, B: BlockBackend + 'static> Rig<'a, B> {
     fn with(mem: &'a Mem, mut dev: Dev<'a, B>) -> Result<Self, String> {
         dev.open(mem.channel()?).map_err(err)?;
         Ok(Self { mem, dev, next_id: 1 })
@@ -549,16 +549,129 @@ fn version_refused_case() -> Result<(), String> {
     Ok(())
 }
 
+/// Sub-channel memory must outlive the devices the controller makes.
+fn leaked_mem() -> Result<&'static Mem, String> {
+    Ok(Box::leak(Box::new(Mem::std()?)))
+}
+
+fn create_sub_channels<B: BlockBackend + 'static>(r: &mut Rig<'_, B>, n: u16) -> Result<NtStatus, String> {
+    r.step(Operation::CREATE_SUB_CHANNELS, &n.to_le_bytes())?.status()
+}
+
+fn sub_channel_grant_case() -> Result<(), String> {
+    let mem = leaked_mem()?;
+    let mut r = Rig::new(mem)?;
+    ensure!(
+        r.dev.take_sub_channel_devices().is_empty(),
+        "sub-channels before any request"
+    );
+    r.init()?;
+    let max = ::storvsp::DEFAULT_SUB_CHANNELS;
+    let s = create_sub_channels(&mut r, 2)?;
+    ensure!(s == NtStatus::SUCCESS, "2 of {max}: {s:?}");
+    let mut subs = r.dev.take_sub_channel_devices();
+    let s = create_sub_channels(&mut r, max - 2)?;
+    ensure!(s == NtStatus::SUCCESS, "{} more: {s:?}", max - 2);
+    subs.extend(r.dev.take_sub_channel_devices());
+    let s = create_sub_channels(&mut r, 1)?;
+    ensure!(s == NtStatus::INVALID_PARAMETER, "past the limit: {s:?}");
+    ensure!(subs.len() == usize::from(max), "{} sub-channels", subs.len());
+    for (i, d) in subs.iter().enumerate() {
+        ensure!(
+            d.role() == ::storvsp::Role::SubChannel(i as u16 + 1),
+            "{:?}",
+            d.role()
+        );
+        let o = Device::<&AtomicMemory>::offer(d);
+        ensure!(
+            o.interface_type == storvsp_protocol::SCSI_INTERFACE_GUID,
+            "{:02x?}",
+            o.interface_type
+        );
+    }
+    Ok(())
+}
+
+fn sub_channel_io_case() -> Result<(), String> {
+    let mem = leaked_mem()?;
+    let mut r = Rig::new(mem)?;
+    r.init()?;
+    ensure!(
+        create_sub_channels(&mut r, 1)? == NtStatus::SUCCESS,
+        "CREATE_SUB_CHANNELS 1"
+    );
+    let sub = r.dev.take_sub_channel_devices().pop().ok_or("no sub-channel")?;
+    let sub_mem = leaked_mem()?;
+    let mut s = Rig::with(sub_mem, sub)?;
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 13 + 5) as u8).collect();
+    sub_mem
+        .ram
+        .write_at(3 * 4096, &pattern)
+        .map_err(|e| format!("{e:?}"))?;
+    let a = s.srb_data(0, &write10(64, 16), DataDirection::Out, (0, 8192, &[3, 4]))?;
+    good(&a, 8192)?;
+    let a = r.srb_data(0, &read10(64, 16), DataDirection::In, (0, 8192, &[10, 11]))?;
+    good(&a, 8192)?;
+    let mut back = vec![0u8; 8192];
+    mem.ram
+        .read_at(10 * 4096, &mut back)
+        .map_err(|e| format!("{e:?}"))?;
+    ensure!(back == pattern, "the primary reads what the sub-channel wrote");
+    for op in [Operation::BEGIN_INITIALIZATION, Operation::CREATE_SUB_CHANNELS] {
+        let a = s.step(op, &1u16.to_le_bytes())?;
+        ensure!(
+            a.status()? == NtStatus::INVALID_DEVICE_STATE,
+            "{op:?} on a sub-channel: {:?}",
+            a.status()?
+        );
+    }
+    Ok(())
+}
+
+fn sub_channel_reset_case() -> Result<(), String> {
+    let mem = leaked_mem()?;
+    let mut r = Rig::new(mem)?;
+    r.init()?;
+    let max = ::storvsp::DEFAULT_SUB_CHANNELS;
+    ensure!(
+        create_sub_channels(&mut r, max)? == NtStatus::SUCCESS,
+        "CREATE_SUB_CHANNELS {max}"
+    );
+    ensure!(
+        r.dev.take_sub_channel_devices().len() == usize::from(max),
+        "granted"
+    );
+    r.dev.close();
+    ensure!(
+        r.dev.sub_channels_offered() == 0,
+        "{} still offered",
+        r.dev.sub_channels_offered()
+    );
+    let mem2 = leaked_mem()?;
+    let mut r = Rig::with(mem2, r.dev)?;
+    r.init()?;
+    ensure!(
+        create_sub_channels(&mut r, max)? == NtStatus::SUCCESS,
+        "again after the new handshake"
+    );
+    ensure!(
+        r.dev.take_sub_channel_devices().len() == usize::from(max),
+        "granted again"
+    );
+    Ok(())
+}
+
 fn properties_case() -> Result<(), String> {
-    for max in [
-        DEFAULT_MAX_TRANSFER_BYTES,
-        ::storvsp::MAX_TRANSFER_BYTES_LIMIT,
-        4096,
+    for (max, subs) in [
+        (DEFAULT_MAX_TRANSFER_BYTES, ::storvsp::DEFAULT_SUB_CHANNELS),
+        (::storvsp::MAX_TRANSFER_BYTES_LIMIT, 0),
+        (4096, ::storvsp::MAX_SUB_CHANNELS),
     ] {
         let mem = Mem::std()?;
         let config = StorvspConfig {
             max_transfer_bytes: max,
             instance: None,
+            max_sub_channels: subs,
         };
         let mut r = Rig::with(&mem, Dev::new(disk(SECTORS)?, config).map_err(err)?)?;
         r.step(Operation::BEGIN_INITIALIZATION, &[])?;
@@ -571,9 +684,14 @@ fn properties_case() -> Result<(), String> {
             "max_transfer_bytes {}",
             p.max_transfer_bytes.get()
         );
+        let flag = if subs > 0 {
+            storvsp_protocol::STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL
+        } else {
+            0
+        };
         ensure!(
-            p.max_channel_count.get() == 0 && p.flags.get() == 0,
-            "channels {} flags {:#x}: Linux would ask for sub-channels",
+            p.max_channel_count.get() == subs && p.flags.get() == flag,
+            "channels {} flags {:#x} for {subs} sub-channels",
             p.max_channel_count.get(),
             p.flags.get()
         );
@@ -591,8 +709,8 @@ fn end_case() -> Result<(), String> {
         r.dev.state()
     );
     good(&r.srb_nodata(0, &TUR)?, 0)?;
-    // Sub-channels are refused (none offered); resets are no-ops.
-    let a = r.step(Operation::CREATE_SUB_CHANNELS, &2u16.to_le_bytes())?;
+    // No sub-channels is not a request; resets are no-ops.
+    let a = r.step(Operation::CREATE_SUB_CHANNELS, &0u16.to_le_bytes())?;
     ensure!(a.status()? == NtStatus::INVALID_PARAMETER, "{:?}", a.status()?);
     for op in [
         Operation::RESET_LUN,
@@ -1532,13 +1650,13 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             id: "STOR-07",
-            rule: "QUERY_PROPERTIES answers vmstorage_channel_properties: max_transfer_bytes caps Linux's max_sectors; no multi-channel flag and max_channel_count 0 so Linux opens no sub-channels (storvsc_drv.c storvsc_channel_init)",
-            expect: "max_transfer_bytes as configured (256 KiB default, 1 MiB, 4 KiB), flags 0, channel count 0",
+            rule: "QUERY_PROPERTIES answers vmstorage_channel_properties: max_transfer_bytes caps Linux's max_sectors; max_channel_count and STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL tell Linux how many sub-channels it may ask for (storvsc_drv.c storvsc_channel_init)",
+            expect: "max_transfer_bytes and max_channel_count as configured (256 KiB/4, 1 MiB/0, 4 KiB/16), the flag exactly when the count is not 0",
             run: properties_case,
         },
         Case {
             id: "STOR-08",
-            rule: "END_INITIALIZATION completes the handshake; then SRBs run; CREATE_SUB_CHANNELS is refused (none offered), RESET_LUN/ADAPTER/BUS succeed, host-only or unknown operations are INVALID_DEVICE_REQUEST (OpenVMM storvsp)",
+            rule: "END_INITIALIZATION completes the handshake; then SRBs run; CREATE_SUB_CHANNELS of 0 is refused, RESET_LUN/ADAPTER/BUS succeed, host-only or unknown operations are INVALID_DEVICE_REQUEST (OpenVMM storvsp)",
             expect: "Ready(6.2), TEST UNIT READY GOOD, INVALID_PARAMETER, 3 × SUCCESS, 3 × INVALID_DEVICE_REQUEST, still Ready",
             run: end_case,
         },
@@ -1745,6 +1863,24 @@ pub fn cases() -> Vec<Case> {
             rule: "MODE SENSE(6)/(10) without LLBAA return the short LBA mode parameter block descriptor: NUMBER OF LOGICAL BLOCKS in bytes 0-3 (SBC-3 §6.4.2.2)",
             expect: "a 2^25-block disk: 02000000h in bytes 0-3, block length 512 in bytes 5-7",
             run: mode_sense_large_case,
+        },
+        Case {
+            id: "STOR-43",
+            rule: "CREATE_SUB_CHANNELS n after the handshake: SUCCESS while the sub-channels so far plus n stay within max_channel_count, INVALID_PARAMETER otherwise (storvsc_drv.c handle_multichannel_storage; OpenVMM storvsp); each sub-channel is offered with the primary's interface (vmbus_process_offer pairs them by GUIDs)",
+            expect: "2 granted then 2 more, 1 more refused; 4 sub-channel devices numbered 1-4 with the SCSI interface; none before the request",
+            run: sub_channel_grant_case,
+        },
+        Case {
+            id: "STOR-44",
+            rule: "a sub-channel takes SRBs at once, with no handshake (storvsc_drv.c handle_sc_creation opens it and queues I/O), on the disks the primary serves; handshake operations on it are INVALID_DEVICE_STATE",
+            expect: "a write on sub-channel 1 reads back on the primary byte for byte; BEGIN_INITIALIZATION and CREATE_SUB_CHANNELS on it refused",
+            run: sub_channel_io_case,
+        },
+        Case {
+            id: "STOR-45",
+            rule: "the primary's close (or a bus reset) ends its sub-channels: the next open starts a new handshake with none offered (Linux re-runs storvsc_channel_init and asks again)",
+            expect: "0 offered after the close; a new request after the new handshake gets the full count again",
+            run: sub_channel_reset_case,
         },
     ]
 }

@@ -607,7 +607,11 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
     // The AMD IOMMU hv-core programs so that no device can DMA into its region.
     push("-device");
     push("amd-iommu");
-    if opts.network != Network::None {
+    if opts.network == Network::None {
+        // No NIC at all (QEMU would add its default e1000e).
+        push("-nic");
+        push("none");
+    } else {
         push("-netdev");
         push(if opts.network == Network::Isolated {
             "user,id=net0,restrict=on"

@@ -156,6 +156,10 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
             .map(|(n, b)| (n.to_string(), *b))
             .collect();
         for c in children.iter_mut() {
+            // A child that asked for a RAM disk keeps it.
+            if c.ramdisk_mib.is_some() && c.disk.is_none() {
+                continue;
+            }
             let name = c.disk.get_or_insert_with(|| c.name.clone()).clone();
             if !wanted.iter().any(|(n, _)| *n == name) {
                 wanted.push((name, xtask::LINUX_DISK_BYTES));

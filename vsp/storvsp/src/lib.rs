@@ -14,9 +14,9 @@
 //! |---|---|
 //! | BEGIN_INITIALIZATION | SUCCESS |
 //! | QUERY_PROTOCOL_VERSION 0x0602, then 0x0600, 0x0501 | SUCCESS for the first of [`storvsp_protocol::HOST_VERSIONS`], REVISION_MISMATCH (and wait for the next proposal) otherwise |
-//! | QUERY_PROPERTIES | SUCCESS with `max_transfer_bytes` ([`StorvspConfig`]), `max_channel_count` 0 and no multi-channel flag: Linux then opens no sub-channels |
+//! | QUERY_PROPERTIES | SUCCESS with `max_transfer_bytes` and `max_channel_count` ([`StorvspConfig::max_sub_channels`], with the multi-channel flag when it is not 0) |
 //! | END_INITIALIZATION | SUCCESS: the controller is ready |
-//! | CREATE_SUB_CHANNELS | INVALID_PARAMETER (none are offered; Linux sends it only when the flag is set) |
+//! | CREATE_SUB_CHANNELS n (primary channel, after QUERY_PROPERTIES) | SUCCESS if 1 ≤ n and the sub-channels so far plus n stay within `max_sub_channels`, then the host offers n sub-channels ([`vsp::Device::take_sub_channels`]); INVALID_PARAMETER otherwise |
 //! | EXECUTE_SRB | the SCSI result: SRB status, SCSI status, autosense, bytes moved |
 //! | RESET_LUN / RESET_ADAPTER / RESET_BUS | SUCCESS (no-ops, as in Hyper-V and OpenVMM: every request is finished before its completion is sent) |
 //!
@@ -70,8 +70,20 @@
 //!
 //! # Not yet done
 //!
-//! - Sub-channels: `max_channel_count` is 0 and CREATE_SUB_CHANNELS is
-//!   refused; Linux then does all I/O on the primary channel.
+//! # Sub-channels
+//!
+//! Linux (`handle_multichannel_storage`) asks for `min(online CPUs − 1,
+//! max_channel_count)` sub-channels after END_INITIALIZATION and opens
+//! each as its offer arrives, with no handshake on it (`handle_sc_creation`):
+//! it sends SRBs at once. A sub-channel here is a device of its own sharing
+//! the primary's disks and counters, ready from its first packet at the
+//! primary's protocol version; it answers SRBs and the resets, and refuses
+//! the handshake operations and CREATE_SUB_CHANNELS (INVALID_DEVICE_STATE).
+//! The primary's close or reset forgets the sub-channels (the host rescinds
+//! them), so a new handshake starts from none.
+//!
+//! # Not yet done
+//!
 //! - Asynchronous backends: `ScsiDisk::plan`/`complete_io` already split a
 //!   command around its backend request; the device does both halves in
 //!   one poll. A backend that completes later needs per-request state and
@@ -93,8 +105,10 @@ extern crate alloc;
 
 use alloc::boxed::Box;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::cell::RefCell;
 use core::fmt;
 use scsi_disk::{Asc, BackendError, BlockBackend, IoOp, Plan, ScsiDisk, SenseKey};
 use storvsp_protocol::gpa::{self, BufferError, Chunk};
@@ -135,13 +149,25 @@ pub struct StorvspConfig {
     pub max_transfer_bytes: u32,
     /// The offer's instance GUID, or `None` to let the host number it.
     pub instance: Option<[u8; 16]>,
+    /// Sub-channels the guest may ask for (`max_channel_count` in
+    /// QUERY_PROPERTIES; 0: no multi-channel flag, all I/O on the primary),
+    /// at most [`MAX_SUB_CHANNELS`].
+    pub max_sub_channels: u16,
 }
+
+/// The most sub-channels a controller offers (each is a relid and a ring
+/// pair the guest allocates; Hyper-V offers one per 4 VPs).
+pub const MAX_SUB_CHANNELS: u16 = 16;
+
+/// Sub-channels announced unless configured otherwise.
+pub const DEFAULT_SUB_CHANNELS: u16 = 4;
 
 impl Default for StorvspConfig {
     fn default() -> Self {
         Self {
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             instance: None,
+            max_sub_channels: DEFAULT_SUB_CHANNELS,
         }
     }
 }
@@ -157,6 +183,8 @@ pub enum ConfigError {
     LunInUse(u8),
     /// The LUN is past what Linux scans ([`MAX_LUNS`]).
     LunOutOfRange(u8),
+    /// `max_sub_channels` is above [`MAX_SUB_CHANNELS`].
+    SubChannels(u16),
 }
 
 impl fmt::Display for ConfigError {
@@ -164,6 +192,7 @@ impl fmt::Display for ConfigError {
         match self {
             Self::MaxTransferBytes(n) => write!(f, "storvsp configured with max_transfer_bytes {n}"),
             Self::LunInUse(l) => write!(f, "storvsp LUN {l} already has a disk"),
+            Self::SubChannels(n) => write!(f, "storvsp max_sub_channels {n} is above {MAX_SUB_CHANNELS}"),
             Self::LunOutOfRange(l) => write!(f, "storvsp LUN {l} is past the {MAX_LUNS} LUNs Linux scans"),
         }
     }
@@ -265,8 +294,21 @@ struct Lun<B: BlockBackend> {
 struct Controller<B: BlockBackend> {
     config: StorvspConfig,
     luns: Vec<Lun<B>>,
-    state: InitState,
     stats: StorvspStats,
+    /// Sub-channels offered since the primary's handshake.
+    sub_offered: u16,
+    /// Sub-channels asked for and not yet handed to the host, with the
+    /// version they run at.
+    sub_pending: Option<(u16, ProtocolVersion)>,
+}
+
+/// Which channel of the controller a device is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The primary channel: the handshake, then I/O.
+    Primary,
+    /// Sub-channel `index` (1-based): I/O only.
+    SubChannel(u16),
 }
 
 /// An EXECUTE_SRB that passed the protocol checks, waiting for guest RAM.
@@ -373,9 +415,9 @@ fn raw_srb(body: &[u8]) -> ScsiRequest {
 }
 
 impl<B: BlockBackend> Controller<B> {
-    fn limits(&self) -> SrbLimits {
+    fn limits(&self, state: InitState) -> SrbLimits {
         SrbLimits {
-            version: self.state.version().unwrap_or(ProtocolVersion::WIN8),
+            version: state.version().unwrap_or(ProtocolVersion::WIN8),
             max_transfer_bytes: self.config.max_transfer_bytes,
         }
     }
@@ -388,9 +430,10 @@ impl<B: BlockBackend> Controller<B> {
         self.luns.iter_mut().find(|l| l.lun == lun).map(|l| &mut l.disk)
     }
 
-    /// Handle one packet from the guest: answer it, or hand back an SRB to
-    /// run against guest memory.
-    fn handle(&mut self, p: &IncomingPacket<'_>) -> Outcome {
+    /// Handle one packet from the guest on a channel in `state` (the
+    /// primary's handshake, or a sub-channel's fixed Ready): answer it, or
+    /// hand back an SRB to run against guest memory.
+    fn handle(&mut self, state: &mut InitState, role: Role, p: &IncomingPacket<'_>) -> Outcome {
         self.stats.requests += 1;
         let wants_completion = p.flags & FLAG_COMPLETION_REQUESTED != 0;
         // Where the vstor packet starts in the bytes after the descriptor
@@ -427,7 +470,7 @@ impl<B: BlockBackend> Controller<B> {
             )
         };
         let request_size = data.len().saturating_sub(PACKET_HEADER_LEN).min(PACKET_BODY_LEN);
-        let packet = match storvsp_protocol::parse_packet(data, &self.limits()) {
+        let packet = match storvsp_protocol::parse_packet(data, &self.limits(*state)) {
             Ok(packet) => packet,
             Err(e) => {
                 let op = data
@@ -438,7 +481,7 @@ impl<B: BlockBackend> Controller<B> {
                     | ParseError::BadCdbLength(_)
                     | ParseError::BadDataDirection(_)
                     | ParseError::TransferTooLong { .. } => {
-                        if !matches!(self.state, InitState::Ready(_)) {
+                        if !matches!(*state, InitState::Ready(_)) {
                             return reply(self, request_size, NtStatus::INVALID_DEVICE_STATE, &[]);
                         }
                         // The SRB itself is wrong: fail it like a SCSI
@@ -467,9 +510,19 @@ impl<B: BlockBackend> Controller<B> {
             }
         };
         let size = packet.request_size;
-        match (self.state, packet.request) {
+        if role != Role::Primary
+            && !matches!(
+                packet.request,
+                Request::ExecuteSrb(_) | Request::ResetLun | Request::ResetAdapter | Request::ResetBus
+            )
+        {
+            // A sub-channel carries I/O only (Linux `handle_sc_creation`
+            // sends nothing else on it).
+            return reply(self, size, NtStatus::INVALID_DEVICE_STATE, &[]);
+        }
+        match (*state, packet.request) {
             (InitState::Begin, Request::BeginInitialization) => {
-                self.state = InitState::QueryVersion;
+                *state = InitState::QueryVersion;
                 reply(self, size, NtStatus::SUCCESS, &[])
             }
             (InitState::QueryVersion, Request::QueryProtocolVersion(v)) => {
@@ -478,7 +531,7 @@ impl<B: BlockBackend> Controller<B> {
                 // state, so the next proposal is heard.
                 match storvsp_protocol::negotiate(v, &storvsp_protocol::HOST_VERSIONS) {
                     Ok(v) => {
-                        self.state = InitState::QueryProperties(v);
+                        *state = InitState::QueryProperties(v);
                         self.answer(
                             p.transaction_id,
                             wants_completion,
@@ -493,21 +546,35 @@ impl<B: BlockBackend> Controller<B> {
                 }
             }
             (InitState::QueryProperties(v), Request::QueryProperties) => {
-                self.state = InitState::EndInitialization(v);
+                *state = InitState::EndInitialization(v);
                 self.answer(
                     p.transaction_id,
                     wants_completion,
-                    storvsp_protocol::properties_completion(size, 0, self.config.max_transfer_bytes),
+                    storvsp_protocol::properties_completion(
+                        size,
+                        self.config.max_sub_channels,
+                        self.config.max_transfer_bytes,
+                    ),
                 )
             }
             (InitState::EndInitialization(v), Request::EndInitialization) => {
-                self.state = InitState::Ready(v);
+                *state = InitState::Ready(v);
                 reply(self, size, NtStatus::SUCCESS, &[])
             }
-            (InitState::EndInitialization(_) | InitState::Ready(_), Request::CreateSubChannels(_)) => {
-                // No sub-channels are offered (max_channel_count 0); OpenVMM
-                // answers a refused count INVALID_PARAMETER.
-                reply(self, size, NtStatus::INVALID_PARAMETER, &[])
+            (InitState::EndInitialization(v) | InitState::Ready(v), Request::CreateSubChannels(n)) => {
+                // OpenVMM answers a count it cannot serve INVALID_PARAMETER;
+                // counts add up over several requests, within the limit.
+                let asked = self.sub_pending.map_or(0, |(p, _)| p);
+                let room = self
+                    .config
+                    .max_sub_channels
+                    .saturating_sub(self.sub_offered)
+                    .saturating_sub(asked);
+                if n == 0 || n > room {
+                    return reply(self, size, NtStatus::INVALID_PARAMETER, &[]);
+                }
+                self.sub_pending = Some((asked + n, v));
+                reply(self, size, NtStatus::SUCCESS, &[])
             }
             (InitState::Ready(_), Request::ResetLun | Request::ResetAdapter | Request::ResetBus) => {
                 // Every SRB is complete before its completion is sent, so
@@ -729,7 +796,11 @@ struct PollStats {
 /// [`Channel::send`]; nothing is read while a completion waits for room.
 pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
     channel: Option<Channel<M>>,
-    controller: Controller<B>,
+    /// Disks, configuration and counters, shared with the sub-channels.
+    controller: Rc<RefCell<Controller<B>>>,
+    /// This channel's handshake (a sub-channel is Ready from the start).
+    state: InitState,
+    role: Role,
     polls: PollStats,
 }
 
@@ -747,14 +818,20 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
         if !(4096..=MAX_TRANSFER_BYTES_LIMIT).contains(&m) || !m.is_multiple_of(4096) {
             return Err(ConfigError::MaxTransferBytes(m));
         }
+        if config.max_sub_channels > MAX_SUB_CHANNELS {
+            return Err(ConfigError::SubChannels(config.max_sub_channels));
+        }
         Ok(Self {
             channel: None,
-            controller: Controller {
+            controller: Rc::new(RefCell::new(Controller {
                 config,
                 luns: Vec::new(),
-                state: InitState::Begin,
                 stats: StorvspStats::default(),
-            },
+                sub_offered: 0,
+                sub_pending: None,
+            })),
+            state: InitState::Begin,
+            role: Role::Primary,
             polls: PollStats::default(),
         })
     }
@@ -765,54 +842,105 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
         if lun as usize >= MAX_LUNS {
             return Err(ConfigError::LunOutOfRange(lun));
         }
-        if self.controller.luns.iter().any(|l| l.lun == lun) {
+        let mut c = self.controller.borrow_mut();
+        if c.luns.iter().any(|l| l.lun == lun) {
             return Err(ConfigError::LunInUse(lun));
         }
-        self.controller.luns.push(Lun { lun, disk });
+        c.luns.push(Lun { lun, disk });
         Ok(())
     }
 
-    /// The disk at `lun`.
-    pub fn disk(&self, lun: u8) -> Option<&ScsiDisk<B>> {
-        self.controller
-            .luns
-            .iter()
-            .find(|l| l.lun == lun)
-            .map(|l| &l.disk)
+    /// The disk at `lun` (shared with the sub-channels: borrowed while
+    /// the returned guard lives).
+    pub fn disk(&self, lun: u8) -> Option<core::cell::Ref<'_, ScsiDisk<B>>> {
+        core::cell::Ref::filter_map(self.controller.borrow(), |c| {
+            c.luns.iter().find(|l| l.lun == lun).map(|l| &l.disk)
+        })
+        .ok()
     }
 
     /// The disk at `lun`, mutable.
-    pub fn disk_mut(&mut self, lun: u8) -> Option<&mut ScsiDisk<B>> {
-        self.controller
-            .luns
-            .iter_mut()
-            .find(|l| l.lun == lun)
-            .map(|l| &mut l.disk)
+    pub fn disk_mut(&mut self, lun: u8) -> Option<core::cell::RefMut<'_, ScsiDisk<B>>> {
+        core::cell::RefMut::filter_map(self.controller.borrow_mut(), |c| {
+            c.luns.iter_mut().find(|l| l.lun == lun).map(|l| &mut l.disk)
+        })
+        .ok()
     }
 
     /// The configuration.
-    pub fn config(&self) -> &StorvspConfig {
-        &self.controller.config
+    pub fn config(&self) -> StorvspConfig {
+        self.controller.borrow().config.clone()
     }
 
     /// Where the guest is in the handshake.
     pub fn state(&self) -> InitState {
-        self.controller.state
+        self.state
+    }
+
+    /// Which channel of the controller this is.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// The negotiated protocol version, once agreed.
     pub fn version(&self) -> Option<ProtocolVersion> {
-        self.controller.state.version()
+        self.state.version()
     }
 
-    /// The counters.
+    /// The counters (the controller's: every channel's together).
     pub fn stats(&self) -> StorvspStats {
-        self.controller.stats
+        self.controller.borrow().stats
+    }
+
+    /// Sub-channels offered since the primary's handshake.
+    pub fn sub_channels_offered(&self) -> u16 {
+        self.controller.borrow().sub_offered
     }
 
     /// The open channel, if any.
     pub fn channel(&self) -> Option<&Channel<M>> {
         self.channel.as_ref()
+    }
+
+    /// The channel closed or reset: a primary starts its next handshake
+    /// from nothing and drops its sub-channels (the host rescinds them); a
+    /// sub-channel stays ready at its version.
+    fn forget_handshake(&mut self) {
+        if self.role == Role::Primary {
+            self.state = InitState::Begin;
+            let mut c = self.controller.borrow_mut();
+            c.sub_offered = 0;
+            c.sub_pending = None;
+        }
+    }
+
+    /// The sub-channels the guest asked for since the last call
+    /// ([`Device::take_sub_channels`] boxes these): each shares this
+    /// controller's disks and counters and is ready at the version the
+    /// primary negotiated, numbered from 1 in the order they are made.
+    pub fn take_sub_channel_devices(&mut self) -> Vec<Self> {
+        if self.role != Role::Primary || self.channel.is_none() {
+            return Vec::new();
+        }
+        let Some((n, version)) = self.controller.borrow_mut().sub_pending.take() else {
+            return Vec::new();
+        };
+        (0..n)
+            .map(|_| {
+                let index = {
+                    let mut c = self.controller.borrow_mut();
+                    c.sub_offered += 1;
+                    c.sub_offered
+                };
+                Self {
+                    channel: None,
+                    controller: self.controller.clone(),
+                    state: InitState::Ready(version),
+                    role: Role::SubChannel(index),
+                    polls: PollStats::default(),
+                }
+            })
+            .collect()
     }
 
     /// True if the guest has written packets not yet read.
@@ -821,10 +949,10 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
     }
 }
 
-impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
+impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
     fn offer(&self) -> OfferParams {
         let mut o = OfferParams::new(storvsp_protocol::SCSI_INTERFACE_GUID);
-        o.interface_instance = self.controller.config.instance;
+        o.interface_instance = self.controller.borrow().config.instance;
         o
     }
 
@@ -837,9 +965,15 @@ impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
                 "storvsp needs the guest's RAM for GPA-direct data",
             ));
         }
-        // Every open starts a new handshake (Linux runs
-        // `storvsc_channel_init` after each open, resume included).
-        self.controller.state = InitState::Begin;
+        if self.role == Role::Primary {
+            // Every open starts a new handshake (Linux runs
+            // `storvsc_channel_init` after each open, resume included),
+            // with no sub-channels.
+            self.state = InitState::Begin;
+            let mut c = self.controller.borrow_mut();
+            c.sub_offered = 0;
+            c.sub_pending = None;
+        }
         self.channel = Some(channel);
         Ok(())
     }
@@ -848,7 +982,10 @@ impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
         let Some(channel) = self.channel.as_mut() else {
             return PollResult::default();
         };
-        let controller = &mut self.controller;
+        let mut controller = self.controller.borrow_mut();
+        let controller = &mut *controller;
+        let state = &mut self.state;
+        let role = self.role;
         let mut result = PollResult::default();
         let mut handled = 0u32;
         let budget = budget.max(1);
@@ -859,7 +996,7 @@ impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
             // which the channel lends only between polls.
             let r = channel.poll(1, &mut |p| {
                 read = true;
-                match controller.handle(p) {
+                match controller.handle(state, role, p) {
                     Outcome::Reply(bytes) => Some(bytes),
                     Outcome::Silent => None,
                     Outcome::Srb(j) => {
@@ -912,21 +1049,38 @@ impl<M: SharedMemory, B: BlockBackend> Device<M> for Storvsp<M, B> {
 
     fn close(&mut self) {
         self.channel = None;
-        self.controller.state = InitState::Begin;
+        self.forget_handshake();
     }
 
     fn reset(&mut self) {
         self.channel = None;
-        self.controller.state = InitState::Begin;
+        self.forget_handshake();
+    }
+
+    fn take_sub_channels(&mut self) -> Vec<Box<dyn Device<M>>>
+    where
+        M: 'static,
+    {
+        self.take_sub_channel_devices()
+            .into_iter()
+            .map(|d| Box::new(d) as Box<dyn Device<M>>)
+            .collect()
     }
 
     fn inspect(&self, out: &mut dyn InspectSink) {
         let Some(channel) = &self.channel else {
             return;
         };
-        let c = &self.controller;
-        out.text("state", "state", c.state.name());
-        let version = c
+        let c = self.controller.borrow();
+        match self.role {
+            Role::Primary => {
+                out.text("role", "channel", "primary");
+                out.counter("sub_channels", "sub-channels offered", c.sub_offered.into());
+            }
+            Role::SubChannel(i) => out.text("role", "channel", &format!("sub-channel {i}")),
+        }
+        out.text("state", "state", self.state.name());
+        let version = self
             .state
             .version()
             .map(|v| format!("{}.{}", v.major(), v.minor()))

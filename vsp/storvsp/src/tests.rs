@@ -234,11 +234,11 @@ fn init(dev: &mut Dev, guest: &Guest) {
     let a = init_step(dev, guest, Operation::QUERY_PROPERTIES, &[]);
     assert_eq!(a.status(), NtStatus::SUCCESS);
     let props = ChannelProperties::read_from_prefix(a.body()).unwrap().0;
-    assert_eq!(props.max_channel_count.get(), 0);
+    assert_eq!(props.max_channel_count.get(), DEFAULT_SUB_CHANNELS);
     assert_eq!(
         props.flags.get(),
-        0,
-        "no multi-channel: Linux opens no sub-channels"
+        storvsp_protocol::STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL,
+        "multi-channel: Linux asks for min(CPUs - 1, max_channel_count) sub-channels"
     );
     assert_eq!(props.max_transfer_bytes.get(), DEFAULT_MAX_TRANSFER_BYTES);
     let a = init_step(dev, guest, Operation::END_INITIALIZATION, &[]);
@@ -422,16 +422,150 @@ fn requests_before_init_are_invalid_device_state() {
 }
 
 #[test]
-fn sub_channels_are_refused_and_resets_are_no_ops() {
-    let (guest, mut dev) = rig();
+fn sub_channels_are_offered_on_request_and_resets_are_no_ops() {
+    let (mut guest, mut dev) = rig();
     init(&mut dev, &guest);
+    let create = |dev: &mut Dev, n: u16| {
+        init_step(dev, &guest, Operation::CREATE_SUB_CHANNELS, &n.to_le_bytes()).status()
+    };
+    // None, or more than announced: refused (OpenVMM: INVALID_PARAMETER).
+    assert_eq!(create(&mut dev, 0), NtStatus::INVALID_PARAMETER);
+    assert_eq!(
+        create(&mut dev, DEFAULT_SUB_CHANNELS + 1),
+        NtStatus::INVALID_PARAMETER
+    );
+    assert!(dev.take_sub_channels().is_empty());
+    assert_eq!(create(&mut dev, 2), NtStatus::SUCCESS);
+    let mut subs = dev.take_sub_channels();
+    assert_eq!(subs.len(), 2);
+    assert!(dev.take_sub_channels().is_empty(), "handed over once");
+    assert_eq!(dev.sub_channels_offered(), 2);
+    // The counts add up to the limit.
+    assert_eq!(
+        create(&mut dev, DEFAULT_SUB_CHANNELS - 1),
+        NtStatus::INVALID_PARAMETER
+    );
+    assert_eq!(create(&mut dev, DEFAULT_SUB_CHANNELS - 2), NtStatus::SUCCESS);
+    assert_eq!(
+        dev.take_sub_channels().len(),
+        usize::from(DEFAULT_SUB_CHANNELS - 2)
+    );
+    // A sub-channel is the same interface; it takes SRBs at once (Linux
+    // `handle_sc_creation` does no handshake on it) and shares the disk.
+    for s in &subs {
+        assert_eq!(s.offer().interface_type, storvsp_protocol::SCSI_INTERFACE_GUID);
+    }
+    let (mut g1, ch) = Guest::new(64 * 1024, 64 * 1024, true);
+    subs[0].open(ch).unwrap();
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    g1.ram.write_at(4 * 4096, &pattern).unwrap();
+    let id = g1.id();
+    assert!(g1.send_gpa(
+        id,
+        &[(0, 4096, &[4])],
+        &srb_packet(0, &write10(40, 8), DataDirection::Out, 4096)
+    ));
+    assert!(subs[0].poll(vsp::POLL_BUDGET).broke.is_none());
+    let a = g1.receive().expect("completion on the sub-channel");
+    a.assert_linux_accepts(id);
+    assert_good(&a, 4096);
+    assert_eq!(
+        &dev.disk(0).unwrap().backend().bytes()[40 * 512..48 * 512],
+        &pattern[..]
+    );
+    // The primary reads it back.
+    let a = srb_data(
+        &mut dev,
+        &mut guest,
+        0,
+        &read10(40, 8),
+        DataDirection::In,
+        (0, 4096, &[9]),
+    );
+    assert_good(&a, 4096);
+    let mut back = vec![0u8; 4096];
+    guest.ram.read_at(9 * 4096, &mut back).unwrap();
+    assert_eq!(back, pattern);
+    // Handshake operations are the primary's only.
+    assert!(g1.send_inband(RQST_INIT, &request_packet(Operation::BEGIN_INITIALIZATION, &[])));
+    subs[0].poll(vsp::POLL_BUDGET);
+    assert_eq!(g1.receive().unwrap().status(), NtStatus::INVALID_DEVICE_STATE);
+    assert!(g1.send_inband(
+        RQST_INIT,
+        &request_packet(Operation::CREATE_SUB_CHANNELS, &1u16.to_le_bytes())
+    ));
+    subs[0].poll(vsp::POLL_BUDGET);
+    assert_eq!(g1.receive().unwrap().status(), NtStatus::INVALID_DEVICE_STATE);
+    let mut fields = Fields(Vec::new());
+    subs[0].inspect(&mut fields);
+    assert_eq!(fields.get("role"), Some("sub-channel 1"));
+    // The primary's close forgets them: a new handshake starts from none.
+    dev.close();
+    assert_eq!(dev.sub_channels_offered(), 0);
+    let (guest, ch) = Guest::new(64 * 1024, 64 * 1024, true);
+    dev.open(ch).unwrap();
+    init(&mut dev, &guest);
+    assert_eq!(
+        init_step(
+            &mut dev,
+            &guest,
+            Operation::CREATE_SUB_CHANNELS,
+            &DEFAULT_SUB_CHANNELS.to_le_bytes()
+        )
+        .status(),
+        NtStatus::SUCCESS
+    );
+    assert_eq!(dev.take_sub_channels().len(), usize::from(DEFAULT_SUB_CHANNELS));
+}
+
+#[test]
+fn without_sub_channels_the_flag_is_off_and_requests_are_refused() {
+    let (guest, channel) = Guest::new(64 * 1024, 64 * 1024, true);
+    let mut dev = Dev::new(
+        disk(SECTORS),
+        StorvspConfig {
+            max_sub_channels: 0,
+            ..StorvspConfig::default()
+        },
+    )
+    .unwrap();
+    dev.open(channel).unwrap();
+    init_step(&mut dev, &guest, Operation::BEGIN_INITIALIZATION, &[]);
+    init_step(
+        &mut dev,
+        &guest,
+        Operation::QUERY_PROTOCOL_VERSION,
+        &version_body(0x0602),
+    );
+    let a = init_step(&mut dev, &guest, Operation::QUERY_PROPERTIES, &[]);
+    let props = ChannelProperties::read_from_prefix(a.body()).unwrap().0;
+    assert_eq!((props.max_channel_count.get(), props.flags.get()), (0, 0));
+    init_step(&mut dev, &guest, Operation::END_INITIALIZATION, &[]);
     let a = init_step(
         &mut dev,
         &guest,
         Operation::CREATE_SUB_CHANNELS,
-        &4u16.to_le_bytes(),
+        &1u16.to_le_bytes(),
     );
     assert_eq!(a.status(), NtStatus::INVALID_PARAMETER);
+    assert!(dev.take_sub_channels().is_empty());
+    assert_eq!(
+        Dev::new(
+            disk(SECTORS),
+            StorvspConfig {
+                max_sub_channels: MAX_SUB_CHANNELS + 1,
+                ..StorvspConfig::default()
+            }
+        )
+        .err(),
+        Some(ConfigError::SubChannels(MAX_SUB_CHANNELS + 1))
+    );
+}
+
+#[test]
+fn resets_are_no_ops_and_host_operations_are_refused() {
+    let (guest, mut dev) = rig();
+    init(&mut dev, &guest);
     for op in [
         Operation::RESET_LUN,
         Operation::RESET_ADAPTER,
@@ -562,7 +696,7 @@ fn multi_page_write_at_an_offset_then_read_back() {
         (offset, len, &out_pages),
     );
     assert_good(&a, len);
-    let stored = &dev.disk(0).unwrap().backend().bytes()[100 * 512..125 * 512];
+    let stored = dev.disk(0).unwrap().backend().bytes()[100 * 512..125 * 512].to_vec();
     assert_eq!(stored, &pattern[..]);
     // Read it back into other pages at another offset.
     let in_pages = [20u64, 21, 30, 5];
@@ -938,7 +1072,8 @@ fn config_is_checked() {
         assert_eq!(
             Dev::empty(StorvspConfig {
                 max_transfer_bytes: m,
-                instance: None
+                instance: None,
+                ..StorvspConfig::default()
             })
             .err(),
             Some(ConfigError::MaxTransferBytes(m))
@@ -947,7 +1082,8 @@ fn config_is_checked() {
     assert!(
         Dev::empty(StorvspConfig {
             max_transfer_bytes: MAX_TRANSFER_BYTES_LIMIT,
-            instance: None
+            instance: None,
+            ..StorvspConfig::default()
         })
         .is_ok()
     );
@@ -961,6 +1097,7 @@ fn the_largest_transfer_fits_the_channel() {
         StorvspConfig {
             max_transfer_bytes: MAX_TRANSFER_BYTES_LIMIT,
             instance: None,
+            ..StorvspConfig::default()
         },
     )
     .unwrap();
