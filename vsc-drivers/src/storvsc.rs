@@ -119,6 +119,14 @@ pub enum StorvscError {
     NotReady,
     /// [`Storvsc::start`] called twice.
     AlreadyStarted,
+    /// [`Storvsc::create_sub_channels`] for none, more than the host
+    /// offers, or while a request is pending.
+    SubChannels {
+        /// The count asked.
+        asked: u16,
+        /// What the host announced (0 without multi-channel support).
+        offered: u16,
+    },
     /// Already [`Storvsc::max_in_flight`] requests in flight.
     TooManyInFlight {
         /// The limit.
@@ -197,7 +205,8 @@ impl StorvscError {
             | Self::BadBuffer(_)
             | Self::TransferTooLong { .. }
             | Self::BadBlocks(_)
-            | Self::BadCdb(_) => Culprit::Caller,
+            | Self::BadCdb(_)
+            | Self::SubChannels { .. } => Culprit::Caller,
             _ => Culprit::Host,
         }
     }
@@ -215,6 +224,10 @@ impl fmt::Display for StorvscError {
             }
             Self::BadBlocks(why) => write!(f, "storvsc: caller's block range {why}"),
             Self::BadCdb(n) => write!(f, "storvsc: caller's CDB has {n} bytes"),
+            Self::SubChannels { asked, offered } => write!(
+                f,
+                "storvsc: {asked} sub-channels asked, the host offers {offered} (or a request is pending)"
+            ),
             Self::BadPacket(e) => write!(f, "storvsc: host sent a malformed packet: {e:?}"),
             Self::Truncated { len, need } => {
                 write!(f, "storvsc: host packet of {len} bytes claims {need}")
@@ -440,7 +453,7 @@ pub struct Completion {
 /// What the host announced in QUERY_PROPERTIES.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Properties {
-    /// Sub-channels the host offers (none are opened).
+    /// Sub-channels the host can offer ([`Storvsc::create_sub_channels`]).
     pub max_channel_count: u16,
     /// Whether the host supports sub-channels.
     pub multi_channel: bool,
@@ -465,6 +478,12 @@ pub enum Event {
     /// The host said the LUNs changed (ENUMERATE_BUS or REMOVE_DEVICE):
     /// rescan. Reported once until taken, however often the host says it.
     BusChanged,
+    /// The host granted this many sub-channels: their offers follow on the
+    /// bus (same interface and instance, sub-channel index 1, 2, …); open
+    /// each and drive it with [`Storvsc::for_sub_channel`].
+    SubChannelsGranted(u16),
+    /// The host refused CREATE_SUB_CHANNELS.
+    SubChannelsRefused(NtStatus),
 }
 
 /// Where initialization is.
@@ -512,6 +531,8 @@ pub struct Storvsc {
     events: VecDeque<Event>,
     bus_changed: bool,
     stats: StorvscStats,
+    /// A CREATE_SUB_CHANNELS waiting for its answer: the count asked.
+    sub_request: Option<u16>,
 }
 
 impl Default for Storvsc {
@@ -649,7 +670,44 @@ impl Storvsc {
             events: VecDeque::new(),
             bus_changed: false,
             stats: StorvscStats::default(),
+            sub_request: None,
         }
+    }
+
+    /// The client of a sub-channel the host offered after
+    /// [`Event::SubChannelsGranted`]: ready at once at the primary's
+    /// version (Linux `handle_sc_creation` runs no handshake on it).
+    pub fn for_sub_channel(version: ProtocolVersion, properties: Properties, max_in_flight: usize) -> Self {
+        let mut c = Self::new(max_in_flight);
+        c.phase = Phase::Ready(version, properties);
+        c
+    }
+
+    /// Ask the host for `count` sub-channels (`handle_multichannel_storage`:
+    /// CREATE_SUB_CHANNELS with the init transaction id), once ready, when
+    /// the host announced multi-channel support and at least `count`.
+    pub fn create_sub_channels(&mut self, count: u16) -> Result<(), StorvscError> {
+        let Phase::Ready(_, props) = self.phase else {
+            return Err(StorvscError::NotReady);
+        };
+        if count == 0 || !props.multi_channel || count > props.max_channel_count || self.sub_request.is_some()
+        {
+            return Err(StorvscError::SubChannels {
+                asked: count,
+                offered: if props.multi_channel {
+                    props.max_channel_count
+                } else {
+                    0
+                },
+            });
+        }
+        self.sub_request = Some(count);
+        let body = count.to_le_bytes();
+        self.outbox.push_back(inband(
+            INIT_TRANSACTION_ID,
+            &request_packet(Operation::CREATE_SUB_CHANNELS, &body),
+        ));
+        Ok(())
     }
 
     /// Begin initialization (queues BEGIN_INITIALIZATION). Call once, after
@@ -897,6 +955,18 @@ impl Storvsc {
                 let id = d.transaction_id;
                 if id == INIT_TRANSACTION_ID && self.initializing() {
                     return self.init_completion(payload);
+                }
+                if id == INIT_TRANSACTION_ID
+                    && let Some(count) = self.sub_request.take()
+                {
+                    let (header, _) = completion_body(payload)?;
+                    let status = NtStatus(header.status.get());
+                    self.events.push_back(if status == NtStatus::SUCCESS {
+                        Event::SubChannelsGranted(count)
+                    } else {
+                        Event::SubChannelsRefused(status)
+                    });
+                    return Ok(());
                 }
                 self.srb_completion(id, payload)
             }

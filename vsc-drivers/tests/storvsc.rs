@@ -147,8 +147,8 @@ fn init_negotiates_6_2() {
     };
     assert_eq!(*version, ProtocolVersion::WIN10);
     assert_eq!(properties.max_transfer_bytes, DEFAULT_MAX_TRANSFER_BYTES);
-    assert_eq!(properties.max_channel_count, 0);
-    assert!(!properties.multi_channel);
+    assert_eq!(properties.max_channel_count, storvsp::DEFAULT_SUB_CHANNELS);
+    assert!(properties.multi_channel);
     assert_eq!(rig.dev.version(), Some(ProtocolVersion::WIN10));
     assert_eq!(rig.dev.state(), storvsp::InitState::Ready(ProtocolVersion::WIN10));
     assert_eq!(rig.dev.stats().protocol_errors, 0);
@@ -193,7 +193,7 @@ fn write_then_read_back_byte_for_byte() {
         .unwrap();
     let c = rig.complete();
     assert_eq!((c.id, c.command, c.result), (id, Command::Write16, Ok(8192)));
-    let stored = &rig.dev.disk(0).unwrap().backend().bytes()[100 * 512..116 * 512];
+    let stored = rig.dev.disk(0).unwrap().backend().bytes()[100 * 512..116 * 512].to_vec();
     assert_eq!(stored, &data[..]);
 
     let in_pfns = [40, 33];
@@ -307,4 +307,52 @@ fn several_requests_in_flight_complete() {
     assert_eq!(rig.dev.disk(0).unwrap().backend().flushes, 1);
     assert_eq!(rig.client.stats().host_errors, 0);
     assert_eq!(rig.dev.stats().srb_failures, 0);
+}
+
+#[test]
+fn sub_channels_are_granted_and_carry_io_without_a_handshake() {
+    let mut rig = Rig::ready();
+    let props = rig.client.properties().unwrap();
+    assert!(props.multi_channel);
+    assert_eq!(props.max_channel_count, storvsp::DEFAULT_SUB_CHANNELS);
+    // More than announced, or none: the caller's mistake, nothing sent.
+    for bad in [0, props.max_channel_count + 1] {
+        assert!(matches!(
+            rig.client.create_sub_channels(bad),
+            Err(vsc_drivers::storvsc::StorvscError::SubChannels { .. })
+        ));
+    }
+    rig.client.create_sub_channels(2).unwrap();
+    assert!(
+        rig.client.create_sub_channels(1).is_err(),
+        "one request at a time"
+    );
+    assert_eq!(rig.pump(), [Event::SubChannelsGranted(2)]);
+    let mut subs = rig.dev.take_sub_channel_devices();
+    assert_eq!(subs.len(), 2);
+    // Sub-channel 1 on rings of its own, over the same guest RAM.
+    let (mut rings, channel) = Rings::new(64 * 1024);
+    let mut sub = subs.remove(0);
+    sub.open(channel.with_guest_ram(rig.ram)).unwrap();
+    let mut client = Storvsc::for_sub_channel(rig.client.version().unwrap(), props, 8);
+    assert!(client.is_ready());
+    let data = pattern(3, 4096);
+    rig.write_ram(&[5], 0, &data);
+    let id = client
+        .write(0, blocks(300, 8), DataBuffer::new(&[5], 0, 4096))
+        .unwrap();
+    while let Some(p) = client.poll_transmit() {
+        assert!(rings.write(&p));
+    }
+    assert!(sub.poll(vsp::POLL_BUDGET).broke.is_none());
+    while let Some(p) = rings.read() {
+        client.handle(&p).unwrap();
+    }
+    match client.poll_event() {
+        Some(Event::Completed(c)) => assert_eq!((c.id, c.result), (id, Ok(4096))),
+        e => panic!("{e:?}"),
+    }
+    // The primary's disk has it: one controller, several channels.
+    let stored = rig.dev.disk(0).unwrap().backend().bytes()[300 * 512..308 * 512].to_vec();
+    assert_eq!(stored, data);
 }
