@@ -331,7 +331,7 @@ fn sub_channels_are_granted_and_carry_io_without_a_handshake() {
     let mut subs = rig.dev.take_sub_channel_devices();
     assert_eq!(subs.len(), 2);
     // Sub-channel 1 on rings of its own, over the same guest RAM.
-    let (mut rings, channel) = Rings::new(64 * 1024);
+    let (rings, channel) = Rings::new(64 * 1024);
     let mut sub = subs.remove(0);
     sub.open(channel.with_guest_ram(rig.ram)).unwrap();
     let mut client = Storvsc::for_sub_channel(rig.client.version().unwrap(), props, 8);
