@@ -289,7 +289,9 @@ fn rep_call(
     output_size: usize,
     mut done: impl FnMut(usize, &[u8]),
 ) -> Result<(), (HvStatus, usize)> {
-    // Element-less rep calls (UnmapGpaPages) are bounded only by the 12-bit count.
+    // Element-less rep calls (UnmapGpaPages) are bounded only by the 12-bit
+    // count. Every batch carries the same header: a caller whose header
+    // names a position (a GFN base) must batch itself.
     let per_call_in = (4096 - header.len())
         .checked_div(element_size)
         .unwrap_or(usize::MAX);
@@ -482,15 +484,25 @@ pub fn map_gpa_pages(id: u64, gfn: u64, pfns: &[u64], flags: u32) -> Result<(), 
 
 /// HvCallUnmapGpaPages: `count` pages from child page `gfn`.
 pub fn unmap_gpa_pages(id: u64, gfn: u64, count: usize) -> Result<(), (HvStatus, usize)> {
-    rep_call(
-        HvCallCode::UNMAP_GPA_PAGES,
-        &map_header(id, gfn, 0),
-        0,
-        count,
-        |_, _| {},
-        0,
-        |_, _| {},
-    )
+    // The header names the first page, so each call of at most 0xFFF reps
+    // (the 12-bit rep count) gets its own base, as in `map_gpa_pages`.
+    let per_call = 0xFFF;
+    let mut first = 0;
+    while first < count {
+        let n = per_call.min(count - first);
+        rep_call(
+            HvCallCode::UNMAP_GPA_PAGES,
+            &map_header(id, gfn + first as u64, 0),
+            0,
+            n,
+            |_, _| {},
+            0,
+            |_, _| {},
+        )
+        .map_err(|(s, done)| (s, first + done))?;
+        first += n;
+    }
+    Ok(())
 }
 
 /// HvCallCreateVp.
