@@ -134,6 +134,17 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
         // Integration services (heartbeat, shutdown, time sync, KVP): ic_mode.rs.
         "ic" => crate::ic_mode::run(name, false),
         "ic-stubborn" => crate::ic_mode::run(name, true),
+        // The synthetic SCSI controller and NIC (storvsc, netvsc): devices.rs.
+        m if m == "disk" || m.starts_with("disk:") || m.starts_with("disk-verify") => {
+            crate::devices::disk_mode(name, m)
+        }
+        m if m == "net" || m.starts_with("net:") || m.starts_with("net-ping:") => {
+            crate::devices::net_mode(name, m)
+        }
+        // Hostile guests of those devices: device_hostile.rs.
+        m if m.starts_with("disk-hostile-") || m.starts_with("net-hostile-") => {
+            crate::device_hostile::run(name, m, info)
+        }
         other => {
             say!("testos {name}: unknown mode '{other}'");
             halt_forever()

@@ -7,7 +7,10 @@
 //! (busy forever, printing ticks: needs preemption), `hypercalls` (bad
 //! hypercall inputs), `rootonly` (root-only hypercalls), `read-hv`,
 //! `write-root`, `read-peer`, `write-peer`, `read-mmio` (touch memory that is
-//! not its own), `triple-fault`, `ioports` (poke the root's devices).
+//! not its own), `triple-fault`, `ioports` (poke the root's devices); the
+//! synthetic devices' guest (`disk`, `disk-verify`, `net`, `net-ping`:
+//! devices.rs) and their attackers (`disk-hostile-*`, `net-hostile-*`:
+//! device_hostile.rs).
 #![cfg_attr(target_os = "none", no_std)]
 #![cfg_attr(target_os = "none", no_main)]
 // UNSAFETY: a bare-metal guest: port I/O, MSRs, its own page-table-mapped
@@ -23,6 +26,10 @@ mod apic;
 mod cpu_hostile;
 #[cfg(target_os = "none")]
 mod crash;
+#[cfg(target_os = "none")]
+mod device_hostile;
+#[cfg(target_os = "none")]
+mod devices;
 #[cfg(target_os = "none")]
 mod entry32;
 #[cfg(target_os = "none")]
