@@ -1,5 +1,5 @@
 //! The test OS as a guest of the root's synthetic devices (modes `disk`,
-//! `disk-verify`, `net`, `net-ping` and the `*-hostile-*` attackers in
+//! `disk-verify`, `disk-multi` (storvsp sub-channels), `net`, `net-ping` and the `*-hostile-*` attackers in
 //! `tests/guests/testos/src/{devices,device_hostile}.rs`): storvsc against
 //! storvsp on a child disk of the root's passthrough virtio-blk, netvsc
 //! against netvsp on the root's virtual switch, and attacks on both that
@@ -138,6 +138,107 @@ fn disk_mode_writes_and_a_second_boot_on_the_disk_reads_it_back_while_another_di
     destroy(&mut m, b);
     let d = create(&mut m, "again", "disk-verify:0xA11CE", "--disk one");
     wait_line(&mut m, d, "disk: PASS", "disk: FAIL");
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The SCSI channels in `channels ID --json`, by sub-channel index.
+fn scsi_channels(m: &mut Machine, id: u64) -> (Value, Vec<Value>) {
+    let v = m.hvctl_json(&format!("channels {id} --json"));
+    let mut scsi: Vec<Value> = v["channels"]
+        .as_array()
+        .map(|a| a.iter().filter(|c| c["interface"] == SCSI).cloned().collect())
+        .unwrap_or_default();
+    scsi.sort_by_key(|c| c["sub_channel_index"].as_u64());
+    (v, scsi)
+}
+
+/// Child `id`'s console once it has `count` whole lines containing
+/// `needle`; fails on a whole line containing `fail`, a panic or the deadline.
+fn wait_lines(m: &mut Machine, id: u64, needle: &str, count: usize, fail: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = m.hvctl(&format!("console {id}"));
+        if out.lines().filter(|l| l.contains(needle)).count() >= count
+            && qemu_tests::contains_line(&out, needle)
+        {
+            return out;
+        }
+        if qemu_tests::contains_line(&out, fail) || out.contains("panic") {
+            m.fail_with(&format!("child {id} printed {fail:?}:\n{out}"));
+        }
+        if start.elapsed() > qemu_tests::BOOT_DEADLINE {
+            m.fail_with(&format!("child {id}: not {count} x {needle:?}:\n{out}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The primary and two open sub-channels of one controller: indices 0, 1,
+/// 2, the same interface and instance, roles as storvsp names them.
+fn assert_primary_and_two_sub_channels(v: &Value, scsi: &[Value]) {
+    let indices: Vec<Option<u64>> = scsi.iter().map(|c| c["sub_channel_index"].as_u64()).collect();
+    assert_eq!(indices, [Some(0), Some(1), Some(2)], "{v}");
+    for (i, c) in scsi.iter().enumerate() {
+        assert_eq!(c["instance"], scsi[0]["instance"], "one controller: {v}");
+        assert_eq!(c["state"], "ready", "{v}");
+        assert_eq!(c["broken"], "", "{v}");
+        assert_eq!(c["srb_failures"], 0, "{v}");
+        let role = if i == 0 {
+            "primary".to_string()
+        } else {
+            format!("sub-channel {i}")
+        };
+        assert_eq!(c["role"], role.as_str(), "{v}");
+        // Every channel carried SRBs of its own.
+        assert!(c["packets"].as_u64() > Some(0), "{v}");
+    }
+    assert_eq!(scsi[0]["sub_channels"], 2, "{v}");
+}
+
+#[test]
+fn disk_multi_runs_io_over_two_storvsp_sub_channels_which_a_restart_forgets() {
+    let (dir, image) = child_disk_image("testos-disk-multi", &[("multi", 8)]);
+    let mut m = boot("testos-disk-multi", &image);
+    let id = create(&mut m, "multi", "disk-multi:0x5C5C", "--disk multi");
+    let out = wait_line(&mut m, id, "disk: PASS", "disk: FAIL");
+    eprintln!("{out}");
+    for line in [
+        "max_channel_count 4, multi-channel yes",
+        "disk: client refused 5 sub-channels",
+        // INVALID_PARAMETER, as OpenVMM answers a count it cannot serve.
+        "disk: host refused CREATE_SUB_CHANNELS 5: status 0xc000000d",
+        "disk: host granted 2 sub-channels",
+        "disk: 2 sub-channels open",
+        "disk: host refused 3 more sub-channels: status 0xc000000d",
+        "disk: prior contents of 107 blocks: 107 zero, 0 pattern (seeds: none), 0 other",
+        "disk: wrote 107 blocks across 3 channels, read back through another channel, verified",
+    ] {
+        assert!(qemu_tests::contains_line(&out, line), "{line:?} in:\n{out}");
+    }
+    let (v, scsi) = scsi_channels(&mut m, id);
+    assert_primary_and_two_sub_channels(&v, &scsi);
+    // The counters are the controller's, shared by its channels.
+    assert_eq!(scsi[2]["bytes_written"], 107 * 512, "{v}");
+
+    // A stop resets the bus: the sub-channels go with the primary's
+    // channel, and nothing offers them again until the next boot asks.
+    let out = m.hvctl(&format!("stop {id}"));
+    assert!(out.contains("stopped"), "{out}");
+    let (v, scsi) = scsi_channels(&mut m, id);
+    assert!(
+        scsi.iter().all(|c| c["sub_channel_index"] == 0),
+        "no sub-channel after the stop: {v}"
+    );
+    let out = m.hvctl(&format!("start {id}"));
+    assert!(out.contains("started"), "{out}");
+    // The second boot asks again and gets indices 1 and 2 afresh (not 3
+    // and 4: the first boot's are gone).
+    let out = wait_lines(&mut m, id, "disk: PASS", 2, "disk: FAIL");
+    assert_eq!(out.matches("disk: 2 sub-channels open").count(), 2, "{out}");
+    let (v, scsi) = scsi_channels(&mut m, id);
+    assert_primary_and_two_sub_channels(&v, &scsi);
+    destroy(&mut m, id);
     drop(m);
     std::fs::remove_dir_all(&dir).unwrap();
 }

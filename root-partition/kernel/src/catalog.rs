@@ -58,7 +58,13 @@ fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
     let serial = alloc::format!("hvrs-{child}-{seed}");
     let disk = scsi_disk::ScsiDisk::new(backend, scsi_disk::DiskConfig::new(&serial, seed))
         .map_err(|e| alloc::format!("disk: {e:?}"))?;
-    let controller = storvsp::Storvsp::new(disk, storvsp::StorvspConfig::default())
+    // 1 MiB transfers (storvsp's limit): Linux caps max_sectors by it, so a
+    // large read is one SRB, one guest-to-root round trip, instead of four.
+    let config = storvsp::StorvspConfig {
+        max_transfer_bytes: storvsp::MAX_TRANSFER_BYTES_LIMIT,
+        ..storvsp::StorvspConfig::default()
+    };
+    let controller = storvsp::Storvsp::new(disk, config)
         .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
     Ok(Box::new(controller))
 }

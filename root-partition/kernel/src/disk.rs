@@ -141,10 +141,10 @@ impl Disk {
     }
 }
 
-/// Largest single virtio-blk request the root issues (one data descriptor
-/// of up to 128 KiB; QEMU's default `seg_max` allows far more, but one
-/// bounded size keeps each synchronous request short).
-pub const MAX_REQUEST_BYTES: usize = 128 * 1024;
+/// Largest single virtio-blk request the root issues: one data descriptor
+/// of up to 1 MiB, a child's largest SRB in one request (each request is
+/// synchronous, so fewer of them is fewer round trips through QEMU).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 impl Disk {
     /// Self-test: read sector `index` with the device told to write it at

@@ -201,7 +201,7 @@ pub enum Command {
         device: Option<String>,
     },
     /// `disk bench NAME [--mib N] [--json]`: the root reads disk NAME
-    /// directly (sequential 128 KiB requests over its first N MiB, then
+    /// directly (sequential 1 MiB requests over its first N MiB, then
     /// 4 KiB reads at depth 1), the baseline a child's reads through
     /// storvsp are compared with.
     DiskBench {

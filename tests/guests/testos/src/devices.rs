@@ -13,6 +13,18 @@
 //! - `disk-verify[:SEED]`: the same blocks, only read back and verified
 //!   against SEED's pattern (what an earlier `disk` run on the same disk
 //!   wrote).
+//! - `disk-multi[:SEED]`: as `disk`, over sub-channels too: once the
+//!   primary is ready, check that asking for one more sub-channel than the
+//!   host's `max_channel_count` is refused by the client and (sent raw) by
+//!   the host, ask for 2 (`Storvsc::create_sub_channels`), wait for their
+//!   offers on the bus (the primary's interface and instance GUIDs,
+//!   sub-channel index 1 and 2), open each on its own ring GPADL and drive
+//!   it with `Storvsc::for_sub_channel`; check that asking for more than
+//!   the host has left is refused; then the `disk` pattern with span i
+//!   written through channel i mod 3 (primary, sub-channel 1, 2) and read
+//!   back through channel i+1 mod 3. Lines as `disk`, plus `disk: 2
+//!   sub-channels open` and `disk: requests per channel: …`; the channels
+//!   stay open (the child halts).
 //! - `net[:A.B.C.D]`: open the NIC (`--nic`; receive and send buffers by
 //!   GPADL), bring it up, take the static address (default: 10.0.2.X with X
 //!   = 100 + the MAC's last byte mod 100), announce it with a gratuitous ARP
@@ -61,6 +73,9 @@ pub(crate) const RECV_PAGES: u64 = 32;
 pub(crate) const SEND_PAGES: u64 = 8;
 
 static mut STOR_RING: Area<RING_BYTES> = Area([0; RING_BYTES]);
+/// Ring pages of the SCSI sub-channels `disk-multi` opens.
+pub(crate) const SUB_CHANNELS: usize = 2;
+static mut SUB_RINGS: Area<{ SUB_CHANNELS * RING_BYTES }> = Area([0; SUB_CHANNELS * RING_BYTES]);
 static mut NET_RING: Area<RING_BYTES> = Area([0; RING_BYTES]);
 static mut DATA: Area<{ (DATA_PAGES * PAGE) as usize }> = Area([0; (DATA_PAGES * PAGE) as usize]);
 static mut RECV: Area<{ (RECV_PAGES * PAGE) as usize }> = Area([0; (RECV_PAGES * PAGE) as usize]);
@@ -112,13 +127,25 @@ impl DevChannel {
     /// Find the offer of `interface`, build the ring GPADL over the ring
     /// pages at `base` and open the channel.
     pub(crate) fn open(bus: &mut Bus, interface: &[u8; 16], base: u64) -> Result<(Self, u32), String> {
+        // The primary channel (a sub-channel has the same GUIDs).
         let (relid, connection) = bus
             .client
             .offers()
             .values()
-            .find(|o| &o.interface_type == interface)
+            .find(|o| &o.interface_type == interface && { o.sub_channel_index } == 0)
             .map(|o| (o.child_relid, o.connection_id))
             .ok_or("the root offered no such device")?;
+        Self::open_relid(bus, relid, connection, base)
+    }
+
+    /// Build the ring GPADL over the ring pages at `base` and open offer
+    /// `relid` (signalled on `connection`).
+    pub(crate) fn open_relid(
+        bus: &mut Bus,
+        relid: u32,
+        connection: u32,
+        base: u64,
+    ) -> Result<(Self, u32), String> {
         let up_mem = StaticMemory {
             base,
             len: UP_PAGES * PAGE,
@@ -202,6 +229,10 @@ fn region(base: *const u8, pages: u64) -> StaticMemory {
 pub(crate) fn stor_ring_base() -> u64 {
     core::ptr::addr_of!(STOR_RING) as u64
 }
+/// Ring pages of sub-channel `i` (0-based; `i < SUB_CHANNELS`).
+pub(crate) fn sub_ring_base(i: usize) -> u64 {
+    core::ptr::addr_of!(SUB_RINGS) as u64 + (i * RING_BYTES) as u64
+}
 pub(crate) fn net_ring_base() -> u64 {
     core::ptr::addr_of!(NET_RING) as u64
 }
@@ -228,6 +259,9 @@ pub(crate) struct Disk {
     /// Completions not yet taken.
     pub(crate) done: Vec<Completion>,
     pub(crate) data: StaticMemory,
+    /// The answer to the last CREATE_SUB_CHANNELS not yet taken: the count
+    /// granted, or the host's NTSTATUS.
+    pub(crate) sub_answer: Option<Result<u16, u32>>,
 }
 
 impl Disk {
@@ -241,6 +275,7 @@ impl Disk {
             pending: Default::default(),
             done: Vec::new(),
             data: data_area(),
+            sub_answer: None,
         };
         d.client.start().map_err(|e| format!("{e}"))?;
         let deadline = Deadline::secs(20);
@@ -259,6 +294,31 @@ impl Disk {
         }
     }
 
+    /// Open sub-channel offer `relid` on the ring pages at `base` and drive
+    /// it as the primary's `primary` says (version, properties): ready at
+    /// once, no handshake (Linux `handle_sc_creation`).
+    pub(crate) fn open_sub_channel(
+        bus: &mut Bus,
+        primary: &Disk,
+        relid: u32,
+        connection: u32,
+        base: u64,
+    ) -> Result<Self, String> {
+        let (Some(version), Some(properties)) = (primary.client.version(), primary.client.properties())
+        else {
+            return Err("the primary is not ready".into());
+        };
+        let (ch, _) = DevChannel::open_relid(bus, relid, connection, base)?;
+        Ok(Self {
+            ch,
+            client: Storvsc::for_sub_channel(version, properties, primary.client.max_in_flight()),
+            pending: Default::default(),
+            done: Vec::new(),
+            data: data_area(),
+            sub_answer: None,
+        })
+    }
+
     /// Move packets both ways once: write what the client queued (as far
     /// as the ring takes it), read and handle what the host sent.
     pub(crate) fn pump(&mut self) -> Result<(), String> {
@@ -275,8 +335,9 @@ impl Disk {
             match e {
                 storvsc::Event::Completed(c) => self.done.push(c),
                 storvsc::Event::InitFailed(e) => return Err(format!("init: {e}")),
-                // Ready, BusChanged (one LUN here), sub-channel answers
-                // (none are asked for).
+                storvsc::Event::SubChannelsGranted(n) => self.sub_answer = Some(Ok(n)),
+                storvsc::Event::SubChannelsRefused(s) => self.sub_answer = Some(Err(s.0)),
+                // Ready, BusChanged (one LUN here).
                 _ => {}
             }
         }
@@ -471,11 +532,29 @@ pub(crate) fn spread(cap: &Capacity) -> Result<Vec<Span>, String> {
 
 /// Read every span (all in flight at once) into the data pages.
 pub(crate) fn read_spans(d: &mut Disk, spans: &[Span], bs: u32) -> Result<(), String> {
+    read_spans_on(core::slice::from_mut(d), spans, bs, |_| 0)
+}
+
+/// Write SEED's pattern to every span (all in flight at once).
+pub(crate) fn write_spans(d: &mut Disk, spans: &[Span], bs: u32, seed: u32) -> Result<(), String> {
+    write_spans_on(core::slice::from_mut(d), spans, bs, seed, |_| 0)
+}
+
+/// Read every span into the data pages, span `i` through channel
+/// `chan(i)` of `disks` (all in flight at once, on every channel).
+pub(crate) fn read_spans_on(
+    disks: &mut [Disk],
+    spans: &[Span],
+    bs: u32,
+    chan: impl Fn(usize) -> usize,
+) -> Result<(), String> {
     // A read that moves nothing leaves this behind.
     let fill = vec![0xA5u8; (DATA_PAGES * PAGE) as usize];
-    let _ = d.data.write_at(0, &fill);
+    let _ = data_area().write_at(0, &fill);
     let mut ids = Vec::new();
-    for s in spans {
+    for (i, s) in spans.iter().enumerate() {
+        let c = chan(i);
+        let d = disks.get_mut(c).ok_or("no such channel")?;
         let pfns = d.pfns(s.page, s.pages(bs));
         let blocks = Blocks {
             lba: s.lba,
@@ -486,19 +565,28 @@ pub(crate) fn read_spans(d: &mut Disk, spans: &[Span], bs: u32) -> Result<(), St
             .client
             .read(0, blocks, DataBuffer::new(&pfns, s.offset, s.bytes(bs)))
             .map_err(|e| format!("READ lba {}: {e}", s.lba))?;
-        ids.push(id);
+        ids.push((c, id));
     }
-    for (c, s) in d.wait_all(&ids)?.into_iter().zip(spans) {
+    for (c, s) in wait_on(disks, &ids)?.into_iter().zip(spans) {
         check_moved(&c, s.bytes(bs), "READ", s.lba)?;
     }
     Ok(())
 }
 
-/// Write SEED's pattern to every span (all in flight at once).
-pub(crate) fn write_spans(d: &mut Disk, spans: &[Span], bs: u32, seed: u32) -> Result<(), String> {
+/// Write SEED's pattern to every span, span `i` through channel `chan(i)`
+/// of `disks` (all in flight at once, on every channel).
+pub(crate) fn write_spans_on(
+    disks: &mut [Disk],
+    spans: &[Span],
+    bs: u32,
+    seed: u32,
+    chan: impl Fn(usize) -> usize,
+) -> Result<(), String> {
     let mut block = vec![0u8; bs as usize];
     let mut ids = Vec::new();
-    for s in spans {
+    for (i, s) in spans.iter().enumerate() {
+        let c = chan(i);
+        let d = disks.get_mut(c).ok_or("no such channel")?;
         for i in 0..s.count {
             pattern_block(seed, s.lba + u64::from(i), &mut block);
             let _ = d.data.write_at(s.at(i, bs), &block);
@@ -513,12 +601,46 @@ pub(crate) fn write_spans(d: &mut Disk, spans: &[Span], bs: u32, seed: u32) -> R
             .client
             .write(0, blocks, DataBuffer::new(&pfns, s.offset, s.bytes(bs)))
             .map_err(|e| format!("WRITE lba {}: {e}", s.lba))?;
-        ids.push(id);
+        ids.push((c, id));
     }
-    for (c, s) in d.wait_all(&ids)?.into_iter().zip(spans) {
+    for (c, s) in wait_on(disks, &ids)?.into_iter().zip(spans) {
         check_moved(&c, s.bytes(bs), "WRITE", s.lba)?;
     }
     Ok(())
+}
+
+/// Wait for the completions of `ids` ((channel, request) pairs, in any
+/// order), pumping every channel of `disks`.
+pub(crate) fn wait_on(
+    disks: &mut [Disk],
+    ids: &[(usize, storvsc::RequestId)],
+) -> Result<Vec<Completion>, String> {
+    let deadline = Deadline::secs(30);
+    let done = |disks: &[Disk], (c, id): &(usize, storvsc::RequestId)| {
+        disks.get(*c).is_some_and(|d| d.done.iter().any(|x| x.id == *id))
+    };
+    loop {
+        for d in disks.iter_mut() {
+            d.pump()?;
+        }
+        if ids.iter().all(|p| done(disks, p)) {
+            let mut out = Vec::new();
+            for (c, id) in ids {
+                let d = &mut disks[*c];
+                let at = d.done.iter().position(|x| x.id == *id).expect("checked");
+                out.push(d.done.swap_remove(at));
+            }
+            return Ok(out);
+        }
+        if deadline.passed() {
+            return Err(format!(
+                "{} of {} requests not completed",
+                ids.iter().filter(|p| !done(disks, p)).count(),
+                ids.len()
+            ));
+        }
+        core::hint::spin_loop();
+    }
 }
 
 fn check_moved(c: &Completion, want: u32, what: &str, lba: u64) -> Result<(), String> {
@@ -556,9 +678,12 @@ pub(crate) fn verify_spans(d: &Disk, spans: &[Span], bs: u32, seed: u32) -> Resu
 
 /// `disk[:SEED]` and `disk-verify[:SEED]`.
 pub(crate) fn disk_mode(name: &str, mode: &str) -> ! {
-    let (verify_only, rest) = match mode.strip_prefix("disk-verify") {
-        Some(r) => (true, r),
-        None => (false, mode.strip_prefix("disk").unwrap_or("")),
+    let (verify_only, multi, rest) = if let Some(r) = mode.strip_prefix("disk-verify") {
+        (true, false, r)
+    } else if let Some(r) = mode.strip_prefix("disk-multi") {
+        (false, true, r)
+    } else {
+        (false, false, mode.strip_prefix("disk").unwrap_or(""))
     };
     let seed = match rest.strip_prefix(':').map(parse_u32) {
         None if rest.is_empty() => Some(DEFAULT_SEED),
@@ -566,14 +691,25 @@ pub(crate) fn disk_mode(name: &str, mode: &str) -> ! {
         None => None,
     };
     let Some(seed) = seed else {
-        say!("disk: FAIL bad mode '{mode}' (disk[:SEED] or disk-verify[:SEED])");
+        say!("disk: FAIL bad mode '{mode}' (disk[:SEED], disk-verify[:SEED] or disk-multi[:SEED])");
         guest::halt_forever()
     };
     say!(
         "testos {name}: disk: seed {seed:#x}{}",
-        if verify_only { ", verify only" } else { "" }
+        if verify_only {
+            ", verify only"
+        } else if multi {
+            ", over the primary and 2 sub-channels"
+        } else {
+            ""
+        }
     );
-    match disk_test(verify_only, seed) {
+    let result = if multi {
+        disk_multi_test(seed)
+    } else {
+        disk_test(verify_only, seed)
+    };
+    match result {
         Ok(()) => say!("disk: PASS"),
         Err(why) => say!("disk: FAIL {why}"),
     }
@@ -591,36 +727,10 @@ fn disk_test(verify_only: bool, seed: u32) -> Result<(), String> {
     say!("disk: capacity {blocks} sectors of {}", cap.block_size);
     let bs = cap.block_size;
     let spans = spread(&cap)?;
-    let total: u64 = spans.iter().map(|s| u64::from(s.count)).sum();
     if !verify_only {
         // What was there before (another child's data must never show).
         read_spans(&mut d, &spans, bs)?;
-        let (mut zero, mut pattern, mut other) = (0u64, 0u64, 0u64);
-        let mut seeds: Vec<u32> = Vec::new();
-        let mut got = vec![0u8; bs as usize];
-        for s in &spans {
-            for i in 0..s.count {
-                let _ = d.data.read_at(s.at(i, bs), &mut got);
-                match classify(&got) {
-                    Found::Zero => zero += 1,
-                    Found::Pattern(sd) => {
-                        pattern += 1;
-                        if !seeds.contains(&sd) {
-                            seeds.push(sd);
-                        }
-                    }
-                    Found::Other => other += 1,
-                }
-            }
-        }
-        let mut text = String::new();
-        for s in &seeds {
-            let _ = write!(text, " {s:#x}");
-        }
-        say!(
-            "disk: prior contents of {total} blocks: {zero} zero, {pattern} pattern (seeds:{}), {other} other",
-            if text.is_empty() { " none" } else { &text }
-        );
+        say_prior(&d.data, &spans, bs);
         write_spans(&mut d, &spans, bs, seed)?;
         let c = d.run(|s| s.synchronize_cache(0))?;
         check_moved(&c, 0, "SYNCHRONIZE CACHE", 0)?;
@@ -634,6 +744,228 @@ fn disk_test(verify_only: bool, seed: u32) -> Result<(), String> {
         say!("disk: wrote {n} blocks, verified");
     }
     Ok(())
+}
+
+/// Transaction id of the raw CREATE_SUB_CHANNELS `disk-multi` sends
+/// past the client.
+const RAW_SUB_CHANNELS_ID: u64 = 0x5C5C_0000_0000_0005;
+
+/// Send CREATE_SUB_CHANNELS `count` on the primary past the client (which
+/// refuses more than the host announced): the host's NTSTATUS.
+fn raw_create_sub_channels(d: &mut Disk, count: u16) -> Result<u32, String> {
+    use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
+    use zerocopy::{FromBytes, IntoBytes};
+    let body = storvsp_protocol::request_packet(
+        storvsp_protocol::Operation::CREATE_SUB_CHANNELS,
+        &count.to_le_bytes(),
+    );
+    let desc = Descriptor::new(
+        PacketType::DATA_INBAND,
+        16,
+        body.len(),
+        FLAG_COMPLETION_REQUESTED,
+        RAW_SUB_CHANNELS_ID,
+    );
+    let mut p = desc.as_bytes().to_vec();
+    p.extend_from_slice(&body);
+    let deadline = Deadline::secs(20);
+    while !d.ch.send(&p).map_err(|e| format!("{e:?}"))? {
+        if deadline.passed() {
+            return Err("the ring stayed full".into());
+        }
+    }
+    loop {
+        if let Some(n) = d.ch.recv().map_err(|e| format!("{e:?}"))? {
+            let (desc, _) = Descriptor::read_from_prefix(&d.ch.buf[..n]).map_err(|_| "short packet")?;
+            if desc.transaction_id == RAW_SUB_CHANNELS_ID {
+                let payload = &d.ch.buf[desc.payload()];
+                return payload
+                    .get(8..12)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or_else(|| format!("completion of {} bytes", payload.len()));
+            }
+            d.client
+                .handle(&d.ch.buf[..n])
+                .map_err(|e| format!("host packet: {e}"))?;
+        }
+        if deadline.passed() {
+            return Err("no answer to the raw CREATE_SUB_CHANNELS".into());
+        }
+    }
+}
+
+/// Ask the primary's client for `count` sub-channels: the host's answer.
+fn ask_sub_channels(d: &mut Disk, count: u16) -> Result<Result<u16, u32>, String> {
+    d.sub_answer = None;
+    d.client
+        .create_sub_channels(count)
+        .map_err(|e| format!("CREATE_SUB_CHANNELS {count}: {e}"))?;
+    let deadline = Deadline::secs(20);
+    loop {
+        d.pump()?;
+        if let Some(a) = d.sub_answer.take() {
+            return Ok(a);
+        }
+        if deadline.passed() {
+            return Err(format!("no answer to CREATE_SUB_CHANNELS {count}"));
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The primary's sub-channel offers on the bus: (index, relid,
+/// connection), by index.
+fn sub_channel_offers(bus: &Bus, relid: u32) -> Vec<(u16, u32, u32)> {
+    let offers = bus.client.offers();
+    let Some(primary) = offers.get(&relid) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u16, u32, u32)> = offers
+        .values()
+        .filter(|o| {
+            o.interface_type == primary.interface_type
+                && o.interface_instance == primary.interface_instance
+                && { o.sub_channel_index } > 0
+        })
+        .map(|o| (o.sub_channel_index, o.child_relid, o.connection_id))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// `disk-multi[:SEED]`: the primary asks for [`SUB_CHANNELS`]
+/// sub-channels, opens each offer and spreads the pattern I/O over all
+/// three channels (a span written through one channel is read back
+/// through another).
+fn disk_multi_test(seed: u32) -> Result<(), String> {
+    let mut bus = connect()?;
+    let d = Disk::open(&mut bus, storvsc::DEFAULT_MAX_IN_FLIGHT)?;
+    let (Some(v), Some(props)) = (d.client.version(), d.client.properties()) else {
+        return Err("storvsc ready without a version".into());
+    };
+    say!(
+        "disk: storvsc ready, vmstor {}.{}, max_channel_count {}, multi-channel {}",
+        v.major(),
+        v.minor(),
+        props.max_channel_count,
+        if props.multi_channel { "yes" } else { "no" }
+    );
+    let mut disks = vec![d];
+    let too_many = props.max_channel_count + 1;
+    // The client refuses more than the host announced, locally.
+    match disks[0].client.create_sub_channels(too_many) {
+        Err(e) => say!("disk: client refused {too_many} sub-channels: {e}"),
+        Ok(()) => return Err(format!("the client asked the host for {too_many} sub-channels")),
+    }
+    // The host refuses them too when asked past the client.
+    let status = raw_create_sub_channels(&mut disks[0], too_many)?;
+    if status == 0 {
+        return Err(format!("the host granted {too_many} sub-channels"));
+    }
+    say!("disk: host refused CREATE_SUB_CHANNELS {too_many}: status {status:#x}");
+    let want = SUB_CHANNELS as u16;
+    match ask_sub_channels(&mut disks[0], want)? {
+        Ok(n) if n == want => say!("disk: host granted {n} sub-channels"),
+        Ok(n) => return Err(format!("asked for {want} sub-channels, granted {n}")),
+        Err(s) => return Err(format!("CREATE_SUB_CHANNELS {want} refused: status {s:#x}")),
+    }
+    // Their offers follow on the bus.
+    let primary_relid = disks[0].ch.relid;
+    let deadline = Deadline::secs(20);
+    while sub_channel_offers(&bus, primary_relid).len() < SUB_CHANNELS {
+        bus.until(
+            "OFFERCHANNEL of a sub-channel",
+            |e| matches!(e, vmbus::client::ClientEvent::Offer(o) if { o.sub_channel_index } > 0),
+        )
+        .map_err(|e| format!("waiting for the sub-channel offers: {}", String::from(e)))?;
+        if deadline.passed() {
+            return Err("the sub-channel offers did not come".into());
+        }
+    }
+    let offers = sub_channel_offers(&bus, primary_relid);
+    let indices: Vec<u16> = offers.iter().map(|o| o.0).collect();
+    if indices != [1, 2] {
+        return Err(format!("sub-channel indices {indices:?}, not [1, 2]"));
+    }
+    for (i, &(index, relid, connection)) in offers.iter().enumerate() {
+        let sub = Disk::open_sub_channel(&mut bus, &disks[0], relid, connection, sub_ring_base(i))?;
+        say!("disk: sub-channel {index} open on relid {relid}");
+        disks.push(sub);
+    }
+    say!("disk: {SUB_CHANNELS} sub-channels open");
+    // Asking for more than the host has left is refused by the host.
+    let more = props.max_channel_count - want + 1;
+    match ask_sub_channels(&mut disks[0], more)? {
+        Err(s) => say!("disk: host refused {more} more sub-channels: status {s:#x}"),
+        Ok(n) => return Err(format!("the host granted {n} more sub-channels past its maximum")),
+    }
+    let cap = disks[0].identify(false)?;
+    let blocks = cap.blocks().ok_or("capacity overflows")?;
+    say!("disk: capacity {blocks} sectors of {}", cap.block_size);
+    let bs = cap.block_size;
+    let spans = spread(&cap)?;
+    let channels = disks.len();
+    // Span i is written through channel i mod 3 and read back through the
+    // next one: primary -> sub-channel 1 -> sub-channel 2 -> primary.
+    let writer = |i: usize| i % channels;
+    let reader = |i: usize| (i + 1) % channels;
+    read_spans_on(&mut disks, &spans, bs, writer)?;
+    say_prior(&data_area(), &spans, bs);
+    write_spans_on(&mut disks, &spans, bs, seed, writer)?;
+    for d in disks.iter_mut() {
+        let done = d.run(|s| s.synchronize_cache(0))?;
+        check_moved(&done, 0, "SYNCHRONIZE CACHE", 0)?;
+    }
+    say!("disk: synchronize cache done on every channel");
+    read_spans_on(&mut disks, &spans, bs, reader)?;
+    let n = verify_spans(&disks[0], &spans, bs, seed)?;
+    say!("disk: wrote {n} blocks across {channels} channels, read back through another channel, verified");
+    let mut text = String::new();
+    for (c, d) in disks.iter().enumerate() {
+        let sep = if c == 0 { "" } else { ", " };
+        let what = if c == 0 {
+            String::from("primary")
+        } else {
+            format!("sub-channel {c}")
+        };
+        let _ = write!(text, "{sep}{what} {}", d.client.stats().requests);
+        if d.client.stats().requests == 0 {
+            return Err(format!("no request went through {what}"));
+        }
+    }
+    say!("disk: requests per channel: {text}");
+    Ok(())
+}
+
+/// `disk: prior contents of N blocks: …` for the spans just read.
+fn say_prior(data: &StaticMemory, spans: &[Span], bs: u32) {
+    let total: u64 = spans.iter().map(|s| u64::from(s.count)).sum();
+    let (mut zero, mut pattern, mut other) = (0u64, 0u64, 0u64);
+    let mut seeds: Vec<u32> = Vec::new();
+    let mut got = vec![0u8; bs as usize];
+    for s in spans {
+        for i in 0..s.count {
+            let _ = data.read_at(s.at(i, bs), &mut got);
+            match classify(&got) {
+                Found::Zero => zero += 1,
+                Found::Pattern(sd) => {
+                    pattern += 1;
+                    if !seeds.contains(&sd) {
+                        seeds.push(sd);
+                    }
+                }
+                Found::Other => other += 1,
+            }
+        }
+    }
+    let mut text = String::new();
+    for s in &seeds {
+        let _ = write!(text, " {s:#x}");
+    }
+    say!(
+        "disk: prior contents of {total} blocks: {zero} zero, {pattern} pattern (seeds:{}), {other} other",
+        if text.is_empty() { " none" } else { &text }
+    );
 }
 
 /// A decimal or 0x-hex u32.

@@ -120,6 +120,8 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
         ),
         "vmbus-hold" => vmbus_session(name, None, true, ECHO_ROUND_TRIPS),
         "vmbus-bench" => vmbus_session(name, None, true, BENCH_ROUND_TRIPS),
+        // Echoes kept DEPTH deep, batched (the QEMU benchmark's queue-depth runs).
+        m if m.starts_with("vmbus-bench-batch:") => vmbus_bench_batch(name, &m["vmbus-bench-batch:".len()..]),
         "null-hypercalls" => null_hypercalls(name),
         "vmbus-conformance" => conformance(name),
         // Hostile VMBus clients (floods, churn, held rings): vmbus_hostile.rs.
@@ -135,7 +137,11 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
         "ic" => crate::ic_mode::run(name, false),
         "ic-stubborn" => crate::ic_mode::run(name, true),
         // The synthetic SCSI controller and NIC (storvsc, netvsc): devices.rs.
-        m if m == "disk" || m.starts_with("disk:") || m.starts_with("disk-verify") => {
+        m if m == "disk"
+            || m.starts_with("disk:")
+            || m.starts_with("disk-verify")
+            || m.starts_with("disk-multi") =>
+        {
             crate::devices::disk_mode(name, m)
         }
         m if m == "net" || m.starts_with("net:") || m.starts_with("net-ping:") => {
@@ -1095,6 +1101,182 @@ pub(crate) fn echo_through(
     }
     let _ = signals;
     Some(ok)
+}
+
+/// Echo packets each `vmbus-bench-batch` run sends (more than
+/// `vmbus-bench`: its fixed costs, the console lines and the bus setup,
+/// stay small against them).
+pub(crate) const BATCH_ROUND_TRIPS: u64 = 100_000;
+/// Most packets `vmbus-bench-batch` keeps in flight (they all fit in the
+/// 2-page rings: 56 bytes each).
+pub(crate) const MAX_BATCH_DEPTH: u64 = 64;
+
+/// `vmbus-bench-batch:DEPTH[:eager][:masked]`: connect and open the echo
+/// channel quietly (no console lines but the boot line and the result:
+/// each byte on COM1 is a VM exit), then keep DEPTH echo packets in flight.
+/// Each round reads every echo that has come back, then refills to DEPTH
+/// with one `Writer::write` per packet; each write says whether the root
+/// must be signalled (Linux `hv_signal_on_write`: the ring was empty before
+/// it and the root's interrupt_mask is clear). By default the signal is
+/// sent once, after the round's last write (the root only drains the ring
+/// when signalled, so a ring empty before the first write is the only
+/// case); `eager` signals right after the write that asked, as Linux's
+/// `hv_ringbuffer_write` does. `masked` keeps interrupt_mask set on the
+/// host-to-guest ring (the child polls; NAPI-style), so the root's echoes
+/// signal nothing. Prints `testos NAME: vmbus echo batch: N of N echoes ok
+/// at depth D (S signals, R read signals, B rounds)`.
+pub(crate) fn vmbus_bench_batch(name: &str, args: &str) -> ! {
+    let mut parts = args.split(':');
+    let depth = parts.next().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+    let (mut eager, mut masked, mut bad) = (false, false, false);
+    for p in parts {
+        match p {
+            "eager" => eager = true,
+            "masked" => masked = true,
+            _ => bad = true,
+        }
+    }
+    if bad || depth == 0 || depth > MAX_BATCH_DEPTH {
+        say!(
+            "testos {name}: vmbus echo batch: failed: bad mode arguments '{args}' (DEPTH 1-{MAX_BATCH_DEPTH}[:eager][:masked])"
+        );
+        halt_forever()
+    }
+    init_heap();
+    enable_hypercalls();
+    enable_synic();
+    let mut bus = Bus::new(None);
+    let opened = bus.connect().map_err(alloc::string::String::from).and_then(|_| {
+        let (relid, connection) = bus
+            .client
+            .offers()
+            .values()
+            .find(|o| &o.interface_type[..14] == b"hv-rs echo dev")
+            .map(|o| (o.child_relid, o.connection_id))
+            .ok_or("no echo device offered")?;
+        clear_ring(4);
+        let (handle, status) = bus.gpadl(relid, &ring_pfns(4))?;
+        if status != 0 || bus.open(relid, handle, 2)? != 0 {
+            return Err("open failed".into());
+        }
+        Ok(connection)
+    });
+    let connection = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            say!("testos {name}: vmbus echo batch: failed: {e}");
+            halt_forever()
+        }
+    };
+    match echo_batched(connection, BATCH_ROUND_TRIPS, depth, eager, masked) {
+        Ok((ok, signals, read_signals, rounds)) => say!(
+            "testos {name}: vmbus echo batch: {ok} of {BATCH_ROUND_TRIPS} echoes ok at depth {depth} ({signals} signals, {read_signals} read signals, {rounds} rounds)"
+        ),
+        Err(e) => say!("testos {name}: vmbus echo batch: failed: {e}"),
+    }
+    halt_forever()
+}
+
+/// The batched echo loop of `vmbus-bench-batch` on the open 2+2-page rings:
+/// (echoes back right, signals sent for writes, signals sent for reads,
+/// rounds that wrote).
+fn echo_batched(
+    connection: u32,
+    count: u64,
+    depth: u64,
+    eager: bool,
+    masked: bool,
+) -> Result<(u64, u64, u64, u64), alloc::string::String> {
+    use vmbus::memory::SharedMemory;
+    use vmbus::packet::{Descriptor, PacketType};
+    use vmbus::ring::{INTERRUPT_MASK, Reader, Ring, RingError, Writer};
+    use zerocopy::IntoBytes;
+    const TAG: u64 = 0xE000_0000_0000_0000;
+    let base = core::ptr::addr_of!(RING) as u64;
+    let down_mem = StaticMemory {
+        base: base + 2 * 4096,
+        len: 2 * 4096,
+    };
+    if masked {
+        let _ = down_mem.store_u32(INTERRUPT_MASK, 1);
+    }
+    let (Ok(up), Ok(down)) = (
+        Ring::new(StaticMemory { base, len: 2 * 4096 }),
+        Ring::new(down_mem),
+    ) else {
+        return Err("bad ring geometry".into());
+    };
+    let (mut writer, mut reader) = (Writer::new(up), Reader::new(down));
+    let signal = || {
+        let control = HypercallControl {
+            fast: true,
+            ..HypercallControl::simple(HvCallCode::SIGNAL_EVENT)
+        }
+        .encode();
+        hypercall(control, connection as u64, 0).status
+    };
+    let mut buf = [0u8; 512];
+    let (mut sent, mut got, mut ok) = (0u64, 0u64, 0u64);
+    let (mut signals, mut read_signals, mut rounds) = (0u64, 0u64, 0u64);
+    let mut spins = 0u64;
+    while got < count {
+        // Refill to `depth`.
+        let mut wanted = false;
+        let mut wrote = false;
+        while sent < count && sent - got < depth {
+            let payload = sent.to_le_bytes();
+            let d = Descriptor::new(PacketType::DATA_INBAND, 16, payload.len(), 0, TAG | sent);
+            match writer.write(&[d.as_bytes(), &payload]) {
+                Ok(s) => {
+                    wrote = true;
+                    if s.0 && eager {
+                        signals += 1;
+                        if signal() != HvStatus::SUCCESS {
+                            return Err("signal failed".into());
+                        }
+                    }
+                    wanted |= s.0;
+                }
+                Err(RingError::Full { .. }) => break,
+                Err(e) => return Err(alloc::format!("write {sent}: {e:?}")),
+            }
+            sent += 1;
+        }
+        if wrote {
+            rounds += 1;
+        }
+        if wanted && !eager {
+            signals += 1;
+            if signal() != HvStatus::SUCCESS {
+                return Err("signal failed".into());
+            }
+        }
+        // Take every echo that is back.
+        let mut read = false;
+        while let Some((p, s)) = reader.read(&mut buf).map_err(|e| alloc::format!("read: {e:?}"))? {
+            read = true;
+            if s.0 {
+                read_signals += 1;
+                let _ = signal();
+            }
+            let range = p.descriptor.payload();
+            let back = buf.get(range.start..range.start + 8).unwrap_or(&[]);
+            if p.descriptor.transaction_id == TAG | got && back == got.to_le_bytes() {
+                ok += 1;
+            }
+            got += 1;
+        }
+        if read {
+            spins = 0;
+        } else {
+            spins += 1;
+            if spins > REPLY_SPINS {
+                return Err(alloc::format!("stuck: {got} of {sent} echoes back"));
+            }
+            core::hint::spin_loop();
+        }
+    }
+    Ok((ok, signals, read_signals, rounds))
 }
 
 // ---- VMBus conformance against the real root ----
