@@ -220,6 +220,16 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         "after destroy + create: {back}\nwanted {sum}"
     );
     assert!(back.lines().any(|l| l == "hv-rs-note-42"), "{back}");
+    // Linux's page-aligned reads were placed in its pages by the root's
+    // virtio-blk (no copy through a root buffer).
+    let channels = m.hvctl_json("channels 6 --json");
+    let dma_reads: u64 = channels["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter_map(|c| c["dma_reads"].as_u64())
+        .sum();
+    assert!(dma_reads > 0, "{channels}");
     m.hvctl("stop 6");
     m.hvctl("destroy 6");
 

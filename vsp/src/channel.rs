@@ -60,6 +60,18 @@ pub fn inband_packet(transaction_id: u64, payload: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// Where the guest's RAM lies for the host's devices, so a backend can
+/// read straight into the guest's pages (storvsp's zero-copy reads) instead
+/// of into a host buffer that is then copied. Only the host can answer: the
+/// root knows the frames it lent the child.
+pub trait GuestDma {
+    /// The host-physical address of guest-physical `gpa ..gpa + len` if it
+    /// is one physically contiguous run of the guest's own RAM that the
+    /// host's devices may DMA to; `None` otherwise (outside the guest's
+    /// RAM, not contiguous, or no such access).
+    fn dma_address(&self, gpa: u64, len: u64) -> Option<u64>;
+}
+
 /// The guest's GPADLs as the host knows them, for devices the guest hands
 /// buffers by GPADL handle after the channel opened (netvsc's receive and
 /// send buffers, NVSP `SEND_RECEIVE_BUFFER` / `SEND_SEND_BUFFER`, Linux
@@ -92,6 +104,9 @@ pub struct Channel<M: SharedMemory> {
     /// The guest's GPADLs, for devices handed buffers by GPADL handle;
     /// `None` when the host gives the channel no GPADL lookup.
     gpadls: Option<Box<dyn GpadlMap>>,
+    /// Host-physical addresses of the guest's RAM for device DMA; `None`:
+    /// devices copy.
+    guest_dma: Option<Box<dyn GuestDma>>,
 }
 
 impl<M: SharedMemory> Channel<M> {
@@ -107,7 +122,20 @@ impl<M: SharedMemory> Channel<M> {
             broken: None,
             guest_ram: None,
             gpadls: None,
+            guest_dma: None,
         })
+    }
+
+    /// The same channel with [`GuestDma`] for the guest's RAM.
+    pub fn with_guest_dma(mut self, dma: Box<dyn GuestDma>) -> Self {
+        self.guest_dma = Some(dma);
+        self
+    }
+
+    /// Host-physical addresses of the guest's RAM for DMA, if the host gave
+    /// them.
+    pub fn guest_dma(&self) -> Option<&dyn GuestDma> {
+        self.guest_dma.as_deref()
     }
 
     /// The same channel with access to the guest's RAM (`ram`'s offset 0 is

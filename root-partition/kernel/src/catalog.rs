@@ -64,8 +64,8 @@ fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
         max_transfer_bytes: storvsp::MAX_TRANSFER_BYTES_LIMIT,
         ..storvsp::StorvspConfig::default()
     };
-    let controller = storvsp::Storvsp::new(disk, config)
-        .map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
+    let controller =
+        storvsp::Storvsp::new(disk, config).map_err(|e| alloc::format!("SCSI controller: {e:?}"))?;
     Ok(Box::new(controller))
 }
 

@@ -120,6 +120,20 @@ impl Disk {
         Ok(())
     }
 
+    /// Read `len` bytes from `lba` straight into root physical memory at
+    /// `phys` (a run of frames the root owns or lent to a child: the
+    /// device's DMA lands there).
+    ///
+    /// # Safety
+    /// `phys..phys + len` must be identity-mapped RAM the root may write
+    /// and nothing else may hold a reference into while this runs (the
+    /// root is one CPU and the child is not running during a request).
+    pub unsafe fn read_phys(&mut self, lba: u64, phys: u64, len: usize) -> Result<(), DiskError> {
+        // SAFETY: forwarded to the caller.
+        let buf = unsafe { crate::memory::phys_slice_mut(phys, len) };
+        self.read(lba, buf)
+    }
+
     /// VIRTIO_BLK_T_FLUSH: every completed write reaches the medium (QEMU:
     /// the image file is synced). A device without VIRTIO_BLK_F_FLUSH is
     /// write-through, and this does nothing.

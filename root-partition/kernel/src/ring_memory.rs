@@ -101,6 +101,39 @@ impl SharedMemory for FrameMemory {
     }
 }
 
+/// Where a child's RAM lies for the root's devices: `frames[n]` backs guest
+/// page `n` (the frames the root lent, identity-mapped, in the IOMMU's map
+/// of the root's RAM), so a backend can DMA a read straight into them.
+pub struct ChildDma {
+    frames: Rc<[u64]>,
+}
+
+impl ChildDma {
+    /// The child whose pages are `frames`.
+    pub fn new(frames: Rc<[u64]>) -> Self {
+        Self { frames }
+    }
+}
+
+impl vsp::GuestDma for ChildDma {
+    fn dma_address(&self, gpa: u64, len: u64) -> Option<u64> {
+        let end = gpa.checked_add(len)?;
+        if len == 0 || end > self.frames.len() as u64 * 4096 {
+            return None;
+        }
+        let first = (gpa / 4096) as usize;
+        let last = ((end - 1) / 4096) as usize;
+        // One physically contiguous run (storvsp asks per page-sized chunk,
+        // so this walks one or two pages).
+        for page in first..last {
+            if self.frames[page + 1] != self.frames[page] + 4096 {
+                return None;
+            }
+        }
+        Some(self.frames[first] + gpa % 4096)
+    }
+}
+
 /// Split a ring GPADL's frames into the channel's two rings: pages
 /// `[0, downstream)` carry guest-to-host packets, the rest host-to-guest
 /// (Linux `channel.c` `__vmbus_open`). Returns (guest-to-host, host-to-guest).

@@ -560,4 +560,24 @@ impl BlockBackend for PartitionDisk {
     fn flush(&mut self) -> Result<(), BackendError> {
         self.io.flush().map_err(backend_error)
     }
+
+    fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        let mut at = lba;
+        for &(phys, len) in segments {
+            let r = self.map(at, len).and_then(|dev_lba| {
+                let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+                // SAFETY: storvsp built `segments` from `ChildDma`, which
+                // only names frames of the child's own RAM that the root
+                // lent (identity-mapped, owned by the child's worker for
+                // its whole life); the child does not run while the root
+                // serves its request, and the request completes here.
+                unsafe { d.read_phys(dev_lba, phys, len) }.map_err(|e| backend_error(device_error(e)))
+            });
+            if let Err(e) = r {
+                return Some(Err(e));
+            }
+            at += (len as u64) / SECTOR;
+        }
+        Some(Ok(()))
+    }
 }

@@ -372,6 +372,11 @@ impl Worker {
                 }
             }
         }
+        // Taken top-down, so the frames descend; in ascending order, guest
+        // pages that follow each other are (mostly) physically adjacent, and
+        // a device can DMA a multi-page guest buffer in one request
+        // (`ChildDma`).
+        pages.reverse();
         // Shared with devices that read or write the child's RAM by GPA
         // (`FrameMemory::child_ram`); they drop their share when their
         // channel closes, before `destroy` frees the frames.
@@ -821,7 +826,8 @@ impl Worker {
         let channel = vsp::Channel::new(up, down, Box::new(signal))
             .map_err(|e| format!("rings: {e:?}"))?
             .with_guest_ram(FrameMemory::child_ram(self.pages.clone()))
-            .with_gpadls(Box::new(self.gpadls.clone()));
+            .with_gpadls(Box::new(self.gpadls.clone()))
+            .with_guest_dma(Box::new(crate::ring_memory::ChildDma::new(self.pages.clone())));
         let flag = channel_flag(self.event_block, relid).ok_or_else(|| String::from("relid too large"))?;
         let event_info = PortInfo {
             port_type: port_type::EVENT,

@@ -49,6 +49,15 @@ pub trait BlockBackend {
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError>;
     /// Make every acknowledged write durable.
     fn flush(&mut self) -> Result<(), BackendError>;
+    /// Read from block `lba` straight into host-physical memory: each
+    /// segment (address, bytes) a whole number of sectors, in order, all of
+    /// them inside the disk (the caller checks both). `None` if this
+    /// backend cannot (the caller then reads into a buffer and copies).
+    /// The default cannot.
+    fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        let _ = (lba, segments);
+        None
+    }
 }
 
 /// A disk in memory, for tests: optionally read-only, with injectable

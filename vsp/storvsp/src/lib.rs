@@ -118,7 +118,7 @@ use storvsp_protocol::{
 };
 use vmbus::memory::SharedMemory;
 use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
-use vsp::{Channel, Device, IncomingPacket, InspectSink, OfferParams, OpenError, PollResult};
+use vsp::{Channel, Device, GuestDma, IncomingPacket, InspectSink, OfferParams, OpenError, PollResult};
 use zerocopy::FromZeros;
 
 #[cfg(test)]
@@ -221,6 +221,9 @@ impl BlockBackend for BoxedBackend {
     fn flush(&mut self) -> Result<(), BackendError> {
         self.0.flush()
     }
+    fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        self.0.read_dma(lba, segments)
+    }
 }
 
 /// Where the guest is in the initialization handshake (OpenVMM's
@@ -278,6 +281,8 @@ pub struct StorvspStats {
     pub bytes_read: u64,
     /// Bytes written to disks from guest memory.
     pub bytes_written: u64,
+    /// Reads the backend placed straight into the guest's pages (no copy).
+    pub dma_reads: u64,
     /// Completions the channel refused (only after the guest broke its
     /// rings).
     pub dropped: u64,
@@ -349,6 +354,18 @@ impl SrbEnd {
             srb_status: result.srb_status,
             moved,
             sense: r.sense,
+        }
+    }
+
+    /// GOOD with `moved` bytes placed in the guest's buffer (a DMA read).
+    fn good(moved: usize) -> Self {
+        let moved = u32::try_from(moved).unwrap_or(u32::MAX);
+        let result = SrbResult::from_scsi(ScsiStatus::GOOD, &[], moved);
+        Self {
+            scsi_status: ScsiStatus::GOOD,
+            srb_status: result.srb_status,
+            moved,
+            sense: None,
         }
     }
 
@@ -628,8 +645,13 @@ impl<B: BlockBackend> Controller<B> {
 
     /// Run an SRB against the disks and the guest's RAM; the completion
     /// packet, if one is wanted.
-    fn execute<M: SharedMemory>(&mut self, job: SrbJob, ram: Option<&M>) -> Outcome {
-        let end = self.run_srb(&job, ram);
+    fn execute<M: SharedMemory>(
+        &mut self,
+        job: SrbJob,
+        ram: Option<&M>,
+        dma: Option<&dyn GuestDma>,
+    ) -> Outcome {
+        let end = self.run_srb(&job, ram, dma);
         self.srb_answer(
             job.transaction_id,
             job.wants_completion,
@@ -639,7 +661,12 @@ impl<B: BlockBackend> Controller<B> {
         )
     }
 
-    fn run_srb<M: SharedMemory>(&mut self, job: &SrbJob, ram: Option<&M>) -> SrbEnd {
+    fn run_srb<M: SharedMemory>(
+        &mut self,
+        job: &SrbJob,
+        ram: Option<&M>,
+        dma: Option<&dyn GuestDma>,
+    ) -> SrbEnd {
         let srb = &job.srb;
         let cdb = srb.cdb();
         let address = srb.address();
@@ -695,7 +722,25 @@ impl<B: BlockBackend> Controller<B> {
                     }
                     SrbEnd::from_disk(&r)
                 }
-                IoOp::Read | IoOp::Flush => {
+                IoOp::Read => {
+                    // Straight into the guest's pages when the host can say
+                    // where they are and the backend can DMA there.
+                    if let Some(segments) =
+                        dma.and_then(|d| dma_segments(d, chunks, req.bytes, disk.sector_size()))
+                        && let Some(outcome) = disk.backend_mut().read_dma(req.lba, &segments)
+                    {
+                        let r = disk.complete_io(&req, outcome, Vec::new());
+                        if !r.is_good() {
+                            return SrbEnd::from_disk(&r);
+                        }
+                        self.stats.bytes_read += req.bytes as u64;
+                        self.stats.dma_reads += 1;
+                        return SrbEnd::good(req.bytes);
+                    }
+                    let r = disk.run_io(&req, &[]);
+                    self.finish_data_in(&r, chunks, ram)
+                }
+                IoOp::Flush => {
                     let r = disk.run_io(&req, &[]);
                     self.finish_data_in(&r, chunks, ram)
                 }
@@ -763,6 +808,35 @@ fn copy_from_guest<M: SharedMemory>(ram: &M, chunks: &[Chunk], buf: &mut [u8]) -
         done += n;
     }
     if done == buf.len() { Ok(()) } else { Err(()) }
+}
+
+/// The host-physical segments of the first `bytes` of the guest buffer
+/// `chunks` describe, adjacent runs merged, if every one is DMA-able guest
+/// RAM and a whole number of `sector` bytes; else `None` (the caller
+/// copies). At most one segment per chunk: the work is bounded by the SRB's
+/// page count, which the parser bounded.
+fn dma_segments(
+    dma: &dyn GuestDma,
+    chunks: &[Chunk],
+    bytes: usize,
+    sector: u32,
+) -> Option<Vec<(u64, usize)>> {
+    let mut segments: Vec<(u64, usize)> = Vec::new();
+    let mut left = bytes;
+    for c in chunks {
+        if left == 0 {
+            break;
+        }
+        let n = (c.len as usize).min(left);
+        let phys = dma.dma_address(c.gpa(), n as u64)?;
+        match segments.last_mut() {
+            Some((at, len)) if *at + *len as u64 == phys => *len += n,
+            _ => segments.push((phys, n)),
+        }
+        left -= n;
+    }
+    let whole = |len: usize| len.is_multiple_of(sector as usize);
+    (left == 0 && !segments.is_empty() && segments.iter().all(|&(_, len)| whole(len))).then_some(segments)
 }
 
 /// Copy `data` to the start of the guest buffer `chunks` describe.
@@ -1017,7 +1091,8 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             }
             handled += 1;
             if let Some(job) = job
-                && let Outcome::Reply(bytes) = controller.execute(job, channel.guest_ram())
+                && let Outcome::Reply(bytes) =
+                    controller.execute(job, channel.guest_ram(), channel.guest_dma())
             {
                 // Nothing is held here: the channel wrote any held packet
                 // before it read this one, and this packet's handler sent
@@ -1111,6 +1186,7 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
         out.counter("srb_failures", "SRBs failed", s.srb_failures);
         out.counter("bytes_read", "bytes read", s.bytes_read);
         out.counter("bytes_written", "bytes written", s.bytes_written);
+        out.counter("dma_reads", "reads placed in guest pages by DMA", s.dma_reads);
         out.counter("luns", "LUNs", c.luns.len() as u64);
         let total: u64 = c
             .luns

@@ -194,7 +194,7 @@ fn rig() -> (Guest, Dev) {
 }
 
 /// Poll once and return the one answer the guest gets.
-fn answer(dev: &mut Dev, guest: &Guest) -> Answer {
+fn answer<B: BlockBackend + 'static>(dev: &mut Storvsp<&'static AtomicMemory, B>, guest: &Guest) -> Answer {
     let r = dev.poll(vsp::POLL_BUDGET);
     assert!(r.broke.is_none(), "{r:?}");
     let mut all = guest.receive_all();
@@ -204,7 +204,12 @@ fn answer(dev: &mut Dev, guest: &Guest) -> Answer {
 
 /// One init step with Linux's packet: a 64-byte vstor packet, in-band,
 /// transaction id VMBUS_RQST_INIT.
-fn init_step(dev: &mut Dev, guest: &Guest, op: Operation, body: &[u8]) -> Answer {
+fn init_step<B: BlockBackend + 'static>(
+    dev: &mut Storvsp<&'static AtomicMemory, B>,
+    guest: &Guest,
+    op: Operation,
+    body: &[u8],
+) -> Answer {
     assert!(guest.send_inband(RQST_INIT, &request_packet(op, body)));
     let a = answer(dev, guest);
     a.assert_linux_accepts(RQST_INIT);
@@ -221,7 +226,7 @@ fn version_body(v: u16) -> Vec<u8> {
 }
 
 /// `storvsc_channel_init` against a host that takes 6.2.
-fn init(dev: &mut Dev, guest: &Guest) {
+fn init<B: BlockBackend + 'static>(dev: &mut Storvsp<&'static AtomicMemory, B>, guest: &Guest) {
     let a = init_step(dev, guest, Operation::BEGIN_INITIALIZATION, &[]);
     assert_eq!(a.status(), NtStatus::SUCCESS);
     let a = init_step(
@@ -269,7 +274,12 @@ const INQUIRY: [u8; 6] = [0x12, 0, 0, 0, 36, 0];
 const TUR: [u8; 6] = [0; 6];
 
 /// Run one SRB without data (in-band) and return its completion.
-fn srb_nodata(dev: &mut Dev, guest: &mut Guest, lun: u8, cdb: &[u8]) -> Answer {
+fn srb_nodata<B: BlockBackend + 'static>(
+    dev: &mut Storvsp<&'static AtomicMemory, B>,
+    guest: &mut Guest,
+    lun: u8,
+    cdb: &[u8],
+) -> Answer {
     let id = guest.id();
     assert!(guest.send_inband(id, &srb_packet(lun, cdb, DataDirection::Unspecified, 0)));
     let a = answer(dev, guest);
@@ -279,8 +289,8 @@ fn srb_nodata(dev: &mut Dev, guest: &mut Guest, lun: u8, cdb: &[u8]) -> Answer {
 
 /// Run one SRB with a GPA-direct buffer of `len` bytes at `offset` into
 /// `pfns`' first page.
-fn srb_data(
-    dev: &mut Dev,
+fn srb_data<B: BlockBackend + 'static>(
+    dev: &mut Storvsp<&'static AtomicMemory, B>,
     guest: &mut Guest,
     lun: u8,
     cdb: &[u8],
@@ -1386,5 +1396,124 @@ mod gpa {
 
     pub fn pages_spanned_for_test(offset: u32, len: u32) -> usize {
         vmbus::packet::pages_spanned(offset, len).unwrap_or(1).max(1)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reads placed in the guest's pages by the backend (GuestDma + read_dma)
+// ---------------------------------------------------------------------------
+
+/// Guest RAM is "host memory" at the same addresses: every in-bounds run
+/// is DMA-able (the root's `ChildDma` answers from its frames).
+struct IdentityDma {
+    len: u64,
+    refuse: bool,
+}
+
+impl vsp::GuestDma for IdentityDma {
+    fn dma_address(&self, gpa: u64, len: u64) -> Option<u64> {
+        (!self.refuse && gpa.checked_add(len)? <= self.len).then_some(gpa)
+    }
+}
+
+/// A memory disk that "DMAs" into the test's guest RAM.
+struct DmaBackend {
+    inner: MemoryBackend,
+    ram: &'static AtomicMemory,
+    calls: Rc<Cell<u32>>,
+}
+
+impl BlockBackend for DmaBackend {
+    fn sector_size(&self) -> u32 {
+        self.inner.sector_size()
+    }
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.inner.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
+        self.inner.write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.inner.flush()
+    }
+    fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        self.calls.set(self.calls.get() + 1);
+        let mut at = lba;
+        for &(phys, len) in segments {
+            assert!(len % 512 == 0, "segments are whole sectors");
+            let mut buf = vec![0u8; len];
+            if let Err(e) = self.inner.read(at, &mut buf) {
+                return Some(Err(e));
+            }
+            self.ram.write_at(phys, &buf).unwrap();
+            at += len as u64 / 512;
+        }
+        Some(Ok(()))
+    }
+}
+
+#[test]
+fn reads_go_straight_to_guest_pages_when_the_host_can_place_them() {
+    for refuse in [false, true] {
+        let (mut guest, channel) = Guest::new(64 * 1024, 64 * 1024, true);
+        let channel = channel.with_guest_dma(Box::new(IdentityDma {
+            len: RAM_PAGES * 4096,
+            refuse,
+        }));
+        let calls = Rc::new(Cell::new(0));
+        let mut inner = MemoryBackend::new(512, SECTORS);
+        let pattern: Vec<u8> = (0..16384u32).map(|i| (i * 5 + 1) as u8).collect();
+        inner.write(200, &pattern).unwrap();
+        let backend = DmaBackend {
+            inner,
+            ram: guest.ram,
+            calls: calls.clone(),
+        };
+        let disk = ScsiDisk::new(backend, DiskConfig::new("storvsp-dma", 7)).unwrap();
+        let mut dev =
+            Storvsp::<&'static AtomicMemory, DmaBackend>::new(disk, StorvspConfig::default()).unwrap();
+        dev.open(channel).unwrap();
+        init(&mut dev, &guest);
+        // Page-aligned, whole sectors: placed by the backend (unless the
+        // host cannot say where the pages are), across four pages.
+        let a = srb_data(
+            &mut dev,
+            &mut guest,
+            0,
+            &read10(200, 32),
+            DataDirection::In,
+            (0, 16384, &[8, 9, 10, 11]),
+        );
+        assert_good(&a, 16384);
+        let mut back = vec![0u8; 16384];
+        guest.ram.read_at(8 * 4096, &mut back).unwrap();
+        assert_eq!(back, pattern);
+        assert_eq!(calls.get(), u32::from(!refuse));
+        assert_eq!(dev.stats().dma_reads, u64::from(!refuse));
+        // A buffer starting 0x234 into a page, its second page elsewhere:
+        // the first run is not a whole number of sectors, so the device
+        // copies instead.
+        let a = srb_data(
+            &mut dev,
+            &mut guest,
+            0,
+            &read10(200, 8),
+            DataDirection::In,
+            (0x234, 4096, &[20, 22]),
+        );
+        assert_good(&a, 4096);
+        let first = 4096 - 0x234;
+        let mut back = vec![0u8; 4096];
+        guest.ram.read_at(20 * 4096 + 0x234, &mut back[..first]).unwrap();
+        guest.ram.read_at(22 * 4096, &mut back[first..]).unwrap();
+        assert_eq!(back, pattern[..4096]);
+        assert_eq!(calls.get(), u32::from(!refuse), "copied, not placed");
+        assert_eq!(dev.stats().bytes_read, 16384 + 4096);
     }
 }
