@@ -110,19 +110,21 @@ fn over_the_uplink_the_root_and_a_debian_child_get_dhcp_leases_and_ping_each_oth
         LINUX_BOOT_DEADLINE,
     );
     // Debian's busybox DHCP client on eth0 (hv_netvsc): a lease from the
-    // same server, through netvsp, the switch and the uplink.
+    // same server, through netvsp, the switch and the uplink, applied by the
+    // initramfs's event script (what `dhcp=eth0` on the command line runs).
     let out = m.run_in_child(
         4,
-        "ip link set eth0 up; udhcpc -i eth0 -n -q -t 10 -T 2 -s /bin/true 2>&1",
+        "ip link set eth0 up; udhcpc -i eth0 -n -q -t 10 -T 2 -s /etc/udhcpc.script 2>&1",
         "dhcp",
     );
     let child_ip = leased(&out).unwrap_or_else(|| panic!("no lease: {out}"));
     assert!(child_ip.starts_with("10.0.2.") && child_ip != root_ip, "{out}");
-    let out = m.run_in_child(
-        4,
-        &format!("ip addr add {child_ip}/24 dev eth0; ping -c 3 -W 5 {root_ip}"),
-        "ping",
+    assert!(
+        out.lines()
+            .any(|l| l == format!("hv-rs linux child: eth0 has {child_ip}/24 by DHCP")),
+        "the script applied the lease: {out}"
     );
+    let out = m.run_in_child(4, &format!("ping -c 3 -W 5 {root_ip}"), "ping");
     assert!(
         out.contains("3 packets transmitted, 3 packets received"),
         "the child pings the root: {out}"

@@ -175,6 +175,7 @@ pub fn linux_artifacts(workspace_root: &Path) -> Result<LinuxArtifacts, XtaskErr
         cpio.file(path, 0o644, text.into_bytes());
     }
     cpio.file("init", 0o755, init_script(&kernel_release, &modules).into_bytes());
+    cpio.file("etc/udhcpc.script", 0o755, UDHCPC_SCRIPT.as_bytes().to_vec());
 
     let initramfs = dir.join(format!("initramfs-{kernel_release}.cpio"));
     let bytes = cpio.finish();
@@ -222,9 +223,11 @@ mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 
 name={DEFAULT_HOSTNAME}
+dhcp=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         hostname=?*) name="${{arg#hostname=}}" ;;
+        dhcp=?*) dhcp="${{arg#dhcp=}}" ;;
     esac
 done
 hostname "$name"
@@ -267,6 +270,13 @@ else
     echo "hv-rs linux child: no /dev/vmbus/hv_kvp, hv_kvp_daemon not started"
 fi
 
+# dhcp=IFACE on the command line: ask the network for an address in the
+# background (busybox udhcpc, RFC 2131; /etc/udhcpc.script applies it).
+if [ -n "$dhcp" ]; then
+    ip link set "$dhcp" up 2>/dev/null
+    udhcpc -i "$dhcp" -b -s /etc/udhcpc.script >/dev/null 2>&1
+fi
+
 # Keep later kernel messages below errors off the shell's console (dmesg
 # has them all) unless the command line sets loglevel=.
 grep -q 'loglevel=' /proc/cmdline || dmesg -n 4
@@ -277,6 +287,26 @@ poweroff -f
 "#
     )
 }
+
+/// busybox udhcpc's event script (`dhcp=IFACE`): apply the lease (address,
+/// prefix — busybox passes the prefix length as `mask` —, default route)
+/// and say so on the console.
+pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
+case "$1" in
+    bound|renew)
+        ip addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        if [ -n "$router" ]; then
+            ip route replace default via "${router%% *}" dev "$interface"
+        fi
+        echo "hv-rs linux child: $interface has $ip/${mask:-24} by DHCP"
+        ;;
+    deconfig)
+        ip addr flush dev "$interface"
+        ip link set "$interface" up
+        ;;
+esac
+"#;
 
 /// Files under `/etc`: identity for `hv_kvp_daemon` (it reads
 /// `/etc/os-release` and resolves the hostname through `/etc/hosts`, which

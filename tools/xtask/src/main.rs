@@ -135,9 +135,12 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                 name: DEFAULT_LINUX_CHILD.into(),
                 kernel: linux.vmlinuz,
                 initrd: Some(linux.initramfs),
+                // With the uplink, it asks QEMU's user network for an
+                // address (`dhcp=eth0`, the initramfs's /init).
                 cmdline: Some(format!(
-                    "{} panic=0 hostname=debian-child",
-                    xtask::linux::CHILD_CMDLINE_BASE
+                    "{} panic=0 hostname=debian-child{}",
+                    xtask::linux::CHILD_CMDLINE_BASE,
+                    if no_network { "" } else { " dhcp=eth0" }
                 )),
                 memory_mib: xtask::DEFAULT_CHILD_MIB,
                 ramdisk_mib: None,
