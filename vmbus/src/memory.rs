@@ -56,7 +56,12 @@ impl<T: SharedMemory + ?Sized> SharedMemory for &T {
     }
 }
 
-/// Host memory built from atomics, so two threads may share it safely.
+/// Host memory built from atomics, so two threads may share it safely: it
+/// stands in for memory a guest may write at any time, and with atomics a
+/// racing write is only data, never undefined behaviour. Copies move whole
+/// 64-bit words with relaxed loads and stores in unrolled loops; only the
+/// partial words at unaligned ends (and `store_u32`, whose neighbour half
+/// may belong to the other party) need a compare-exchange loop.
 pub struct AtomicMemory {
     words: alloc::boxed::Box<[AtomicU64]>,
 }
@@ -79,20 +84,92 @@ impl AtomicMemory {
         }
     }
 
-    fn byte(&self, at: u64) -> u8 {
-        (self.words[(at / 8) as usize].load(Ordering::Relaxed) >> ((at % 8) * 8)) as u8
-    }
-
-    fn set_byte(&self, at: u64, b: u8) {
-        let shift = (at % 8) * 8;
-        let word = &self.words[(at / 8) as usize];
+    /// Store the bytes of `value` selected by `mask` into word `index`,
+    /// leaving the others as they are (another party may be writing them:
+    /// a compare-exchange loop, never a plain read-modify-write).
+    fn store_masked(&self, index: usize, value: u64, mask: u64, order: Ordering) {
+        let word = &self.words[index];
         let mut cur = word.load(Ordering::Relaxed);
         loop {
-            let new = (cur & !(0xFF << shift)) | ((b as u64) << shift);
-            match word.compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed) {
+            let new = (cur & !mask) | (value & mask);
+            match word.compare_exchange_weak(cur, new, order, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(actual) => cur = actual,
             }
+        }
+    }
+}
+
+/// Words copied per step of the bulk loops: enough independent loads and
+/// stores in flight to keep the core's load/store ports busy (atomics are
+/// never vectorised, so the unrolling is ours to do).
+const UNROLL: usize = 8;
+
+/// Copy whole words out of `words` into `out` (`out.len() == 8 * words.len()`).
+fn load_words(words: &[AtomicU64], out: &mut [u8]) {
+    let mut out_chunks = out.chunks_exact_mut(8 * UNROLL);
+    let mut word_chunks = words.chunks_exact(UNROLL);
+    for (o, w) in (&mut out_chunks).zip(&mut word_chunks) {
+        let mut v = [0u64; UNROLL];
+        for (v, w) in v.iter_mut().zip(w) {
+            *v = w.load(Ordering::Relaxed);
+        }
+        for (o, v) in o.chunks_exact_mut(8).zip(v) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    for (o, w) in out_chunks
+        .into_remainder()
+        .chunks_exact_mut(8)
+        .zip(word_chunks.remainder())
+    {
+        o.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+}
+
+/// Copy `data` into whole words (`data.len() == 8 * words.len()`).
+fn store_words(words: &[AtomicU64], data: &[u8]) {
+    let mut data_chunks = data.chunks_exact(8 * UNROLL);
+    let mut word_chunks = words.chunks_exact(UNROLL);
+    for (d, w) in (&mut data_chunks).zip(&mut word_chunks) {
+        for (d, w) in d.chunks_exact(8).zip(w) {
+            w.store(
+                u64::from_le_bytes(d.try_into().expect("8 bytes")),
+                Ordering::Relaxed,
+            );
+        }
+    }
+    for (d, w) in data_chunks
+        .remainder()
+        .chunks_exact(8)
+        .zip(word_chunks.remainder())
+    {
+        w.store(
+            u64::from_le_bytes(d.try_into().expect("8 bytes")),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// How a byte range `[offset, offset + len)` splits over 8-byte words: a
+/// partial first word, whole words, a partial last word.
+struct Split {
+    /// Bytes before the first whole word (at most 7, or `len` if shorter).
+    head: usize,
+    /// Whole words after the head.
+    words: usize,
+    /// Bytes after the whole words (at most 7).
+    tail: usize,
+}
+
+impl Split {
+    fn new(offset: u64, len: usize) -> Self {
+        let head = ((8 - offset % 8) % 8).min(len as u64) as usize;
+        let rest = len - head;
+        Self {
+            head,
+            words: rest / 8,
+            tail: rest % 8,
         }
     }
 }
@@ -104,34 +181,47 @@ impl SharedMemory for AtomicMemory {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         self.check(offset, buf.len() as u64)?;
-        let mut i = 0;
-        while i < buf.len() {
-            let at = offset + i as u64;
-            if at.is_multiple_of(8) && buf.len() - i >= 8 {
-                let w = self.words[(at / 8) as usize].load(Ordering::Relaxed);
-                buf[i..i + 8].copy_from_slice(&w.to_le_bytes());
-                i += 8;
-            } else {
-                buf[i] = self.byte(at);
-                i += 1;
-            }
+        // In bounds: every word index below is < ceil((offset + len) / 8).
+        let split = Split::new(offset, buf.len());
+        let mut word = (offset / 8) as usize;
+        let (head, rest) = buf.split_at_mut(split.head);
+        if !head.is_empty() {
+            let skip = (offset % 8) as usize;
+            let w = self.words[word].load(Ordering::Relaxed).to_le_bytes();
+            head.copy_from_slice(&w[skip..skip + head.len()]);
+            word += 1;
+        }
+        let (body, tail) = rest.split_at_mut(split.words * 8);
+        load_words(&self.words[word..word + split.words], body);
+        word += split.words;
+        if !tail.is_empty() {
+            let w = self.words[word].load(Ordering::Relaxed).to_le_bytes();
+            tail.copy_from_slice(&w[..split.tail]);
         }
         Ok(())
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), OutOfBounds> {
         self.check(offset, data.len() as u64)?;
-        let mut i = 0;
-        while i < data.len() {
-            let at = offset + i as u64;
-            if at.is_multiple_of(8) && data.len() - i >= 8 {
-                let w = u64::from_le_bytes(data[i..i + 8].try_into().expect("8 bytes"));
-                self.words[(at / 8) as usize].store(w, Ordering::Relaxed);
-                i += 8;
-            } else {
-                self.set_byte(at, data[i]);
-                i += 1;
-            }
+        let split = Split::new(offset, data.len());
+        let mut word = (offset / 8) as usize;
+        let (head, rest) = data.split_at(split.head);
+        if !head.is_empty() {
+            let skip = (offset % 8) as usize;
+            let mut bytes = [0u8; 8];
+            bytes[skip..skip + head.len()].copy_from_slice(head);
+            let mask = (u64::MAX >> (64 - 8 * head.len())) << (8 * skip);
+            self.store_masked(word, u64::from_le_bytes(bytes), mask, Ordering::Relaxed);
+            word += 1;
+        }
+        let (body, tail) = rest.split_at(split.words * 8);
+        store_words(&self.words[word..word + split.words], body);
+        word += split.words;
+        if !tail.is_empty() {
+            let mut bytes = [0u8; 8];
+            bytes[..tail.len()].copy_from_slice(tail);
+            let mask = u64::MAX >> (64 - 8 * tail.len());
+            self.store_masked(word, u64::from_le_bytes(bytes), mask, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -151,15 +241,13 @@ impl SharedMemory for AtomicMemory {
             return Err(OutOfBounds { offset, len: 4 });
         }
         let shift = (offset % 8) * 8;
-        let word = &self.words[(offset / 8) as usize];
-        let mut cur = word.load(Ordering::Relaxed);
-        loop {
-            let new = (cur & !(0xFFFF_FFFF << shift)) | ((value as u64) << shift);
-            match word.compare_exchange_weak(cur, new, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return Ok(()),
-                Err(actual) => cur = actual,
-            }
-        }
+        self.store_masked(
+            (offset / 8) as usize,
+            (value as u64) << shift,
+            0xFFFF_FFFF << shift,
+            Ordering::Release,
+        );
+        Ok(())
     }
 }
 
@@ -315,5 +403,35 @@ mod tests {
         assert_eq!(w.load_u32(4).unwrap(), 0xDEAD_BEEF);
         assert!(w.load_u32(16).is_err());
         assert!(Window::new(&m, 24, 16).is_err());
+    }
+
+    proptest::proptest! {
+        /// The bulk paths (partial head word, unrolled whole words, partial
+        /// tail word) against a byte array: every offset and length, writes
+        /// touch exactly their bytes, out-of-bounds accesses touch nothing.
+        #[test]
+        fn bulk_copies_match_a_byte_model(
+            ops in proptest::collection::vec((0u64..300, 0usize..200, proptest::prelude::any::<u8>()), 1..64)
+        ) {
+            let m = AtomicMemory::new(256);
+            let mut model = [0u8; 256];
+            for (offset, len, seed) in ops {
+                let data: alloc::vec::Vec<u8> =
+                    (0..len).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect();
+                let fits = offset as usize + len <= 256;
+                proptest::prop_assert_eq!(m.write_at(offset, &data).is_ok(), fits);
+                if fits {
+                    model[offset as usize..offset as usize + len].copy_from_slice(&data);
+                }
+                let mut buf = alloc::vec![0xEEu8; len];
+                proptest::prop_assert_eq!(m.read_at(offset, &mut buf).is_ok(), fits);
+                if fits {
+                    proptest::prop_assert_eq!(&buf[..], &model[offset as usize..offset as usize + len]);
+                }
+                let mut all = [0u8; 256];
+                m.read_at(0, &mut all).unwrap();
+                proptest::prop_assert_eq!(&all[..], &model[..]);
+            }
+        }
     }
 }
