@@ -289,8 +289,9 @@ poweroff -f
 }
 
 /// busybox udhcpc's event script (`dhcp=IFACE`): apply the lease (address,
-/// prefix — busybox passes the prefix length as `mask` —, default route)
-/// and say so on the console.
+/// prefix — busybox passes the prefix length as `mask` —, default route),
+/// announce it by ARP and say so on the console (udhcpc's own output goes
+/// nowhere once it is in the background).
 pub const UDHCPC_SCRIPT: &str = r#"#!/bin/sh
 case "$1" in
     bound|renew)
@@ -299,7 +300,10 @@ case "$1" in
         if [ -n "$router" ]; then
             ip route replace default via "${router%% *}" dev "$interface"
         fi
-        echo "hv-rs linux child: $interface has $ip/${mask:-24} by DHCP"
+        # Announce the address (gratuitous ARP, RFC 5227), so the switch's
+        # neighbours, the root's `net ping ID` among them, learn it now.
+        arping -U -c 1 -I "$interface" "$ip" >/dev/null 2>&1
+        echo "hv-rs linux child: $interface has $ip/${mask:-24} by DHCP" > /dev/console
         ;;
     deconfig)
         ip addr flush dev "$interface"
