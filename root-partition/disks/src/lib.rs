@@ -27,6 +27,7 @@ extern crate alloc;
 
 mod device;
 mod error;
+pub mod fuzzing;
 mod table;
 
 pub use device::{BlockDevice, DeviceError, MemDevice};

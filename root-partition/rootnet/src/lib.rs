@@ -22,6 +22,7 @@ extern crate alloc;
 
 mod arp;
 mod device;
+pub mod fuzzing;
 mod ping;
 
 use alloc::vec;
@@ -371,6 +372,14 @@ impl RootNet {
             c.frames_in_not_for_us = c.frames_in_not_for_us.saturating_add(1);
             return;
         }
+        // IPv4 from 0.0.0.0 (RFC 1122 §3.2.1.3: only a host learning its
+        // own address sends from it, never to us): a DHCP OFFER from there
+        // would make 0.0.0.0 the lease's server, and smoltcp asserts it
+        // never sends to it (found by fuzz_rootnet).
+        if frame.get(12..14) == Some(&[0x08, 0x00][..]) && frame.get(26..30) == Some(&[0; 4][..]) {
+            c.frames_in_malformed = c.frames_in_malformed.saturating_add(1);
+            return;
+        }
         if self.dev.rx.len() >= self.dev.rx_cap {
             c.frames_in_dropped = c.frames_in_dropped.saturating_add(1);
             return;
@@ -518,19 +527,35 @@ impl RootNet {
             return;
         };
         // Copy what we need out of the event: it borrows the socket.
-        let change = match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
+        let event = match self.sockets.get_mut::<dhcpv4::Socket>(handle).poll() {
             None => return,
             Some(dhcpv4::Event::Configured(cfg)) => Some((
                 Ipv4Net::new(cfg.address.address(), cfg.address.prefix_len()),
                 cfg.router,
-                cfg.server.identifier,
+                cfg.server,
             )),
             Some(dhcpv4::Event::Deconfigured) => None,
         };
+        let unicast = |a: Ipv4Addr| !(a.is_unspecified() || a.is_broadcast() || a.is_multicast());
+        let change = match event {
+            Some((addr, _, server))
+                if addr.prefix_len == 0 || !unicast(server.address) || !unicast(server.identifier) =>
+            {
+                // A lease no host could use (RFC 2131: a server answers from
+                // its own unicast address; a /0 mask would make every address
+                // on-link): refuse it and ask again (found by fuzz_rootnet:
+                // smoltcp would renew towards 0.0.0.0 and assert).
+                self.sockets.get_mut::<dhcpv4::Socket>(handle).reset();
+                None
+            }
+            Some((addr, router, server)) => Some((addr, router, server.identifier)),
+            None => None,
+        };
         match change {
             Some((addr, router, server)) => {
-                // smoltcp checked the address is unicast and the mask valid
-                // (RFC 2131 ACK handling). The router option (RFC 2132 §3.5)
+                // smoltcp checked the address is unicast (RFC 2131 ACK
+                // handling), and the prefix is 1..=32 (above). The router
+                // option (RFC 2132 §3.5)
                 // is only used if it is a usable next hop on that network.
                 let gateway = router.filter(|gw| check_static(addr, Some(*gw)).is_ok());
                 self.apply_addr(Some(addr), gateway);

@@ -85,3 +85,44 @@ fn lease_expiry_clears_the_address_and_restarts_discovery() {
     assert!(report.done);
     assert_eq!(report.failure, Some(rootnet::PingFailure::AddressLost));
 }
+
+/// Found by fuzz_rootnet: an OFFER/ACK from IPv4 source 0.0.0.0 made it the
+/// lease's server, and at renewal (T1) smoltcp asserted on sending there.
+/// A hostile child on the switch must not be able to stop the root.
+#[test]
+fn a_server_answering_from_0_0_0_0_gets_nowhere() {
+    let mut client = RootNet::new(CLIENT_MAC, NetConfig::Dhcp, 0).expect("dhcp");
+    let mut b = static_net(MAC_B, SERVER_IP, None);
+    let mut server = Server::new(60);
+    server.source_ip = std::net::Ipv4Addr::UNSPECIFIED;
+    for now in (0..70_000).step_by(50) {
+        step_with_server(&mut client, &mut b, &mut server, now);
+    }
+    let s = client.status();
+    assert!(server.offers >= 1, "the server was asked");
+    assert_eq!(
+        (s.ipv4, s.source, s.dhcp),
+        (None, AddrSource::None, DhcpState::Discovering)
+    );
+    assert!(s.counters.frames_in_malformed >= 1, "{s:?}");
+}
+
+/// Found by fuzz_rootnet: a subnet mask of 0.0.0.0 gave a /0 lease (every
+/// address on-link). Refused: the client asks again.
+#[test]
+fn a_lease_with_a_zero_mask_is_refused() {
+    let mut client = RootNet::new(CLIENT_MAC, NetConfig::Dhcp, 0).expect("dhcp");
+    let mut b = static_net(MAC_B, SERVER_IP, None);
+    let mut server = Server::new(3600);
+    server.mask = std::net::Ipv4Addr::UNSPECIFIED;
+    for now in (0..30_000).step_by(50) {
+        step_with_server(&mut client, &mut b, &mut server, now);
+    }
+    let s = client.status();
+    assert!(server.acks >= 1, "the lease was offered and acknowledged");
+    assert!(server.offers >= 2, "and asked for again after the refusal");
+    assert_eq!(
+        (s.ipv4, s.source, s.dhcp),
+        (None, AddrSource::None, DhcpState::Discovering)
+    );
+}

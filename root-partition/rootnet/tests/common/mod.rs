@@ -61,6 +61,10 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 pub struct Server {
     pub lease_secs: u32,
     pub answering: bool,
+    /// IPv4 source of its replies (a hostile server may lie).
+    pub source_ip: Ipv4Addr,
+    /// The subnet mask it hands out.
+    pub mask: Ipv4Addr,
     pub offers: u32,
     pub acks: u32,
 }
@@ -70,6 +74,8 @@ impl Server {
         Server {
             lease_secs,
             answering: true,
+            source_ip: SERVER_IP,
+            mask: Ipv4Addr::new(255, 255, 255, 0),
             offers: 0,
             acks: 0,
         }
@@ -118,7 +124,7 @@ impl Server {
             your_ip: OFFERED,
             server_ip: SERVER_IP,
             router: Some(SERVER_IP),
-            subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+            subnet_mask: Some(self.mask),
             relay_agent_ip: Ipv4Addr::UNSPECIFIED,
             broadcast: false,
             requested_ip: None,
@@ -132,12 +138,17 @@ impl Server {
             rebind_duration: None,
             additional_options: &[],
         };
-        Some(build_udp_broadcast(&reply))
+        Some(build_udp_broadcast_from(&reply, self.source_ip))
     }
 }
 
 /// Ethernet broadcast / IPv4 255.255.255.255 / UDP 67→68 carrying `dhcp`.
 pub fn build_udp_broadcast(dhcp: &DhcpRepr) -> Vec<u8> {
+    build_udp_broadcast_from(dhcp, SERVER_IP)
+}
+
+/// [`build_udp_broadcast`] from IPv4 source `src`.
+pub fn build_udp_broadcast_from(dhcp: &DhcpRepr, src: Ipv4Addr) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let dhcp_len = dhcp.buffer_len();
     let udp = UdpRepr {
@@ -145,7 +156,7 @@ pub fn build_udp_broadcast(dhcp: &DhcpRepr) -> Vec<u8> {
         dst_port: 68,
     };
     let ip = Ipv4Repr {
-        src_addr: SERVER_IP,
+        src_addr: src,
         dst_addr: Ipv4Addr::BROADCAST,
         next_header: IpProtocol::Udp,
         payload_len: udp.header_len() + dhcp_len,
