@@ -40,11 +40,6 @@ pub struct Manager {
     pub network: crate::net::RootNetwork,
 }
 
-/// The root's clock in milliseconds (timer ticks).
-pub fn now_ms() -> u64 {
-    crate::timer::ticks() * (1000 / crate::timer::HZ)
-}
-
 /// `net ping`: one echo request a second, each answered within two seconds
 /// (a child under TCG can be slow to reply).
 pub const PING_INTERVAL_MS: u64 = 1000;
@@ -77,7 +72,7 @@ impl Manager {
     pub fn new(images: Vec<(&'static str, &'static [u8])>, hv_region: HvRegion, canary: u64) -> Self {
         let mut switch = vswitch::Switch::new(vswitch::Config::default())
             .expect("the default switch configuration is valid");
-        let network = crate::net::RootNetwork::open(&mut switch, now_ms());
+        let network = crate::net::RootNetwork::open(&mut switch, crate::timer::now_ms());
         Self {
             workers: Vec::new(),
             images,
@@ -211,7 +206,7 @@ impl Manager {
     /// becomes a port when first seen, what its guest sent goes in, what
     /// the switch queued for it goes out, a bounded number per round.
     pub fn pump_network(&mut self) {
-        let now = now_ms();
+        let now = crate::timer::now_ms();
         for w in self.workers.iter_mut() {
             for (relid, mac) in w.nics() {
                 let key = (w.id, relid);

@@ -425,7 +425,7 @@ impl Storage {
         let mut b = self.backend(name)?;
         let bytes = (mib << 20).min(b.sectors * SECTOR);
         let mut buf = alloc::vec![0u8; disk::MAX_REQUEST_BYTES];
-        let ms = crate::manager::now_ms;
+        let ms = crate::timer::now_ms;
         let start = ms();
         let mut done = 0u64;
         while done < bytes {

@@ -67,6 +67,11 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
+/// The root's clock in milliseconds (`ticks` at [`HZ`]).
+pub fn now_ms() -> u64 {
+    ticks() * (1000 / HZ)
+}
+
 /// Enable interrupts.
 pub fn enable_interrupts() {
     // SAFETY: the IDT routes every vector, the timer and spurious handlers are
