@@ -208,6 +208,15 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         .to_string();
     assert!(written.lines().any(|l| l == "hv-rs-note-42"), "{written}");
 
+    // Linux's writes came straight from its pages too.
+    let channels = m.hvctl_json("channels 5 --json");
+    let dma_writes: u64 = channels["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter_map(|c| c["dma_writes"].as_u64())
+        .sum();
+    assert!(dma_writes > 0, "{channels}");
     // Destroyed and created again on the same disk: the files are there.
     m.hvctl("stop 5");
     let out = m.hvctl("destroy 5");

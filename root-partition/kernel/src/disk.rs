@@ -134,6 +134,18 @@ impl Disk {
         self.read(lba, buf)
     }
 
+    /// Write `len` bytes at `lba` straight from root physical memory at
+    /// `phys` (the device's DMA reads it there).
+    ///
+    /// # Safety
+    /// `phys..phys + len` must be identity-mapped RAM nothing writes while
+    /// this runs.
+    pub unsafe fn write_phys(&mut self, lba: u64, phys: u64, len: usize) -> Result<(), DiskError> {
+        // SAFETY: forwarded to the caller.
+        let buf = unsafe { crate::memory::phys_slice(phys, len) };
+        self.write(lba, buf)
+    }
+
     /// VIRTIO_BLK_T_FLUSH: every completed write reaches the medium (QEMU:
     /// the image file is synced). A device without VIRTIO_BLK_F_FLUSH is
     /// write-through, and this does nothing.

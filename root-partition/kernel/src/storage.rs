@@ -580,4 +580,24 @@ impl BlockBackend for PartitionDisk {
         }
         Some(Ok(()))
     }
+
+    fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        if self.read_only {
+            return Some(Err(BackendError::ReadOnly));
+        }
+        let mut at = lba;
+        for &(phys, len) in segments {
+            let r = self.map(at, len).and_then(|dev_lba| {
+                let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+                // SAFETY: as in `read_dma`: frames of the child's own RAM
+                // (`ChildDma`), which does not run while the root serves it.
+                unsafe { d.write_phys(dev_lba, phys, len) }.map_err(|e| backend_error(device_error(e)))
+            });
+            if let Err(e) = r {
+                return Some(Err(e));
+            }
+            at += (len as u64) / SECTOR;
+        }
+        Some(Ok(()))
+    }
 }

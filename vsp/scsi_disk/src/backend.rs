@@ -58,6 +58,13 @@ pub trait BlockBackend {
         let _ = (lba, segments);
         None
     }
+    /// Write to block `lba` straight from host-physical memory, segments
+    /// as for [`Self::read_dma`]; durable only after [`Self::flush`].
+    /// `None` if this backend cannot. The default cannot.
+    fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        let _ = (lba, segments);
+        None
+    }
 }
 
 /// A disk in memory, for tests: optionally read-only, with injectable

@@ -224,6 +224,9 @@ impl BlockBackend for BoxedBackend {
     fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
         self.0.read_dma(lba, segments)
     }
+    fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        self.0.write_dma(lba, segments)
+    }
 }
 
 /// Where the guest is in the initialization handshake (OpenVMM's
@@ -283,6 +286,8 @@ pub struct StorvspStats {
     pub bytes_written: u64,
     /// Reads the backend placed straight into the guest's pages (no copy).
     pub dma_reads: u64,
+    /// Writes the backend took straight from the guest's pages.
+    pub dma_writes: u64,
     /// Completions the channel refused (only after the guest broke its
     /// rings).
     pub dropped: u64,
@@ -711,7 +716,22 @@ impl<B: BlockBackend> Controller<B> {
         match disk.plan(cdb, out_len, in_cap) {
             Plan::Done(r) => self.finish_data_in(&r, chunks, ram),
             Plan::Io(req) => match req.op {
-                IoOp::Write { .. } => {
+                IoOp::Write { fua } => {
+                    // Straight from the guest's pages, as for reads.
+                    if let Some(segments) =
+                        dma.and_then(|d| dma_segments(d, chunks, req.bytes, disk.sector_size()))
+                        && let Some(mut outcome) = disk.backend_mut().write_dma(req.lba, &segments)
+                    {
+                        if outcome.is_ok() && fua {
+                            outcome = disk.backend_mut().flush();
+                        }
+                        let r = disk.complete_io(&req, outcome, Vec::new());
+                        if r.is_good() {
+                            self.stats.bytes_written += req.bytes as u64;
+                            self.stats.dma_writes += 1;
+                        }
+                        return SrbEnd::from_disk(&r);
+                    }
                     let mut data = alloc::vec![0u8; req.bytes];
                     if copy_from_guest(ram, chunks, &mut data).is_err() {
                         return SrbEnd::bad_buffer();
@@ -1187,6 +1207,7 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
         out.counter("bytes_read", "bytes read", s.bytes_read);
         out.counter("bytes_written", "bytes written", s.bytes_written);
         out.counter("dma_reads", "reads placed in guest pages by DMA", s.dma_reads);
+        out.counter("dma_writes", "writes taken from guest pages by DMA", s.dma_writes);
         out.counter("luns", "LUNs", c.luns.len() as u64);
         let total: u64 = c
             .luns

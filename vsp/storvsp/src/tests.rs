@@ -1456,6 +1456,20 @@ impl BlockBackend for DmaBackend {
         }
         Some(Ok(()))
     }
+    fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
+        self.calls.set(self.calls.get() + 1);
+        let mut at = lba;
+        for &(phys, len) in segments {
+            assert!(len % 512 == 0, "segments are whole sectors");
+            let mut buf = vec![0u8; len];
+            self.ram.read_at(phys, &mut buf).unwrap();
+            if let Err(e) = self.inner.write(at, &buf) {
+                return Some(Err(e));
+            }
+            at += len as u64 / 512;
+        }
+        Some(Ok(()))
+    }
 }
 
 #[test]
@@ -1514,6 +1528,27 @@ fn reads_go_straight_to_guest_pages_when_the_host_can_place_them() {
         guest.ram.read_at(22 * 4096, &mut back[first..]).unwrap();
         assert_eq!(back, pattern[..4096]);
         assert_eq!(calls.get(), u32::from(!refuse), "copied, not placed");
+        // A write from whole guest pages is taken from them the same way;
+        // FUA flushes after it.
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 3 + 9) as u8).collect();
+        guest.ram.write_at(30 * 4096, &data).unwrap();
+        let mut fua_write = write10(600, 16);
+        fua_write[1] |= 0x08;
+        let a = srb_data(
+            &mut dev,
+            &mut guest,
+            0,
+            &fua_write,
+            DataDirection::Out,
+            (0, 8192, &[30, 31]),
+        );
+        assert_good(&a, 8192);
+        assert_eq!(
+            dev.disk(0).unwrap().backend().inner.bytes()[600 * 512..616 * 512],
+            data[..]
+        );
+        assert_eq!(dev.stats().dma_writes, u64::from(!refuse));
+        assert_eq!(dev.disk(0).unwrap().backend().inner.flushes, 1, "FUA flushed");
         assert_eq!(dev.stats().bytes_read, 16384 + 4096);
     }
 }
