@@ -432,7 +432,7 @@ mod tests {
     /// Write the seeds into `fuzz/corpus/fuzz_gpt/seed-NN` (run with
     /// `cargo test -p disks -- --ignored write_seed_corpus`).
     #[test]
-    #[ignore]
+    #[ignore = "writes the seed corpus into fuzz/corpus/ (run by hand), not a check"]
     fn write_seed_corpus() {
         let dir = corpus_root().join("fuzz_gpt");
         std::fs::create_dir_all(&dir).unwrap();

@@ -566,11 +566,12 @@ impl BlockBackend for PartitionDisk {
         for &(phys, len) in segments {
             let r = self.map(at, len).and_then(|dev_lba| {
                 let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
-                // SAFETY: storvsp built `segments` from `ChildDma`, which
-                // only names frames of the child's own RAM that the root
-                // lent (identity-mapped, owned by the child's worker for
-                // its whole life); the child does not run while the root
-                // serves its request, and the request completes here.
+                // storvsp built `segments` from `ChildDma`, which only
+                // names frames of the child's own RAM that the root lent
+                // (identity-mapped, owned by the child's worker for its whole
+                // life); the child does not run while the root serves its
+                // request, and the request completes here.
+                // SAFETY: as above: the child's own lent frames, unshared now.
                 unsafe { d.read_phys(dev_lba, phys, len) }.map_err(|e| backend_error(device_error(e)))
             });
             if let Err(e) = r {

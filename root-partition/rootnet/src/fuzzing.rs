@@ -646,7 +646,7 @@ mod tests {
     /// Write the seeds into `fuzz/corpus/fuzz_rootnet/seed-NN` (run with
     /// `cargo test -p rootnet -- --ignored write_seed_corpus`).
     #[test]
-    #[ignore]
+    #[ignore = "writes the seed corpus into fuzz/corpus/ (run by hand), not a check"]
     fn write_seed_corpus() {
         let dir = corpus_root().join("fuzz_rootnet");
         std::fs::create_dir_all(&dir).unwrap();

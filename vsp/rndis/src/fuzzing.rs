@@ -201,7 +201,7 @@ mod tests {
     /// Write the seeds into `fuzz/corpus/<target>/seed-NN` (run with
     /// `cargo test -p rndis -- --ignored write_seed_corpus`).
     #[test]
-    #[ignore]
+    #[ignore = "writes the seed corpus into fuzz/corpus/ (run by hand), not a check"]
     fn write_seed_corpus() {
         for (target, seeds) in [
             ("fuzz_rndis", super::rndis_seeds()),
