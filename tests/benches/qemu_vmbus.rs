@@ -31,10 +31,18 @@ fn total_exits(v: &Value) -> u64 {
     v["exits"]["total"].as_u64().unwrap_or(0)
 }
 
+/// Hypercall exits (HvSignalEvent, HvPostMessage, …): the exits a message
+/// itself costs, without the console's port exits.
+fn vmmcall_exits(v: &Value) -> u64 {
+    v["exits"]["vmmcall"].as_u64().unwrap_or(0)
+}
+
 /// One run: wall seconds, child exits, root exits, the child's console.
 struct Run {
     seconds: f64,
     child: u64,
+    /// Of `child`, hypercalls.
+    child_calls: u64,
     root: u64,
     console: String,
 }
@@ -52,7 +60,8 @@ fn measure(m: &mut Machine, name: &str, mode: &str, done: &str) -> Run {
         .unwrap_or_else(|| m.fail_with(&format!("create {name}: {created}")));
     assert!(created.contains("created"), "{created}");
     let root_before = total_exits(&m.hvctl_json("info 1 --json"));
-    let child_before = total_exits(&m.hvctl_json(&format!("info {id} --json")));
+    let child_info = m.hvctl_json(&format!("info {id} --json"));
+    let (child_before, calls_before) = (total_exits(&child_info), vmmcall_exits(&child_info));
     let start = Instant::now();
     assert!(m.hvctl(&format!("start {id}")).contains("started"));
     let console = loop {
@@ -71,13 +80,15 @@ fn measure(m: &mut Machine, name: &str, mode: &str, done: &str) -> Run {
     };
     let seconds = start.elapsed().as_secs_f64();
     let root_after = total_exits(&m.hvctl_json("info 1 --json"));
-    let child_after = total_exits(&m.hvctl_json(&format!("info {id} --json")));
+    let child_info = m.hvctl_json(&format!("info {id} --json"));
+    let (child_after, calls_after) = (total_exits(&child_info), vmmcall_exits(&child_info));
     m.hvctl(&format!("stop {id}"));
     let out = m.hvctl(&format!("destroy {id}"));
     assert!(out.contains("destroyed"), "{out}");
     Run {
         seconds,
         child: child_after - child_before,
+        child_calls: calls_after - calls_before,
         root: root_after - root_before,
         console,
     }
@@ -122,9 +133,10 @@ fn main() {
     let row = |label: &str, run: &Run, messages: u64| {
         let per = |x: u64| x as f64 / messages as f64;
         println!(
-            "  echo, {label:<22} {:>7.0} /s   exits per message: child {:.3}, root {:.3}   ({:.2}x a null hypercall per message)",
+            "  echo, {label:<22} {:>7.0} /s   exits per message: child {:.3} (hypercalls {:.3}), root {:.3}   ({:.2}x a null hypercall per message)",
             messages as f64 / run.seconds,
             per(run.child),
+            per(run.child_calls),
             per(run.root),
             (run.seconds / messages as f64) / call_s
         );
