@@ -404,6 +404,63 @@ fn storage(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
     });
 }
 
+/// The Rust test OS as the storage client (`disk-bench:64` over our own
+/// storvsc, requests in flight), against the root's `disk bench` of the same
+/// disk right after, in the same boot. The Debian storage child is
+/// destroyed first (a disk has one holder).
+fn rust_child(m: &mut Machine, table: &mut Vec<Row>) {
+    m.hvctl(&format!("stop {DISK_CHILD}"));
+    m.hvctl(&format!("destroy {DISK_CHILD}"));
+    let out = m.hvctl("create rbench --memory 16M --image testos --mode disk-bench:64 --disk data --start");
+    let id: u64 = out
+        .split("partition ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| m.fail_with(&format!("creating the Rust child: {out}")));
+    let console = m.wait_text_every(
+        &format!("console {id}"),
+        "disk-bench: PASS",
+        Duration::from_secs(1),
+        LINUX_BOOT_DEADLINE,
+    );
+    // "...: R MiB/s (...)" and "...: I IOPS": the number before the unit.
+    let figure = |prefix: &str, unit: &str| -> f64 {
+        console
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(": ").next())
+            .filter(|r| r.contains(unit))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {console}"))
+    };
+    let seq = figure("disk-bench: sequential", "MiB/s");
+    let d1 = figure("disk-bench: 4 KiB reads at depth 1:", "IOPS");
+    let d32 = figure("disk-bench: 4 KiB reads at depth 32:", "IOPS");
+    for l in console.lines().filter(|l| l.starts_with("disk-bench:")) {
+        println!("rust child: {l}");
+    }
+    let root = m.hvctl_json("disk bench data --mib 64 --json");
+    let rs = root["seq_mib_per_s"].as_f64().unwrap_or(0.0);
+    let ri = root["random_4k_iops"].as_f64().unwrap_or(0.0);
+    table.push(row(
+        "seq read 64 MiB, Rust child 8 x 128K vs root",
+        seq,
+        rs,
+        "MiB/s",
+        1,
+    ));
+    table.push(row("4 KiB reads depth 1, Rust child vs root", d1, ri, "IOPS", 0));
+    table.push(row(
+        "4 KiB reads depth 32, Rust child vs root d1",
+        d32,
+        ri,
+        "IOPS",
+        0,
+    ));
+}
+
 /// One TCP transfer of `XFER_BYTES` from `from` to `addr` (a listener in
 /// child `to`, started first); returns the guest's seconds.
 fn transfer(m: &mut Machine, from: u64, to: u64, addr: &str, port: u16, tag: &str) -> f64 {
@@ -616,6 +673,7 @@ fn main() {
     network(&mut m, rounds, &mut table);
     println!("network part: {:.0} s", t.elapsed().as_secs_f64());
     let end = clocks(&mut m);
+    let t = Instant::now();
 
     // The children time themselves: their clocks against the host's.
     for (i, id) in [NET_A, DISK_CHILD].into_iter().enumerate() {
@@ -640,6 +698,8 @@ fn main() {
             source.trim().replace('\n', " | ")
         );
     }
+    rust_child(&mut m, &mut table);
+    println!("Rust child part: {:.0} s", t.elapsed().as_secs_f64());
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -482,3 +482,35 @@ fn a_nic_whose_ring_is_held_full_stalls_alone() {
     m.assert_intact(&peer);
     destroy(&mut m, id);
 }
+
+/// The `disk-bench` mode (what `cargo bench --bench devices` times) runs to
+/// its end: sequential reads with 8 in flight, 4 KiB reads at depth 1 and
+/// 32, each a whole line with a rate, and storvsp counts the reads.
+#[test]
+fn disk_bench_mode_reads_at_depth_and_reports_its_rates() {
+    let (dir, image) = child_disk_image("disk-bench", &[("b", 8)]);
+    let mut m = boot("disk-bench", &image);
+    let id = create(&mut m, "bench", "disk-bench:8", "--disk b");
+    let out = wait_line(&mut m, id, "disk-bench: PASS", "disk-bench: FAIL");
+    let rate = |prefix: &str, unit: &str| -> u64 {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split(": ").last())
+            .and_then(|r| r.split_whitespace().next().filter(|_| r.contains(unit)))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} line with {unit}: {out}"))
+    };
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("disk-bench: sequential 8 MiB in ")),
+        "{out}"
+    );
+    assert!(rate("disk-bench: 4 KiB reads at depth 1:", "IOPS") > 0, "{out}");
+    assert!(rate("disk-bench: 4 KiB reads at depth 32:", "IOPS") > 0, "{out}");
+    let ch = m.hvctl_json(&format!("channels {id} --json"));
+    let scsi = channel_of(&ch, SCSI);
+    assert!(scsi["bytes_read"].as_u64() >= Some(8 << 20), "{scsi}");
+    assert_eq!(scsi["srb_failures"], 0, "{scsi}");
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

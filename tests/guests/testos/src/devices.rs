@@ -746,6 +746,137 @@ fn disk_test(verify_only: bool, seed: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The partition's reference time in 100 ns units (HV_X64_MSR_TIME_REF_COUNT,
+/// which hv-core keeps for every child): the benchmark's clock.
+fn reference_time() -> u64 {
+    // SAFETY: a synthetic MSR hv-core offers every child (`apic-timer`
+    // checks it); reading it has no side effect.
+    unsafe { kernel_x86::arch::rdmsr(hv1_abi::msr::TIME_REF_COUNT) }
+}
+
+/// Mode `disk-bench[:MIB]`: read the disk's first MIB MiB (default 64)
+/// sequentially in 128 KiB requests, 8 in flight, then 4 KiB reads at
+/// scattered blocks one at a time and 32 in flight, for about a second
+/// each, timed on the reference clock; the data is not looked at (every
+/// request lands in the same 128 KiB area). Lines:
+/// `disk-bench: sequential N MiB in T us: R MiB/s (8 x 128 KiB in flight)`,
+/// `disk-bench: 4 KiB reads at depth D: N in T us: I IOPS`.
+pub(crate) fn disk_bench_mode(name: &str, mode: &str) -> ! {
+    let mib = match mode.strip_prefix("disk-bench").unwrap_or("") {
+        "" => Some(64),
+        r => r
+            .strip_prefix(':')
+            .and_then(parse_u32)
+            .filter(|m| (1..=4096).contains(m)),
+    };
+    let Some(mib) = mib else {
+        say!("disk-bench: FAIL bad mode '{mode}' (disk-bench[:MIB], 1-4096)");
+        guest::halt_forever()
+    };
+    say!("testos {name}: disk-bench: {mib} MiB sequential, then 4 KiB reads at depth 1 and 32");
+    match disk_bench(u64::from(mib)) {
+        Ok(()) => say!("disk-bench: PASS"),
+        Err(why) => say!("disk-bench: FAIL {why}"),
+    }
+    guest::halt_forever()
+}
+
+fn disk_bench(mib: u64) -> Result<(), String> {
+    const SEQ_BYTES: u32 = 128 * 1024;
+    const SEQ_DEPTH: usize = 8;
+    let mut bus = connect()?;
+    let mut d = Disk::open(&mut bus, 64)?;
+    let cap = d.identify(true)?;
+    let bs = cap.block_size;
+    let blocks = cap.blocks().ok_or("capacity overflows")?;
+    let bytes = (mib << 20).min(blocks * u64::from(bs));
+    let pages = u64::from(SEQ_BYTES) / PAGE;
+    let pfns = d.pfns(0, pages);
+    let start = reference_time();
+    let (mut issued, mut done) = (0u64, 0u64);
+    let mut in_flight = 0usize;
+    let deadline = Deadline::secs(600);
+    while done < bytes {
+        while in_flight < SEQ_DEPTH && issued < bytes {
+            let n = (bytes - issued).min(u64::from(SEQ_BYTES)) as u32;
+            let b = Blocks {
+                lba: issued / u64::from(bs),
+                count: n / bs,
+                block_size: bs,
+            };
+            let spanned = (n as usize).div_ceil(PAGE as usize);
+            d.client
+                .read(0, b, DataBuffer::new(&pfns[..spanned], 0, n))
+                .map_err(|e| format!("read: {e}"))?;
+            issued += u64::from(n);
+            in_flight += 1;
+        }
+        d.pump()?;
+        for c in d.done.drain(..) {
+            let n = c.result.map_err(|e| format!("read: {e:?}"))?;
+            done += u64::from(n);
+            in_flight -= 1;
+        }
+        if deadline.passed() {
+            return Err(format!("{done} of {bytes} bytes read"));
+        }
+    }
+    let us = (reference_time() - start).max(1) / 10;
+    say!(
+        "disk-bench: sequential {} MiB in {us} us: {} MiB/s ({SEQ_DEPTH} x {} KiB in flight)",
+        bytes >> 20,
+        (bytes * 1_000_000 / us) >> 20,
+        SEQ_BYTES / 1024
+    );
+    // 4 KiB reads at scattered 4 KiB-aligned blocks of the same region.
+    let span = (bytes / 4096).max(1);
+    for depth in [1usize, 32] {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let start = reference_time();
+        let (mut reads, mut in_flight) = (0u64, 0usize);
+        let deadline = Deadline::secs(60);
+        loop {
+            let elapsed = reference_time() - start;
+            let more = elapsed < 10_000_000 && reads < 200_000;
+            while more && in_flight < depth {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let page = [d.pfns(in_flight as u64 % DATA_PAGES, 1)[0]];
+                let b = Blocks {
+                    lba: (x % span) * 4096 / u64::from(bs),
+                    count: 4096 / bs,
+                    block_size: bs,
+                };
+                d.client
+                    .read(0, b, DataBuffer::new(&page, 0, 4096))
+                    .map_err(|e| format!("read: {e}"))?;
+                in_flight += 1;
+            }
+            if !more && in_flight == 0 {
+                break;
+            }
+            d.pump()?;
+            for c in d.done.drain(..) {
+                c.result.map_err(|e| format!("read: {e:?}"))?;
+                reads += 1;
+                in_flight -= 1;
+            }
+            if deadline.passed() {
+                return Err(format!(
+                    "4 KiB reads at depth {depth}: {in_flight} never completed"
+                ));
+            }
+        }
+        let us = (reference_time() - start).max(1) / 10;
+        say!(
+            "disk-bench: 4 KiB reads at depth {depth}: {reads} in {us} us: {} IOPS",
+            reads * 1_000_000 / us
+        );
+    }
+    Ok(())
+}
+
 /// Transaction id of the raw CREATE_SUB_CHANNELS `disk-multi` sends
 /// past the client.
 const RAW_SUB_CHANNELS_ID: u64 = 0x5C5C_0000_0000_0005;
