@@ -111,7 +111,11 @@ fn disk_mode_writes_and_a_second_boot_on_the_disk_reads_it_back_while_another_di
     let ch = m.hvctl_json(&format!("channels {a} --json"));
     let scsi = channel_of(&ch, SCSI);
     // (The device's own "state" field follows the channel's.)
-    assert_eq!(scsi["state"], "ready", "{ch}");
+    assert_eq!(scsi["handshake"], "ready", "{ch}");
+    assert_eq!(
+        scsi["state"], "open",
+        "the channel's state, not a device field: {ch}"
+    );
     assert_eq!(scsi["broken"], "", "{ch}");
     assert_eq!(scsi["srb_failures"], 0, "{ch}");
     assert_eq!(scsi["bytes_written"], 107 * 512, "{ch}");
@@ -181,7 +185,7 @@ fn assert_primary_and_two_sub_channels(v: &Value, scsi: &[Value]) {
     assert_eq!(indices, [Some(0), Some(1), Some(2)], "{v}");
     for (i, c) in scsi.iter().enumerate() {
         assert_eq!(c["instance"], scsi[0]["instance"], "one controller: {v}");
-        assert_eq!(c["state"], "ready", "{v}");
+        assert_eq!(c["handshake"], "ready", "{v}");
         assert_eq!(c["broken"], "", "{v}");
         assert_eq!(c["srb_failures"], 0, "{v}");
         let role = if i == 0 {

@@ -610,6 +610,19 @@ fn hv_status(boot: &BootReport, json: bool, out: &mut String) {
     }
 }
 
+/// The keys `channels --json` writes for every channel itself.
+const CHANNEL_KEYS: [&str; 9] = [
+    "relid",
+    "interface",
+    "instance",
+    "state",
+    "sub_channel_index",
+    "connection_id",
+    "ring_gpadl",
+    "downstream_page_offset",
+    "target_vp",
+];
+
 fn hv_disk(m: &Manager, json: bool, out: &mut String) {
     match m.storage.read_sector(0, 0) {
         Ok((location, sectors, sector)) if json => {
@@ -1191,6 +1204,11 @@ fn channels(m: &Manager, id: u64, json: bool, out: &mut String) -> Result<(), St
                         .num("target_vp", u64::from(info.target_vp));
                 }
                 for (name, _, field) in dev.iter().flat_map(|f| f.0.iter()) {
+                    // The channel's own keys win: a device field of the same
+                    // name would make a duplicate JSON key.
+                    if CHANNEL_KEYS.contains(name) {
+                        continue;
+                    }
                     o = match field {
                         Field::Counter(v) => o.num(name, *v),
                         Field::Text(t) => o.str(name, t),

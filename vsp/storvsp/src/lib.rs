@@ -1174,7 +1174,8 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             }
             Role::SubChannel(i) => out.text("role", "channel", &format!("sub-channel {i}")),
         }
-        out.text("state", "state", self.state.name());
+        // Not "state": `channels --json` already has the channel's own.
+        out.text("handshake", "handshake", self.state.name());
         let version = self
             .state
             .version()

@@ -1170,14 +1170,14 @@ fn inspect_reports_version_counters_and_size() {
     let (mut guest, mut dev) = rig();
     let mut f = Fields::default();
     dev.inspect(&mut f);
-    assert_eq!(f.get("state"), Some("begin"));
+    assert_eq!(f.get("handshake"), Some("begin"));
     assert_eq!(f.get("version"), Some(""));
     init(&mut dev, &guest);
     let a = srb_nodata(&mut dev, &mut guest, 0, &[0x85; 16]);
     assert_ne!(SrbStatus(a.srb().srb_status).status(), SrbStatus::SUCCESS);
     let mut f = Fields::default();
     dev.inspect(&mut f);
-    assert_eq!(f.get("state"), Some("ready"));
+    assert_eq!(f.get("handshake"), Some("ready"));
     assert_eq!(f.get("version"), Some("6.2"));
     assert_eq!(f.get("requests"), Some("5"));
     assert_eq!(f.get("completions"), Some("5"));
