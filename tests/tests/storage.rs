@@ -83,6 +83,25 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         "{d}"
     );
 
+    // The root reads a disk itself (the storvsp baseline), timed on its TSC
+    // once it knows the TSC's rate (after its first second).
+    let start = std::time::Instant::now();
+    let bench = loop {
+        let out = m.hvctl("disk bench two --mib 4 --json");
+        if out.trim_start().starts_with('{') {
+            break serde_json::from_str::<Value>(out.trim()).expect("disk bench JSON");
+        }
+        assert!(out.contains("clock rate is not known yet"), "{out}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(bench["bytes"], 4u64 << 20, "{bench}");
+    assert!(bench["seq_us"].as_u64() > Some(0), "{bench}");
+    assert!(bench["seq_mib_per_s"].as_u64() > Some(0), "{bench}");
+    assert!(bench["random_4k_reads"].as_u64() > Some(0), "{bench}");
+    let out = m.hvctl("disk bench nosuch");
+    assert!(out.contains("error: no disk named 'nosuch'"), "{out}");
+
     // Attached to one child at a time; never deleted while attached.
     let out = m.hvctl("create c1 --memory 16M --image testos --disk one --start");
     assert!(out.contains("partition 4 (c1) created and started"), "{out}");

@@ -122,31 +122,39 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
                 );
             })
         }
-        Command::DiskBench { name, mib, json } => m.storage.bench(&name, mib).map(|b| {
-            let mib_s = (b.bytes * 1000 / b.seq_ms.max(1)) >> 20;
-            let iops = b.random_reads * 1000 / b.random_ms.max(1);
+        Command::DiskBench { name, mib, json } => m.storage.bench(&name, mib).and_then(|b| {
+            if b.seq_us == 0 || b.random_us == 0 {
+                return Err(String::from(
+                    "the root's clock rate is not known yet (its first second): try again",
+                ));
+            }
+            let mib_s = (b.bytes * 1_000_000 / b.seq_us) >> 20;
+            let iops = b.random_reads * 1_000_000 / b.random_us;
             if json {
                 let mut s = String::new();
                 Object::new(&mut s)
                     .str("disk", &name)
                     .num("bytes", b.bytes)
-                    .num("seq_ms", b.seq_ms)
+                    .num("seq_us", b.seq_us)
+                    .num("seq_ms", b.seq_us / 1000)
                     .num("seq_mib_per_s", mib_s)
                     .num("random_4k_reads", b.random_reads)
-                    .num("random_ms", b.random_ms)
+                    .num("random_us", b.random_us)
+                    .num("random_ms", b.random_us / 1000)
                     .num("random_4k_iops", iops)
                     .end();
                 let _ = writeln!(out, "{s}");
             } else {
                 let _ = writeln!(
                     out,
-                    "disk '{name}': {} MiB sequential in {} ms ({mib_s} MiB/s); {} 4 KiB reads at depth 1 in {} ms ({iops} IOPS)",
+                    "disk '{name}': {} MiB sequential in {} us ({mib_s} MiB/s); {} 4 KiB reads at depth 1 in {} us ({iops} IOPS)",
                     b.bytes >> 20,
-                    b.seq_ms,
+                    b.seq_us,
                     b.random_reads,
-                    b.random_ms
+                    b.random_us
                 );
             }
+            Ok(())
         }),
         Command::DiskDelete { name } => m.storage.delete(&name).map(|device| {
             let _ = writeln!(out, "disk '{name}' deleted from {device}");

@@ -126,17 +126,18 @@ pub struct DiskEntry {
     pub attached_to: Option<u64>,
 }
 
-/// What `disk bench` measured (times from the root's 10 ms timer).
+/// What `disk bench` measured (times on the TSC, its rate measured against
+/// the root's timer; 0 in the root's first second, when it is not known).
 #[derive(Clone, Copy, Debug)]
 pub struct DiskBench {
     /// Bytes read sequentially.
     pub bytes: u64,
-    /// How long they took.
-    pub seq_ms: u64,
+    /// How long they took, in microseconds.
+    pub seq_us: u64,
     /// 4 KiB reads done at depth 1.
     pub random_reads: u64,
-    /// How long they took.
-    pub random_ms: u64,
+    /// How long they took, in microseconds.
+    pub random_us: u64,
 }
 
 /// A device as `disks` lists it.
@@ -425,8 +426,8 @@ impl Storage {
         let mut b = self.backend(name)?;
         let bytes = (mib << 20).min(b.sectors * SECTOR);
         let mut buf = alloc::vec![0u8; disk::MAX_REQUEST_BYTES];
-        let ms = crate::timer::now_ms;
-        let start = ms();
+        let tsc = kernel_x86::arch::rdtsc;
+        let start = tsc();
         let mut done = 0u64;
         while done < bytes {
             let n = (bytes - done).min(buf.len() as u64) as usize;
@@ -434,12 +435,13 @@ impl Storage {
                 .map_err(|e| format!("reading '{name}': {e:?}"))?;
             done += n as u64;
         }
-        let seq_ms = ms() - start;
+        let seq_us = crate::timer::tsc_us(start, tsc());
         let blocks = b.sectors / 8;
-        let start = ms();
+        let ms = crate::timer::now_ms;
+        let (start_ms, start) = (ms(), tsc());
         let mut reads = 0u64;
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        while ms() - start < 1000 && reads < 100_000 && blocks > 0 {
+        while ms() - start_ms < 1000 && reads < 100_000 && blocks > 0 {
             // xorshift: scattered 4 KiB-aligned blocks.
             x ^= x << 13;
             x ^= x >> 7;
@@ -448,11 +450,12 @@ impl Storage {
                 .map_err(|e| format!("reading '{name}': {e:?}"))?;
             reads += 1;
         }
+        let random_us = crate::timer::tsc_us(start, tsc());
         Ok(DiskBench {
             bytes,
-            seq_ms,
+            seq_us,
             random_reads: reads,
-            random_ms: ms() - start,
+            random_us,
         })
     }
 

@@ -24,6 +24,8 @@ const REG_DIVIDE: u64 = 0x3E0;
 const INITIAL_COUNT: u32 = 625_000;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+/// The TSC when the timer started: with the ticks since, the TSC's rate.
+static START_TSC: AtomicU64 = AtomicU64::new(0);
 
 fn write(reg: u64, value: u32) {
     // SAFETY: the local APIC's MMIO page is identity-mapped in the root's page
@@ -60,6 +62,27 @@ pub fn init() {
     write(REG_DIVIDE, 0x3); // ÷16
     write(REG_LVT_TIMER, (1 << 17) | TIMER_VECTOR as u32); // periodic
     write(REG_INITIAL_COUNT, INITIAL_COUNT);
+    START_TSC.store(kernel_x86::arch::rdtsc(), Ordering::Relaxed);
+}
+
+/// The TSC's rate in Hz, measured against the timer since it started (`None`
+/// in the first second: too few ticks to say). Finer than the ticks for
+/// timing short work such as `disk bench`.
+pub fn tsc_hz() -> Option<u64> {
+    let ticks = ticks();
+    if ticks < HZ {
+        return None;
+    }
+    let cycles = kernel_x86::arch::rdtsc().wrapping_sub(START_TSC.load(Ordering::Relaxed));
+    Some(cycles / ticks * HZ)
+}
+
+/// Microseconds between two TSC reads, at [`tsc_hz`] (or from the ticks'
+/// 10 ms resolution when the rate is not known yet: 0).
+pub fn tsc_us(from: u64, to: u64) -> u64 {
+    tsc_hz().map_or(0, |hz| {
+        (u128::from(to.wrapping_sub(from)) * 1_000_000 / u128::from(hz.max(1))) as u64
+    })
 }
 
 /// Ticks since the timer started.
