@@ -188,21 +188,36 @@ impl<M: SharedMemory> Channel<M> {
     /// them; `packets` is what the device calls the packets it writes
     /// ("packets echoed").
     pub fn inspect(&self, out: &mut dyn InspectSink, packets: &'static str) {
+        self.inspect_with_polls(
+            out,
+            packets,
+            self.stats.signals_received,
+            self.stats.budget_exhausted,
+        );
+    }
+
+    /// [`Self::inspect`] with the device's own count of polls that found
+    /// work and polls cut by the budget: a device that reads one packet per
+    /// [`Self::poll`] (to reach the guest's RAM between packets) counts its
+    /// polls itself.
+    pub fn inspect_with_polls(
+        &self,
+        out: &mut dyn InspectSink,
+        packets: &'static str,
+        signals_received: u64,
+        budget_exhausted: u64,
+    ) {
         let (up, down) = self.states();
         out.ring("guest_to_host", "guest->host", up);
         out.ring("host_to_guest", "host->guest", down);
         out.counter("packets", packets, self.stats.packets);
-        out.counter(
-            "signals_received",
-            "signals received",
-            self.stats.signals_received,
-        );
+        out.counter("signals_received", "signals received", signals_received);
         out.counter("signals_sent", "signals sent", self.stats.signals_sent);
         out.counter("stalls", "stalls", self.stats.stalls);
         out.counter(
             "budget_exhausted",
             "polls cut by the work budget",
-            self.stats.budget_exhausted,
+            budget_exhausted,
         );
         match self.broken {
             Some(e) => out.text("broken", "stopped", &format!("{e:?}")),

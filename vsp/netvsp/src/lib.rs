@@ -1162,17 +1162,10 @@ impl<M: SharedMemory> Device<M> for Netvsp<M> {
             ),
         );
         out.text("link", "link", if c.rndis.link_up() { "up" } else { "down" });
-        let (up, down) = channel.states();
-        out.ring("guest_to_host", "guest->host", up);
-        out.ring("host_to_guest", "host->guest", down);
-        let cs = channel.stats();
-        out.counter("packets", "packets written", cs.packets);
-        out.counter("signals_received", "signals received", c.stats.signals_received);
-        out.counter("signals_sent", "signals sent", cs.signals_sent);
-        out.counter("stalls", "stalls", cs.stalls);
-        out.counter(
-            "budget_exhausted",
-            "polls cut by the work budget",
+        channel.inspect_with_polls(
+            out,
+            "packets written",
+            c.stats.signals_received,
             c.stats.budget_exhausted,
         );
         let s = &c.stats;
@@ -1198,10 +1191,6 @@ impl<M: SharedMemory> Device<M> for Netvsp<M> {
         match c.last_error {
             Some(e) => out.text("last_error", "last guest error", &format!("{e}")),
             None => out.text("last_error", "last guest error", ""),
-        }
-        match channel.broken() {
-            Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
-            None => out.text("broken", "stopped", ""),
         }
     }
 }

@@ -1182,21 +1182,10 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             .map(|v| format!("{}.{}", v.major(), v.minor()))
             .unwrap_or_default();
         out.text("version", "vmstor version", &version);
-        let (up, down) = channel.states();
-        out.ring("guest_to_host", "guest->host", up);
-        out.ring("host_to_guest", "host->guest", down);
-        let cs = channel.stats();
-        out.counter("packets", "completions written", cs.packets);
-        out.counter(
-            "signals_received",
-            "signals received",
+        channel.inspect_with_polls(
+            out,
+            "completions written",
             self.polls.signals_received,
-        );
-        out.counter("signals_sent", "signals sent", cs.signals_sent);
-        out.counter("stalls", "stalls", cs.stalls);
-        out.counter(
-            "budget_exhausted",
-            "polls cut by the work budget",
             self.polls.budget_exhausted,
         );
         let s = &c.stats;
@@ -1229,9 +1218,5 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             ));
         }
         out.text("disks", "disks", &disks);
-        match channel.broken() {
-            Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
-            None => out.text("broken", "stopped", ""),
-        }
     }
 }
