@@ -354,6 +354,7 @@ fn main() {
         initrd: Some(artifacts.initramfs.clone()),
         cmdline: Some(child_cmdline.clone()),
         memory_mib: CHILD_MIB.into(),
+        vps: 1,
         ramdisk_mib: None,
         nic: false,
         disk: None,

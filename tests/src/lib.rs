@@ -50,6 +50,7 @@ pub fn linux_images() -> &'static (xtask::Images, xtask::linux::LinuxArtifacts) 
             initrd: Some(linux.initramfs.clone()),
             cmdline: Some(LINUX_CMDLINE.into()),
             memory_mib: 256,
+            vps: 1,
             ramdisk_mib: Some(8),
             nic: true,
             disk: None,

@@ -240,6 +240,7 @@ pub struct RegisterName(pub u32);
 impl RegisterName {
     pub const EXPLICIT_SUSPEND: Self = Self(0x0000_0000);
     pub const INTERCEPT_SUSPEND: Self = Self(0x0000_0001);
+    pub const INTERNAL_ACTIVITY_STATE: Self = Self(0x0000_0004);
     pub const RAX: Self = Self(0x0002_0000);
     pub const RCX: Self = Self(0x0002_0001);
     pub const RDX: Self = Self(0x0002_0002);
@@ -308,6 +309,18 @@ pub mod dispatch_flags {
     pub const ENABLE_CALLER_INTERRUPTS: u32 = 0x2;
     /// Speculation-control flags (accepted, no effect under hv-core).
     pub const SPECULATION_MASK: u32 = 0x4 | 0x8 | 0x10 | 0x20 | 0x40;
+}
+
+/// `HV_INTERNAL_ACTIVITY_REGISTER` (register
+/// [`RegisterName::INTERNAL_ACTIVITY_STATE`]; OpenVMM `hvdef`
+/// `HvInternalActivityRegister`).
+pub mod internal_activity {
+    /// The VP waits for a Startup IPI (an application processor after
+    /// reset or INIT): it does not run until another VP sends it one.
+    pub const STARTUP_SUSPEND: u64 = 1 << 0;
+    /// HaltSuspend and IdleSuspend (bits 1, 2) are not provided; the other
+    /// bits are reserved.
+    pub const SUPPORTED: u64 = STARTUP_SUSPEND;
 }
 
 /// `hv_output_dispatch_vp` (8 bytes).

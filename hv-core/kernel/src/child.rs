@@ -21,7 +21,7 @@ use hv1_abi::message::{
 use hv1_abi::partition::{
     DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
     DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, TableRegister, dispatch_flags,
-    map_flags,
+    internal_activity, map_flags,
 };
 use hv1_abi::private::{self, GuestCrash};
 use partitions::PartitionState;
@@ -29,6 +29,7 @@ use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use synic::{PendingVectors, SynicVp};
+use vlapic::{DeliveryMode, Ipi, Shorthand, Trigger};
 use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
@@ -120,6 +121,13 @@ pub struct Vp {
     vp_assist: u64,
     /// Its local APIC, synthetic timers and halt state.
     platform: VpPlatform,
+    /// Waiting for a Startup IPI (InternalActivityState StartupSuspend):
+    /// an application processor the root left for the guest to start, or
+    /// one that took an INIT. Not entered until a SIPI arrives.
+    startup_suspended: bool,
+    /// The start page of a SIPI received while startup-suspended; the next
+    /// dispatch starts the VP there in real mode.
+    sipi_vector: Option<u8>,
 }
 
 impl Vp {
@@ -141,6 +149,43 @@ impl Vp {
         // SAFETY: `vmcb_pa` is this VP's VMCB page in hv-core's region; the
         // borrow of `self` makes this the only reference.
         unsafe { &mut *(self.vmcb_pa as *mut Vmcb) }
+    }
+
+    /// Power-on state for everything a guest could have changed: registers
+    /// (the architectural reset state), x87/SSE, debug registers, SynIC,
+    /// APIC and timers, suspend states. Used for a partition reset and for
+    /// an INIT IPI.
+    fn reset(&mut self, maps: &SharedMaps, npt_root: u64, asid: u32) {
+        init_vmcb(self.vmcb(), maps, npt_root, asid);
+        // SAFETY: the VP's own FXSAVE page in hv-core's region; the VP is
+        // not running (one CPU, and hv-core is outside its dispatch).
+        unsafe { core::ptr::write_bytes(self.fx_pa as *mut u8, 0, 4096) };
+        init_fx_area(self.fx_pa);
+        self.debug = [0; 4];
+        self.regs = GuestRegs::default();
+        self.guest_efer = 0;
+        self.synic.reset();
+        self.pending = PendingVectors::new();
+        self.intercept_suspended = false;
+        self.explicit_suspend = false;
+        self.unrecoverable = false;
+        self.crashed = false;
+        self.vp_assist = 0;
+        self.platform.reset();
+        self.startup_suspended = false;
+        self.sipi_vector = None;
+    }
+
+    /// A Startup IPI's effect (SDM vol. 3A §8.4.4.1, "typical AP
+    /// initialization"): real mode, CS = vector << 8 (base vector << 12),
+    /// IP 0; everything else stays as reset/INIT left it.
+    fn start_at_sipi(&mut self, vector: u8) {
+        let s = &mut self.vmcb().save;
+        s.cs.selector = u16::from(vector) << 8;
+        s.cs.base = u64::from(vector) << 12;
+        s.rip = 0;
+        self.startup_suspended = false;
+        self.platform.halted = false;
     }
 }
 
@@ -263,22 +308,7 @@ impl Child {
         let npt_root = self.npt.as_ref().ok_or(HvStatus::INVALID_PARTITION_STATE)?.root();
         let (maps, asid) = (self.maps, self.asid);
         for vp in self.vps.iter_mut().flatten() {
-            init_vmcb(vp.vmcb(), &maps, npt_root, asid);
-            // SAFETY: the VP's own FXSAVE page in hv-core's region; the VP is
-            // not running (one CPU, and we are in its hypercall).
-            unsafe { core::ptr::write_bytes(vp.fx_pa as *mut u8, 0, 4096) };
-            init_fx_area(vp.fx_pa);
-            vp.debug = [0; 4];
-            vp.regs = GuestRegs::default();
-            vp.guest_efer = 0;
-            vp.synic.reset();
-            vp.pending = PendingVectors::new();
-            vp.intercept_suspended = false;
-            vp.explicit_suspend = false;
-            vp.unrecoverable = false;
-            vp.crashed = false;
-            vp.vp_assist = 0;
-            vp.platform.reset();
+            vp.reset(&maps, npt_root, asid);
         }
         self.msrs = SyntheticMsrs::default();
         self.time.reset();
@@ -430,6 +460,8 @@ impl Child {
             crashed: false,
             vp_assist: 0,
             platform: VpPlatform::new(index),
+            startup_suspended: false,
+            sipi_vector: None,
         };
         init_vmcb(vp.vmcb(), &self.maps, npt_root, self.asid);
         *slot = Some(vp);
@@ -475,6 +507,11 @@ impl Child {
             vp.guest_efer,
             vp.regs,
         );
+        let activity = if vp.startup_suspended {
+            internal_activity::STARTUP_SUSPEND
+        } else {
+            0
+        };
         let v = vp.vmcb();
         let s = &v.save;
         let r64 = |x: u64| RegisterValue { low: x, high: 0 };
@@ -506,6 +543,7 @@ impl Child {
         let value = match name {
             RegisterName::EXPLICIT_SUSPEND => r64(explicit as u64),
             RegisterName::INTERCEPT_SUSPEND => r64(intercept_suspended as u64),
+            RegisterName::INTERNAL_ACTIVITY_STATE => r64(activity),
             RegisterName::RAX => r64(s.rax),
             RegisterName::RSP => r64(s.rsp),
             RegisterName::RIP => r64(s.rip),
@@ -573,6 +611,15 @@ impl Child {
         match name {
             RegisterName::EXPLICIT_SUSPEND => vp.explicit_suspend = x & 1 != 0,
             RegisterName::INTERCEPT_SUSPEND => vp.intercept_suspended = x & 1 != 0,
+            // The root starts a guest's application processors this way: they
+            // wait for the guest's INIT-SIPI (Linux `wakeup_secondary_cpu_via_init`).
+            RegisterName::INTERNAL_ACTIVITY_STATE => {
+                if x & !internal_activity::SUPPORTED != 0 || value.high != 0 {
+                    return Err(HvStatus::INVALID_PARAMETER);
+                }
+                vp.startup_suspended = x & internal_activity::STARTUP_SUSPEND != 0;
+                vp.sipi_vector = None;
+            }
             RegisterName(n @ 0x0002_0001..=0x0002_000F) if n != RegisterName::RSP.0 => {
                 *gpr_mut(&mut vp.regs, n).ok_or(HvStatus::INVALID_PARAMETER)? = x
             }
@@ -680,6 +727,14 @@ impl Child {
         if vp.explicit_suspend || suspended {
             return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
         }
+        // An application processor waiting for its Startup IPI stays
+        // blocked until another VP sends one (`route_ipi`).
+        if vp.startup_suspended {
+            match vp.sipi_vector.take() {
+                Some(vector) => vp.start_at_sipi(vector),
+                None => return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND)),
+            }
+        }
         // A halted VP (the root completed its HLT, RIP is past it) runs
         // again only when an interrupt would wake it: timers are advanced
         // and SynIC vectors taken in first; otherwise it stays halted and
@@ -737,7 +792,83 @@ impl Child {
             fxrstor(root_fx.0.as_ptr());
         }
         write_debug(&root_debug);
+        let outgoing = vp.platform.outgoing.take();
+        if let Some(ipi) = outgoing {
+            self.route_ipi(id, index, ipi);
+        }
         result
+    }
+
+    /// Deliver an IPI VP `from` sent (its own share of a fixed IPI is
+    /// already in its APIC) to the partition's VPs its destination names
+    /// (SDM vol. 3A §10.6 "Issuing Interprocessor Interrupts"): fixed and
+    /// lowest-priority vectors into their APICs (a halted VP wakes at its
+    /// next dispatch), INIT resets an application processor to wait for a
+    /// Startup IPI, a Startup IPI starts one that waits. NMI and SMI are not
+    /// emulated and INIT to VP 0 has no firmware to restart: dropped and
+    /// counted (`ipis_dropped`). Everything here comes from the guest's ICR
+    /// write, which the vlapic decoded; no value indexes anything.
+    fn route_ipi(&mut self, id: u64, from: u32, ipi: Ipi) {
+        let Some(npt_root) = self.npt.as_ref().map(|n| n.root()) else {
+            return;
+        };
+        let (maps, asid) = (self.maps, self.asid);
+        let mut delivered_lowest = false;
+        let mut dropped = 0u64;
+        for (i, slot) in self.vps.iter_mut().enumerate() {
+            let Some(vp) = slot.as_mut() else {
+                continue;
+            };
+            let is_sender = i as u32 == from;
+            let named = match ipi.shorthand {
+                Shorthand::SelfOnly => is_sender,
+                Shorthand::AllIncludingSelf => true,
+                Shorthand::AllExcludingSelf => !is_sender,
+                Shorthand::None => {
+                    ipi.is_broadcast() || vp.platform.apic.matches_destination(ipi.destination, ipi.logical)
+                }
+            };
+            if !named {
+                continue;
+            }
+            match ipi.mode {
+                // The sender's own share went in when it wrote the ICR.
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority if is_sender => {}
+                DeliveryMode::LowestPriority if delivered_lowest => {}
+                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
+                    let trigger = if ipi.level_triggered {
+                        Trigger::Level
+                    } else {
+                        Trigger::Edge
+                    };
+                    vp.platform.apic.request(ipi.vector, trigger);
+                    delivered_lowest = true;
+                }
+                DeliveryMode::Init if i == 0 => dropped += 1,
+                DeliveryMode::Init => {
+                    vp.reset(&maps, npt_root, asid);
+                    vp.startup_suspended = true;
+                }
+                // SDM §8.4.4.1: a SIPI to a processor not waiting for one
+                // is ignored; a second SIPI while one is pending too.
+                DeliveryMode::StartUp => {
+                    if vp.startup_suspended && vp.sipi_vector.is_none() {
+                        vp.sipi_vector = Some(ipi.vector);
+                    }
+                }
+                DeliveryMode::Nmi | DeliveryMode::Smi => dropped += 1,
+            }
+        }
+        if dropped > 0
+            && let Some(vp) = self.vps.get_mut(from as usize).and_then(Option::as_mut)
+        {
+            vp.platform.ipis_dropped += dropped;
+            crate::vcpu::log_limited(
+                &mut self.logged,
+                id,
+                format_args!("VP {from}: {:?} IPI not emulated: dropped", ipi.mode),
+            );
+        }
     }
 }
 
@@ -952,6 +1083,10 @@ fn run_vp(
                     if cpu.finish(outcome) {
                         stats.injected += 1;
                     }
+                    // An ICR write through the xAPIC page: as below.
+                    if vp.platform.outgoing.is_some() {
+                        return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+                    }
                     continue;
                 }
                 vp.intercept_suspended = true;
@@ -1013,6 +1148,13 @@ fn run_vp(
         // the root takes its SynIC interrupt now rather than at its next timer
         // tick (one CPU: the root is the one waiting).
         if !bus.root_pending.is_empty() {
+            return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+        }
+        // The VP sent an IPI to other VPs: end the dispatch so the partition
+        // routes it and the root's scheduler can run its target (one CPU:
+        // a sender spinning for an answer would otherwise hold it to the
+        // end of its slice).
+        if vp.platform.outgoing.is_some() {
             return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
         }
     }

@@ -108,7 +108,12 @@ pub struct VpPlatform {
     /// V_TPR as hv-core last wrote it: a different value at the next exit
     /// means the guest wrote CR8.
     entry_tpr: u8,
-    /// IPIs to other VPs dropped (no SMP routing yet).
+    /// An IPI for other VPs (or an INIT/Startup/NMI IPI) sent by this VP
+    /// and not yet routed: the dispatch ends after the instruction that sent
+    /// it, and the partition delivers it to its VPs.
+    pub outgoing: Option<Ipi>,
+    /// IPIs not delivered: NMI and SMI (not emulated), INIT to VP 0 (there
+    /// is no firmware to restart it at the reset vector).
     pub ipis_dropped: u64,
 }
 
@@ -134,6 +139,7 @@ impl VpPlatform {
             stimers: Stimers::new(false),
             halted: false,
             entry_tpr: 0,
+            outgoing: None,
             ipis_dropped: 0,
         }
     }
@@ -144,6 +150,7 @@ impl VpPlatform {
         self.stimers.reset();
         self.halted = false;
         self.entry_tpr = 0;
+        self.outgoing = None;
     }
 
     /// Whether the APIC takes fixed interrupts (enabled in IA32_APIC_BASE and
@@ -161,37 +168,43 @@ impl VpPlatform {
         }
     }
 
-    /// Apply what an APIC register write asks for. Returns an IPI this VP
-    /// could not route (to another VP: no SMP routing yet).
-    pub fn apply(&mut self, effect: Effect) -> Option<Ipi> {
-        match effect {
-            Effect::None | Effect::ApicBaseChanged { .. } | Effect::LevelEoi { .. } => None,
-            Effect::Ipi(ipi) => {
-                let fixed = matches!(ipi.mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority);
-                let to_self = match ipi.shorthand {
-                    Shorthand::SelfOnly | Shorthand::AllIncludingSelf => true,
-                    Shorthand::AllExcludingSelf => false,
-                    Shorthand::None => self.apic.matches_destination(ipi.destination, ipi.logical),
-                };
-                if fixed && to_self {
-                    let trigger = if ipi.level_triggered {
-                        Trigger::Level
-                    } else {
-                        Trigger::Edge
-                    };
-                    self.apic.request(ipi.vector, trigger);
-                }
-                // Anything for another VP (or INIT/SIPI/NMI) is not routed yet.
-                let others = match ipi.shorthand {
-                    Shorthand::SelfOnly => false,
-                    Shorthand::AllIncludingSelf | Shorthand::AllExcludingSelf => true,
-                    Shorthand::None => !to_self || ipi.is_broadcast(),
-                };
-                if others || !fixed {
-                    self.ipis_dropped += 1;
-                    return Some(ipi);
-                }
-                None
+    /// Apply what an APIC register write asks for: a fixed IPI this VP
+    /// sends itself is requested at once; anything for other VPs (and every
+    /// INIT, Startup or NMI IPI) waits in [`Self::outgoing`] until the
+    /// dispatch ends and the partition routes it (`Child::route_ipi`).
+    pub fn apply(&mut self, effect: Effect) {
+        let ipi = match effect {
+            Effect::None | Effect::ApicBaseChanged { .. } | Effect::LevelEoi { .. } => return,
+            Effect::Ipi(ipi) => ipi,
+        };
+        let fixed = matches!(ipi.mode, DeliveryMode::Fixed | DeliveryMode::LowestPriority);
+        let to_self = match ipi.shorthand {
+            Shorthand::SelfOnly | Shorthand::AllIncludingSelf => true,
+            Shorthand::AllExcludingSelf => false,
+            Shorthand::None => self.apic.matches_destination(ipi.destination, ipi.logical),
+        };
+        if fixed && to_self {
+            let trigger = if ipi.level_triggered {
+                Trigger::Level
+            } else {
+                Trigger::Edge
+            };
+            self.apic.request(ipi.vector, trigger);
+            // Lowest priority goes to one destination: this VP took it.
+            if ipi.mode == DeliveryMode::LowestPriority {
+                return;
+            }
+        }
+        let others = match ipi.shorthand {
+            Shorthand::SelfOnly => false,
+            Shorthand::AllIncludingSelf | Shorthand::AllExcludingSelf => true,
+            Shorthand::None => !to_self || ipi.is_broadcast(),
+        };
+        if others || !fixed {
+            // One ICR write per instruction, and the dispatch ends after the
+            // instruction that made one: the slot is always free here.
+            if self.outgoing.replace(ipi).is_some() {
+                self.ipis_dropped += 1;
             }
         }
     }
@@ -213,19 +226,22 @@ impl VpPlatform {
         })
     }
 
-    /// WRMSR of a platform MSR; `None` if `index` is not one. Returns an IPI
-    /// that could not be routed (for the caller's log).
+    /// WRMSR of a platform MSR; `None` if `index` is not one. An IPI it
+    /// sends to other VPs waits in [`Self::outgoing`].
     pub fn wrmsr(
         &mut self,
         time: &mut PartitionTime,
         mem: &dyn GuestMemory,
         index: u32,
         value: u64,
-    ) -> Option<Result<Option<Ipi>, MsrRefusal>> {
+    ) -> Option<Result<(), MsrRefusal>> {
         let now = crate::time::now_ns();
         Some(match index {
             _ if Vlapic::handles_msr(index) => match self.apic.write_msr(index, value, now) {
-                Ok(effect) => Ok(self.apply(effect)),
+                Ok(effect) => {
+                    self.apply(effect);
+                    Ok(())
+                }
                 Err(e) => Err(MsrRefusal::Apic(e)),
             },
             msr::TIME_REF_COUNT | msr::REFERENCE_TSC => match time.reftime.write_msr(index, value) {
@@ -233,7 +249,7 @@ impl VpPlatform {
                     if let Some(u) = update {
                         write_tsc_page(mem, u.gpa, &u.page);
                     }
-                    Ok(None)
+                    Ok(())
                 }
                 Err(e) => Err(MsrRefusal::Time(e)),
             },
@@ -242,12 +258,11 @@ impl VpPlatform {
             msr::TSC_INVARIANT_CONTROL if value & !1 != 0 => Err(MsrRefusal::Reserved(value & !1)),
             msr::TSC_INVARIANT_CONTROL => {
                 time.tsc_invariant = value;
-                Ok(None)
+                Ok(())
             }
             _ if Stimers::is_stimer_msr(index) => self
                 .stimers
                 .write_msr(index, value, time.reference_now())
-                .map(|()| None)
                 .map_err(MsrRefusal::Time),
             _ => return None,
         })
@@ -445,14 +460,9 @@ impl crate::vcpu::Vcpu<'_> {
                 let (vp, _) = self.platform.as_mut()?;
                 // Only a 32-bit write at a register's start has an effect
                 // (SDM vol. 3A §10.4.1: other widths are undefined; dropped).
-                let dropped = if access.size == 4 {
+                if access.size == 4 {
                     let effect = vp.apic.write_mmio(offset, value as u32, now);
-                    vp.apply(effect)
-                } else {
-                    None
-                };
-                if let Some(ipi) = dropped {
-                    self.log_refusal(format_args!("IPI {ipi:?} not routed (no SMP routing): dropped"));
+                    vp.apply(effect);
                 }
             }
             None => {

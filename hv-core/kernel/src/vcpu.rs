@@ -440,11 +440,7 @@ impl Vcpu<'_> {
             None => None,
         };
         match platform {
-            Some(Ok(None)) => return Outcome::Advance(Intercepted::Wrmsr),
-            Some(Ok(Some(ipi))) => {
-                self.log_refusal(format_args!("IPI {ipi:?} not routed (no SMP routing): dropped"));
-                return Outcome::Advance(Intercepted::Wrmsr);
-            }
+            Some(Ok(())) => return Outcome::Advance(Intercepted::Wrmsr),
             Some(Err(e)) => {
                 self.log_refusal(format_args!(
                     "wrmsr {index:#x} <- {value:#x} refused ({e:?}): #GP"

@@ -169,9 +169,6 @@ impl ChildImage {
             }
             return Ok(Self::TestOs(image));
         };
-        if spec.vps != 1 {
-            return Err("a Linux child has 1 VP for now (application processors need INIT-SIPI)".to_string());
-        }
         let initrd = match &spec.initrd {
             Some(name) => find(name).ok_or_else(|| format!("no initramfs '{name}' in the boot bundle"))?,
             None => &[],
@@ -460,7 +457,7 @@ impl Boot32 {
         };
         if spec.vps != 1 {
             return Err(format!(
-                "a {what} child has 1 VP for now (application processors need INIT-SIPI)"
+                "a {what} child has 1 VP (application processors are started for Linux boot protocol children only)"
             ));
         }
         let window = child32::KERNEL_MIN..spec.memory;

@@ -245,12 +245,21 @@ pub fn partition_of_port(port: u64) -> Option<(u64, u32)> {
         .then_some((port >> 8, connection))
 }
 
-/// The child's event port (VP 0, the VMBus SINT, all 2048 flags: flag n is
-/// channel relid n, as Linux's `vmbus_chan_sched` reads them), and the root's
-/// connection id for it.
-pub fn child_event_port_id(id: u64) -> Option<u32> {
-    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(3)
+/// The child's event port on VP `vp` (the VMBus SINT, all 2048 flags: flag
+/// n is channel relid n, as Linux's `vmbus_chan_sched` reads them on the CPU
+/// the channel targets), and the root's connection id for it: 3 for VP 0,
+/// 0x10 + `vp` for the others (below the channel ports at 0x80).
+pub fn child_event_port_id(id: u64, vp: u32) -> Option<u32> {
+    let low = match vp {
+        0 => 3,
+        v if (v as usize) < MAX_CHILD_VPS => 0x10 + v,
+        _ => return None,
+    };
+    u32::try_from(id).ok()?.checked_mul(256)?.checked_add(low)
 }
+
+/// Most VPs a child has (hv-core's `MAX_VPS`; `create --vps` allows 1 to 4).
+pub const MAX_CHILD_VPS: usize = 4;
 
 /// Children the root can give an event block to: the root's SIEF has 2048
 /// flags for the VMBus SINT, 128 (one per relid) per child.
@@ -420,19 +429,23 @@ impl Worker {
             reply_port_id(self.id).ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
         hv::create_port(self.id, reply, hv1_abi::ROOT_PARTITION_ID, info).map_err(hvfail("CreatePort"))?;
         hv::connect_port(hv1_abi::ROOT_PARTITION_ID, reply, self.id, reply).map_err(hvfail("ConnectPort"))?;
-        // Channel interrupts for the child: the root sets flag `relid`.
-        let events = child_event_port_id(self.id)
-            .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
-        let event_info = PortInfo {
-            port_type: port_type::EVENT,
-            target_sint: crate::synic::MESSAGE_SINT as u32,
-            flag_count: 2048,
-            ..PortInfo::default()
-        };
-        hv::create_port(self.id, events, hv1_abi::ROOT_PARTITION_ID, event_info)
-            .map_err(hvfail("CreatePort"))?;
-        hv::connect_port(hv1_abi::ROOT_PARTITION_ID, events, self.id, events)
-            .map_err(hvfail("ConnectPort"))?;
+        // Channel interrupts for the child, one port per VP (a channel's
+        // OPENCHANNEL names the VP it interrupts): the root sets flag `relid`.
+        for vp in 0..self.spec.vps {
+            let events = child_event_port_id(self.id, vp)
+                .ok_or(WorkerError::Hypervisor("CreatePort", HvStatus::INVALID_PORT_ID))?;
+            let event_info = PortInfo {
+                port_type: port_type::EVENT,
+                target_sint: crate::synic::MESSAGE_SINT as u32,
+                target_vp: vp,
+                flag_count: 2048,
+                ..PortInfo::default()
+            };
+            hv::create_port(self.id, events, hv1_abi::ROOT_PARTITION_ID, event_info)
+                .map_err(hvfail("CreatePort"))?;
+            hv::connect_port(hv1_abi::ROOT_PARTITION_ID, events, self.id, events)
+                .map_err(hvfail("ConnectPort"))?;
+        }
         // Its bus starts with the devices it was given.
         for device in devices {
             self.offer(device)
@@ -816,7 +829,17 @@ impl Worker {
             .map(|c| c.connection_id)
             .ok_or_else(|| String::from("unknown relid"))?;
         let port = channel_port_id(self.id, relid).ok_or_else(|| String::from("relid too large"))?;
-        let events = child_event_port_id(self.id).ok_or_else(|| String::from("partition id too large"))?;
+        // The VP the child asked to be interrupted on (Linux spreads its
+        // channels over its CPUs, `init_vp_index`); a VP it does not have is
+        // refused rather than signalled somewhere else.
+        if info.target_vp >= self.spec.vps {
+            return Err(format!(
+                "target VP {} does not exist (the child has {})",
+                info.target_vp, self.spec.vps
+            ));
+        }
+        let events = child_event_port_id(self.id, info.target_vp)
+            .ok_or_else(|| String::from("partition id too large"))?;
         let (up, down) = crate::ring_memory::ring_pair(frames, info.downstream_page_offset as usize)
             .map_err(|e| format!("rings: {e:?}"))?;
         let signal = ChildEvent {
@@ -1072,16 +1095,29 @@ impl Worker {
             self.write(layout::BOOT_INFO_GPA, info.as_bytes());
         }
         for vp in 0..self.spec.vps {
-            // Test OS VPs all start at the entry, each on its own stack with
-            // RDI = its index.
-            let state = EntryState {
-                rsp: boot.vp0.rsp - vp as u64 * layout::STACK_SIZE,
-                rdi: vp as u64,
-                ..boot.vp0
-            };
-            let regs = initial_registers(&state);
-            hv::set_vp_registers(self.id, vp, &regs)
+            if vp > 0 && !self.image.is_test_os() {
+                // A kernel's application processors wait for the INIT-SIPI
+                // its boot processor sends them (Linux
+                // `wakeup_secondary_cpu_via_init`), as on a real machine.
+                let suspend = hv1_abi::partition::internal_activity::STARTUP_SUSPEND;
+                hv::set_vp_registers(
+                    self.id,
+                    vp,
+                    &[(RegisterName::INTERNAL_ACTIVITY_STATE, reg(suspend))],
+                )
                 .map_err(|(s, _)| WorkerError::Hypervisor("SetVpRegisters", s))?;
+            } else {
+                // Test OS VPs all start at the entry, each on its own stack
+                // with RDI = its index.
+                let state = EntryState {
+                    rsp: boot.vp0.rsp - vp as u64 * layout::STACK_SIZE,
+                    rdi: vp as u64,
+                    ..boot.vp0
+                };
+                let regs = initial_registers(&state);
+                hv::set_vp_registers(self.id, vp, &regs)
+                    .map_err(|(s, _)| WorkerError::Hypervisor("SetVpRegisters", s))?;
+            }
             let v = &mut self.vps[vp as usize];
             v.halted = false;
             // A VP stopped at an intercept must be released on its next dispatch.
@@ -1241,9 +1277,24 @@ impl Worker {
         match hv::dispatch_vp(self.id, vp, flags) {
             Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)) => {
                 self.vps[vp as usize].clear_intercept = false;
+                // The dispatch may have ended because the VP sent an IPI
+                // (hv-core stops a sender at once): its siblings get a
+                // dispatch now, where hv-core enters a halted one only if
+                // the IPI made an interrupt deliverable.
+                if self.vps.len() > 1 {
+                    self.wake();
+                }
                 Slice::Preempted
             }
-            Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND)) => Slice::Suspended,
+            Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND)) => {
+                // Blocked in hv-core (an application processor waiting for
+                // its Startup IPI): tried again like a halted VP, at the
+                // next tick or when a sibling's IPI wakes it.
+                let v = &mut self.vps[vp as usize];
+                v.halted = true;
+                v.halted_at = timer::ticks();
+                Slice::Suspended
+            }
             Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT)) => {
                 self.intercepts += 1;
                 self.vps[vp as usize].clear_intercept = true;

@@ -109,6 +109,9 @@ pub struct HostChild {
     pub cmdline: Option<String>,
     /// Memory in MiB.
     pub memory_mib: u64,
+    /// Virtual processors (`vps=N`, 1 to 4): VP 0 boots, the kernel starts
+    /// the others with INIT-SIPI.
+    pub vps: u32,
     /// A RAM-backed SCSI disk of this many MiB (`ramdisk=SIZE`).
     pub ramdisk_mib: Option<u64>,
     /// A synthetic NIC (`nic`).
@@ -168,6 +171,7 @@ impl HostChild {
             initrd: None,
             cmdline: None,
             memory_mib: DEFAULT_CHILD_MIB,
+            vps: 1,
             ramdisk_mib: None,
             nic: false,
             disk: None,
@@ -190,6 +194,14 @@ impl HostChild {
                 Some(("memory", v)) => {
                     child.memory_mib = parse_mib(v).map_err(|e| format!("--child {name}: {e}"))?
                 }
+                Some(("vps", v)) => {
+                    // The root's limit (`create --vps`: 1 to 4).
+                    child.vps = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=4).contains(n))
+                        .ok_or_else(|| format!("--child {name}: vps={v}: 1 to 4"))?;
+                }
                 Some(("disk", v)) => {
                     if !valid_name(v) {
                         return Err(format!(
@@ -209,7 +221,7 @@ impl HostChild {
                 }
                 _ => {
                     return Err(format!(
-                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, ramdisk=SIZE, disk=NAME, nic)"
+                        "--child {name}: unknown field '{f}' (initrd=FILE, cmdline=\"…\", memory=SIZE, vps=N, ramdisk=SIZE, disk=NAME, nic)"
                     ));
                 }
             }
@@ -220,8 +232,8 @@ impl HostChild {
     /// Its manifest line.
     pub fn manifest_line(&self) -> String {
         let mut line = format!(
-            "{} --memory {}M --vps 1 --image {}.kernel",
-            self.name, self.memory_mib, self.name
+            "{} --memory {}M --vps {} --image {}.kernel",
+            self.name, self.memory_mib, self.vps, self.name
         );
         if self.initrd.is_some() {
             line.push_str(&format!(" --initrd {}.initrd", self.name));

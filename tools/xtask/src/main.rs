@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 fn usage() {
     eprintln!("usage: cargo xtask <command>");
     eprintln!(
-        "  run [--tcg] [--no-disk] [--disk IMAGE]... [--no-network] [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE][,disk=NAME][,nic]]... [KERNEL ARGS...]"
+        "  run [--tcg] [--no-disk] [--disk IMAGE]... [--no-network] [--no-linux] [--memory SIZE] [--child NAME=KERNEL[,initrd=FILE][,cmdline=\"...\"][,memory=SIZE][,vps=N][,disk=NAME][,nic]]... [KERNEL ARGS...]"
     );
     eprintln!(
         "                                            build and boot root + hv-core in QEMU (Ctrl-A X quits)"
@@ -143,6 +143,9 @@ fn run(args: &[String]) -> Result<(), XtaskError> {
                     if no_network { "" } else { " dhcp=eth0" }
                 )),
                 memory_mib: xtask::DEFAULT_CHILD_MIB,
+                // Two VPs: Linux starts the second with INIT-SIPI and asks
+                // storvsp for a sub-channel for it.
+                vps: 2,
                 ramdisk_mib: None,
                 nic: true,
                 disk: None,
