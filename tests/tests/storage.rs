@@ -202,21 +202,35 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     // Only the test OS children run beside the Linux one we create.
     m.hvctl("stop 4");
     m.hvctl("destroy 4");
-    let create = |host: &str, disk: &str| {
+    let create = |host: &str, disk: &str, extra: &str| {
         format!(
-            "create {host} --memory 256M --image linux.kernel --initrd linux.initrd --cmdline \"{}\" --disk {disk} --start",
+            "create {host} --memory 256M --image linux.kernel --initrd linux.initrd --cmdline \"{}\" --disk {disk}{extra} --start",
             linux_cmdline(host)
         )
     };
-    let out = m.hvctl(&create("writer", "data"));
+    // The writer has two VPs (Linux starts the second with INIT-SIPI) and a
+    // NIC: its storvsc asks for a sub-channel for CPU 1.
+    let out = m.hvctl(&create("writer", "data", " --vps 2 --nic"));
     assert!(out.contains("partition 5 (writer) created and started"), "{out}");
-    let size = run_in(&mut m, 5, "cat /sys/block/sda/size", "size");
-    assert!(size.lines().any(|l| l == "131072"), "64 MiB disk: {size}");
+    let size = run_in(
+        &mut m,
+        5,
+        "cat /sys/devices/system/cpu/online; cat /sys/block/sda/size",
+        "size",
+    );
+    let lines: Vec<&str> = size.lines().collect();
+    assert!(
+        lines.ends_with(&["0-1", "131072"]),
+        "2 CPUs online, 64 MiB disk: {size}"
+    );
+    // The file is written from CPU 1 (`taskset 2`), whose requests take the
+    // sub-channel that targets it.
     let written = run_in(
         &mut m,
         5,
         "mke2fs -q /dev/sda >/dev/null 2>&1; mkdir -p /mnt; mount -t ext4 /dev/sda /mnt && \
-         head -c 3000000 /dev/urandom > /mnt/random.bin && echo hv-rs-note-$((6*7)) > /mnt/note.txt && \
+         taskset 2 sh -c 'head -c 3000000 /dev/urandom > /mnt/random.bin && sync' && \
+         echo hv-rs-note-$((6*7)) > /mnt/note.txt && \
          sync && md5sum /mnt/random.bin && cat /mnt/note.txt; umount /mnt",
         "write",
     );
@@ -227,8 +241,33 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         .to_string();
     assert!(written.lines().any(|l| l == "hv-rs-note-42"), "{written}");
 
-    // Linux's writes came straight from its pages too.
+    // `channels` shows storvsc's primary and its sub-channel (index 1,
+    // interrupting VP 1, carrying requests) and netvsc.
     let channels = m.hvctl_json("channels 5 --json");
+    let list = channels["channels"].as_array().expect("channels");
+    let storvsc: Vec<&Value> = list
+        .iter()
+        .filter(|c| c["interface"] == "d96361ba-a104-294d-b605-72e2ffb1dc7f" && c["state"] == "open")
+        .collect();
+    assert_eq!(storvsc.len(), 2, "storvsc primary + 1 sub-channel: {channels}");
+    assert_eq!(storvsc[0]["role"], "primary", "{channels}");
+    assert_eq!(storvsc[0]["sub_channels"], 1, "{channels}");
+    let sub = storvsc[1];
+    assert_eq!(
+        (sub["sub_channel_index"].as_u64(), sub["target_vp"].as_u64()),
+        (Some(1), Some(1)),
+        "{channels}"
+    );
+    assert!(
+        sub["packets"].as_u64().unwrap_or(0) > 0 && sub["signals_received"].as_u64().unwrap_or(0) > 0,
+        "requests went through the sub-channel: {channels}"
+    );
+    assert!(
+        list.iter()
+            .any(|c| c["interface"] == "635161f8-3edf-c546-913f-f2d2f965ed0e" && c["state"] == "open"),
+        "netvsc is open: {channels}"
+    );
+    // Linux's writes came straight from its pages too.
     let dma_writes: u64 = channels["channels"]
         .as_array()
         .expect("channels")
@@ -240,7 +279,7 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     m.hvctl("stop 5");
     let out = m.hvctl("destroy 5");
     assert!(out.contains("disk 'data' keeps its data"), "{out}");
-    let out = m.hvctl(&create("reader", "data"));
+    let out = m.hvctl(&create("reader", "data", ""));
     assert!(out.contains("partition 6 (reader) created and started"), "{out}");
     let back = run_in(&mut m, 6, READ_BACK, "back");
     assert!(
@@ -262,18 +301,33 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     m.hvctl("destroy 6");
 
     // Another child, another disk: zeroed, none of the first one's bytes.
-    let out = m.hvctl(&create("peer", "other"));
+    // (It has two VPs but tells Linux to start one: the second never gets
+    // its INIT-SIPI and hv-core keeps it waiting.)
+    let out = m.hvctl(&format!(
+        "create peer --memory 256M --vps 2 --image linux.kernel --initrd linux.initrd --cmdline \"{} maxcpus=1\" --disk other --start",
+        linux_cmdline("peer")
+    ));
     assert!(out.contains("partition 7 (peer) created and started"), "{out}");
     let peer = run_in(
         &mut m,
         7,
-        "cat /sys/block/sda/size; grep -c hv-rs-note /dev/sda; tr -d '\\000' < /dev/sda | wc -c",
+        "cat /sys/devices/system/cpu/online; cat /sys/block/sda/size; grep -c hv-rs-note /dev/sda; \
+         tr -d '\\000' < /dev/sda | wc -c",
         "peer",
     );
     let lines: Vec<&str> = peer.lines().collect();
     assert!(
-        lines.ends_with(&["131072", "0", "0"]),
-        "the other disk is all zeros, without the note: {peer}"
+        lines.ends_with(&["0", "131072", "0", "0"]),
+        "one CPU online; the other disk is all zeros, without the note: {peer}"
+    );
+    let info = m.hvctl_json("info 7 --json");
+    assert_eq!(
+        (
+            info["vps"][0]["waiting_for_sipi"].as_u64(),
+            info["vps"][1]["waiting_for_sipi"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{info}"
     );
     drop(m);
 
@@ -282,7 +336,7 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     m.expect("root: partition 4 (linux) created and started");
     m.hvctl("stop 4");
     m.hvctl("destroy 4");
-    let out = m.hvctl(&create("again", "data"));
+    let out = m.hvctl(&create("again", "data", ""));
     assert!(out.contains("partition 5 (again) created and started"), "{out}");
     let back = run_in(&mut m, 5, READ_BACK, "restart");
     assert!(

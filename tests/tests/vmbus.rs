@@ -151,18 +151,18 @@ fn conformance_cases_pass_between_a_real_child_and_the_root() {
     // The summary line, complete (up to its newline).
     let console = m.wait_text("console 4", " failed\n");
     println!("{console}");
-    assert!(console.contains("conformance: 19 passed, 0 failed"), "{console}");
+    assert!(console.contains("conformance: 20 passed, 0 failed"), "{console}");
     assert_eq!(
         console.lines().filter(|l| l.starts_with("PASS Q-")).count(),
-        19,
+        20,
         "{console}"
     );
     // The three bad messages of Q-BAD-01, the unknown relid of Q-OPN-05,
-    // the out-of-range GPADLs of Q-GPA-04 and Q-GPA-05 and the three refused
+    // the VP the child does not have of Q-OPN-06, the out-of-range GPADLs of Q-GPA-04 and Q-GPA-05 and the three refused
     // MODIFYCHANNELs of Q-MOD-01 were refused by the server (and counted),
     // nothing else.
     let info = m.hvctl_json("info 4 --json");
-    assert_eq!(info["vmbus_violations"], 9, "{info}");
+    assert_eq!(info["vmbus_violations"], 10, "{info}");
     assert_eq!(info["state"], "running", "{info}");
     // Q-BAD-02's corrupt ring stopped that channel (and only it).
     assert_eq!(info["rings_broken"], 1, "{info}");

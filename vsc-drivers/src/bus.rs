@@ -248,7 +248,19 @@ impl<T: SynicTransport> Bus<T> {
     /// OPENCHANNEL on GPADL `handle` (`downstream`: the page offset of the
     /// host-to-guest ring): the OPENCHANNEL_RESULT status (0 = open).
     pub fn open(&mut self, relid: u32, handle: u32, downstream: u32) -> Result<u32, BusError> {
-        self.client.open(relid, handle, downstream, 0);
+        self.open_on_vp(relid, handle, downstream, 0)
+    }
+
+    /// OPENCHANNEL asking for the channel's interrupts on VP `target_vp`;
+    /// the OPENCHANNEL_RESULT status.
+    pub fn open_on_vp(
+        &mut self,
+        relid: u32,
+        handle: u32,
+        downstream: u32,
+        target_vp: u32,
+    ) -> Result<u32, BusError> {
+        self.client.open(relid, handle, downstream, target_vp);
         match self.until("OPENCHANNEL_RESULT", |e| {
             matches!(e, ClientEvent::OpenResult { .. })
         })? {

@@ -1455,7 +1455,7 @@ impl Worker {
     }
 
     /// A few registers of VP `vp`, for `info`.
-    pub fn registers(&self, vp: u32) -> Result<[(&'static str, u64); 8], HvStatus> {
+    pub fn registers(&self, vp: u32) -> Result<[(&'static str, u64); 9], HvStatus> {
         let names = [
             RegisterName::RIP,
             RegisterName::RSP,
@@ -1465,17 +1465,30 @@ impl Worker {
             RegisterName::CR4,
             RegisterName::EFER,
             RegisterName::CS,
+            RegisterName::INTERNAL_ACTIVITY_STATE,
         ];
-        let mut values = [RegisterValue::default(); 8];
+        let mut values = [RegisterValue::default(); 9];
         hv::get_vp_registers(self.id, vp, &names, &mut values).map_err(|(s, _)| s)?;
-        let labels = ["rip", "rsp", "rflags", "cr0", "cr3", "cr4", "efer", "cs"];
-        let mut out = [("", 0u64); 8];
+        let labels = [
+            "rip",
+            "rsp",
+            "rflags",
+            "cr0",
+            "cr3",
+            "cr4",
+            "efer",
+            "cs",
+            "waiting_for_sipi",
+        ];
+        let mut out = [("", 0u64); 9];
         for (i, slot) in out.iter_mut().enumerate() {
-            // CS: report the selector (bits 111:96 of the segment register).
-            let v = if i == 7 {
-                (values[i].high >> 32) & 0xFFFF
-            } else {
-                values[i].low
+            let v = match names[i] {
+                // CS: report the selector (bits 111:96 of the segment register).
+                RegisterName::CS => (values[i].high >> 32) & 0xFFFF,
+                RegisterName::INTERNAL_ACTIVITY_STATE => {
+                    values[i].low & hv1_abi::partition::internal_activity::STARTUP_SUSPEND
+                }
+                _ => values[i].low,
             };
             *slot = (labels[i], v);
         }

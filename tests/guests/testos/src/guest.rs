@@ -1609,7 +1609,7 @@ pub(crate) fn conformance(name: &str) -> ! {
         &'static str,
         fn(&str) -> Result<(), alloc::string::String>,
     );
-    let cases: [Case; 19] = [
+    let cases: [Case; 20] = [
         (
             "Q-NEG-01",
             "every version 2.4-5.3 is accepted alone (version.c decide)",
@@ -1843,6 +1843,25 @@ pub(crate) fn conformance(name: &str) -> ! {
                     Ok(())
                 } else {
                     Err("opened relid 77".into())
+                }
+            },
+        ),
+        (
+            "Q-OPN-06",
+            "OPENCHANNEL naming a VP the child does not have gets a failure result; the channel then opens on VP 0",
+            |_| {
+                let mut bus = Bus::new(None);
+                bus.connect()?;
+                clear_ring(4);
+                let (h, _) = bus.gpadl(1, &ring_pfns(4))?;
+                let refused = bus.open_on_vp(1, h, 2, 3)?;
+                let opened = bus.open_on_vp(1, h, 2, 0)?;
+                close_and_teardown(&mut bus, h)?;
+                bus.unload()?;
+                if refused != 0 && opened == 0 {
+                    Ok(())
+                } else {
+                    Err(alloc::format!("statuses: VP 3 {refused:#x}, VP 0 {opened:#x}"))
                 }
             },
         ),
