@@ -29,7 +29,7 @@ use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use synic::{PendingVectors, SynicVp};
-use vlapic::{DeliveryMode, Ipi, Shorthand, Trigger};
+use vlapic::{Ipi, IpiDelivery};
 use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
@@ -799,64 +799,44 @@ impl Child {
         result
     }
 
-    /// Deliver an IPI VP `from` sent (its own share of a fixed IPI is
-    /// already in its APIC) to the partition's VPs its destination names
-    /// (SDM vol. 3A §10.6 "Issuing Interprocessor Interrupts"): fixed and
-    /// lowest-priority vectors into their APICs (a halted VP wakes at its
-    /// next dispatch), INIT resets an application processor to wait for a
-    /// Startup IPI, a Startup IPI starts one that waits. NMI and SMI are not
-    /// emulated and INIT to VP 0 has no firmware to restart: dropped and
-    /// counted (`ipis_dropped`). Everything here comes from the guest's ICR
-    /// write, which the vlapic decoded; no value indexes anything.
+    /// Deliver an IPI VP `from` sent to the VPs it names
+    /// (`vlapic::route_ipi`: SDM vol. 3A §10.6, §8.4.4.1): vectors into
+    /// their APICs (a halted VP wakes at its next dispatch), INIT resets an
+    /// application processor to wait for a Startup IPI, a Startup IPI starts
+    /// one that waits (and is ignored by any other); NMI, SMI and INIT to
+    /// VP 0 are dropped and counted (`ipis_dropped`). Everything comes from
+    /// the guest's ICR write as the vlapic decoded it; nothing indexes
+    /// anything.
     fn route_ipi(&mut self, id: u64, from: u32, ipi: Ipi) {
         let Some(npt_root) = self.npt.as_ref().map(|n| n.root()) else {
             return;
         };
+        let apics: [Option<&vlapic::Vlapic>; MAX_VPS] =
+            core::array::from_fn(|i| self.vps[i].as_ref().map(|vp| &vp.platform.apic));
+        let deliveries = vlapic::route_ipi(&ipi, from as usize, apics);
         let (maps, asid) = (self.maps, self.asid);
-        let mut delivered_lowest = false;
         let mut dropped = 0u64;
-        for (i, slot) in self.vps.iter_mut().enumerate() {
+        for (slot, delivery) in self.vps.iter_mut().zip(deliveries) {
             let Some(vp) = slot.as_mut() else {
                 continue;
             };
-            let is_sender = i as u32 == from;
-            let named = match ipi.shorthand {
-                Shorthand::SelfOnly => is_sender,
-                Shorthand::AllIncludingSelf => true,
-                Shorthand::AllExcludingSelf => !is_sender,
-                Shorthand::None => {
-                    ipi.is_broadcast() || vp.platform.apic.matches_destination(ipi.destination, ipi.logical)
+            match delivery {
+                IpiDelivery::None => {}
+                // Refused by an APIC that is disabled or for a vector below 16
+                // (it sets ESR): as on hardware, nothing else happens.
+                IpiDelivery::Interrupt { vector, trigger } => {
+                    let _ = vp.platform.apic.request(vector, trigger);
                 }
-            };
-            if !named {
-                continue;
-            }
-            match ipi.mode {
-                // The sender's own share went in when it wrote the ICR.
-                DeliveryMode::Fixed | DeliveryMode::LowestPriority if is_sender => {}
-                DeliveryMode::LowestPriority if delivered_lowest => {}
-                DeliveryMode::Fixed | DeliveryMode::LowestPriority => {
-                    let trigger = if ipi.level_triggered {
-                        Trigger::Level
-                    } else {
-                        Trigger::Edge
-                    };
-                    vp.platform.apic.request(ipi.vector, trigger);
-                    delivered_lowest = true;
-                }
-                DeliveryMode::Init if i == 0 => dropped += 1,
-                DeliveryMode::Init => {
+                IpiDelivery::Init => {
                     vp.reset(&maps, npt_root, asid);
                     vp.startup_suspended = true;
                 }
-                // SDM §8.4.4.1: a SIPI to a processor not waiting for one
-                // is ignored; a second SIPI while one is pending too.
-                DeliveryMode::StartUp => {
+                IpiDelivery::Startup(vector) => {
                     if vp.startup_suspended && vp.sipi_vector.is_none() {
-                        vp.sipi_vector = Some(ipi.vector);
+                        vp.sipi_vector = Some(vector);
                     }
                 }
-                DeliveryMode::Nmi | DeliveryMode::Smi => dropped += 1,
+                IpiDelivery::Dropped => dropped += 1,
             }
         }
         if dropped > 0

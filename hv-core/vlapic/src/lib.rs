@@ -28,8 +28,9 @@
 //!   [`Vlapic::next_deadline`] says when to come back. Late callers get one
 //!   interrupt for many missed periods.
 //! - **IPIs** the guest sends come back as [`Effect::Ipi`] for the caller to
-//!   route (with [`Vlapic::matches_destination`] on each candidate); fixed
-//!   self IPIs are delivered locally.
+//!   route; fixed self IPIs are delivered locally. [`route_ipi`] says what
+//!   one does to each VP of the partition (destination matching with
+//!   [`Vlapic::matches_destination`], INIT, Startup, lowest priority).
 //! - No panics on any input; no allocation; no `unsafe`.
 //!
 //! # Not modelled
@@ -46,11 +47,13 @@
 #![forbid(unsafe_code)]
 
 mod apic;
+mod route;
 mod timer;
 mod types;
 mod vectors;
 
 pub use apic::Vlapic;
+pub use route::{IpiDelivery, route_ipi};
 pub use types::{
     APIC_BASE_MSR, APIC_VERSION, ApicMode, ApicSnapshot, Config, ConfigError, DEFAULT_APIC_BASE,
     DeliveryMode, Effect, GpReason, HYPERV_APIC_TIMER_HZ, Ipi, MAX_FREQUENCY_HZ, MsrError, Shorthand, Stats,

@@ -849,3 +849,171 @@ fn periodic_timer_survives_extreme_lateness() {
     assert!(next > late);
     assert_eq!(a.stats().timer_coalesced, u64::MAX);
 }
+
+// ----- Routing an IPI among a partition's VPs (route.rs) -----------------
+
+/// VPs 0..n, each an enabled x2APIC with APIC id = index.
+fn x2apics(n: u32) -> Vec<Vlapic> {
+    (0..n)
+        .map(|i| {
+            let mut a = apic_with(Config::new(i, GHZ, GHZ));
+            to_x2apic(&mut a);
+            a
+        })
+        .collect()
+}
+
+fn x2_ipi(mode: DeliveryMode, shorthand: Shorthand, destination: u32, vector: u8) -> Ipi {
+    Ipi {
+        vector,
+        mode,
+        shorthand,
+        destination,
+        logical: false,
+        level_triggered: false,
+        x2apic: true,
+    }
+}
+
+fn four(apics: &[Vlapic]) -> [Option<&Vlapic>; 4] {
+    core::array::from_fn(|i| apics.get(i))
+}
+
+const EDGE_40: IpiDelivery = IpiDelivery::Interrupt {
+    vector: 0x40,
+    trigger: Trigger::Edge,
+};
+
+#[test]
+fn route_fixed_physical_reaches_only_the_named_vp() {
+    let a = x2apics(3);
+    let ipi = x2_ipi(DeliveryMode::Fixed, Shorthand::None, 2, 0x40);
+    assert_eq!(
+        route_ipi(&ipi, 0, four(&a)),
+        [IpiDelivery::None, IpiDelivery::None, EDGE_40, IpiDelivery::None]
+    );
+    // An id no VP has reaches nobody (VP 3 does not exist).
+    let ipi = x2_ipi(DeliveryMode::Fixed, Shorthand::None, 3, 0x40);
+    assert_eq!(route_ipi(&ipi, 0, four(&a)), [IpiDelivery::None; 4]);
+}
+
+#[test]
+fn route_shorthands_and_broadcast_leave_the_senders_share_to_the_icr_write() {
+    let a = x2apics(3);
+    let all_but = x2_ipi(DeliveryMode::Fixed, Shorthand::AllExcludingSelf, 0, 0x40);
+    assert_eq!(
+        route_ipi(&all_but, 1, four(&a)),
+        [EDGE_40, IpiDelivery::None, EDGE_40, IpiDelivery::None]
+    );
+    let all = x2_ipi(DeliveryMode::Fixed, Shorthand::AllIncludingSelf, 0, 0x40);
+    assert_eq!(route_ipi(&all, 1, four(&a)), route_ipi(&all_but, 1, four(&a)));
+    let broadcast = x2_ipi(DeliveryMode::Fixed, Shorthand::None, u32::MAX, 0x40);
+    assert_eq!(
+        route_ipi(&broadcast, 1, four(&a)),
+        route_ipi(&all_but, 1, four(&a))
+    );
+    let own = x2_ipi(DeliveryMode::Fixed, Shorthand::SelfOnly, 0, 0x40);
+    assert_eq!(route_ipi(&own, 1, four(&a)), [IpiDelivery::None; 4]);
+}
+
+#[test]
+fn route_level_triggered_keeps_its_trigger() {
+    let a = x2apics(2);
+    let ipi = Ipi {
+        level_triggered: true,
+        ..x2_ipi(DeliveryMode::Fixed, Shorthand::None, 1, 0x41)
+    };
+    assert_eq!(
+        route_ipi(&ipi, 0, four(&a))[1],
+        IpiDelivery::Interrupt {
+            vector: 0x41,
+            trigger: Trigger::Level
+        }
+    );
+}
+
+#[test]
+fn route_lowest_priority_goes_to_one_vp() {
+    let a = x2apics(4);
+    let others = x2_ipi(DeliveryMode::LowestPriority, Shorthand::AllExcludingSelf, 0, 0x40);
+    assert_eq!(
+        route_ipi(&others, 0, four(&a)),
+        [IpiDelivery::None, EDGE_40, IpiDelivery::None, IpiDelivery::None]
+    );
+    // Named too, the sender took it at the ICR write: nobody else gets it.
+    let all = x2_ipi(DeliveryMode::LowestPriority, Shorthand::AllIncludingSelf, 0, 0x40);
+    assert_eq!(route_ipi(&all, 2, four(&a)), [IpiDelivery::None; 4]);
+}
+
+#[test]
+fn route_init_resets_application_processors_but_not_the_bsp() {
+    let a = x2apics(3);
+    let init = x2_ipi(DeliveryMode::Init, Shorthand::AllExcludingSelf, 0, 0);
+    assert_eq!(
+        route_ipi(&init, 1, four(&a)),
+        [
+            IpiDelivery::Dropped,
+            IpiDelivery::None,
+            IpiDelivery::Init,
+            IpiDelivery::None
+        ]
+    );
+    let one = x2_ipi(DeliveryMode::Init, Shorthand::None, 2, 0);
+    assert_eq!(route_ipi(&one, 0, four(&a))[2], IpiDelivery::Init);
+}
+
+#[test]
+fn route_startup_carries_its_page_and_nmi_smi_are_dropped() {
+    let a = x2apics(2);
+    let sipi = x2_ipi(DeliveryMode::StartUp, Shorthand::None, 1, 0x9A);
+    assert_eq!(
+        route_ipi(&sipi, 0, four(&a)),
+        [
+            IpiDelivery::None,
+            IpiDelivery::Startup(0x9A),
+            IpiDelivery::None,
+            IpiDelivery::None
+        ]
+    );
+    for mode in [DeliveryMode::Nmi, DeliveryMode::Smi] {
+        let ipi = x2_ipi(mode, Shorthand::None, 1, 0);
+        assert_eq!(route_ipi(&ipi, 0, four(&a))[1], IpiDelivery::Dropped, "{mode:?}");
+    }
+}
+
+#[test]
+fn route_matches_each_target_in_its_own_mode() {
+    // VP 1 was just reset by INIT: xAPIC mode. An x2APIC sender's id 1
+    // still names it (physical ids below 0xFF read the same in both).
+    let mut a = x2apics(2);
+    a[1] = apic_with(Config::new(1, GHZ, GHZ));
+    let sipi = x2_ipi(DeliveryMode::StartUp, Shorthand::None, 1, 0x9A);
+    assert_eq!(route_ipi(&sipi, 0, four(&a))[1], IpiDelivery::Startup(0x9A));
+    // Logical x2APIC: cluster 0, bit 1 is the VP with id 1.
+    let a = x2apics(3);
+    let logical = Ipi {
+        logical: true,
+        ..x2_ipi(DeliveryMode::Fixed, Shorthand::None, 0b010, 0x40)
+    };
+    assert_eq!(
+        route_ipi(&logical, 0, four(&a)),
+        [IpiDelivery::None, EDGE_40, IpiDelivery::None, IpiDelivery::None]
+    );
+    // A hardware-disabled APIC is named by nothing but shorthands.
+    let mut a = x2apics(2);
+    a[1] = apic();
+    let base = a[1].apic_base() & !EN;
+    let disabled = a[1].write_msr(APIC_BASE_MSR, base, 0);
+    assert!(
+        matches!(
+            disabled,
+            Ok(Effect::ApicBaseChanged {
+                mode: ApicMode::Disabled,
+                ..
+            })
+        ),
+        "{disabled:?}"
+    );
+    let ipi = x2_ipi(DeliveryMode::Fixed, Shorthand::None, 1, 0x40);
+    assert_eq!(route_ipi(&ipi, 0, four(&a))[1], IpiDelivery::None);
+}

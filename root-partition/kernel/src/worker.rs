@@ -1321,8 +1321,13 @@ impl Worker {
                 let h = hv1_abi::message::InterceptHeader::read_from_prefix(&m.payload)
                     .expect("40 bytes")
                     .0;
-                let next = h.rip + (h.instruction_length_cr8 & 0xF) as u64;
-                if let Err((s, _)) = hv::set_vp_registers(self.id, vp, &[(RegisterName::RIP, reg(next))]) {
+                // Length 0: hv-core reports a VP still halted (RIP already
+                // past the HLT); nothing to complete.
+                let length = (h.instruction_length_cr8 & 0xF) as u64;
+                if length != 0
+                    && let Err((s, _)) =
+                        hv::set_vp_registers(self.id, vp, &[(RegisterName::RIP, reg(h.rip + length))])
+                {
                     return self.crash_with(format!("completing HLT: {s:?}"));
                 }
                 let v = &mut self.vps[vp as usize];
