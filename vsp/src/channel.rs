@@ -188,36 +188,21 @@ impl<M: SharedMemory> Channel<M> {
     /// them; `packets` is what the device calls the packets it writes
     /// ("packets echoed").
     pub fn inspect(&self, out: &mut dyn InspectSink, packets: &'static str) {
-        self.inspect_with_polls(
-            out,
-            packets,
-            self.stats.signals_received,
-            self.stats.budget_exhausted,
-        );
-    }
-
-    /// [`Self::inspect`] with the device's own count of polls that found
-    /// work and polls cut by the budget: a device that reads one packet per
-    /// [`Self::poll`] (to reach the guest's RAM between packets) counts its
-    /// polls itself.
-    pub fn inspect_with_polls(
-        &self,
-        out: &mut dyn InspectSink,
-        packets: &'static str,
-        signals_received: u64,
-        budget_exhausted: u64,
-    ) {
         let (up, down) = self.states();
         out.ring("guest_to_host", "guest->host", up);
         out.ring("host_to_guest", "host->guest", down);
         out.counter("packets", packets, self.stats.packets);
-        out.counter("signals_received", "signals received", signals_received);
+        out.counter(
+            "signals_received",
+            "signals received",
+            self.stats.signals_received,
+        );
         out.counter("signals_sent", "signals sent", self.stats.signals_sent);
         out.counter("stalls", "stalls", self.stats.stalls);
         out.counter(
             "budget_exhausted",
             "polls cut by the work budget",
-            budget_exhausted,
+            self.stats.budget_exhausted,
         );
         match self.broken {
             Some(e) => out.text("broken", "stopped", &format!("{e:?}")),
@@ -270,16 +255,21 @@ impl<M: SharedMemory> Channel<M> {
         if self.broken.is_some() {
             return PollResult::default();
         }
-        let mut more = false;
-        match self.drain(budget.max(1), handler, &mut more) {
-            Ok(signal) => {
-                let signalled = signal && self.signal.signal();
+        match self.drain(budget.max(1), handler) {
+            Ok(drained) => {
+                if drained.found {
+                    self.stats.signals_received += 1;
+                }
+                if drained.cut {
+                    self.stats.budget_exhausted += 1;
+                }
+                let signalled = drained.signal && self.signal.signal();
                 if signalled {
                     self.stats.signals_sent += 1;
                 }
                 PollResult {
                     signalled,
-                    more,
+                    more: drained.cut,
                     broke: None,
                 }
             }
@@ -316,14 +306,16 @@ impl<M: SharedMemory> Channel<M> {
         }
     }
 
+    /// Write a held packet, then read up to `budget` packets; nothing is
+    /// counted here (the callers count polls, not reads).
     fn drain(
         &mut self,
         budget: u32,
         handler: &mut dyn FnMut(&IncomingPacket<'_>) -> Option<Vec<u8>>,
-        more: &mut bool,
-    ) -> Result<bool, RingError> {
+    ) -> Result<Drained, RingError> {
         let mut signal = false;
         let mut found = false;
+        let mut cut = false;
         if let Some(bytes) = self.held.take() {
             found = true;
             match self.write_or_hold(bytes)? {
@@ -331,18 +323,26 @@ impl<M: SharedMemory> Channel<M> {
                     signal |= s;
                     self.writer.set_pending_send_size(0)?;
                 }
-                None => return Ok(false),
+                None => {
+                    return Ok(Drained {
+                        signal: false,
+                        found,
+                        read: false,
+                        cut,
+                    });
+                }
             }
         }
+        let mut read = false;
         let mut buf = [0u8; 4096];
         let mut left = budget;
         while let Some((packet, read_signal)) = self.reader.read(&mut buf)? {
             found = true;
+            read = true;
             left -= 1;
             if left == 0 {
                 // Out of budget: whatever follows waits for the next turn.
-                *more = true;
-                self.stats.budget_exhausted += 1;
+                cut = true;
             }
             signal |= read_signal.0;
             let range = packet.descriptor.payload();
@@ -364,11 +364,115 @@ impl<M: SharedMemory> Channel<M> {
                 break;
             }
         }
+        Ok(Drained {
+            signal,
+            found,
+            read,
+            cut,
+        })
+    }
+
+    /// Whether the guest-to-host ring holds packets not yet read.
+    pub fn packets_waiting(&self) -> bool {
+        self.states().0.is_some_and(|s| s.read_index != s.write_index)
+    }
+
+    /// [`Self::send`] for a device inside its poll: the signal and a
+    /// broken ring go into `result`; a refused packet (another is held, or
+    /// the channel stopped) is handed back.
+    pub fn send_within(&mut self, packet: Vec<u8>, result: &mut PollResult) -> Result<(), Vec<u8>> {
+        let r = self.send(packet)?;
+        result.signalled |= r.signalled;
+        if r.broke.is_some() {
+            result.broke = r.broke;
+        }
+        Ok(())
+    }
+
+    /// The poll of a device whose packets need more than a handler inside
+    /// [`Self::poll`] can have: the guest's RAM, DMA and GPADLs (which the
+    /// channel lends only between reads) and the channel itself to send
+    /// with. Up to `budget` packets (at least one), one at a time:
+    /// [`PacketWork::read`] sees the packet inside the ring read (and may
+    /// answer it at once, as a [`Self::poll`] handler does), then
+    /// [`PacketWork::work`] gets the channel and what `read` kept. `work` is
+    /// also called once after a read that found no packet (a device with
+    /// queued output flushes it there). Stops at an empty ring, a held
+    /// packet (the guest signals through pending_send_sz when it has made
+    /// room) or a broken ring. One poll that found work counts one
+    /// `signals_received`; a poll cut by the budget with packets left
+    /// counts one `budget_exhausted` and asks to be polled again (`more`).
+    pub fn poll_each<W: PacketWork<M>>(&mut self, budget: u32, w: &mut W) -> PollResult {
+        let mut result = PollResult::default();
+        if self.broken.is_some() {
+            return result;
+        }
+        let budget = budget.max(1);
+        let mut handled = 0u32;
+        let mut found = false;
+        while handled < budget {
+            let mut item = None;
+            let drained = self.drain(1, &mut |p| {
+                let (reply, kept) = w.read(p);
+                item = kept;
+                reply
+            });
+            let drained = match drained {
+                Ok(d) => d,
+                Err(e) => {
+                    self.broken = Some(e);
+                    result.broke = Some(e);
+                    break;
+                }
+            };
+            if drained.signal && self.signal.signal() {
+                self.stats.signals_sent += 1;
+                result.signalled = true;
+            }
+            found |= drained.found;
+            w.work(self, item, &mut result);
+            if !drained.read || result.broke.is_some() {
+                break;
+            }
+            handled += 1;
+            if self.holding() {
+                break;
+            }
+        }
         if found {
             self.stats.signals_received += 1;
         }
-        Ok(signal)
+        if handled == budget && !self.holding() && result.broke.is_none() && self.packets_waiting() {
+            result.more = true;
+            self.stats.budget_exhausted += 1;
+        }
+        result
     }
+}
+
+/// What one read of [`Channel::drain`] came to.
+struct Drained {
+    /// The guest must be signalled (a write or read said so).
+    signal: bool,
+    /// A held packet was written or a packet read: the poll found work.
+    found: bool,
+    /// A packet was read.
+    read: bool,
+    /// The budget ran out on a packet.
+    cut: bool,
+}
+
+/// A device's two halves of [`Channel::poll_each`].
+pub trait PacketWork<M: SharedMemory> {
+    /// What `read` keeps of a packet for `work`.
+    type Item;
+    /// Inside the ring read: an answer to write at once (a whole packet,
+    /// descriptor first) and what to keep for [`Self::work`].
+    fn read(&mut self, packet: &IncomingPacket<'_>) -> (Option<Vec<u8>>, Option<Self::Item>);
+    /// After the read, with the channel (its guest RAM, DMA, GPADLs and
+    /// [`Channel::send_within`]): `item` is what `read` kept, `None` when
+    /// no packet was read or `read` kept nothing.
+    fn work(&mut self, channel: &mut Channel<M>, item: Option<Self::Item>, result: &mut PollResult);
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ extern crate alloc;
 
 mod channel;
 
-pub use channel::{Channel, ChannelStats, GpadlMap, GuestDma, IncomingPacket, inband_packet};
+pub use channel::{Channel, ChannelStats, GpadlMap, GuestDma, IncomingPacket, PacketWork, inband_packet};
 
 use vmbus::memory::SharedMemory;
 use vmbus::ring::{RingError, RingState};

@@ -88,7 +88,9 @@ use nvsp_protocol::{
 use rndis::{FrameError, Rndis, RndisError};
 use vmbus::memory::SharedMemory;
 use vmbus::packet::{FLAG_COMPLETION_REQUESTED, PacketType};
-use vsp::{Channel, Device, GpadlMap, IncomingPacket, InspectSink, OfferParams, OpenError, PollResult};
+use vsp::{
+    Channel, Device, GpadlMap, IncomingPacket, InspectSink, OfferParams, OpenError, PacketWork, PollResult,
+};
 
 #[cfg(test)]
 mod tests;
@@ -365,10 +367,6 @@ pub struct NetvspStats {
     pub control_dropped: u64,
     /// Receive sections the guest completed.
     pub sections_completed: u64,
-    /// Polls that found work.
-    pub signals_received: u64,
-    /// Polls cut by the budget with packets left.
-    pub budget_exhausted: u64,
 }
 
 /// The guest's receive buffer.
@@ -1035,17 +1033,33 @@ fn flush<M: SharedMemory>(channel: &mut Channel<M>, core: &mut Core, result: &mu
         let Some(packet) = core.pending.pop_front() else {
             break;
         };
-        match channel.send(packet) {
-            Ok(r) => {
-                result.signalled |= r.signalled;
-                if r.broke.is_some() {
-                    result.broke = r.broke;
-                }
-            }
-            Err(packet) => {
-                core.pending.push_front(packet);
-                break;
-            }
+        if let Err(packet) = channel.send_within(packet, result) {
+            core.pending.push_front(packet);
+            break;
+        }
+    }
+}
+
+/// netvsp's halves of [`Channel::poll_each`]: a packet is copied out of the
+/// ring (handling it needs the guest's RAM and GPADLs, which the channel
+/// lends only between reads), then processed; what it queued for the guest
+/// goes out after what was queued before it.
+struct NvspWork<'a> {
+    core: &'a mut Core,
+}
+
+impl<M: SharedMemory> PacketWork<M> for NvspWork<'_> {
+    type Item = Stashed;
+
+    fn read(&mut self, packet: &IncomingPacket<'_>) -> (Option<Vec<u8>>, Option<Stashed>) {
+        (None, Some(Stashed::new(packet)))
+    }
+
+    fn work(&mut self, channel: &mut Channel<M>, packet: Option<Stashed>, result: &mut PollResult) {
+        flush(channel, self.core, result);
+        if let Some(packet) = packet {
+            self.core.process(&packet, channel.guest_ram(), channel.gpadls());
+            flush(channel, self.core, result);
         }
     }
 }
@@ -1082,48 +1096,13 @@ impl<M: SharedMemory> Device<M> for Netvsp<M> {
         let Some(channel) = self.channel.as_mut() else {
             return PollResult::default();
         };
-        let core = &mut self.core;
         let mut result = PollResult::default();
-        let budget = budget.max(1);
-        let mut handled = 0u32;
-        flush(channel, core, &mut result);
-        while handled < budget && result.broke.is_none() {
-            // One packet per channel poll, copied out: handling it needs
-            // the guest's RAM, which the channel lends only between polls.
-            // A packet the channel holds goes first; if it still has no
-            // room nothing is read.
-            let mut stash = None;
-            let r = channel.poll(1, &mut |p| {
-                stash = Some(Stashed::new(p));
-                None
-            });
-            result.signalled |= r.signalled;
-            if r.broke.is_some() {
-                result.broke = r.broke;
-                break;
-            }
-            // What was queued before this packet goes first.
-            flush(channel, core, &mut result);
-            let Some(packet) = stash else {
-                break;
-            };
-            handled += 1;
-            core.process(&packet, channel.guest_ram(), channel.gpadls());
-            flush(channel, core, &mut result);
-            if channel.holding() {
-                // The guest signals once it has made room (pending_send_sz).
-                break;
-            }
-        }
-        if handled > 0 {
-            core.stats.signals_received += 1;
-        }
-        let waiting = channel.states().0.is_some_and(|s| s.read_index != s.write_index);
-        if handled == budget && !channel.holding() && waiting && result.broke.is_none() {
-            result.more = true;
-            core.stats.budget_exhausted += 1;
-        }
-        result
+        // What the switch queued for the guest since the last poll.
+        flush(channel, &mut self.core, &mut result);
+        let mut polled = channel.poll_each(budget, &mut NvspWork { core: &mut self.core });
+        polled.signalled |= result.signalled;
+        polled.broke = polled.broke.or(result.broke);
+        polled
     }
 
     fn close(&mut self) {
@@ -1162,12 +1141,7 @@ impl<M: SharedMemory> Device<M> for Netvsp<M> {
             ),
         );
         out.text("link", "link", if c.rndis.link_up() { "up" } else { "down" });
-        channel.inspect_with_polls(
-            out,
-            "packets written",
-            c.stats.signals_received,
-            c.stats.budget_exhausted,
-        );
+        channel.inspect(out, "packets written");
         let s = &c.stats;
         out.counter("packets_read", "packets read", s.packets);
         out.counter("guest_errors", "guest errors", s.guest_errors);

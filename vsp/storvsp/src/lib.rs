@@ -118,7 +118,9 @@ use storvsp_protocol::{
 };
 use vmbus::memory::SharedMemory;
 use vmbus::packet::{Descriptor, FLAG_COMPLETION_REQUESTED, PacketType};
-use vsp::{Channel, Device, GuestDma, IncomingPacket, InspectSink, OfferParams, OpenError, PollResult};
+use vsp::{
+    Channel, Device, GuestDma, IncomingPacket, InspectSink, OfferParams, OpenError, PacketWork, PollResult,
+};
 use zerocopy::FromZeros;
 
 #[cfg(test)]
@@ -873,21 +875,14 @@ fn copy_to_guest<M: SharedMemory>(ram: &M, chunks: &[Chunk], data: &[u8]) -> Res
     if done == data.len() { Ok(()) } else { Err(()) }
 }
 
-/// Polls that found work and polls cut by the budget, as the device sees
-/// them (the channel's own counts are per packet here, see [`Storvsp`]).
-#[derive(Debug, Clone, Copy, Default)]
-struct PollStats {
-    signals_received: u64,
-    budget_exhausted: u64,
-}
-
 /// The storvsp device: a SCSI controller with disks of backend `B`,
 /// offered over VMBus channel memory `M`.
 ///
 /// Each [`Device::poll`] reads the guest's packets one at a time through
-/// [`Channel::poll`] (so that an SRB can reach the guest's RAM, which the
-/// channel owns, between packets) and sends the SRB's completion with
-/// [`Channel::send`]; nothing is read while a completion waits for room.
+/// [`Channel::poll_each`] (so that an SRB can reach the guest's RAM, which
+/// the channel owns, between packets) and sends the SRB's completion with
+/// [`Channel::send_within`]; nothing is read while a completion waits for
+/// room.
 pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
     channel: Option<Channel<M>>,
     /// Disks, configuration and counters, shared with the sub-channels.
@@ -895,7 +890,6 @@ pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
     /// This channel's handshake (a sub-channel is Ready from the start).
     state: InitState,
     role: Role,
-    polls: PollStats,
 }
 
 impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
@@ -926,7 +920,6 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
             })),
             state: InitState::Begin,
             role: Role::Primary,
-            polls: PollStats::default(),
         })
     }
 
@@ -1031,15 +1024,46 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
                     controller: self.controller.clone(),
                     state: InitState::Ready(version),
                     role: Role::SubChannel(index),
-                    polls: PollStats::default(),
                 }
             })
             .collect()
     }
+}
 
-    /// True if the guest has written packets not yet read.
-    fn packets_waiting(channel: &Channel<M>) -> bool {
-        channel.states().0.is_some_and(|s| s.read_index != s.write_index)
+/// storvsp's halves of [`Channel::poll_each`]: a packet is handled inside
+/// the ring read (handshake answers go back at once); an SRB then runs with
+/// the guest's RAM and DMA, which the channel lends only between reads, and
+/// its completion is sent.
+struct SrbWork<'a, B: BlockBackend> {
+    controller: &'a mut Controller<B>,
+    state: &'a mut InitState,
+    role: Role,
+}
+
+impl<M: SharedMemory, B: BlockBackend> PacketWork<M> for SrbWork<'_, B> {
+    type Item = SrbJob;
+
+    fn read(&mut self, packet: &IncomingPacket<'_>) -> (Option<Vec<u8>>, Option<SrbJob>) {
+        match self.controller.handle(self.state, self.role, packet) {
+            Outcome::Reply(bytes) => (Some(bytes), None),
+            Outcome::Silent => (None, None),
+            Outcome::Srb(job) => (None, Some(job)),
+        }
+    }
+
+    fn work(&mut self, channel: &mut Channel<M>, job: Option<SrbJob>, result: &mut PollResult) {
+        let Some(job) = job else {
+            return;
+        };
+        // Nothing is held here: the channel wrote any held packet before it
+        // read this one, and this packet's handler sent nothing.
+        if let Outcome::Reply(bytes) = self
+            .controller
+            .execute(job, channel.guest_ram(), channel.guest_dma())
+            && channel.send_within(bytes, result).is_err()
+        {
+            self.controller.stats.dropped += 1;
+        }
     }
 }
 
@@ -1077,69 +1101,12 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             return PollResult::default();
         };
         let mut controller = self.controller.borrow_mut();
-        let controller = &mut *controller;
-        let state = &mut self.state;
-        let role = self.role;
-        let mut result = PollResult::default();
-        let mut handled = 0u32;
-        let budget = budget.max(1);
-        while handled < budget {
-            let mut read = false;
-            let mut job = None;
-            // One packet per channel poll: an SRB needs the guest's RAM,
-            // which the channel lends only between polls.
-            let r = channel.poll(1, &mut |p| {
-                read = true;
-                match controller.handle(state, role, p) {
-                    Outcome::Reply(bytes) => Some(bytes),
-                    Outcome::Silent => None,
-                    Outcome::Srb(j) => {
-                        job = Some(j);
-                        None
-                    }
-                }
-            });
-            result.signalled |= r.signalled;
-            if r.broke.is_some() {
-                result.broke = r.broke;
-                return result;
-            }
-            if !read {
-                // Empty ring, or a held completion still has no room: the
-                // guest signals when it has made some (pending_send_sz).
-                break;
-            }
-            handled += 1;
-            if let Some(job) = job
-                && let Outcome::Reply(bytes) =
-                    controller.execute(job, channel.guest_ram(), channel.guest_dma())
-            {
-                // Nothing is held here: the channel wrote any held packet
-                // before it read this one, and this packet's handler sent
-                // nothing.
-                match channel.send(bytes) {
-                    Ok(r) => {
-                        result.signalled |= r.signalled;
-                        if r.broke.is_some() {
-                            result.broke = r.broke;
-                            return result;
-                        }
-                    }
-                    Err(_) => controller.stats.dropped += 1,
-                }
-            }
-            if channel.holding() {
-                break;
-            }
-        }
-        if handled > 0 {
-            self.polls.signals_received += 1;
-        }
-        if handled == budget && !channel.holding() && Self::packets_waiting(channel) {
-            result.more = true;
-            self.polls.budget_exhausted += 1;
-        }
-        result
+        let mut work = SrbWork {
+            controller: &mut controller,
+            state: &mut self.state,
+            role: self.role,
+        };
+        channel.poll_each(budget, &mut work)
     }
 
     fn close(&mut self) {
@@ -1182,12 +1149,7 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             .map(|v| format!("{}.{}", v.major(), v.minor()))
             .unwrap_or_default();
         out.text("version", "vmstor version", &version);
-        channel.inspect_with_polls(
-            out,
-            "completions written",
-            self.polls.signals_received,
-            self.polls.budget_exhausted,
-        );
+        channel.inspect(out, "completions written");
         let s = &c.stats;
         out.counter("requests", "requests", s.requests);
         out.counter("completions", "completions", s.completions);
