@@ -15,9 +15,11 @@
 //!   256 MiB disk); in the child, with the page cache dropped, `dd` of the
 //!   64 MiB with `iflag=direct` (1 MiB reads) and buffered (readahead), and
 //!   4 KiB `iflag=direct` reads at depth 1 (sequential within the filled
-//!   part: busybox has no random-offset reader). The child times itself
-//!   with ash's `$EPOCHREALTIME` (busybox `dd` prints no timing); the root
-//!   with its own clock. Depth 32 needs fio, which the child does not have.
+//!   part), then random 4 KiB O_DIRECT reads over the whole disk at depth 1
+//!   and 32 with the initramfs's `iobench` (Linux native AIO, as fio's
+//!   libaio engine; `tests/guests/linux-iobench`), which times itself on
+//!   CLOCK_MONOTONIC. `dd` runs are timed with ash's `$EPOCHREALTIME`
+//!   (busybox `dd` prints no timing); the root with its own clock.
 //! - Network (netvsp + the switch): ping RTT child<->child, child->root
 //!   (10.0.2.254, the root's static address) and root->child (`net ping`,
 //!   10 ms resolution), each against ping over the child's loopback; TCP
@@ -50,6 +52,22 @@ const ROOT_RUNS: u64 = 4;
 
 /// 4 KiB reads a round in the child.
 const READS_4K: u64 = 2000;
+
+/// `iobench` reads a round at depth 32.
+const READS_DEPTH_32: u64 = 4000;
+
+/// IOPS from `iobench DEV DEPTH COUNT`'s line.
+fn iobench(m: &mut Machine, id: u64, depth: u64, count: u64, tag: &str) -> f64 {
+    let out = run_in(m, id, &format!("iobench /dev/sda {depth} {count}"), tag);
+    out.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(&format!(
+                "iobench: {count} reads of 4096 bytes at depth {depth} in "
+            ))?;
+            rest.split_whitespace().nth(2)?.parse().ok()
+        })
+        .unwrap_or_else(|| m.fail_with(&format!("iobench depth {depth}: {out}")))
+}
 
 /// TCP transfer: 256 x 64 KiB.
 const XFER_BYTES: u64 = 256 * 65536;
@@ -286,7 +304,10 @@ fn storage(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
     let mut direct = Vec::new();
     let mut buffered = Vec::new();
     let mut iops = Vec::new();
+    let mut aio_d1 = Vec::new();
+    let mut aio_d32 = Vec::new();
     let mut exit_lines = Vec::new();
+    let mut exit_lines_d32 = Vec::new();
     let mut root_clock = Vec::new();
     for round in 1..=rounds {
         // The root times itself on its TSC (its rate measured against its
@@ -339,6 +360,22 @@ fn storage(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
         let after = Exits::take(m, id);
         check_records(m, &out, READS_4K, "4 KiB reads");
         let (cx, rx, top) = before.since(&after);
+        let a1 = iobench(m, id, 1, READS_4K, "aio1");
+        let before = Exits::take(m, id);
+        let a32 = iobench(m, id, 32, READS_DEPTH_32, "aio32");
+        let after = Exits::take(m, id);
+        let (cx32, rx32, top32) = before.since(&after);
+        println!(
+            "         iobench random 4k: depth 1 {a1:6.0} IOPS, depth 32 {a32:6.0} IOPS; exits over depth 32: child {:.2}/read ({top32}), root {:.2}/read",
+            cx32 as f64 / READS_DEPTH_32 as f64,
+            rx32 as f64 / READS_DEPTH_32 as f64
+        );
+        aio_d1.push(a1);
+        aio_d32.push(a32);
+        exit_lines_d32.push((
+            cx32 as f64 / READS_DEPTH_32 as f64,
+            rx32 as f64 / READS_DEPTH_32 as f64,
+        ));
         let c_seq_d = FILL_MIB as f64 / d_s;
         let c_seq_b = FILL_MIB as f64 / b_s;
         let c_iops = READS_4K as f64 / k_s;
@@ -388,10 +425,26 @@ fn storage(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
         1,
     ));
     table.push(row("4 KiB reads depth 1 (IOPS)", median(iops), ri, "IOPS", 0));
+    table.push(row(
+        "random 4 KiB reads depth 1, Linux iobench (AIO) vs root d1",
+        median(aio_d1),
+        ri,
+        "IOPS",
+        0,
+    ));
+    table.push(row(
+        "random 4 KiB reads depth 32, Linux iobench (AIO) vs root d1",
+        median(aio_d32),
+        ri,
+        "IOPS",
+        0,
+    ));
+    let cx32 = median(exit_lines_d32.iter().map(|e| e.0).collect());
+    let rx32 = median(exit_lines_d32.iter().map(|e| e.1).collect());
     table.push(Row {
-        what: "4 KiB reads depth 32",
-        child: "n/a (no fio)".into(),
-        baseline: "n/a".into(),
+        what: "VM exits per 4 KiB read at depth 32: child / root",
+        child: format!("{cx32:.2}"),
+        baseline: format!("{rx32:.2} (root)"),
         ratio: "-".into(),
     });
     let cx = median(exit_lines.iter().map(|e| e.0).collect());

@@ -241,6 +241,15 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         .to_string();
     assert!(written.lines().any(|l| l == "hv-rs-note-42"), "{written}");
 
+    // 512 random 4 KiB O_DIRECT reads, 32 in flight (Linux native AIO):
+    // every one comes back whole.
+    let aio = run_in(&mut m, 5, "iobench /dev/sda 32 512", "aio");
+    assert!(
+        aio.lines().any(
+            |l| l.starts_with("iobench: 512 reads of 4096 bytes at depth 32 in ") && l.ends_with(" IOPS")
+        ),
+        "{aio}"
+    );
     // `channels` shows storvsc's primary and its sub-channel (index 1,
     // interrupting VP 1, carrying requests) and netvsc.
     let channels = m.hvctl_json("channels 5 --json");

@@ -120,9 +120,9 @@ impl SharedMemory for FrameLikeMemory {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), OutOfBounds> {
         let p = self.span(offset, buf.len())?;
-        // SAFETY: `offset..offset + len` is inside `words` (checked); the ring
-        // protocol gives the reader bytes the writer has published and no
-        // longer writes (as the root relies on for a child's rings).
+        // The ring protocol gives the reader bytes the writer has published
+        // and no longer writes (as the root relies on for a child's rings).
+        // SAFETY: `offset..offset + len` is inside `words` (checked above).
         unsafe { std::ptr::copy_nonoverlapping(p.cast_const(), buf.as_mut_ptr(), buf.len()) };
         Ok(())
     }

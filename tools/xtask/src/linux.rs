@@ -171,6 +171,7 @@ pub fn linux_artifacts(workspace_root: &Path) -> Result<LinuxArtifacts, XtaskErr
         modules_dep(&modules).into_bytes(),
     );
     add_elf_with_libs(&mut cpio, &daemons_root, "usr/sbin/hv_kvp_daemon", &libc_root)?;
+    cpio.file("bin/iobench", 0o755, iobench(workspace_root)?);
     for (path, text) in etc_files(&kernel_release) {
         cpio.file(path, 0o644, text.into_bytes());
     }
@@ -192,6 +193,38 @@ pub fn linux_artifacts(workspace_root: &Path) -> Result<LinuxArtifacts, XtaskErr
         packages: vec![kernel_pkg, busybox_pkg, daemons_pkg, libc_pkg],
         modules,
     })
+}
+
+/// `/bin/iobench` (`tests/guests/linux-iobench`): a static program (no
+/// libc) that times random 4 KiB O_DIRECT reads with N in flight through
+/// Linux's native AIO, for the device benchmark; built here for the
+/// bare-metal target, which makes a static x86-64 executable Linux runs.
+fn iobench(workspace_root: &Path) -> Result<Vec<u8>, XtaskError> {
+    crate::ensure_kernel_target()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run_command(
+        "building iobench for the Linux child",
+        Command::new(&cargo)
+            .current_dir(workspace_root)
+            .args([
+                "build",
+                "--release",
+                "--target",
+                crate::KERNEL_TARGET,
+                "-p",
+                "linux_iobench",
+            ])
+            // Tests run this from inside `cargo test`; keep its flags out.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )?;
+    read(
+        &workspace_root
+            .join("target")
+            .join(crate::KERNEL_TARGET)
+            .join("release")
+            .join("iobench"),
+    )
 }
 
 /// The `/init` script: mounts, hostname from `hostname=` on the kernel

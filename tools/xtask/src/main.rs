@@ -12,7 +12,13 @@ use std::time::Duration;
 use xtask::{BootOptions, KERNEL_TARGET, QEMU, XtaskError};
 
 /// Crates that only build for the bare-metal target.
-const KERNEL_CRATES: [&str; 4] = ["hv_core", "root_partition", "kernel_x86", "testos"];
+const KERNEL_CRATES: [&str; 5] = [
+    "hv_core",
+    "root_partition",
+    "kernel_x86",
+    "testos",
+    "linux_iobench",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
