@@ -738,10 +738,13 @@ impl Core {
     }
 
     /// The RNDIS bytes of a `SEND_RNDIS_PACKET`: a send-buffer section
-    /// (Linux `netvsc_copy_to_send_buf`), else the GPA-direct page buffers
+    /// (Linux `netvsc_copy_to_send_buf`), the GPA-direct page buffers
     /// (`vmbus_sendpacket_pagebuffer`: `{reserved, range_count}` then
     /// `{len, offset, pfn}` per page, which is the multi-page range format
-    /// with one page each).
+    /// with one page each), or both, in that order: when Linux packs
+    /// messages into a section and the last frame does not fit, the section
+    /// ends with that frame's RNDIS header and its data follows in page
+    /// buffers (`netvsc_send`, `cp_partial`).
     fn rndis_bytes<M: SharedMemory>(
         &self,
         p: &Stashed,
@@ -749,6 +752,7 @@ impl Core {
         ram: &M,
     ) -> Result<Vec<u8>, GuestError> {
         let max = self.config.rndis.max_message_len;
+        let mut buf = Vec::new();
         if let Some(index) = m.section() {
             let send = self.send.as_ref().ok_or(GuestError::NoSendBuffer)?;
             if index >= send.count {
@@ -764,16 +768,17 @@ impl Core {
                     max: send.section_size.min(max),
                 });
             }
-            let mut buf = alloc::vec![0u8; size as usize];
+            buf.resize(size as usize, 0);
             read_buffer(
                 ram,
                 &send.pages,
                 index as u64 * send.section_size as u64,
                 &mut buf,
             )?;
-            return Ok(buf);
-        }
-        if p.kind != PacketType::DATA_USING_GPA_DIRECT {
+            if p.kind != PacketType::DATA_USING_GPA_DIRECT {
+                return Ok(buf);
+            }
+        } else if p.kind != PacketType::DATA_USING_GPA_DIRECT {
             return Err(GuestError::NoData);
         }
         let header = p.after_descriptor.get(..8).ok_or(GuestError::BadRanges)?;
@@ -789,12 +794,12 @@ impl Core {
         if ranges.is_empty() {
             return Err(GuestError::NoData);
         }
-        let total: u64 = ranges.iter().map(|r| r.byte_count as u64).sum();
+        let total: u64 = buf.len() as u64 + ranges.iter().map(|r| r.byte_count as u64).sum::<u64>();
         if total > max as u64 {
             return Err(GuestError::RangesTooLong { len: total, max });
         }
-        let mut buf = alloc::vec![0u8; total as usize];
-        let mut at = 0usize;
+        let mut at = buf.len();
+        buf.resize(total as usize, 0);
         for r in &ranges {
             let pfns: Vec<u64> = r
                 .pfns

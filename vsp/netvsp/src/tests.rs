@@ -524,6 +524,51 @@ fn linux_bring_up_and_frames_both_ways() {
     assert_eq!(dev.stats().guest_errors, 0, "{:?}", dev.last_error());
 }
 
+/// Linux packs RNDIS messages into one send section while more frames are
+/// coming (`netvsc_send`: `xmit_more`, padded to the packet alignment);
+/// when the last frame does not fit what is left, the section ends with its
+/// RNDIS header and its data follows in page buffers (`cp_partial`): one
+/// SEND_RNDIS_PACKET naming both a section and page buffers.
+#[test]
+fn a_packed_section_with_its_last_frame_in_page_buffers() {
+    let (mut guest, mut dev) = ready();
+    let first = frame([0xff; 6], 300);
+    let mut packed = wire::packet_message(&first, &[]);
+    // Padded to 8 bytes, the padding counted in message_length (Linux
+    // `netvsc_copy_to_send_buf`).
+    while packed.len() % 8 != 0 {
+        packed.push(0);
+    }
+    let len = packed.len() as u32;
+    packed[4..8].copy_from_slice(&len.to_le_bytes());
+    let last = frame([0xff; 6], 1400);
+    let last_msg = wire::packet_message(&last, &[]);
+    // The header (up to the data) in the section, the data in a page buffer.
+    let header_len = last_msg.len() - last.len();
+    packed.extend_from_slice(&last_msg[..header_len]);
+    let section = 5u32;
+    let off = SEND_BASE * 4096 + section as u64 * DEFAULT_SEND_SECTION_SIZE as u64;
+    guest.ram.write_at(off, &packed).unwrap();
+    guest.ram.write_at((CTRL_PAGE + 1) * 4096 + 100, &last).unwrap();
+    let id = guest.id();
+    let m =
+        nvsp_protocol::send_rndis_packet_in_section(CHANNEL_TYPE_DATA, Some((section, packed.len() as u32)));
+    assert!(guest.send_pagebuffer(id, &[(last.len() as u32, 100, CTRL_PAGE + 1)], &m));
+    dev.poll(vsp::POLL_BUDGET);
+    let a = guest.receive().expect("completion");
+    assert_eq!(a.id, id);
+    match a.nvsp() {
+        Message::SendRndisPacketComplete(c) => {
+            assert_eq!(c.status.get(), Status::SUCCESS.0, "{:?}", dev.last_error())
+        }
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(dev.take_tx_frame(), Some(first));
+    assert_eq!(dev.take_tx_frame(), Some(last));
+    assert_eq!(dev.take_tx_frame(), None);
+    assert_eq!(dev.stats().guest_errors, 0, "{:?}", dev.last_error());
+}
+
 #[test]
 fn older_versions_are_negotiated_down() {
     let mut c = config();
