@@ -536,7 +536,7 @@ fn a_packed_section_with_its_last_frame_in_page_buffers() {
     let mut packed = wire::packet_message(&first, &[]);
     // Padded to 8 bytes, the padding counted in message_length (Linux
     // `netvsc_copy_to_send_buf`).
-    while packed.len() % 8 != 0 {
+    while !packed.len().is_multiple_of(8) {
         packed.push(0);
     }
     let len = packed.len() as u32;
