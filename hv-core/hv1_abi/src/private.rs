@@ -39,9 +39,10 @@ pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] = [
     "shutdown",
     "intr",
     "other",
+    "pause",
 ];
 /// Number of buckets.
-pub const EXIT_REASON_COUNT: usize = 10;
+pub const EXIT_REASON_COUNT: usize = 11;
 
 /// Index of each bucket.
 pub mod reason {
@@ -65,6 +66,27 @@ pub mod reason {
     pub const INTR: usize = 8;
     /// Anything else.
     pub const OTHER: usize = 9;
+    /// PAUSE (intercepted only while a signal grace runs: see
+    /// [`property::SIGNAL_GRACE`]).
+    pub const PAUSE: usize = 10;
+}
+
+/// Project-private partition properties (codes in `0xC000_0000..`, which
+/// Hyper-V's `hv_partition_property_code` does not use).
+pub mod property {
+    /// SIGNAL_GRACE (get/set, children; 0 or 1, default 0). With 0, a VP
+    /// that posts or signals to the root ends its dispatch right after that
+    /// hypercall, so the root serves it at once. With 1 it runs on to its
+    /// next exit of any kind: a HLT (which hv-core completes, leaving the VP
+    /// halted), a PAUSE (a spin-wait; intercepted only then), an intercept
+    /// for the root, the root's timer. On one CPU the root runs only when
+    /// the child's dispatch returns: without a grace, a guest that signals
+    /// whenever its ring was empty (Linux `hv_ringbuffer_write`) finds the
+    /// root has drained it before its next write and signals for every
+    /// packet; with one it queues its burst behind one signal. For guests
+    /// that halt when idle (a Linux kernel); a spin-waiting guest would pay
+    /// a PAUSE exit per signal.
+    pub const SIGNAL_GRACE: u32 = 0xC000_0001;
 }
 
 /// Output of [`GET_CORE_STATS`].

@@ -213,6 +213,8 @@ pub struct Child {
     asid: u32,
     /// Reference time (TIME_REF_COUNT, the reference TSC page).
     time: PartitionTime,
+    /// Private property SIGNAL_GRACE.
+    pub signal_grace: bool,
 }
 
 /// Why an operation on a child failed.
@@ -235,6 +237,7 @@ impl Child {
             mapped_pages: 0,
             stats: ExitStats::default(),
             time: PartitionTime::new(),
+            signal_grace: false,
         }
     }
 
@@ -762,6 +765,7 @@ impl Child {
             features: Self::FEATURES,
         };
         let shared = Shared {
+            signal_grace: self.signal_grace,
             id,
             index,
             message_page,
@@ -854,6 +858,9 @@ impl Child {
 
 /// What a dispatch needs besides the VP itself.
 struct Shared<'a> {
+    /// SIGNAL_GRACE: a post or signal to the root ends the dispatch at
+    /// the VP's next exit, not at once.
+    signal_grace: bool,
     id: u64,
     index: u32,
     message_page: u64,
@@ -879,6 +886,9 @@ fn run_vp(
     let (maps, asid) = (sh.maps, sh.asid);
     let (id, index) = (sh.id, sh.index);
     let vmcb_pa = vp.vmcb_pa;
+    // PAUSE is intercepted only inside a signal grace (below).
+    vp.vmcb().control.intercept_misc1 &= !intercept::PAUSE;
+    let mut in_grace = false;
     for _ in 0..MAX_INTERNAL_EXITS {
         // Children may share ASIDs: flush on every entry (TCG flushes anyway).
         vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
@@ -938,6 +948,13 @@ fn run_vp(
                 return deliver(sh.root, sh.message_page, &m);
             }
             ExitCode::INTR | ExitCode::NMI => return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)),
+            // A spin-wait inside a signal grace: the VP waits for something,
+            // most likely the root's answer. The grace ends; the PAUSE runs
+            // again at the next entry (it has no effect to repeat).
+            ExitCode::PAUSE => {
+                cpu.vmcb.control.intercept_misc1 &= !intercept::PAUSE;
+                return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+            }
             // The interrupt window opened: the next entry injects.
             ExitCode::VINTR => {
                 crate::platform::close_window(cpu.vmcb);
@@ -1043,6 +1060,22 @@ fn run_vp(
             // An interrupt is waiting and would wake the CPU: the HLT ends
             // at once and the vector goes in with the next entry.
             ExitCode::HLT if hlt_wakes(&mut cpu) => Outcome::Advance(Intercepted::Hlt),
+            // Idle inside a signal grace: the root's turn. hv-core completes
+            // the HLT itself (one byte, as it reports it to the root) and
+            // leaves the VP halted: the root, which must serve the signal
+            // first, is spared an X64_HALT round trip, and the next dispatch
+            // enters the VP only if an interrupt wakes it (else it reports
+            // the HLT then, with length 0, as for any halted VP).
+            ExitCode::HLT if in_grace => {
+                cpu.vmcb.control.intercept_misc1 &= !intercept::PAUSE;
+                cpu.vmcb.save.rip = cpu.vmcb.save.rip.wrapping_add(1);
+                // The STI shadow that may have covered it ends there.
+                cpu.vmcb.control.int_state &= !1;
+                if let Some((platform, _)) = cpu.platform.as_mut() {
+                    platform.halted = true;
+                }
+                return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+            }
             ExitCode::HLT => {
                 vp.intercept_suspended = true;
                 if let Some((platform, _)) = cpu.platform.as_mut() {
@@ -1127,8 +1160,17 @@ fn run_vp(
         // The child just posted or signalled to the root: end the dispatch so
         // the root takes its SynIC interrupt now rather than at its next timer
         // tick (one CPU: the root is the one waiting).
+        // With a signal grace (private property SIGNAL_GRACE) it runs on to
+        // its next exit (a HLT or PAUSE ends it above), so a guest writing a
+        // burst of packets queues them all behind its first signal.
         if !bus.root_pending.is_empty() {
-            return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+            if sh.signal_grace && !in_grace {
+                in_grace = true;
+                cpu.vmcb.control.intercept_misc1 |= intercept::PAUSE;
+            } else {
+                cpu.vmcb.control.intercept_misc1 &= !intercept::PAUSE;
+                return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+            }
         }
         // The VP sent an IPI to other VPs: end the dispatch so the partition
         // routes it and the root's scheduler can run its target (one CPU:

@@ -483,6 +483,7 @@ fn get_property(hv: &mut Hv, id: u64, code: u32) -> Result<u64, HvStatus> {
         property::SUSPEND => child.suspended as u64,
         property::UNIMPLEMENTED_MSR_ACTION => child.ignore_unknown_msrs as u64,
         property::GUEST_OS_ID => child.msrs.guest_os_id,
+        private::property::SIGNAL_GRACE => child.signal_grace as u64,
         _ => return Err(HvStatus::UNKNOWN_PROPERTY),
     })
 }
@@ -502,6 +503,12 @@ fn set_property(hv: &mut Hv, id: u64, code: u32, value: u64) -> CallResult {
                 return Err(HvStatus::PROPERTY_VALUE_OUT_OF_RANGE);
             }
             child.ignore_unknown_msrs = value == 1;
+        }
+        private::property::SIGNAL_GRACE => {
+            if value > 1 {
+                return Err(HvStatus::PROPERTY_VALUE_OUT_OF_RANGE);
+            }
+            child.signal_grace = value == 1;
         }
         property::PRIVILEGE_FLAGS | property::GUEST_OS_ID => return Err(HvStatus::ACCESS_DENIED),
         _ => return Err(HvStatus::UNKNOWN_PROPERTY),

@@ -692,6 +692,7 @@ impl ExitStats {
             ExitCode::IOIO => reason::IOIO,
             ExitCode::SHUTDOWN => reason::SHUTDOWN,
             ExitCode::INTR => reason::INTR,
+            ExitCode::PAUSE => reason::PAUSE,
             _ => reason::OTHER,
         };
         self.by_reason[bucket] += 1;

@@ -265,6 +265,8 @@ pub mod intercept {
     pub const CPUID: u32 = 1 << 18;
     /// Word 3: INVD.
     pub const INVD: u32 = 1 << 22;
+    /// Word 3: PAUSE.
+    pub const PAUSE: u32 = 1 << 23;
     /// Word 3: HLT.
     pub const HLT: u32 = 1 << 24;
     /// Word 3: INVLPGA.
@@ -350,6 +352,8 @@ impl ExitCode {
     pub const VINTR: Self = Self(0x64);
     /// CPUID.
     pub const CPUID: Self = Self(0x72);
+    /// PAUSE.
+    pub const PAUSE: Self = Self(0x77);
     /// INVD.
     pub const INVD: Self = Self(0x76);
     /// INVLPGA.

@@ -180,7 +180,21 @@ impl Storage {
             let read_only = disk.read_only();
             let io = SharedDisk(Rc::new(RefCell::new(disk)));
             let layout = match DiskTable::open(io.clone()) {
-                Ok(table) => Layout::Gpt(table),
+                Ok(table) => {
+                    // A copy that was damaged has been rewritten from the
+                    // other, as UEFI firmware does (UEFI 2.10 §5.3.2): say so.
+                    let repaired = match table.recovery() {
+                        disks::Recovery::BackupRepaired(c) => Some(("backup", c)),
+                        disks::Recovery::PrimaryRepaired(c) => Some(("primary", c)),
+                        disks::Recovery::Intact | disks::Recovery::Formatted => None,
+                    };
+                    if let Some((which, why)) = repaired {
+                        crate::println!(
+                            "root: {name}: its GPT's {which} copy was damaged ({why}); rewritten from the other copy"
+                        );
+                    }
+                    Layout::Gpt(table)
+                }
                 Err(e) => Layout::Whole(format!("{e}")),
             };
             s.devices.push(Device {

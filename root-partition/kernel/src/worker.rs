@@ -363,6 +363,15 @@ impl Worker {
         devices: Vec<Box<dyn vsp::Device<FrameMemory>>>,
     ) -> Result<(), WorkerError> {
         hv::initialize_partition(self.id).map_err(hvfail("InitializePartition"))?;
+        // A kernel that halts when idle (Linux) gets a signal grace: after it
+        // signals a channel it runs on to its next exit (usually its idle
+        // HLT), so a burst of requests shares one signal instead of the root
+        // draining the ring after every packet. The test OS spin-waits, and
+        // would pay a PAUSE exit per signal: none for it.
+        if !self.image.is_test_os() {
+            hv::set_partition_property(self.id, hv1_abi::private::property::SIGNAL_GRACE, 1)
+                .map_err(hvfail("SetPartitionProperty"))?;
+        }
         // Child memory comes from the top of free RAM, one page at a time
         // (it need not be contiguous: the child's NPT makes it so).
         let mut pages: Vec<u64> = Vec::new();
