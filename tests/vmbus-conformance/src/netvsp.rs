@@ -1319,6 +1319,40 @@ fn tx_section_case() -> Result<(), String> {
     Ok(())
 }
 
+fn packed_partial_case() -> Result<(), String> {
+    let mem = Mem::std()?;
+    let mut r = Rig::ready(&mem)?;
+    let first = frame([0xFF; 6], 300);
+    let mut packed = wire::packet_message(&first, &[]);
+    // Padded to 8 bytes, the padding in message_length (`netvsc_copy_to_send_buf`).
+    while !packed.len().is_multiple_of(8) {
+        packed.push(0);
+    }
+    let len = packed.len() as u32;
+    packed[4..8].copy_from_slice(&len.to_le_bytes());
+    let last = frame([0xFF; 6], 1400);
+    let last_msg = wire::packet_message(&last, &[]);
+    packed.extend_from_slice(&last_msg[..last_msg.len() - last.len()]);
+    r.write_section(4, &packed)?;
+    let ctrl = mem.ctrl;
+    mem.ram().write_at((ctrl + 1) * 4096 + 100, &last).map_err(err)?;
+    let id = r.id();
+    let m = nvsp_protocol::send_rndis_packet_in_section(CHANNEL_TYPE_DATA, Some((4, packed.len() as u32)));
+    r.send_pagebuffer(id, &[(last.len() as u32, 100, ctrl + 1)], &m)?;
+    r.poll()?;
+    let a = r.receive()?.ok_or("no completion")?;
+    ensure!(
+        a.id == id && a.status()? == Status::SUCCESS.0,
+        "id {:#x} status {}",
+        a.id,
+        a.status()?
+    );
+    ensure!(r.dev.take_tx_frame() == Some(first), "first frame");
+    ensure!(r.dev.take_tx_frame() == Some(last), "the frame in page buffers");
+    ensure!(r.dev.take_tx_frame().is_none(), "a third frame");
+    Ok(())
+}
+
 fn tx_gpa_case() -> Result<(), String> {
     let mem = Mem::std()?;
     let mut r = Rig::ready(&mem)?;
@@ -1915,6 +1949,12 @@ pub fn cases() -> Vec<Case> {
             rule: "a close or reset forgets the conversation (netvsc_connect_vsp runs after every open): version, buffers and RNDIS state; a second open and an open without RAM and GPADLs are refused",
             expect: "after reset: no version, no buffer, Uninitialized, rx NotOpen; on new rings a buffer before INIT fails and the bring-up succeeds; AlreadyOpen; Refused",
             run: reopen_case,
+        },
+        Case {
+            id: "NET-41",
+            rule: "a SEND_RNDIS_PACKET naming a send section and page buffers carries the section's bytes followed by the pages' (Linux netvsc_send packs messages into a section and puts the last frame's data in page buffers when it does not fit: cp_partial)",
+            expect: "a section with a padded 300-byte frame's message and a 1400-byte frame's RNDIS header, its data in a page buffer: SUCCESS, both frames, in order",
+            run: packed_partial_case,
         },
         Case {
             id: "NET-40",
