@@ -43,3 +43,28 @@ fn a_child_gets_an_apic_timers_and_reference_time() {
     assert_eq!(info["injected_exceptions"], 0, "{info}");
     assert_eq!(info["state"], "running", "{info}");
 }
+
+/// IPIs between a child's two VPs (test OS mode `smp-ipi`,
+/// `tests/guests/testos/src/smp.rs`): 100 fixed IPIs from VP 0 to VP 1 each
+/// arrive, so do a broadcast to all but the sender and a lowest-priority
+/// IPI; an unknown APIC id reaches nobody; a Startup IPI to a running VP, an
+/// NMI and INIT to the boot processor change nothing (VP 1 still counts).
+#[test]
+fn ipis_travel_between_a_childs_vps() {
+    let mut m = Machine::boot("smp-ipi", "", None);
+    m.wait_json("info 2 --json", "alpha to halt", |v| v["halted_vps"] == 1);
+    let created = m.hvctl("create smp --memory 16M --vps 2 --image testos --mode smp-ipi --start");
+    assert!(created.contains("created and started"), "{created}");
+    let console = m.wait_text("console 4", "smp-ipi done");
+    let line = console
+        .lines()
+        .find(|l| l.contains("testos smp: smp-ipi: fixed "))
+        .unwrap_or_else(|| panic!("no result line in\n{console}"));
+    assert!(
+        line.trim_end().ends_with(": ok"),
+        "check failed: {line}\n{console}"
+    );
+    let info = m.hvctl_json("info 4 --json");
+    assert_eq!(info["state"], "running", "{info}");
+    assert_eq!(info["injected_exceptions"], 0, "{info}");
+}

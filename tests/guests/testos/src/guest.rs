@@ -62,6 +62,10 @@ pub(crate) fn halt_forever() -> ! {
 
 pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> ! {
     if vp != 0 {
+        // Only `smp-ipi` uses the other VPs (VP 1 takes IPIs from VP 0).
+        if vp == 1 && info.magic == child::BOOT_INFO_MAGIC && child::unpad(&info.mode) == "smp-ipi" {
+            crate::smp::ap()
+        }
         halt_forever();
     }
     let name = child::unpad(&info.name);
@@ -131,6 +135,8 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
         // Hostile CPU probes (CR4, XSAVE, PKU, SVM instructions, MSRs, SynIC MSRs): cpu_hostile.rs.
         "cpu-hostile" => crate::cpu_hostile::run(name, info),
         "apic-timer" => crate::apic::run(name),
+        // IPIs between two VPs: smp.rs.
+        "smp-ipi" => crate::smp::run(name, info.vp_count),
         // Guest crash MSRs (a panic report the root must act on): crash.rs.
         m if m.starts_with("crash-report") => crate::crash::run(name, m),
         // Integration services (heartbeat, shutdown, time sync, KVP): ic_mode.rs.

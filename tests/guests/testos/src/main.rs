@@ -37,6 +37,8 @@ mod guest;
 #[cfg(target_os = "none")]
 mod ic_mode;
 #[cfg(target_os = "none")]
+mod smp;
+#[cfg(target_os = "none")]
 mod vmbus_hostile;
 
 /// Built for the host (e.g. `cargo clippy --workspace`), this is not a kernel.
