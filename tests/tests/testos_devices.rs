@@ -504,16 +504,19 @@ fn disk_bench_mode_reads_at_depth_and_reports_its_rates() {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no {prefix:?} line with {unit}: {out}"))
     };
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("disk-bench: sequential 8 MiB in ")),
-        "{out}"
-    );
+    for size in ["128", "1024"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("disk-bench: sequential 8 MiB in ")
+                    && l.ends_with(&format!("(8 x {size} KiB in flight)"))),
+            "{out}"
+        );
+    }
     assert!(rate("disk-bench: 4 KiB reads at depth 1:", "IOPS") > 0, "{out}");
     assert!(rate("disk-bench: 4 KiB reads at depth 32:", "IOPS") > 0, "{out}");
     let ch = m.hvctl_json(&format!("channels {id} --json"));
     let scsi = channel_of(&ch, SCSI);
-    assert!(scsi["bytes_read"].as_u64() >= Some(8 << 20), "{scsi}");
+    assert!(scsi["bytes_read"].as_u64() >= Some(16 << 20), "{scsi}");
     assert_eq!(scsi["srb_failures"], 0, "{scsi}");
     drop(m);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -143,7 +143,7 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
         "ic" => crate::ic_mode::run(name, false),
         "ic-stubborn" => crate::ic_mode::run(name, true),
         // The synthetic SCSI controller and NIC (storvsc, netvsc): devices.rs.
-        m if m.starts_with("disk-bench") => crate::devices::disk_bench_mode(name, m),
+        m if m.starts_with("disk-bench") => crate::devices::disk_bench_mode(name, m, info),
         m if m == "disk"
             || m.starts_with("disk:")
             || m.starts_with("disk-verify")
