@@ -581,6 +581,63 @@ mod tests {
         }
     }
 
+    /// A device that answers each packet after the read (as storvsp sends
+    /// an SRB's completion), counting the calls `work` gets.
+    #[derive(Default)]
+    struct Later {
+        works: u32,
+        empty_works: u32,
+    }
+
+    impl PacketWork<&'static AtomicMemory> for Later {
+        type Item = (u64, Vec<u8>);
+
+        fn read(&mut self, p: &IncomingPacket<'_>) -> (Option<Vec<u8>>, Option<(u64, Vec<u8>)>) {
+            (None, Some((p.transaction_id, p.payload.to_vec())))
+        }
+
+        fn work(
+            &mut self,
+            channel: &mut Channel<&'static AtomicMemory>,
+            item: Option<(u64, Vec<u8>)>,
+            result: &mut PollResult,
+        ) {
+            self.works += 1;
+            let Some((id, mut bytes)) = item else {
+                self.empty_works += 1;
+                return;
+            };
+            bytes.reverse();
+            assert!(channel.send_within(inband_packet(id, &bytes), result).is_ok());
+        }
+    }
+
+    #[test]
+    fn poll_each_reads_one_packet_at_a_time_within_the_budget() {
+        let (guest, mut ch) = Guest::new(64 * 1024, 64 * 1024);
+        for i in 0..10 {
+            guest.send(PacketType::DATA_INBAND, i, b"abcdefgh");
+        }
+        let mut w = Later::default();
+        let r = ch.poll_each(4, &mut w);
+        assert!(r.more && r.signalled && r.broke.is_none(), "{r:?}");
+        assert_eq!((w.works, w.empty_works), (4, 0));
+        let s = ch.stats();
+        assert_eq!((s.packets, s.signals_received, s.budget_exhausted), (4, 1, 1));
+        // The rest, then the empty ring ends the poll (work sees it once).
+        let r = ch.poll_each(64, &mut w);
+        assert!(!r.more, "{r:?}");
+        assert_eq!((w.works, w.empty_works), (11, 1));
+        assert_eq!(ch.stats().packets, 10);
+        for i in 0..10 {
+            assert_eq!(guest.receive(), Some((i, b"hgfedcba".to_vec())));
+        }
+        // Nothing waiting: no work counted, nothing asked for.
+        let r = ch.poll_each(64, &mut w);
+        assert_eq!(r, PollResult::default());
+        assert_eq!(ch.stats().signals_received, 2);
+    }
+
     #[test]
     fn skipped_packets_count_against_the_budget() {
         let (guest, mut ch) = Guest::new(8192, 8192);
