@@ -8,8 +8,38 @@
 
 use core::arch::global_asm;
 
-/// Size of the boot stack.
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot stack (the root's only stack: its main loop, the
+/// worker and every device run on it).
+pub const BOOT_STACK_SIZE: usize = 256 * 1024;
+
+/// The deepest the boot stack has been, in bytes: it starts zeroed (.bss),
+/// so the lowest non-zero byte marks the furthest any frame reached (a
+/// frame that only ever wrote zeros there is missed: a close lower bound).
+pub fn stack_high_water() -> usize {
+    unsafe extern "C" {
+        static boot_stack_bottom: u8;
+    }
+    let bottom = core::ptr::addr_of!(boot_stack_bottom);
+    let untouched = (0..BOOT_STACK_SIZE)
+        .step_by(8)
+        // SAFETY: `bottom..bottom + BOOT_STACK_SIZE` is the stack, mapped
+        // and inside the image; the bytes read are below the live frames
+        // (or are the live frames, read as plain words), and a volatile
+        // read of a u64 at 8-byte alignment is always valid there.
+        .take_while(|&off| unsafe { core::ptr::read_volatile(bottom.add(off).cast::<u64>()) } == 0)
+        .count()
+        * 8;
+    BOOT_STACK_SIZE - untouched
+}
+
+/// The unmapped page right below the boot stack.
+pub fn stack_guard_page() -> u64 {
+    unsafe extern "C" {
+        static boot_stack_guard: u8;
+    }
+    // Only the address is taken; the page is never read or written.
+    core::ptr::addr_of!(boot_stack_guard) as u64
+}
 
 global_asm!(
     r#"
@@ -40,6 +70,12 @@ mb2_header_end:
 boot_pml4:  .skip 4096
 boot_pdpt:  .skip 4096
 boot_pd:    .skip 4096 * 4
+    /* Left out of the root's own page tables (`memory::init_paging`): a
+       stack overflow faults (#PF, then #DF on its own IST stack) instead
+       of overwriting the boot tables and the allocator's statics below. */
+    .global boot_stack_guard
+boot_stack_guard: .skip 4096
+    .global boot_stack_bottom
     .balign 16
 boot_stack_bottom: .skip {stack_size}
 boot_stack_top:

@@ -309,6 +309,8 @@ fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Re
             .num("memory", root_memory(boot))
             .num("free", memory::free_bytes())
             .num("lent_to_children", lent)
+            .num("stack_used", crate::boot::stack_high_water() as u64)
+            .num("stack_size", crate::boot::BOOT_STACK_SIZE as u64)
             .num("uptime", timer::ticks() / timer::HZ)
             .num("injected_exceptions", st.injected_exceptions)
             .num("failed_hypercalls", st.failed_hypercalls)
@@ -329,6 +331,12 @@ fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Re
         st.region_size >> 20,
         memory::free_bytes() >> 10,
         lent >> 10
+    );
+    let _ = writeln!(
+        out,
+        "stack:        {} KiB deepest of {} KiB (a guard page below it)",
+        crate::boot::stack_high_water() >> 10,
+        crate::boot::BOOT_STACK_SIZE >> 10
     );
     let _ = writeln!(out, "uptime:       {}s", timer::ticks() / timer::HZ);
     let _ = writeln!(
@@ -868,6 +876,8 @@ fn disks(m: &Manager, json: bool, out: &mut String) {
                     .str("note", &d.note)
                     .num("free_bytes", d.free_bytes)
                     .bool("read_only", d.read_only)
+                    .num("seg_max", d.seg_max)
+                    .num("requests", d.requests)
                     .end();
                 r
             })

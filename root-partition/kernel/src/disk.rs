@@ -1,15 +1,33 @@
 //! Passthrough proof and the children's disks' device: the root keeps
-//! driving its own virtio-blk disks after demotion (`virtio-drivers`, over
-//! [`crate::virtio`]'s PCI access, DMA and IOMMU-aware transport).
+//! driving its own virtio-blk disks after demotion, over
+//! [`crate::virtio`]'s PCI access, DMA and IOMMU-aware transport and
+//! `virtio-drivers`' split virtqueue.
+//!
+//! The block protocol itself (virtio 1.2 §5.2) is driven here rather than
+//! through `virtio-drivers`' `VirtIOBlk`, which puts one data buffer in a
+//! request and waits for it: a child's read lands in whatever guest pages
+//! its driver named (Linux: up to 256 scattered 4 KiB pages per 1 MiB
+//! request), and one device request per page costs a round trip through
+//! QEMU each. Here one request carries every segment (up to the device's
+//! `seg_max`, in an indirect descriptor table) and a transfer too large
+//! for one request is several requests in flight behind one notify.
 
+use crate::memory;
 use crate::virtio::{ACCESS_PLATFORM, AccessPlatform, DMA_REDIRECT, RootHal};
 use alloc::boxed::Box;
+use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
-use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE, VirtIOBlk};
+use virtio_drivers::PAGE_SIZE;
+use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::DeviceFunction;
-use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
+use zerocopy::{Immutable, IntoBytes};
+
+/// Bytes per virtio-blk sector (virtio 1.2 §5.2.6: `sector` counts 512-byte
+/// units whatever the device's `blk_size`).
+pub const SECTOR_SIZE: usize = 512;
 
 /// Why the disk could not be read.
 #[derive(Debug)]
@@ -20,8 +38,13 @@ pub enum DiskError {
     Transport(virtio_drivers::transport::pci::VirtioPciError),
     /// The device failed.
     Device(virtio_drivers::Error),
-    /// The device did not complete the request in time.
+    /// The device refused the features the driver needs.
+    Features,
+    /// The device did not complete the request in time; it was reset
+    /// and is out of service.
     Timeout,
+    /// The device was reset after an earlier failure and serves nothing.
+    OutOfService,
     /// A request past the last sector.
     OutOfRange,
     /// A buffer that is not a whole, non-zero number of sectors.
@@ -34,10 +57,128 @@ impl core::fmt::Display for DiskError {
             Self::NotFound => f.write_str("no virtio-blk device on PCI bus 0"),
             Self::Transport(e) => write!(f, "virtio-pci transport: {e}"),
             Self::Device(e) => write!(f, "virtio-blk: {e}"),
-            Self::Timeout => f.write_str("virtio-blk: no completion"),
+            Self::Features => f.write_str("virtio-blk: device refused FEATURES_OK"),
+            Self::Timeout => f.write_str("virtio-blk: no completion (device reset, out of service)"),
+            Self::OutOfService => f.write_str("virtio-blk: out of service after an earlier failure"),
             Self::OutOfRange => f.write_str("request past the end of the device"),
             Self::BadBuffer => f.write_str("buffer is not a whole number of sectors"),
         }
+    }
+}
+
+/// Feature bits (virtio 1.2 §5.2.3 and §6).
+mod feature {
+    /// `size_max` bounds one segment.
+    pub const SIZE_MAX: u64 = 1 << 1;
+    /// `seg_max` bounds the segments of one request.
+    pub const SEG_MAX: u64 = 1 << 2;
+    /// The device is read-only.
+    pub const RO: u64 = 1 << 5;
+    /// VIRTIO_BLK_T_FLUSH is supported (otherwise the device writes through).
+    pub const FLUSH: u64 = 1 << 9;
+    /// Indirect descriptor tables: a request of many segments takes one
+    /// ring slot.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
+    /// A virtio 1.x device.
+    pub const VERSION_1: u64 = 1 << 32;
+}
+
+/// What the driver accepts (VIRTIO_F_ACCESS_PLATFORM is added by
+/// [`AccessPlatform`] when offered).
+const DRIVER_FEATURES: u64 = feature::SIZE_MAX
+    | feature::SEG_MAX
+    | feature::RO
+    | feature::FLUSH
+    | feature::RING_INDIRECT_DESC
+    | feature::VERSION_1;
+
+/// Configuration space offsets (virtio 1.2 §5.2.4).
+mod config {
+    pub const CAPACITY_LOW: usize = 0;
+    pub const CAPACITY_HIGH: usize = 4;
+    pub const SIZE_MAX: usize = 8;
+    pub const SEG_MAX: usize = 12;
+}
+
+/// Request types (virtio 1.2 §5.2.6).
+mod request_type {
+    pub const IN: u32 = 0;
+    pub const OUT: u32 = 1;
+    pub const FLUSH: u32 = 4;
+}
+
+/// Request status (virtio 1.2 §5.2.6).
+mod status {
+    pub const OK: u8 = 0;
+    pub const IOERR: u8 = 1;
+}
+
+/// The device-readable header of every request (virtio 1.2 §5.2.6).
+#[repr(C)]
+#[derive(Debug, Default, IntoBytes, Immutable)]
+struct RequestHeader {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+const _: () = assert!(core::mem::size_of::<RequestHeader>() == 16);
+
+/// Descriptors in the ring: with indirect tables each request takes one,
+/// so this many requests can be in flight.
+const QUEUE_SIZE: usize = 64;
+/// Segments per request when the device does not say (`seg_max` not
+/// offered): what QEMU offered before its queue-size-based value.
+const DEFAULT_SEG_MAX: usize = 126;
+/// The driver's own cap on segments per request (an indirect table of
+/// this many 16-byte descriptors is one page).
+const MAX_SEGMENTS: usize = 254;
+/// Spins to wait for a completion before calling the device stuck. QEMU
+/// completes from the host's page cache in microseconds; a flush of a
+/// large image on a slow host disk can take seconds.
+const WAIT_SPINS: u64 = 4_000_000_000;
+
+/// Data direction of a transfer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Device to memory.
+    Read,
+    /// Memory to device.
+    Write,
+}
+
+/// A request the device holds: what it was built from, kept so its
+/// descriptors can be recycled when it completes, and so the header and
+/// status the device reads and writes stay allocated until then.
+struct InFlight {
+    token: u16,
+    header: Box<RequestHeader>,
+    status: Box<[u8; 1]>,
+    direction: Option<Direction>,
+    segments: Vec<(u64, usize)>,
+}
+
+impl InFlight {
+    /// The buffers as `VirtQueue::add` and `pop_used` take them: the
+    /// header (and, for a write, the data) device-readable; the data of a
+    /// read and the status byte device-writable.
+    ///
+    /// # Safety
+    /// Each segment is identity-mapped RAM the caller may hand to the
+    /// device (see [`Disk::transfer`]).
+    unsafe fn buffers(&mut self) -> (Vec<&[u8]>, Vec<&mut [u8]>) {
+        let mut inputs: Vec<&[u8]> = vec![self.header.as_bytes()];
+        let mut outputs: Vec<&mut [u8]> = Vec::new();
+        for &(phys, len) in &self.segments {
+            match self.direction {
+                // SAFETY: forwarded to the caller.
+                Some(Direction::Write) => inputs.push(unsafe { memory::phys_slice(phys, len) }),
+                // SAFETY: forwarded to the caller.
+                Some(Direction::Read) => outputs.push(unsafe { memory::phys_slice_mut(phys, len) }),
+                None => {}
+            }
+        }
+        outputs.push(&mut self.status[..]);
+        (inputs, outputs)
     }
 }
 
@@ -49,7 +190,19 @@ pub struct Disk {
     pub capacity: u64,
     /// Whether VIRTIO_F_ACCESS_PLATFORM was negotiated.
     pub access_platform: bool,
-    blk: VirtIOBlk<RootHal, AccessPlatform<PciTransport>>,
+    features: u64,
+    /// Segments one request may carry.
+    seg_max: usize,
+    /// Bytes one segment may hold (`usize::MAX` if the device sets no
+    /// limit).
+    size_max: usize,
+    transport: AccessPlatform<PciTransport>,
+    queue: VirtQueue<RootHal, QUEUE_SIZE>,
+    in_flight: Vec<InFlight>,
+    /// Reset after a request that never completed: refuses everything.
+    out_of_service: bool,
+    /// Requests the device was given.
+    pub requests: u64,
 }
 
 impl Disk {
@@ -70,16 +223,66 @@ impl Disk {
             .collect()
     }
 
-    /// Bring up the virtio-blk function at `location`.
+    /// Bring up the virtio-blk function at `location` (virtio 1.2 §3.1.1:
+    /// reset, ACKNOWLEDGE | DRIVER, features, FEATURES_OK, queue,
+    /// DRIVER_OK).
     fn open_at(location: DeviceFunction) -> Result<Self, DiskError> {
         let mut transport = crate::virtio::transport(location).map_err(DiskError::Transport)?;
-        let access_platform = transport.read_device_features() & ACCESS_PLATFORM != 0;
-        let blk = VirtIOBlk::<RootHal, _>::new(transport).map_err(DiskError::Device)?;
+        transport.set_status(DeviceStatus::empty());
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER);
+        let offered = transport.read_device_features();
+        let features = offered & DRIVER_FEATURES;
+        transport.write_driver_features(features);
+        transport.set_status(DeviceStatus::ACKNOWLEDGE | DeviceStatus::DRIVER | DeviceStatus::FEATURES_OK);
+        if !transport.get_status().contains(DeviceStatus::FEATURES_OK) {
+            transport.set_status(DeviceStatus::FAILED);
+            return Err(DiskError::Features);
+        }
+        transport.set_guest_page_size(PAGE_SIZE as u32);
+        let read = |offset: usize| -> Result<u32, DiskError> {
+            transport
+                .read_config_space::<u32>(offset)
+                .map_err(DiskError::Device)
+        };
+        let capacity = transport
+            .read_consistent(|| {
+                let low = transport.read_config_space::<u32>(config::CAPACITY_LOW)?;
+                let high = transport.read_config_space::<u32>(config::CAPACITY_HIGH)?;
+                Ok(u64::from(high) << 32 | u64::from(low))
+            })
+            .map_err(DiskError::Device)?;
+        // Zero means "no limit given" for both (QEMU leaves size_max 0).
+        let seg_max = match read(config::SEG_MAX)? {
+            n if features & feature::SEG_MAX != 0 && n > 0 => n as usize,
+            _ => DEFAULT_SEG_MAX,
+        }
+        .min(MAX_SEGMENTS);
+        let size_max = match read(config::SIZE_MAX)? {
+            n if features & feature::SIZE_MAX != 0 && n as usize >= SECTOR_SIZE => {
+                n as usize / SECTOR_SIZE * SECTOR_SIZE
+            }
+            _ => usize::MAX,
+        };
+        let queue = VirtQueue::new(
+            &mut transport,
+            0,
+            features & feature::RING_INDIRECT_DESC != 0,
+            false,
+        )
+        .map_err(DiskError::Device)?;
+        transport.finish_init();
         Ok(Self {
             location,
-            capacity: blk.capacity(),
-            access_platform,
-            blk,
+            capacity,
+            access_platform: offered & ACCESS_PLATFORM != 0,
+            features,
+            seg_max,
+            size_max,
+            transport,
+            queue,
+            in_flight: Vec::new(),
+            out_of_service: false,
+            requests: 0,
         })
     }
 
@@ -92,18 +295,27 @@ impl Disk {
 
     /// Whether the device refuses writes (VIRTIO_BLK_F_RO).
     pub fn read_only(&self) -> bool {
-        self.blk.readonly()
+        self.features & feature::RO != 0
+    }
+
+    /// Segments one device request may carry (its `seg_max`, capped).
+    pub fn seg_max(&self) -> usize {
+        self.seg_max
     }
 
     /// Read `buf.len() / 512` sectors from `lba`, in requests of at most
-    /// [`MAX_REQUEST_BYTES`]. `buf` is a whole, non-zero number of sectors
-    /// inside the device (checked: the caller's bounds are not trusted).
+    /// [`MAX_REQUEST_BYTES`], one at a time. `buf` is a whole, non-zero
+    /// number of sectors inside the device (checked: the caller's bounds
+    /// are not trusted).
     pub fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         self.check(lba, buf.len())?;
         for (i, chunk) in buf.chunks_mut(MAX_REQUEST_BYTES).enumerate() {
             let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
-            let at = usize::try_from(at).map_err(|_| DiskError::OutOfRange)?;
-            self.blk.read_blocks(at, chunk).map_err(DiskError::Device)?;
+            // SAFETY: `chunk` is root heap or stack memory (identity-mapped),
+            // exclusively borrowed until the transfer returns, which is
+            // after the device completed it (or, if it never does, the
+            // request stays in flight and the borrow ends: see `wait`).
+            unsafe { self.transfer(Direction::Read, at, &[(chunk.as_mut_ptr() as u64, chunk.len())]) }?;
         }
         Ok(())
     }
@@ -114,46 +326,61 @@ impl Disk {
         self.check(lba, buf.len())?;
         for (i, chunk) in buf.chunks(MAX_REQUEST_BYTES).enumerate() {
             let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
-            let at = usize::try_from(at).map_err(|_| DiskError::OutOfRange)?;
-            self.blk.write_blocks(at, chunk).map_err(DiskError::Device)?;
+            // SAFETY: as in `read`; the device only reads `chunk`.
+            unsafe { self.transfer(Direction::Write, at, &[(chunk.as_ptr() as u64, chunk.len())]) }?;
         }
         Ok(())
     }
 
-    /// Read `len` bytes from `lba` straight into root physical memory at
-    /// `phys` (a run of frames the root owns or lent to a child: the
-    /// device's DMA lands there).
+    /// Read sectors from `lba` straight into root physical memory:
+    /// `segments` (address, bytes) in order, together a whole, non-zero
+    /// number of sectors inside the device (checked). As few device
+    /// requests as `seg_max` allows, all in flight at once.
     ///
     /// # Safety
-    /// `phys..phys + len` must be identity-mapped RAM the root may write
-    /// and nothing else may hold a reference into while this runs (the
-    /// root is one CPU and the child is not running during a request).
-    pub unsafe fn read_phys(&mut self, lba: u64, phys: u64, len: usize) -> Result<(), DiskError> {
+    /// Each segment must be identity-mapped RAM the root may write (its
+    /// own or frames it lent a child) that nothing else holds a reference
+    /// into while this runs (the root is one CPU and the child is not
+    /// running during a request).
+    pub unsafe fn read_phys(&mut self, lba: u64, segments: &[(u64, usize)]) -> Result<(), DiskError> {
+        self.check(lba, segments.iter().map(|s| s.1).sum())?;
         // SAFETY: forwarded to the caller.
-        let buf = unsafe { crate::memory::phys_slice_mut(phys, len) };
-        self.read(lba, buf)
+        unsafe { self.transfer(Direction::Read, lba, segments) }
     }
 
-    /// Write `len` bytes at `lba` straight from root physical memory at
-    /// `phys` (the device's DMA reads it there).
+    /// Write sectors at `lba` straight from root physical memory,
+    /// `segments` as for [`Self::read_phys`].
     ///
     /// # Safety
-    /// `phys..phys + len` must be identity-mapped RAM nothing writes while
-    /// this runs.
-    pub unsafe fn write_phys(&mut self, lba: u64, phys: u64, len: usize) -> Result<(), DiskError> {
+    /// Each segment must be identity-mapped RAM nothing writes while this
+    /// runs.
+    pub unsafe fn write_phys(&mut self, lba: u64, segments: &[(u64, usize)]) -> Result<(), DiskError> {
+        self.check(lba, segments.iter().map(|s| s.1).sum())?;
         // SAFETY: forwarded to the caller.
-        let buf = unsafe { crate::memory::phys_slice(phys, len) };
-        self.write(lba, buf)
+        unsafe { self.transfer(Direction::Write, lba, segments) }
     }
 
     /// VIRTIO_BLK_T_FLUSH: every completed write reaches the medium (QEMU:
     /// the image file is synced). A device without VIRTIO_BLK_F_FLUSH is
     /// write-through, and this does nothing.
     pub fn flush(&mut self) -> Result<(), DiskError> {
-        self.blk.flush().map_err(DiskError::Device)
+        if self.out_of_service {
+            return Err(DiskError::OutOfService);
+        }
+        if self.features & feature::FLUSH == 0 {
+            return Ok(());
+        }
+        // SAFETY: no data segments: only the request's own header and
+        // status, which it owns.
+        let token = unsafe { self.submit(None, request_type::FLUSH, 0, Vec::new()) }?;
+        self.notify();
+        self.wait(&[token], WAIT_SPINS)
     }
 
     fn check(&self, lba: u64, len: usize) -> Result<(), DiskError> {
+        if self.out_of_service {
+            return Err(DiskError::OutOfService);
+        }
         if len == 0 || !len.is_multiple_of(SECTOR_SIZE) {
             return Err(DiskError::BadBuffer);
         }
@@ -165,49 +392,211 @@ impl Disk {
         }
         Ok(())
     }
+
+    /// Move `segments` (checked by the caller: a whole number of sectors
+    /// inside the device) from or to the device at `lba`: split into
+    /// requests of at most `seg_max` segments of at most `size_max` bytes,
+    /// as many in flight as the queue holds, one notify per batch.
+    ///
+    /// # Safety
+    /// Each segment is identity-mapped RAM the device may read (and, for a
+    /// read, write), not otherwise accessed until this returns.
+    unsafe fn transfer(
+        &mut self,
+        direction: Direction,
+        lba: u64,
+        segments: &[(u64, usize)],
+    ) -> Result<(), DiskError> {
+        let kind = match direction {
+            Direction::Read => request_type::IN,
+            Direction::Write => request_type::OUT,
+        };
+        // Every piece: segments cut at `size_max`.
+        let size_max = self.size_max;
+        let mut pieces = segments.iter().flat_map(|&(phys, len)| {
+            (0..len)
+                .step_by(size_max.min(len).max(1))
+                .map(move |off| (phys + off as u64, (len - off).min(size_max)))
+        });
+        let mut at = lba;
+        let mut tokens = Vec::new();
+        let mut first_error = None;
+        loop {
+            // Fill the queue, then wait for the whole batch.
+            while tokens.len() < QUEUE_SIZE {
+                let request: Vec<(u64, usize)> = pieces.by_ref().take(self.seg_max).collect();
+                if request.is_empty() {
+                    break;
+                }
+                let bytes: usize = request.iter().map(|s| s.1).sum();
+                // SAFETY: forwarded to the caller.
+                match unsafe { self.submit(Some(direction), kind, at, request) } {
+                    Ok(token) => tokens.push(token),
+                    Err(e) => {
+                        first_error = Some(e);
+                        break;
+                    }
+                }
+                at += (bytes / SECTOR_SIZE) as u64;
+            }
+            if tokens.is_empty() {
+                break;
+            }
+            self.notify();
+            if let Err(e) = self.wait(&tokens, WAIT_SPINS) {
+                first_error.get_or_insert(e);
+            }
+            tokens.clear();
+            if first_error.is_some() {
+                break;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Put one request on the ring (not yet notified).
+    ///
+    /// # Safety
+    /// As for [`Self::transfer`].
+    unsafe fn submit(
+        &mut self,
+        direction: Option<Direction>,
+        kind: u32,
+        sector: u64,
+        segments: Vec<(u64, usize)>,
+    ) -> Result<u16, DiskError> {
+        let mut request = InFlight {
+            token: 0,
+            header: Box::new(RequestHeader {
+                kind,
+                reserved: 0,
+                sector,
+            }),
+            status: Box::new([0xFF]),
+            direction,
+            segments,
+        };
+        {
+            // SAFETY: forwarded to the caller.
+            let (inputs, mut outputs) = unsafe { request.buffers() };
+            // SAFETY: the header and status are boxed and kept in
+            // `in_flight` until `pop_used` returns them; the segments are
+            // the caller's (see above).
+            request.token = unsafe { self.queue.add(&inputs, &mut outputs) }.map_err(DiskError::Device)?;
+        }
+        let token = request.token;
+        self.in_flight.push(request);
+        self.requests += 1;
+        Ok(token)
+    }
+
+    fn notify(&mut self) {
+        if self.queue.should_notify() {
+            self.transport.notify(0);
+        }
+    }
+
+    /// Wait until the device completed every request in `tokens`,
+    /// recycling whatever it completes meanwhile (also requests an earlier
+    /// wait gave up on). The first failure, if any; `Timeout` after
+    /// `spins` idle polls, leaving the missing requests in flight (their
+    /// buffers with them) for a later wait to collect.
+    fn wait(&mut self, tokens: &[u16], spins: u64) -> Result<(), DiskError> {
+        let mut error = None;
+        let mut idle = 0u64;
+        while tokens
+            .iter()
+            .any(|t| self.in_flight.iter().any(|r| r.token == *t))
+        {
+            let Some(token) = self.queue.peek_used() else {
+                idle += 1;
+                if idle > spins {
+                    self.take_out_of_service();
+                    return Err(DiskError::Timeout);
+                }
+                core::hint::spin_loop();
+                continue;
+            };
+            idle = 0;
+            let Some(index) = self.in_flight.iter().position(|r| r.token == token) else {
+                // A token the driver never gave: the device is broken.
+                self.take_out_of_service();
+                return Err(DiskError::Device(virtio_drivers::Error::WrongToken));
+            };
+            let mut request = self.in_flight.swap_remove(index);
+            {
+                // SAFETY: the same buffers `submit` added under this token.
+                let (inputs, mut outputs) = unsafe { request.buffers() };
+                // SAFETY: as above.
+                unsafe { self.queue.pop_used(token, &inputs, &mut outputs) }.map_err(DiskError::Device)?;
+            }
+            if tokens.contains(&token) && error.is_none() {
+                error = match request.status[0] {
+                    status::OK => None,
+                    status::IOERR => Some(DiskError::Device(virtio_drivers::Error::IoError)),
+                    _ => Some(DiskError::Device(virtio_drivers::Error::Unsupported)),
+                };
+            }
+        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// A request never completed (or the device answered nonsense): reset
+    /// the device (virtio 1.2 §2.1.2: writing 0 to the status; QEMU drains
+    /// its outstanding I/O before the reset completes), so it no longer
+    /// touches the buffers of the requests given up on, and refuse all
+    /// later requests. The abandoned requests' own header and status are
+    /// leaked: a device that ignored the reset may still write them.
+    fn take_out_of_service(&mut self) {
+        self.out_of_service = true;
+        self.transport.set_status(DeviceStatus::empty());
+        for _ in 0..1_000_000 {
+            if self.transport.get_status().is_empty() {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        for request in self.in_flight.drain(..) {
+            core::mem::forget(request);
+        }
+        crate::println!(
+            "root: virtio-blk {}: a request never completed; device reset and out of service",
+            self.location
+        );
+    }
 }
 
-/// Largest single virtio-blk request the root issues: one data descriptor
-/// of up to 1 MiB, a child's largest SRB in one request (each request is
-/// synchronous, so fewer of them is fewer round trips through QEMU).
+/// Largest request the root's own buffer reads and writes use: 1 MiB, a
+/// child's largest SRB in one request (each of these is synchronous, so
+/// fewer of them is fewer round trips through QEMU).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 impl Disk {
     /// Self-test: read sector `index` with the device told to write it at
     /// physical address `device_addr` instead of the driver's buffer, and
-    /// wait (bounded) for the completion. The request and buffers are leaked
-    /// if the device never completes, as it may still write them.
+    /// wait (bounded) for the completion. The request and buffer stay in
+    /// flight (and allocated) if the device never completes, as it may
+    /// still write them.
     pub fn read_sector_to(&mut self, index: u64, device_addr: u64) -> Result<(), DiskError> {
-        let mut req = Box::new(BlkReq::default());
-        let mut buf = Box::new([0u8; SECTOR_SIZE]);
-        let mut resp = Box::new(<BlkResp as zerocopy::FromZeros>::new_zeroed());
+        self.check(index, SECTOR_SIZE)?;
+        let buf = Box::leak(Box::new([0u8; SECTOR_SIZE]));
+        let segment = (buf.as_mut_ptr() as u64, SECTOR_SIZE);
         DMA_REDIRECT.store(device_addr, Ordering::Relaxed);
-        // SAFETY: the three buffers live on the heap until the request
-        // completes, or forever if it does not (leaked below).
-        let token = unsafe {
-            self.blk
-                .read_blocks_nb(index as usize, &mut req, &mut buf[..], &mut resp)
-        };
+        // SAFETY: `buf` is leaked, so it outlives the request whatever the
+        // device does; `RootHal::share` hands the device `device_addr`
+        // instead (the point of the test).
+        let token = unsafe { self.submit(Some(Direction::Read), request_type::IN, index, vec![segment]) };
         DMA_REDIRECT.store(0, Ordering::Relaxed);
-        let token = token.map_err(DiskError::Device)?;
-        for _ in 0..200_000_000u64 {
-            if self.blk.peek_used() == Some(token) {
-                // SAFETY: the same buffers as passed to `read_blocks_nb`.
-                return unsafe {
-                    self.blk
-                        .complete_read_blocks(token, &req, &mut buf[..], &mut resp)
-                }
-                .map_err(DiskError::Device);
-            }
-            core::hint::spin_loop();
+        let token = token?;
+        self.notify();
+        let r = self.wait(&[token], 200_000_000);
+        if r.is_ok() {
+            // SAFETY: the device is done with it; it was leaked above.
+            drop(unsafe { Box::from_raw(buf) });
         }
-        Box::leak(req);
-        Box::leak(buf);
-        Box::leak(resp);
-        Err(DiskError::Timeout)
+        r
     }
 }
-
 /// FNV-1a, to print a short fingerprint of what was read.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {

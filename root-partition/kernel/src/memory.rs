@@ -109,8 +109,10 @@ pub fn init_paging(top: u64) {
         top.next_multiple_of(x86_paging::SIZE_2M)
     };
     let mut tables = PageTables::new(RootTableMemory).expect("frames for the PML4");
+    let guard = crate::boot::stack_guard_page();
+    let guard = guard..guard + PAGE_SIZE;
     tables
-        .identity_map_except(0..top, &[], flags::KERNEL_RW, max)
+        .identity_map_except(0..top, core::slice::from_ref(&guard), flags::KERNEL_RW, max)
         .expect("identity map of physical memory");
     // The kernel image, its stack, the heap and every device window are below `top`.
     // SAFETY: the new tables identity-map all of it, as the boot tables did.

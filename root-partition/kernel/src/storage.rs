@@ -157,6 +157,10 @@ pub struct DeviceEntry {
     pub free_bytes: u64,
     /// Read-only device.
     pub read_only: bool,
+    /// Segments one virtio-blk request may carry (the device's `seg_max`).
+    pub seg_max: u64,
+    /// virtio-blk requests given to the device since boot.
+    pub requests: u64,
 }
 
 impl Storage {
@@ -232,6 +236,9 @@ impl Storage {
                     Layout::Gpt(t) => ("gpt", String::new(), t.largest_free()),
                     Layout::Whole(why) => ("whole", why.clone(), 0),
                 };
+                let (seg_max, requests) =
+                    d.io.with(|disk| (disk.seg_max() as u64, disk.requests))
+                        .unwrap_or((0, 0));
                 DeviceEntry {
                     name: d.name.clone(),
                     location: d.location.clone(),
@@ -240,6 +247,8 @@ impl Storage {
                     note,
                     free_bytes,
                     read_only: d.read_only,
+                    seg_max,
+                    requests,
                 }
             })
             .collect();
@@ -251,6 +260,8 @@ impl Storage {
             note: u.why.clone(),
             free_bytes: 0,
             read_only: true,
+            seg_max: 0,
+            requests: 0,
         }));
         out
     }
@@ -579,43 +590,40 @@ impl BlockBackend for PartitionDisk {
     }
 
     fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
-        let mut at = lba;
-        for &(phys, len) in segments {
-            let r = self.map(at, len).and_then(|dev_lba| {
-                let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
-                // storvsp built `segments` from `ChildDma`, which only
-                // names frames of the child's own RAM that the root lent
-                // (identity-mapped, owned by the child's worker for its whole
-                // life); the child does not run while the root serves its
-                // request, and the request completes here.
-                // SAFETY: as above: the child's own lent frames, unshared now.
-                unsafe { d.read_phys(dev_lba, phys, len) }.map_err(|e| backend_error(device_error(e)))
-            });
-            if let Err(e) = r {
-                return Some(Err(e));
-            }
-            at += (len as u64) / SECTOR;
-        }
-        Some(Ok(()))
+        Some(self.dma(lba, segments, false))
     }
 
     fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
         if self.read_only {
             return Some(Err(BackendError::ReadOnly));
         }
-        let mut at = lba;
-        for &(phys, len) in segments {
-            let r = self.map(at, len).and_then(|dev_lba| {
-                let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
-                // SAFETY: as in `read_dma`: frames of the child's own RAM
-                // (`ChildDma`), which does not run while the root serves it.
-                unsafe { d.write_phys(dev_lba, phys, len) }.map_err(|e| backend_error(device_error(e)))
-            });
-            if let Err(e) = r {
-                return Some(Err(e));
-            }
-            at += (len as u64) / SECTOR;
-        }
-        Some(Ok(()))
+        Some(self.dma(lba, segments, true))
+    }
+}
+
+impl PartitionDisk {
+    /// Move `segments` (in order) between the child's frames and sectors
+    /// from `lba`: one device transfer, as few virtio-blk requests as the
+    /// device's segment limit allows.
+    fn dma(&mut self, lba: u64, segments: &[(u64, usize)], write: bool) -> Result<(), BackendError> {
+        let bytes = segments
+            .iter()
+            .try_fold(0usize, |sum, s| sum.checked_add(s.1))
+            .ok_or(BackendError::OutOfRange)?;
+        let dev_lba = self.map(lba, bytes)?;
+        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+        // storvsp built `segments` from `ChildDma`, which only names frames
+        // of the child's own RAM that the root lent (identity-mapped, owned
+        // by the child's worker for its whole life); the child does not run
+        // while the root serves its request, and the request completes (or
+        // the device is reset) before this returns.
+        let r = if write {
+            // SAFETY: as above: the child's own lent frames, unshared now.
+            unsafe { d.write_phys(dev_lba, segments) }
+        } else {
+            // SAFETY: as above.
+            unsafe { d.read_phys(dev_lba, segments) }
+        };
+        r.map_err(|e| backend_error(device_error(e)))
     }
 }

@@ -5,12 +5,12 @@
 //! which hv-core programs as an identity map of the root's RAM without
 //! hv-core's region, so DMA addresses are the root's physical addresses.
 
+use crate::disk::SECTOR_SIZE;
 use crate::memory;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use kernel_x86::arch::Port;
-use virtio_drivers::device::blk::SECTOR_SIZE;
 use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{PciTransport, VirtioPciError, virtio_device_type};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
