@@ -205,6 +205,16 @@ fn boot(name: &str, image: &Path) -> Machine {
     )
 }
 
+/// `field` summed over every channel of a `channels ID --json` answer.
+fn channel_sum(channels: &Value, field: &str) -> u64 {
+    channels["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter_map(|c| c[field].as_u64())
+        .sum()
+}
+
 /// Mount the child's disk and print the files' checksums.
 const READ_BACK: &str =
     "mkdir -p /mnt; mount -t ext4 /dev/sda /mnt && md5sum /mnt/random.bin && cat /mnt/note.txt; umount /mnt";
@@ -243,14 +253,17 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         "2 CPUs online, 64 MiB disk: {size}"
     );
     // The file is written from CPU 1 (`taskset 2`), whose requests take the
-    // sub-channel that targets it.
+    // sub-channel that targets it, in 1 MiB O_DIRECT writes: each from 256
+    // scattered pages of dd's buffer, more than one virtio-blk request
+    // holds, so the root splits it across requests in flight.
     let written = run_in(
         &mut m,
         5,
         "mke2fs -q /dev/sda >/dev/null 2>&1; mkdir -p /mnt; mount -t ext4 /dev/sda /mnt && \
-         taskset 2 sh -c 'head -c 3000000 /dev/urandom > /mnt/random.bin && sync' && \
+         head -c 3145728 /dev/urandom > /tmp/random.bin && \
+         taskset 2 dd if=/tmp/random.bin of=/mnt/random.bin bs=1M oflag=direct 2>&1 && sync && \
          echo hv-rs-note-$((6*7)) > /mnt/note.txt && \
-         sync && md5sum /mnt/random.bin && cat /mnt/note.txt; umount /mnt",
+         sync && md5sum /tmp/random.bin /mnt/random.bin && cat /mnt/note.txt; umount /mnt",
         "write",
     );
     let sum = written
@@ -258,6 +271,15 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         .find(|l| l.ends_with("/mnt/random.bin"))
         .unwrap_or_else(|| panic!("no checksum: {written}"))
         .to_string();
+    assert!(
+        written.lines().any(|l| l.trim() == "3+0 records out"),
+        "{written}"
+    );
+    let source = sum.replace("/mnt/", "/tmp/");
+    assert!(
+        written.lines().any(|l| l == source),
+        "what reached the disk is what dd read: {written}"
+    );
     assert!(written.lines().any(|l| l == "hv-rs-note-42"), "{written}");
 
     // 512 random 4 KiB O_DIRECT reads, 32 in flight (Linux native AIO):
@@ -306,12 +328,7 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         "netvsc is open: {channels}"
     );
     // Linux's writes came straight from its pages too.
-    let dma_writes: u64 = channels["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter_map(|c| c["dma_writes"].as_u64())
-        .sum();
+    let dma_writes = channel_sum(&channels, "dma_writes");
     assert!(dma_writes > 0, "{channels}");
     // Destroyed and created again on the same disk: the files are there.
     m.hvctl("stop 5");
@@ -338,23 +355,13 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     // Linux's page-aligned reads were placed in its pages by the root's
     // virtio-blk (no copy through a root buffer).
     let channels = m.hvctl_json("channels 6 --json");
-    let dma_reads: u64 = channels["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter_map(|c| c["dma_reads"].as_u64())
-        .sum();
+    let dma_reads = channel_sum(&channels, "dma_reads");
     assert!(dma_reads > 0, "{channels}");
     // One device request per SRB however scattered Linux's pages are (its
     // readahead asks for 128 KiB in 32 pages, rarely adjacent): the root
     // hands virtio-blk every segment in one request. Beside the reads:
     // the mount's few writes and flushes.
-    let dma_writes: u64 = channels["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter_map(|c| c["dma_writes"].as_u64())
-        .sum();
+    let dma_writes = channel_sum(&channels, "dma_writes");
     let requests = device_requests(&mut m) - requests_before;
     assert!(
         requests <= dma_reads + dma_writes + 16,

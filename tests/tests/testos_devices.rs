@@ -108,6 +108,12 @@ fn disk_mode_writes_and_a_second_boot_on_the_disk_reads_it_back_while_another_di
         qemu_tests::contains_line(&out, "disk: wrote 107 blocks, verified"),
         "{out}"
     );
+    // 200 pages in descending order: 200 segments, which the root splits
+    // over two virtio-blk requests, each page's bytes still in place.
+    assert!(
+        qemu_tests::contains_line(&out, "disk: 200 scattered pages written and read back in place"),
+        "{out}"
+    );
     let ch = m.hvctl_json(&format!("channels {a} --json"));
     let scsi = channel_of(&ch, SCSI);
     // (The device's own "state" field follows the channel's.)
@@ -118,7 +124,7 @@ fn disk_mode_writes_and_a_second_boot_on_the_disk_reads_it_back_while_another_di
     );
     assert_eq!(scsi["broken"], "", "{ch}");
     assert_eq!(scsi["srb_failures"], 0, "{ch}");
-    assert_eq!(scsi["bytes_written"], 107 * 512, "{ch}");
+    assert_eq!(scsi["bytes_written"], 107 * 512 + 200 * 4096, "{ch}");
     destroy(&mut m, a);
 
     // A new partition on the same disk reads back what the first wrote.

@@ -125,13 +125,14 @@ const _: () = assert!(core::mem::size_of::<RequestHeader>() == 16);
 
 /// Descriptors in the ring: with indirect tables each request takes one,
 /// so this many requests can be in flight.
-const QUEUE_SIZE: usize = 64;
+const QUEUE_SIZE: usize = 128;
 /// Segments per request when the device does not say (`seg_max` not
 /// offered): what QEMU offered before its queue-size-based value.
 const DEFAULT_SEG_MAX: usize = 126;
-/// The driver's own cap on segments per request (an indirect table of
-/// this many 16-byte descriptors is one page).
-const MAX_SEGMENTS: usize = 254;
+/// The driver's own cap on segments per request: `VirtQueue::add` refuses
+/// a chain longer than the ring even when it goes in an indirect table,
+/// and every request has a header and a status beside its data.
+const MAX_SEGMENTS: usize = QUEUE_SIZE - 2;
 /// Spins to wait for a completion before calling the device stuck. QEMU
 /// completes from the host's page cache in microseconds; a flush of a
 /// large image on a slow host disk can take seconds.

@@ -149,7 +149,7 @@ pub(crate) extern "sysv64" fn testos_main(vp: u64, info: &'static BootInfo) -> !
             || m.starts_with("disk-verify")
             || m.starts_with("disk-multi") =>
         {
-            crate::devices::disk_mode(name, m)
+            crate::devices::disk_mode(name, m, info)
         }
         m if m == "net" || m.starts_with("net:") || m.starts_with("net-ping:") => {
             crate::devices::net_mode(name, m)
