@@ -70,6 +70,8 @@ fn root_and_two_children_boot_and_are_listed() {
     let root = m.hvctl_json("info 1 --json");
     assert_eq!(root["name"], "root", "{root}");
     assert!(root["exits"]["vmmcall"].as_u64().unwrap() > 0, "{root}");
+    assert_eq!(root["stack_size"], 256 * 1024, "{root}");
+    assert!(root["stack_used"].as_u64() > Some(0), "{root}");
     m.send_line("poweroff");
     assert_eq!(m.wait_exit(), QEMU_EXIT_SUCCESS);
 }

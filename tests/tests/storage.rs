@@ -369,6 +369,15 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     );
     m.hvctl("stop 6");
     m.hvctl("destroy 6");
+    // Two Linux children's disks and a NIC served: the root's one stack
+    // keeps a quarter free (it overflowed 64 KiB silently before it had a
+    // guard page and a measure).
+    let root = m.hvctl_json("info 1 --json");
+    let (used, size) = (root["stack_used"].as_u64(), root["stack_size"].as_u64());
+    assert!(
+        matches!((used, size), (Some(u), Some(s)) if u > 0 && u <= s / 4 * 3),
+        "{root}"
+    );
 
     // Another child, another disk: zeroed, none of the first one's bytes.
     // (It has two VPs but tells Linux to start one: the second never gets
