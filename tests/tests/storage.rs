@@ -330,6 +330,11 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     // Linux's writes came straight from its pages too.
     let dma_writes = channel_sum(&channels, "dma_writes");
     assert!(dma_writes > 0, "{channels}");
+    // Those reads and writes were started and completed by later polls
+    // (the 32 iobench reads in flight at once reach the device together),
+    // and none is still running.
+    assert!(channel_sum(&channels, "dma_started") >= 512, "{channels}");
+    assert_eq!(channel_sum(&channels, "srbs_in_flight"), 0, "{channels}");
     // Destroyed and created again on the same disk: the files are there.
     m.hvctl("stop 5");
     let out = m.hvctl("destroy 5");

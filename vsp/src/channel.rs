@@ -284,6 +284,35 @@ impl<M: SharedMemory> Channel<M> {
         }
     }
 
+    /// Write the held packet if the ring has room for it now, without
+    /// reading anything (a device that has stopped reading still owes the
+    /// guest its answers); the signal and a broken ring go into `result`.
+    pub fn flush_held(&mut self, result: &mut PollResult) {
+        if self.broken.is_some() {
+            return;
+        }
+        let Some(bytes) = self.held.take() else {
+            return;
+        };
+        let written = self.write_or_hold(bytes).and_then(|w| {
+            w.map(|s| self.writer.set_pending_send_size(0).map(|()| s))
+                .transpose()
+        });
+        match written {
+            Ok(Some(true)) => {
+                if self.signal.signal() {
+                    self.stats.signals_sent += 1;
+                    result.signalled = true;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.broken = Some(e);
+                result.broke = Some(e);
+            }
+        }
+    }
+
     /// Write one packet; on a full ring keep it and ask the guest (through
     /// pending_send_sz, Linux `hv_pkt_iter_close`) to signal when there is
     /// room. Returns Some(signal) if written, None if held.

@@ -50,6 +50,9 @@ pub fn for_child(
 }
 
 /// A synthetic SCSI controller with one disk on `backend`.
+/// `StorvspConfig::completion_spins` for the root's controllers.
+const COMPLETION_SPINS: u32 = 512;
+
 fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
     backend: B,
     child: &str,
@@ -60,8 +63,13 @@ fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
         .map_err(|e| alloc::format!("disk: {e:?}"))?;
     // 1 MiB transfers (storvsp's limit): Linux caps max_sectors by it, so a
     // large read is one SRB, one guest-to-root round trip, instead of four.
+    // A poll waits briefly for the DMA it started (QEMU serves a small
+    // read from its page cache in well under a dispatch round trip), so
+    // depth-1 requests complete in the poll that read them; larger ones
+    // complete in a later poll while the child runs.
     let config = storvsp::StorvspConfig {
         max_transfer_bytes: storvsp::MAX_TRANSFER_BYTES_LIMIT,
+        completion_spins: COMPLETION_SPINS,
         ..storvsp::StorvspConfig::default()
     };
     let controller =

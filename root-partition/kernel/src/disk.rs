@@ -136,11 +136,19 @@ const MAX_SEGMENTS: usize = QUEUE_SIZE - 2;
 /// Spins to wait for a completion before calling the device stuck. QEMU
 /// completes from the host's page cache in microseconds; a flush of a
 /// large image on a slow host disk can take seconds.
-const WAIT_SPINS: u64 = 4_000_000_000;
+pub const WAIT_SPINS: u64 = 4_000_000_000;
+
+/// A transfer's progress: requests still with the device and the first
+/// failure among those done.
+struct Transfer {
+    ticket: u64,
+    left: usize,
+    error: Option<DiskError>,
+}
 
 /// Data direction of a transfer.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
     /// Device to memory.
     Read,
     /// Memory to device.
@@ -152,6 +160,8 @@ enum Direction {
 /// status the device reads and writes stay allocated until then.
 struct InFlight {
     token: u16,
+    /// The transfer this request is part of.
+    ticket: u64,
     header: Box<RequestHeader>,
     status: Box<[u8; 1]>,
     direction: Option<Direction>,
@@ -200,6 +210,10 @@ pub struct Disk {
     transport: AccessPlatform<PciTransport>,
     queue: VirtQueue<RootHal, QUEUE_SIZE>,
     in_flight: Vec<InFlight>,
+    /// Transfers started and not yet collected: (ticket, requests still
+    /// with the device, first failure).
+    transfers: Vec<Transfer>,
+    next_ticket: u64,
     /// Reset after a request that never completed: refuses everything.
     out_of_service: bool,
     /// Requests the device was given.
@@ -282,6 +296,8 @@ impl Disk {
             transport,
             queue,
             in_flight: Vec::new(),
+            transfers: Vec::new(),
+            next_ticket: 1,
             out_of_service: false,
             requests: 0,
         })
@@ -371,11 +387,14 @@ impl Disk {
         if self.features & feature::FLUSH == 0 {
             return Ok(());
         }
+        let ticket = self.new_ticket(1);
         // SAFETY: no data segments: only the request's own header and
         // status, which it owns.
-        let token = unsafe { self.submit(None, request_type::FLUSH, 0, Vec::new()) }?;
+        if let Err(e) = unsafe { self.submit(ticket, None, request_type::FLUSH, 0, Vec::new()) } {
+            self.fail_requests(ticket, 1, e);
+        }
         self.notify();
-        self.wait(&[token], WAIT_SPINS)
+        self.wait(ticket, WAIT_SPINS)
     }
 
     fn check(&self, lba: u64, len: usize) -> Result<(), DiskError> {
@@ -395,9 +414,7 @@ impl Disk {
     }
 
     /// Move `segments` (checked by the caller: a whole number of sectors
-    /// inside the device) from or to the device at `lba`: split into
-    /// requests of at most `seg_max` segments of at most `size_max` bytes,
-    /// as many in flight as the queue holds, one notify per batch.
+    /// inside the device) from or to the device at `lba`, and wait.
     ///
     /// # Safety
     /// Each segment is identity-mapped RAM the device may read (and, for a
@@ -408,51 +425,123 @@ impl Disk {
         lba: u64,
         segments: &[(u64, usize)],
     ) -> Result<(), DiskError> {
+        // SAFETY: forwarded to the caller, and waited for below.
+        let ticket = unsafe { self.start(direction, lba, segments) };
+        self.wait(ticket, WAIT_SPINS)
+    }
+
+    /// Start moving `segments` (checked by the caller) from or to the
+    /// device at `lba`: split into requests of at most `seg_max` segments
+    /// of at most `size_max` bytes, all on the ring behind one notify
+    /// (first waiting for room if the ring is short of it). The ticket to
+    /// ask [`Self::finished`] or [`Self::wait`] about; a transfer that
+    /// could not start is a ticket that has already failed.
+    ///
+    /// # Safety
+    /// Each segment is identity-mapped RAM the device may read (and, for a
+    /// read, write) until the ticket is reported finished; the root gives
+    /// up no such memory before that (a child's frames stay lent until its
+    /// devices waited for their transfers).
+    pub unsafe fn start(&mut self, direction: Direction, lba: u64, segments: &[(u64, usize)]) -> u64 {
         let kind = match direction {
             Direction::Read => request_type::IN,
             Direction::Write => request_type::OUT,
         };
         // Every piece: segments cut at `size_max`.
         let size_max = self.size_max;
-        let mut pieces = segments.iter().flat_map(|&(phys, len)| {
-            (0..len)
-                .step_by(size_max.min(len).max(1))
-                .map(move |off| (phys + off as u64, (len - off).min(size_max)))
-        });
-        let mut at = lba;
-        let mut tokens = Vec::new();
-        let mut first_error = None;
-        loop {
-            // Fill the queue, then wait for the whole batch.
-            while tokens.len() < QUEUE_SIZE {
-                let request: Vec<(u64, usize)> = pieces.by_ref().take(self.seg_max).collect();
-                if request.is_empty() {
-                    break;
-                }
-                let bytes: usize = request.iter().map(|s| s.1).sum();
-                // SAFETY: forwarded to the caller.
-                match unsafe { self.submit(Some(direction), kind, at, request) } {
-                    Ok(token) => tokens.push(token),
-                    Err(e) => {
-                        first_error = Some(e);
-                        break;
-                    }
-                }
-                at += (bytes / SECTOR_SIZE) as u64;
-            }
-            if tokens.is_empty() {
-                break;
-            }
-            self.notify();
-            if let Err(e) = self.wait(&tokens, WAIT_SPINS) {
-                first_error.get_or_insert(e);
-            }
-            tokens.clear();
-            if first_error.is_some() {
-                break;
-            }
+        let pieces: Vec<(u64, usize)> = segments
+            .iter()
+            .flat_map(|&(phys, len)| {
+                (0..len)
+                    .step_by(size_max.min(len).max(1))
+                    .map(move |off| (phys + off as u64, (len - off).min(size_max)))
+            })
+            .collect();
+        let requests: Vec<&[(u64, usize)]> = pieces.chunks(self.seg_max).collect();
+        let ticket = self.new_ticket(requests.len());
+        if self.out_of_service {
+            self.fail_requests(ticket, requests.len(), DiskError::OutOfService);
+            return ticket;
         }
-        first_error.map_or(Ok(()), Err)
+        // Room for all of them (requests of other transfers complete
+        // meanwhile); a transfer larger than the ring waits batch by batch.
+        let mut at = lba;
+        for (i, request) in requests.iter().enumerate() {
+            if self.in_flight.len() >= QUEUE_SIZE {
+                self.notify();
+                if let Err(e) = self.reap_until(|d| d.in_flight.len() < QUEUE_SIZE, WAIT_SPINS) {
+                    self.fail_requests(ticket, requests.len() - i, e);
+                    return ticket;
+                }
+            }
+            let bytes: usize = request.iter().map(|s| s.1).sum();
+            // SAFETY: forwarded to the caller.
+            if let Err(e) = unsafe { self.submit(ticket, Some(direction), kind, at, request.to_vec()) } {
+                self.fail_requests(ticket, requests.len() - i, e);
+                break;
+            }
+            at += (bytes / SECTOR_SIZE) as u64;
+        }
+        self.notify();
+        ticket
+    }
+
+    /// How transfer `ticket` ended, once every request of it has (`None`:
+    /// still running, or an unknown ticket). Collects whatever the device
+    /// completed meanwhile; never waits. Reported once.
+    pub fn finished(&mut self, ticket: u64) -> Option<Result<(), DiskError>> {
+        // A failure here took the device out of service, which ended every
+        // transfer with an error: `take` reports it.
+        let _ = self.reap_until(|_| true, 0);
+        self.take(ticket)
+    }
+
+    /// Wait until transfer `ticket` ended and say how (`Timeout` after
+    /// `spins` idle polls: the device is reset and out of service).
+    pub fn wait(&mut self, ticket: u64, spins: u64) -> Result<(), DiskError> {
+        let r = self.reap_until(|d| d.transfer_done(ticket), spins);
+        match self.take(ticket) {
+            Some(outcome) => outcome,
+            None => r.and(Err(DiskError::OutOfService)),
+        }
+    }
+
+    /// Wait until every transfer in `tickets` ended, leaving their
+    /// outcomes to be collected.
+    pub fn settle(&mut self, tickets: impl Iterator<Item = u64> + Clone) {
+        let _ = self.reap_until(|d| tickets.clone().all(|t| d.transfer_done(t)), WAIT_SPINS);
+    }
+
+    fn new_ticket(&mut self, requests: usize) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.transfers.push(Transfer {
+            ticket,
+            left: requests,
+            error: None,
+        });
+        ticket
+    }
+
+    /// `count` requests of `ticket` will never reach the device.
+    fn fail_requests(&mut self, ticket: u64, count: usize, e: DiskError) {
+        if let Some(t) = self.transfers.iter_mut().find(|t| t.ticket == ticket) {
+            t.left = t.left.saturating_sub(count);
+            t.error.get_or_insert(e);
+        }
+    }
+
+    fn transfer_done(&self, ticket: u64) -> bool {
+        self.transfers.iter().all(|t| t.ticket != ticket || t.left == 0)
+    }
+
+    fn take(&mut self, ticket: u64) -> Option<Result<(), DiskError>> {
+        let i = self
+            .transfers
+            .iter()
+            .position(|t| t.ticket == ticket && t.left == 0)?;
+        let t = self.transfers.swap_remove(i);
+        Some(t.error.map_or(Ok(()), Err))
     }
 
     /// Put one request on the ring (not yet notified).
@@ -461,6 +550,7 @@ impl Disk {
     /// As for [`Self::transfer`].
     unsafe fn submit(
         &mut self,
+        ticket: u64,
         direction: Option<Direction>,
         kind: u32,
         sector: u64,
@@ -468,6 +558,7 @@ impl Disk {
     ) -> Result<u16, DiskError> {
         let mut request = InFlight {
             token: 0,
+            ticket,
             header: Box::new(RequestHeader {
                 kind,
                 reserved: 0,
@@ -497,19 +588,20 @@ impl Disk {
         }
     }
 
-    /// Wait until the device completed every request in `tokens`,
-    /// recycling whatever it completes meanwhile (also requests an earlier
-    /// wait gave up on). The first failure, if any; `Timeout` after
-    /// `spins` idle polls, leaving the missing requests in flight (their
-    /// buffers with them) for a later wait to collect.
-    fn wait(&mut self, tokens: &[u16], spins: u64) -> Result<(), DiskError> {
-        let mut error = None;
+    /// Collect completed requests into their transfers until `done` holds
+    /// (checked before each poll of the used ring); `Timeout` after `spins`
+    /// idle polls (0: collect what is there and stop), which resets the
+    /// device and takes it out of service.
+    fn reap_until(&mut self, done: impl Fn(&Self) -> bool, spins: u64) -> Result<(), DiskError> {
         let mut idle = 0u64;
-        while tokens
-            .iter()
-            .any(|t| self.in_flight.iter().any(|r| r.token == *t))
-        {
+        loop {
+            if spins > 0 && done(self) {
+                return Ok(());
+            }
             let Some(token) = self.queue.peek_used() else {
+                if spins == 0 {
+                    return Ok(());
+                }
                 idle += 1;
                 if idle > spins {
                     self.take_out_of_service();
@@ -529,17 +621,23 @@ impl Disk {
                 // SAFETY: the same buffers `submit` added under this token.
                 let (inputs, mut outputs) = unsafe { request.buffers() };
                 // SAFETY: as above.
-                unsafe { self.queue.pop_used(token, &inputs, &mut outputs) }.map_err(DiskError::Device)?;
+                if let Err(e) = unsafe { self.queue.pop_used(token, &inputs, &mut outputs) } {
+                    self.take_out_of_service();
+                    return Err(DiskError::Device(e));
+                }
             }
-            if tokens.contains(&token) && error.is_none() {
-                error = match request.status[0] {
-                    status::OK => None,
-                    status::IOERR => Some(DiskError::Device(virtio_drivers::Error::IoError)),
-                    _ => Some(DiskError::Device(virtio_drivers::Error::Unsupported)),
-                };
+            let error = match request.status[0] {
+                status::OK => None,
+                status::IOERR => Some(DiskError::Device(virtio_drivers::Error::IoError)),
+                _ => Some(DiskError::Device(virtio_drivers::Error::Unsupported)),
+            };
+            if let Some(t) = self.transfers.iter_mut().find(|t| t.ticket == request.ticket) {
+                t.left = t.left.saturating_sub(1);
+                if let Some(e) = error {
+                    t.error.get_or_insert(e);
+                }
             }
         }
-        error.map_or(Ok(()), Err)
     }
 
     /// A request never completed (or the device answered nonsense): reset
@@ -559,6 +657,10 @@ impl Disk {
         }
         for request in self.in_flight.drain(..) {
             core::mem::forget(request);
+        }
+        for t in self.transfers.iter_mut() {
+            t.left = 0;
+            t.error.get_or_insert(DiskError::Timeout);
         }
         crate::println!(
             "root: virtio-blk {}: a request never completed; device reset and out of service",
@@ -582,15 +684,26 @@ impl Disk {
         self.check(index, SECTOR_SIZE)?;
         let buf = Box::leak(Box::new([0u8; SECTOR_SIZE]));
         let segment = (buf.as_mut_ptr() as u64, SECTOR_SIZE);
+        let ticket = self.new_ticket(1);
         DMA_REDIRECT.store(device_addr, Ordering::Relaxed);
         // SAFETY: `buf` is leaked, so it outlives the request whatever the
         // device does; `RootHal::share` hands the device `device_addr`
         // instead (the point of the test).
-        let token = unsafe { self.submit(Some(Direction::Read), request_type::IN, index, vec![segment]) };
+        let submitted = unsafe {
+            self.submit(
+                ticket,
+                Some(Direction::Read),
+                request_type::IN,
+                index,
+                vec![segment],
+            )
+        };
         DMA_REDIRECT.store(0, Ordering::Relaxed);
-        let token = token?;
+        if let Err(e) = submitted {
+            self.fail_requests(ticket, 1, e);
+        }
         self.notify();
-        let r = self.wait(&[token], 200_000_000);
+        let r = self.wait(ticket, 200_000_000);
         if r.is_ok() {
             // SAFETY: the device is done with it; it was leaked above.
             drop(unsafe { Box::from_raw(buf) });

@@ -511,8 +511,18 @@ impl Manager {
                 break;
             }
             ran = true;
+            // A device's DMA may have finished: back to the main loop to
+            // complete it after each dispatch rather than at the tick.
+            if self.channels_want_poll() {
+                break;
+            }
         }
         ran
+    }
+
+    /// Whether some child's channel wants a poll without a signal.
+    pub fn channels_want_poll(&self) -> bool {
+        self.workers.iter().any(|w| w.channels_want_poll())
     }
 
     /// Dispatch the next runnable VP after the last one (round-robin by

@@ -310,8 +310,9 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         manager.poll_channels();
         manager.pump_network();
         manager.tick();
-        if !manager.run_children_for_a_tick() {
-            // Nothing to run: sleep until the next tick.
+        if !manager.run_children_for_a_tick() && !manager.channels_want_poll() {
+            // Nothing to run and no device work in progress: sleep until
+            // the next tick.
             timer::idle();
         }
     }

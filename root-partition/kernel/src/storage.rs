@@ -21,7 +21,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use disks::{BlockDevice, DeviceError, DiskTable};
-use scsi_disk::{BackendError, BlockBackend};
+use scsi_disk::{BackendError, BlockBackend, DmaTicket};
 
 /// Bytes per sector on virtio-blk.
 const SECTOR: u64 = 512;
@@ -422,6 +422,7 @@ impl Storage {
                         first: 0,
                         sectors: d.sectors,
                         read_only: d.read_only,
+                        started: Vec::new(),
                     }),
                     Layout::Gpt(_) => Err(format!(
                         "'{name}' holds a partition table (other children's disks): give a child one of its partitions instead"
@@ -436,6 +437,7 @@ impl Storage {
                     first: p.first_lba,
                     sectors: p.blocks(),
                     read_only: d.read_only,
+                    started: Vec::new(),
                 });
             }
         }
@@ -538,6 +540,8 @@ pub struct PartitionDisk {
     first: u64,
     sectors: u64,
     read_only: bool,
+    /// Transfers started for this disk and not yet reported.
+    started: Vec<DmaTicket>,
 }
 
 impl PartitionDisk {
@@ -576,6 +580,7 @@ impl BlockBackend for PartitionDisk {
     }
     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
         let at = self.map(lba, buf.len())?;
+        self.settle()?;
         self.io.read_blocks(at, buf).map_err(backend_error)
     }
     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
@@ -583,25 +588,101 @@ impl BlockBackend for PartitionDisk {
             return Err(BackendError::ReadOnly);
         }
         let at = self.map(lba, buf.len())?;
+        self.settle()?;
         self.io.write_blocks(at, buf).map_err(backend_error)
     }
     fn flush(&mut self) -> Result<(), BackendError> {
+        // A flush covers what completed before it: the started transfers
+        // first.
+        self.settle()?;
         self.io.flush().map_err(backend_error)
     }
 
     fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
-        Some(self.dma(lba, segments, false))
+        Some(self.settle().and_then(|()| self.dma(lba, segments, false)))
     }
 
     fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
         if self.read_only {
             return Some(Err(BackendError::ReadOnly));
         }
-        Some(self.dma(lba, segments, true))
+        Some(self.settle().and_then(|()| self.dma(lba, segments, true)))
+    }
+
+    fn start_dma(
+        &mut self,
+        lba: u64,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> Option<Result<DmaTicket, BackendError>> {
+        if write && self.read_only {
+            return Some(Err(BackendError::ReadOnly));
+        }
+        Some(self.start(lba, segments, write))
+    }
+
+    fn dma_done(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        if !self.started.contains(&ticket) {
+            return None;
+        }
+        let mut d = self.io.0.try_borrow_mut().ok()?;
+        let outcome = d.finished(ticket.0)?;
+        drop(d);
+        self.started.retain(|t| *t != ticket);
+        Some(outcome.map_err(|e| backend_error(device_error(e))))
+    }
+
+    fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
+        if !self.started.contains(&ticket) {
+            return Err(BackendError::Io);
+        }
+        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+        let outcome = d.wait(ticket.0, disk::WAIT_SPINS);
+        drop(d);
+        self.started.retain(|t| *t != ticket);
+        outcome.map_err(|e| backend_error(device_error(e)))
     }
 }
 
 impl PartitionDisk {
+    /// Wait for every transfer this disk started (their outcomes stay
+    /// with the device for `dma_done`), so that a synchronous request or
+    /// flush comes after them.
+    fn settle(&mut self) -> Result<(), BackendError> {
+        if self.started.is_empty() {
+            return Ok(());
+        }
+        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+        d.settle(self.started.iter().map(|t| t.0));
+        Ok(())
+    }
+
+    /// Start moving `segments` between the child's frames and sectors from
+    /// `lba`; the ticket to collect it with.
+    fn start(&mut self, lba: u64, segments: &[(u64, usize)], write: bool) -> Result<DmaTicket, BackendError> {
+        let bytes = segments
+            .iter()
+            .try_fold(0usize, |sum, s| sum.checked_add(s.1))
+            .ok_or(BackendError::OutOfRange)?;
+        let dev_lba = self.map(lba, bytes)?;
+        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+        let direction = if write {
+            disk::Direction::Write
+        } else {
+            disk::Direction::Read
+        };
+        // `segments` are frames of the child's own RAM the root lent
+        // (`ChildDma`), which stay lent until the child's devices are
+        // closed or reset, and storvsp waits for every transfer it started
+        // before that (`Storvsp::close`/`reset`): the device's DMA always
+        // lands in the child's memory. The child may run meanwhile, as with
+        // any DMA into a guest's buffers.
+        // SAFETY: as above.
+        let ticket = DmaTicket(unsafe { d.start(direction, dev_lba, segments) });
+        self.started.push(ticket);
+        Ok(ticket)
+    }
+
     /// Move `segments` (in order) between the child's frames and sectors
     /// from `lba`: one device transfer, as few virtio-blk requests as the
     /// device's segment limit allows.

@@ -975,6 +975,12 @@ impl Worker {
         }
     }
 
+    /// Whether a channel asked to be polled again without waiting for a
+    /// signal (a budget cut, or DMA of its device still running).
+    pub fn channels_want_poll(&self) -> bool {
+        self.state == ChildState::Running && self.devices.iter().any(|d| d.open.is_some() && d.wants_poll)
+    }
+
     /// Give each channel with work one budgeted poll; signal the child where
     /// the rings say so.
     pub fn poll_channels(&mut self) {

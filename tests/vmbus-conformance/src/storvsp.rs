@@ -672,6 +672,7 @@ fn properties_case() -> Result<(), String> {
             max_transfer_bytes: max,
             instance: None,
             max_sub_channels: subs,
+            completion_spins: 0,
         };
         let mut r = Rig::with(&mem, Dev::new(disk(SECTORS)?, config).map_err(err)?)?;
         r.step(Operation::BEGIN_INITIALIZATION, &[])?;

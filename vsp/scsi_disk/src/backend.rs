@@ -65,7 +65,39 @@ pub trait BlockBackend {
         let _ = (lba, segments);
         None
     }
+    /// Start what [`Self::read_dma`] (or, with `write`, [`Self::write_dma`])
+    /// does and return at once with a ticket for it; the segments stay the
+    /// device's until [`Self::dma_done`] or [`Self::wait_dma`] reports the
+    /// ticket finished. `None` if this backend cannot (the caller then uses
+    /// the synchronous calls). A backend that starts requests keeps its own
+    /// order: its synchronous calls (and `flush`) first wait for every
+    /// request it started. The default cannot.
+    fn start_dma(
+        &mut self,
+        lba: u64,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> Option<Result<DmaTicket, BackendError>> {
+        let _ = (lba, segments, write);
+        None
+    }
+    /// How the request `ticket` ended, once it has (`None`: still running,
+    /// or not a ticket of this backend's); each ticket is reported once.
+    fn dma_done(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        let _ = ticket;
+        None
+    }
+    /// Wait until the request `ticket` ended and say how (an unknown ticket
+    /// is reported as [`BackendError::Io`]).
+    fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
+        let _ = ticket;
+        Err(BackendError::Io)
+    }
 }
+
+/// A request [`BlockBackend::start_dma`] started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DmaTicket(pub u64);
 
 /// A disk in memory, for tests: optionally read-only, with injectable
 /// failures and a flush counter.

@@ -43,7 +43,7 @@ mod backend;
 pub mod fuzzing;
 pub mod sense;
 
-pub use backend::{BackendError, BlockBackend, MemoryBackend};
+pub use backend::{BackendError, BlockBackend, DmaTicket, MemoryBackend};
 pub use sense::{Asc, FieldPointer, SENSE_LEN, ScsiStatus, SenseKey};
 
 use alloc::string::String;

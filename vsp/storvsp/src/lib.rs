@@ -104,13 +104,14 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::fmt;
-use scsi_disk::{Asc, BackendError, BlockBackend, IoOp, Plan, ScsiDisk, SenseKey};
+use scsi_disk::{Asc, BackendError, BlockBackend, DmaTicket, IoOp, IoRequest, Plan, ScsiDisk, SenseKey};
 use storvsp_protocol::gpa::{self, BufferError, Chunk};
 use storvsp_protocol::{
     IntoBytes, NtStatus, Operation, PACKET_BODY_LEN, PACKET_HEADER_LEN, ParseError, ProtocolVersion, Request,
@@ -155,7 +156,16 @@ pub struct StorvspConfig {
     /// QUERY_PROPERTIES; 0: no multi-channel flag, all I/O on the primary),
     /// at most [`MAX_SUB_CHANNELS`].
     pub max_sub_channels: u16,
+    /// How many times a poll that started DMA looks again for it to finish
+    /// before it gives the CPU back (0: never). A backend that finishes a
+    /// small request quickly then completes it in the same poll, as a
+    /// synchronous one would, while a long one still overlaps with the
+    /// guest; at most [`MAX_COMPLETION_SPINS`].
+    pub completion_spins: u32,
 }
+
+/// The most [`StorvspConfig::completion_spins`] a controller takes.
+pub const MAX_COMPLETION_SPINS: u32 = 100_000;
 
 /// The most sub-channels a controller offers (each is a relid and a ring
 /// pair the guest allocates; Hyper-V offers one per 4 VPs).
@@ -170,6 +180,7 @@ impl Default for StorvspConfig {
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
             instance: None,
             max_sub_channels: DEFAULT_SUB_CHANNELS,
+            completion_spins: 0,
         }
     }
 }
@@ -228,6 +239,20 @@ impl BlockBackend for BoxedBackend {
     }
     fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
         self.0.write_dma(lba, segments)
+    }
+    fn start_dma(
+        &mut self,
+        lba: u64,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> Option<Result<DmaTicket, BackendError>> {
+        self.0.start_dma(lba, segments, write)
+    }
+    fn dma_done(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        self.0.dma_done(ticket)
+    }
+    fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
+        self.0.wait_dma(ticket)
     }
 }
 
@@ -293,6 +318,9 @@ pub struct StorvspStats {
     /// Completions the channel refused (only after the guest broke its
     /// rings).
     pub dropped: u64,
+    /// DMA reads and writes the backend started and finished later (the
+    /// device read the guest's next packets meanwhile).
+    pub started: u64,
 }
 
 /// One disk and its address.
@@ -342,6 +370,35 @@ enum Outcome {
     /// An SRB to run with the guest's RAM.
     Srb(SrbJob),
 }
+
+/// What running an SRB came to.
+enum SrbRun {
+    /// It ended.
+    Done(SrbEnd),
+    /// Its backend request is running: a later poll completes it.
+    Started {
+        ticket: DmaTicket,
+        address: (u8, u8, u8),
+        req: IoRequest,
+        fua: bool,
+    },
+}
+
+/// An SRB whose DMA the backend is doing, with what its completion needs.
+struct StartedSrb {
+    ticket: DmaTicket,
+    address: (u8, u8, u8),
+    req: IoRequest,
+    fua: bool,
+    transaction_id: u64,
+    wants_completion: bool,
+    request_size: usize,
+    request: ScsiRequest,
+}
+
+/// SRBs one channel may have started and not yet completed: it reads no
+/// more packets while this many run (the guest's ring holds the rest).
+pub const MAX_STARTED_SRBS: usize = 64;
 
 /// How a SCSI request ended, before it is put on the wire.
 struct SrbEnd {
@@ -652,20 +709,84 @@ impl<B: BlockBackend> Controller<B> {
 
     /// Run an SRB against the disks and the guest's RAM; the completion
     /// packet, if one is wanted.
+    /// (`Err`: the SRB's DMA was started; [`Self::finish`] completes it.)
     fn execute<M: SharedMemory>(
         &mut self,
         job: SrbJob,
         ram: Option<&M>,
         dma: Option<&dyn GuestDma>,
-    ) -> Outcome {
-        let end = self.run_srb(&job, ram, dma);
+    ) -> Result<Outcome, StartedSrb> {
+        match self.run_srb(&job, ram, dma) {
+            SrbRun::Done(end) => Ok(self.srb_answer(
+                job.transaction_id,
+                job.wants_completion,
+                job.request_size,
+                &job.srb.request,
+                &end,
+            )),
+            SrbRun::Started {
+                ticket,
+                address,
+                req,
+                fua,
+            } => {
+                self.stats.started += 1;
+                Err(StartedSrb {
+                    ticket,
+                    address,
+                    req,
+                    fua,
+                    transaction_id: job.transaction_id,
+                    wants_completion: job.wants_completion,
+                    request_size: job.request_size,
+                    request: job.srb.request,
+                })
+            }
+        }
+    }
+
+    /// The completion of a started SRB whose DMA ended with `outcome`
+    /// (then the flush a FUA write asks for).
+    fn finish(&mut self, s: &StartedSrb, outcome: Result<(), BackendError>) -> Outcome {
+        let end = match self.find(s.address) {
+            // The LUN cannot go away while the controller exists; a host
+            // bug if it did.
+            None => SrbEnd::host_error(),
+            Some(disk) => {
+                let mut outcome = outcome;
+                if outcome.is_ok() && s.fua {
+                    outcome = disk.backend_mut().flush();
+                }
+                let r = disk.complete_io(&s.req, outcome, Vec::new());
+                if !r.is_good() {
+                    SrbEnd::from_disk(&r)
+                } else if matches!(s.req.op, IoOp::Read) {
+                    self.stats.bytes_read += s.req.bytes as u64;
+                    self.stats.dma_reads += 1;
+                    SrbEnd::good(s.req.bytes)
+                } else {
+                    self.stats.bytes_written += s.req.bytes as u64;
+                    self.stats.dma_writes += 1;
+                    SrbEnd::from_disk(&r)
+                }
+            }
+        };
         self.srb_answer(
-            job.transaction_id,
-            job.wants_completion,
-            job.request_size,
-            &job.srb.request,
+            s.transaction_id,
+            s.wants_completion,
+            s.request_size,
+            &s.request,
             &end,
         )
+    }
+
+    /// Wait for a started SRB's DMA and drop it (the channel is going
+    /// away: nothing is sent, but the guest's memory must not be given up
+    /// while the device may still write it).
+    fn abandon(&mut self, s: &StartedSrb) {
+        if let Some(disk) = self.find(s.address) {
+            let _ = disk.backend_mut().wait_dma(s.ticket);
+        }
     }
 
     fn run_srb<M: SharedMemory>(
@@ -673,7 +794,7 @@ impl<B: BlockBackend> Controller<B> {
         job: &SrbJob,
         ram: Option<&M>,
         dma: Option<&dyn GuestDma>,
-    ) -> SrbEnd {
+    ) -> SrbRun {
         let srb = &job.srb;
         let cdb = srb.cdb();
         let address = srb.address();
@@ -681,18 +802,18 @@ impl<B: BlockBackend> Controller<B> {
         // is read, written or asked of the disk.
         let chunks = match &job.chunks {
             Ok(c) => c.as_slice(),
-            Err(_) => return SrbEnd::bad_buffer(),
+            Err(_) => return SrbRun::Done(SrbEnd::bad_buffer()),
         };
         // `open` refuses a channel without the guest's RAM.
         let Some(ram) = ram else {
-            return SrbEnd::host_error();
+            return SrbRun::Done(SrbEnd::host_error());
         };
         let ram_len = ram.len();
         if chunks
             .iter()
             .any(|c| c.gpa().checked_add(c.len as u64).is_none_or(|end| end > ram_len))
         {
-            return SrbEnd::bad_buffer();
+            return SrbRun::Done(SrbEnd::bad_buffer());
         }
         let len = srb.data_transfer_length() as usize;
         // Linux sets data_in from the DMA direction (`storvsc_queuecommand`):
@@ -707,67 +828,82 @@ impl<B: BlockBackend> Controller<B> {
         if op == scsi_disk::op::REPORT_LUNS {
             let luns = self.luns_at(address);
             let r = scsi_disk::report_luns(cdb, &luns, in_cap);
-            return self.finish_data_in(&r, chunks, ram);
+            return SrbRun::Done(self.finish_data_in(&r, chunks, ram));
         }
         let Some(disk) = self.find(address) else {
-            return match not_present_inquiry(cdb, in_cap) {
+            return SrbRun::Done(match not_present_inquiry(cdb, in_cap) {
                 Some(r) => self.finish_data_in(&r, chunks, ram),
                 None => SrbEnd::no_lun(),
-            };
+            });
         };
-        match disk.plan(cdb, out_len, in_cap) {
-            Plan::Done(r) => self.finish_data_in(&r, chunks, ram),
-            Plan::Io(req) => match req.op {
-                IoOp::Write { fua } => {
-                    // Straight from the guest's pages, as for reads.
-                    if let Some(segments) =
-                        dma.and_then(|d| dma_segments(d, chunks, req.bytes, disk.sector_size()))
-                        && let Some(mut outcome) = disk.backend_mut().write_dma(req.lba, &segments)
-                    {
-                        if outcome.is_ok() && fua {
-                            outcome = disk.backend_mut().flush();
-                        }
-                        let r = disk.complete_io(&req, outcome, Vec::new());
-                        if r.is_good() {
-                            self.stats.bytes_written += req.bytes as u64;
-                            self.stats.dma_writes += 1;
-                        }
-                        return SrbEnd::from_disk(&r);
-                    }
-                    let mut data = alloc::vec![0u8; req.bytes];
-                    if copy_from_guest(ram, chunks, &mut data).is_err() {
-                        return SrbEnd::bad_buffer();
-                    }
-                    let r = disk.run_io(&req, &data);
-                    if r.is_good() {
-                        self.stats.bytes_written += r.data_out_used as u64;
-                    }
-                    SrbEnd::from_disk(&r)
+        let req = match disk.plan(cdb, out_len, in_cap) {
+            Plan::Done(r) => return SrbRun::Done(self.finish_data_in(&r, chunks, ram)),
+            Plan::Io(req) => req,
+        };
+        let (write, fua) = match req.op {
+            IoOp::Write { fua } => (true, fua),
+            IoOp::Read => (false, false),
+            IoOp::Flush => {
+                let r = disk.run_io(&req, &[]);
+                return SrbRun::Done(self.finish_data_in(&r, chunks, ram));
+            }
+        };
+        // Straight into (or from) the guest's pages when the host can say
+        // where they are and the backend can DMA there: started and
+        // completed by a later poll if the backend can, else done now.
+        if let Some(segments) = dma.and_then(|d| dma_segments(d, chunks, req.bytes, disk.sector_size())) {
+            match disk.backend_mut().start_dma(req.lba, &segments, write) {
+                Some(Ok(ticket)) => {
+                    return SrbRun::Started {
+                        ticket,
+                        address,
+                        req,
+                        fua,
+                    };
                 }
-                IoOp::Read => {
-                    // Straight into the guest's pages when the host can say
-                    // where they are and the backend can DMA there.
-                    if let Some(segments) =
-                        dma.and_then(|d| dma_segments(d, chunks, req.bytes, disk.sector_size()))
-                        && let Some(outcome) = disk.backend_mut().read_dma(req.lba, &segments)
-                    {
-                        let r = disk.complete_io(&req, outcome, Vec::new());
-                        if !r.is_good() {
-                            return SrbEnd::from_disk(&r);
-                        }
-                        self.stats.bytes_read += req.bytes as u64;
-                        self.stats.dma_reads += 1;
-                        return SrbEnd::good(req.bytes);
-                    }
-                    let r = disk.run_io(&req, &[]);
-                    self.finish_data_in(&r, chunks, ram)
+                Some(Err(e)) => {
+                    let r = disk.complete_io(&req, Err(e), Vec::new());
+                    return SrbRun::Done(SrbEnd::from_disk(&r));
                 }
-                IoOp::Flush => {
-                    let r = disk.run_io(&req, &[]);
-                    self.finish_data_in(&r, chunks, ram)
+                None => {}
+            }
+            let done = if write {
+                disk.backend_mut().write_dma(req.lba, &segments)
+            } else {
+                disk.backend_mut().read_dma(req.lba, &segments)
+            };
+            if let Some(mut outcome) = done {
+                if outcome.is_ok() && fua {
+                    outcome = disk.backend_mut().flush();
                 }
-            },
+                let r = disk.complete_io(&req, outcome, Vec::new());
+                if !r.is_good() {
+                    return SrbRun::Done(SrbEnd::from_disk(&r));
+                }
+                if write {
+                    self.stats.bytes_written += req.bytes as u64;
+                    self.stats.dma_writes += 1;
+                    return SrbRun::Done(SrbEnd::from_disk(&r));
+                }
+                self.stats.bytes_read += req.bytes as u64;
+                self.stats.dma_reads += 1;
+                return SrbRun::Done(SrbEnd::good(req.bytes));
+            }
         }
+        // Through a buffer of the host's.
+        if write {
+            let mut data = alloc::vec![0u8; req.bytes];
+            if copy_from_guest(ram, chunks, &mut data).is_err() {
+                return SrbRun::Done(SrbEnd::bad_buffer());
+            }
+            let r = disk.run_io(&req, &data);
+            if r.is_good() {
+                self.stats.bytes_written += r.data_out_used as u64;
+            }
+            return SrbRun::Done(SrbEnd::from_disk(&r));
+        }
+        let r = disk.run_io(&req, &[]);
+        SrbRun::Done(self.finish_data_in(&r, chunks, ram))
     }
 
     /// Copy a result's data-in bytes to the guest and report it.
@@ -890,6 +1026,8 @@ pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
     /// This channel's handshake (a sub-channel is Ready from the start).
     state: InitState,
     role: Role,
+    /// SRBs whose DMA the backend is doing, oldest first.
+    started: VecDeque<StartedSrb>,
 }
 
 impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
@@ -920,6 +1058,7 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
             })),
             state: InitState::Begin,
             role: Role::Primary,
+            started: VecDeque::new(),
         })
     }
 
@@ -1001,6 +1140,20 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
         }
     }
 
+    /// The channel is going away: wait for every started SRB's DMA (the
+    /// guest's memory is given up after this) and drop them unanswered.
+    fn abandon_started(&mut self) {
+        let mut c = self.controller.borrow_mut();
+        for s in self.started.drain(..) {
+            c.abandon(&s);
+        }
+    }
+
+    /// SRBs started and not yet completed.
+    pub fn started_in_flight(&self) -> usize {
+        self.started.len()
+    }
+
     /// The sub-channels the guest asked for since the last call
     /// ([`Device::take_sub_channels`] boxes these): each shares this
     /// controller's disks and counters and is ready at the version the
@@ -1024,6 +1177,7 @@ impl<M: SharedMemory, B: BlockBackend> Storvsp<M, B> {
                     controller: self.controller.clone(),
                     state: InitState::Ready(version),
                     role: Role::SubChannel(index),
+                    started: VecDeque::new(),
                 }
             })
             .collect()
@@ -1038,6 +1192,7 @@ struct SrbWork<'a, B: BlockBackend> {
     controller: &'a mut Controller<B>,
     state: &'a mut InitState,
     role: Role,
+    started: &'a mut VecDeque<StartedSrb>,
 }
 
 impl<M: SharedMemory, B: BlockBackend> PacketWork<M> for SrbWork<'_, B> {
@@ -1057,12 +1212,46 @@ impl<M: SharedMemory, B: BlockBackend> PacketWork<M> for SrbWork<'_, B> {
         };
         // Nothing is held here: the channel wrote any held packet before it
         // read this one, and this packet's handler sent nothing.
-        if let Outcome::Reply(bytes) = self
+        match self
             .controller
             .execute(job, channel.guest_ram(), channel.guest_dma())
+        {
+            Ok(Outcome::Reply(bytes)) => {
+                if channel.send_within(bytes, result).is_err() {
+                    self.controller.stats.dropped += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(started) => self.started.push_back(started),
+        }
+    }
+}
+
+/// Send the completions of the started SRBs whose DMA ended, oldest first
+/// as they finish; stops while the channel holds a packet (the guest makes
+/// room and signals, or the next poll tries again).
+fn complete_started<M: SharedMemory, B: BlockBackend>(
+    controller: &mut Controller<B>,
+    channel: &mut Channel<M>,
+    started: &mut VecDeque<StartedSrb>,
+    result: &mut PollResult,
+) {
+    let mut i = 0;
+    while i < started.len() && !channel.holding() && result.broke.is_none() {
+        let outcome = controller
+            .find(started[i].address)
+            .and_then(|disk| disk.backend_mut().dma_done(started[i].ticket));
+        let Some(outcome) = outcome else {
+            i += 1;
+            continue;
+        };
+        let Some(s) = started.remove(i) else {
+            break;
+        };
+        if let Outcome::Reply(bytes) = controller.finish(&s, outcome)
             && channel.send_within(bytes, result).is_err()
         {
-            self.controller.stats.dropped += 1;
+            controller.stats.dropped += 1;
         }
     }
 }
@@ -1101,20 +1290,52 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
             return PollResult::default();
         };
         let mut controller = self.controller.borrow_mut();
-        let mut work = SrbWork {
-            controller: &mut controller,
-            state: &mut self.state,
-            role: self.role,
-        };
-        channel.poll_each(budget, &mut work)
+        let mut result = PollResult::default();
+        // A completion held for ring space goes first, even while no
+        // packets are read (too many SRBs started).
+        channel.flush_held(&mut result);
+        complete_started(&mut controller, channel, &mut self.started, &mut result);
+        if self.started.len() < MAX_STARTED_SRBS {
+            let mut work = SrbWork {
+                controller: &mut controller,
+                state: &mut self.state,
+                role: self.role,
+                started: &mut self.started,
+            };
+            // Each packet starts at most one SRB: read no more than fit.
+            let room = (MAX_STARTED_SRBS - work.started.len()) as u32;
+            let r = channel.poll_each(budget.min(room), &mut work);
+            result.signalled |= r.signalled;
+            result.more |= r.more;
+            if r.broke.is_some() {
+                result.broke = r.broke;
+            }
+            // Whatever finished while the packets were read, and, for a
+            // while, what finishes now.
+            let spins = controller.config.completion_spins.min(MAX_COMPLETION_SPINS);
+            for _ in 0..=spins {
+                complete_started(&mut controller, channel, &mut self.started, &mut result);
+                if self.started.is_empty() || channel.holding() || result.broke.is_some() {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+        }
+        // Started SRBs finish on their own: poll again to complete them
+        // (unless a completion waits for ring space: the guest signals when
+        // it has made room).
+        result.more |= !self.started.is_empty() && !channel.holding();
+        result
     }
 
     fn close(&mut self) {
+        self.abandon_started();
         self.channel = None;
         self.forget_handshake();
     }
 
     fn reset(&mut self) {
+        self.abandon_started();
         self.channel = None;
         self.forget_handshake();
     }
@@ -1160,6 +1381,16 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
         out.counter("bytes_written", "bytes written", s.bytes_written);
         out.counter("dma_reads", "reads placed in guest pages by DMA", s.dma_reads);
         out.counter("dma_writes", "writes taken from guest pages by DMA", s.dma_writes);
+        out.counter(
+            "dma_started",
+            "DMA reads and writes completed by a later poll",
+            s.started,
+        );
+        out.counter(
+            "srbs_in_flight",
+            "SRBs whose DMA is running",
+            self.started.len() as u64,
+        );
         out.counter("luns", "LUNs", c.luns.len() as u64);
         let total: u64 = c
             .luns

@@ -1552,3 +1552,217 @@ fn reads_go_straight_to_guest_pages_when_the_host_can_place_them() {
         assert_eq!(dev.stats().bytes_read, 16384 + 4096);
     }
 }
+
+// ---------------------------------------------------------------------------
+// DMA the backend finishes later (start_dma / dma_done / wait_dma)
+// ---------------------------------------------------------------------------
+
+/// A started request: (ticket, lba, segments, write).
+type Running = (DmaTicket, u64, Vec<(u64, usize)>, bool);
+
+/// A `DmaBackend` whose DMA starts and finishes when the test says: a
+/// started request does its copy only when `finish` lets it, and
+/// `wait_dma` finishes it at once (as a device that was waited for).
+struct LaterBackend {
+    dma: DmaBackend,
+    next: u64,
+    /// Started requests.
+    running: Vec<Running>,
+    /// Tickets the test let finish, with their outcomes.
+    finished: Rc<RefCell<Vec<DmaTicket>>>,
+    waited: Rc<Cell<u32>>,
+}
+
+impl LaterBackend {
+    fn run(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        let i = self.running.iter().position(|r| r.0 == ticket)?;
+        let (_, lba, segments, write) = self.running.remove(i);
+        if write {
+            self.dma.write_dma(lba, &segments)
+        } else {
+            self.dma.read_dma(lba, &segments)
+        }
+    }
+}
+
+impl BlockBackend for LaterBackend {
+    fn sector_size(&self) -> u32 {
+        self.dma.sector_size()
+    }
+    fn sector_count(&self) -> u64 {
+        self.dma.sector_count()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.dma.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
+        self.dma.write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.dma.flush()
+    }
+    fn start_dma(
+        &mut self,
+        lba: u64,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> Option<Result<DmaTicket, BackendError>> {
+        self.next += 1;
+        let t = DmaTicket(self.next);
+        self.running.push((t, lba, segments.to_vec(), write));
+        Some(Ok(t))
+    }
+    fn dma_done(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        let allowed = self.finished.borrow().contains(&ticket);
+        if allowed { self.run(ticket) } else { None }
+    }
+    fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
+        self.waited.set(self.waited.get() + 1);
+        self.run(ticket).unwrap_or(Err(BackendError::Io))
+    }
+}
+
+#[test]
+fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
+    let (mut guest, channel) = Guest::new(64 * 1024, 64 * 1024, true);
+    let channel = channel.with_guest_dma(Box::new(IdentityDma {
+        len: RAM_PAGES * 4096,
+        refuse: false,
+    }));
+    let mut inner = MemoryBackend::new(512, SECTORS);
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    inner.write(100, &pattern).unwrap();
+    let finished = Rc::new(RefCell::new(Vec::new()));
+    let waited = Rc::new(Cell::new(0));
+    let backend = LaterBackend {
+        dma: DmaBackend {
+            inner,
+            ram: guest.ram,
+            calls: Rc::new(Cell::new(0)),
+        },
+        next: 0,
+        running: Vec::new(),
+        finished: finished.clone(),
+        waited: waited.clone(),
+    };
+    let disk = ScsiDisk::new(backend, DiskConfig::new("storvsp-later", 9)).unwrap();
+    let mut dev =
+        Storvsp::<&'static AtomicMemory, LaterBackend>::new(disk, StorvspConfig::default()).unwrap();
+    dev.open(channel).unwrap();
+    init(&mut dev, &guest);
+
+    // Two reads: both started in one poll, nothing answered yet, and the
+    // poll asks to be called again.
+    let (a, b) = (guest.id(), guest.id());
+    assert!(guest.send_gpa(
+        a,
+        &[(0, 4096, &[8])],
+        &srb_packet(0, &read10(100, 8), DataDirection::In, 4096)
+    ));
+    assert!(guest.send_gpa(
+        b,
+        &[(0, 4096, &[9])],
+        &srb_packet(0, &read10(108, 8), DataDirection::In, 4096)
+    ));
+    let r = dev.poll(64);
+    assert!(r.more, "started DMA wants another poll");
+    assert!(guest.receive().is_none(), "nothing completes before its DMA");
+    assert_eq!(dev.started_in_flight(), 2);
+    assert_eq!(dev.stats().started, 2);
+    // The second finishes first: its completion alone, with its data.
+    finished.borrow_mut().push(DmaTicket(2));
+    let r = dev.poll(64);
+    assert!(r.signalled && r.more);
+    let done = guest.receive().expect("the second read's completion");
+    done.assert_linux_accepts(b);
+    assert_good(&done, 4096);
+    let mut back = vec![0u8; 4096];
+    guest.ram.read_at(9 * 4096, &mut back).unwrap();
+    assert_eq!(back, pattern[4096..]);
+    assert!(guest.receive().is_none());
+    // Then the first.
+    finished.borrow_mut().push(DmaTicket(1));
+    let r = dev.poll(64);
+    assert!(!r.more, "nothing left running");
+    let done = guest.receive().expect("the first read's completion");
+    done.assert_linux_accepts(a);
+    assert_good(&done, 4096);
+    guest.ram.read_at(8 * 4096, &mut back).unwrap();
+    assert_eq!(back, pattern[..4096]);
+    assert_eq!(dev.stats().dma_reads, 2);
+    assert_eq!(dev.stats().bytes_read, 8192);
+
+    // A write started and the channel closed before it finished: close
+    // waits for it (the guest's pages are given up after close) and
+    // answers nothing.
+    let data: Vec<u8> = (0..4096u32).map(|i| (i * 11 + 1) as u8).collect();
+    guest.ram.write_at(12 * 4096, &data).unwrap();
+    let w = guest.id();
+    assert!(guest.send_gpa(
+        w,
+        &[(0, 4096, &[12])],
+        &srb_packet(0, &write10(300, 8), DataDirection::Out, 4096)
+    ));
+    dev.poll(64);
+    assert_eq!(dev.started_in_flight(), 1);
+    dev.close();
+    assert_eq!(waited.get(), 1, "close waited for the started write");
+    assert_eq!(dev.started_in_flight(), 0);
+    assert_eq!(
+        dev.disk(0).unwrap().backend().dma.inner.bytes()[300 * 512..308 * 512],
+        data[..]
+    );
+}
+
+#[test]
+fn too_many_started_srbs_stop_the_reading_until_some_finish() {
+    let (mut guest, channel) = Guest::new(256 * 1024, 256 * 1024, true);
+    let channel = channel.with_guest_dma(Box::new(IdentityDma {
+        len: RAM_PAGES * 4096,
+        refuse: false,
+    }));
+    let finished = Rc::new(RefCell::new(Vec::new()));
+    let backend = LaterBackend {
+        dma: DmaBackend {
+            inner: MemoryBackend::new(512, SECTORS),
+            ram: guest.ram,
+            calls: Rc::new(Cell::new(0)),
+        },
+        next: 0,
+        running: Vec::new(),
+        finished: finished.clone(),
+        waited: Rc::new(Cell::new(0)),
+    };
+    let disk = ScsiDisk::new(backend, DiskConfig::new("storvsp-many", 9)).unwrap();
+    let mut dev =
+        Storvsp::<&'static AtomicMemory, LaterBackend>::new(disk, StorvspConfig::default()).unwrap();
+    dev.open(channel).unwrap();
+    init(&mut dev, &guest);
+    let total = MAX_STARTED_SRBS as u64 + 10;
+    for _ in 0..total {
+        let id = guest.id();
+        assert!(guest.send_gpa(
+            id,
+            &[(0, 512, &[8])],
+            &srb_packet(0, &read10(0, 1), DataDirection::In, 512)
+        ));
+    }
+    dev.poll(1000);
+    assert_eq!(
+        dev.started_in_flight(),
+        MAX_STARTED_SRBS,
+        "reading stops at the limit"
+    );
+    // Everything finishes: every SRB is completed over the next polls.
+    finished.borrow_mut().extend((1..=total).map(DmaTicket));
+    let mut answers = 0;
+    for _ in 0..8 {
+        dev.poll(1000);
+        answers += guest.receive_all().len();
+    }
+    assert_eq!(answers as u64, total);
+    assert_eq!(dev.started_in_flight(), 0);
+}
