@@ -1018,7 +1018,11 @@ fn copy_to_guest<M: SharedMemory>(ram: &M, chunks: &[Chunk], data: &[u8]) -> Res
 /// [`Channel::poll_each`] (so that an SRB can reach the guest's RAM, which
 /// the channel owns, between packets) and sends the SRB's completion with
 /// [`Channel::send_within`]; nothing is read while a completion waits for
-/// room.
+/// room. A read or write whose DMA the backend starts
+/// ([`BlockBackend::start_dma`]) is completed by this or a later poll when
+/// the backend reports it (up to [`MAX_STARTED_SRBS`] at once per channel;
+/// `close` and `reset` wait for them, so the guest's memory is never given
+/// up under a running DMA).
 pub struct Storvsp<M: SharedMemory, B: BlockBackend> {
     channel: Option<Channel<M>>,
     /// Disks, configuration and counters, shared with the sub-channels.

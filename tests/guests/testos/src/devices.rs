@@ -549,9 +549,12 @@ pub(crate) fn read_spans_on(
     bs: u32,
     chan: impl Fn(usize) -> usize,
 ) -> Result<(), String> {
-    // A read that moves nothing leaves this behind.
-    let fill = vec![0xA5u8; (DATA_PAGES * PAGE) as usize];
-    let _ = data_area().write_at(0, &fill);
+    // A read that moves nothing leaves this behind (page by page: the
+    // test OS's heap is small).
+    let fill = [0xA5u8; PAGE as usize];
+    for page in 0..DATA_PAGES {
+        let _ = data_area().write_at(page * PAGE, &fill);
+    }
     let mut ids = Vec::new();
     for (i, s) in spans.iter().enumerate() {
         let c = chan(i);
