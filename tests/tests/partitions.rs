@@ -72,6 +72,16 @@ fn root_and_two_children_boot_and_are_listed() {
     assert!(root["exits"]["vmmcall"].as_u64().unwrap() > 0, "{root}");
     assert_eq!(root["stack_size"], 256 * 1024, "{root}");
     assert!(root["stack_used"].as_u64() > Some(0), "{root}");
+    // Where the root's time went: every main-loop phase, children and
+    // idle time among them after a child ran.
+    let time = &root["time_cycles"];
+    for phase in [
+        "children", "channels", "network", "messages", "tick", "sessions", "idle",
+    ] {
+        assert!(time[phase].is_u64(), "{phase}: {root}");
+    }
+    assert!(time["children"].as_u64() > Some(0), "{root}");
+    assert!(time["idle"].as_u64() > Some(0), "{root}");
     m.send_line("poweroff");
     assert_eq!(m.wait_exit(), QEMU_EXIT_SUCCESS);
 }

@@ -309,6 +309,7 @@ fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Re
             .num("memory", root_memory(boot))
             .num("free", memory::free_bytes())
             .num("lent_to_children", lent)
+            .raw("time_cycles", &phase_cycles_json())
             .num("stack_used", crate::boot::stack_high_water() as u64)
             .num("stack_size", crate::boot::BOOT_STACK_SIZE as u64)
             .num("uptime", timer::ticks() / timer::HZ)
@@ -332,6 +333,7 @@ fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Re
         memory::free_bytes() >> 10,
         lent >> 10
     );
+    let _ = writeln!(out, "time:         {}", phase_shares());
     let _ = writeln!(
         out,
         "stack:        {} KiB deepest of {} KiB (a guard page below it)",
@@ -1321,4 +1323,29 @@ fn switch(m: &Manager, json: bool, out: &mut String) {
         );
     }
     let _ = writeln!(out, "{} MAC addresses known", snap.mac_table.len());
+}
+
+/// The root's main-loop phases' TSC cycles since boot, as a JSON object.
+fn phase_cycles_json() -> String {
+    let mut s = String::new();
+    let mut o = Object::new(&mut s);
+    for (phase, name) in crate::accounting::PHASES {
+        o = o.num(name, crate::accounting::cycles(phase));
+    }
+    o.end();
+    s
+}
+
+/// The phases' shares of the root's time since boot: "children 62%, …".
+fn phase_shares() -> String {
+    use crate::accounting::{PHASES, cycles};
+    let total: u64 = PHASES.iter().map(|&(p, _)| cycles(p)).sum::<u64>().max(1);
+    let mut out = String::new();
+    for (phase, name) in PHASES {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{name} {}%", cycles(phase) * 100 / total);
+    }
+    out
 }

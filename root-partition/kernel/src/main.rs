@@ -19,6 +19,9 @@ extern crate alloc;
 #[macro_use]
 mod serial;
 #[cfg(target_os = "none")]
+/// Where the root's time goes (the main loop's phases on the TSC).
+mod accounting;
+#[cfg(target_os = "none")]
 mod boot;
 #[cfg(target_os = "none")]
 /// The devices each child's bus carries.

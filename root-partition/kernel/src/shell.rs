@@ -7,6 +7,7 @@
 //! (sessions), then one timer tick for the children, whose VPs are
 //! dispatched round-robin within it.
 
+use crate::accounting::{Phase, charge};
 use crate::commands::{self, Effect};
 use crate::manager::Manager;
 use crate::serial::{CONSOLE, MGMT, Uart};
@@ -275,7 +276,8 @@ fn printable(c: u8) -> Option<char> {
     }
 }
 
-/// The root's main loop: sessions, then one dispatch, forever.
+/// The root's main loop: sessions, then one dispatch, forever (each
+/// phase's time charged to `accounting`).
 pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
     let mut sessions = Vec::new();
     sessions.push(Session::new(&CONSOLE, true));
@@ -294,10 +296,12 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
     crate::println!("root: management shell ready; type 'help'");
     crate::print!("{PROMPT}");
     let mut synic_seen = 0;
+    let mut t = kernel_x86::arch::rdtsc();
     loop {
         for s in sessions.iter_mut() {
             s.poll(manager, boot);
         }
+        t = charge(Phase::Sessions, t);
         // Messages are read when the SynIC interrupt says they arrived.
         let interrupts = crate::synic::interrupts();
         if interrupts != synic_seen {
@@ -305,15 +309,22 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
             crate::synic::drain(|m| manager.on_message(m));
             manager.route_events(&crate::synic::take_events());
         }
+        t = charge(Phase::Messages, t);
         // Channels with work (signalled, or left over from a budgeted poll)
         // get one budgeted turn each per round.
         manager.poll_channels();
+        t = charge(Phase::Channels, t);
         manager.pump_network();
+        t = charge(Phase::Network, t);
         manager.tick();
-        if !manager.run_children_for_a_tick() && !manager.channels_want_poll() {
+        t = charge(Phase::Tick, t);
+        let ran = manager.run_children_for_a_tick();
+        t = charge(Phase::Children, t);
+        if !ran && !manager.channels_want_poll() {
             // Nothing to run and no device work in progress: sleep until
             // the next tick.
             timer::idle();
+            t = charge(Phase::Idle, t);
         }
     }
 }
