@@ -328,11 +328,12 @@ impl Disk {
         self.check(lba, buf.len())?;
         for (i, chunk) in buf.chunks_mut(MAX_REQUEST_BYTES).enumerate() {
             let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
-            // SAFETY: `chunk` is root heap or stack memory (identity-mapped),
+            let segment = [(chunk.as_mut_ptr() as u64, chunk.len())];
+            // `chunk` is root heap or stack memory (identity-mapped),
             // exclusively borrowed until the transfer returns, which is
-            // after the device completed it (or, if it never does, the
-            // request stays in flight and the borrow ends: see `wait`).
-            unsafe { self.transfer(Direction::Read, at, &[(chunk.as_mut_ptr() as u64, chunk.len())]) }?;
+            // after the device completed it or was reset (`wait`).
+            // SAFETY: as above.
+            unsafe { self.transfer(Direction::Read, at, &segment) }?;
         }
         Ok(())
     }
@@ -343,38 +344,11 @@ impl Disk {
         self.check(lba, buf.len())?;
         for (i, chunk) in buf.chunks(MAX_REQUEST_BYTES).enumerate() {
             let at = lba + (i * MAX_REQUEST_BYTES / SECTOR_SIZE) as u64;
+            let segment = [(chunk.as_ptr() as u64, chunk.len())];
             // SAFETY: as in `read`; the device only reads `chunk`.
-            unsafe { self.transfer(Direction::Write, at, &[(chunk.as_ptr() as u64, chunk.len())]) }?;
+            unsafe { self.transfer(Direction::Write, at, &segment) }?;
         }
         Ok(())
-    }
-
-    /// Read sectors from `lba` straight into root physical memory:
-    /// `segments` (address, bytes) in order, together a whole, non-zero
-    /// number of sectors inside the device (checked). As few device
-    /// requests as `seg_max` allows, all in flight at once.
-    ///
-    /// # Safety
-    /// Each segment must be identity-mapped RAM the root may write (its
-    /// own or frames it lent a child) that nothing else holds a reference
-    /// into while this runs (the root is one CPU and the child is not
-    /// running during a request).
-    pub unsafe fn read_phys(&mut self, lba: u64, segments: &[(u64, usize)]) -> Result<(), DiskError> {
-        self.check(lba, segments.iter().map(|s| s.1).sum())?;
-        // SAFETY: forwarded to the caller.
-        unsafe { self.transfer(Direction::Read, lba, segments) }
-    }
-
-    /// Write sectors at `lba` straight from root physical memory,
-    /// `segments` as for [`Self::read_phys`].
-    ///
-    /// # Safety
-    /// Each segment must be identity-mapped RAM nothing writes while this
-    /// runs.
-    pub unsafe fn write_phys(&mut self, lba: u64, segments: &[(u64, usize)]) -> Result<(), DiskError> {
-        self.check(lba, segments.iter().map(|s| s.1).sum())?;
-        // SAFETY: forwarded to the caller.
-        unsafe { self.transfer(Direction::Write, lba, segments) }
     }
 
     /// VIRTIO_BLK_T_FLUSH: every completed write reaches the medium (QEMU:
@@ -571,9 +545,9 @@ impl Disk {
         {
             // SAFETY: forwarded to the caller.
             let (inputs, mut outputs) = unsafe { request.buffers() };
-            // SAFETY: the header and status are boxed and kept in
-            // `in_flight` until `pop_used` returns them; the segments are
-            // the caller's (see above).
+            // The header and status are boxed and kept in `in_flight`
+            // until `pop_used` returns them; the segments are the caller's.
+            // SAFETY: as above.
             request.token = unsafe { self.queue.add(&inputs, &mut outputs) }.map_err(DiskError::Device)?;
         }
         let token = request.token;
@@ -686,9 +660,10 @@ impl Disk {
         let segment = (buf.as_mut_ptr() as u64, SECTOR_SIZE);
         let ticket = self.new_ticket(1);
         DMA_REDIRECT.store(device_addr, Ordering::Relaxed);
-        // SAFETY: `buf` is leaked, so it outlives the request whatever the
-        // device does; `RootHal::share` hands the device `device_addr`
-        // instead (the point of the test).
+        // `buf` is leaked, so it outlives the request whatever the device
+        // does; `RootHal::share` hands the device `device_addr` instead
+        // (the point of the test).
+        // SAFETY: as above.
         let submitted = unsafe {
             self.submit(
                 ticket,

@@ -12,7 +12,10 @@
 //!
 //! The devices sit behind `Rc<RefCell<…>>`: the partition table and every
 //! attached disk's backend share one driver instance (the root is one
-//! thread; requests complete synchronously).
+//! thread; a borrow never outlives a call). A child's reads and writes are
+//! started and collected later by ticket (`BlockBackend::start_dma`); the
+//! table's own requests, and any synchronous request of a disk, run after
+//! what that disk started.
 
 use crate::disk::{self, Disk, DiskError};
 use alloc::format;
@@ -599,14 +602,14 @@ impl BlockBackend for PartitionDisk {
     }
 
     fn read_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
-        Some(self.settle().and_then(|()| self.dma(lba, segments, false)))
+        Some(self.dma_now(lba, segments, false))
     }
 
     fn write_dma(&mut self, lba: u64, segments: &[(u64, usize)]) -> Option<Result<(), BackendError>> {
         if self.read_only {
             return Some(Err(BackendError::ReadOnly));
         }
-        Some(self.settle().and_then(|()| self.dma(lba, segments, true)))
+        Some(self.dma_now(lba, segments, true))
     }
 
     fn start_dma(
@@ -657,6 +660,14 @@ impl PartitionDisk {
         Ok(())
     }
 
+    /// Move `segments` between the child's frames and sectors from `lba`
+    /// now: after what this disk started, and waited for.
+    fn dma_now(&mut self, lba: u64, segments: &[(u64, usize)], write: bool) -> Result<(), BackendError> {
+        self.settle()?;
+        let ticket = self.start(lba, segments, write)?;
+        self.wait_dma(ticket)
+    }
+
     /// Start moving `segments` between the child's frames and sectors from
     /// `lba`; the ticket to collect it with.
     fn start(&mut self, lba: u64, segments: &[(u64, usize)], write: bool) -> Result<DmaTicket, BackendError> {
@@ -681,30 +692,5 @@ impl PartitionDisk {
         let ticket = DmaTicket(unsafe { d.start(direction, dev_lba, segments) });
         self.started.push(ticket);
         Ok(ticket)
-    }
-
-    /// Move `segments` (in order) between the child's frames and sectors
-    /// from `lba`: one device transfer, as few virtio-blk requests as the
-    /// device's segment limit allows.
-    fn dma(&mut self, lba: u64, segments: &[(u64, usize)], write: bool) -> Result<(), BackendError> {
-        let bytes = segments
-            .iter()
-            .try_fold(0usize, |sum, s| sum.checked_add(s.1))
-            .ok_or(BackendError::OutOfRange)?;
-        let dev_lba = self.map(lba, bytes)?;
-        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
-        // storvsp built `segments` from `ChildDma`, which only names frames
-        // of the child's own RAM that the root lent (identity-mapped, owned
-        // by the child's worker for its whole life); the child does not run
-        // while the root serves its request, and the request completes (or
-        // the device is reset) before this returns.
-        let r = if write {
-            // SAFETY: as above: the child's own lent frames, unshared now.
-            unsafe { d.write_phys(dev_lba, segments) }
-        } else {
-            // SAFETY: as above.
-            unsafe { d.read_phys(dev_lba, segments) }
-        };
-        r.map_err(|e| backend_error(device_error(e)))
     }
 }
