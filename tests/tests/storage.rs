@@ -110,6 +110,13 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert_eq!(bench["bytes"], 4u64 << 20, "{bench}");
+    // Every device's completions interrupt the root (MSI-X), and they did.
+    let d = m.hvctl_json("disks --json");
+    for dev in d["devices"].as_array().expect("devices") {
+        assert_eq!(dev["interrupts"], true, "{d}");
+        assert!(dev["seg_max"].as_u64() >= Some(1), "{d}");
+    }
+    assert!(d["completion_interrupts"].as_u64() > Some(0), "{d}");
     assert!(bench["seq_us"].as_u64() > Some(0), "{bench}");
     assert!(bench["seq_mib_per_s"].as_u64() > Some(0), "{bench}");
     assert!(bench["random_4k_reads"].as_u64() > Some(0), "{bench}");

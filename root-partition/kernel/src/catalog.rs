@@ -51,7 +51,7 @@ pub fn for_child(
 
 /// A synthetic SCSI controller with one disk on `backend`.
 /// `StorvspConfig::completion_spins` for the root's controllers.
-const COMPLETION_SPINS: u32 = 512;
+const COMPLETION_SPINS: u32 = 128;
 
 fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
     backend: B,
@@ -65,8 +65,10 @@ fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
     // large read is one SRB, one guest-to-root round trip, instead of four.
     // A poll waits briefly for the DMA it started (QEMU serves a small
     // read from its page cache in well under a dispatch round trip), so
-    // depth-1 requests complete in the poll that read them; larger ones
-    // complete in a later poll while the child runs.
+    // depth-1 requests and Linux's batches complete in the poll that read
+    // them; larger ones complete in a later poll, woken by the device's
+    // completion interrupt, while the child runs (docs/storage-network.md
+    // has the figures behind 128).
     let config = storvsp::StorvspConfig {
         max_transfer_bytes: storvsp::MAX_TRANSFER_BYTES_LIMIT,
         completion_spins: COMPLETION_SPINS,

@@ -880,6 +880,7 @@ fn disks(m: &Manager, json: bool, out: &mut String) {
                     .bool("read_only", d.read_only)
                     .num("seg_max", d.seg_max)
                     .num("requests", d.requests)
+                    .bool("interrupts", d.interrupts)
                     .end();
                 r
             })
@@ -913,6 +914,7 @@ fn disks(m: &Manager, json: bool, out: &mut String) {
         Object::new(&mut s)
             .raw("devices", &dev_json)
             .raw("disks", &disk_json)
+            .num("completion_interrupts", crate::disk::completion_interrupts())
             .end();
         let _ = writeln!(out, "{s}");
         return;

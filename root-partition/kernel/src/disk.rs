@@ -123,6 +123,26 @@ struct RequestHeader {
 }
 const _: () = assert!(core::mem::size_of::<RequestHeader>() == 16);
 
+/// The root's interrupt vector for virtio-blk completions (0x40 is the
+/// SynIC's, 0x20 the timer's).
+pub const COMPLETION_VECTOR: u8 = 0x41;
+
+/// Completion interrupts taken since boot (every device's).
+static COMPLETION_INTERRUPTS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A device used a buffer: the main loop collects it; this only counts
+/// and acknowledges (MSI-X is edge-triggered: nothing to clear on the
+/// device).
+fn on_completion_interrupt() {
+    COMPLETION_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    crate::timer::eoi();
+}
+
+/// Completion interrupts taken since boot.
+pub fn completion_interrupts() -> u64 {
+    COMPLETION_INTERRUPTS.load(Ordering::Relaxed)
+}
+
 /// Descriptors in the ring: with indirect tables each request takes one,
 /// so this many requests can be in flight.
 const QUEUE_SIZE: usize = 128;
@@ -216,6 +236,8 @@ pub struct Disk {
     next_ticket: u64,
     /// Reset after a request that never completed: refuses everything.
     out_of_service: bool,
+    /// Completions raise [`COMPLETION_VECTOR`] on the root.
+    pub interrupts: bool,
     /// Requests the device was given.
     pub requests: u64,
 }
@@ -286,7 +308,19 @@ impl Disk {
         )
         .map_err(DiskError::Device)?;
         transport.finish_init();
+        // Completions interrupt the root (a child's run ends at once, so a
+        // finished transfer is collected without waiting for the root's
+        // next tick); without MSI-X the root polls, as it always can.
+        kernel_x86::traps::set_irq_handler(COMPLETION_VECTOR, on_completion_interrupt);
+        let interrupts = match crate::virtio::route_queue_interrupt(location, 0, COMPLETION_VECTOR) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::println!("root: virtio-blk {location}: completions polled only ({e})");
+                false
+            }
+        };
         Ok(Self {
+            interrupts,
             location,
             capacity,
             access_platform: offered & ACCESS_PLATFORM != 0,

@@ -164,6 +164,8 @@ pub struct DeviceEntry {
     pub seg_max: u64,
     /// virtio-blk requests given to the device since boot.
     pub requests: u64,
+    /// Its completions interrupt the root (MSI-X routed).
+    pub interrupts: bool,
 }
 
 impl Storage {
@@ -239,9 +241,9 @@ impl Storage {
                     Layout::Gpt(t) => ("gpt", String::new(), t.largest_free()),
                     Layout::Whole(why) => ("whole", why.clone(), 0),
                 };
-                let (seg_max, requests) =
-                    d.io.with(|disk| (disk.seg_max() as u64, disk.requests))
-                        .unwrap_or((0, 0));
+                let (seg_max, requests, interrupts) =
+                    d.io.with(|disk| (disk.seg_max() as u64, disk.requests, disk.interrupts))
+                        .unwrap_or((0, 0, false));
                 DeviceEntry {
                     name: d.name.clone(),
                     location: d.location.clone(),
@@ -252,6 +254,7 @@ impl Storage {
                     read_only: d.read_only,
                     seg_max,
                     requests,
+                    interrupts,
                 }
             })
             .collect();
@@ -265,6 +268,7 @@ impl Storage {
             read_only: true,
             seg_max: 0,
             requests: 0,
+            interrupts: false,
         }));
         out
     }

@@ -14,6 +14,7 @@ pub const SPURIOUS_VECTOR: u8 = 0xFF;
 pub const HZ: u64 = 100;
 
 const APIC_BASE: u64 = 0xFEE0_0000;
+const REG_ID: u64 = 0x20;
 const REG_EOI: u64 = 0xB0;
 const REG_SVR: u64 = 0xF0;
 const REG_LVT_TIMER: u64 = 0x320;
@@ -35,7 +36,20 @@ fn write(reg: u64, value: u32) {
 
 fn on_tick() {
     TICKS.fetch_add(1, Ordering::Relaxed);
+    eoi();
+}
+
+/// End of interrupt: the local APIC may deliver the next one.
+pub fn eoi() {
     write(REG_EOI, 0);
+}
+
+/// This CPU's local APIC id (the ID register's top byte).
+pub fn apic_id() -> u8 {
+    // SAFETY: as in `write`: the ID register (0x20) of the identity-mapped
+    // local APIC page.
+    let id = unsafe { ((APIC_BASE + REG_ID) as *const u32).read_volatile() };
+    (id >> 24) as u8
 }
 
 fn on_spurious() {

@@ -206,3 +206,128 @@ pub fn transport(location: DeviceFunction) -> Result<AccessPlatform<PciTransport
     let transport = PciTransport::new::<RootHal, _>(&mut root, location)?;
     Ok(AccessPlatform::new(transport))
 }
+
+/// Why a queue's interrupt could not be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsixError {
+    /// The function has no MSI-X capability.
+    NoMsix,
+    /// The MSI-X table's BAR is not a memory BAR, or the table is outside it.
+    BadTable,
+    /// No virtio common configuration structure (a legacy device).
+    NoCommonConfig,
+    /// The device did not take the vector (it read back NO_VECTOR).
+    Refused,
+}
+
+impl core::fmt::Display for MsixError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::NoMsix => "no MSI-X capability",
+            Self::BadTable => "the MSI-X table is not inside a memory BAR",
+            Self::NoCommonConfig => "no virtio common configuration",
+            Self::Refused => "the device refused the queue's MSI-X vector",
+        })
+    }
+}
+
+/// PCI capability ids (PCI Local Bus 3.0 appendix H).
+const CAP_MSIX: u8 = 0x11;
+const CAP_VENDOR: u8 = 0x09;
+/// `virtio_pci_cap.cfg_type` of the common configuration (virtio 1.2 §4.1.4).
+const VIRTIO_CAP_COMMON: u8 = 1;
+/// `virtio_pci_common_cfg` offsets (virtio 1.2 §4.1.4.3).
+const COMMON_QUEUE_SELECT: u64 = 0x16;
+const COMMON_QUEUE_MSIX_VECTOR: u64 = 0x1A;
+const VIRTIO_MSI_NO_VECTOR: u16 = 0xFFFF;
+
+/// Make the device at `location` raise `vector` on the root's local APIC
+/// whenever it uses a buffer of `queue`: MSI-X table entry 0 (address
+/// 0xFEE0_0000 with the root's APIC id, fixed delivery, edge), MSI-X on,
+/// and the queue's `queue_msix_vector` set to entry 0 (virtio 1.2
+/// §4.1.5.1.2). hv-core leaves interrupt remapping off, so the message
+/// reaches the APIC as written; a child's run ends at it (INTR intercept).
+pub fn route_queue_interrupt(location: DeviceFunction, queue: u16, vector: u8) -> Result<(), MsixError> {
+    let mut root = PciRoot::new(PortCam);
+    let msix = root
+        .capabilities(location)
+        .find(|c| c.id == CAP_MSIX)
+        .ok_or(MsixError::NoMsix)?;
+    let table = PortCam.read_word(location, msix.offset + 4);
+    let (bar, table_offset) = ((table & 7) as u8, u64::from(table & !7));
+    let (bar_address, bar_size) = root
+        .bar_info(location, bar)
+        .ok()
+        .flatten()
+        .and_then(|b| b.memory_address_size())
+        .ok_or(MsixError::BadTable)?;
+    if bar_address == 0 || table_offset.checked_add(16).is_none_or(|end| end > bar_size) {
+        return Err(MsixError::BadTable);
+    }
+    let common_caps: Vec<u8> = root
+        .capabilities(location)
+        .filter(|c| c.id == CAP_VENDOR && (c.private_header >> 8) as u8 == VIRTIO_CAP_COMMON)
+        .map(|c| c.offset)
+        .collect();
+    let common = common_caps
+        .into_iter()
+        .find_map(|cap| {
+            let bar = PortCam.read_word(location, cap + 4) as u8;
+            let offset = u64::from(PortCam.read_word(location, cap + 8));
+            let (address, size) = root
+                .bar_info(location, bar)
+                .ok()
+                .flatten()?
+                .memory_address_size()?;
+            (address != 0 && offset + 0x20 <= size).then_some(address + offset)
+        })
+        .ok_or(MsixError::NoCommonConfig)?;
+    let apic_id = crate::timer::apic_id();
+    let entry = bar_address + table_offset;
+    // SAFETY: `entry` is MSI-X table entry 0 inside the function's memory
+    // BAR (checked above), identity-mapped in the root's page tables and
+    // passed through by its NPT; these are its four 32-bit fields.
+    unsafe {
+        mmio_write32(entry, 0xFEE0_0000 | u32::from(apic_id) << 12);
+        mmio_write32(entry + 4, 0);
+        mmio_write32(entry + 8, u32::from(vector));
+        mmio_write32(entry + 12, 0);
+    }
+    // Message Control (bits 16..32 of the capability's first dword):
+    // enable (bit 15), function mask (bit 14) off.
+    let first = PortCam.read_word(location, msix.offset);
+    PortCam.write_word(location, msix.offset, (first & !(1 << 30)) | (1 << 31));
+    // SAFETY: `common` is the device's common configuration structure in
+    // its memory BAR (found through its capability, inside the BAR), mapped
+    // as above; queue_select and queue_msix_vector are 16-bit registers.
+    let taken = unsafe {
+        mmio_write16(common + COMMON_QUEUE_SELECT, queue);
+        mmio_write16(common + COMMON_QUEUE_MSIX_VECTOR, 0);
+        mmio_read16(common + COMMON_QUEUE_MSIX_VECTOR)
+    };
+    if taken == VIRTIO_MSI_NO_VECTOR {
+        return Err(MsixError::Refused);
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `address` is a mapped device register the caller may write.
+unsafe fn mmio_write32(address: u64, value: u32) {
+    // SAFETY: forwarded to the caller.
+    unsafe { (address as *mut u32).write_volatile(value) }
+}
+
+/// # Safety
+/// `address` is a mapped device register the caller may write.
+unsafe fn mmio_write16(address: u64, value: u16) {
+    // SAFETY: forwarded to the caller.
+    unsafe { (address as *mut u16).write_volatile(value) }
+}
+
+/// # Safety
+/// `address` is a mapped device register the caller may read.
+unsafe fn mmio_read16(address: u64) -> u16 {
+    // SAFETY: forwarded to the caller.
+    unsafe { (address as *const u16).read_volatile() }
+}
