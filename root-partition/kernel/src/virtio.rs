@@ -284,9 +284,10 @@ pub fn route_queue_interrupt(location: DeviceFunction, queue: u16, vector: u8) -
         .ok_or(MsixError::NoCommonConfig)?;
     let apic_id = crate::timer::apic_id();
     let entry = bar_address + table_offset;
-    // SAFETY: `entry` is MSI-X table entry 0 inside the function's memory
-    // BAR (checked above), identity-mapped in the root's page tables and
+    // `entry` is MSI-X table entry 0 inside the function's memory BAR
+    // (checked above), identity-mapped in the root's page tables and
     // passed through by its NPT; these are its four 32-bit fields.
+    // SAFETY: as above.
     unsafe {
         mmio_write32(entry, 0xFEE0_0000 | u32::from(apic_id) << 12);
         mmio_write32(entry + 4, 0);
@@ -297,9 +298,10 @@ pub fn route_queue_interrupt(location: DeviceFunction, queue: u16, vector: u8) -
     // enable (bit 15), function mask (bit 14) off.
     let first = PortCam.read_word(location, msix.offset);
     PortCam.write_word(location, msix.offset, (first & !(1 << 30)) | (1 << 31));
-    // SAFETY: `common` is the device's common configuration structure in
-    // its memory BAR (found through its capability, inside the BAR), mapped
-    // as above; queue_select and queue_msix_vector are 16-bit registers.
+    // `common` is the device's common configuration structure in its
+    // memory BAR (found through its capability, inside the BAR), mapped as
+    // above; queue_select and queue_msix_vector are 16-bit registers.
+    // SAFETY: as above.
     let taken = unsafe {
         mmio_write16(common + COMMON_QUEUE_SELECT, queue);
         mmio_write16(common + COMMON_QUEUE_MSIX_VECTOR, 0);
