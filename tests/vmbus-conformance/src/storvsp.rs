@@ -7,7 +7,7 @@
 
 use crate::Case;
 use ::storvsp::{DEFAULT_MAX_TRANSFER_BYTES, InitState, Storvsp, StorvspConfig};
-use scsi_disk::{BackendError, BlockBackend, DiskConfig, MemoryBackend, ScsiDisk};
+use scsi_disk::{BackendError, BlockBackend, DiskConfig, DmaTicket, MemoryBackend, ScsiDisk};
 use storvsp_protocol::{
     ChannelProperties, DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion,
     ProtocolVersionBody, ScsiRequest, SrbStatus, gpa, request_packet, scsi_request,
@@ -657,6 +657,155 @@ fn sub_channel_reset_case() -> Result<(), String> {
     ensure!(
         r.dev.take_sub_channel_devices().len() == usize::from(max),
         "granted again"
+    );
+    Ok(())
+}
+
+/// The guest's RAM at the same addresses for the host's DMA (the root's
+/// `ChildDma` answers from the child's frames the same way).
+struct IdentityDma;
+
+impl vsp::GuestDma for IdentityDma {
+    fn dma_address(&self, gpa: u64, len: u64) -> Option<u64> {
+        (gpa.checked_add(len)? <= RAM_PAGES * 4096).then_some(gpa)
+    }
+}
+
+/// A disk whose reads are DMA into the guest's RAM that finishes when the
+/// case releases it: a device completing requests in its own order.
+struct Reordering {
+    inner: MemoryBackend,
+    ram: &'static AtomicMemory,
+    next: u64,
+    running: Vec<(DmaTicket, u64, Vec<(u64, usize)>)>,
+    released: Vec<DmaTicket>,
+}
+
+impl Reordering {
+    fn run(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        let i = self.running.iter().position(|r| r.0 == ticket)?;
+        let (_, mut lba, segments) = self.running.remove(i);
+        for (gpa, len) in segments {
+            let mut buf = vec![0u8; len];
+            if let Err(e) = self.inner.read(lba, &mut buf) {
+                return Some(Err(e));
+            }
+            if self.ram.write_at(gpa, &buf).is_err() {
+                return Some(Err(BackendError::Io));
+            }
+            lba += len as u64 / 512;
+        }
+        Some(Ok(()))
+    }
+}
+
+impl BlockBackend for Reordering {
+    fn sector_size(&self) -> u32 {
+        512
+    }
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), BackendError> {
+        self.inner.read(lba, buf)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), BackendError> {
+        self.inner.write(lba, buf)
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.inner.flush()
+    }
+    fn start_dma(
+        &mut self,
+        lba: u64,
+        segments: &[(u64, usize)],
+        write: bool,
+    ) -> Option<Result<DmaTicket, BackendError>> {
+        if write {
+            return None;
+        }
+        self.next += 1;
+        let ticket = DmaTicket(self.next);
+        self.running.push((ticket, lba, segments.to_vec()));
+        Some(Ok(ticket))
+    }
+    fn dma_done(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
+        if self.released.contains(&ticket) {
+            self.run(ticket)
+        } else {
+            None
+        }
+    }
+    fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
+        self.run(ticket).unwrap_or(Err(BackendError::Io))
+    }
+}
+
+fn out_of_order_case() -> Result<(), String> {
+    let mem = leaked_mem()?;
+    let mut inner = MemoryBackend::new(512, SECTORS);
+    let data = pattern(8192, 0x46);
+    inner.write(64, &data).map_err(err)?;
+    let backend = Reordering {
+        inner,
+        ram: &mem.ram,
+        next: 0,
+        running: Vec::new(),
+        released: Vec::new(),
+    };
+    let disk = ScsiDisk::new(backend, DiskConfig::new("conformance-46", 46)).map_err(err)?;
+    let mut dev: Dev<'static, Reordering> = Dev::new(disk, StorvspConfig::default()).map_err(err)?;
+    dev.open(mem.channel()?.with_guest_dma(Box::new(IdentityDma)))
+        .map_err(err)?;
+    let mut r = Rig { mem, dev, next_id: 1 };
+    r.init()?;
+    let (first, second) = (r.id(), r.id());
+    for (id, lba, page) in [(first, 64u32, 20u64), (second, 72, 21)] {
+        let srb = scsi_request(0, &read10(lba, 8), DataDirection::In, 4096);
+        r.send_gpa(
+            id,
+            &[(0, 4096, &[page])],
+            &request_packet(Operation::EXECUTE_SRB, srb.as_bytes()),
+        )?;
+    }
+    r.dev.poll(64);
+    ensure!(r.receive()?.is_none(), "an answer before its data was read");
+    // The device finishes the second read first: its answer comes first.
+    r.dev
+        .disk_mut(0)
+        .ok_or("no disk")?
+        .backend_mut()
+        .released
+        .push(DmaTicket(2));
+    r.dev.poll(64);
+    let a = r.receive()?.ok_or("no answer after the second read finished")?;
+    a.linux_accepts(second)?;
+    ensure!(a.status()? == NtStatus::SUCCESS, "{:?}", a.status()?);
+    ensure!(a.srb()?.data_transfer_length.get() == 4096, "moved");
+    ensure!(
+        r.read_ram(21 * 4096, 4096)? == data[4096..],
+        "the second read's data"
+    );
+    ensure!(
+        r.receive()?.is_none(),
+        "the first read answered before it finished"
+    );
+    r.dev
+        .disk_mut(0)
+        .ok_or("no disk")?
+        .backend_mut()
+        .released
+        .push(DmaTicket(1));
+    r.dev.poll(64);
+    let a = r.receive()?.ok_or("no answer after the first read finished")?;
+    a.linux_accepts(first)?;
+    ensure!(a.status()? == NtStatus::SUCCESS, "{:?}", a.status()?);
+    ensure!(
+        r.read_ram(20 * 4096, 4096)? == data[..4096],
+        "the first read's data"
     );
     Ok(())
 }
@@ -1882,6 +2031,12 @@ pub fn cases() -> Vec<Case> {
             rule: "the primary's close (or a bus reset) ends its sub-channels: the next open starts a new handshake with none offered (Linux re-runs storvsc_channel_init and asks again)",
             expect: "0 offered after the close; a new request after the new handshake gets the full count again",
             run: sub_channel_reset_case,
+        },
+        Case {
+            id: "STOR-46",
+            rule: "completions need not follow request order: storvsc matches each by its 64-bit transaction id (storvsc_on_channel_callback), so a host completes each SRB when its I/O finishes, with its data placed before its completion",
+            expect: "two reads in flight, the second finishes first: its completion (its id, SUCCESS, 4096 bytes, data in its page) comes first, the first's only after it finishes",
+            run: out_of_order_case,
         },
     ]
 }
