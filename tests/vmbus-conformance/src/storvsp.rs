@@ -677,9 +677,12 @@ struct Reordering {
     inner: MemoryBackend,
     ram: &'static AtomicMemory,
     next: u64,
-    running: Vec<(DmaTicket, u64, Vec<(u64, usize)>)>,
+    running: Vec<StartedRead>,
     released: Vec<DmaTicket>,
 }
+
+/// A read the device has not finished: (ticket, first block, segments).
+type StartedRead = (DmaTicket, u64, Vec<(u64, usize)>);
 
 impl Reordering {
     fn run(&mut self, ticket: DmaTicket) -> Option<Result<(), BackendError>> {
