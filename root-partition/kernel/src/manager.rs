@@ -226,6 +226,7 @@ impl Manager {
                 };
                 let switch = &mut self.switch;
                 let network = &mut self.network;
+                // Taking the guest's frames gives it nothing: no wake.
                 w.with_nic(relid, |nic| {
                     for _ in 0..FRAMES_PER_ROUND {
                         let Some(frame) = nic.take_tx() else { break };
@@ -233,6 +234,7 @@ impl Manager {
                         // Drops are the switch's to count (per port).
                         let _ = switch.ingress(port, &frame, now);
                     }
+                    ((), false)
                 });
             }
         }
@@ -244,10 +246,12 @@ impl Manager {
             };
             let switch = &self.switch;
             w.with_nic(relid, |nic| {
+                let mut delivered = false;
                 for _ in 0..FRAMES_PER_ROUND {
                     let Some(frame) = switch.egress(port) else { break };
-                    nic.deliver_rx(frame.as_bytes());
+                    delivered |= nic.deliver_rx(frame.as_bytes());
                 }
+                ((), delivered)
             });
         }
     }

@@ -943,9 +943,15 @@ impl Worker {
             .collect()
     }
 
-    /// Run `f` on NIC `relid`'s Ethernet side (while the child runs); a
-    /// delivery to the guest may signal it, so halted VPs are woken.
-    pub fn with_nic<R>(&mut self, relid: u32, f: impl FnOnce(&mut dyn vsp::NetworkPort) -> R) -> Option<R> {
+    /// Run `f` on NIC `relid`'s Ethernet side (while the child runs). `f`
+    /// says whether it gave the guest anything (a delivery signals it):
+    /// only then are halted VPs woken, so a quiet NIC polled every round
+    /// does not keep the child's halted VPs being dispatched.
+    pub fn with_nic<R>(
+        &mut self,
+        relid: u32,
+        f: impl FnOnce(&mut dyn vsp::NetworkPort) -> (R, bool),
+    ) -> Option<R> {
         if self.state != ChildState::Running {
             return None;
         }
@@ -953,8 +959,10 @@ impl Worker {
             .devices
             .iter_mut()
             .find(|d| d.relid == relid && d.open.is_some())?;
-        let r = f(d.device.network()?);
-        self.wake();
+        let (r, delivered) = f(d.device.network()?);
+        if delivered {
+            self.wake();
+        }
         Some(r)
     }
 
