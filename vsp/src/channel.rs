@@ -401,6 +401,35 @@ impl<M: SharedMemory> Channel<M> {
         })
     }
 
+    /// Tell the guest whether it must signal the packets it writes, at the
+    /// end of a device's poll: `result.more` (the device will be polled
+    /// again anyway: work in flight whose end earns it a poll) sets the
+    /// guest-to-host ring's `interrupt_mask`, which the guest's writers
+    /// honour (Linux `hv_signal_on_write`; the reader's side is Linux
+    /// `hv_begin_read`/`hv_end_read`). A child's signal ends its dispatch,
+    /// so each one spared is a world switch. Otherwise the mask is cleared
+    /// and the ring looked at again: a packet written while it was set was
+    /// not signalled, so it sets `result.more` (poll again). A guest that
+    /// ignores the mask only signals more than it needs to; one that
+    /// rewrites it changes only whether it signals itself.
+    pub fn guest_signals(&mut self, result: &mut PollResult) {
+        if self.broken.is_some() || result.broke.is_some() {
+            return;
+        }
+        let waiting = if result.more {
+            self.reader.begin_read().map(|()| false)
+        } else {
+            self.reader.end_read()
+        };
+        match waiting {
+            Ok(waiting) => result.more |= waiting,
+            Err(e) => {
+                self.broken = Some(e);
+                result.broke = Some(e);
+            }
+        }
+    }
+
     /// Whether the guest-to-host ring holds packets not yet read.
     pub fn packets_waiting(&self) -> bool {
         self.states().0.is_some_and(|s| s.read_index != s.write_index)

@@ -184,16 +184,47 @@ impl DevChannel {
 
     /// Write one packet; `Ok(false)` if the ring has no room for it now.
     pub(crate) fn send(&mut self, packet: &[u8]) -> Result<bool, RingError> {
-        match self.writer.write(&[packet]) {
-            Ok(s) => {
-                if s.0 {
+        match self.send_quiet(packet)? {
+            Some(wanted) => {
+                if wanted {
                     signal(self.connection);
                 }
                 Ok(true)
             }
-            Err(RingError::Full { .. }) => Ok(false),
+            None => Ok(false),
+        }
+    }
+
+    /// Write one packet without signalling: `Some(true)` if the host wants
+    /// a signal for it (the ring was empty and its interrupt_mask clear),
+    /// `None` if the ring has no room for it now. A caller writing a
+    /// burst signals once after the last packet (`signal`): a child's
+    /// HvSignalEvent ends its dispatch at once, so signalling after the
+    /// first packet would have the root drain the ring between every two
+    /// writes, one world switch per packet (docs/vmbus.md, "In QEMU").
+    pub(crate) fn send_quiet(&mut self, packet: &[u8]) -> Result<Option<bool>, RingError> {
+        match self.writer.write(&[packet]) {
+            Ok(s) => Ok(Some(s.0)),
+            Err(RingError::Full { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// HvSignalEvent on the channel's connection.
+    pub(crate) fn signal(&self) {
+        signal(self.connection);
+    }
+
+    /// Ask the host not to signal this side when it writes (the host-to-
+    /// guest ring's `interrupt_mask`, as Linux sets it while it polls): the
+    /// test OS's storage client polls its ring and never waits for the
+    /// interrupt, so each completion's signal would be a wasted hypercall
+    /// in the root.
+    pub(crate) fn mask_host_signals(&self) -> Result<(), vmbus::memory::OutOfBounds> {
+        self.reader
+            .ring()
+            .memory()
+            .store_u32(vmbus::ring::INTERRUPT_MASK, 1)
     }
 
     /// Read one packet into `buf`: its length.
@@ -270,6 +301,8 @@ impl Disk {
     /// `max_in_flight` requests at once).
     pub(crate) fn open(bus: &mut Bus, max_in_flight: usize) -> Result<Self, String> {
         let (ch, _) = DevChannel::open(bus, &storvsp_protocol::SCSI_INTERFACE_GUID, stor_ring_base())?;
+        ch.mask_host_signals()
+            .map_err(|e| format!("host-to-guest ring: {e:?}"))?;
         let mut d = Self {
             ch,
             client: Storvsc::new(max_in_flight),
@@ -310,6 +343,8 @@ impl Disk {
             return Err("the primary is not ready".into());
         };
         let (ch, _) = DevChannel::open_relid(bus, relid, connection, base)?;
+        ch.mask_host_signals()
+            .map_err(|e| format!("host-to-guest ring: {e:?}"))?;
         Ok(Self {
             ch,
             client: Storvsc::for_sub_channel(version, properties, primary.client.max_in_flight()),
@@ -345,22 +380,31 @@ impl Disk {
         self.flush()
     }
 
-    /// Write queued packets while the guest-to-host ring has room.
+    /// Write queued packets while the guest-to-host ring has room, then
+    /// signal once if the host asked for it (a burst of requests costs
+    /// one signal: see `DevChannel::send_quiet`).
     pub(crate) fn flush(&mut self) -> Result<(), String> {
         while let Some(p) = self.client.poll_transmit() {
             self.pending.push_back(p);
         }
+        let mut wanted = false;
+        let mut failed = None;
         while let Some(p) = self.pending.front() {
-            if !self
-                .ch
-                .send(p)
-                .map_err(|e| format!("guest-to-host ring: {e:?}"))?
-            {
-                break;
+            match self.ch.send_quiet(p) {
+                Ok(Some(w)) => wanted |= w,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(format!("guest-to-host ring: {e:?}"));
+                    break;
+                }
             }
             self.pending.pop_front();
         }
-        Ok(())
+        // What was written is signalled even when a later write failed.
+        if wanted {
+            self.ch.signal();
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Wait for the completions of `ids` (in any order).
