@@ -120,6 +120,31 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
     assert!(bench["seq_us"].as_u64() > Some(0), "{bench}");
     assert!(bench["seq_mib_per_s"].as_u64() > Some(0), "{bench}");
     assert!(bench["random_4k_reads"].as_u64() > Some(0), "{bench}");
+    assert_eq!(bench["depth"], 1, "{bench}");
+    // At a queue depth (the Rust child's reads run 8 deep): the same bytes,
+    // every request counted by the device.
+    let requests = |m: &mut Machine| -> u64 {
+        let d = m.hvctl_json("disks --json");
+        d["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .filter_map(|x| x["requests"].as_u64())
+            .sum()
+    };
+    let before = requests(&mut m);
+    let deep = m.hvctl_json("disk bench two --mib 4 --depth 8 --json");
+    assert_eq!(
+        (deep["bytes"].as_u64(), deep["depth"].as_u64()),
+        (Some(4 << 20), Some(8)),
+        "{deep}"
+    );
+    assert!(requests(&mut m) >= before + 4, "4 MiB in 1 MiB requests");
+    let out = m.hvctl("disk bench two --depth 17");
+    assert!(
+        out.contains("error: bad value '17' for --depth: expected 1 to 16"),
+        "{out}"
+    );
     let out = m.hvctl("disk bench nosuch");
     assert!(out.contains("error: no disk named 'nosuch'"), "{out}");
 

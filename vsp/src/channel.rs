@@ -697,6 +697,38 @@ mod tests {
     }
 
     #[test]
+    fn a_device_polled_anyway_masks_the_guests_signals_and_looks_again_on_unmasking() {
+        let (guest, mut ch) = Guest::new(8192, 8192);
+        let write = |id| {
+            let d = Descriptor::new(PacketType::DATA_INBAND, 16, 8, 0, id);
+            Writer::new(Ring::new(guest.up).unwrap())
+                .write(&[d.as_bytes(), b"abcdefgh"])
+                .unwrap()
+                .0
+        };
+        // Work in flight: the device will be polled again, so the guest's
+        // write into the empty ring asks for no signal.
+        let mut r = PollResult {
+            more: true,
+            ..PollResult::default()
+        };
+        ch.guest_signals(&mut r);
+        assert!(r.more && r.broke.is_none());
+        assert!(!write(1), "masked: no signal wanted");
+        // At rest: unmasked, and the packet written meanwhile (never
+        // signalled) asks for one more poll.
+        let mut r = PollResult::default();
+        ch.guest_signals(&mut r);
+        assert!(r.more, "a packet waits: poll again");
+        assert_eq!(ch.poll(8, &mut reverse).broke, None);
+        assert_eq!(guest.receive(), Some((1, b"hgfedcba".to_vec())));
+        let mut r = PollResult::default();
+        ch.guest_signals(&mut r);
+        assert!(!r.more, "nothing waits");
+        assert!(write(2), "unmasked: the guest signals again");
+    }
+
+    #[test]
     fn skipped_packets_count_against_the_budget() {
         let (guest, mut ch) = Guest::new(8192, 8192);
         for i in 0..3 {

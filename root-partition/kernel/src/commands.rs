@@ -122,7 +122,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
                 );
             })
         }
-        Command::DiskBench { name, mib, json } => m.storage.bench(&name, mib).and_then(|b| {
+        Command::DiskBench { name, mib, depth, json } => m.storage.bench(&name, mib, depth as usize).and_then(|b| {
             if b.seq_us == 0 || b.random_us == 0 {
                 return Err(String::from(
                     "the root's clock rate is not known yet (its first second): try again",
@@ -138,6 +138,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
                     .num("seq_us", b.seq_us)
                     .num("seq_ms", b.seq_us / 1000)
                     .num("seq_mib_per_s", mib_s)
+                    .num("depth", depth)
                     .num("random_4k_reads", b.random_reads)
                     .num("random_us", b.random_us)
                     .num("random_ms", b.random_us / 1000)
@@ -147,7 +148,7 @@ pub fn execute(cmd: Command, m: &mut Manager, boot: &BootReport, out: &mut Strin
             } else {
                 let _ = writeln!(
                     out,
-                    "disk '{name}': {} MiB sequential in {} us ({mib_s} MiB/s); {} 4 KiB reads at depth 1 in {} us ({iops} IOPS)",
+                    "disk '{name}': {} MiB sequential ({depth} x 1 MiB in flight) in {} us ({mib_s} MiB/s); {} 4 KiB reads at depth 1 in {} us ({iops} IOPS)",
                     b.bytes >> 20,
                     b.seq_us,
                     b.random_reads,

@@ -15,6 +15,7 @@
 use crate::memory;
 use crate::virtio::{ACCESS_PLATFORM, AccessPlatform, DMA_REDIRECT, RootHal};
 use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
@@ -370,6 +371,49 @@ impl Disk {
             unsafe { self.transfer(Direction::Read, at, &segment) }?;
         }
         Ok(())
+    }
+
+    /// Read `bytes` sequentially from `lba` with up to `buffers.len()`
+    /// requests in flight, each into the next free buffer (all of one
+    /// size, a whole number of sectors); the data is not kept apart (the
+    /// root's `disk bench` at a queue depth, as a child's reads run).
+    pub fn read_pipelined(&mut self, lba: u64, bytes: u64, buffers: &mut [Vec<u8>]) -> Result<(), DiskError> {
+        let size = buffers.first().map_or(0, |b| b.len());
+        if size == 0 || buffers.iter().any(|b| b.len() != size) {
+            return Err(DiskError::BadBuffer);
+        }
+        self.check(lba, usize::try_from(bytes).map_err(|_| DiskError::OutOfRange)?)?;
+        // (ticket, buffer) of each request in flight, oldest first.
+        let mut running: VecDeque<(u64, usize)> = VecDeque::new();
+        let mut free: Vec<usize> = (0..buffers.len()).rev().collect();
+        let (mut issued, mut failed) = (0u64, None);
+        while failed.is_none() && (issued < bytes || !running.is_empty()) {
+            while issued < bytes
+                && let Some(i) = free.pop()
+            {
+                let n = (bytes - issued).min(size as u64) as usize;
+                let segment = [(buffers[i].as_mut_ptr() as u64, n)];
+                // `buffers[i]` is root heap memory (identity-mapped),
+                // exclusively borrowed for this call, which waits for
+                // every transfer it started before it returns.
+                // SAFETY: as above.
+                let ticket =
+                    unsafe { self.start(Direction::Read, lba + issued / SECTOR_SIZE as u64, &segment) };
+                running.push_back((ticket, i));
+                issued += n as u64;
+            }
+            if let Some((ticket, i)) = running.pop_front() {
+                if let Err(e) = self.wait(ticket, WAIT_SPINS) {
+                    failed = Some(e);
+                }
+                free.push(i);
+            }
+        }
+        // On a failure, the rest still end before the buffers go back.
+        for (ticket, _) in running {
+            let _ = self.wait(ticket, WAIT_SPINS);
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// Write `buf` (a whole, non-zero number of sectors) at `lba`; durable

@@ -456,20 +456,18 @@ impl Storage {
     /// is storvsp and the VMBus path): `mib` MiB sequentially in
     /// [`disk::MAX_REQUEST_BYTES`] requests, then 4 KiB reads at scattered
     /// offsets, one at a time, for about a second. Reads only.
-    pub fn bench(&self, name: &str, mib: u64) -> Result<DiskBench, String> {
+    pub fn bench(&self, name: &str, mib: u64, depth: usize) -> Result<DiskBench, String> {
         let mut b = self.backend(name)?;
         let bytes = (mib << 20).min(b.sectors * SECTOR);
-        let mut buf = alloc::vec![0u8; disk::MAX_REQUEST_BYTES];
+        let mut buffers: Vec<Vec<u8>> = (0..depth.max(1))
+            .map(|_| alloc::vec![0u8; disk::MAX_REQUEST_BYTES])
+            .collect();
         let tsc = kernel_x86::arch::rdtsc;
         let start = tsc();
-        let mut done = 0u64;
-        while done < bytes {
-            let n = (bytes - done).min(buf.len() as u64) as usize;
-            b.read(done / SECTOR, &mut buf[..n])
-                .map_err(|e| format!("reading '{name}': {e:?}"))?;
-            done += n as u64;
-        }
+        b.read_pipelined(bytes, &mut buffers)
+            .map_err(|e| format!("reading '{name}': {e:?}"))?;
         let seq_us = crate::timer::tsc_us(start, tsc());
+        let buf = &mut buffers[0];
         let blocks = b.sectors / 8;
         let ms = crate::timer::now_ms;
         let (start_ms, start) = (ms(), tsc());
@@ -652,6 +650,16 @@ impl BlockBackend for PartitionDisk {
 }
 
 impl PartitionDisk {
+    /// Read the disk's first `bytes` sequentially, `buffers.len()` requests
+    /// in flight (`disk bench`).
+    fn read_pipelined(&mut self, bytes: u64, buffers: &mut [Vec<u8>]) -> Result<(), BackendError> {
+        let at = self.map(0, usize::try_from(bytes).map_err(|_| BackendError::OutOfRange)?)?;
+        self.settle()?;
+        let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
+        d.read_pipelined(at, bytes, buffers)
+            .map_err(|e| backend_error(device_error(e)))
+    }
+
     /// Wait for every transfer this disk started (their outcomes stay
     /// with the device for `dma_done`), so that a synchronous request or
     /// flush comes after them.

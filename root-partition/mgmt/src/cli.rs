@@ -118,6 +118,9 @@ pub const MAX_KVP_KEY: usize = 255;
 /// Longest KVP value (UTF-8 bytes): the wire field holds 2048 bytes of UTF-16.
 pub const MAX_KVP_VALUE: usize = 1023;
 
+/// Most sequential requests `disk bench` keeps in flight.
+pub const MAX_BENCH_DEPTH: u64 = 16;
+
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -200,15 +203,17 @@ pub enum Command {
         /// The device to put it on (default: the first with room).
         device: Option<String>,
     },
-    /// `disk bench NAME [--mib N] [--json]`: the root reads disk NAME
-    /// directly (sequential 1 MiB requests over its first N MiB, then
-    /// 4 KiB reads at depth 1), the baseline a child's reads through
-    /// storvsp are compared with.
+    /// `disk bench NAME [--mib N] [--depth D] [--json]`: the root reads
+    /// disk NAME directly (sequential 1 MiB requests over its first N MiB,
+    /// D in flight, then 4 KiB reads at depth 1), the baseline a child's
+    /// reads through storvsp are compared with.
     DiskBench {
         /// The disk's name.
         name: String,
         /// MiB to read sequentially (1-1024).
         mib: u64,
+        /// Sequential requests in flight (1-16).
+        depth: u64,
         /// JSON output.
         json: bool,
     },
@@ -381,7 +386,7 @@ pub const HELP: &[(&str, &str)] = &[
         "a new, zeroed child disk (a GPT partition) for 'create ... --disk NAME'",
     ),
     (
-        "disk bench NAME [--mib N] [--json]",
+        "disk bench NAME [--mib N] [--depth D] [--json]",
         "the root reads a disk directly: sequential MiB/s and 4 KiB IOPS (the storvsp baseline; the shell waits)",
     ),
     (
@@ -648,25 +653,41 @@ pub fn parse(line: &str) -> Result<Option<Command>, ParseError> {
                 }
                 "bench" => {
                     let name = name(&mut w)?;
-                    let mut mib = 64;
-                    if w.words.first() == Some(&"--mib") {
+                    let (mut mib, mut depth) = (64, 1);
+                    while let Some(word @ ("--mib" | "--depth")) = w.words.first().copied() {
+                        let option = if word == "--mib" { "--mib" } else { "--depth" };
                         w.words.remove(0);
                         if w.words.is_empty() {
-                            return Err(ParseError::NoValue("--mib"));
+                            return Err(ParseError::NoValue(option));
                         }
                         let v = w.words.remove(0);
-                        mib = v
+                        let (range, expected) = if option == "--mib" {
+                            (1..=1024, "1 to 1024")
+                        } else {
+                            (1..=MAX_BENCH_DEPTH, "1 to 16")
+                        };
+                        let n = v
                             .parse::<u64>()
                             .ok()
-                            .filter(|n| (1..=1024).contains(n))
+                            .filter(|n| range.contains(n))
                             .ok_or_else(|| ParseError::BadValue {
-                                option: "--mib",
+                                option,
                                 value: v.to_string(),
-                                expected: "1 to 1024",
+                                expected,
                             })?;
+                        if option == "--mib" {
+                            mib = n;
+                        } else {
+                            depth = n;
+                        }
                     }
                     let json = w.json;
-                    w.done(Command::DiskBench { name, mib, json })?
+                    w.done(Command::DiskBench {
+                        name,
+                        mib,
+                        depth,
+                        json,
+                    })?
                 }
                 other => return Err(ParseError::UnknownSubcommand(other.to_string())),
             }

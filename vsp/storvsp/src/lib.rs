@@ -1267,7 +1267,7 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
         o
     }
 
-    fn open(&mut self, channel: Channel<M>) -> Result<(), OpenError> {
+    fn open(&mut self, mut channel: Channel<M>) -> Result<(), OpenError> {
         if self.channel.is_some() {
             return Err(OpenError::AlreadyOpen);
         }
@@ -1276,6 +1276,10 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
                 "storvsp needs the guest's RAM for GPA-direct data",
             ));
         }
+        // A ring reopened over pages an earlier open masked (a poll with
+        // DMA in flight, then a close) must not keep the guest from
+        // signalling its first request.
+        channel.guest_signals(&mut PollResult::default());
         if self.role == Role::Primary {
             // Every open starts a new handshake (Linux runs
             // `storvsc_channel_init` after each open, resume included),

@@ -1667,11 +1667,15 @@ fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
         &[(0, 4096, &[9])],
         &srb_packet(0, &read10(108, 8), DataDirection::In, 4096)
     ));
+    let mask = |guest: &Guest| guest.up.load_u32(vmbus::ring::INTERRUPT_MASK).unwrap();
+    assert_eq!(mask(&guest), 0, "the guest signals its first requests");
     let r = dev.poll(64);
     assert!(r.more, "started DMA wants another poll");
     assert!(guest.receive().is_none(), "nothing completes before its DMA");
     assert_eq!(dev.started_in_flight(), 2);
     assert_eq!(dev.stats().started, 2);
+    // Polled again anyway while DMA runs: the guest need not signal.
+    assert_eq!(mask(&guest), 1, "masked while DMA runs");
     // The second finishes first: its completion alone, with its data.
     finished.borrow_mut().push(DmaTicket(2));
     let r = dev.poll(64);
@@ -1687,6 +1691,7 @@ fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
     finished.borrow_mut().push(DmaTicket(1));
     let r = dev.poll(64);
     assert!(!r.more, "nothing left running");
+    assert_eq!(mask(&guest), 0, "at rest the guest signals again");
     let done = guest.receive().expect("the first read's completion");
     done.assert_linux_accepts(a);
     assert_good(&done, 4096);
