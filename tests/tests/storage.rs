@@ -341,6 +341,34 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         e1 - e0
     );
 
+    // One request at a time on a two-VP child: no request waits for the
+    // root's timer. A VP spinning for a lock its sibling holds (or for the
+    // sibling to take an IPI) yields at its PAUSE, so the sibling runs at
+    // once; it used to spin to the end of its slice, and every request
+    // then cost about one timer-ended dispatch (10 ms each).
+    let exits = |m: &mut Machine| {
+        let v = m.hvctl_json("info 5 --json");
+        (
+            v["exits"]["intr"].as_u64().unwrap_or(0),
+            v["exits"]["pause"].as_u64().unwrap_or(0),
+        )
+    };
+    let (intr0, pause0) = exits(&mut m);
+    let reads = run_in(
+        &mut m,
+        5,
+        "dd if=/dev/sda of=/dev/null bs=4k count=256 iflag=direct 2>&1",
+        "depth1",
+    );
+    let (intr1, pause1) = exits(&mut m);
+    assert!(reads.lines().any(|l| l.trim() == "256+0 records in"), "{reads}");
+    assert!(
+        intr1 - intr0 < 256 / 4,
+        "{} timer-ended dispatches for 256 reads one at a time ({} PAUSE yields)",
+        intr1 - intr0,
+        pause1 - pause0
+    );
+
     // 512 random 4 KiB O_DIRECT reads, 32 in flight (Linux native AIO):
     // every one comes back whole. With the signal grace Linux queues a
     // burst behind one HvSignalEvent (without it: one per read, as the root

@@ -147,6 +147,19 @@ pub mod features {
     pub const STIMER_DIRECT_MODE_AVAILABLE: u32 = 1 << 19;
 }
 
+/// CPUID 0x4000_0004 EAX: implementation recommendations (TLFS "Feature
+/// Discovery"; Linux `arch/x86/include/asm/hyperv-tlfs.h`, read into
+/// `ms_hyperv.hints`).
+pub mod hints {
+    /// HV_X64_CLUSTER_IPI_RECOMMENDED: send IPIs with
+    /// HvCallSendSyntheticClusterIpi (0x000B) rather than the APIC's ICR.
+    /// Linux 6.1 `hv_apic.c` then sends every fixed IPI with vector
+    /// 0x10-0xFF through the hypercall (falling back to the APIC when it
+    /// fails), and `hv_spinlock.c` needs it, with AccessGuestIdleReg, to
+    /// turn on paravirtual spinlocks.
+    pub const CLUSTER_IPI_RECOMMENDED: u32 = 1 << 10;
+}
+
 /// What a partition is told about the hypervisor.
 #[derive(Debug, Clone, Copy)]
 pub struct HvCpuidProfile {
@@ -158,6 +171,8 @@ pub struct HvCpuidProfile {
     pub lp_count: u32,
     /// Feature identification bits (leaf 0x4000_0003 EDX, [`features`]).
     pub features: u32,
+    /// Implementation recommendations (leaf 0x4000_0004 EAX, [`hints`]).
+    pub hints: u32,
 }
 
 /// Our hypervisor version, reported in leaf 0x4000_0002 (major.minor in EBX).
@@ -194,9 +209,10 @@ impl HvCpuidProfile {
                 ecx: 0,
                 edx: self.features,
             },
-            // Recommend no enlightenments yet; EBX = 0xFFFF_FFFF: never notify
-            // about long spin waits.
+            // EBX = 0xFFFF_FFFF: never notify about long spin waits
+            // (HvCallNotifyLongSpinWait is not implemented).
             LEAF_ENLIGHTENMENTS => CpuidResult {
+                eax: self.hints,
                 ebx: 0xFFFF_FFFF,
                 ..Default::default()
             },
@@ -238,6 +254,7 @@ mod tests {
             vp_count: 1,
             lp_count: 1,
             features: 0,
+            hints: 0,
         };
         let v = p.leaf(LEAF_VENDOR).unwrap();
         assert!((0x4000_0005..=0x4000_FFFF).contains(&v.eax));
@@ -262,9 +279,28 @@ mod tests {
             vp_count: 1,
             lp_count: 1,
             features: features::FREQUENCY_MSRS_AVAILABLE,
+            hints: 0,
         };
         let f = p.leaf(LEAF_FEATURES).unwrap();
         assert_eq!(f.eax, 1 << 11);
         assert_eq!(f.edx, 1 << 8);
+    }
+
+    #[test]
+    fn hints_land_in_the_enlightenment_leaf_eax() {
+        let p = HvCpuidProfile {
+            privileges: PartitionPrivileges::ACCESS_GUEST_IDLE_REG,
+            vp_count: 2,
+            lp_count: 1,
+            features: 0,
+            hints: hints::CLUSTER_IPI_RECOMMENDED,
+        };
+        let e = p.leaf(LEAF_ENLIGHTENMENTS).unwrap();
+        // Linux: HV_X64_CLUSTER_IPI_RECOMMENDED is bit 10 of `ms_hyperv.hints`,
+        // HV_MSR_GUEST_IDLE_AVAILABLE bit 10 of `ms_hyperv.features` (EAX of
+        // 0x4000_0003): both are what `hv_init_spinlocks` checks.
+        assert_eq!(e.eax, 1 << 10);
+        assert_eq!(e.ebx, u32::MAX);
+        assert_eq!(p.leaf(LEAF_FEATURES).unwrap().eax, 1 << 10);
     }
 }

@@ -277,6 +277,85 @@ pub struct HvOutputGetPartitionId {
 }
 const _: () = assert!(size_of::<HvOutputGetPartitionId>() == 8);
 
+/// Input of HvCallSendSyntheticClusterIpi (TLFS "Virtual Interrupt
+/// Control"; Linux `struct hv_send_ipi`). In the fast form RDX holds the
+/// first eight bytes (vector, target VTL, reserved) and R8 the mask.
+#[repr(C)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+pub struct HvInputSendSyntheticClusterIpi {
+    /// The vector to request on each target, 0x10-0xFF.
+    pub vector: u32,
+    /// The target VTL: only VTL 0 exists.
+    pub target_vtl: u8,
+    /// RsvdZ.
+    pub reserved: [u8; 3],
+    /// Bit n names VP n.
+    pub processor_mask: u64,
+}
+const _: () = assert!(size_of::<HvInputSendSyntheticClusterIpi>() == 16);
+
+/// A synthetic cluster IPI that passed [`HvInputSendSyntheticClusterIpi::validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterIpi {
+    /// The vector.
+    pub vector: u8,
+    /// The VPs it goes to (bit n = VP n), all below the partition's VP count.
+    pub targets: u64,
+}
+
+impl HvInputSendSyntheticClusterIpi {
+    /// The lowest vector an IPI may carry (Linux `HV_IPI_LOW_VECTOR`): 0-15
+    /// are exceptions and reserved.
+    pub const LOWEST_VECTOR: u32 = 0x10;
+
+    /// The input of a fast call: RDX (vector, VTL, reserved) and R8 (mask).
+    pub fn from_registers(rdx: u64, r8: u64) -> Self {
+        let [_, _, _, _, target_vtl, r0, r1, r2] = rdx.to_le_bytes();
+        Self {
+            vector: rdx as u32,
+            target_vtl,
+            reserved: [r0, r1, r2],
+            processor_mask: r8,
+        }
+    }
+
+    /// Check a guest's request against a partition of `vp_count` VPs: a
+    /// vector 0x10-0xFF, VTL 0, reserved bytes zero, and a mask naming only
+    /// VPs that exist. Anything else is HV_STATUS_INVALID_PARAMETER and no
+    /// VP receives anything (the caller falls back to its APIC, as Linux
+    /// `hv_send_ipi` does). An empty mask is a valid request for nothing.
+    pub fn validate(&self, vp_count: u32) -> Result<ClusterIpi, HvStatus> {
+        if !(Self::LOWEST_VECTOR..=0xFF).contains(&self.vector)
+            || self.target_vtl != 0
+            || self.reserved != [0; 3]
+        {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        let existing = match vp_count {
+            0 => 0,
+            n if n >= 64 => u64::MAX,
+            n => (1u64 << n) - 1,
+        };
+        if self.processor_mask & !existing != 0 {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        Ok(ClusterIpi {
+            vector: self.vector as u8,
+            targets: self.processor_mask,
+        })
+    }
+}
+
 /// How many reps of `element_size` bytes, after a `header_size`-byte header,
 /// fit in the rest of the page holding `gpa` (rep lists may not cross a page).
 pub const fn reps_fitting(gpa: u64, header_size: u64, element_size: u64) -> u64 {
@@ -353,5 +432,70 @@ mod tests {
         assert_eq!(format!("{:?}", HvStatus(0x1234)), "HvStatus(0x1234)");
         assert_eq!(format!("{:?}", HvCallCode::GET_PARTITION_ID), "GET_PARTITION_ID");
         assert_eq!(HvCallCode(0xBEEF).name(), None);
+    }
+
+    #[test]
+    fn cluster_ipi_takes_vector_and_mask_from_registers() {
+        let input = HvInputSendSyntheticClusterIpi::from_registers(0xF7, 0b10);
+        assert_eq!(
+            input.validate(2),
+            Ok(ClusterIpi {
+                vector: 0xF7,
+                targets: 0b10
+            })
+        );
+        // The same request as the slow call's 16 bytes.
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xF7;
+        bytes[8] = 0b10;
+        let slow =
+            <HvInputSendSyntheticClusterIpi as zerocopy::FromBytes>::read_from_bytes(&bytes[..]).unwrap();
+        assert_eq!(slow, input);
+    }
+
+    #[test]
+    fn cluster_ipi_refuses_bad_vectors_vtls_reserved_bits_and_absent_vps() {
+        let bad = HvStatus::INVALID_PARAMETER;
+        for vector in [0u64, 2, 0x0F, 0x100, 0x1F7] {
+            assert_eq!(
+                HvInputSendSyntheticClusterIpi::from_registers(vector, 1).validate(4),
+                Err(bad),
+                "vector {vector:#x}"
+            );
+        }
+        // Target VTL 1 and a reserved byte.
+        assert_eq!(
+            HvInputSendSyntheticClusterIpi::from_registers(0x1_0000_00F7, 1).validate(4),
+            Err(bad)
+        );
+        assert_eq!(
+            HvInputSendSyntheticClusterIpi::from_registers(1 << 56 | 0xF7, 1).validate(4),
+            Err(bad)
+        );
+        // VP 2 of a two-VP partition does not exist; all 64 bits of a 64-VP one do.
+        assert_eq!(
+            HvInputSendSyntheticClusterIpi::from_registers(0xF7, 0b100).validate(2),
+            Err(bad)
+        );
+        assert_eq!(
+            HvInputSendSyntheticClusterIpi::from_registers(0xF7, 1).validate(0),
+            Err(bad)
+        );
+        assert!(
+            HvInputSendSyntheticClusterIpi::from_registers(0xF7, u64::MAX)
+                .validate(64)
+                .is_ok()
+        );
+        // Vectors 0x10 and 0xFF are the range's ends; an empty mask sends nothing.
+        assert!(
+            HvInputSendSyntheticClusterIpi::from_registers(0x10, 0)
+                .validate(1)
+                .is_ok()
+        );
+        assert!(
+            HvInputSendSyntheticClusterIpi::from_registers(0xFF, 1)
+                .validate(1)
+                .is_ok()
+        );
     }
 }

@@ -18,6 +18,12 @@ pub const REFERENCE_TSC: u32 = 0x4000_0021;
 pub const TSC_FREQUENCY: u32 = 0x4000_0022;
 /// HV_X64_MSR_APIC_FREQUENCY.
 pub const APIC_FREQUENCY: u32 = 0x4000_0023;
+/// HV_X64_MSR_GUEST_IDLE (read-only): reading it idles the VP until an
+/// interrupt is pending for it, even with RFLAGS.IF clear (TLFS "Virtual
+/// Processor Idle Sleep State"). Linux 6.1 `hv_qlock_wait` reads it, with
+/// interrupts off, to wait for a spinlock's holder to kick it with an IPI.
+/// Available with the AccessGuestIdleReg privilege.
+pub const GUEST_IDLE: u32 = 0x4000_00F0;
 /// HV_X64_MSR_VP_ASSIST_PAGE.
 pub const VP_ASSIST_PAGE: u32 = 0x4000_0073;
 /// HV_X64_MSR_SCONTROL.

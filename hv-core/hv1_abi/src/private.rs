@@ -40,9 +40,10 @@ pub const EXIT_REASONS: [&str; EXIT_REASON_COUNT] = [
     "intr",
     "other",
     "pause",
+    "guest_idle",
 ];
 /// Number of buckets.
-pub const EXIT_REASON_COUNT: usize = 11;
+pub const EXIT_REASON_COUNT: usize = 12;
 
 /// Index of each bucket.
 pub mod reason {
@@ -69,6 +70,9 @@ pub mod reason {
     /// PAUSE (intercepted only while a signal grace runs: see
     /// [`property::SIGNAL_GRACE`]).
     pub const PAUSE: usize = 10;
+    /// RDMSR of HV_X64_MSR_GUEST_IDLE: the VP idles until an interrupt
+    /// (Linux's paravirtual spinlock wait); not counted under MSR_READ.
+    pub const GUEST_IDLE: usize = 11;
 }
 
 /// Project-private partition properties (codes in `0xC000_0000..`, which

@@ -12,8 +12,8 @@ use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam
 use crate::platform::{PartitionTime, VpPlatform};
 use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::{self, GuestRegs};
-use hv1_abi::HvStatus;
 use hv1_abi::cpuid::{HvCpuidProfile, PartitionPrivileges};
+use hv1_abi::hypercall::ClusterIpi;
 use hv1_abi::message::{
     InterceptHeader, IoPortIntercept, MemoryIntercept, Message, access, execution_state, io_access,
     message_type,
@@ -24,12 +24,13 @@ use hv1_abi::partition::{
     internal_activity, map_flags,
 };
 use hv1_abi::private::{self, GuestCrash};
+use hv1_abi::{HvCallCode, HvStatus, HypercallResult, msr};
 use partitions::PartitionState;
 use svm::insn::Intercepted;
 use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use synic::{PendingVectors, SynicVp};
-use vlapic::{Ipi, IpiDelivery};
+use vlapic::{Ipi, IpiDelivery, Trigger};
 use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
 use x86_paging::{MaxPage, PageTables, flags};
 use zerocopy::IntoBytes;
@@ -131,6 +132,16 @@ pub struct Vp {
 }
 
 impl Vp {
+    /// Whether a dispatch could run it now: started, not suspended or
+    /// stopped, and not halted unless an interrupt waits for it.
+    fn may_run(&self) -> bool {
+        let waits_for_sipi = self.startup_suspended && self.sipi_vector.is_none();
+        let halted_for_good = self.platform.halted
+            && self.platform.apic.pending().is_none()
+            && self.pending.highest().is_none();
+        !(waits_for_sipi || self.explicit_suspend || self.unrecoverable || self.crashed || halted_for_good)
+    }
+
     /// Return its pages (and the pin on its message page).
     fn free(self) {
         if let Some(page) = self.message_page {
@@ -257,7 +268,16 @@ impl Child {
         .union(PartitionPrivileges::ACCESS_PARTITION_REFERENCE_TSC)
         .union(PartitionPrivileges::ACCESS_FREQUENCY_REGS)
         .union(PartitionPrivileges::ACCESS_SYNTHETIC_TIMER_REGS)
-        .union(PartitionPrivileges::ACCESS_TSC_INVARIANT_CONTROLS);
+        .union(PartitionPrivileges::ACCESS_TSC_INVARIANT_CONTROLS)
+        .union(PartitionPrivileges::ACCESS_GUEST_IDLE_REG);
+
+    /// CPUID 0x4000_0004 EAX: IPIs through HvCallSendSyntheticClusterIpi.
+    /// With AccessGuestIdleReg this turns on Linux's paravirtual spinlocks
+    /// (`hv_spinlock.c`): a VP that waits for a lock reads
+    /// HV_X64_MSR_GUEST_IDLE and idles, so the root runs its siblings (the
+    /// holder among them) instead of letting it spin to the end of its
+    /// slice, and the holder's unlock kicks it with a synthetic IPI.
+    pub const HINTS: u32 = hv1_abi::cpuid::hints::CLUSTER_IPI_RECOMMENDED;
 
     /// CPUID 0x4000_0003 EDX: the frequency MSRs can be read (Linux needs
     /// this with AccessFrequencyRegs to take the TSC and APIC timer rates
@@ -711,6 +731,14 @@ impl Child {
         let suspended = self.suspended;
         let ignore_unknown_msrs = self.ignore_unknown_msrs;
         let vp_count = self.vp_count();
+        // A spin-wait (PAUSE) yields the CPU while a sibling could run: on
+        // one CPU the VP it waits for (a lock holder, an IPI's target) runs
+        // only when this dispatch ends.
+        let yield_on_pause = self
+            .vps
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i != index as usize && v.as_ref().is_some_and(Vp::may_run));
         let (msrs, stats, time) = (&mut self.msrs, &mut self.stats, &mut self.time);
         let vp = self
             .vps
@@ -745,9 +773,7 @@ impl Child {
         // instruction length 0: RIP is already past the HLT.
         if vp.platform.halted {
             vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, &ram);
-            let vmcb = vp.vmcb_ref();
-            let wake = vmcb.save.rflags & (1 << 9) != 0 && vp.platform.deliverable(vmcb, &vp.pending);
-            if !wake {
+            if !vp.platform.wakes(vp.vmcb_ref(), &vp.pending) {
                 vp.intercept_suspended = true;
                 let header = intercept_header(vp.vmcb_ref(), index, 0, access::EXECUTE);
                 return deliver(
@@ -757,15 +783,18 @@ impl Child {
                 );
             }
             vp.platform.halted = false;
+            vp.platform.idle_ignores_if = false;
         }
         let profile = HvCpuidProfile {
             privileges: Self::PRIVILEGES,
             vp_count,
             lp_count: 1,
             features: Self::FEATURES,
+            hints: Self::HINTS,
         };
         let shared = Shared {
             signal_grace: self.signal_grace,
+            yield_on_pause,
             id,
             index,
             message_page,
@@ -797,10 +826,29 @@ impl Child {
         }
         write_debug(&root_debug);
         let outgoing = vp.platform.outgoing.take();
+        let cluster = vp.platform.outgoing_cluster.take();
         if let Some(ipi) = outgoing {
             self.route_ipi(id, index, ipi);
         }
+        if let Some(ipi) = cluster {
+            self.deliver_cluster_ipi(ipi);
+        }
         result
+    }
+
+    /// Request a synthetic cluster IPI's vector in each target VP's APIC
+    /// (the sender's own share went in when it made the call). The mask was
+    /// checked against the VP count; a VP slot that is empty (deleted since)
+    /// gets nothing. A halted target wakes at its next dispatch.
+    fn deliver_cluster_ipi(&mut self, ipi: ClusterIpi) {
+        for (i, slot) in self.vps.iter_mut().enumerate() {
+            let named = 1u64
+                .checked_shl(i as u32)
+                .is_some_and(|bit| ipi.targets & bit != 0);
+            if let Some(vp) = slot.as_mut().filter(|_| named) {
+                let _ = vp.platform.apic.request(ipi.vector, Trigger::Edge);
+            }
+        }
     }
 
     /// Deliver an IPI VP `from` sent to the VPs it names
@@ -861,6 +909,13 @@ struct Shared<'a> {
     /// SIGNAL_GRACE: a post or signal to the root ends the dispatch at
     /// the VP's next exit, not at once.
     signal_grace: bool,
+    /// A sibling VP could run: a PAUSE (a spin-wait) ends the dispatch, so
+    /// the root's scheduler runs the sibling, which is what the spinning VP
+    /// most likely waits for (a lock it holds, an IPI it must take). Under
+    /// QEMU every PAUSE exits; on hardware the VMCB's pause filter would
+    /// make this pause-loop exiting. Without a sibling to run, a spinning
+    /// VP has nothing to yield to and PAUSE runs unintercepted.
+    yield_on_pause: bool,
     id: u64,
     index: u32,
     message_page: u64,
@@ -886,8 +941,13 @@ fn run_vp(
     let (maps, asid) = (sh.maps, sh.asid);
     let (id, index) = (sh.id, sh.index);
     let vmcb_pa = vp.vmcb_pa;
-    // PAUSE is intercepted only inside a signal grace (below).
-    vp.vmcb().control.intercept_misc1 &= !intercept::PAUSE;
+    // PAUSE is intercepted when a sibling could run (`yield_on_pause`) and
+    // inside a signal grace (below).
+    if sh.yield_on_pause {
+        vp.vmcb().control.intercept_misc1 |= intercept::PAUSE;
+    } else {
+        vp.vmcb().control.intercept_misc1 &= !intercept::PAUSE;
+    }
     let mut in_grace = false;
     for _ in 0..MAX_INTERNAL_EXITS {
         // Children may share ASIDs: flush on every entry (TCG flushes anyway).
@@ -908,7 +968,7 @@ fn run_vp(
         // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
         let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
         let code = ExitCode(vmcb.control.exit_code);
-        stats.count(code, vmcb.control.exit_info1);
+        stats.count(code, vmcb.control.exit_info1, vp.regs.rcx);
         // A CR8 write since the entry is the APIC's new TPR.
         vp.platform.sync_tpr_from(vmcb);
         // An exit during event delivery: deliver the event again on the next
@@ -951,8 +1011,18 @@ fn run_vp(
             // A spin-wait inside a signal grace: the VP waits for something,
             // most likely the root's answer. The grace ends; the PAUSE runs
             // again at the next entry (it has no effect to repeat).
-            ExitCode::PAUSE => {
+            ExitCode::PAUSE if !sh.yield_on_pause => {
                 cpu.vmcb.control.intercept_misc1 &= !intercept::PAUSE;
+                return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+            }
+            // A spin-wait while a sibling could run: the PAUSE completes
+            // (it has no effect to emulate) and the dispatch ends, so the
+            // root runs the sibling; the loop goes on at the next dispatch.
+            // The intercept stays: an entry here always makes progress.
+            ExitCode::PAUSE => {
+                if cpu.finish(Outcome::Advance(Intercepted::Pause)) {
+                    stats.injected += 1;
+                }
                 return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
             }
             // The interrupt window opened: the next entry injects.
@@ -1037,10 +1107,72 @@ fn run_vp(
                 }
                 o
             }
+            // HV_X64_MSR_GUEST_IDLE (Linux's paravirtual spinlock wait,
+            // interrupts off): the read returns 0 and completes here; the VP
+            // then idles unless an interrupt is already deliverable (a kick
+            // that came before the read must not be lost). Idle, it goes to
+            // the root as halted, so the root runs its siblings, and any
+            // deliverable interrupt ends the idle whatever RFLAGS.IF says.
+            ExitCode::MSR
+                if cpu.vmcb.control.exit_info1 == 0
+                    && cpu.regs.rcx as u32 == msr::GUEST_IDLE
+                    && sh
+                        .profile
+                        .privileges
+                        .contains(PartitionPrivileges::ACCESS_GUEST_IDLE_REG) =>
+            {
+                cpu.vmcb.save.rax = 0;
+                cpu.regs.rdx = 0;
+                if cpu.finish(Outcome::Advance(Intercepted::Rdmsr)) {
+                    stats.injected += 1;
+                    continue;
+                }
+                let Some((platform, time)) = cpu.platform.as_mut() else {
+                    continue;
+                };
+                platform.refresh(time, cpu.synic, cpu.pending, sh.ram);
+                if platform.deliverable(cpu.vmcb, cpu.pending) {
+                    continue;
+                }
+                platform.halted = true;
+                platform.idle_ignores_if = true;
+                vp.intercept_suspended = true;
+                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
+                return deliver(
+                    sh.root,
+                    sh.message_page,
+                    &Message::new(message_type::X64_HALT, header.as_bytes()),
+                );
+            }
             ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
             ExitCode::MSR => cpu.wrmsr(),
             ExitCode::CR4_WRITE => cpu.mov_to_cr4(),
             ExitCode::VMMCALL if !cpu.hypercall_allowed() => Outcome::UD,
+            // HvCallSendSyntheticClusterIpi needs the VPs' APICs: served
+            // here, delivered when the dispatch ends (below), like an IPI
+            // through the ICR.
+            ExitCode::VMMCALL if HvCallCode(cpu.regs.rcx as u16) == HvCallCode::SEND_IPI => {
+                let request = crate::hypercall::cluster_ipi_input(
+                    cpu.regs.rcx,
+                    cpu.regs.rdx,
+                    cpu.regs.r8,
+                    sh.ram,
+                    sh.profile.vp_count,
+                );
+                let status = match (request, cpu.platform.as_mut()) {
+                    (Ok(ipi), Some((platform, _))) => {
+                        platform.send_cluster_ipi(index, ipi);
+                        HvStatus::SUCCESS
+                    }
+                    (Ok(_), None) => HvStatus::INVALID_HYPERCALL_CODE,
+                    (Err(status), _) => status,
+                };
+                if status != HvStatus::SUCCESS {
+                    stats.failed_hypercalls += 1;
+                }
+                cpu.vmcb.save.rax = HypercallResult::status(status).encode();
+                Outcome::Advance(Intercepted::Vmmcall)
+            }
             ExitCode::VMMCALL => {
                 let (control, input, output) = (cpu.regs.rcx, cpu.regs.rdx, cpu.regs.r8);
                 let result = crate::hypercall::child_call(id, control, input, output, sh.ram, bus, sh.root);
@@ -1097,7 +1229,7 @@ fn run_vp(
                         stats.injected += 1;
                     }
                     // An ICR write through the xAPIC page: as below.
-                    if vp.platform.outgoing.is_some() {
+                    if vp.platform.has_outgoing() {
                         return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
                     }
                     continue;
@@ -1176,7 +1308,7 @@ fn run_vp(
         // routes it and the root's scheduler can run its target (one CPU:
         // a sender spinning for an answer would otherwise hold it to the
         // end of its slice).
-        if vp.platform.outgoing.is_some() {
+        if vp.platform.has_outgoing() {
             return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
         }
     }

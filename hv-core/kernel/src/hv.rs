@@ -78,7 +78,7 @@ impl Hv {
     /// Handle one exit of the root's VP.
     pub fn handle_root_exit(&mut self, vmcb: &mut Vmcb, regs: &mut GuestRegs) {
         let code = ExitCode(vmcb.control.exit_code);
-        self.root_stats.count(code, vmcb.control.exit_info1);
+        self.root_stats.count(code, vmcb.control.exit_info1, regs.rcx);
         if code.is_invalid() {
             crate::log::emergency(format_args!(
                 "FATAL: VMRUN failed (VMEXIT_INVALID): inconsistent root VMCB"
@@ -91,6 +91,7 @@ impl Hv {
             vp_count: 1,
             lp_count: 1,
             features: 0,
+            hints: 0,
         };
         if code == ExitCode::VMMCALL {
             return self.root_hypercall(vmcb, regs, profile);

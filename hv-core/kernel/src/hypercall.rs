@@ -6,7 +6,9 @@ use crate::child::Child;
 use crate::hv::Hv;
 use crate::ipc::{self, Bus, Target};
 use crate::memory::{GpaError, GuestMemory, RootRam};
-use hv1_abi::hypercall::{HYPERCALL_PARAM_ALIGN, HvOutputGetPartitionId, reps_fitting};
+use hv1_abi::hypercall::{
+    ClusterIpi, HYPERCALL_PARAM_ALIGN, HvInputSendSyntheticClusterIpi, HvOutputGetPartitionId, reps_fitting,
+};
 use hv1_abi::partition::{
     self as abi, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
     MapVpStatePageInput, MapVpStatePageOutput, PartitionIdInput, PartitionPropertyInput, RegisterAssoc,
@@ -130,6 +132,27 @@ fn reps(control: &HypercallControl, fit: u64, mut each: impl FnMut(u64) -> CallR
         status: HvStatus::SUCCESS,
         reps_completed: control.rep_count,
     }
+}
+
+/// HvCallSendSyntheticClusterIpi made by a child of `vp_count` VPs: the
+/// request, checked (`HvInputSendSyntheticClusterIpi::validate`), from RDX
+/// and R8 (fast) or from 16 bytes at the input GPA. The caller delivers it:
+/// it needs the VPs' APICs, which `child_call` does not see.
+pub fn cluster_ipi_input(
+    control: u64,
+    input: u64,
+    r8: u64,
+    mem: &dyn GuestMemory,
+    vp_count: u32,
+) -> Result<ClusterIpi, HvStatus> {
+    let control = HypercallControl::decode(control).map_err(|e| e.status())?;
+    simple(&control)?;
+    let request = if control.fast {
+        HvInputSendSyntheticClusterIpi::from_registers(input, r8)
+    } else {
+        read_input::<HvInputSendSyntheticClusterIpi>(mem, input)?
+    };
+    request.validate(vp_count)
 }
 
 /// A call made by a child partition. Its posts and signals reach the root

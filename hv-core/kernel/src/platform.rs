@@ -26,6 +26,7 @@
 
 use crate::ipc::SynicMem;
 use crate::memory::GuestMemory;
+use hv1_abi::hypercall::ClusterIpi;
 use hv1_abi::msr;
 use svm::Vmcb;
 use svm::vmcb::{event, intercept};
@@ -105,6 +106,11 @@ pub struct VpPlatform {
     /// The VP executed HLT and nothing could wake it yet (reported to the
     /// root as X64_HALT); cleared when an interrupt becomes deliverable.
     pub halted: bool,
+    /// The halt is a guest idle (a read of HV_X64_MSR_GUEST_IDLE): a
+    /// deliverable interrupt ends it even while RFLAGS.IF is clear (TLFS
+    /// "Virtual Processor Idle Sleep State"). The interrupt itself goes in
+    /// once the guest sets IF again.
+    pub idle_ignores_if: bool,
     /// V_TPR as hv-core last wrote it: a different value at the next exit
     /// means the guest wrote CR8.
     entry_tpr: u8,
@@ -112,6 +118,9 @@ pub struct VpPlatform {
     /// and not yet routed: the dispatch ends after the instruction that sent
     /// it, and the partition delivers it to its VPs.
     pub outgoing: Option<Ipi>,
+    /// A synthetic cluster IPI (HvCallSendSyntheticClusterIpi) for other
+    /// VPs, waiting like [`Self::outgoing`].
+    pub outgoing_cluster: Option<ClusterIpi>,
     /// IPIs not delivered: NMI and SMI (not emulated), INIT to VP 0 (there
     /// is no firmware to restart it at the reset vector).
     pub ipis_dropped: u64,
@@ -139,7 +148,9 @@ impl VpPlatform {
             stimers: Stimers::new(false),
             halted: false,
             entry_tpr: 0,
+            idle_ignores_if: false,
             outgoing: None,
+            outgoing_cluster: None,
             ipis_dropped: 0,
         }
     }
@@ -149,8 +160,10 @@ impl VpPlatform {
         self.apic.reset();
         self.stimers.reset();
         self.halted = false;
+        self.idle_ignores_if = false;
         self.entry_tpr = 0;
         self.outgoing = None;
+        self.outgoing_cluster = None;
     }
 
     /// Whether the APIC takes fixed interrupts (enabled in IA32_APIC_BASE and
@@ -207,6 +220,41 @@ impl VpPlatform {
                 self.ipis_dropped += 1;
             }
         }
+    }
+
+    /// HvCallSendSyntheticClusterIpi from VP `index`: its own share of the
+    /// vector is requested at once (Linux's `send_IPI_self` uses the call
+    /// too); the rest waits in [`Self::outgoing_cluster`] until the dispatch
+    /// ends. An APIC that is disabled refuses the vector, as for an ICR IPI.
+    pub fn send_cluster_ipi(&mut self, index: u32, ipi: ClusterIpi) {
+        let own = 1u64.checked_shl(index).unwrap_or(0);
+        if ipi.targets & own != 0 {
+            self.apic.request(ipi.vector, Trigger::Edge);
+        }
+        let others = ipi.targets & !own;
+        if others != 0 {
+            let previous = self.outgoing_cluster.replace(ClusterIpi {
+                vector: ipi.vector,
+                targets: others,
+            });
+            // One hypercall per exit, and the dispatch ends after one that
+            // sent something: the slot is always free here.
+            if previous.is_some() {
+                self.ipis_dropped += 1;
+            }
+        }
+    }
+
+    /// An IPI (ICR or synthetic) waits to be routed: the dispatch must end.
+    pub fn has_outgoing(&self) -> bool {
+        self.outgoing.is_some() || self.outgoing_cluster.is_some()
+    }
+
+    /// Whether a halted VP wakes now: an interrupt is deliverable and the
+    /// guest would take it (RFLAGS.IF set), or the halt is a guest idle,
+    /// which any deliverable interrupt ends.
+    pub fn wakes(&self, vmcb: &Vmcb, pending: &PendingVectors) -> bool {
+        (vmcb.save.rflags & RFLAGS_IF != 0 || self.idle_ignores_if) && self.deliverable(vmcb, pending)
     }
 
     /// RDMSR of a platform MSR; `None` if `index` is not one.

@@ -677,13 +677,15 @@ pub struct ExitStats {
 }
 
 impl ExitStats {
-    /// Count one exit of `code` (`info1` tells MSR reads from writes).
-    pub fn count(&mut self, code: svm::ExitCode, info1: u64) {
+    /// Count one exit of `code` (`info1` tells MSR reads from writes, `rcx`
+    /// the MSR).
+    pub fn count(&mut self, code: svm::ExitCode, info1: u64, rcx: u64) {
         use hv1_abi::private::reason;
         use svm::ExitCode;
         self.total += 1;
         let bucket = match code {
             ExitCode::CPUID => reason::CPUID,
+            ExitCode::MSR if info1 == 0 && rcx as u32 == hv1_abi::msr::GUEST_IDLE => reason::GUEST_IDLE,
             ExitCode::MSR if info1 == 0 => reason::MSR_READ,
             ExitCode::MSR => reason::MSR_WRITE,
             ExitCode::VMMCALL => reason::VMMCALL,

@@ -37,6 +37,8 @@ pub enum Intercepted {
     Hlt,
     /// `0F 08`.
     Invd,
+    /// `F3 90`.
+    Pause,
 }
 
 /// Why the bytes at RIP could not be used.
@@ -139,6 +141,7 @@ pub fn length(bytes: &[u8], expected: Intercepted) -> Result<usize, DecodeError>
         ),
         Intercepted::Hlt => (&[0xF4], &[Code::Hlt]),
         Intercepted::Invd => (&[0x0F, 0x08], &[Code::Invd]),
+        Intercepted::Pause => (&[0xF3, 0x90], &[Code::Pause]),
     };
     match decode64(bytes) {
         Ok(i) if wanted.contains(&i.code()) => Ok(i.len()),
@@ -518,6 +521,14 @@ mod tests {
     }
 
     #[test]
+    fn pause_is_rep_nop_and_only_that() {
+        assert_eq!(length(&[0xF3, 0x90, 0xEB, 0xFC], Intercepted::Pause), Ok(2));
+        // A plain NOP is not a PAUSE; a lone F3 is one cut short.
+        assert_eq!(length(&[0x90], Intercepted::Pause), Err(DecodeError::Mismatch));
+        assert_eq!(length(&[0xF3], Intercepted::Pause), Err(DecodeError::Truncated));
+    }
+
+    #[test]
     fn mismatch_truncation_and_overlong() {
         assert_eq!(
             length(&[0x0F, 0x31], Intercepted::Rdmsr),
@@ -813,6 +824,8 @@ mod tests {
             Intercepted::Vmmcall => &[0x0F, 0x01, 0xD9],
             Intercepted::Hlt => &[0xF4],
             Intercepted::Invd => &[0x0F, 0x08],
+            // F3 is PAUSE's opcode, not a prefix to walk: not generated below.
+            Intercepted::Pause => unreachable!("PAUSE is tested on its own"),
         };
         let rest = &bytes[i..];
         if rest.len() < opcode.len() {
@@ -851,6 +864,7 @@ mod tests {
             Intercepted::Vmmcall => &[0x0F, 0x01, 0xD9],
             Intercepted::Hlt => &[0xF4],
             Intercepted::Invd => &[0x0F, 0x08],
+            Intercepted::Pause => unreachable!("PAUSE is tested on its own"),
         }
     }
 
