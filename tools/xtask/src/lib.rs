@@ -634,6 +634,15 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
         // Behind the IOMMU like the disks.
         push("virtio-net-pci,netdev=net0,disable-legacy=on,iommu_platform=on");
     }
+    // The disks' virtqueues are served by a QEMU iothread, not the vCPU
+    // thread that wrote the notify: the root's reads overlap its own (and
+    // its children's) emulated work. Measured in the devices bench, same
+    // build: the root's 4 KiB depth-1 reads 16.5 k -> 38.5 k IOPS
+    // (docs/storage-network.md, "A QEMU iothread for the disks").
+    if opts.disk.is_some() || !opts.extra_disks.is_empty() {
+        push("-object");
+        push("iothread,id=blkio");
+    }
     for (i, disk) in opts.disk.iter().chain(&opts.extra_disks).enumerate() {
         push("-drive");
         push(&format!("file={},if=none,id=disk{i},format=raw", disk.display()));
@@ -641,7 +650,7 @@ pub fn qemu_args(images: &Images, opts: &BootOptions) -> Vec<String> {
         // Its DMA goes through the IOMMU (the driver must accept
         // VIRTIO_F_ACCESS_PLATFORM, or QEMU refuses FEATURES_OK).
         push(&format!(
-            "virtio-blk-pci,drive=disk{i},disable-legacy=on,iommu_platform=on"
+            "virtio-blk-pci,drive=disk{i},disable-legacy=on,iommu_platform=on,iothread=blkio"
         ));
     }
     args
