@@ -276,13 +276,15 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
     let size = run_in(
         &mut m,
         5,
-        "cat /sys/devices/system/cpu/online; cat /sys/block/sda/size",
+        "cat /sys/devices/system/cpu/online; cat /sys/block/sda/size; cat /sys/block/sda/queue/max_sectors_kb",
         "size",
     );
     let lines: Vec<&str> = size.lines().collect();
+    // sd takes its largest request from the disk's VPD 0xB0 page and
+    // storvsc from QUERY_PROPERTIES: both say 1 MiB.
     assert!(
-        lines.ends_with(&["0-1", "131072"]),
-        "2 CPUs online, 64 MiB disk: {size}"
+        lines.ends_with(&["0-1", "131072", "1024"]),
+        "2 CPUs online, 64 MiB disk, 1 MiB requests: {size}"
     );
     // The file is written from CPU 1 (`taskset 2`), whose requests take the
     // sub-channel that targets it, in 1 MiB O_DIRECT writes: each from 256
@@ -368,6 +370,31 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         intr1 - intr0,
         pause1 - pause0
     );
+
+    // A 1 MiB O_DIRECT read is one SRB (one round trip to the root), not
+    // four 256 KiB ones.
+    // (storvsp's counters are the controller's: every channel of it shows
+    // the same ones, so they are read from the primary.)
+    let reads_so_far = |m: &mut Machine| {
+        let channels = m.hvctl_json("channels 5 --json");
+        channels["channels"]
+            .as_array()
+            .expect("channels")
+            .iter()
+            .find(|c| c["role"] == "primary" && c["interface"] == "d96361ba-a104-294d-b605-72e2ffb1dc7f")
+            .and_then(|c| c["dma_reads"].as_u64())
+            .unwrap_or_else(|| panic!("no storvsc primary: {channels}"))
+    };
+    let before = reads_so_far(&mut m);
+    let big = run_in(
+        &mut m,
+        5,
+        "dd if=/dev/sda of=/dev/null bs=1M count=16 iflag=direct 2>&1",
+        "big",
+    );
+    let srbs = reads_so_far(&mut m) - before;
+    assert!(big.lines().any(|l| l.trim() == "16+0 records in"), "{big}");
+    assert!((16..=18).contains(&srbs), "{srbs} SRBs for 16 reads of 1 MiB");
 
     // 512 random 4 KiB O_DIRECT reads, 32 in flight (Linux native AIO):
     // every one comes back whole. With the signal grace Linux queues a

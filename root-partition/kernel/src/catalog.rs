@@ -59,10 +59,18 @@ fn scsi_controller<B: scsi_disk::BlockBackend + 'static>(
     seed: u64,
 ) -> Result<Box<dyn Device<FrameMemory>>, String> {
     let serial = alloc::format!("hvrs-{child}-{seed}");
-    let disk = scsi_disk::ScsiDisk::new(backend, scsi_disk::DiskConfig::new(&serial, seed))
-        .map_err(|e| alloc::format!("disk: {e:?}"))?;
-    // 1 MiB transfers (storvsp's limit): Linux caps max_sectors by it, so a
-    // large read is one SRB, one guest-to-root round trip, instead of four.
+    // 1 MiB transfers (storvsp's limit), announced twice: storvsc sets the
+    // host's max_sectors from QUERY_PROPERTIES, and sd sets the queue's
+    // max_sectors from the disk's VPD 0xB0 MAXIMUM TRANSFER LENGTH (the
+    // smaller wins; drivers/scsi/sd.c sd_revalidate_disk). With the disk's
+    // default 256 KiB a 1 MiB read was four SRBs, four guest-to-root round
+    // trips, instead of one.
+    let max_transfer_blocks = storvsp::MAX_TRANSFER_BYTES_LIMIT / backend.sector_size().max(1);
+    let disk_config = scsi_disk::DiskConfig {
+        max_transfer_blocks,
+        ..scsi_disk::DiskConfig::new(&serial, seed)
+    };
+    let disk = scsi_disk::ScsiDisk::new(backend, disk_config).map_err(|e| alloc::format!("disk: {e:?}"))?;
     // A poll waits briefly for the DMA it started (QEMU serves a small
     // read from its page cache in well under a dispatch round trip), so
     // depth-1 requests and Linux's batches complete in the poll that read
