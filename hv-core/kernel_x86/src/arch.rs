@@ -106,6 +106,26 @@ pub fn halt_forever() -> ! {
     }
 }
 
+/// Wait for the next interrupt unless `ready()` says there is nothing to
+/// wait for. `ready` runs with interrupts off, and STI holds interrupts
+/// for one more instruction, so an interrupt that arrives after the check
+/// wakes the HLT instead of being taken just before it (the lost-wakeup
+/// race of a plain check-then-HLT). Returns whether the CPU halted; with
+/// interrupts off on entry it only checks (nothing could wake the HLT).
+pub fn halt_unless(ready: impl FnOnce() -> bool) -> bool {
+    if !interrupts::are_enabled() {
+        return false;
+    }
+    interrupts::disable();
+    if ready() {
+        interrupts::enable();
+        return false;
+    }
+    // STI; HLT: the interrupt that ends the wait is taken after HLT.
+    interrupts::enable_and_hlt();
+    true
+}
+
 /// Read the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the counter.

@@ -154,10 +154,33 @@ const DEFAULT_SEG_MAX: usize = 126;
 /// a chain longer than the ring even when it goes in an indirect table,
 /// and every request has a header and a status beside its data.
 const MAX_SEGMENTS: usize = QUEUE_SIZE - 2;
-/// Spins to wait for a completion before calling the device stuck. QEMU
-/// completes from the host's page cache in microseconds; a flush of a
-/// large image on a slow host disk can take seconds.
-pub const WAIT_SPINS: u64 = 4_000_000_000;
+/// How long to wait for a completion before calling the device stuck.
+#[derive(Clone, Copy, Debug)]
+pub struct Wait {
+    /// Looks at the used ring while spinning (interrupts off, or a device
+    /// without a completion interrupt).
+    pub spins: u64,
+    /// Milliseconds of the root's clock once it sleeps for the completion
+    /// interrupt instead.
+    pub halted_ms: u64,
+}
+
+/// The patience of every ordinary request. QEMU completes from the host's
+/// page cache in microseconds; a flush of a large image on a slow host
+/// disk can take seconds.
+pub const WAIT: Wait = Wait {
+    spins: 4_000_000_000,
+    halted_ms: 60_000,
+};
+
+/// Looks at the used ring before the root sleeps until the completion
+/// interrupt. A small request usually completes within them; a longer
+/// wait spins no more: under TCG every PAUSE of a spin loop leaves QEMU's
+/// execution loop and takes its locks, which slowed the very I/O threads
+/// the root waits for (the root's own 1 MiB reads ran at 1-9 GiB/s with
+/// a spin-wait and `cargo xtask run`'s devices, docs/storage-network.md),
+/// and on hardware a halted CPU leaves the core to others.
+const SPINS_BEFORE_HALT: u64 = 64;
 
 /// A transfer's progress: requests still with the device and the first
 /// failure among those done.
@@ -403,7 +426,7 @@ impl Disk {
                 issued += n as u64;
             }
             if let Some((ticket, i)) = running.pop_front() {
-                if let Err(e) = self.wait(ticket, WAIT_SPINS) {
+                if let Err(e) = self.wait(ticket, WAIT) {
                     failed = Some(e);
                 }
                 free.push(i);
@@ -411,7 +434,7 @@ impl Disk {
         }
         // On a failure, the rest still end before the buffers go back.
         for (ticket, _) in running {
-            let _ = self.wait(ticket, WAIT_SPINS);
+            let _ = self.wait(ticket, WAIT);
         }
         failed.map_or(Ok(()), Err)
     }
@@ -446,7 +469,7 @@ impl Disk {
             self.fail_requests(ticket, 1, e);
         }
         self.notify();
-        self.wait(ticket, WAIT_SPINS)
+        self.wait(ticket, WAIT)
     }
 
     fn check(&self, lba: u64, len: usize) -> Result<(), DiskError> {
@@ -479,7 +502,7 @@ impl Disk {
     ) -> Result<(), DiskError> {
         // SAFETY: forwarded to the caller, and waited for below.
         let ticket = unsafe { self.start(direction, lba, segments) };
-        self.wait(ticket, WAIT_SPINS)
+        self.wait(ticket, WAIT)
     }
 
     /// Start moving `segments` (checked by the caller) from or to the
@@ -521,7 +544,7 @@ impl Disk {
         for (i, request) in requests.iter().enumerate() {
             if self.in_flight.len() >= QUEUE_SIZE {
                 self.notify();
-                if let Err(e) = self.reap_until(|d| d.in_flight.len() < QUEUE_SIZE, WAIT_SPINS) {
+                if let Err(e) = self.reap_until(|d| d.in_flight.len() < QUEUE_SIZE, WAIT) {
                     self.fail_requests(ticket, requests.len() - i, e);
                     return ticket;
                 }
@@ -544,14 +567,20 @@ impl Disk {
     pub fn finished(&mut self, ticket: u64) -> Option<Result<(), DiskError>> {
         // A failure here took the device out of service, which ended every
         // transfer with an error: `take` reports it.
-        let _ = self.reap_until(|_| true, 0);
+        let _ = self.reap_until(
+            |_| true,
+            Wait {
+                spins: 0,
+                halted_ms: 0,
+            },
+        );
         self.take(ticket)
     }
 
-    /// Wait until transfer `ticket` ended and say how (`Timeout` after
-    /// `spins` idle polls: the device is reset and out of service).
-    pub fn wait(&mut self, ticket: u64, spins: u64) -> Result<(), DiskError> {
-        let r = self.reap_until(|d| d.transfer_done(ticket), spins);
+    /// Wait until transfer `ticket` ended and say how (`Timeout` past
+    /// `limit`: the device is reset and out of service).
+    pub fn wait(&mut self, ticket: u64, limit: Wait) -> Result<(), DiskError> {
+        let r = self.reap_until(|d| d.transfer_done(ticket), limit);
         match self.take(ticket) {
             Some(outcome) => outcome,
             None => r.and(Err(DiskError::OutOfService)),
@@ -561,7 +590,7 @@ impl Disk {
     /// Wait until every transfer in `tickets` ended, leaving their
     /// outcomes to be collected.
     pub fn settle(&mut self, tickets: impl Iterator<Item = u64> + Clone) {
-        let _ = self.reap_until(|d| tickets.clone().all(|t| d.transfer_done(t)), WAIT_SPINS);
+        let _ = self.reap_until(|d| tickets.clone().all(|t| d.transfer_done(t)), WAIT);
     }
 
     fn new_ticket(&mut self, requests: usize) -> u64 {
@@ -644,8 +673,11 @@ impl Disk {
     /// (checked before each poll of the used ring); `Timeout` after `spins`
     /// idle polls (0: collect what is there and stop), which resets the
     /// device and takes it out of service.
-    fn reap_until(&mut self, done: impl Fn(&Self) -> bool, spins: u64) -> Result<(), DiskError> {
+    fn reap_until(&mut self, done: impl Fn(&Self) -> bool, limit: Wait) -> Result<(), DiskError> {
+        let spins = limit.spins;
         let mut idle = 0u64;
+        // When this wait first slept for the interrupt (root clock, ms).
+        let mut halted_since: Option<u64> = None;
         loop {
             if spins > 0 && done(self) {
                 return Ok(());
@@ -655,9 +687,23 @@ impl Disk {
                     return Ok(());
                 }
                 idle += 1;
-                if idle > spins {
+                let waited_too_long = match halted_since {
+                    Some(t) => crate::timer::now_ms().saturating_sub(t) > limit.halted_ms,
+                    None => idle > spins,
+                };
+                if waited_too_long {
                     self.take_out_of_service();
                     return Err(DiskError::Timeout);
+                }
+                // Sleep until an interrupt (this device's completion, or
+                // the timer's tick at worst) unless the device has used a
+                // buffer since the look above.
+                if self.interrupts
+                    && idle > SPINS_BEFORE_HALT
+                    && kernel_x86::arch::halt_unless(|| self.queue.peek_used().is_some())
+                {
+                    halted_since.get_or_insert_with(crate::timer::now_ms);
+                    continue;
                 }
                 core::hint::spin_loop();
                 continue;
@@ -756,7 +802,13 @@ impl Disk {
             self.fail_requests(ticket, 1, e);
         }
         self.notify();
-        let r = self.wait(ticket, 200_000_000);
+        let r = self.wait(
+            ticket,
+            Wait {
+                spins: 200_000_000,
+                halted_ms: 2_000,
+            },
+        );
         if r.is_ok() {
             // SAFETY: the device is done with it; it was leaked above.
             drop(unsafe { Box::from_raw(buf) });

@@ -642,7 +642,7 @@ impl BlockBackend for PartitionDisk {
             return Err(BackendError::Io);
         }
         let mut d = self.io.0.try_borrow_mut().map_err(|_| BackendError::Io)?;
-        let outcome = d.wait(ticket.0, disk::WAIT_SPINS);
+        let outcome = d.wait(ticket.0, disk::WAIT);
         drop(d);
         self.started.retain(|t| *t != ticket);
         outcome.map_err(|e| backend_error(device_error(e)))
