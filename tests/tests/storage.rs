@@ -92,6 +92,7 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
     assert!(out.contains("error: no device 'vdz'"), "{out}");
     let d = m.hvctl_json("disks --json");
     assert_eq!(disk(&d, "three")["sectors"], 16384);
+
     assert!(
         d["disks"].as_array().unwrap().iter().all(|x| x["name"] != "huge"),
         "{d}"
@@ -140,6 +141,16 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         "{deep}"
     );
     assert!(requests(&mut m) >= before + 4, "4 MiB in 1 MiB requests");
+    // Zeroing a new disk and flushing the image to the host's file take
+    // longer than the root spins for: it slept for the completion
+    // interrupt rather than spinning on PAUSE.
+    let halted = |m: &mut Machine| m.hvctl_json("disks --json")["devices"][1]["halted_waits"].as_u64();
+    let before = halted(&mut m);
+    let out = m.hvctl("disk create four 4M");
+    assert!(out.contains("disk 'four' created on vdb: 4 MiB"), "{out}");
+    assert!(halted(&mut m) > before, "the root never slept for vdb");
+    let out = m.hvctl("disk delete four");
+    assert!(out.contains("disk 'four' deleted"), "{out}");
     let out = m.hvctl("disk bench two --depth 17");
     assert!(
         out.contains("error: bad value '17' for --depth: expected 1 to 16"),

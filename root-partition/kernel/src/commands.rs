@@ -883,6 +883,7 @@ fn disks(m: &Manager, json: bool, out: &mut String) {
                     .num("seg_max", d.seg_max)
                     .num("requests", d.requests)
                     .bool("interrupts", d.interrupts)
+                    .num("halted_waits", d.halted_waits)
                     .end();
                 r
             })

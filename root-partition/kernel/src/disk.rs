@@ -173,14 +173,16 @@ pub const WAIT: Wait = Wait {
     halted_ms: 60_000,
 };
 
-/// Looks at the used ring before the root sleeps until the completion
-/// interrupt. A small request usually completes within them; a longer
-/// wait spins no more: under TCG every PAUSE of a spin loop leaves QEMU's
-/// execution loop and takes its locks, which slowed the very I/O threads
-/// the root waits for (the root's own 1 MiB reads ran at 1-9 GiB/s with
-/// a spin-wait and `cargo xtask run`'s devices, docs/storage-network.md),
-/// and on hardware a halted CPU leaves the core to others.
-const SPINS_BEFORE_HALT: u64 = 64;
+/// How long the root spins on the used ring before it sleeps until the
+/// completion interrupt: a small request from QEMU's page cache usually
+/// completes within it, and waking from HLT costs more than that (the
+/// interrupt goes from QEMU's I/O thread through its main loop to the
+/// vCPU thread: the root's 4 KiB reads at depth 1 fell from 36 k to 15 k
+/// IOPS when it slept after 64 looks). A longer wait spins no more: under
+/// TCG every PAUSE of a spin loop leaves QEMU's execution loop and takes
+/// its locks, slowing the very I/O threads the root waits for, and on
+/// hardware a halted CPU leaves the core to others.
+const SPIN_BEFORE_HALT_US: u64 = 200;
 
 /// A transfer's progress: requests still with the device and the first
 /// failure among those done.
@@ -264,6 +266,9 @@ pub struct Disk {
     pub interrupts: bool,
     /// Requests the device was given.
     pub requests: u64,
+    /// Waits that slept until an interrupt (a request longer than
+    /// [`SPIN_BEFORE_HALT_US`]).
+    pub halted_waits: u64,
 }
 
 impl Disk {
@@ -358,6 +363,7 @@ impl Disk {
             next_ticket: 1,
             out_of_service: false,
             requests: 0,
+            halted_waits: 0,
         })
     }
 
@@ -676,6 +682,16 @@ impl Disk {
     fn reap_until(&mut self, done: impl Fn(&Self) -> bool, limit: Wait) -> Result<(), DiskError> {
         let spins = limit.spins;
         let mut idle = 0u64;
+        // Spin until this TSC value; before the root has measured its TSC
+        // (its first second), until the timer has ticked once (10 ms).
+        let spin_until = crate::timer::tsc_hz()
+            .map(|hz| kernel_x86::arch::rdtsc().wrapping_add(hz / 1_000_000 * SPIN_BEFORE_HALT_US));
+        let first_tick = crate::timer::ticks();
+        let spun_enough = || {
+            spin_until.map_or(crate::timer::ticks() > first_tick, |t| {
+                kernel_x86::arch::rdtsc() > t
+            })
+        };
         // When this wait first slept for the interrupt (root clock, ms).
         let mut halted_since: Option<u64> = None;
         loop {
@@ -699,10 +715,13 @@ impl Disk {
                 // the timer's tick at worst) unless the device has used a
                 // buffer since the look above.
                 if self.interrupts
-                    && idle > SPINS_BEFORE_HALT
+                    && spun_enough()
                     && kernel_x86::arch::halt_unless(|| self.queue.peek_used().is_some())
                 {
-                    halted_since.get_or_insert_with(crate::timer::now_ms);
+                    if halted_since.is_none() {
+                        halted_since = Some(crate::timer::now_ms());
+                        self.halted_waits += 1;
+                    }
                     continue;
                 }
                 core::hint::spin_loop();

@@ -166,6 +166,8 @@ pub struct DeviceEntry {
     pub requests: u64,
     /// Its completions interrupt the root (MSI-X routed).
     pub interrupts: bool,
+    /// Waits for it that slept until an interrupt (`disk::Disk::halted_waits`).
+    pub halted_waits: u64,
 }
 
 impl Storage {
@@ -241,9 +243,16 @@ impl Storage {
                     Layout::Gpt(t) => ("gpt", String::new(), t.largest_free()),
                     Layout::Whole(why) => ("whole", why.clone(), 0),
                 };
-                let (seg_max, requests, interrupts) =
-                    d.io.with(|disk| (disk.seg_max() as u64, disk.requests, disk.interrupts))
-                        .unwrap_or((0, 0, false));
+                let (seg_max, requests, interrupts, halted_waits) =
+                    d.io.with(|disk| {
+                        (
+                            disk.seg_max() as u64,
+                            disk.requests,
+                            disk.interrupts,
+                            disk.halted_waits,
+                        )
+                    })
+                    .unwrap_or((0, 0, false, 0));
                 DeviceEntry {
                     name: d.name.clone(),
                     location: d.location.clone(),
@@ -255,6 +264,7 @@ impl Storage {
                     seg_max,
                     requests,
                     interrupts,
+                    halted_waits,
                 }
             })
             .collect();
@@ -269,6 +279,7 @@ impl Storage {
             seg_max: 0,
             requests: 0,
             interrupts: false,
+            halted_waits: 0,
         }));
         out
     }
