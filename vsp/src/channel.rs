@@ -270,15 +270,14 @@ impl<M: SharedMemory> Channel<M> {
                 PollResult {
                     signalled,
                     more: drained.cut,
-                    broke: None,
+                    ..PollResult::default()
                 }
             }
             Err(e) => {
                 self.broken = Some(e);
                 PollResult {
-                    signalled: false,
-                    more: false,
                     broke: Some(e),
+                    ..PollResult::default()
                 }
             }
         }
@@ -402,8 +401,9 @@ impl<M: SharedMemory> Channel<M> {
     }
 
     /// Tell the guest whether it must signal the packets it writes, at the
-    /// end of a device's poll: `result.more` (the device will be polled
-    /// again anyway: work in flight whose end earns it a poll) sets the
+    /// end of a device's poll: `result.more` or `result.awaiting_device`
+    /// (the device will be polled again anyway: work in flight whose end
+    /// earns it a poll) sets the
     /// guest-to-host ring's `interrupt_mask`, which the guest's writers
     /// honour (Linux `hv_signal_on_write`; the reader's side is Linux
     /// `hv_begin_read`/`hv_end_read`). A child's signal ends its dispatch,
@@ -416,7 +416,7 @@ impl<M: SharedMemory> Channel<M> {
         if self.broken.is_some() || result.broke.is_some() {
             return;
         }
-        let waiting = if result.more {
+        let waiting = if result.more || result.awaiting_device {
             self.reader.begin_read().map(|()| false)
         } else {
             self.reader.end_read()
@@ -608,8 +608,7 @@ mod tests {
             r,
             PollResult {
                 signalled: true,
-                more: false,
-                broke: None
+                ..PollResult::default()
             }
         );
         assert_eq!(guest.receive(), Some((7, b"hgfedcba".to_vec())));
@@ -726,6 +725,17 @@ mod tests {
         ch.guest_signals(&mut r);
         assert!(!r.more, "nothing waits");
         assert!(write(2), "unmasked: the guest signals again");
+        assert_eq!(ch.poll(8, &mut reverse).broke, None);
+        assert_eq!(guest.receive(), Some((2, b"hgfedcba".to_vec())));
+        // A device waiting for its backend's interrupt is polled again too:
+        // masked the same way, and the result still says only that.
+        let mut r = PollResult {
+            awaiting_device: true,
+            ..PollResult::default()
+        };
+        ch.guest_signals(&mut r);
+        assert!(r.awaiting_device && !r.more);
+        assert!(!write(3), "masked while the device waits: no signal wanted");
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub struct PollResult {
     /// The budget ran out with work left: poll again without waiting for a
     /// signal.
     pub more: bool,
+    /// Work is running in a backend whose completion interrupts the host
+    /// (a virtio-blk DMA with MSI-X): poll again after that interrupt,
+    /// with nothing to do until it comes. The host may sleep meanwhile
+    /// instead of polling in a loop ([`Self::more`] takes precedence).
+    pub awaiting_device: bool,
     /// The guest broke its rings during this poll: the channel has stopped
     /// (reported once; later polls do nothing).
     pub broke: Option<RingError>,

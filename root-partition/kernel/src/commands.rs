@@ -312,6 +312,7 @@ fn root_info(m: &Manager, boot: &BootReport, json: bool, out: &mut String) -> Re
             .num("lent_to_children", lent)
             .raw("time_cycles", &phase_cycles_json())
             .num("dispatches", m.dispatches)
+            .num("device_waits", m.device_waits)
             .num("stack_used", crate::boot::stack_high_water() as u64)
             .num("stack_size", crate::boot::BOOT_STACK_SIZE as u64)
             .num("uptime", timer::ticks() / timer::HZ)

@@ -22,6 +22,9 @@ pub struct Manager {
     pub canary: u64,
     /// Dispatches made.
     pub dispatches: u64,
+    /// Times the main loop slept while a channel awaited its device's
+    /// completion interrupt (instead of polling it in a loop).
+    pub device_waits: u64,
     /// Each child's integration services, by partition id.
     integration: Vec<(u64, vsp_ic::Controls)>,
     /// Graceful shutdowns asked for.
@@ -80,6 +83,7 @@ impl Manager {
             hv_region,
             canary,
             dispatches: 0,
+            device_waits: 0,
             integration: Vec::new(),
             shutdowns: Vec::new(),
             last_device_tick: 0,
@@ -500,23 +504,27 @@ impl Manager {
     /// Give the children one timer tick: dispatch runnable VPs round-robin
     /// until the tick ends (each dispatch returns at the next intercept or
     /// timer interrupt). Returns false if nothing was runnable.
-    pub fn run_children_for_a_tick(&mut self) -> bool {
+    pub fn run_children_for_a_tick(&mut self, seen: Wakeups) -> bool {
         let start = crate::timer::ticks();
         // Messages children had no room for get another try each tick.
         for w in self.workers.iter_mut() {
             w.flush_outbox();
         }
         let mut ran = false;
-        let synic = crate::synic::interrupts();
-        // The tick ends early when a SynIC interrupt arrives: the main loop
-        // serves messages and channels before running children again.
-        while crate::timer::ticks() == start && crate::synic::interrupts() == synic {
+        // The tick ends early when a SynIC interrupt arrived since the main
+        // loop read the messages, or a device's completion interrupt since
+        // it polled the channels (a DMA a channel awaits has ended, maybe
+        // before the first dispatch here: the child it would wake may spin
+        // on it, and no later interrupt would end that dispatch before the
+        // tick): the main loop serves them before running children again.
+        while crate::timer::ticks() == start && Wakeups::now() == seen {
             if !self.schedule_one() {
                 break;
             }
             ran = true;
-            // A device's DMA may have finished: back to the main loop to
-            // complete it after each dispatch rather than at the tick.
+            // A channel to poll now (a budget cut, or DMA on a device that
+            // does not interrupt): back to the main loop after each
+            // dispatch rather than at the tick.
             if self.channels_want_poll() {
                 break;
             }
@@ -527,6 +535,12 @@ impl Manager {
     /// Whether some child's channel wants a poll without a signal.
     pub fn channels_want_poll(&self) -> bool {
         self.workers.iter().any(|w| w.channels_want_poll())
+    }
+
+    /// Whether some child's channel waits for its device's completion
+    /// interrupt.
+    pub fn channels_await_device(&self) -> bool {
+        self.workers.iter().any(|w| w.channels_await_device())
     }
 
     /// Dispatch the next runnable VP after the last one (round-robin by
@@ -557,4 +571,26 @@ impl Manager {
 
 fn no_such(id: u64) -> String {
     format!("no partition {id} (see 'list')")
+}
+
+/// The root's interrupt counts that bring work for its main loop: SynIC
+/// interrupts (messages, child signals) and device completions. The loop
+/// takes them before it looks for that work; a count that moved since
+/// means work arrived after the look.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Wakeups {
+    /// `synic::interrupts()`.
+    pub synic: u64,
+    /// `disk::completion_interrupts()`.
+    pub completions: u64,
+}
+
+impl Wakeups {
+    /// The counts now.
+    pub fn now() -> Self {
+        Self {
+            synic: crate::synic::interrupts(),
+            completions: crate::disk::completion_interrupts(),
+        }
+    }
 }

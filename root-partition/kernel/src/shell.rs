@@ -311,19 +311,30 @@ pub fn run(boot: &BootReport, manager: &mut Manager) -> ! {
         }
         t = charge(Phase::Messages, t);
         // Channels with work (signalled, or left over from a budgeted poll)
-        // get one budgeted turn each per round.
+        // get one budgeted turn each per round. A device completion after
+        // this look ends the children's turn and the root's sleep (below).
+        let seen = crate::manager::Wakeups {
+            synic: synic_seen,
+            completions: crate::disk::completion_interrupts(),
+        };
         manager.poll_channels();
         t = charge(Phase::Channels, t);
         manager.pump_network();
         t = charge(Phase::Network, t);
         manager.tick();
         t = charge(Phase::Tick, t);
-        let ran = manager.run_children_for_a_tick();
+        let ran = manager.run_children_for_a_tick(seen);
         t = charge(Phase::Children, t);
         if !ran && !manager.channels_want_poll() {
-            // Nothing to run and no device work in progress: sleep until
-            // the next tick.
-            timer::idle();
+            // Nothing to run and nothing to poll now (a device transfer in
+            // flight interrupts when it ends): sleep until an interrupt,
+            // the next tick at the latest, unless one came since it was
+            // looked for (the check runs with interrupts off, so it cannot
+            // slip in between the check and the HLT).
+            let awaiting = manager.channels_await_device();
+            if kernel_x86::arch::halt_unless(|| crate::manager::Wakeups::now() != seen) && awaiting {
+                manager.device_waits += 1;
+            }
             t = charge(Phase::Idle, t);
         }
     }

@@ -115,9 +115,3 @@ pub fn enable_interrupts() {
     // installed, and the root is ready to be interrupted.
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
 }
-
-/// Wait for the next interrupt (interrupts must be enabled).
-pub fn idle() {
-    // SAFETY: HLT with interrupts enabled returns at the next interrupt.
-    unsafe { core::arch::asm!("hlt", options(nomem, nostack)) };
-}

@@ -168,8 +168,13 @@ struct DeviceSlot {
     device: Box<dyn vsp::Device<FrameMemory>>,
     /// Set while the channel is open.
     open: Option<OpenPorts>,
-    /// The child signalled (or the last poll ran out of budget): poll again.
+    /// The child signalled (or the last poll ran out of budget, or left
+    /// work running in a device): poll again.
     wants_poll: bool,
+    /// The last poll left only work that interrupts the root when it ends
+    /// (`PollResult::awaiting_device`): poll again, but the root may sleep
+    /// until an interrupt first.
+    awaits_device: bool,
     /// The offer's instance GUID (a sub-channel carries its primary's).
     instance: [u8; 16],
     /// For a sub-channel: its primary's relid.
@@ -699,6 +704,7 @@ impl Worker {
             device,
             open: None,
             wants_poll: false,
+            awaits_device: false,
             instance,
             primary: None,
         });
@@ -745,6 +751,7 @@ impl Worker {
                     device,
                     open: None,
                     wants_poll: false,
+                    awaits_device: false,
                     instance,
                     primary: Some(primary),
                 }),
@@ -885,6 +892,7 @@ impl Worker {
             event_port: port,
         });
         slot.wants_poll = false;
+        slot.awaits_device = false;
         Ok(())
     }
 
@@ -900,6 +908,7 @@ impl Worker {
             let _ = hv::delete_port(hv1_abi::ROOT_PARTITION_ID, p.event_port);
         }
         slot.wants_poll = false;
+        slot.awaits_device = false;
         if slot.primary.is_none() {
             self.drop_sub_channels(relid);
         }
@@ -920,6 +929,7 @@ impl Worker {
             .find(|d| d.relid == relid && d.open.is_some())
         {
             d.wants_poll = true;
+            d.awaits_device = false;
         }
     }
 
@@ -975,7 +985,10 @@ impl Worker {
         let mut signalled = false;
         for d in self.devices.iter_mut().filter(|d| d.open.is_some()) {
             let r = d.device.tick(now_ns);
-            d.wants_poll |= r.more;
+            if r.more {
+                d.wants_poll = true;
+                d.awaits_device = false;
+            }
             signalled |= r.signalled;
         }
         if signalled {
@@ -983,10 +996,25 @@ impl Worker {
         }
     }
 
-    /// Whether a channel asked to be polled again without waiting for a
-    /// signal (a budget cut, or DMA of its device still running).
+    /// Whether a channel asked to be polled again now, without waiting for
+    /// a signal or an interrupt (a budget cut, or DMA of a device that does
+    /// not interrupt when it ends).
     pub fn channels_want_poll(&self) -> bool {
-        self.state == ChildState::Running && self.devices.iter().any(|d| d.open.is_some() && d.wants_poll)
+        self.state == ChildState::Running
+            && self
+                .devices
+                .iter()
+                .any(|d| d.open.is_some() && d.wants_poll && !d.awaits_device)
+    }
+
+    /// Whether a channel waits for its device's completion interrupt
+    /// before its next poll.
+    pub fn channels_await_device(&self) -> bool {
+        self.state == ChildState::Running
+            && self
+                .devices
+                .iter()
+                .any(|d| d.open.is_some() && d.wants_poll && d.awaits_device)
     }
 
     /// Give each channel with work one budgeted poll; signal the child where
@@ -1003,7 +1031,8 @@ impl Worker {
                 continue;
             }
             let r = d.device.poll(vsp::POLL_BUDGET);
-            d.wants_poll = r.more;
+            d.wants_poll = r.more || r.awaiting_device;
+            d.awaits_device = r.awaiting_device && !r.more;
             signalled |= r.signalled;
             let subs = d.device.take_sub_channels();
             if !subs.is_empty() {

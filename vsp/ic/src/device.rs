@@ -305,6 +305,7 @@ fn merge(a: PollResult, b: PollResult) -> PollResult {
     PollResult {
         signalled: a.signalled || b.signalled,
         more: a.more || b.more,
+        awaiting_device: a.awaiting_device || b.awaiting_device,
         broke: a.broke.or(b.broke),
     }
 }

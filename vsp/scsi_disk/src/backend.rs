@@ -93,6 +93,13 @@ pub trait BlockBackend {
         let _ = ticket;
         Err(BackendError::Io)
     }
+    /// Whether the end of a started request interrupts the host (a device
+    /// with a completion interrupt): then a caller with nothing else to do
+    /// may sleep until an interrupt instead of asking [`Self::dma_done`]
+    /// in a loop. The default does not.
+    fn completion_interrupts(&self) -> bool {
+        false
+    }
 }
 
 /// A request [`BlockBackend::start_dma`] started.

@@ -254,6 +254,9 @@ impl BlockBackend for BoxedBackend {
     fn wait_dma(&mut self, ticket: DmaTicket) -> Result<(), BackendError> {
         self.0.wait_dma(ticket)
     }
+    fn completion_interrupts(&self) -> bool {
+        self.0.completion_interrupts()
+    }
 }
 
 /// Where the guest is in the initialization handshake (OpenVMM's
@@ -1331,8 +1334,20 @@ impl<M: SharedMemory, B: BlockBackend + 'static> Device<M> for Storvsp<M, B> {
         }
         // Started SRBs finish on their own: poll again to complete them
         // (unless a completion waits for ring space: the guest signals when
-        // it has made room).
-        result.more |= !self.started.is_empty() && !channel.holding();
+        // it has made room). When every one of them will interrupt the
+        // host as it ends, that poll can wait for the interrupt.
+        if !self.started.is_empty() && !channel.holding() {
+            let interrupts = self.started.iter().all(|s| {
+                controller
+                    .find(s.address)
+                    .is_some_and(|disk| disk.backend().completion_interrupts())
+            });
+            if interrupts {
+                result.awaiting_device = true;
+            } else {
+                result.more = true;
+            }
+        }
         // Polled again anyway: the guest's next requests need no signal
         // (one world switch less per request for a child); at rest the
         // guest signals again, and a request it wrote meanwhile is read on

@@ -1571,6 +1571,8 @@ struct LaterBackend {
     /// Tickets the test let finish, with their outcomes.
     finished: Rc<RefCell<Vec<DmaTicket>>>,
     waited: Rc<Cell<u32>>,
+    /// What `completion_interrupts` says.
+    interrupts: bool,
 }
 
 impl LaterBackend {
@@ -1623,18 +1625,31 @@ impl BlockBackend for LaterBackend {
         self.waited.set(self.waited.get() + 1);
         self.run(ticket).unwrap_or(Err(BackendError::Io))
     }
+    fn completion_interrupts(&self) -> bool {
+        self.interrupts
+    }
 }
 
-#[test]
-fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
-    let (mut guest, channel) = Guest::new(64 * 1024, 64 * 1024, true);
+/// A controller over a `LaterBackend` (its completions interrupting the
+/// host or not), opened and initialized: the guest, the device, the
+/// tickets the test lets finish and the backend's `wait_dma` count.
+#[allow(clippy::type_complexity)]
+fn later_device(
+    interrupts: bool,
+    pattern: &[u8],
+) -> (
+    Guest,
+    Storvsp<&'static AtomicMemory, LaterBackend>,
+    Rc<RefCell<Vec<DmaTicket>>>,
+    Rc<Cell<u32>>,
+) {
+    let (guest, channel) = Guest::new(64 * 1024, 64 * 1024, true);
     let channel = channel.with_guest_dma(Box::new(IdentityDma {
         len: RAM_PAGES * 4096,
         refuse: false,
     }));
     let mut inner = MemoryBackend::new(512, SECTORS);
-    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
-    inner.write(100, &pattern).unwrap();
+    inner.write(100, pattern).unwrap();
     let finished = Rc::new(RefCell::new(Vec::new()));
     let waited = Rc::new(Cell::new(0));
     let backend = LaterBackend {
@@ -1647,12 +1662,49 @@ fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
         running: Vec::new(),
         finished: finished.clone(),
         waited: waited.clone(),
+        interrupts,
     };
     let disk = ScsiDisk::new(backend, DiskConfig::new("storvsp-later", 9)).unwrap();
     let mut dev =
         Storvsp::<&'static AtomicMemory, LaterBackend>::new(disk, StorvspConfig::default()).unwrap();
     dev.open(channel).unwrap();
     init(&mut dev, &guest);
+    (guest, dev, finished, waited)
+}
+
+#[test]
+fn dma_that_interrupts_when_it_ends_is_awaited_not_polled_in_a_loop() {
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 5 + 1) as u8).collect();
+    let (mut guest, mut dev, finished, _) = later_device(true, &pattern);
+    let a = guest.id();
+    assert!(guest.send_gpa(
+        a,
+        &[(0, 4096, &[8])],
+        &srb_packet(0, &read10(100, 8), DataDirection::In, 4096)
+    ));
+    let r = dev.poll(64);
+    assert!(r.awaiting_device && !r.more, "{r:?}");
+    assert_eq!(dev.started_in_flight(), 1);
+    // The root polls again after the interrupt anyway: the guest's next
+    // requests need no signal.
+    assert_eq!(guest.up.load_u32(vmbus::ring::INTERRUPT_MASK).unwrap(), 1);
+    // Polled before it ended (another interrupt): still waiting.
+    let r = dev.poll(64);
+    assert!(r.awaiting_device && !r.more && guest.receive().is_none(), "{r:?}");
+    finished.borrow_mut().push(DmaTicket(1));
+    let r = dev.poll(64);
+    assert!(r.signalled && !r.awaiting_device && !r.more, "{r:?}");
+    guest
+        .receive()
+        .expect("the read's completion")
+        .assert_linux_accepts(a);
+    assert_eq!(guest.up.load_u32(vmbus::ring::INTERRUPT_MASK).unwrap(), 0);
+}
+
+#[test]
+fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
+    let pattern: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+    let (mut guest, mut dev, finished, waited) = later_device(false, &pattern);
 
     // Two reads: both started in one poll, nothing answered yet, and the
     // poll asks to be called again.
@@ -1670,7 +1722,7 @@ fn started_dma_is_completed_by_a_later_poll_and_waited_for_on_close() {
     let mask = |guest: &Guest| guest.up.load_u32(vmbus::ring::INTERRUPT_MASK).unwrap();
     assert_eq!(mask(&guest), 0, "the guest signals its first requests");
     let r = dev.poll(64);
-    assert!(r.more, "started DMA wants another poll");
+    assert!(r.more && !r.awaiting_device, "started DMA wants another poll");
     assert!(guest.receive().is_none(), "nothing completes before its DMA");
     assert_eq!(dev.started_in_flight(), 2);
     assert_eq!(dev.stats().started, 2);
@@ -1740,6 +1792,7 @@ fn too_many_started_srbs_stop_the_reading_until_some_finish() {
         running: Vec::new(),
         finished: finished.clone(),
         waited: Rc::new(Cell::new(0)),
+        interrupts: false,
     };
     let disk = ScsiDisk::new(backend, DiskConfig::new("storvsp-many", 9)).unwrap();
     let mut dev =
