@@ -64,11 +64,13 @@
 //! more is read until it is written; so requests are never lost and the
 //! device holds at most one completion.
 //!
-//! Every request is finished within its poll (the disk backend is
-//! synchronous), so the controller keeps no per-request state between
-//! polls.
-//!
-//! # Not yet done
+//! A read or write the backend can place by DMA may be started in one poll
+//! and completed in a later one ([`BlockBackend::start_dma`]; at most
+//! [`MAX_STARTED_SRBS`] per channel). While any runs, the poll asks to be
+//! polled again ([`PollResult::more`]), or, when every one interrupts the
+//! host as it ends ([`BlockBackend::completion_interrupts`]), says it
+//! awaits the device ([`PollResult::awaiting_device`]), so the host may
+//! sleep until then. Every other request finishes within its poll.
 //!
 //! # Sub-channels
 //!
