@@ -26,6 +26,10 @@
 //!   throughput child->child with busybox `nc` (16 MiB of zeros), against
 //!   the same transfer over the sender's loopback, and the switch's per-port
 //!   frame counters over the transfer (frames/s, bytes a frame).
+//! - The Rust client: at least five rounds (`DEVICES_ROUNDS` if more), each
+//!   a new test OS child in mode `disk-bench:64` on the same disk (our own
+//!   storvsc: 8 × 128 KiB and 8 × 1 MiB sequential, 4 KiB at depth 1 and
+//!   32) and then the root's `disk bench` at depth 1 and 8; medians.
 //! - VM exits (hv-core's counters) per 4 KiB read and per switched frame:
 //!   the child's and the root's, including the console's own traffic for the
 //!   one command line (a few hundred exits). Exits per VMBus echo message
@@ -459,66 +463,79 @@ fn storage(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
 
 /// The Rust test OS as the storage client (`disk-bench:64` over our own
 /// storvsc, requests in flight), against the root's `disk bench` of the same
-/// disk right after, in the same boot. The Debian storage child is
-/// destroyed first (a disk has one holder).
-fn rust_child(m: &mut Machine, table: &mut Vec<Row>) {
+/// disk, in the same boot: `rounds` rounds, each a new child's run then the
+/// root's (a 64 MiB read lasts milliseconds, so one run says little);
+/// medians. The Debian storage child is destroyed first (a disk has one
+/// holder).
+fn rust_child(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
     m.hvctl(&format!("stop {DISK_CHILD}"));
     m.hvctl(&format!("destroy {DISK_CHILD}"));
-    let out = m.hvctl("create rbench --memory 16M --image testos --mode disk-bench:64 --disk data --start");
-    let id: u64 = out
-        .split("partition ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| m.fail_with(&format!("creating the Rust child: {out}")));
-    let console = m.wait_text_every(
-        &format!("console {id}"),
-        "disk-bench: PASS",
-        Duration::from_secs(1),
-        LINUX_BOOT_DEADLINE,
-    );
-    // "...: R MiB/s (...)" and "...: I IOPS": the number before the unit.
-    let figure = |prefix: &str, unit: &str| -> f64 {
-        console
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(": ").next())
-            .filter(|r| r.contains(unit))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix:?} line in {console}"))
-    };
-    let seq = figure("disk-bench: sequential", "MiB/s");
-    let seq_1m = console
-        .lines()
-        .find(|l| l.starts_with("disk-bench: sequential") && l.ends_with("(8 x 1024 KiB in flight)"))
-        .and_then(|l| l.split(": ").nth(2))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no 1 MiB sequential line in {console}"));
-    let d1 = figure("disk-bench: 4 KiB reads at depth 1:", "IOPS");
-    let d32 = figure("disk-bench: 4 KiB reads at depth 32:", "IOPS");
-    for l in console.lines().filter(|l| l.starts_with("disk-bench:")) {
-        println!("rust child: {l}");
-    }
-    // The root's rate swings from run to run (QEMU serves it from the host's
-    // page cache): the median of three.
+    let (mut seq, mut seq_1m, mut d1, mut d32) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut seqs, mut iopss, mut deep) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for round in 1..=rounds {
+        let out = m.hvctl(&format!(
+            "create rbench{round} --memory 16M --image testos --mode disk-bench:64 --disk data --start"
+        ));
+        let id: u64 = out
+            .split("partition ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| m.fail_with(&format!("creating the Rust child: {out}")));
+        let console = m.wait_text_every(
+            &format!("console {id}"),
+            "disk-bench: PASS",
+            Duration::from_secs(1),
+            LINUX_BOOT_DEADLINE,
+        );
+        // "...: R MiB/s (...)" and "...: I IOPS": the number before the unit.
+        let figure = |prefix: &str, unit: &str| -> f64 {
+            console
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(": ").next())
+                .filter(|r| r.contains(unit))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix:?} line in {console}"))
+        };
+        seq.push(figure("disk-bench: sequential", "MiB/s"));
+        seq_1m.push(
+            console
+                .lines()
+                .find(|l| l.starts_with("disk-bench: sequential") && l.ends_with("(8 x 1024 KiB in flight)"))
+                .and_then(|l| l.split(": ").nth(2))
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no 1 MiB sequential line in {console}")),
+        );
+        d1.push(figure("disk-bench: 4 KiB reads at depth 1:", "IOPS"));
+        d32.push(figure("disk-bench: 4 KiB reads at depth 32:", "IOPS"));
+        for l in console.lines().filter(|l| l.starts_with("disk-bench:")) {
+            println!("rust child round {round}: {l}");
+        }
+        m.hvctl(&format!("stop {id}"));
+        m.hvctl(&format!("destroy {id}"));
+        // The root right after, at depth 1 and at the child's depth (8 x
+        // 1 MiB in flight).
         let root = m.hvctl_json("disk bench data --mib 64 --json");
         seqs.push(root["seq_mib_per_s"].as_f64().unwrap_or(0.0));
         iopss.push(root["random_4k_iops"].as_f64().unwrap_or(0.0));
-        // The root at the child's depth: 8 x 1 MiB in flight.
         let root = m.hvctl_json("disk bench data --mib 64 --depth 8 --json");
         deep.push(root["seq_mib_per_s"].as_f64().unwrap_or(0.0));
     }
     println!(
-        "rust child part: root disk bench {} MiB/s (8 deep: {}), {} IOPS",
+        "rust child part: child 8 x 1M {} MiB/s, 8 x 128K {}, 4K d1 {} IOPS, d32 {}; root disk bench {} MiB/s (8 deep: {}), {} IOPS",
+        spread(&seq_1m),
+        spread(&seq),
+        spread(&d1),
+        spread(&d32),
         spread(&seqs),
         spread(&deep),
         spread(&iopss)
     );
     let (rs, ri, rd) = (median(seqs), median(iopss), median(deep));
+    let (seq, seq_1m, d1, d32) = (median(seq), median(seq_1m), median(d1), median(d32));
     table.push(row(
         "seq read 64 MiB, Rust child 8 x 128K vs root",
         seq,
@@ -787,7 +804,7 @@ fn main() {
             source.trim().replace('\n', " | ")
         );
     }
-    rust_child(&mut m, &mut table);
+    rust_child(&mut m, rounds.max(5), &mut table);
     println!("Rust child part: {:.0} s", t.elapsed().as_secs_f64());
     drop(m);
     let _ = std::fs::remove_dir_all(&dir);

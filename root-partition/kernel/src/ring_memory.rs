@@ -123,8 +123,9 @@ impl vsp::GuestDma for ChildDma {
         }
         let first = (gpa / 4096) as usize;
         let last = ((end - 1) / 4096) as usize;
-        // One physically contiguous run (storvsp asks per page-sized chunk,
-        // so this walks one or two pages).
+        // One physically contiguous run: storvsp asks once per run of
+        // consecutive guest pages (up to an SRB's 256), so this walks each
+        // page's frame once, an array compare.
         for page in first..last {
             if self.frames[page + 1] != self.frames[page] + 4096 {
                 return None;

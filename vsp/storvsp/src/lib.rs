@@ -33,8 +33,8 @@
 //! a GPA-direct packet (`vmbus_sendpacket_mpb_desc`: type 9, one range of
 //! `data_transfer_length` bytes at any offset into its first page, the
 //! `vstor_packet` after the range list at `offset8 * 8`) with a small
-//! transaction id. The device resolves the ranges to per-page chunks
-//! ([`storvsp_protocol::gpa`]), checks every chunk against the guest's RAM
+//! transaction id. The device resolves the ranges to chunks (a run of
+//! consecutive guest pages each, [`storvsp_protocol::gpa`]), checks every chunk against the guest's RAM
 //! (`vsp::Channel::guest_ram`) before touching the disk, asks the disk what
 //! the command needs (`ScsiDisk::plan`), reads the data-out bytes from the
 //! guest's pages or writes the data-in bytes to them, and completes the SRB
@@ -362,7 +362,8 @@ struct SrbJob {
     wants_completion: bool,
     request_size: usize,
     srb: Srb,
-    /// The data buffer as per-page chunks, or why it is not usable.
+    /// The data buffer as chunks (runs of consecutive guest pages), or
+    /// why it is not usable.
     chunks: Result<Vec<Chunk>, BufferError>,
 }
 

@@ -31,7 +31,15 @@ pub fn packet(data: &[u8]) {
         if let Ok(chunks) = srb_chunks(&g.ranges, srb.data_transfer_length()) {
             let total: u64 = chunks.iter().map(|c| c.len as u64).sum();
             assert_eq!(total, srb.data_transfer_length() as u64);
-            assert!(chunks.iter().all(|c| c.len > 0 && c.offset + c.len <= 4096));
+            // Each chunk starts inside its first page, and every page it
+            // reaches is addressable.
+            assert!(chunks.iter().all(|c| {
+                c.len > 0
+                    && c.offset < 4096
+                    && c.gpn
+                        .checked_add(u64::from((c.offset + c.len - 1) / 4096))
+                        .is_some_and(|last| last <= crate::gpa::MAX_GPN)
+            }));
         }
         let c = srb_completion(
             p.request_size,

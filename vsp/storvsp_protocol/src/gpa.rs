@@ -27,14 +27,18 @@ pub const PAGE_SIZE: u32 = 4096;
 /// Largest page number whose byte address fits in 64 bits.
 pub const MAX_GPN: u64 = u64::MAX >> 12;
 
-/// One piece of a data buffer inside a single guest page.
+/// One guest-contiguous piece of a data buffer: from a byte of one guest
+/// page on through consecutive guest pages (a buffer's pages that follow
+/// each other in guest memory make one chunk, so a device handles a
+/// contiguous 1 MiB buffer once, not 256 times).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chunk {
-    /// Guest page number (`gpa >> 12`), at most [`MAX_GPN`].
+    /// Guest page number (`gpa >> 12`) of the first byte, at most
+    /// [`MAX_GPN`], as is every page the chunk reaches.
     pub gpn: u64,
     /// Byte offset in that page (< 4096).
     pub offset: u32,
-    /// Bytes (≥ 1, `offset + len` ≤ 4096).
+    /// Bytes (≥ 1).
     pub len: u32,
 }
 
@@ -192,8 +196,10 @@ pub fn total_len(ranges: &[GpaRange<'_>]) -> Result<u64, BufferError> {
 }
 
 /// Cut `len` bytes starting `offset` bytes into the buffer the ranges
-/// describe (the ranges' bytes one after the other) into per-page chunks,
-/// in order. Every range is checked first ([`BufferError`]); the window
+/// describe (the ranges' bytes one after the other) into chunks, in order:
+/// a piece per page, merged with the one before when it continues it in
+/// guest memory (that one ends at its page's end, this one starts the
+/// next page). Every range is checked first ([`BufferError`]); the window
 /// must lie within the described bytes.
 pub fn chunks(ranges: &[GpaRange<'_>], offset: u64, len: u64) -> Result<Vec<Chunk>, BufferError> {
     let total = total_len(ranges)?;
@@ -201,7 +207,7 @@ pub fn chunks(ranges: &[GpaRange<'_>], offset: u64, len: u64) -> Result<Vec<Chun
         .checked_add(len)
         .filter(|&e| e <= total)
         .ok_or(BufferError::OutOfRange { offset, len, total })?;
-    let mut out = Vec::new();
+    let mut out: Vec<Chunk> = Vec::new();
     let mut base = 0u64;
     for (i, r) in ranges.iter().enumerate() {
         let range_start = base;
@@ -223,11 +229,26 @@ pub fn chunks(ranges: &[GpaRange<'_>], offset: u64, len: u64) -> Result<Vec<Chun
                 pages: r.page_count(),
                 need: page + 1,
             })?;
-            out.push(Chunk {
-                gpn,
-                offset: in_page,
-                len: n,
-            });
+            match out.last_mut() {
+                // The last chunk ends where this page starts: one run. Its
+                // end is a page boundary, so this page number follows it
+                // (no overflow: both are at most MAX_GPN).
+                Some(last)
+                    if in_page == 0
+                        && (last.offset + last.len).is_multiple_of(PAGE_SIZE)
+                        && last
+                            .gpn
+                            .checked_add(u64::from((last.offset + last.len) / PAGE_SIZE))
+                            == Some(gpn) =>
+                {
+                    last.len += n;
+                }
+                _ => out.push(Chunk {
+                    gpn,
+                    offset: in_page,
+                    len: n,
+                }),
+            }
             pos += n as u64;
         }
     }

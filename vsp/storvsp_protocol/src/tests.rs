@@ -284,6 +284,34 @@ fn gpa_direct_as_linux_sends_it() {
 }
 
 #[test]
+fn consecutive_guest_pages_make_one_chunk() {
+    // A 1 MiB buffer in 256 consecutive pages, 512 bytes into the first:
+    // one chunk, however many pages (one device segment, one lookup).
+    let pfns: Vec<u64> = (0x100..0x201).collect();
+    let (bytes, _) = build_gpa_direct(&[(512, 1 << 20, &pfns)], &[]);
+    let g = parse_gpa_direct(&bytes, None).unwrap();
+    assert_eq!(
+        srb_chunks(&g.ranges, 1 << 20).unwrap(),
+        vec![Chunk {
+            gpn: 0x100,
+            offset: 512,
+            len: 1 << 20
+        }]
+    );
+    // A gap, a page listed twice, and a step back each start a new chunk.
+    let pfns = [5u64, 6, 8, 8, 7];
+    let (bytes, _) = build_gpa_direct(&[(0, 5 * 4096, &pfns)], &[]);
+    let g = parse_gpa_direct(&bytes, None).unwrap();
+    let c = srb_chunks(&g.ranges, 5 * 4096).unwrap();
+    let runs: Vec<(u64, u32)> = c.iter().map(|c| (c.gpn, c.len)).collect();
+    assert_eq!(runs, vec![(5, 8192), (8, 4096), (8, 4096), (7, 4096)]);
+    // Two ranges that continue each other are one chunk too.
+    let (bytes, _) = build_gpa_direct(&[(0, 4096, &[3]), (0, 4096, &[4])], &[]);
+    let g = parse_gpa_direct(&bytes, None).unwrap();
+    assert_eq!(srb_chunks(&g.ranges, 8192).unwrap().len(), 1);
+}
+
+#[test]
 fn bad_ranges_are_refused() {
     let pfns = [1u64.to_le_bytes(), 2u64.to_le_bytes()].concat();
     let r = |byte_offset, byte_count, pfns| vmbus::packet::GpaRange {
@@ -372,7 +400,9 @@ proptest! {
     }
 
     /// Any well-formed range list: the chunks cover exactly the window, in
-    /// order, each inside one page, each page one the guest listed.
+    /// order, each starting inside its first page, every page one the
+    /// guest listed, and no two in a row that continue each other in guest
+    /// memory (those are one chunk).
     #[test]
     fn chunks_cover_the_window(
         spec in proptest::collection::vec((0u32..4096, 0u32..20000, any::<u32>()), 1..4),
@@ -392,8 +422,18 @@ proptest! {
         let c = chunks(&g.ranges, offset, len).unwrap();
         prop_assert_eq!(c.iter().map(|c| c.len as u64).sum::<u64>(), len);
         for ch in &c {
-            prop_assert!(ch.len >= 1 && ch.offset + ch.len <= 4096);
-            prop_assert!(owned.iter().any(|(_, _, p)| p.contains(&ch.gpn)));
+            prop_assert!(ch.len >= 1 && ch.offset < 4096);
+            let pages = u64::from((ch.offset + ch.len - 1) / 4096);
+            for k in 0..=pages {
+                prop_assert!(owned.iter().any(|(_, _, p)| p.contains(&(ch.gpn + k))));
+            }
+        }
+        for w in c.windows(2) {
+            let end = w[0].offset + w[0].len;
+            prop_assert!(
+                !(end % 4096 == 0 && w[1].offset == 0 && w[0].gpn + u64::from(end / 4096) == w[1].gpn),
+                "{:?} continues {:?}", w[1], w[0]
+            );
         }
         // Beyond the end is refused.
         prop_assert!(chunks(&g.ranges, offset, total - offset + 1).is_err());
