@@ -727,7 +727,9 @@ impl Disk {
                 core::hint::spin_loop();
                 continue;
             };
+            // Progress: the patience starts again.
             idle = 0;
+            halted_since = None;
             let Some(index) = self.in_flight.iter().position(|r| r.token == token) else {
                 // A token the driver never gave: the device is broken.
                 self.take_out_of_service();
