@@ -48,6 +48,16 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         xtask::Network::None,
         512,
     );
+    // One boot line per device, as the root opens it: its size and a
+    // fingerprint of its first sector.
+    for (device, sectors) in [("vda", 2048), ("vdb", 524288)] {
+        let out = m.expect(&format!("root: {device}: passthrough virtio-blk at "));
+        let line = out.lines().last().unwrap_or("");
+        assert!(
+            line.contains(&format!(": {sectors} sectors; sector 0 fnv1a 0x")),
+            "{line}"
+        );
+    }
     m.expect(
         "root: vdb: its GPT's backup copy was damaged (header CRC mismatch); rewritten from the other copy",
     );

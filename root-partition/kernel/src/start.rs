@@ -2,7 +2,7 @@
 
 use crate::hv::{self, Discovery, HvRegion};
 use crate::manager::Manager;
-use crate::{disk, memory, qemu, scenarios, shell, timer};
+use crate::{memory, qemu, scenarios, shell, timer};
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -177,16 +177,6 @@ pub extern "sysv64" fn root_main(start_info_phys: u64) -> ! {
     match partition_id {
         Ok(id) => println!("root: HvCallGetPartitionId -> {id}"),
         Err(s) => println!("root: HvCallGetPartitionId failed: {s:?}"),
-    }
-
-    match disk::Disk::open().and_then(|mut d| d.read_sector(0).map(|s| (d, s))) {
-        Ok((d, sector)) => println!(
-            "root: passthrough virtio-blk at {}: {} sectors; sector 0 fnv1a {:#018x}",
-            d.location,
-            d.capacity,
-            disk::fnv1a(&sector)
-        ),
-        Err(e) => println!("root: no passthrough disk: {e}"),
     }
 
     let ram_total = firmware

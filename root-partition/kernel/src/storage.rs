@@ -179,6 +179,7 @@ impl Storage {
             let disk = match opened {
                 Ok(d) => d,
                 Err(e) => {
+                    crate::println!("root: virtio-blk at {location} is unusable: {e}");
                     s.unusable.push(Unusable {
                         location,
                         why: format!("{e}"),
@@ -189,6 +190,18 @@ impl Storage {
             let name = device_name(s.devices.len());
             let sectors = disk.capacity;
             let read_only = disk.read_only();
+            // One line per device at boot, with a fingerprint of its first
+            // sector (which image QEMU gave it).
+            let mut disk = disk;
+            match disk.read_sector(0) {
+                Ok(sector) => crate::println!(
+                    "root: {name}: passthrough virtio-blk at {location}: {sectors} sectors; sector 0 fnv1a {:#018x}",
+                    crate::disk::fnv1a(&sector)
+                ),
+                Err(e) => crate::println!(
+                    "root: {name}: passthrough virtio-blk at {location}: {sectors} sectors; sector 0 unreadable ({e})"
+                ),
+            }
             let io = SharedDisk(Rc::new(RefCell::new(disk)));
             let layout = match DiskTable::open(io.clone()) {
                 Ok(table) => {
@@ -216,6 +229,9 @@ impl Storage {
                 read_only,
                 layout,
             });
+        }
+        if s.devices.is_empty() && s.unusable.is_empty() {
+            crate::println!("root: no passthrough virtio-blk device (children get no disks)");
         }
         s
     }
