@@ -39,7 +39,7 @@
 //! assertion on times. The guest clock is checked against the host's over
 //! the run.
 
-use qemu_tests::{Machine, linux_images, scratch};
+use qemu_tests::{Machine, created_partition, linux_images, scratch};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -476,11 +476,7 @@ fn rust_child(m: &mut Machine, rounds: usize, table: &mut Vec<Row>) {
         let out = m.hvctl(&format!(
             "create rbench{round} --memory 16M --image testos --mode disk-bench:64 --disk data --start"
         ));
-        let id: u64 = out
-            .split("partition ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|w| w.parse().ok())
+        let id = created_partition(&out)
             .unwrap_or_else(|| m.fail_with(&format!("creating the Rust child: {out}")));
         let console = m.wait_text_every(
             &format!("console {id}"),

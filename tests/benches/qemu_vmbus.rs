@@ -16,7 +16,7 @@
 //! issue's goal: at most 1 exit per message at depth 1, at most 0.1 at
 //! depth ≥ 16.
 
-use qemu_tests::Machine;
+use qemu_tests::{Machine, created_partition};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -52,12 +52,7 @@ struct Run {
 /// destroy it.
 fn measure(m: &mut Machine, name: &str, mode: &str, done: &str) -> Run {
     let created = m.hvctl(&format!("create {name} --memory 8M --image testos --mode {mode}"));
-    let id: u64 = created
-        .split("partition ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| m.fail_with(&format!("create {name}: {created}")));
+    let id = created_partition(&created).unwrap_or_else(|| m.fail_with(&format!("create {name}: {created}")));
     assert!(created.contains("created"), "{created}");
     let root_before = total_exits(&m.hvctl_json("info 1 --json"));
     let child_info = m.hvctl_json(&format!("info {id} --json"));

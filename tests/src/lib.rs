@@ -116,6 +116,16 @@ pub fn contains_line(text: &str, needle: &str) -> bool {
     false
 }
 
+/// The partition id in the root's answer to `create` ("partition N
+/// (NAME) created ..."), if it has one.
+pub fn created_partition(answer: &str) -> Option<u64> {
+    answer
+        .split("partition ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+}
+
 impl Machine {
     /// Boot with kernel command line `cmdline` and an optional disk image.
     pub fn boot(name: &str, cmdline: &str, disk: Option<PathBuf>) -> Self {

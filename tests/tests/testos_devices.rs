@@ -5,7 +5,7 @@
 //! against netvsp on the root's virtual switch, and attacks on both that
 //! must stop or refuse only the attacker's channel or request.
 
-use qemu_tests::{Machine, images, scratch};
+use qemu_tests::{Machine, created_partition, images, scratch};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -39,12 +39,7 @@ fn create(m: &mut Machine, name: &str, mode: &str, extra: &str) -> u64 {
     let out = m.hvctl(&format!(
         "create {name} --memory 16M --image testos --mode {mode} {extra} --start"
     ));
-    let id = out
-        .split("partition ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| m.fail_with(&format!("create {name}: {out}")));
+    let id = created_partition(&out).unwrap_or_else(|| m.fail_with(&format!("create {name}: {out}")));
     assert!(out.contains(&format!("({name}) created and started")), "{out}");
     id
 }
