@@ -159,6 +159,81 @@ pub const GET_DMA_GUARD: HvCallCode = HvCallCode(0xC004);
 /// hypervisor's partition; ours asks.
 pub const GET_REFERENCE_TIME: HvCallCode = HvCallCode(0xC005);
 
+/// HvPrivSignalAndDispatchVp (root only): the root's HvCallSignalEvent for
+/// up to [`MAX_QUEUED_SIGNALS`] (connection, flag) pairs, then
+/// HvCallDispatchVp, in one call. Input a [`SignalDispatchInput`] followed
+/// by `signal_count` [`QueuedSignal`]s (one page at most, as every input);
+/// output a [`SignalDispatchOutput`].
+///
+/// Why: hv-core runs on one CPU, so a child runs only inside the root's
+/// DispatchVp, and an event the root signals to a child is seen by no one
+/// before the root next dispatches one. Each HvCallSignalEvent is a world
+/// switch out of the root and back; a device answering a child at once
+/// (a completion, then the dispatch that lets the child take it) paid two
+/// where one does. Hyper-V's root signals through the hypervisor from
+/// another CPU while the child runs, and has no call like this.
+///
+/// Order and failures: the whole input is checked first (count, reserved
+/// fields, the partition the dispatch names, the output), and nothing
+/// happens if it is bad. Then each signal is made in input order exactly as
+/// HvCallSignalEvent makes it; one that fails (no such connection) is
+/// counted in the output and does not stop the others or the dispatch.
+/// The dispatch then runs as HvCallDispatchVp would; if it fails, the call
+/// returns its status (the signals were made).
+pub const SIGNAL_AND_DISPATCH_VP: HvCallCode = HvCallCode(0xC006);
+
+/// Most signals one [`SIGNAL_AND_DISPATCH_VP`] carries.
+pub const MAX_QUEUED_SIGNALS: usize = 64;
+
+/// Input header of [`SIGNAL_AND_DISPATCH_VP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SignalDispatchInput {
+    /// The dispatch, as HvCallDispatchVp takes it.
+    pub dispatch: crate::partition::DispatchVpInput,
+    /// [`QueuedSignal`]s following this header (at most [`MAX_QUEUED_SIGNALS`]).
+    pub signal_count: u32,
+    /// Must be 0.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<SignalDispatchInput>() == 40);
+
+/// One signal of [`SIGNAL_AND_DISPATCH_VP`]: what a fast HvCallSignalEvent
+/// carries in RDX.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct QueuedSignal {
+    /// The connection to signal.
+    pub connection_id: u32,
+    /// The event flag to set.
+    pub flag: u16,
+    /// Must be 0.
+    pub reserved: u16,
+}
+const _: () = assert!(size_of::<QueuedSignal>() == 8);
+
+impl QueuedSignal {
+    /// The fast HvCallSignalEvent input word for this signal.
+    pub fn signal_event_input(&self) -> u64 {
+        u64::from(self.connection_id) | (u64::from(self.flag) << 32) | (u64::from(self.reserved) << 48)
+    }
+}
+
+/// Output of [`SIGNAL_AND_DISPATCH_VP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SignalDispatchOutput {
+    /// The dispatch's result, as HvCallDispatchVp writes it.
+    pub dispatch: crate::partition::DispatchVpOutput,
+    /// Signals that failed.
+    pub signals_failed: u32,
+    /// The status of the first that failed (0 if none did).
+    pub first_failure: u16,
+    /// 0.
+    pub reserved: u16,
+}
+const _: () = assert!(size_of::<SignalDispatchOutput>() == 16);
+
 /// [`DmaGuard::flags`]: the IOMMU translates every bus-0 device's DMA.
 pub const DMA_GUARD_IOMMU_ENABLED: u64 = 1 << 0;
 
@@ -240,5 +315,19 @@ mod tests {
         assert_eq!(back.parameters, [1, 2, 3, 0x1000, 42]);
         assert_eq!(back.control >> 62, 0b11);
         assert!(message_type::RANGE.contains(&message_type::GUEST_CRASH));
+    }
+
+    #[test]
+    fn a_queued_signal_is_the_signal_event_word() {
+        let s = QueuedSignal {
+            connection_id: 0x0123_4567,
+            flag: 0x89,
+            reserved: 0xAB,
+        };
+        let word = s.signal_event_input();
+        assert_eq!(crate::synic::decode_signal_event(word), (0x0123_4567, 0x89, 0xAB));
+        // The most signals fit one input page after the header.
+        assert!(size_of::<SignalDispatchInput>() + MAX_QUEUED_SIGNALS * size_of::<QueuedSignal>() <= 4096);
+        assert!(RANGE.contains(&SIGNAL_AND_DISPATCH_VP.0));
     }
 }

@@ -1193,11 +1193,12 @@ fn run_vp(
             // at once and the vector goes in with the next entry.
             ExitCode::HLT if hlt_wakes(&mut cpu) => Outcome::Advance(Intercepted::Hlt),
             // Idle inside a signal grace: the root's turn. hv-core completes
-            // the HLT itself (one byte, as it reports it to the root) and
-            // leaves the VP halted: the root, which must serve the signal
-            // first, is spared an X64_HALT round trip, and the next dispatch
-            // enters the VP only if an interrupt wakes it (else it reports
-            // the HLT then, with length 0, as for any halted VP).
+            // the HLT itself (one byte) and reports the VP halted, as a later
+            // dispatch of a halted VP does (X64_HALT, instruction length 0:
+            // RIP is already past it). The root, which must serve the signal
+            // first, is spared the RIP write of an X64_HALT it completes,
+            // and marks the VP halted rather than dispatching it again only
+            // to hear that it still is.
             ExitCode::HLT if in_grace => {
                 cpu.vmcb.control.intercept_misc1 &= !intercept::PAUSE;
                 cpu.vmcb.save.rip = cpu.vmcb.save.rip.wrapping_add(1);
@@ -1206,7 +1207,13 @@ fn run_vp(
                 if let Some((platform, _)) = cpu.platform.as_mut() {
                     platform.halted = true;
                 }
-                return Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE));
+                vp.intercept_suspended = true;
+                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
+                return deliver(
+                    sh.root,
+                    sh.message_page,
+                    &Message::new(message_type::X64_HALT, header.as_bytes()),
+                );
             }
             ExitCode::HLT => {
                 vp.intercept_suspended = true;

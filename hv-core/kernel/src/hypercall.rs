@@ -58,6 +58,7 @@ fn root_only(code: HvCallCode) -> bool {
             | private::RESET_PARTITION
             | private::GET_DMA_GUARD
             | private::GET_REFERENCE_TIME
+            | private::SIGNAL_AND_DISPATCH_VP
     )
 }
 
@@ -197,6 +198,82 @@ pub fn child_call(
     HypercallResult::status(result.err().unwrap_or(HvStatus::SUCCESS))
 }
 
+/// HvCallSignalEvent from the root: `input` is the fast call's RDX.
+fn root_signal_event(hv: &mut Hv, input: u64) -> CallResult {
+    match ipc::route_event(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, input)? {
+        (Target::Root, sint, flag) => ipc::signal_root(&mut hv.bus, &hv.root_ram, sint, flag),
+        (Target::Child { partition, vp }, sint, flag) => child_mut(hv, partition)?.synic_signal(vp, sint, flag),
+    }
+}
+
+/// HvCallDispatchVp once its input is read and its output checked.
+fn dispatch_vp(hv: &mut Hv, p: &DispatchVpInput) -> Result<DispatchVpOutput, HvStatus> {
+    let host_save = hv.host_save;
+    let child = hv
+        .children
+        .get_mut(p.partition_id)
+        .ok_or(HvStatus::INVALID_PARTITION_ID)?;
+    let (state, event) = child.dispatch(
+        p.partition_id,
+        p.vp_index,
+        p.flags,
+        &hv.root_ram,
+        &mut hv.bus,
+        host_save,
+    )?;
+    Ok(DispatchVpOutput {
+        dispatch_state: state,
+        dispatch_event: event,
+    })
+}
+
+/// HvPrivSignalAndDispatchVp ([`private::SIGNAL_AND_DISPATCH_VP`]): every
+/// check first, then the signals in order (a failed one is counted, not
+/// fatal), then the dispatch.
+fn signal_and_dispatch_vp(hv: &mut Hv, input: u64, output: u64) -> CallResult {
+    let header: private::SignalDispatchInput = read_input(&hv.root_ram, input)?;
+    let count = header.signal_count as usize;
+    if count > private::MAX_QUEUED_SIGNALS || header.reserved != 0 {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    let mut raw = [0u8; private::MAX_QUEUED_SIGNALS * size_of::<private::QueuedSignal>()];
+    let raw = &mut raw[..count * size_of::<private::QueuedSignal>()];
+    if count > 0 {
+        let at = input
+            .checked_add(size_of::<private::SignalDispatchInput>() as u64)
+            .ok_or(HvStatus::INVALID_PARAMETER)?;
+        hv.root_ram.read(at, raw, HYPERCALL_PARAM_ALIGN)?;
+    }
+    let signals = <[private::QueuedSignal]>::ref_from_bytes(raw).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+    if signals.iter().any(|s| s.reserved != 0) {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    hv.root_ram.check(
+        output,
+        size_of::<private::SignalDispatchOutput>() as u64,
+        HYPERCALL_PARAM_ALIGN,
+    )?;
+    if hv.children.get(header.dispatch.partition_id).is_none() {
+        return Err(HvStatus::INVALID_PARTITION_ID);
+    }
+    let (mut failed, mut first_failure) = (0u32, HvStatus::SUCCESS);
+    for s in signals {
+        if let Err(status) = root_signal_event(hv, s.signal_event_input()) {
+            if failed == 0 {
+                first_failure = status;
+            }
+            failed += 1;
+        }
+    }
+    let out = private::SignalDispatchOutput {
+        dispatch: dispatch_vp(hv, &header.dispatch)?,
+        signals_failed: failed,
+        first_failure: first_failure.0,
+        reserved: 0,
+    };
+    write_output(&hv.root_ram, output, out.as_bytes())
+}
+
 /// A call made by the root partition.
 pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> HypercallResult {
     let control = match HypercallControl::decode(control) {
@@ -240,14 +317,7 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 }
             }
         }),
-        HvCallCode::SIGNAL_EVENT => fast(&control).and_then(|()| {
-            match ipc::route_event(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, input)? {
-                (Target::Root, sint, flag) => ipc::signal_root(&mut hv.bus, &hv.root_ram, sint, flag),
-                (Target::Child { partition, vp }, sint, flag) => {
-                    child_mut(hv, partition)?.synic_signal(vp, sint, flag)
-                }
-            }
-        }),
+        HvCallCode::SIGNAL_EVENT => fast(&control).and_then(|()| root_signal_event(hv, input)),
         HvCallCode::CREATE_PORT => slow(&control).and_then(|()| {
             let p: CreatePortInput = read_input(&hv.root_ram, input)?;
             let children = &hv.children;
@@ -357,25 +427,10 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 size_of::<DispatchVpOutput>() as u64,
                 HYPERCALL_PARAM_ALIGN,
             )?;
-            let host_save = hv.host_save;
-            let child = hv
-                .children
-                .get_mut(p.partition_id)
-                .ok_or(HvStatus::INVALID_PARTITION_ID)?;
-            let (state, event) = child.dispatch(
-                p.partition_id,
-                p.vp_index,
-                p.flags,
-                &hv.root_ram,
-                &mut hv.bus,
-                host_save,
-            )?;
-            let out = DispatchVpOutput {
-                dispatch_state: state,
-                dispatch_event: event,
-            };
+            let out = dispatch_vp(hv, &p)?;
             write_output(&hv.root_ram, output, out.as_bytes())
         }),
+        private::SIGNAL_AND_DISPATCH_VP => slow(&control).and_then(|()| signal_and_dispatch_vp(hv, input, output)),
         private::GET_CORE_STATS => slow(&control).and_then(|()| {
             let s = &hv.root_stats;
             let stats = CoreStats {

@@ -420,6 +420,8 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("replies_refused", w.replies_refused)
             .num("replies_waiting", w.outbox_len() as u64)
             .num("vmbus_violations", w.vmbus_violations)
+            .num("signals_with_dispatch", w.signals_with_dispatch)
+            .num("signals_failed", w.signals_failed)
             .num("stray_io", w.stray_io)
             .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
@@ -484,6 +486,11 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
         out,
         "synic:        {} messages received, {} replies posted, {} replies refused, {} refused as malformed",
         w.messages, w.replies, w.replies_refused, w.vmbus_violations
+    );
+    let _ = writeln!(
+        out,
+        "signals:      {} made with a dispatch, {} failed",
+        w.signals_with_dispatch, w.signals_failed
     );
     let mut quotas: Vec<(&'static str, u64, u64)> = w.quotas().to_vec();
     if let Ok(c) = m.integration(id) {

@@ -606,6 +606,53 @@ pub fn dispatch_vp(id: u64, vp: u32, flags: u32) -> Result<(u32, u32), HvStatus>
     Ok((o.dispatch_state, o.dispatch_event))
 }
 
+/// What [`signal_and_dispatch_vp`] reports: the dispatch's (state, event),
+/// then how many of the signals failed and the first failure's status.
+pub struct SignalDispatch {
+    pub state: u32,
+    pub event: u32,
+    pub signals_failed: u32,
+    pub first_failure: HvStatus,
+}
+
+/// HvPrivSignalAndDispatchVp: `signals` (at most
+/// `hv1_abi::private::MAX_QUEUED_SIGNALS`) made in order, then the dispatch,
+/// in one call (`hv1_abi::private::SIGNAL_AND_DISPATCH_VP`).
+pub fn signal_and_dispatch_vp(
+    id: u64,
+    vp: u32,
+    flags: u32,
+    signals: &[hv1_abi::private::QueuedSignal],
+) -> Result<SignalDispatch, HvStatus> {
+    use hv1_abi::private::{SignalDispatchInput, SignalDispatchOutput};
+    if signals.len() > hv1_abi::private::MAX_QUEUED_SIGNALS {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    let header = SignalDispatchInput {
+        dispatch: DispatchVpInput {
+            partition_id: id,
+            vp_index: vp,
+            flags,
+            time_slice: 0,
+            spec_ctrl: 0,
+        },
+        signal_count: signals.len() as u32,
+        reserved: 0,
+    };
+    let mut input = [0u8; size_of::<SignalDispatchInput>() + 8 * hv1_abi::private::MAX_QUEUED_SIGNALS];
+    let used = size_of::<SignalDispatchInput>() + signals.as_bytes().len();
+    input[..size_of::<SignalDispatchInput>()].copy_from_slice(header.as_bytes());
+    input[size_of::<SignalDispatchInput>()..used].copy_from_slice(signals.as_bytes());
+    let out = simple_call(hv1_abi::private::SIGNAL_AND_DISPATCH_VP, &input[..used])?;
+    let o = SignalDispatchOutput::read_from_bytes(&out[..size_of::<SignalDispatchOutput>()]).expect("16 bytes");
+    Ok(SignalDispatch {
+        state: o.dispatch.dispatch_state,
+        event: o.dispatch.dispatch_event,
+        signals_failed: o.signals_failed,
+        first_failure: HvStatus(o.first_failure),
+    })
+}
+
 /// hv-core's counters for a child (project-private call).
 pub fn partition_stats(id: u64) -> Result<hv1_abi::private::PartitionStats, HvStatus> {
     let out = simple_call(hv1_abi::private::GET_PARTITION_STATS, &id.to_le_bytes())?;

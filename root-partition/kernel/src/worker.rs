@@ -24,7 +24,8 @@ use hv1_abi::synic::{PortInfo, port_type};
 use mgmt::cli::CreateSpec;
 use mgmt::lifecycle::ChildState;
 use phys_mem::PAGE_SIZE;
-use zerocopy::{FromBytes, IntoBytes};
+use hv1_abi::private::{MAX_QUEUED_SIGNALS, QueuedSignal};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// COM1's ports.
 const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;
@@ -111,6 +112,13 @@ pub struct Worker {
     console_in: alloc::collections::VecDeque<u8>,
     /// Typed bytes dropped because that queue was full.
     pub console_input_dropped: u64,
+    /// Its channels' signals waiting for its next dispatch.
+    deferred_signals: DeferredSignals,
+    /// Signals that went into hv-core with a dispatch.
+    pub signals_with_dispatch: u64,
+    /// Of those, signals hv-core could not make (a root bug: the child's
+    /// event ports live as long as the child).
+    pub signals_failed: u64,
     /// The child's GPADLs (handle → guest page numbers), kept in step with
     /// its VMBus server and shared with every channel (`vsp::GpadlMap`):
     /// devices that take buffers by GPADL handle look them up live.
@@ -198,15 +206,72 @@ struct OpenPorts {
 }
 
 /// How a channel's device signals the child: the root sets the child's
-/// event flag `relid` (HvSignalEvent on the child's event port).
+/// event flag `relid` on the child's event port, with the child's next
+/// dispatch ([`DeferredSignals`]) or, when that queue is full, at once
+/// (HvSignalEvent).
 struct ChildEvent {
     connection_id: u32,
     flag: u16,
+    deferred: DeferredSignals,
 }
 
 impl vsp::GuestSignal for ChildEvent {
     fn signal(&mut self) -> bool {
-        hv::signal_event(self.connection_id, self.flag).is_ok()
+        let signal = QueuedSignal {
+            connection_id: self.connection_id,
+            flag: self.flag,
+            reserved: 0,
+        };
+        self.deferred.push(signal) || hv::signal_event(self.connection_id, self.flag).is_ok()
+    }
+}
+
+/// Signals for a child that go into hv-core with its next dispatch
+/// (HvPrivSignalAndDispatchVp, `hv1_abi::private::SIGNAL_AND_DISPATCH_VP`)
+/// instead of one HvCallSignalEvent each. On one CPU the child runs only
+/// inside the root's dispatches, so an event flag set now or just before
+/// the next dispatch is the same to it; the root saves a world switch per
+/// signal (a device's completion, then the dispatch that lets the child
+/// take it). Shared by the child's channels; a set (a flag signalled twice
+/// before the dispatch is one signal, as the flag is one bit) of at most
+/// `MAX_QUEUED_SIGNALS`, allocated once: when full, a channel signals at
+/// once. Emptied with everything else the child had
+/// (`Worker::power_off_devices`).
+#[derive(Clone)]
+struct DeferredSignals(alloc::rc::Rc<core::cell::RefCell<Vec<QueuedSignal>>>);
+
+impl DeferredSignals {
+    fn new() -> Self {
+        Self(alloc::rc::Rc::new(core::cell::RefCell::new(Vec::with_capacity(
+            MAX_QUEUED_SIGNALS,
+        ))))
+    }
+
+    /// Queue `signal` for the next dispatch; false if the queue is full.
+    fn push(&self, signal: QueuedSignal) -> bool {
+        let mut queue = self.0.borrow_mut();
+        if queue.contains(&signal) {
+            return true;
+        }
+        if queue.len() >= MAX_QUEUED_SIGNALS {
+            return false;
+        }
+        queue.push(signal);
+        true
+    }
+
+    /// Copy the queue into `out` (it holds at most `MAX_QUEUED_SIGNALS`)
+    /// and empty it; returns how many there were.
+    fn take_into(&self, out: &mut [QueuedSignal; MAX_QUEUED_SIGNALS]) -> usize {
+        let mut queue = self.0.borrow_mut();
+        let n = queue.len();
+        out[..n].copy_from_slice(&queue);
+        queue.clear();
+        n
+    }
+
+    fn clear(&self) {
+        self.0.borrow_mut().clear();
     }
 }
 
@@ -331,6 +396,9 @@ impl Worker {
             rtc: CmosRtc::new(),
             console_in: alloc::collections::VecDeque::with_capacity(CONSOLE_INPUT_LIMIT),
             console_input_dropped: 0,
+            deferred_signals: DeferredSignals::new(),
+            signals_with_dispatch: 0,
+            signals_failed: 0,
             gpadls: SharedGpadls::default(),
             image,
             started: 0,
@@ -861,6 +929,7 @@ impl Worker {
         let signal = ChildEvent {
             connection_id: events,
             flag: relid as u16,
+            deferred: self.deferred_signals.clone(),
         };
         let channel = vsp::Channel::new(up, down, Box::new(signal))
             .map_err(|e| format!("rings: {e:?}"))?
@@ -1073,6 +1142,8 @@ impl Worker {
     /// the console budget renewed.
     fn power_off_devices(&mut self) {
         self.close_all_channels();
+        // Signals for channels that are gone (a restart resets the SynIC).
+        self.deferred_signals.clear();
         self.gpadls.clear();
         for d in self.devices.iter_mut() {
             d.device.reset();
@@ -1326,7 +1397,28 @@ impl Worker {
             flags |= dispatch_flags::CLEAR_INTERCEPT_SUSPEND;
         }
         let message_page = v.message_page;
-        match hv::dispatch_vp(self.id, vp, flags) {
+        let mut signals = [QueuedSignal::new_zeroed(); MAX_QUEUED_SIGNALS];
+        let count = self.deferred_signals.take_into(&mut signals);
+        let dispatched = if count == 0 {
+            hv::dispatch_vp(self.id, vp, flags)
+        } else {
+            hv::signal_and_dispatch_vp(self.id, vp, flags, &signals[..count]).map(|r| {
+                self.signals_with_dispatch += count as u64;
+                if r.signals_failed != 0 {
+                    self.signals_failed += u64::from(r.signals_failed);
+                    if self.may_log() {
+                        crate::println!(
+                            "root: partition {}: hv-core could not make {} of {count} signals ({:?})",
+                            self.id,
+                            r.signals_failed,
+                            r.first_failure
+                        );
+                    }
+                }
+                (r.state, r.event)
+            })
+        };
+        match dispatched {
             Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_NONE)) => {
                 self.vps[vp as usize].clear_intercept = false;
                 // The dispatch may have ended because the VP sent an IPI
