@@ -12,6 +12,7 @@ use crate::memory::{self, ChildRam, GpaError, GuestMemory, RegionTables, RootRam
 use crate::platform::{PartitionTime, VpPlatform};
 use crate::vcpu::{ExitStats, Outcome, SyntheticMsrs, Vcpu};
 use crate::vmrun::{self, GuestRegs};
+use core::sync::atomic::{AtomicU64, Ordering};
 use hv1_abi::cpuid::{HvCpuidProfile, PartitionPrivileges};
 use hv1_abi::hypercall::ClusterIpi;
 use hv1_abi::message::{
@@ -27,7 +28,7 @@ use hv1_abi::private::{self, GuestCrash};
 use hv1_abi::{HvCallCode, HvStatus, HypercallResult, msr};
 use partitions::PartitionState;
 use svm::insn::Intercepted;
-use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
+use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_DO_NOTHING, TLB_FLUSH_ALL, event, intercept, msrpm, npf};
 use svm::{ExitCode, Segment, Vmcb};
 use synic::{PendingVectors, SynicVp};
 use vlapic::{Ipi, IpiDelivery, Trigger};
@@ -222,6 +223,9 @@ pub struct Child {
     maps: SharedMaps,
     /// ASID its VPs run with.
     asid: u32,
+    /// What its VPs' TLB entries were made from, as [`ChildAsid`] compares
+    /// it: renewed whenever its NPT changes.
+    tlb_epoch: u64,
     /// Reference time (TIME_REF_COUNT, the reference TSC page).
     time: PartitionTime,
     /// Private property SIGNAL_GRACE.
@@ -233,12 +237,14 @@ pub type ChildResult<T> = Result<T, HvStatus>;
 
 impl Child {
     /// A freshly created partition (its creation flags were validated by the
-    /// caller). Children share ASID 2 and flush on every entry.
+    /// caller). Children share ASID 2; an entry flushes it only when its
+    /// entries may belong to something else ([`ChildAsid`]).
     pub fn new(maps: SharedMaps) -> Self {
         Self {
             logged: 0,
             maps,
             asid: 2,
+            tlb_epoch: ChildAsid::new_epoch(),
             state: PartitionState::Created,
             npt: None,
             vps: [const { None }; MAX_VPS],
@@ -292,6 +298,7 @@ impl Child {
         let next = self.state.initialize().map_err(|e| e.status())?;
         let npt = PageTables::new(RegionTables).map_err(|_| HvStatus::INSUFFICIENT_MEMORY)?;
         self.npt = Some(npt);
+        self.tlb_epoch = ChildAsid::new_epoch();
         self.state = next;
         Ok(())
     }
@@ -434,6 +441,7 @@ impl Child {
             });
         }
         self.mapped_pages += 1;
+        self.tlb_epoch = ChildAsid::new_epoch();
         Ok(())
     }
 
@@ -448,6 +456,8 @@ impl Child {
         let spa = npt.unmap_4k(gpa).map_err(|_| HvStatus::INVALID_PARAMETER)?;
         memory::unlend(spa);
         self.mapped_pages -= 1;
+        // Its VPs may hold translations to the page: none may survive.
+        self.tlb_epoch = ChildAsid::new_epoch();
         Ok(())
     }
 
@@ -652,9 +662,15 @@ impl Child {
                 }
                 vp.guest_efer = x & !EFER_SVME;
                 vp.vmcb().save.efer = x | EFER_SVME;
+                vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
             }
             _ => {
                 let v = vp.vmcb();
+                // New paging state from the root: the VP's TLB entries
+                // were made under the old one.
+                if matches!(name, RegisterName::CR0 | RegisterName::CR3 | RegisterName::CR4) {
+                    v.control.tlb_control = TLB_FLUSH_ALL;
+                }
                 let s = &mut v.save;
                 match name {
                     RegisterName::RAX => s.rax = x,
@@ -805,6 +821,7 @@ impl Child {
             ignore_unknown_msrs,
             maps: &self.maps,
             asid: self.asid,
+            tlb_epoch: self.tlb_epoch,
         };
         // State VMRUN does not switch: x87/SSE (FXSAVE) and DR0-DR3. The root's
         // is put aside for the whole dispatch (hv-core itself never uses it).
@@ -904,6 +921,41 @@ impl Child {
     }
 }
 
+/// The one ASID all child VPs run with, and whose TLB entries it holds.
+///
+/// An entry flushes only when the entries the CPU may hold for the ASID
+/// could be wrong for the VP entering: they were made by another VP (a
+/// sibling or another child: guest-virtual translations are per VP), or
+/// under an NPT that has changed since (a page mapped or unmapped renews
+/// the partition's epoch). State the CPU would have flushed for had it
+/// executed the change itself (CR0/CR3/CR4/EFER written by the root or
+/// emulated by hv-core, a rebuilt VMCB) sets TLB_CONTROL in that VP's VMCB
+/// directly. Flushing on every entry, as hv-core did before, costs on
+/// hardware a TLB refill per exit; under QEMU it cost a flush of the whole
+/// soft TLB and jump cache per entry on top of the one its CR3 load makes
+/// (`target/i386/tcg/sysemu/svm_helper.c` `helper_vmrun`).
+struct ChildAsid;
+
+/// Owner of the child ASID's TLB entries: `epoch << 8 | vp`, 0 for none.
+static CHILD_ASID_OWNER: AtomicU64 = AtomicU64::new(0);
+/// Source of epochs (one CPU: plain counting).
+static TLB_EPOCHS: AtomicU64 = AtomicU64::new(1);
+
+impl ChildAsid {
+    /// A number no partition's TLB state had before.
+    fn new_epoch() -> u64 {
+        TLB_EPOCHS.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// VP `index` of the partition at `epoch` enters: whether the ASID's
+    /// entries may be someone else's (the entry must flush). It owns them
+    /// from now on.
+    fn enter(epoch: u64, index: u32) -> bool {
+        let owner = (epoch << 8) | u64::from(index);
+        CHILD_ASID_OWNER.swap(owner, Ordering::Relaxed) != owner
+    }
+}
+
 /// What a dispatch needs besides the VP itself.
 struct Shared<'a> {
     /// SIGNAL_GRACE: a post or signal to the root ends the dispatch at
@@ -926,6 +978,7 @@ struct Shared<'a> {
     ignore_unknown_msrs: bool,
     maps: &'a SharedMaps,
     asid: u32,
+    tlb_epoch: u64,
 }
 
 /// Run the VP until something needs the root.
@@ -950,8 +1003,10 @@ fn run_vp(
     }
     let mut in_grace = false;
     for _ in 0..MAX_INTERNAL_EXITS {
-        // Children may share ASIDs: flush on every entry (TCG flushes anyway).
-        vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
+        // Children share an ASID: flush when its entries may be another's.
+        if ChildAsid::enter(sh.tlb_epoch, index) {
+            vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
+        }
         // Timers and SynIC vectors up to date; an interrupt the VP can take
         // now goes in with this entry, one it cannot take opens a window.
         vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, sh.ram);
@@ -967,6 +1022,9 @@ fn run_vp(
         unsafe { vmrun::run(&mut vp.regs, vmcb_pa, sh.host_save, true) };
         // SAFETY: as in `Vp::vmcb`; `vp.regs` is borrowed separately below.
         let vmcb: &mut Vmcb = unsafe { &mut *(vmcb_pa as *mut Vmcb) };
+        // Flushed, if it was asked for: the next entry flushes only if
+        // something asks again.
+        vmcb.control.tlb_control = TLB_DO_NOTHING;
         let code = ExitCode(vmcb.control.exit_code);
         stats.count(code, vmcb.control.exit_info1, vp.regs.rcx);
         // A CR8 write since the entry is the APIC's new TPR.

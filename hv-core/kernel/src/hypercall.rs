@@ -202,7 +202,9 @@ pub fn child_call(
 fn root_signal_event(hv: &mut Hv, input: u64) -> CallResult {
     match ipc::route_event(&hv.bus.ports, hv1_abi::ROOT_PARTITION_ID, input)? {
         (Target::Root, sint, flag) => ipc::signal_root(&mut hv.bus, &hv.root_ram, sint, flag),
-        (Target::Child { partition, vp }, sint, flag) => child_mut(hv, partition)?.synic_signal(vp, sint, flag),
+        (Target::Child { partition, vp }, sint, flag) => {
+            child_mut(hv, partition)?.synic_signal(vp, sint, flag)
+        }
     }
 }
 
@@ -430,7 +432,9 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             let out = dispatch_vp(hv, &p)?;
             write_output(&hv.root_ram, output, out.as_bytes())
         }),
-        private::SIGNAL_AND_DISPATCH_VP => slow(&control).and_then(|()| signal_and_dispatch_vp(hv, input, output)),
+        private::SIGNAL_AND_DISPATCH_VP => {
+            slow(&control).and_then(|()| signal_and_dispatch_vp(hv, input, output))
+        }
         private::GET_CORE_STATS => slow(&control).and_then(|()| {
             let s = &hv.root_stats;
             let stats = CoreStats {

@@ -14,7 +14,7 @@ use core::arch::asm;
 use kernel_x86::arch::{cpuid, rdmsr, read_cr3, write_cr3, wrmsr};
 use kernel_x86::traps::{self, CpuTables, ExceptionFrame};
 use partitions::Table;
-use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_FLUSH_ALL, intercept, msrpm};
+use svm::vmcb::{EFER_SVME, NP_ENABLE, TLB_DO_NOTHING, TLB_FLUSH_ALL, intercept, msrpm};
 use svm::{Segment, Vmcb};
 use x86_64::instructions::segmentation::{CS, DS, ES, SS, Segment as _};
 use x86_64::instructions::tables::{sgdt, sidt};
@@ -275,6 +275,10 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         | intercept::SKINIT;
     c.iopm_base_pa = iopm;
     c.msrpm_base_pa = msrpm_pa;
+    // The root's own ASID. Its NPT never changes after this (lending a page
+    // to a child leaves it mapped for the root), so only the first entry
+    // flushes, and later ones only when an emulated write to paging state
+    // asks for it (`vcpu.rs`).
     c.guest_asid = 1;
     c.tlb_control = TLB_FLUSH_ALL;
     c.nested_ctl = NP_ENABLE;
@@ -351,6 +355,7 @@ fn launch(handoff_phys: u64) -> Result<core::convert::Infallible, LaunchRefused>
         // the root's VMCB passes interrupts through, so hv-core's IF stays clear.
         // SAFETY: complete VMCB, SVME and VM_HSAVE_PA set, this CPU alone runs it.
         unsafe { vmrun::run(&mut regs, vmcb_pa, host_save, false) };
+        vmcb.control.tlb_control = TLB_DO_NOTHING;
         hv.handle_root_exit(vmcb, &mut regs);
         crate::ipc::inject_pending(vmcb, &mut hv.bus.root_pending);
     }

@@ -11,7 +11,7 @@ use hv1_abi::cpuid::{CPUID1_ECX_HYPERVISOR, HvCpuidProfile};
 use hv1_abi::msr;
 use svm::Vmcb;
 use svm::insn::{self, Intercepted};
-use svm::vmcb::{EFER_SVME, event};
+use svm::vmcb::{EFER_SVME, TLB_FLUSH_ALL, event};
 
 /// #UD.
 pub const VECTOR_UD: u8 = 6;
@@ -357,6 +357,10 @@ impl Vcpu<'_> {
         match svm::cr::check_cr4(value, cr4_allowed(), long_mode, s.cr4, s.cr3) {
             Ok(()) => {
                 self.vmcb.save.cr4 = value;
+                // The CPU did not execute the write, so it did not flush the
+                // guest's TLB as the write would have (PGE, PCIDE, ...):
+                // the next entry does.
+                self.vmcb.control.tlb_control = TLB_FLUSH_ALL;
                 Outcome::Skip(mov.len)
             }
             Err(e) => {
@@ -592,6 +596,9 @@ impl Vcpu<'_> {
         let value = (value & !(EFER_LMA | EFER_SVME)) | (current & EFER_LMA);
         *self.guest_efer = value;
         self.vmcb.save.efer = value | EFER_SVME;
+        // Emulated, so no flush happened for NXE and the like: the next
+        // entry flushes.
+        self.vmcb.control.tlb_control = TLB_FLUSH_ALL;
         Outcome::Advance(Intercepted::Wrmsr)
     }
 

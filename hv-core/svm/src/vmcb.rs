@@ -307,6 +307,8 @@ pub const EFER_SVME: u64 = 1 << 12;
 pub const NP_ENABLE: u64 = 1 << 0;
 /// TLB_CONTROL: flush all ASIDs.
 pub const TLB_FLUSH_ALL: u8 = 1;
+/// TLB_CONTROL: no flush; the guest's ASID keeps its TLB entries.
+pub const TLB_DO_NOTHING: u8 = 0;
 
 /// EVENTINJ / EXITINTINFO encodings.
 pub mod event {

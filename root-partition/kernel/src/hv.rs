@@ -644,7 +644,8 @@ pub fn signal_and_dispatch_vp(
     input[..size_of::<SignalDispatchInput>()].copy_from_slice(header.as_bytes());
     input[size_of::<SignalDispatchInput>()..used].copy_from_slice(signals.as_bytes());
     let out = simple_call(hv1_abi::private::SIGNAL_AND_DISPATCH_VP, &input[..used])?;
-    let o = SignalDispatchOutput::read_from_bytes(&out[..size_of::<SignalDispatchOutput>()]).expect("16 bytes");
+    let o =
+        SignalDispatchOutput::read_from_bytes(&out[..size_of::<SignalDispatchOutput>()]).expect("16 bytes");
     Ok(SignalDispatch {
         state: o.dispatch.dispatch_state,
         event: o.dispatch.dispatch_event,

@@ -20,11 +20,11 @@ use hv1_abi::partition::{
     DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
     DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, dispatch_flags, map_flags, property,
 };
+use hv1_abi::private::{MAX_QUEUED_SIGNALS, QueuedSignal};
 use hv1_abi::synic::{PortInfo, port_type};
 use mgmt::cli::CreateSpec;
 use mgmt::lifecycle::ChildState;
 use phys_mem::PAGE_SIZE;
-use hv1_abi::private::{MAX_QUEUED_SIGNALS, QueuedSignal};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// COM1's ports.
