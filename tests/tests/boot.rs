@@ -64,6 +64,15 @@ fn hypercall_page_works() {
         console.contains("misaligned output GPA: INVALID_ALIGNMENT"),
         "{console}"
     );
+    // The private signal-and-dispatch call checks its whole input first.
+    for line in [
+        "hypercall: signal and dispatch, too many signals: INVALID_PARAMETER",
+        "hypercall: signal and dispatch, reserved header field: INVALID_PARAMETER",
+        "hypercall: signal and dispatch, reserved signal field: INVALID_PARAMETER",
+        "hypercall: signal and dispatch, no such partition: INVALID_PARTITION_ID",
+    ] {
+        assert!(console.lines().any(|l| l.trim_end() == line), "{line}\n{console}");
+    }
 }
 
 /// (d) After demotion the root still drives its own virtio-blk disk: sector 0

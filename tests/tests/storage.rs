@@ -376,7 +376,20 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
             v["exits"]["pause"].as_u64().unwrap_or(0),
         )
     };
+    // Each completion's signal goes into hv-core with the dispatch that
+    // lets the child take it (HvPrivSignalAndDispatchVp), not as a
+    // HvCallSignalEvent of its own.
+    let signals = |m: &mut Machine| {
+        let v = m.hvctl_json("info 5 --json");
+        (
+            v["signals_with_dispatch"]
+                .as_u64()
+                .expect("signals_with_dispatch"),
+            v["signals_failed"].as_u64().expect("signals_failed"),
+        )
+    };
     let (intr0, pause0) = exits(&mut m);
+    let (with_dispatch0, _) = signals(&mut m);
     let reads = run_in(
         &mut m,
         5,
@@ -384,7 +397,14 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         "depth1",
     );
     let (intr1, pause1) = exits(&mut m);
+    let (with_dispatch1, signals_failed) = signals(&mut m);
     assert!(reads.lines().any(|l| l.trim() == "256+0 records in"), "{reads}");
+    assert!(
+        with_dispatch1 - with_dispatch0 >= 256 / 2,
+        "{} signals made with a dispatch for 256 reads one at a time",
+        with_dispatch1 - with_dispatch0
+    );
+    assert_eq!(signals_failed, 0, "signals hv-core could not make");
     assert!(
         intr1 - intr0 < 256 / 4,
         "{} timer-ended dispatches for 256 reads one at a time ({} PAUSE yields)",

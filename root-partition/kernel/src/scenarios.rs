@@ -173,8 +173,79 @@ fn hypercall(boot: &BootReport) -> Result<(), String> {
             format!("{what}: got {got:?}, expected {expected:?}")
         })?;
     }
+    signal_and_dispatch_refusals(out)?;
     memory::free_frames(out, 1);
     Ok(())
+}
+
+/// HvPrivSignalAndDispatchVp refuses a bad input whole, before any signal
+/// or dispatch: too many signals, reserved fields set, no such partition.
+fn signal_and_dispatch_refusals(out: u64) -> Result<(), String> {
+    use hv1_abi::private::{MAX_QUEUED_SIGNALS, QueuedSignal, SIGNAL_AND_DISPATCH_VP, SignalDispatchInput};
+    use zerocopy::IntoBytes;
+    let input = memory::alloc_frames(1).ok_or("no frame")?;
+    let header = |partition_id: u64, signal_count: u32, reserved: u32| SignalDispatchInput {
+        dispatch: hv1_abi::partition::DispatchVpInput {
+            partition_id,
+            vp_index: 0,
+            flags: 0,
+            time_slice: 0,
+            spec_ctrl: 0,
+        },
+        signal_count,
+        reserved,
+    };
+    let signal = |reserved: u16| QueuedSignal {
+        connection_id: 0x7777,
+        flag: 1,
+        reserved,
+    };
+    let cases: [(&str, SignalDispatchInput, QueuedSignal, HvStatus); 4] = [
+        (
+            "too many signals",
+            header(hv1_abi::ROOT_PARTITION_ID + 1, MAX_QUEUED_SIGNALS as u32 + 1, 0),
+            signal(0),
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "reserved header field",
+            header(hv1_abi::ROOT_PARTITION_ID + 1, 1, 1),
+            signal(0),
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "reserved signal field",
+            header(hv1_abi::ROOT_PARTITION_ID + 1, 1, 0),
+            signal(1),
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "no such partition",
+            header(0x7777, 1, 0),
+            signal(0),
+            HvStatus::INVALID_PARTITION_ID,
+        ),
+    ];
+    let control = HypercallControl::simple(SIGNAL_AND_DISPATCH_VP).encode();
+    let mut result = Ok(());
+    for (what, h, s, expected) in cases {
+        // SAFETY: a frame just taken from the root's allocator, identity-mapped
+        // and used by nothing else until it is freed below.
+        let page = unsafe { memory::phys_slice_mut(input, 4096) };
+        page.fill(0);
+        page[..size_of::<SignalDispatchInput>()].copy_from_slice(h.as_bytes());
+        page[size_of::<SignalDispatchInput>()..][..size_of::<QueuedSignal>()].copy_from_slice(s.as_bytes());
+        let got = hv::hypercall(control, input, out).status;
+        println!("hypercall: signal and dispatch, {what}: {got:?}");
+        if got != expected {
+            result = Err(format!(
+                "signal and dispatch, {what}: got {got:?}, expected {expected:?}"
+            ));
+            break;
+        }
+    }
+    memory::free_frames(input, 1);
+    result
 }
 
 /// (d) The passthrough disk, read after demotion: print sector 0 in full.
