@@ -534,6 +534,17 @@ fn disk_bench_mode_reads_at_depth_and_reports_its_rates() {
         "{hypercalls} hypercalls for {srbs} SRBs: {}",
         info["exits"]
     );
+    // The only running child, one VP: after its first entry the child
+    // ASID's TLB entries stay its own, so entries flush only when its
+    // paging state or NPT changed (loading, the guest's own setup), not
+    // at each of its thousands of entries.
+    let exits = info["exits"]["total"].as_u64().unwrap_or(0);
+    let flushes = info["tlb_flushes"].as_u64().expect("tlb_flushes");
+    println!("disk-bench: {flushes} TLB flushes over {exits} exits");
+    assert!(
+        flushes > 0 && flushes * 20 < exits,
+        "{flushes} TLB flushes for {exits} exits"
+    );
     drop(m);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -141,8 +141,12 @@ pub struct PartitionStats {
     pub failed_hypercalls: u64,
     /// Its GUEST_OS_ID.
     pub guest_os_id: u64,
+    /// Entries into its VPs that flushed the TLB (the child ASID's entries
+    /// were another VP's or made under an older NPT, or the VP's paging
+    /// state was set from outside).
+    pub tlb_flushes: u64,
 }
-const _: () = assert!(size_of::<PartitionStats>() == 8 * 6 + 8 * EXIT_REASON_COUNT);
+const _: () = assert!(size_of::<PartitionStats>() == 8 * 7 + 8 * EXIT_REASON_COUNT);
 
 /// HvPrivGetDmaGuard (root only): writes a [`DmaGuard`] to the output GPA.
 /// Reports how hv-core keeps device DMA out of its region (the AMD IOMMU)

@@ -1007,6 +1007,9 @@ fn run_vp(
         if ChildAsid::enter(sh.tlb_epoch, index) {
             vp.vmcb().control.tlb_control = TLB_FLUSH_ALL;
         }
+        if vp.vmcb_ref().control.tlb_control != TLB_DO_NOTHING {
+            stats.tlb_flushes += 1;
+        }
         // Timers and SynIC vectors up to date; an interrupt the VP can take
         // now goes in with this entry, one it cannot take opens a window.
         vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, sh.ram);

@@ -512,6 +512,7 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
                 injected_exceptions: s.injected,
                 failed_hypercalls: s.failed_hypercalls,
                 guest_os_id: child.msrs.guest_os_id,
+                tlb_flushes: s.tlb_flushes,
             };
             write_output(&hv.root_ram, output, stats.as_bytes())
         }),

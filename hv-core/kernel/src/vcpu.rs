@@ -681,6 +681,8 @@ pub struct ExitStats {
     pub injected: u64,
     /// Hypercalls that did not succeed.
     pub failed_hypercalls: u64,
+    /// Entries that flushed the TLB (children only).
+    pub tlb_flushes: u64,
 }
 
 impl ExitStats {

@@ -426,6 +426,7 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
             .num("halted_vps", w.halted_vps() as u64)
             .num("injected_exceptions", stats.injected_exceptions)
             .num("failed_hypercalls", stats.failed_hypercalls)
+            .num("tlb_flushes", stats.tlb_flushes)
             .num("vmbus_resets", w.resets)
             .num("rings_broken", w.rings_broken)
             .num("console_lines_suppressed", w.lines_suppressed)
@@ -503,8 +504,8 @@ fn info(m: &Manager, id: u64, json: bool, with_checksum: bool, out: &mut String)
     let _ = writeln!(out, "quotas:       {}", quota_line.join(", "));
     let _ = writeln!(
         out,
-        "exits:        {} total ({} injected exceptions, {} failed hypercalls)",
-        stats.total_exits, stats.injected_exceptions, stats.failed_hypercalls
+        "exits:        {} total ({} injected exceptions, {} failed hypercalls, {} TLB flushes)",
+        stats.total_exits, stats.injected_exceptions, stats.failed_hypercalls, stats.tlb_flushes
     );
     for (name, count) in EXIT_REASONS.iter().zip(stats.exits) {
         if count != 0 {
