@@ -791,12 +791,7 @@ impl Child {
             vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, &ram);
             if !vp.platform.wakes(vp.vmcb_ref(), &vp.pending) {
                 vp.intercept_suspended = true;
-                let header = intercept_header(vp.vmcb_ref(), index, 0, access::EXECUTE);
-                return deliver(
-                    root,
-                    message_page,
-                    &Message::new(message_type::X64_HALT, header.as_bytes()),
-                );
+                return report_halt(root, message_page, vp.vmcb_ref(), index, 0);
             }
             vp.platform.halted = false;
             vp.platform.idle_ignores_if = false;
@@ -1198,12 +1193,7 @@ fn run_vp(
                 platform.halted = true;
                 platform.idle_ignores_if = true;
                 vp.intercept_suspended = true;
-                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
-                return deliver(
-                    sh.root,
-                    sh.message_page,
-                    &Message::new(message_type::X64_HALT, header.as_bytes()),
-                );
+                return report_halt(sh.root, sh.message_page, cpu.vmcb, index, 0);
             }
             ExitCode::MSR if cpu.vmcb.control.exit_info1 == 0 => cpu.rdmsr(),
             ExitCode::MSR => cpu.wrmsr(),
@@ -1269,12 +1259,7 @@ fn run_vp(
                     platform.halted = true;
                 }
                 vp.intercept_suspended = true;
-                let header = intercept_header(cpu.vmcb, index, 0, access::EXECUTE);
-                return deliver(
-                    sh.root,
-                    sh.message_page,
-                    &Message::new(message_type::X64_HALT, header.as_bytes()),
-                );
+                return report_halt(sh.root, sh.message_page, cpu.vmcb, index, 0);
             }
             ExitCode::HLT => {
                 vp.intercept_suspended = true;
@@ -1284,12 +1269,7 @@ fn run_vp(
                 // The root steps over the HLT (length 1); the STI shadow
                 // that may have covered it ends there.
                 cpu.vmcb.control.int_state &= !1;
-                let header = intercept_header(cpu.vmcb, index, 1, access::EXECUTE);
-                return deliver(
-                    sh.root,
-                    sh.message_page,
-                    &Message::new(message_type::X64_HALT, header.as_bytes()),
-                );
+                return report_halt(sh.root, sh.message_page, cpu.vmcb, index, 1);
             }
             ExitCode::NPF => {
                 if let Some(outcome) = cpu.apic_mmio() {
@@ -1477,6 +1457,17 @@ fn deliver(root: &RootRam, page: u64, m: &Message) -> ChildResult<(u32, u32)> {
         GpaError::OutOfRange => HvStatus::INVALID_PARAMETER,
     })?;
     Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT))
+}
+
+/// Tell the root VP `index` is halted (X64_HALT; `length` 1 for a HLT the
+/// root completes, 0 when RIP is already past it).
+fn report_halt(root: &RootRam, page: u64, vmcb: &Vmcb, index: u32, length: u8) -> ChildResult<(u32, u32)> {
+    let header = intercept_header(vmcb, index, length, access::EXECUTE);
+    deliver(
+        root,
+        page,
+        &Message::new(message_type::X64_HALT, header.as_bytes()),
+    )
 }
 
 /// Whether a HLT ends at once: RFLAGS.IF is set and, with timers advanced
