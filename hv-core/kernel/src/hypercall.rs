@@ -17,7 +17,7 @@ use hv1_abi::partition::{
 use hv1_abi::private::{self, CoreStats, PartitionStats};
 use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortRefInput};
 use hv1_abi::{HvCallCode, HvStatus, HypercallControl, HypercallResult};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
 impl From<GpaError> for HvStatus {
     fn from(e: GpaError) -> Self {
@@ -238,15 +238,16 @@ fn signal_and_dispatch_vp(hv: &mut Hv, input: u64, output: u64) -> CallResult {
     if count > private::MAX_QUEUED_SIGNALS || header.reserved != 0 {
         return Err(HvStatus::INVALID_PARAMETER);
     }
-    let mut raw = [0u8; private::MAX_QUEUED_SIGNALS * size_of::<private::QueuedSignal>()];
-    let raw = &mut raw[..count * size_of::<private::QueuedSignal>()];
+    // Typed storage (not a byte buffer viewed as signals): always aligned.
+    let mut buffer = [private::QueuedSignal::new_zeroed(); private::MAX_QUEUED_SIGNALS];
+    let signals = &mut buffer[..count];
     if count > 0 {
         let at = input
             .checked_add(size_of::<private::SignalDispatchInput>() as u64)
             .ok_or(HvStatus::INVALID_PARAMETER)?;
-        hv.root_ram.read(at, raw, HYPERCALL_PARAM_ALIGN)?;
+        hv.root_ram.read(at, signals.as_mut_bytes(), HYPERCALL_PARAM_ALIGN)?;
     }
-    let signals = <[private::QueuedSignal]>::ref_from_bytes(raw).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+    let signals = &*signals;
     if signals.iter().any(|s| s.reserved != 0) {
         return Err(HvStatus::INVALID_PARAMETER);
     }
