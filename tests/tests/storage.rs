@@ -405,6 +405,17 @@ fn a_linux_childs_files_survive_destroy_create_and_a_qemu_restart_and_no_other_c
         with_dispatch1 - with_dispatch0
     );
     assert_eq!(signals_failed, 0, "signals hv-core could not make");
+    // Its port accesses (the serial console, which Linux also polls: COM1
+    // has no interrupt) were completed through the VP register page, with
+    // no HvCallSetVpRegisters: booting alone prints thousands of bytes.
+    let info = m.hvctl_json("info 5 --json");
+    let completions = info["register_page_completions"]
+        .as_u64()
+        .expect("register_page_completions");
+    assert!(
+        completions > 1000,
+        "{completions} intercepts completed through the register page"
+    );
     assert!(
         intr1 - intr0 < 256 / 4,
         "{} timer-ended dispatches for 256 reads one at a time ({} PAUSE yields)",

@@ -376,6 +376,53 @@ const _: () = assert!(size_of::<MapVpStatePageOutput>() == 8);
 
 /// HV_VP_STATE_PAGE_INTERCEPT_MESSAGE.
 pub const VP_STATE_PAGE_INTERCEPT_MESSAGE: u16 = 1;
+/// HV_VP_STATE_PAGE_REGISTERS: the VP register page ([`VpRegisterPage`]).
+pub const VP_STATE_PAGE_REGISTERS: u16 = 0;
+
+/// `HV_VP_REGISTER_PAGE_VERSION_1`.
+pub const VP_REGISTER_PAGE_VERSION_1: u16 = 1;
+
+/// Bits of [`VpRegisterPage::dirty`]: `1 << HV_X64_REGISTER_CLASS_*`.
+pub mod register_class {
+    /// The 16 general-purpose registers.
+    pub const GENERAL: u32 = 1 << 0;
+    /// RIP.
+    pub const IP: u32 = 1 << 1;
+    /// XMM0–XMM5.
+    pub const XMM: u32 = 1 << 2;
+    /// ES, CS, SS, DS, FS, GS.
+    pub const SEGMENT: u32 = 1 << 3;
+    /// RFLAGS.
+    pub const FLAGS: u32 = 1 << 4;
+}
+
+/// The start of `struct hv_vp_register_page` (Linux
+/// `include/hyperv/hvhdk.h`), up to RFLAGS: the part hv-core keeps. The
+/// hypervisor fills it when the VP stops at an intercept (`isvalid` 1), so
+/// the root reads the VP's registers there; the root completes the
+/// intercept by writing registers and setting their class in `dirty`, and
+/// the next dispatch loads them, with no HvCallSetVpRegisters. The rest of
+/// the page (XMM, segments, control registers) is not written.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct VpRegisterPage {
+    /// [`VP_REGISTER_PAGE_VERSION_1`].
+    pub version: u16,
+    /// 1 while the page holds the stopped VP's registers.
+    pub isvalid: u8,
+    /// Reserved, 0.
+    pub rsvdz: u8,
+    /// [`register_class`] bits the root wrote.
+    pub dirty: u32,
+    /// RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8–R15 (x86 encoding order).
+    pub gp_registers: [u64; 16],
+    /// RIP.
+    pub rip: u64,
+    /// RFLAGS.
+    pub rflags: u64,
+}
+const _: () = assert!(size_of::<VpRegisterPage>() == 152);
+const _: () = assert!(core::mem::offset_of!(VpRegisterPage, rip) == 136);
 
 #[cfg(test)]
 mod tests {

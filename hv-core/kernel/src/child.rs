@@ -21,8 +21,8 @@ use hv1_abi::message::{
 };
 use hv1_abi::partition::{
     DISPATCH_EVENT_INTERCEPT, DISPATCH_EVENT_NONE, DISPATCH_EVENT_SUSPEND, DISPATCH_STATE_BLOCKED,
-    DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, TableRegister, dispatch_flags,
-    internal_activity, map_flags,
+    DISPATCH_STATE_READY, RegisterName, RegisterValue, SegmentRegister, TableRegister,
+    VP_REGISTER_PAGE_VERSION_1, VpRegisterPage, dispatch_flags, internal_activity, map_flags,
 };
 use hv1_abi::private::{self, GuestCrash};
 use hv1_abi::{HvCallCode, HvStatus, HypercallResult, msr};
@@ -34,7 +34,7 @@ use synic::{PendingVectors, SynicVp};
 use vlapic::{Ipi, IpiDelivery, Trigger};
 use x86_64::registers::debug::{DebugAddressRegister, Dr0, Dr1, Dr2, Dr3};
 use x86_paging::{MaxPage, PageTables, flags};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Most VPs per child.
 pub const MAX_VPS: usize = 4;
@@ -108,6 +108,12 @@ pub struct Vp {
     pending: PendingVectors,
     /// Root page receiving this VP's intercept messages.
     pub message_page: Option<u64>,
+    /// Root page holding its registers while it is stopped at an intercept
+    /// (HV_VP_STATE_PAGE_REGISTERS, [`VpRegisterPage`]).
+    register_page: Option<u64>,
+    /// Reset since the root last saw its registers: what the register page
+    /// holds (and any change the root wrote there) is void.
+    register_page_void: bool,
     /// Stopped at an intercept until the root dispatches with
     /// CLEAR_INTERCEPT_SUSPEND.
     pub intercept_suspended: bool,
@@ -133,6 +139,88 @@ pub struct Vp {
 }
 
 impl Vp {
+    /// Load the registers the root changed in the register page (its
+    /// `dirty` classes: GENERAL, IP and FLAGS; XMM and SEGMENT are not
+    /// kept here and are refused), then mark the page stale: the VP runs.
+    fn load_register_page(&mut self, root: &RootRam) -> ChildResult<()> {
+        use hv1_abi::partition::register_class as class;
+        let Some(page) = self.register_page else {
+            return Ok(());
+        };
+        let mut bytes = [0u8; size_of::<VpRegisterPage>()];
+        root.read(page, &mut bytes, 8)
+            .map_err(|_| HvStatus::INVALID_PARAMETER)?;
+        let r = VpRegisterPage::read_from_bytes(&bytes).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+        let stale = VpRegisterPage {
+            version: VP_REGISTER_PAGE_VERSION_1,
+            isvalid: 0,
+            rsvdz: 0,
+            dirty: 0,
+            ..r
+        };
+        let mark_stale = || {
+            root.write(page, &stale.as_bytes()[..8], 8)
+                .map_err(|_| HvStatus::INVALID_PARAMETER)
+        };
+        // Registers written for the VP before a reset are not loaded into it.
+        if core::mem::take(&mut self.register_page_void) || r.dirty == 0 {
+            return if r.isvalid != 0 || r.dirty != 0 {
+                mark_stale()
+            } else {
+                Ok(())
+            };
+        }
+        if r.version != VP_REGISTER_PAGE_VERSION_1
+            || r.dirty & !(class::GENERAL | class::IP | class::FLAGS) != 0
+        {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        if r.dirty & class::GENERAL != 0 {
+            for (n, &value) in r.gp_registers.iter().enumerate() {
+                self.regs.set(n as u8, value);
+            }
+            let s = &mut self.vmcb().save;
+            s.rax = r.gp_registers[0];
+            s.rsp = r.gp_registers[4];
+        }
+        if r.dirty & class::IP != 0 {
+            self.vmcb().save.rip = r.rip;
+        }
+        if r.dirty & class::FLAGS != 0 {
+            // Bit 1 is fixed to 1, as HvCallSetVpRegisters keeps it.
+            self.vmcb().save.rflags = r.rflags | 2;
+        }
+        mark_stale()
+    }
+
+    /// Leave the stopped VP's registers in its register page, if it has one.
+    fn store_register_page(&mut self, root: &RootRam) {
+        let Some(page) = self.register_page else {
+            return;
+        };
+        let s = &self.vmcb_ref().save;
+        let (rax, rsp, rip, rflags) = (s.rax, s.rsp, s.rip, s.rflags);
+        let mut gp_registers = [0u64; 16];
+        for (n, slot) in gp_registers.iter_mut().enumerate() {
+            *slot = self.regs.get(n as u8);
+        }
+        gp_registers[0] = rax;
+        gp_registers[4] = rsp;
+        let r = VpRegisterPage {
+            version: VP_REGISTER_PAGE_VERSION_1,
+            isvalid: 1,
+            rsvdz: 0,
+            dirty: 0,
+            gp_registers,
+            rip,
+            rflags,
+        };
+        // The page is pinned root RAM (checked when it was mapped): a
+        // failure here would be hv-core's bug; the root then sees
+        // `isvalid` 0 and sets registers by hypercall.
+        let _ = root.write(page, r.as_bytes(), 8);
+    }
+
     /// Whether a dispatch could run it now: started, not suspended or
     /// stopped, and not halted unless an interrupt waits for it.
     fn may_run(&self) -> bool {
@@ -143,9 +231,12 @@ impl Vp {
         !(waits_for_sipi || self.explicit_suspend || self.unrecoverable || self.crashed || halted_for_good)
     }
 
-    /// Return its pages (and the pin on its message page).
+    /// Return its pages (and the pins on its message and register pages).
     fn free(self) {
         if let Some(page) = self.message_page {
+            memory::unpin(page);
+        }
+        if let Some(page) = self.register_page {
             memory::unpin(page);
         }
         memory::free_pages(self.vmcb_pa, 1);
@@ -186,6 +277,7 @@ impl Vp {
         self.platform.reset();
         self.startup_suspended = false;
         self.sipi_vector = None;
+        self.register_page_void = true;
     }
 
     /// A Startup IPI's effect (SDM vol. 3A §8.4.4.1, "typical AP
@@ -487,6 +579,8 @@ impl Child {
             synic: SynicVp::new(),
             pending: PendingVectors::new(),
             message_page: None,
+            register_page: None,
+            register_page_void: false,
             intercept_suspended: false,
             explicit_suspend: false,
             unrecoverable: false,
@@ -527,6 +621,24 @@ impl Child {
             memory::unpin(old);
         }
         vp.message_page = page;
+        Ok(())
+    }
+
+    /// HvCallMapVpStatePage / HvCallUnmapVpStatePage with
+    /// HV_VP_STATE_PAGE_REGISTERS: the root page (pinned, as the message
+    /// page is) where hv-core leaves the VP's registers at each intercept
+    /// and from which the next dispatch loads those the root changed.
+    pub fn set_register_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
+        let vp = self.vp_mut(index)?;
+        if let Some(p) = page
+            && !memory::pin(p)
+        {
+            return Err(HvStatus::INVALID_PARAMETER);
+        }
+        if let Some(old) = vp.register_page {
+            memory::unpin(old);
+        }
+        vp.register_page = page;
         Ok(())
     }
 
@@ -765,6 +877,7 @@ impl Child {
         if vp.unrecoverable || vp.crashed {
             return Err(HvStatus::INVALID_VP_STATE);
         }
+        vp.load_register_page(root)?;
         if vp.intercept_suspended {
             if flags_value & dispatch_flags::CLEAR_INTERCEPT_SUSPEND == 0 {
                 return Ok((DISPATCH_STATE_BLOCKED, DISPATCH_EVENT_SUSPEND));
@@ -791,6 +904,7 @@ impl Child {
             vp.platform.refresh(time, &mut vp.synic, &mut vp.pending, &ram);
             if !vp.platform.wakes(vp.vmcb_ref(), &vp.pending) {
                 vp.intercept_suspended = true;
+                vp.store_register_page(root);
                 return report_halt(root, message_page, vp.vmcb_ref(), index, 0);
             }
             vp.platform.halted = false;
@@ -830,6 +944,9 @@ impl Child {
         }
         write_debug(&vp.debug);
         let result = run_vp(vp, msrs, time, stats, &mut self.logged, &shared, bus);
+        if result == Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT)) {
+            vp.store_register_page(root);
+        }
         vp.debug = read_debug();
         // SAFETY: as above, in the other direction.
         unsafe {

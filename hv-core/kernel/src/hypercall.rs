@@ -245,7 +245,8 @@ fn signal_and_dispatch_vp(hv: &mut Hv, input: u64, output: u64) -> CallResult {
         let at = input
             .checked_add(size_of::<private::SignalDispatchInput>() as u64)
             .ok_or(HvStatus::INVALID_PARAMETER)?;
-        hv.root_ram.read(at, signals.as_mut_bytes(), HYPERCALL_PARAM_ALIGN)?;
+        hv.root_ram
+            .read(at, signals.as_mut_bytes(), HYPERCALL_PARAM_ALIGN)?;
     }
     let signals = &*signals;
     if signals.iter().any(|s| s.reserved != 0) {
@@ -390,7 +391,12 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
         }),
         HvCallCode::MAP_VP_STATE_PAGE => slow(&control).and_then(|()| {
             let p: MapVpStatePageInput = read_input(&hv.root_ram, input)?;
-            if p.page_type != abi::VP_STATE_PAGE_INTERCEPT_MESSAGE || p.input_vtl != 0 {
+            let registers = match p.page_type {
+                abi::VP_STATE_PAGE_INTERCEPT_MESSAGE => false,
+                abi::VP_STATE_PAGE_REGISTERS => true,
+                _ => return Err(HvStatus::INVALID_PARAMETER),
+            };
+            if p.input_vtl != 0 {
                 return Err(HvStatus::INVALID_PARAMETER);
             }
             // hv-core lends none of its own pages: the root provides the page.
@@ -405,7 +411,12 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             // child) and the output.
             hv.root_ram.check(page, 4096, 4096)?;
             hv.root_ram.check(output, 8, HYPERCALL_PARAM_ALIGN)?;
-            child_mut(hv, p.partition_id)?.set_message_page(p.vp_index, Some(page))?;
+            let child = child_mut(hv, p.partition_id)?;
+            if registers {
+                child.set_register_page(p.vp_index, Some(page))?;
+            } else {
+                child.set_message_page(p.vp_index, Some(page))?;
+            }
             write_output(
                 &hv.root_ram,
                 output,
@@ -420,7 +431,12 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             hv.root_ram.read(input, &mut buf, HYPERCALL_PARAM_ALIGN)?;
             let id = u64::from_le_bytes(buf[..8].try_into().expect("8"));
             let vp = u32::from_le_bytes(buf[8..12].try_into().expect("4"));
-            child_mut(hv, id)?.set_message_page(vp, None)
+            // `hv_input_unmap_vp_state_page`: the page type follows the VP.
+            match u16::from_le_bytes(buf[12..14].try_into().expect("2")) {
+                abi::VP_STATE_PAGE_INTERCEPT_MESSAGE => child_mut(hv, id)?.set_message_page(vp, None),
+                abi::VP_STATE_PAGE_REGISTERS => child_mut(hv, id)?.set_register_page(vp, None),
+                _ => Err(HvStatus::INVALID_PARAMETER),
+            }
         }),
         HvCallCode::DISPATCH_VP => slow(&control).and_then(|()| {
             let p: DispatchVpInput = read_input(&hv.root_ram, input)?;

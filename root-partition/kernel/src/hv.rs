@@ -521,10 +521,21 @@ pub fn create_vp(id: u64, vp: u32) -> Result<(), HvStatus> {
 
 /// HvCallMapVpStatePage: intercept messages of (`id`, `vp`) go to root page `page`.
 pub fn map_intercept_message_page(id: u64, vp: u32, page: u64) -> Result<(), HvStatus> {
+    map_vp_state_page(id, vp, VP_STATE_PAGE_INTERCEPT_MESSAGE, page)
+}
+
+/// HvCallMapVpStatePage with HV_VP_STATE_PAGE_REGISTERS: `page` (a root
+/// frame) becomes VP `vp`'s register page (`hv1_abi::partition::VpRegisterPage`).
+pub fn map_register_page(id: u64, vp: u32, page: u64) -> Result<(), HvStatus> {
+    map_vp_state_page(id, vp, hv1_abi::partition::VP_STATE_PAGE_REGISTERS, page)
+}
+
+/// HvCallMapVpStatePage with a root-provided page.
+fn map_vp_state_page(id: u64, vp: u32, page_type: u16, page: u64) -> Result<(), HvStatus> {
     let input = MapVpStatePageInput {
         partition_id: id,
         vp_index: vp,
-        page_type: VP_STATE_PAGE_INTERCEPT_MESSAGE,
+        page_type,
         input_vtl: 0,
         flags: 1,
         requested_map_location: page >> 12,

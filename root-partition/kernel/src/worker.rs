@@ -60,6 +60,9 @@ impl core::fmt::Display for WorkerError {
 struct VpState {
     /// Root page where hv-core puts this VP's intercept messages.
     message_page: u64,
+    /// Root page where hv-core leaves this VP's registers at an intercept,
+    /// and where the root writes the ones that complete it (HV_VP_STATE_PAGE_REGISTERS).
+    register_page: u64,
     /// The next dispatch tells hv-core the last intercept was handled.
     clear_intercept: bool,
     /// Stopped in HLT: dispatched again after a delivery, or once a tick
@@ -132,6 +135,8 @@ pub struct Worker {
     pub stray_io: u64,
     /// Intercepts handled.
     pub intercepts: u64,
+    /// Of those, completed through the VP's register page.
+    pub register_page_completions: u64,
     /// SynIC messages received from the child on its message connection.
     pub messages: u64,
     /// Echo replies hv-core accepted.
@@ -405,6 +410,7 @@ impl Worker {
             targets,
             stray_io: 0,
             intercepts: 0,
+            register_page_completions: 0,
             messages: 0,
             replies: 0,
             replies_refused: 0,
@@ -483,13 +489,19 @@ impl Worker {
         for vp in 0..self.spec.vps {
             hv::create_vp(self.id, vp).map_err(hvfail("CreateVp"))?;
             let message_page = memory::alloc_frames(1).ok_or(WorkerError::OutOfMemory)?;
+            let Some(register_page) = memory::alloc_frames(1) else {
+                memory::free_frames(message_page, 1);
+                return Err(WorkerError::OutOfMemory);
+            };
             self.vps.push(VpState {
                 message_page,
+                register_page,
                 clear_intercept: false,
                 halted: false,
                 halted_at: 0,
             });
             hv::map_intercept_message_page(self.id, vp, message_page).map_err(hvfail("MapVpStatePage"))?;
+            hv::map_register_page(self.id, vp, register_page).map_err(hvfail("MapVpStatePage"))?;
         }
         // The child's message connection: its posts land in the root's SynIC
         // (VP 0, the VMBus SINT). hv-core drops both when the partition goes.
@@ -1321,6 +1333,7 @@ impl Worker {
         }
         for vp in self.vps.drain(..) {
             memory::free_frames(vp.message_page, 1);
+            memory::free_frames(vp.register_page, 1);
         }
     }
 
@@ -1469,8 +1482,7 @@ impl Worker {
                 // past the HLT); nothing to complete.
                 let length = (h.instruction_length_cr8 & 0xF) as u64;
                 if length != 0
-                    && let Err((s, _)) =
-                        hv::set_vp_registers(self.id, vp, &[(RegisterName::RIP, reg(h.rip + length))])
+                    && let Err(s) = self.complete_intercept(vp, h.rip + length, None)
                 {
                     return self.crash_with(format!("completing HLT: {s:?}"));
                 }
@@ -1584,23 +1596,51 @@ impl Worker {
             mask
         };
         let next = io.header.rip + (io.header.instruction_length_cr8 & 0xF) as u64;
-        let mut regs = [(RegisterName::RIP, reg(next)), (RegisterName::RAX, reg(0))];
-        let count = if is_in {
-            // A 32-bit IN zero-extends into RAX; 8/16-bit INs keep the rest.
-            let rax = if size == 4 {
+        // A 32-bit IN zero-extends into RAX; 8/16-bit INs keep the rest.
+        let rax = is_in.then(|| {
+            if size == 4 {
                 value & mask
             } else {
                 (io.rax & !mask) | (value & mask)
-            };
-            regs[1].1 = reg(rax);
-            2
-        } else {
-            1
-        };
-        match hv::set_vp_registers(self.id, vp, &regs[..count]) {
+            }
+        });
+        match self.complete_intercept(vp, next, rax) {
             Ok(()) => Slice::Handled,
-            Err((s, _)) => self.crash_with(format!("completing port I/O: {s:?}")),
+            Err(s) => self.crash_with(format!("completing port I/O: {s:?}")),
         }
+    }
+
+    /// Complete the instruction VP `vp` stopped at: RIP to `rip`, RAX to
+    /// `rax` if given. Written into its register page, which hv-core loads
+    /// with the next dispatch (Hyper-V's register page: no hypercall); by
+    /// HvCallSetVpRegisters when the page does not hold the VP's registers.
+    fn complete_intercept(&mut self, vp: u32, rip: u64, rax: Option<u64>) -> Result<(), HvStatus> {
+        use hv1_abi::partition::{VP_REGISTER_PAGE_VERSION_1, VpRegisterPage, register_class};
+        let page = self.vps[vp as usize].register_page;
+        // SAFETY: the VP's register page, a root frame that hv-core writes
+        // only inside a dispatch of this VP, and nothing else references.
+        let bytes = unsafe { memory::phys_slice_mut(page, size_of::<VpRegisterPage>()) };
+        let mut r = VpRegisterPage::read_from_bytes(bytes).expect("152 bytes");
+        if r.isvalid != 1 || r.version != VP_REGISTER_PAGE_VERSION_1 {
+            let mut regs = [(RegisterName::RIP, reg(rip)), (RegisterName::RAX, reg(0))];
+            let count = match rax {
+                Some(v) => {
+                    regs[1].1 = reg(v);
+                    2
+                }
+                None => 1,
+            };
+            return hv::set_vp_registers(self.id, vp, &regs[..count]).map_err(|(s, _)| s);
+        }
+        r.rip = rip;
+        r.dirty |= register_class::IP;
+        if let Some(v) = rax {
+            r.gp_registers[0] = v;
+            r.dirty |= register_class::GENERAL;
+        }
+        bytes.copy_from_slice(r.as_bytes());
+        self.register_page_completions += 1;
+        Ok(())
     }
 
     /// A few registers of VP `vp`, for `info`.
