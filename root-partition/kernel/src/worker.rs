@@ -1597,13 +1597,12 @@ impl Worker {
         };
         let next = io.header.rip + (io.header.instruction_length_cr8 & 0xF) as u64;
         // A 32-bit IN zero-extends into RAX; 8/16-bit INs keep the rest.
-        let rax = is_in.then(|| {
-            if size == 4 {
-                value & mask
-            } else {
-                (io.rax & !mask) | (value & mask)
-            }
-        });
+        let loaded = if size == 4 {
+            value & mask
+        } else {
+            (io.rax & !mask) | (value & mask)
+        };
+        let rax = is_in.then_some(loaded);
         match self.complete_intercept(vp, next, rax) {
             Ok(()) => Slice::Handled,
             Err(s) => self.crash_with(format!("completing port I/O: {s:?}")),
