@@ -607,39 +607,17 @@ impl Child {
     }
 
     /// HvCallMapVpStatePage with a root-provided page for intercept messages
-    /// (`None`: unmap). The page is pinned (one count per VP using it):
-    /// never lent to a child while any VP uses it.
+    /// (`None`: unmap).
     pub fn set_message_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
-        let vp = self.vp_mut(index)?;
-        if let Some(p) = page
-            && !memory::pin(p)
-        {
-            return Err(HvStatus::INVALID_PARAMETER);
-        }
-        // The new pin is taken first, so re-mapping the same page keeps it.
-        if let Some(old) = vp.message_page {
-            memory::unpin(old);
-        }
-        vp.message_page = page;
-        Ok(())
+        repin(&mut self.vp_mut(index)?.message_page, page)
     }
 
     /// HvCallMapVpStatePage / HvCallUnmapVpStatePage with
-    /// HV_VP_STATE_PAGE_REGISTERS: the root page (pinned, as the message
-    /// page is) where hv-core leaves the VP's registers at each intercept
-    /// and from which the next dispatch loads those the root changed.
+    /// HV_VP_STATE_PAGE_REGISTERS: the root page where hv-core leaves the
+    /// VP's registers at each intercept and from which the next dispatch
+    /// loads those the root changed.
     pub fn set_register_page(&mut self, index: u32, page: Option<u64>) -> ChildResult<()> {
-        let vp = self.vp_mut(index)?;
-        if let Some(p) = page
-            && !memory::pin(p)
-        {
-            return Err(HvStatus::INVALID_PARAMETER);
-        }
-        if let Some(old) = vp.register_page {
-            memory::unpin(old);
-        }
-        vp.register_page = page;
-        Ok(())
+        repin(&mut self.vp_mut(index)?.register_page, page)
     }
 
     /// One register of HvCallGetVpRegisters.
@@ -1574,6 +1552,22 @@ fn deliver(root: &RootRam, page: u64, m: &Message) -> ChildResult<(u32, u32)> {
         GpaError::OutOfRange => HvStatus::INVALID_PARAMETER,
     })?;
     Ok((DISPATCH_STATE_READY, DISPATCH_EVENT_INTERCEPT))
+}
+
+/// Put `page` (or nothing) in a VP's state-page `slot`. A page is pinned
+/// (one count per use): never lent to a child while a VP uses it. The new
+/// pin is taken first, so mapping the same page again keeps it.
+fn repin(slot: &mut Option<u64>, page: Option<u64>) -> ChildResult<()> {
+    if let Some(p) = page
+        && !memory::pin(p)
+    {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    if let Some(old) = slot.take() {
+        memory::unpin(old);
+    }
+    *slot = page;
+    Ok(())
 }
 
 /// Tell the root VP `index` is halted (X64_HALT; `length` 1 for a HLT the
