@@ -143,7 +143,11 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
             .filter_map(|x| x["requests"].as_u64())
             .sum()
     };
-    let before = requests(&mut m);
+    let busy = |m: &mut Machine| -> u64 {
+        let d = m.hvctl_json("disks --json");
+        d["devices"][1]["request_us"].as_u64().expect("request_us")
+    };
+    let (before, busy_before) = (requests(&mut m), busy(&mut m));
     let deep = m.hvctl_json("disk bench two --mib 4 --depth 8 --json");
     assert_eq!(
         (deep["bytes"].as_u64(), deep["depth"].as_u64()),
@@ -151,6 +155,11 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
         "{deep}"
     );
     assert!(requests(&mut m) >= before + 4, "4 MiB in 1 MiB requests");
+    // The device held those requests for some time, and at most 8 at a
+    // time for as long as the bench ran (with 10 ms to spare for its set-up).
+    let held = busy(&mut m) - busy_before;
+    let ran = deep["seq_us"].as_u64().unwrap_or(0) + deep["random_us"].as_u64().unwrap_or(0);
+    assert!(held > 0 && held <= 8 * (ran + 10_000), "request_us grew by {held} in a {ran} µs bench: {deep}");
     // Zeroing a new disk and flushing the image to the host's file take
     // longer than the root spins for: it slept for the completion
     // interrupt rather than spinning on PAUSE.

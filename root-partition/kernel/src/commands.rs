@@ -894,6 +894,7 @@ fn disks(m: &Manager, json: bool, out: &mut String) {
                     .num("requests", d.requests)
                     .bool("interrupts", d.interrupts)
                     .num("halted_waits", d.halted_waits)
+                    .num("request_us", d.request_us)
                     .end();
                 r
             })

@@ -168,6 +168,9 @@ pub struct DeviceEntry {
     pub interrupts: bool,
     /// Waits for it that slept until an interrupt (`disk::Disk::halted_waits`).
     pub halted_waits: u64,
+    /// Microseconds its requests spent from the ring to being collected,
+    /// summed (`disk::Disk::request_cycles`).
+    pub request_us: u64,
 }
 
 impl Storage {
@@ -259,16 +262,17 @@ impl Storage {
                     Layout::Gpt(t) => ("gpt", String::new(), t.largest_free()),
                     Layout::Whole(why) => ("whole", why.clone(), 0),
                 };
-                let (seg_max, requests, interrupts, halted_waits) =
+                let (seg_max, requests, interrupts, halted_waits, request_us) =
                     d.io.with(|disk| {
                         (
                             disk.seg_max() as u64,
                             disk.requests,
                             disk.interrupts,
                             disk.halted_waits,
+                            crate::timer::tsc_us(0, disk.request_cycles),
                         )
                     })
-                    .unwrap_or((0, 0, false, 0));
+                    .unwrap_or((0, 0, false, 0, 0));
                 DeviceEntry {
                     name: d.name.clone(),
                     location: d.location.clone(),
@@ -281,6 +285,7 @@ impl Storage {
                     requests,
                     interrupts,
                     halted_waits,
+                    request_us,
                 }
             })
             .collect();
@@ -296,6 +301,7 @@ impl Storage {
             requests: 0,
             interrupts: false,
             halted_waits: 0,
+            request_us: 0,
         }));
         out
     }
