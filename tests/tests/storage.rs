@@ -159,7 +159,10 @@ fn child_disks_are_listed_created_attached_and_deleted_from_the_shell() {
     // time for as long as the bench ran (with 10 ms to spare for its set-up).
     let held = busy(&mut m) - busy_before;
     let ran = deep["seq_us"].as_u64().unwrap_or(0) + deep["random_us"].as_u64().unwrap_or(0);
-    assert!(held > 0 && held <= 8 * (ran + 10_000), "request_us grew by {held} in a {ran} µs bench: {deep}");
+    assert!(
+        held > 0 && held <= 8 * (ran + 10_000),
+        "request_us grew by {held} in a {ran} µs bench: {deep}"
+    );
     // Zeroing a new disk and flushing the image to the host's file take
     // longer than the root spins for: it slept for the completion
     // interrupt rather than spinning on PAUSE.
