@@ -145,6 +145,9 @@ open_enum! {
         POST_MESSAGE = 0x005C,
         /// HvCallSignalEvent.
         SIGNAL_EVENT = 0x005D,
+        /// HvCallAssertVirtualInterrupt (the root raises an interrupt in a
+        /// child's virtual APIC: its emulated devices' lines).
+        ASSERT_VIRTUAL_INTERRUPT = 0x0094,
         /// HvCallCreatePort.
         CREATE_PORT = 0x0095,
         /// HvCallConnectPort.

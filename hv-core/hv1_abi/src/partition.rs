@@ -301,6 +301,65 @@ pub struct DispatchVpInput {
 }
 const _: () = assert!(size_of::<DispatchVpInput>() == 32);
 
+/// `hv_input_assert_virtual_interrupt` (32 bytes; TLFS "HvCallAssertVirtualInterrupt",
+/// Linux `include/hyperv/hvhdk.h`): the root raises `vector` at the child's
+/// local APIC(s) `destination` names, as an I/O APIC or MSI message would.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct AssertVirtualInterruptInput {
+    /// The child.
+    pub partition_id: u64,
+    /// `hv_interrupt_control`: bits 31:0 the type ([`interrupt_type`]),
+    /// bit 32 level-triggered, bit 33 logical destination mode, the rest
+    /// RsvdZ.
+    pub control: u64,
+    /// APIC id (physical mode) or logical destination (logical mode).
+    pub destination: u64,
+    /// The vector (16–255).
+    pub vector: u32,
+    /// Target VTL (0: VTLs are not provided).
+    pub target_vtl: u8,
+    /// RsvdZ.
+    pub reserved0: u8,
+    /// RsvdZ.
+    pub reserved1: u16,
+}
+const _: () = assert!(size_of::<AssertVirtualInterruptInput>() == 32);
+
+impl AssertVirtualInterruptInput {
+    /// Bit 32 of `control`: level-triggered.
+    pub const LEVEL_TRIGGERED: u64 = 1 << 32;
+    /// Bit 33 of `control`: logical destination mode.
+    pub const LOGICAL_DESTINATION: u64 = 1 << 33;
+    /// Bits of `control` that must be zero.
+    pub const CONTROL_RESERVED: u64 = !(0xFFFF_FFFF | Self::LEVEL_TRIGGERED | Self::LOGICAL_DESTINATION);
+
+    /// The interrupt type (bits 31:0 of `control`).
+    pub fn interrupt_type(&self) -> u32 {
+        self.control as u32
+    }
+}
+
+/// `hv_interrupt_type` values (x64) of [`AssertVirtualInterruptInput`].
+pub mod interrupt_type {
+    /// Fixed: every APIC the destination names.
+    pub const FIXED: u32 = 0;
+    /// Lowest priority: one APIC of those the destination names.
+    pub const LOWEST_PRIORITY: u32 = 1;
+    /// SMI.
+    pub const SMI: u32 = 2;
+    /// Remote read.
+    pub const REMOTE_READ: u32 = 3;
+    /// NMI.
+    pub const NMI: u32 = 4;
+    /// INIT.
+    pub const INIT: u32 = 5;
+    /// Startup IPI.
+    pub const SIPI: u32 = 6;
+    /// ExtINT.
+    pub const EXTINT: u32 = 7;
+}
+
 /// `HV_DISPATCH_VP_FLAG_*`.
 pub mod dispatch_flags {
     /// The root has handled the last intercept: resume the VP.

@@ -490,6 +490,25 @@ impl Child {
         Ok(())
     }
 
+    /// HvCallAssertVirtualInterrupt, checked: an edge-triggered `vector`
+    /// for the APICs `destination` names (physical or logical, in each
+    /// APIC's own mode: `Vlapic::matches_destination`), or for the first of
+    /// them that takes it when `lowest` (lowest priority). A halted VP
+    /// wakes at its next dispatch. Interrupts only reach a running
+    /// partition.
+    pub fn assert_interrupt(&mut self, destination: u32, logical: bool, vector: u8, lowest: bool) -> ChildResult<()> {
+        self.state.check_active("assert an interrupt").map_err(|e| e.status())?;
+        for vp in self.vps.iter_mut().flatten() {
+            if vp.platform.apic.matches_destination(destination, logical)
+                && vp.platform.apic.request(vector, Trigger::Edge)
+                && lowest
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// One rep of HvCallMapGpaPages: lend root page `source_pfn` at child GFN `gfn`.
     pub fn map_page(
         &mut self,

@@ -10,7 +10,7 @@ use hv1_abi::hypercall::{
     ClusterIpi, HYPERCALL_PARAM_ALIGN, HvInputSendSyntheticClusterIpi, HvOutputGetPartitionId, reps_fitting,
 };
 use hv1_abi::partition::{
-    self as abi, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
+    self as abi, AssertVirtualInterruptInput, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
     MapVpStatePageInput, MapVpStatePageOutput, PartitionIdInput, PartitionPropertyInput, RegisterAssoc,
     RegisterName, VpRegistersHeader, creation_flags, property,
 };
@@ -47,6 +47,7 @@ fn root_only(code: HvCallCode) -> bool {
             | HvCallCode::GET_VP_REGISTERS
             | HvCallCode::SET_VP_REGISTERS
             | HvCallCode::DISPATCH_VP
+            | HvCallCode::ASSERT_VIRTUAL_INTERRUPT
             | HvCallCode::MAP_VP_STATE_PAGE
             | HvCallCode::UNMAP_VP_STATE_PAGE
             | HvCallCode::CREATE_PORT
@@ -206,6 +207,39 @@ fn root_signal_event(hv: &mut Hv, input: u64) -> CallResult {
             child_mut(hv, partition)?.synic_signal(vp, sint, flag)
         }
     }
+}
+
+/// HvCallAssertVirtualInterrupt: the root's emulated devices (the I/O
+/// APIC its worker models for a child) raise a vector in the child's
+/// virtual APICs. Fixed and lowest-priority, edge-triggered, VTL 0 only:
+/// level-triggered vectors would need the APIC's EOI to reach the root's
+/// I/O APIC, which nothing carries, and NMI/SMI/INIT/SIPI/ExtINT are not
+/// provided (INVALID_PARAMETER for each, and for RsvdZ bits and vectors
+/// below 16). An APIC that refuses the vector (disabled) drops it, as
+/// hardware does.
+fn assert_virtual_interrupt(hv: &mut Hv, input: u64) -> CallResult {
+    use hv1_abi::partition::interrupt_type;
+    let p: AssertVirtualInterruptInput = read_input(&hv.root_ram, input)?;
+    let lowest = match p.interrupt_type() {
+        interrupt_type::FIXED => false,
+        interrupt_type::LOWEST_PRIORITY => true,
+        _ => return Err(HvStatus::INVALID_PARAMETER),
+    };
+    let destination = u32::try_from(p.destination).map_err(|_| HvStatus::INVALID_PARAMETER)?;
+    let vector = u8::try_from(p.vector)
+        .ok()
+        .filter(|&v| v >= 16)
+        .ok_or(HvStatus::INVALID_PARAMETER)?;
+    if p.control & (AssertVirtualInterruptInput::CONTROL_RESERVED | AssertVirtualInterruptInput::LEVEL_TRIGGERED)
+        != 0
+        || p.target_vtl != 0
+        || p.reserved0 != 0
+        || p.reserved1 != 0
+    {
+        return Err(HvStatus::INVALID_PARAMETER);
+    }
+    let logical = p.control & AssertVirtualInterruptInput::LOGICAL_DESTINATION != 0;
+    child_mut(hv, p.partition_id)?.assert_interrupt(destination, logical, vector, lowest)
 }
 
 /// HvCallDispatchVp once its input is read and its output checked.
@@ -449,6 +483,9 @@ pub fn root_call(hv: &mut Hv, control: u64, input: u64, output: u64) -> Hypercal
             let out = dispatch_vp(hv, &p)?;
             write_output(&hv.root_ram, output, out.as_bytes())
         }),
+        HvCallCode::ASSERT_VIRTUAL_INTERRUPT => {
+            slow(&control).and_then(|()| assert_virtual_interrupt(hv, input))
+        }
         private::SIGNAL_AND_DISPATCH_VP => {
             slow(&control).and_then(|()| signal_and_dispatch_vp(hv, input, output))
         }

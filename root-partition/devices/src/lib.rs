@@ -4,5 +4,6 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod ioapic;
 pub mod rtc;
 pub mod uart16550;

@@ -1,7 +1,12 @@
 //! A 16550A UART as a guest sees it on eight I/O ports (COM1 = 0x3F8).
 //! Transmit is instant (the holding register is always empty), received bytes
-//! wait in a 16-byte FIFO. Interrupts are modelled in IIR/IER but not
-//! delivered (children have no interrupt controller yet).
+//! wait in a 16-byte FIFO. Its interrupt output ([`Uart16550::interrupt_line`])
+//! is what a PC wires to IRQ 4: a pending source enabled in IER, gated by
+//! MCR OUT2. Sources, highest priority first (IIR): receiver line status
+//! (overrun, cleared by reading LSR), received data (until the FIFO is
+//! empty), transmitter holding register empty (raised by each THR write, as
+//! the byte leaves at once, and when IER enables it; cleared by the IIR read
+//! that reports it), as QEMU's `hw/char/serial.c` does.
 //!
 //! Registers (offset: read / write): 0 RBR / THR (DLL when DLAB), 1 IER (DLM
 //! when DLAB), 2 IIR / FCR, 3 LCR, 4 MCR, 5 LSR, 6 MSR, 7 SCR.
@@ -15,7 +20,15 @@ const LSR_OVERRUN: u8 = 1 << 1;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 const LSR_TX_IDLE: u8 = 1 << 6;
 const LCR_DLAB: u8 = 1 << 7;
+const MCR_OUT2: u8 = 1 << 3;
 const MCR_LOOPBACK: u8 = 1 << 4;
+const IER_RX: u8 = 1 << 0;
+const IER_THRE: u8 = 1 << 1;
+const IER_LINE_STATUS: u8 = 1 << 2;
+const IIR_NONE: u8 = 0x01;
+const IIR_THRE: u8 = 0x02;
+const IIR_RX: u8 = 0x04;
+const IIR_LINE_STATUS: u8 = 0x06;
 
 /// The UART's state.
 pub struct Uart16550 {
@@ -26,6 +39,8 @@ pub struct Uart16550 {
     fcr: u8,
     divisor: u16,
     overrun: bool,
+    /// The THR-empty interrupt is pending.
+    thre_pending: bool,
     rx: [u8; RX_FIFO],
     rx_len: usize,
     out: [u8; OUTPUT_CAPACITY],
@@ -52,6 +67,7 @@ impl Uart16550 {
             fcr: 0,
             divisor: 12,
             overrun: false,
+            thre_pending: false,
             rx: [0; RX_FIFO],
             rx_len: 0,
             out: [0; OUTPUT_CAPACITY],
@@ -71,14 +87,11 @@ impl Uart16550 {
             1 => self.ier,
             2 => {
                 let fifo = if self.fcr & 1 != 0 { 0xC0 } else { 0 };
-                // Highest-priority pending source: data ready, then THR empty.
-                let id = if self.ier & 1 != 0 && self.rx_len > 0 {
-                    0x04
-                } else if self.ier & 2 != 0 {
-                    0x02
-                } else {
-                    0x01 // none pending
-                };
+                let id = self.pending_source().unwrap_or(IIR_NONE);
+                // Reporting THR empty is what acknowledges it.
+                if id == IIR_THRE {
+                    self.thre_pending = false;
+                }
                 fifo | id
             }
             3 => self.lcr,
@@ -106,10 +119,24 @@ impl Uart16550 {
         let dlab = self.lcr & LCR_DLAB != 0;
         match offset {
             0 if dlab => self.divisor = (self.divisor & 0xFF00) | value as u16,
-            0 if self.mcr & MCR_LOOPBACK != 0 => self.push_rx(value),
-            0 => self.push_out(value),
+            0 => {
+                if self.mcr & MCR_LOOPBACK != 0 {
+                    self.push_rx(value);
+                } else {
+                    self.push_out(value);
+                }
+                // Sent at once: the holding register is empty again.
+                self.thre_pending = true;
+            }
             1 if dlab => self.divisor = (self.divisor & 0x00FF) | ((value as u16) << 8),
-            1 => self.ier = value & 0x0F,
+            1 => {
+                // Enabling the THR-empty interrupt while the register is
+                // empty raises it (Linux's UART_BUG_THRE probe relies on it).
+                if value & IER_THRE != 0 && self.ier & IER_THRE == 0 {
+                    self.thre_pending = true;
+                }
+                self.ier = value & 0x0F;
+            }
             2 => {
                 self.fcr = value;
                 if value & 2 != 0 {
@@ -121,6 +148,27 @@ impl Uart16550 {
             7 => self.scr = value,
             _ => {}
         }
+    }
+
+    /// The highest-priority interrupt source pending and enabled, as its IIR
+    /// code.
+    fn pending_source(&self) -> Option<u8> {
+        if self.ier & IER_LINE_STATUS != 0 && self.overrun {
+            Some(IIR_LINE_STATUS)
+        } else if self.ier & IER_RX != 0 && self.rx_len > 0 {
+            Some(IIR_RX)
+        } else if self.ier & IER_THRE != 0 && self.thre_pending {
+            Some(IIR_THRE)
+        } else {
+            None
+        }
+    }
+
+    /// The interrupt output as a PC wires it to IRQ 4: a source pending,
+    /// MCR OUT2 set, and not in loopback (where OUT2 loops back to the
+    /// modem status instead).
+    pub fn interrupt_line(&self) -> bool {
+        self.mcr & (MCR_OUT2 | MCR_LOOPBACK) == MCR_OUT2 && self.pending_source().is_some()
     }
 
     /// Bytes the receive FIFO can take before it overruns.
@@ -240,6 +288,63 @@ mod tests {
         }
         assert_eq!(u.read(5) & LSR_DATA_READY, 0);
         assert_eq!(u.read(9), 0xFF);
+    }
+
+    #[test]
+    fn interrupt_sources_priorities_and_out2() {
+        let mut u = Uart16550::new();
+        // Nothing enabled: no line, IIR says none.
+        u.push_rx(b'a');
+        assert!(!u.interrupt_line());
+        assert_eq!(u.read(2) & 0x0F, IIR_NONE);
+        // Enabled but OUT2 clear: IIR reports it, the line stays low.
+        u.write(1, IER_RX);
+        assert_eq!(u.read(2) & 0x0F, IIR_RX);
+        assert!(!u.interrupt_line());
+        u.write(4, MCR_OUT2);
+        assert!(u.interrupt_line());
+        // Loopback disconnects the output.
+        u.write(4, MCR_OUT2 | MCR_LOOPBACK);
+        assert!(!u.interrupt_line());
+        u.write(4, MCR_OUT2);
+        // Reading the byte ends it.
+        assert_eq!(u.read(0), b'a');
+        assert!(!u.interrupt_line());
+        assert_eq!(u.read(2) & 0x0F, IIR_NONE);
+        // Overrun outranks data and ends with the LSR read.
+        u.write(1, IER_RX | IER_LINE_STATUS);
+        for i in 0..17u8 {
+            u.push_rx(i);
+        }
+        assert_eq!(u.read(2) & 0x0F, IIR_LINE_STATUS);
+        u.read(5);
+        assert_eq!(u.read(2) & 0x0F, IIR_RX);
+    }
+
+    #[test]
+    fn thr_empty_is_raised_by_writes_and_enabling_and_acknowledged_by_iir() {
+        let mut u = Uart16550::new();
+        u.write(4, MCR_OUT2);
+        // Enabling it while the register is empty raises it, as Linux's
+        // UART_BUG_THRE probe expects: twice in a row.
+        for _ in 0..2 {
+            u.write(1, IER_THRE);
+            assert!(u.interrupt_line());
+            assert_eq!(u.read(2) & 0x0F, IIR_THRE);
+            assert!(!u.interrupt_line(), "reporting it acknowledged it");
+            assert_eq!(u.read(2) & 0x0F, IIR_NONE);
+            u.write(1, 0);
+        }
+        // Each byte sent raises it again.
+        u.write(1, IER_THRE);
+        u.read(2);
+        u.write(0, b'x');
+        assert!(u.interrupt_line());
+        // Disabling it drops the line; the FIFO bits stay in IIR.
+        u.write(1, 0);
+        assert!(!u.interrupt_line());
+        u.write(2, 1);
+        assert_eq!(u.read(2), 0xC0 | IIR_NONE);
     }
 
     #[test]

@@ -397,6 +397,33 @@ pub fn signal_event(connection_id: u32, flag: u16) -> Result<(), HvStatus> {
     )
 }
 
+/// HvCallAssertVirtualInterrupt: an edge-triggered fixed (or, with
+/// `lowest`, lowest-priority) `vector` for the APICs of child `id` that
+/// `destination` names (an APIC id, or a logical destination).
+pub fn assert_virtual_interrupt(id: u64, destination: u32, logical: bool, vector: u8, lowest: bool) -> Result<(), HvStatus> {
+    use hv1_abi::partition::{AssertVirtualInterruptInput, interrupt_type};
+    let kind = if lowest {
+        interrupt_type::LOWEST_PRIORITY
+    } else {
+        interrupt_type::FIXED
+    };
+    let input = AssertVirtualInterruptInput {
+        partition_id: id,
+        control: u64::from(kind)
+            | if logical {
+                AssertVirtualInterruptInput::LOGICAL_DESTINATION
+            } else {
+                0
+            },
+        destination: u64::from(destination),
+        vector: u32::from(vector),
+        target_vtl: 0,
+        reserved0: 0,
+        reserved1: 0,
+    };
+    simple_call(HvCallCode::ASSERT_VIRTUAL_INTERRUPT, input.as_bytes()).map(|_| ())
+}
+
 /// HvCallDisconnectPort.
 pub fn disconnect_port(connector: u64, connection_id: u32) -> Result<(), HvStatus> {
     let input = PortRefInput {

@@ -645,10 +645,12 @@ const VMBUS_MMIO_GAP: child_acpi::MmioGap = child_acpi::MmioGap {
 
 /// The child's ACPI tables at [`linux_child::ACPI_GPA`]: HW-reduced FADT
 /// with the power and reset ports the worker emulates, one local APIC per
-/// VP, the VMBus device.
+/// VP, the I/O APIC the worker models (COM1 on its pin 4), the VMBus
+/// device.
 fn linux_acpi(spec: &CreateSpec) -> Result<child_acpi::Tables, String> {
     let mut config = child_acpi::Config::new(linux_child::ACPI_GPA, spec.vps);
     config.max_size = linux_child::ACPI_MAX;
+    config.ioapic = Some(child_acpi::IoApicConfig::default());
     config.mmio_gaps.push(VMBUS_MMIO_GAP);
     child_acpi::build(&config).map_err(|e| format!("building the ACPI tables: {e}"))
 }

@@ -13,6 +13,8 @@ use alloc::vec::Vec;
 use boot_proto::child::{self as layout, BootInfo};
 use child_acpi::power;
 use devices::rtc::CmosRtc;
+use devices::ioapic::{DeliveryMode, Fired, IoApic};
+use svm::insn::MmioOp;
 use devices::uart16550::Uart16550;
 use hv1_abi::HvStatus;
 use hv1_abi::message::{IoPortIntercept, MemoryIntercept, Message, access, io_access, message_type};
@@ -32,6 +34,13 @@ const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;
 /// Typed console bytes a child's worker holds for its UART.
 const CONSOLE_INPUT_LIMIT: usize = 4096;
 /// The CMOS RTC's index and data ports.
+/// A Linux child's I/O APIC page (`child_acpi::IOAPIC_ADDRESS`, as its MADT
+/// says).
+const IOAPIC_PAGE: core::ops::Range<u64> =
+    child_acpi::IOAPIC_ADDRESS as u64..child_acpi::IOAPIC_ADDRESS as u64 + 0x1000;
+/// The L (64-bit code) bit of a segment's attributes in Hyper-V's encoding
+/// (`SegmentRegister::attributes_from_svm`: SVM bit 9 moves to bit 13).
+const CS_LONG: u16 = 1 << 13;
 const RTC_INDEX: u16 = 0x70;
 const RTC_DATA: u16 = 0x71;
 
@@ -107,6 +116,18 @@ pub struct Worker {
     vps: Vec<VpState>,
     /// Its COM1.
     pub uart: Box<Uart16550>,
+    /// Its I/O APIC (Linux children: the MADT describes it), which COM1's
+    /// interrupt line drives (pin [`child_acpi::COM1_IRQ`]).
+    ioapic: Option<Box<IoApic>>,
+    /// Interrupts its I/O APIC sent into its APICs
+    /// (HvCallAssertVirtualInterrupt).
+    pub interrupts_asserted: u64,
+    /// Interrupts its I/O APIC fired that went nowhere: a vector below 16 or
+    /// a delivery mode other than fixed or lowest priority in the guest's
+    /// redirection entry (the guest's own doing), or refused by hv-core.
+    pub interrupts_dropped: u64,
+    /// Accesses to its I/O APIC's page.
+    pub ioapic_accesses: u64,
     /// Its CMOS RTC (the host's time).
     rtc: CmosRtc,
     /// Bytes typed at `console ID` that its UART's 16-byte FIFO had no room
@@ -398,6 +419,11 @@ impl Worker {
             pages: alloc::rc::Rc::from([]),
             vps: Vec::new(),
             uart: Box::new(Uart16550::new()),
+            ioapic: matches!(image, ChildImage::Linux { .. })
+                .then(|| Box::new(IoApic::new(child_acpi::IoApicConfig::default().id))),
+            interrupts_asserted: 0,
+            interrupts_dropped: 0,
+            ioapic_accesses: 0,
             rtc: CmosRtc::new(),
             console_in: alloc::collections::VecDeque::with_capacity(CONSOLE_INPUT_LIMIT),
             console_input_dropped: 0,
@@ -1270,6 +1296,9 @@ impl Worker {
             hv::reset_partition(self.id).map_err(hvfail("ResetPartition"))?;
             self.rtc = CmosRtc::new();
             self.console_in.clear();
+            if let Some(io) = self.ioapic.as_mut() {
+                **io = IoApic::new(child_acpi::IoApicConfig::default().id);
+            }
             self.load()?;
         }
         hv::set_partition_property(self.id, property::SUSPEND, 0).map_err(hvfail("SetPartitionProperty"))?;
@@ -1347,6 +1376,57 @@ impl Worker {
         }
         self.console_in.push_back(b);
         self.feed_uart();
+        self.update_com1_line();
+    }
+
+    /// Drive the I/O APIC's COM1 pin from the UART's interrupt output and
+    /// deliver what fires.
+    fn update_com1_line(&mut self) {
+        let Some(io) = self.ioapic.as_mut() else {
+            return;
+        };
+        let fired = io.set_line(child_acpi::COM1_IRQ, self.uart.interrupt_line());
+        self.deliver_interrupts(fired);
+    }
+
+    /// Send the messages of the I/O APIC pins in `fired` into the child's
+    /// APICs. What the guest's redirection entries make undeliverable (a
+    /// vector below 16, an NMI/SMI/INIT/ExtINT mode) is dropped and
+    /// counted, as a real I/O APIC's message would be refused.
+    fn deliver_interrupts(&mut self, fired: Fired) {
+        if fired == 0 {
+            return;
+        }
+        let Some(io) = self.ioapic.as_ref() else {
+            return;
+        };
+        let mut delivered = false;
+        for m in io.messages(fired) {
+            let lowest = match m.mode {
+                DeliveryMode::Fixed => false,
+                DeliveryMode::LowestPriority => true,
+                DeliveryMode::Other(_) => {
+                    self.interrupts_dropped += 1;
+                    continue;
+                }
+            };
+            if m.vector < 16 || m.level {
+                // Level-triggered entries would need the APIC's EOI back
+                // here; no device of ours drives one.
+                self.interrupts_dropped += 1;
+                continue;
+            }
+            match hv::assert_virtual_interrupt(self.id, u32::from(m.destination), m.logical, m.vector, lowest) {
+                Ok(()) => {
+                    self.interrupts_asserted += 1;
+                    delivered = true;
+                }
+                Err(_) => self.interrupts_dropped += 1,
+            }
+        }
+        if delivered {
+            self.wake();
+        }
     }
 
     /// Move queued console bytes into the UART's FIFO as far as it has room.
@@ -1495,6 +1575,12 @@ impl Worker {
                 let mem = MemoryIntercept::read_from_prefix(&m.payload)
                     .expect("payload is large enough")
                     .0;
+                if m.header.message_type == message_type::UNMAPPED_GPA
+                    && self.ioapic.is_some()
+                    && IOAPIC_PAGE.contains(&mem.guest_physical_address)
+                {
+                    return self.ioapic_access(vp, &mem);
+                }
                 let how = match mem.header.intercept_access_type {
                     access::WRITE => "write",
                     access::EXECUTE => "execute",
@@ -1580,7 +1666,7 @@ impl Worker {
             }
         } else if COM1.contains(&port) {
             let offset = port - *COM1.start();
-            if is_in {
+            let v = if is_in {
                 let v = self.uart.read(offset) as u64;
                 // A read may have made room in the FIFO.
                 self.feed_uart();
@@ -1588,7 +1674,9 @@ impl Worker {
             } else {
                 self.uart.write(offset, io.rax as u8);
                 0
-            }
+            };
+            self.update_com1_line();
+            v
         } else {
             // No such device: reads float high, writes go nowhere. The root's
             // own devices are never reachable from a child.
@@ -1602,18 +1690,19 @@ impl Worker {
         } else {
             (io.rax & !mask) | (value & mask)
         };
-        let rax = is_in.then_some(loaded);
+        let rax = is_in.then_some((0, loaded));
         match self.complete_intercept(vp, next, rax) {
             Ok(()) => Slice::Handled,
             Err(s) => self.crash_with(format!("completing port I/O: {s:?}")),
         }
     }
 
-    /// Complete the instruction VP `vp` stopped at: RIP to `rip`, RAX to
-    /// `rax` if given. Written into its register page, which hv-core loads
-    /// with the next dispatch (Hyper-V's register page: no hypercall); by
+    /// Complete the instruction VP `vp` stopped at: RIP to `rip`, and
+    /// general-purpose register `gpr.0` (0 RAX … 15 R15) to `gpr.1` if
+    /// given. Written into its register page, which hv-core loads with the
+    /// next dispatch (Hyper-V's register page: no hypercall); by
     /// HvCallSetVpRegisters when the page does not hold the VP's registers.
-    fn complete_intercept(&mut self, vp: u32, rip: u64, rax: Option<u64>) -> Result<(), HvStatus> {
+    fn complete_intercept(&mut self, vp: u32, rip: u64, gpr: Option<(u8, u64)>) -> Result<(), HvStatus> {
         use hv1_abi::partition::{VP_REGISTER_PAGE_VERSION_1, VpRegisterPage, register_class};
         let page = self.vps[vp as usize].register_page;
         // SAFETY: the VP's register page, a root frame that hv-core writes
@@ -1622,9 +1711,9 @@ impl Worker {
         let mut r = VpRegisterPage::read_from_bytes(bytes).expect("152 bytes");
         if r.isvalid != 1 || r.version != VP_REGISTER_PAGE_VERSION_1 {
             let mut regs = [(RegisterName::RIP, reg(rip)), (RegisterName::RAX, reg(0))];
-            let count = match rax {
-                Some(v) => {
-                    regs[1].1 = reg(v);
+            let count = match gpr {
+                Some((n, v)) => {
+                    regs[1] = (gpr_name(n), reg(v));
                     2
                 }
                 None => 1,
@@ -1633,13 +1722,81 @@ impl Worker {
         }
         r.rip = rip;
         r.dirty |= register_class::IP;
-        if let Some(v) = rax {
-            r.gp_registers[0] = v;
+        if let Some((n, v)) = gpr {
+            r.gp_registers[usize::from(n & 15)] = v;
             r.dirty |= register_class::GENERAL;
         }
         bytes.copy_from_slice(r.as_bytes());
         self.register_page_completions += 1;
         Ok(())
+    }
+
+    /// VP `vp`'s 16 general-purpose registers (RAX … R15) as it stopped:
+    /// from its register page, or by HvCallGetVpRegisters when the page
+    /// does not hold them.
+    fn general_registers(&self, vp: u32) -> Result<[u64; 16], HvStatus> {
+        use hv1_abi::partition::{VP_REGISTER_PAGE_VERSION_1, VpRegisterPage};
+        let page = self.vps[vp as usize].register_page;
+        // SAFETY: as in `complete_intercept`; read only.
+        let bytes = unsafe { memory::phys_slice(page, size_of::<VpRegisterPage>()) };
+        let r = VpRegisterPage::read_from_bytes(bytes).expect("152 bytes");
+        if r.isvalid == 1 && r.version == VP_REGISTER_PAGE_VERSION_1 {
+            return Ok(r.gp_registers);
+        }
+        let names: [RegisterName; 16] = core::array::from_fn(|n| gpr_name(n as u8));
+        let mut values = [RegisterValue::default(); 16];
+        hv::get_vp_registers(self.id, vp, &names, &mut values).map_err(|(s, _)| s)?;
+        Ok(values.map(|v| v.low))
+    }
+
+    /// An access by VP `vp` to the I/O APIC's page: decode the instruction
+    /// the intercept carries (a MOV form: `svm::insn::decode_mmio`), do the
+    /// register access, complete the instruction. Anything else there (a
+    /// fetch, an instruction we do not emulate, code outside 64-bit mode)
+    /// stops the child with the reason.
+    fn ioapic_access(&mut self, vp: u32, mem: &MemoryIntercept) -> Slice {
+        use hv1_abi::message::execution_state;
+        self.ioapic_accesses += 1;
+        let (gpa, rip) = (mem.guest_physical_address, mem.header.rip);
+        let long_mode = mem.header.execution_state & execution_state::EFER_LMA != 0
+            && mem.header.cs.attributes & CS_LONG != 0;
+        if mem.header.intercept_access_type == access::EXECUTE || !long_mode {
+            return self.crash_with(format!(
+                "I/O APIC access at GPA {gpa:#x} from rip {rip:#x}: only data accesses from 64-bit code are emulated"
+            ));
+        }
+        let fetched = usize::from(mem.instruction_byte_count).min(mem.instruction_bytes.len());
+        let access = match svm::insn::decode_mmio(&mem.instruction_bytes[..fetched]) {
+            Ok(a) => a,
+            Err(e) => {
+                return self.crash_with(format!(
+                    "I/O APIC access at GPA {gpa:#x} from rip {rip:#x}: instruction not emulated ({e:?})"
+                ));
+            }
+        };
+        let regs = match self.general_registers(vp) {
+            Ok(r) => r,
+            Err(s) => return self.crash_with(format!("reading registers for an I/O APIC access: {s:?}")),
+        };
+        let offset = gpa - IOAPIC_PAGE.start;
+        let Some(io) = self.ioapic.as_mut() else {
+            return self.crash_with(String::from("I/O APIC access without an I/O APIC"));
+        };
+        let (fired, gpr) = match access.op {
+            MmioOp::Write { .. } => {
+                let value = access.write_value(|n| regs[usize::from(n & 15)]).unwrap_or(0);
+                (io.write(offset, value as u32), None)
+            }
+            MmioOp::Read { dest, .. } => {
+                let data = u64::from(io.read(offset));
+                (0, access.read_result(regs[usize::from(dest.num & 15)], data))
+            }
+        };
+        self.deliver_interrupts(fired);
+        match self.complete_intercept(vp, rip + access.len as u64, gpr) {
+            Ok(()) => Slice::Handled,
+            Err(s) => self.crash_with(format!("completing an I/O APIC access: {s:?}")),
+        }
     }
 
     /// A few registers of VP `vp`, for `info`.
@@ -1749,6 +1906,12 @@ impl Worker {
         }
         self.crash_with(reason)
     }
+}
+
+/// The register name of general-purpose register `n` (0 RAX … 15 R15, the
+/// TLFS numbers them in that order).
+fn gpr_name(n: u8) -> RegisterName {
+    RegisterName(RegisterName::RAX.0 + u32::from(n & 15))
 }
 
 fn reg(v: u64) -> RegisterValue {
