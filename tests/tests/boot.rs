@@ -70,6 +70,15 @@ fn hypercall_page_works() {
         "hypercall: signal and dispatch, reserved header field: INVALID_PARAMETER",
         "hypercall: signal and dispatch, reserved signal field: INVALID_PARAMETER",
         "hypercall: signal and dispatch, no such partition: INVALID_PARTITION_ID",
+        // HvCallAssertVirtualInterrupt checks its input before the partition.
+        "hypercall: assert interrupt, level-triggered: INVALID_PARAMETER",
+        "hypercall: assert interrupt, NMI: INVALID_PARAMETER",
+        "hypercall: assert interrupt, reserved control bit: INVALID_PARAMETER",
+        "hypercall: assert interrupt, vector 15: INVALID_PARAMETER",
+        "hypercall: assert interrupt, target VTL 1: INVALID_PARAMETER",
+        "hypercall: assert interrupt, reserved field: INVALID_PARAMETER",
+        "hypercall: assert interrupt, no such partition: INVALID_PARTITION_ID",
+        "hypercall: assert interrupt, the root: INVALID_PARTITION_ID",
     ] {
         assert!(console.lines().any(|l| l.trim_end() == line), "{line}\n{console}");
     }

@@ -115,11 +115,11 @@ fn root_only_hypercalls_are_denied() {
         a.info
     );
     assert!(
-        a.console.contains("root-only calls denied: 9 of 9"),
+        a.console.contains("root-only calls denied: 10 of 10"),
         "{}",
         a.console
     );
-    assert_eq!(a.info["failed_hypercalls"], 9, "{}", a.info);
+    assert_eq!(a.info["failed_hypercalls"], 10, "{}", a.info);
 }
 
 #[test]

@@ -174,8 +174,96 @@ fn hypercall(boot: &BootReport) -> Result<(), String> {
         })?;
     }
     signal_and_dispatch_refusals(out)?;
+    assert_interrupt_refusals()?;
     memory::free_frames(out, 1);
     Ok(())
+}
+
+/// HvCallAssertVirtualInterrupt checks its input before it looks for the
+/// partition: what it does not provide (level-triggered, NMI, a VTL), RsvdZ
+/// bits and vectors below 16 are INVALID_PARAMETER; a well-formed call for
+/// a partition that does not exist (or the root itself) is
+/// INVALID_PARTITION_ID.
+fn assert_interrupt_refusals() -> Result<(), String> {
+    use hv1_abi::partition::{AssertVirtualInterruptInput, interrupt_type};
+    use zerocopy::IntoBytes;
+    let input = memory::alloc_frames(1).ok_or("no frame")?;
+    let good = AssertVirtualInterruptInput {
+        partition_id: 0x7777,
+        control: u64::from(interrupt_type::FIXED),
+        destination: 0,
+        vector: 0x30,
+        target_vtl: 0,
+        reserved0: 0,
+        reserved1: 0,
+    };
+    let cases: [(&str, AssertVirtualInterruptInput, HvStatus); 8] = [
+        (
+            "level-triggered",
+            AssertVirtualInterruptInput {
+                control: AssertVirtualInterruptInput::LEVEL_TRIGGERED,
+                ..good
+            },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "NMI",
+            AssertVirtualInterruptInput {
+                control: u64::from(interrupt_type::NMI),
+                ..good
+            },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "reserved control bit",
+            AssertVirtualInterruptInput {
+                control: 1 << 40,
+                ..good
+            },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "vector 15",
+            AssertVirtualInterruptInput { vector: 15, ..good },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "target VTL 1",
+            AssertVirtualInterruptInput { target_vtl: 1, ..good },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        (
+            "reserved field",
+            AssertVirtualInterruptInput { reserved1: 1, ..good },
+            HvStatus::INVALID_PARAMETER,
+        ),
+        ("no such partition", good, HvStatus::INVALID_PARTITION_ID),
+        (
+            "the root",
+            AssertVirtualInterruptInput {
+                partition_id: hv1_abi::ROOT_PARTITION_ID,
+                ..good
+            },
+            HvStatus::INVALID_PARTITION_ID,
+        ),
+    ];
+    let control = HypercallControl::simple(HvCallCode::ASSERT_VIRTUAL_INTERRUPT).encode();
+    let mut result = Ok(());
+    for (what, case, expected) in cases {
+        // SAFETY: a frame just taken from the root's allocator, identity-mapped
+        // and used by nothing else until it is freed below.
+        let page = unsafe { memory::phys_slice_mut(input, 4096) };
+        page.fill(0);
+        page[..size_of::<AssertVirtualInterruptInput>()].copy_from_slice(case.as_bytes());
+        let got = hv::hypercall(control, input, 0).status;
+        println!("hypercall: assert interrupt, {what}: {got:?}");
+        if got != expected {
+            result = Err(format!("assert interrupt, {what}: got {got:?}, expected {expected:?}"));
+            break;
+        }
+    }
+    memory::free_frames(input, 1);
+    result
 }
 
 /// HvPrivSignalAndDispatchVp refuses a bad input whole, before any signal

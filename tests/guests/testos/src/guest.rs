@@ -481,7 +481,7 @@ pub(crate) fn root_only_hypercalls(name: &str) -> ! {
     let (input, out) = (child::HYPERCALL_INPUT_GPA, child::HYPERCALL_OUTPUT_GPA);
     // SAFETY: our own zeroed scratch page; partition id 1 is the root.
     unsafe { (input as *mut u64).write_volatile(1) };
-    let calls: [(&str, u64); 9] = [
+    let calls: [(&str, u64); 10] = [
         ("CreatePartition", simple(HvCallCode::CREATE_PARTITION)),
         ("InitializePartition", simple(HvCallCode::INITIALIZE_PARTITION)),
         ("DeletePartition", simple(HvCallCode::DELETE_PARTITION)),
@@ -503,6 +503,10 @@ pub(crate) fn root_only_hypercalls(name: &str) -> ! {
             .encode(),
         ),
         ("DispatchVp", simple(HvCallCode::DISPATCH_VP)),
+        (
+            "AssertVirtualInterrupt",
+            simple(HvCallCode::ASSERT_VIRTUAL_INTERRUPT),
+        ),
         ("GetCoreStats", simple(hv1_abi::private::GET_CORE_STATS)),
         ("GetDmaGuard", simple(hv1_abi::private::GET_DMA_GUARD)),
     ];
