@@ -131,6 +131,31 @@ fn debian_boots_binds_its_hyperv_drivers_and_powers_off_on_request() {
     assert!(info["exits"]["vmmcall"].as_u64() > Some(4), "{info}");
     assert_ne!(info["guest_os_id"], 0, "{info}");
 
+    // COM1 raises IRQ 4 through the I/O APIC the root models for a Linux
+    // child: the 8250 driver takes interrupts instead of polling from a
+    // timer, the guest programs the I/O APIC through its MMIO page, every
+    // interrupt it fired reached the APIC, and an idle child makes no port
+    // accesses (it polled COM1 400-900 times a second before).
+    let irq = run_in_guest(&mut m, "grep ttyS0 /proc/interrupts", "irq");
+    let taken: u64 = irq
+        .split_whitespace()
+        .skip(1)
+        .map_while(|w| w.parse::<u64>().ok())
+        .sum();
+    assert!(
+        irq.contains("IO-APIC") && irq.contains("4-edge") && taken > 0,
+        "{irq}"
+    );
+    let info = m.hvctl_json("info 4 --json");
+    assert!(info["interrupts_asserted"].as_u64() > Some(0), "{info}");
+    assert!(info["ioapic_accesses"].as_u64() > Some(0), "{info}");
+    assert_eq!(info["interrupts_dropped"], 0, "{info}");
+    let port_exits = |v: &Value| v["exits"]["ioio"].as_u64().expect("ioio exits");
+    let before = port_exits(&info);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let idle = port_exits(&m.hvctl_json("info 4 --json")) - before;
+    assert!(idle < 30, "{idle} port exits in 3 s of idling");
+
     // Its channels, open, with live ring state.
     let channels = m.hvctl("channels 4");
     for needle in [
