@@ -496,8 +496,16 @@ impl Child {
     /// them that takes it when `lowest` (lowest priority). A halted VP
     /// wakes at its next dispatch. Interrupts only reach a running
     /// partition.
-    pub fn assert_interrupt(&mut self, destination: u32, logical: bool, vector: u8, lowest: bool) -> ChildResult<()> {
-        self.state.check_active("assert an interrupt").map_err(|e| e.status())?;
+    pub fn assert_interrupt(
+        &mut self,
+        destination: u32,
+        logical: bool,
+        vector: u8,
+        lowest: bool,
+    ) -> ChildResult<()> {
+        self.state
+            .check_active("assert an interrupt")
+            .map_err(|e| e.status())?;
         for vp in self.vps.iter_mut().flatten() {
             if vp.platform.apic.matches_destination(destination, logical)
                 && vp.platform.apic.request(vector, Trigger::Edge)

@@ -10,9 +10,9 @@ use hv1_abi::hypercall::{
     ClusterIpi, HYPERCALL_PARAM_ALIGN, HvInputSendSyntheticClusterIpi, HvOutputGetPartitionId, reps_fitting,
 };
 use hv1_abi::partition::{
-    self as abi, AssertVirtualInterruptInput, CreatePartitionInput, CreateVpInput, DispatchVpInput, DispatchVpOutput, MapGpaPagesHeader,
-    MapVpStatePageInput, MapVpStatePageOutput, PartitionIdInput, PartitionPropertyInput, RegisterAssoc,
-    RegisterName, VpRegistersHeader, creation_flags, property,
+    self as abi, AssertVirtualInterruptInput, CreatePartitionInput, CreateVpInput, DispatchVpInput,
+    DispatchVpOutput, MapGpaPagesHeader, MapVpStatePageInput, MapVpStatePageOutput, PartitionIdInput,
+    PartitionPropertyInput, RegisterAssoc, RegisterName, VpRegistersHeader, creation_flags, property,
 };
 use hv1_abi::private::{self, CoreStats, PartitionStats};
 use hv1_abi::synic::{ConnectPortInput, CreatePortInput, PortRefInput};
@@ -230,7 +230,8 @@ fn assert_virtual_interrupt(hv: &mut Hv, input: u64) -> CallResult {
         .ok()
         .filter(|&v| v >= 16)
         .ok_or(HvStatus::INVALID_PARAMETER)?;
-    if p.control & (AssertVirtualInterruptInput::CONTROL_RESERVED | AssertVirtualInterruptInput::LEVEL_TRIGGERED)
+    if p.control
+        & (AssertVirtualInterruptInput::CONTROL_RESERVED | AssertVirtualInterruptInput::LEVEL_TRIGGERED)
         != 0
         || p.target_vtl != 0
         || p.reserved0 != 0

@@ -127,7 +127,7 @@ impl IoApic {
             0x02 => u32::from(self.id) << 24,
             0x10..=0x3F => {
                 let entry = self.entries[usize::from(index - 0x10) / 2];
-                if index % 2 == 0 {
+                if index.is_multiple_of(2) {
                     entry as u32
                 } else {
                     (entry >> 32) as u32
@@ -146,7 +146,7 @@ impl IoApic {
             0x10..=0x3F => {
                 let pin = usize::from(index - 0x10) / 2;
                 let old = self.entries[pin];
-                let merged = if index % 2 == 0 {
+                let merged = if index.is_multiple_of(2) {
                     (old & !0xFFFF_FFFF) | u64::from(value)
                 } else {
                     (old & 0xFFFF_FFFF) | (u64::from(value) << 32)
@@ -240,7 +240,9 @@ impl IoApic {
 
     /// The messages of the pins in `fired`, lowest pin first.
     pub fn messages(&self, fired: Fired) -> impl Iterator<Item = Interrupt> + '_ {
-        (0..PINS as u8).filter(move |p| fired & (1 << p) != 0).filter_map(|p| self.message(p))
+        (0..PINS as u8)
+            .filter(move |p| fired & (1 << p) != 0)
+            .filter_map(|p| self.message(p))
     }
 
     /// Interrupts pin `pin` has fired since power-on.
@@ -250,7 +252,9 @@ impl IoApic {
 
     /// Whether pin `pin` is masked.
     pub fn masked(&self, pin: u8) -> bool {
-        self.entries.get(usize::from(pin)).is_none_or(|e| e & rte::MASKED != 0)
+        self.entries
+            .get(usize::from(pin))
+            .is_none_or(|e| e & rte::MASKED != 0)
     }
 }
 
@@ -324,11 +328,19 @@ mod tests {
         let mut io = IoApic::new(0);
         // Lowest priority (001), logical, level, delivery status and remote
         // IRR written as ones (read-only: stay 0).
-        program(&mut io, 9, 0x31 | (1 << 8) | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15), 0x0300_0000);
+        program(
+            &mut io,
+            9,
+            0x31 | (1 << 8) | (1 << 11) | (1 << 12) | (1 << 14) | (1 << 15),
+            0x0300_0000,
+        );
         assert_eq!(reg(&mut io, 0x22), 0x31 | (1 << 8) | (1 << 11) | (1 << 15));
         assert_eq!(reg(&mut io, 0x23), 0x0300_0000);
         let m = io.message(9).expect("pin 9");
-        assert_eq!((m.mode, m.logical, m.destination, m.level), (DeliveryMode::LowestPriority, true, 3, true));
+        assert_eq!(
+            (m.mode, m.logical, m.destination, m.level),
+            (DeliveryMode::LowestPriority, true, 3, true)
+        );
         program(&mut io, 9, 4 << 8, 0);
         assert_eq!(io.message(9).map(|m| m.mode), Some(DeliveryMode::Other(4)));
         assert_eq!(io.message(24), None);

@@ -400,7 +400,13 @@ pub fn signal_event(connection_id: u32, flag: u16) -> Result<(), HvStatus> {
 /// HvCallAssertVirtualInterrupt: an edge-triggered fixed (or, with
 /// `lowest`, lowest-priority) `vector` for the APICs of child `id` that
 /// `destination` names (an APIC id, or a logical destination).
-pub fn assert_virtual_interrupt(id: u64, destination: u32, logical: bool, vector: u8, lowest: bool) -> Result<(), HvStatus> {
+pub fn assert_virtual_interrupt(
+    id: u64,
+    destination: u32,
+    logical: bool,
+    vector: u8,
+    lowest: bool,
+) -> Result<(), HvStatus> {
     use hv1_abi::partition::{AssertVirtualInterruptInput, interrupt_type};
     let kind = if lowest {
         interrupt_type::LOWEST_PRIORITY

@@ -229,7 +229,10 @@ fn assert_interrupt_refusals() -> Result<(), String> {
         ),
         (
             "target VTL 1",
-            AssertVirtualInterruptInput { target_vtl: 1, ..good },
+            AssertVirtualInterruptInput {
+                target_vtl: 1,
+                ..good
+            },
             HvStatus::INVALID_PARAMETER,
         ),
         (
@@ -258,7 +261,9 @@ fn assert_interrupt_refusals() -> Result<(), String> {
         let got = hv::hypercall(control, input, 0).status;
         println!("hypercall: assert interrupt, {what}: {got:?}");
         if got != expected {
-            result = Err(format!("assert interrupt, {what}: got {got:?}, expected {expected:?}"));
+            result = Err(format!(
+                "assert interrupt, {what}: got {got:?}, expected {expected:?}"
+            ));
             break;
         }
     }

@@ -12,9 +12,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use boot_proto::child::{self as layout, BootInfo};
 use child_acpi::power;
-use devices::rtc::CmosRtc;
 use devices::ioapic::{DeliveryMode, Fired, IoApic};
-use svm::insn::MmioOp;
+use devices::rtc::CmosRtc;
 use devices::uart16550::Uart16550;
 use hv1_abi::HvStatus;
 use hv1_abi::message::{IoPortIntercept, MemoryIntercept, Message, access, io_access, message_type};
@@ -27,6 +26,7 @@ use hv1_abi::synic::{PortInfo, port_type};
 use mgmt::cli::CreateSpec;
 use mgmt::lifecycle::ChildState;
 use phys_mem::PAGE_SIZE;
+use svm::insn::MmioOp;
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// COM1's ports.
@@ -1416,7 +1416,8 @@ impl Worker {
                 self.interrupts_dropped += 1;
                 continue;
             }
-            match hv::assert_virtual_interrupt(self.id, u32::from(m.destination), m.logical, m.vector, lowest) {
+            match hv::assert_virtual_interrupt(self.id, u32::from(m.destination), m.logical, m.vector, lowest)
+            {
                 Ok(()) => {
                     self.interrupts_asserted += 1;
                     delivered = true;
