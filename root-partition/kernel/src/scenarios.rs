@@ -187,7 +187,6 @@ fn hypercall(boot: &BootReport) -> Result<(), String> {
 fn assert_interrupt_refusals() -> Result<(), String> {
     use hv1_abi::partition::{AssertVirtualInterruptInput, interrupt_type};
     use zerocopy::IntoBytes;
-    let input = memory::alloc_frames(1).ok_or("no frame")?;
     let good = AssertVirtualInterruptInput {
         partition_id: 0x7777,
         control: u64::from(interrupt_type::FIXED),
@@ -251,19 +250,38 @@ fn assert_interrupt_refusals() -> Result<(), String> {
         ),
     ];
     let control = HypercallControl::simple(HvCallCode::ASSERT_VIRTUAL_INTERRUPT).encode();
+    let calls: alloc::vec::Vec<_> = cases
+        .iter()
+        .map(|(what, case, expected)| (*what, [case.as_bytes(), &[][..]], *expected))
+        .collect();
+    expect_statuses("assert interrupt", control, 0, &calls)
+}
+
+/// Make each call of `calls` (its input: the byte strings one after the
+/// other at the start of a zeroed page), print `hypercall: LABEL, WHAT:
+/// STATUS`, and stop at the first status that is not the expected one.
+fn expect_statuses(
+    label: &str,
+    control: u64,
+    out: u64,
+    calls: &[(&str, [&[u8]; 2], HvStatus)],
+) -> Result<(), String> {
+    let input = memory::alloc_frames(1).ok_or("no frame")?;
     let mut result = Ok(());
-    for (what, case, expected) in cases {
+    for &(what, parts, expected) in calls {
         // SAFETY: a frame just taken from the root's allocator, identity-mapped
         // and used by nothing else until it is freed below.
         let page = unsafe { memory::phys_slice_mut(input, 4096) };
         page.fill(0);
-        page[..size_of::<AssertVirtualInterruptInput>()].copy_from_slice(case.as_bytes());
-        let got = hv::hypercall(control, input, 0).status;
-        println!("hypercall: assert interrupt, {what}: {got:?}");
+        let mut at = 0;
+        for part in parts {
+            page[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        let got = hv::hypercall(control, input, out).status;
+        println!("hypercall: {label}, {what}: {got:?}");
         if got != expected {
-            result = Err(format!(
-                "assert interrupt, {what}: got {got:?}, expected {expected:?}"
-            ));
+            result = Err(format!("{label}, {what}: got {got:?}, expected {expected:?}"));
             break;
         }
     }
@@ -276,7 +294,6 @@ fn assert_interrupt_refusals() -> Result<(), String> {
 fn signal_and_dispatch_refusals(out: u64) -> Result<(), String> {
     use hv1_abi::private::{MAX_QUEUED_SIGNALS, QueuedSignal, SIGNAL_AND_DISPATCH_VP, SignalDispatchInput};
     use zerocopy::IntoBytes;
-    let input = memory::alloc_frames(1).ok_or("no frame")?;
     let header = |partition_id: u64, signal_count: u32, reserved: u32| SignalDispatchInput {
         dispatch: hv1_abi::partition::DispatchVpInput {
             partition_id,
@@ -320,25 +337,11 @@ fn signal_and_dispatch_refusals(out: u64) -> Result<(), String> {
         ),
     ];
     let control = HypercallControl::simple(SIGNAL_AND_DISPATCH_VP).encode();
-    let mut result = Ok(());
-    for (what, h, s, expected) in cases {
-        // SAFETY: a frame just taken from the root's allocator, identity-mapped
-        // and used by nothing else until it is freed below.
-        let page = unsafe { memory::phys_slice_mut(input, 4096) };
-        page.fill(0);
-        page[..size_of::<SignalDispatchInput>()].copy_from_slice(h.as_bytes());
-        page[size_of::<SignalDispatchInput>()..][..size_of::<QueuedSignal>()].copy_from_slice(s.as_bytes());
-        let got = hv::hypercall(control, input, out).status;
-        println!("hypercall: signal and dispatch, {what}: {got:?}");
-        if got != expected {
-            result = Err(format!(
-                "signal and dispatch, {what}: got {got:?}, expected {expected:?}"
-            ));
-            break;
-        }
-    }
-    memory::free_frames(input, 1);
-    result
+    let calls: alloc::vec::Vec<_> = cases
+        .iter()
+        .map(|(what, h, s, expected)| (*what, [h.as_bytes(), s.as_bytes()], *expected))
+        .collect();
+    expect_statuses("signal and dispatch", control, out, &calls)
 }
 
 /// (d) The passthrough disk, read after demotion: print sector 0 in full.
