@@ -12,7 +12,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use boot_proto::child::{self as layout, BootInfo};
 use child_acpi::power;
-use devices::ioapic::{DeliveryMode, Fired, IoApic};
+use devices::ioapic::{self, DeliveryMode, Fired, IoApic};
 use devices::rtc::CmosRtc;
 use devices::uart16550::Uart16550;
 use hv1_abi::HvStatus;
@@ -1394,26 +1394,27 @@ impl Worker {
     /// vector below 16, an NMI/SMI/INIT/ExtINT mode) is dropped and
     /// counted, as a real I/O APIC's message would be refused.
     fn deliver_interrupts(&mut self, fired: Fired) {
-        if fired == 0 {
-            return;
-        }
-        let Some(io) = self.ioapic.as_ref() else {
-            return;
-        };
         let mut delivered = false;
-        for m in io.messages(fired) {
+        for pin in (0..ioapic::PINS as u8).filter(|p| fired & (1 << p) != 0) {
+            let Some(m) = self.ioapic.as_ref().and_then(|io| io.message(pin)) else {
+                continue;
+            };
             let lowest = match m.mode {
                 DeliveryMode::Fixed => false,
                 DeliveryMode::LowestPriority => true,
                 DeliveryMode::Other(_) => {
-                    self.interrupts_dropped += 1;
+                    self.drop_interrupt(&m, "its delivery mode is not fixed or lowest priority");
                     continue;
                 }
             };
-            if m.vector < 16 || m.level {
+            if m.vector < 16 {
+                self.drop_interrupt(&m, "its vector is below 16");
+                continue;
+            }
+            if m.level {
                 // Level-triggered entries would need the APIC's EOI back
                 // here; no device of ours drives one.
-                self.interrupts_dropped += 1;
+                self.drop_interrupt(&m, "level-triggered entries are not provided");
                 continue;
             }
             match hv::assert_virtual_interrupt(self.id, u32::from(m.destination), m.logical, m.vector, lowest)
@@ -1422,11 +1423,25 @@ impl Worker {
                     self.interrupts_asserted += 1;
                     delivered = true;
                 }
-                Err(_) => self.interrupts_dropped += 1,
+                Err(s) => self.drop_interrupt(&m, &format!("hv-core refused it ({s:?})")),
             }
         }
         if delivered {
             self.wake();
+        }
+    }
+
+    /// An I/O APIC interrupt that cannot be delivered: counted, and said on
+    /// the root's console within the child's line budget.
+    fn drop_interrupt(&mut self, m: &ioapic::Interrupt, why: &str) {
+        self.interrupts_dropped += 1;
+        if self.may_log() {
+            crate::println!(
+                "root: partition {}: I/O APIC pin {} (vector {:#x}) dropped: {why}",
+                self.id,
+                m.pin,
+                m.vector
+            );
         }
     }
 
