@@ -33,7 +33,6 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 const COM1: core::ops::RangeInclusive<u16> = 0x3F8..=0x3FF;
 /// Typed console bytes a child's worker holds for its UART.
 const CONSOLE_INPUT_LIMIT: usize = 4096;
-/// The CMOS RTC's index and data ports.
 /// A Linux child's I/O APIC page (`child_acpi::IOAPIC_ADDRESS`, as its MADT
 /// says).
 const IOAPIC_PAGE: core::ops::Range<u64> =
@@ -41,6 +40,7 @@ const IOAPIC_PAGE: core::ops::Range<u64> =
 /// The L (64-bit code) bit of a segment's attributes in Hyper-V's encoding
 /// (`SegmentRegister::attributes_from_svm`: SVM bit 9 moves to bit 13).
 const CS_LONG: u16 = 1 << 13;
+/// The CMOS RTC's index and data ports.
 const RTC_INDEX: u16 = 0x70;
 const RTC_DATA: u16 = 0x71;
 
@@ -122,9 +122,10 @@ pub struct Worker {
     /// Interrupts its I/O APIC sent into its APICs
     /// (HvCallAssertVirtualInterrupt).
     pub interrupts_asserted: u64,
-    /// Interrupts its I/O APIC fired that went nowhere: a vector below 16 or
-    /// a delivery mode other than fixed or lowest priority in the guest's
-    /// redirection entry (the guest's own doing), or refused by hv-core.
+    /// Interrupts its I/O APIC fired that went nowhere: a vector below 16, a
+    /// delivery mode other than fixed or lowest priority, or level
+    /// triggering in the guest's redirection entry (the guest's own doing),
+    /// or refused by hv-core.
     pub interrupts_dropped: u64,
     /// Accesses to its I/O APIC's page.
     pub ioapic_accesses: u64,
